@@ -1,0 +1,95 @@
+"""The `shadowzoo` command line: the operator's surface.
+
+Exit codes: 0 on success, 1 on failure (the message says what and why), 2 on a usage
+error. No command prints a traceback for bad input; set SHADOWZOO_DEBUG=1 to see one for
+an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ops import cli_champion, cli_variants, cli_zoo
+from ops.demo import run_demo
+from ops.output import fail, say
+from ops.session import Session
+from ops.workspace_init import init_workspace
+from registry import ShadowzooError
+
+app = typer.Typer(
+    name="shadowzoo",
+    help=(
+        "Champion/challenger evaluation for LLM skills and model variants.\n\n"
+        "Start with `shadowzoo init my-ws && cd my-ws`, then `shadowzoo zoo list`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(cli_zoo.app, name="zoo")
+app.add_typer(cli_variants.app, name="variants")
+for command in (cli_champion.promote, cli_champion.rollback, cli_champion.retire, cli_champion.history):
+    app.command()(command)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    workspace: Annotated[
+        Path,
+        typer.Option(
+            "--workspace", "-w", envvar="SHADOWZOO_WORKSPACE", help="Workspace directory (holds shadowzoo.yaml).",
+            file_okay=False,
+        ),
+    ] = Path("."),
+) -> None:
+    """Champion/challenger evaluation for LLM skills and model variants."""
+    ctx.obj = Session(workspace_dir=workspace)
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="New or empty directory for the workspace.")]) -> None:
+    """Create a workspace: config, example specs and skills for the `support-triage` slot.
+
+    Example: shadowzoo init demo-ws && cd demo-ws && shadowzoo zoo list
+    """
+    root_dir = init_workspace(directory)
+    say(f"created workspace {root_dir}")
+    say(f"next: cd {directory} && shadowzoo zoo validate && shadowzoo zoo register --all-active")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo workspace.")] = Path("demo-ws"),
+) -> None:
+    """Run the whole offline walkthrough in a fresh demo workspace (what `make demo` runs).
+
+    Example: shadowzoo demo --dir /tmp/demo-ws
+    """
+    run_demo(directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage errors exit 2 (typer's own handling), failures exit 1 with a message."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="shadowzoo")
+    except ShadowzooError as exc:
+        fail(str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - last resort: a message, not a traceback
+        if os.environ.get("SHADOWZOO_DEBUG"):
+            traceback.print_exc()
+        fail(f"unexpected {type(exc).__name__}: {exc} (set SHADOWZOO_DEBUG=1 for a traceback)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""`shadowzoo promote | rollback | retire | history`: moving the champion alias, with an audit trail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ops.output import print_json, print_table, say
+from ops.session import actor_name, session
+from registry import Move
+
+ActorOption = Annotated[
+    str | None, typer.Option("--actor", help="Who is acting, for the audit log (default: $USER).")
+]
+ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why, for the audit log.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def promote(
+    ctx: typer.Context,
+    slot: Annotated[str, typer.Argument(help="The slot whose champion changes.")],
+    version_id: Annotated[str, typer.Argument(help="An active chat variant of that slot.")],
+    reason: ReasonOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote without evidence of readiness (needs --reason).")] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make a variant the champion of its slot; gateways serve it within a second.
+
+    The move is written to the audit log with the evidence at hand and the actor. The first
+    champion of a slot is always set this way.
+
+    Example: shadowzoo promote support-triage baseline-20261121-1a2b3c4d --reason "initial champion"
+    """
+    if force and not reason:
+        raise typer.BadParameter("--force needs --reason, so the audit log says why", param_hint="--force")
+    evidence = {"forced": force, "leaderboard": None}
+    with session(ctx).registry() as registry:
+        move = registry.promote(slot, version_id, actor_name(actor), reason, evidence)
+    _report(move, as_json)
+
+
+def rollback(
+    ctx: typer.Context,
+    slot: Annotated[str, typer.Argument(help="The slot to roll back.")],
+    reason: ReasonOption = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move the champion back to the one before it (each rollback steps one promotion back).
+
+    Example: shadowzoo rollback support-triage --reason "complaints about tone"
+    """
+    with session(ctx).registry() as registry:
+        move = registry.rollback(slot, actor_name(actor), reason)
+    _report(move, as_json)
+
+
+def retire(
+    ctx: typer.Context,
+    version_id: Annotated[str, typer.Argument(help="The variant to retire.")],
+    reason: ReasonOption = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop a challenger from receiving shadow traffic. The champion cannot be retired.
+
+    Example: shadowzoo retire flash-20261121-9c8d7e6f --reason "too many errors"
+    """
+    with session(ctx).registry() as registry:
+        move = registry.retire(version_id, actor_name(actor), reason)
+    _report(move, as_json)
+
+
+def history(
+    ctx: typer.Context,
+    slot: Annotated[str, typer.Argument(help="The slot whose audit log to show.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Every champion move and retirement of a slot: when, who, why, from what to what, evidence.
+
+    Example: shadowzoo history support-triage
+    """
+    with session(ctx).registry() as registry:
+        moves = registry.history(slot)
+    if as_json:
+        print_json(moves)
+        return
+    if not moves:
+        say(f"slot {slot!r} has no history yet")
+        return
+    print_table(
+        None,
+        ["#", "at (UTC)", "action", "from", "to", "actor", "reason", "evidence"],
+        [
+            [m.id, f"{m.at:%Y-%m-%d %H:%M:%S}", m.action, m.from_version, m.to_version, m.actor, m.reason,
+             _evidence_summary(m)]
+            for m in moves
+        ],
+    )
+
+
+def _evidence_summary(move: Move) -> str | None:
+    if move.evidence is None:
+        return None
+    if move.evidence.get("forced"):
+        return "forced"
+    return "leaderboard" if move.evidence.get("leaderboard") else "none recorded"
+
+
+def _report(move: Move, as_json: bool) -> None:
+    if as_json:
+        print_json(move)
+        return
+    if move.action == "retire":
+        say(f"retired {move.to_version}")
+    else:
+        say(f"{move.action}: {move.slot} champion {move.from_version or '(none)'} -> {move.to_version}")

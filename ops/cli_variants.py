@@ -1,0 +1,122 @@
+"""`shadowzoo variants …`: what is registered, what a variant is, how two variants differ."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Annotated, Any
+
+import typer
+
+from ops.output import console, print_json, print_table, say
+from ops.session import session
+from registry import Registry, Variant
+
+app = typer.Typer(help="Registered variants: immutable, versioned configurations of a slot.", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@app.command("list")
+def list_variants(
+    ctx: typer.Context,
+    slot: Annotated[str | None, typer.Option("--slot", help="Only variants of this slot.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="active or retired.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List registered variants, oldest first; the champion is marked.
+
+    Example: shadowzoo variants list --slot support-triage
+    """
+    if status not in (None, "active", "retired"):
+        raise typer.BadParameter("expected 'active' or 'retired'", param_hint="--status")
+    with session(ctx).registry() as registry:
+        variants = registry.variants(slot=slot, status=status)
+        champions = {s: registry.champion(s) for s in {v.slot for v in variants}}
+    champion_ids = {c.version_id for c in champions.values() if c}
+    if as_json:
+        print_json([{**v.model_dump(mode="json"), "champion": v.version_id in champion_ids} for v in variants])
+        return
+    print_table(
+        None,
+        ["version id", "slot", "kind", "model", "status", "role", "source", "created (UTC)"],
+        [
+            [v.version_id, v.slot, v.kind, v.config.get("model") or v.config.get("entrypoint"), v.status,
+             "champion" if v.version_id in champion_ids else "challenger" if v.status == "active" else "-",
+             v.source, f"{v.created_at:%Y-%m-%d %H:%M}"]
+            for v in variants
+        ],
+    )
+
+
+@app.command()
+def show(ctx: typer.Context, version_id: str, as_json: JsonOption = False) -> None:
+    """Show a variant's resolved config and its skill text.
+
+    Example: shadowzoo variants show baseline-20261121-1a2b3c4d
+    """
+    with session(ctx).registry() as registry:
+        variant = registry.variant(version_id)
+        skill = _skill(registry, variant)
+    if as_json:
+        print_json({**variant.model_dump(mode="json"), "skill": skill})
+        return
+    say(f"[bold]{variant.version_id}[/bold]  slot={variant.slot}  kind={variant.kind}  status={variant.status}")
+    say(f"source={variant.source}  parent={variant.parent or '-'}  created={variant.created_at:%Y-%m-%d %H:%M:%S} UTC")
+    if variant.spec_path:
+        say(f"spec={variant.spec_path}")
+    console.print(json.dumps(variant.config, indent=2, sort_keys=True), markup=False)
+    if skill is not None:
+        say("[bold]skill[/bold]")
+        console.print(skill, markup=False)
+
+
+@app.command()
+def diff(ctx: typer.Context, a: str, b: str) -> None:
+    """Show how variant B differs from variant A: config keys, then a unified diff of skills.
+
+    Example: shadowzoo variants diff baseline-20261121-1a2b3c4d careful-large-20261121-5e6f7a8b
+    """
+    with session(ctx).registry() as registry:
+        left, right = registry.variant(a), registry.variant(b)
+        left_skill, right_skill = _skill(registry, left), _skill(registry, right)
+    changes = config_changes(left.config, right.config)
+    if changes:
+        print_table("config", ["key", a, b], changes)
+    else:
+        say("config: identical apart from the skill" if left_skill != right_skill else "config: identical")
+    if left_skill != right_skill:
+        lines = difflib.unified_diff(
+            (left_skill or "").splitlines(keepends=True), (right_skill or "").splitlines(keepends=True),
+            fromfile=f"{a}/skill", tofile=f"{b}/skill",
+        )
+        console.print("".join(lines), markup=False, end="")
+
+
+def config_changes(left: dict[str, Any], right: dict[str, Any]) -> list[list[str]]:
+    """Rows (dotted key, left value, right value) for every leaf that differs."""
+    flat_left, flat_right = _flatten(left), _flatten(right)
+    keys = sorted(set(flat_left) | set(flat_right))
+    return [
+        [key, _show(flat_left.get(key)), _show(flat_right.get(key))]
+        for key in keys
+        if key != "skill_sha" and flat_left.get(key) != flat_right.get(key)
+    ]
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict) and item:
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = item
+    return flat
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is None else json.dumps(value)
+
+
+def _skill(registry: Registry, variant: Variant) -> str | None:
+    return registry.skill_text(variant.skill_sha) if variant.skill_sha else None

@@ -1,0 +1,51 @@
+"""The registry: shadowzoo's DuckDB store of slots, variants, skills, champions and audit log.
+
+It also holds what every other package shares: the workspace config models, the errors a
+user can act on, and the `routes.json` format the gateway serves from.
+"""
+
+from registry.config import (
+    CONFIG_FILE,
+    ChatParams,
+    ProviderConfig,
+    SkillSource,
+    SlotConfig,
+    Workspace,
+    WorkspaceConfig,
+    check_name,
+    load_workspace,
+)
+from registry.errors import ConfigError, DatabaseError, NotFound, Refused, ShadowzooError
+from registry.identity import canonical_json, fingerprint, sha256_text, version_id
+from registry.records import Move, NewVariant, Registration, Variant
+from registry.routes import Route, RouteTable, read_routes
+from registry.store import Registry
+
+__all__ = [
+    "CONFIG_FILE",
+    "ChatParams",
+    "ConfigError",
+    "DatabaseError",
+    "Move",
+    "NewVariant",
+    "NotFound",
+    "ProviderConfig",
+    "Refused",
+    "Registration",
+    "Registry",
+    "Route",
+    "RouteTable",
+    "ShadowzooError",
+    "SkillSource",
+    "SlotConfig",
+    "Variant",
+    "Workspace",
+    "WorkspaceConfig",
+    "canonical_json",
+    "check_name",
+    "fingerprint",
+    "load_workspace",
+    "read_routes",
+    "sha256_text",
+    "version_id",
+]

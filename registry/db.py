@@ -1,0 +1,117 @@
+"""Opening the DuckDB file: lock handling, schema migration, and version checks.
+
+DuckDB lets one process hold the file at a time. CLI commands hold it for milliseconds,
+so a command that finds it locked waits a little (`SHADOWZOO_LOCK_WAIT_S`, default 10 s)
+before giving up; when it gives up it names the process that holds the lock and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from registry.errors import DatabaseError
+from registry.migrations import LATEST, MIGRATIONS
+
+DEFAULT_LOCK_WAIT_S = 10.0
+_PID_RE = re.compile(r"PID (\d+)")
+
+
+def utcnow() -> datetime:
+    """The current UTC time as a naive datetime, the form stored in the database."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def open_database(path: Path, lock_wait_s: float | None = None) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) and migrate the database at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = _connect_waiting(path, _lock_wait(lock_wait_s))
+    try:
+        migrate(connection, path)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _lock_wait(explicit: float | None) -> float:
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get("SHADOWZOO_LOCK_WAIT_S")
+    try:
+        return float(raw) if raw else DEFAULT_LOCK_WAIT_S
+    except ValueError:
+        raise DatabaseError(f"SHADOWZOO_LOCK_WAIT_S={raw!r}: expected a number of seconds") from None
+
+
+def _connect_waiting(path: Path, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """Connect, retrying while another process holds the lock, for at most `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise DatabaseError(f"cannot open database {path}: {exc}") from None
+            if time.monotonic() >= deadline:
+                raise DatabaseError(_locked_message(path, str(exc))) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        except duckdb.Error as exc:
+            raise DatabaseError(f"cannot open database {path}: {exc}") from None
+
+
+def _locked_message(path: Path, detail: str) -> str:
+    """Say which process holds the database and what the user can do about it."""
+    match = _PID_RE.search(detail)
+    if not match:
+        return f"database {path} is locked by another process ({detail})"
+    pid = match.group(1)
+    return (
+        f"database {path} is locked by process {pid} ({_command_line(pid)}). "
+        "If that is the shadowzoo daemon, run the command while it is up so it goes through "
+        "the daemon; otherwise wait for that process to finish or stop it, then retry."
+    )
+
+
+def _command_line(pid: str) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "command line unknown"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or "command line unknown"
+
+
+def migrate(connection: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Apply the migrations this database lacks; refuse a database from a newer shadowzoo."""
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    applied = {row[0] for row in connection.execute("SELECT version FROM schema_migrations").fetchall()}
+    newest = max(applied, default=0)
+    if newest > LATEST:
+        raise DatabaseError(
+            f"database {path} has schema version {newest}, but this shadowzoo knows versions up "
+            f"to {LATEST}: it was written by a newer shadowzoo. Upgrade shadowzoo to use it."
+        )
+    for migration in MIGRATIONS:
+        if migration.version in applied:
+            continue
+        connection.execute("BEGIN TRANSACTION")
+        try:
+            connection.execute(migration.sql)
+            connection.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                [migration.version, migration.name, utcnow()],
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise

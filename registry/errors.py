@@ -1,0 +1,28 @@
+"""Errors a user can act on.
+
+Every failure that bad input, a missing file or a refused operation can cause is raised as
+a `ShadowzooError`: its message names the file, key or object and says what was expected,
+so the CLI and the APIs can show it as is, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ShadowzooError(Exception):
+    """A failure caused by input or state the user can fix; the message says how."""
+
+
+class ConfigError(ShadowzooError):
+    """A configuration or spec file is missing, malformed or invalid."""
+
+
+class NotFound(ShadowzooError):
+    """A slot, variant or other named object does not exist."""
+
+
+class Refused(ShadowzooError):
+    """An operation is understood but not allowed in the current state."""
+
+
+class DatabaseError(ShadowzooError):
+    """The database cannot be opened or used (locked, too new, corrupt)."""
