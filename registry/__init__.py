@@ -15,6 +15,7 @@ from registry.config import (
     check_name,
     load_workspace,
 )
+from registry.db import Database, utcnow
 from registry.errors import ConfigError, DatabaseError, NotFound, Refused, ShadowzooError
 from registry.identity import canonical_json, fingerprint, sha256_text, version_id
 from registry.records import Move, NewVariant, Registration, Variant
@@ -25,6 +26,7 @@ __all__ = [
     "CONFIG_FILE",
     "ChatParams",
     "ConfigError",
+    "Database",
     "DatabaseError",
     "Move",
     "NewVariant",
@@ -43,6 +45,7 @@ __all__ = [
     "WorkspaceConfig",
     "canonical_json",
     "check_name",
+    "utcnow",
     "fingerprint",
     "load_workspace",
     "read_routes",

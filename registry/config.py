@@ -89,6 +89,17 @@ class ProviderConfig(Strict):
         None, description="Name of the environment variable holding the API key; the key is never stored."
     )
     timeout_s: float = Field(60.0, gt=0, description="Per-call timeout in seconds.")
+    max_concurrency: int = Field(16, gt=0, description="Shadow calls in flight at once to this provider.")
+    requests_per_minute: int | None = Field(None, gt=0, description="Shadow calls per minute; unlimited when unset.")
+    tokens_per_minute: int | None = Field(None, gt=0, description="Shadow tokens per minute; unlimited when unset.")
+    min_remaining_fraction: float = Field(
+        0.2, ge=0, lt=1,
+        description=(
+            "Shadow calls pause while the upstream's x-ratelimit-remaining-* headers report less "
+            "than this fraction of the limit left: the champion shares the quota and goes first."
+        ),
+    )
+    max_retries: int = Field(3, ge=0, description="Shadow-call retries on 429, 5xx and connection errors.")
 
     @field_validator("base_url")
     @classmethod
@@ -96,6 +107,42 @@ class ProviderConfig(Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+
+class RedactionRule(Strict):
+    """A regular expression replaced in captured text before anything reaches disk."""
+
+    pattern: str = Field(description="Python regular expression.")
+    replacement: str = Field("[REDACTED]", description="What each match becomes.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class ShadowConfig(Strict):
+    """How a slot's traffic is replayed against its challengers."""
+
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests each challenger answers.")
+    rates: dict[str, float] = Field(
+        default_factory=dict, description="Per-challenger sample rates by label or version id (override sample_rate)."
+    )
+    daily_budget_usd: float = Field(
+        5.0, ge=0, description="Shadow spend per UTC day; scheduling stops when the estimate reaches it."
+    )
+
+    @field_validator("rates")
+    @classmethod
+    def _rates_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, rate in value.items():
+            if not 0 <= rate <= 1:
+                raise ValueError(f"rate for {key!r} must be between 0 and 1, got {rate}")
+        return value
 
 
 class SlotConfig(Strict):
@@ -106,12 +153,38 @@ class SlotConfig(Strict):
     timeout_s: float | None = Field(
         None, gt=0, description="Champion upstream timeout; the provider's `timeout_s` when unset."
     )
+    redact: list[RedactionRule] = Field(default_factory=list, description="Applied to captures before they are stored.")
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Shadow replay settings.")
 
 
 class ZooConfig(Strict):
     """Where variant specs live."""
 
     specs: str = Field("zoo", description="Directory of spec YAML files, relative to the workspace.")
+
+
+class Price(Strict):
+    """Per-token prices in USD, with LiteLLM's field names."""
+
+    input_cost_per_token: float = Field(ge=0)
+    output_cost_per_token: float = Field(ge=0)
+    cache_read_input_token_cost: float | None = Field(None, ge=0)
+    output_cost_per_reasoning_token: float | None = Field(None, ge=0)
+
+
+class GatewayConfig(Strict):
+    """The OpenAI-compatible gateway that serves champions."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; non-loopback needs client keys.")
+    port: int = Field(8800, ge=0, le=65535, description="Port to bind.")
+    client_keys_env: str | None = Field(
+        None, description="Environment variable holding comma-separated client keys accepted on /v1/*."
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    capture_buffer_records: int = Field(
+        50_000, gt=0, description="Captures held in memory before new ones are dropped (and counted)."
+    )
+    flush_interval_s: float = Field(0.25, gt=0, le=5, description="How often captures are written to the spool.")
 
 
 class WorkspaceConfig(Strict):
@@ -121,6 +194,8 @@ class WorkspaceConfig(Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict, description="Upstreams by name.")
     slots: dict[str, SlotConfig] = Field(default_factory=dict, description="Slots by name.")
     zoo: ZooConfig = Field(default_factory=ZooConfig, description="The zoo of variant specs.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The champion gateway.")
+    prices: dict[str, Price] = Field(default_factory=dict, description="Prices by upstream model name.")
 
     @field_validator("slots", "providers")
     @classmethod

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 
@@ -27,16 +30,52 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def open_database(path: Path, lock_wait_s: float | None = None) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) and migrate the database at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = _connect_waiting(path, _lock_wait(lock_wait_s))
-    try:
-        migrate(connection, path)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+class Database:
+    """One open DuckDB file, shared by the stores of one process and serialised by one lock.
+
+    DuckDB connections are not safe to use from several threads at once, and every write
+    must see the state the previous one left: all access goes through `reading()` or
+    `transaction()`.
+    """
+
+    def __init__(self, path: Path, connection: duckdb.DuckDBPyConnection) -> None:
+        self.path = path
+        self.connection = connection
+        self.lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: Path, lock_wait_s: float | None = None) -> "Database":
+        """Open (creating if needed) and migrate the database at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = _connect_waiting(path, _lock_wait(lock_wait_s))
+        try:
+            migrate(connection, path)
+        except BaseException:
+            connection.close()
+            raise
+        return cls(path, connection)
+
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, held for a group of reads."""
+        with self.lock:
+            yield self.connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection inside BEGIN … COMMIT; any exception rolls the whole group back."""
+        with self.lock:
+            self.connection.execute("BEGIN TRANSACTION")
+            try:
+                yield self.connection
+            except BaseException:
+                self.connection.execute("ROLLBACK")
+                raise
+            self.connection.execute("COMMIT")
+
+    def close(self) -> None:
+        with self.lock:
+            self.connection.close()
 
 
 def _lock_wait(explicit: float | None) -> float:

@@ -70,6 +70,71 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "traffic",
+        """
+        CREATE TABLE traffic (
+            request_id VARCHAR PRIMARY KEY,
+            client_request_id VARCHAR,
+            slot VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            request_json JSON NOT NULL,
+            champion_version VARCHAR,
+            status INTEGER,
+            output VARCHAR,
+            prompt_tokens BIGINT,
+            completion_tokens BIGINT,
+            usage_json JSON,
+            latency_ms DOUBLE,
+            stream BOOLEAN NOT NULL DEFAULT false,
+            partial BOOLEAN NOT NULL DEFAULT false,
+            error VARCHAR,
+            source VARCHAR NOT NULL,
+            ingested_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX traffic_client_request_id ON traffic (client_request_id);
+        CREATE TABLE outcomes (
+            outcome_id VARCHAR PRIMARY KEY,
+            request_key VARCHAR NOT NULL,
+            request_id VARCHAR,
+            kind VARCHAR NOT NULL,
+            value_json JSON NOT NULL,
+            received_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE shadow_results (
+            request_id VARCHAR NOT NULL,
+            version_id VARCHAR NOT NULL,
+            role VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            output VARCHAR,
+            prompt_tokens BIGINT,
+            completion_tokens BIGINT,
+            usage_json JSON,
+            cost_usd DOUBLE,
+            latency_ms DOUBLE,
+            error VARCHAR,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            finished_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (request_id, version_id)
+        );
+        CREATE TABLE spool_segments (
+            segment VARCHAR PRIMARY KEY,
+            records BIGINT NOT NULL,
+            status VARCHAR NOT NULL,
+            reason VARCHAR,
+            ingested_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE pauses (
+            scope VARCHAR NOT NULL,
+            target VARCHAR NOT NULL,
+            actor VARCHAR NOT NULL,
+            reason VARCHAR,
+            since TIMESTAMP NOT NULL,
+            PRIMARY KEY (scope, target)
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

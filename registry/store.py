@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import difflib
 import json
-import threading
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
-from contextlib import contextmanager
 
 from registry.config import Workspace
-from registry.db import open_database, utcnow
+from registry.db import Database, utcnow
 from registry.errors import NotFound, Refused
 from registry.identity import fingerprint, sha256_text, version_id
 from registry.records import Move, NewVariant, Registration, Variant
@@ -33,35 +31,26 @@ _VARIANT_COLUMNS = (
 class Registry:
     """The single entry point to the database for registry data."""
 
-    def __init__(self, workspace: Workspace, connection: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, workspace: Workspace, database: Database) -> None:
         self.workspace = workspace
-        self._db = connection
-        self._lock = threading.RLock()
+        self.database = database
+        self._db = database.connection
+        self._lock = database.lock
+        self._transaction = database.transaction
 
     @classmethod
     def open(cls, workspace: Workspace, lock_wait_s: float | None = None) -> "Registry":
         """Open the workspace's database, creating and migrating it as needed."""
-        return cls(workspace, open_database(workspace.db_path, lock_wait_s))
+        return cls(workspace, Database.open(workspace.db_path, lock_wait_s))
 
     def close(self) -> None:
-        self._db.close()
+        self.database.close()
 
     def __enter__(self) -> "Registry":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
-            self._db.execute("BEGIN TRANSACTION")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # -- variants ---------------------------------------------------------------------
 

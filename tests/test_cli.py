@@ -118,7 +118,7 @@ def test_a_bad_config_file_names_file_line_and_key(cli, workspace_dir: Path) -> 
     config.write_text(config.read_text().replace("timeout_s: 30", "timeout_s: 30\n    retries: 2"))
     result = cli("variants", "list")
     assert result.code == 1
-    assert "shadowzoo.yaml:11:5: providers.sim.retries: unknown key; allowed keys: api_key_env, base_url, timeout_s" in result.err
+    assert "shadowzoo.yaml:11:5: providers.sim.retries: unknown key (did you mean 'max_retries'?); allowed keys: api_key_env, base_url, max_concurrency" in result.err
 
 
 def test_init_refuses_to_overwrite_a_workspace(cli, workspace_dir: Path) -> None:
