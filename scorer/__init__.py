@@ -1,0 +1,1 @@
+"""shadowzoo's scorer: metrics, net-of-cost values, paired sequential statistics, promotion policy."""
