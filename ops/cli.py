@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from ops import cli_champion, cli_variants, cli_zoo
+from ops import cli_champion, cli_services, cli_variants, cli_zoo
 from ops.demo import run_demo
 from ops.output import fail, say
 from ops.session import Session
@@ -34,7 +34,10 @@ app = typer.Typer(
 )
 app.add_typer(cli_zoo.app, name="zoo")
 app.add_typer(cli_variants.app, name="variants")
-for command in (cli_champion.promote, cli_champion.rollback, cli_champion.retire, cli_champion.history):
+for command in (
+    cli_champion.promote, cli_champion.rollback, cli_champion.retire, cli_champion.history,
+    cli_services.gateway, cli_services.sim,
+):
     app.command()(command)
 
 

@@ -1,0 +1,244 @@
+"""The OpenAI-compatible gateway: serves each slot's champion and captures its traffic.
+
+Clients point any OpenAI SDK here and name a slot as the `model`. The handler resolves the
+slot in `routes.json`, applies the champion with the shared `apply_variant`, relays the
+upstream's answer unchanged, and appends a capture to memory. It waits on nothing but the
+champion's upstream: no database, no challenger, no daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
+
+from shadow.apply import apply_variant
+from shadow.gateway.capture import CaptureBuffer, PendingCapture
+from shadow.gateway.errors import error_response
+from shadow.gateway.forward import Upstream
+from shadow.gateway.routing import RouteWatcher
+from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
+
+CLIENT_ID_HEADER = "x-shadowzoo-request-id"
+
+
+@dataclass
+class GatewayState:
+    """Everything a gateway worker holds: routes, capture buffer, upstream pool, client keys."""
+
+    routes: RouteWatcher
+    captures: CaptureBuffer
+    upstream: Upstream | None
+    client_keys: tuple[str, ...]
+    max_body_bytes: int
+
+
+STATE = web.AppKey("state", GatewayState)
+
+
+def build_app(state: GatewayState) -> web.Application:
+    """The aiohttp application; background tasks start and stop with it."""
+    app = web.Application(client_max_size=state.max_body_bytes, middlewares=[_errors_as_json, _auth])
+    app[STATE] = state
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/capture", capture)
+    app.router.add_post("/v1/feedback", feedback)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.cleanup_ctx.append(_background)
+    return app
+
+
+async def _background(app: web.Application):
+    """Start the route watcher, the capture flusher and the upstream pool; flush on shutdown."""
+    state = app[STATE]
+    state.upstream = Upstream()
+    tasks = [asyncio.create_task(state.routes.watch()), asyncio.create_task(state.captures.run())]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await state.upstream.close()
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler):
+    """Every error leaves as a JSON body in the OpenAI shape, never as HTML or a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"))
+
+
+@web.middleware
+async def _auth(request: web.Request, handler):
+    """/v1/* needs one of the configured client keys, when any are configured."""
+    keys = request.app[STATE].client_keys
+    if keys and request.path.startswith("/v1/"):
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
+            return error_response(401, "missing or wrong API key for this gateway", code="invalid_api_key")
+    return await handler(request)
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The parsed body, or an HTTP error response to return instead."""
+    state = request.app[STATE]
+    if request.content_length is not None and request.content_length > state.max_body_bytes:
+        return error_response(413, f"request body is larger than {state.max_body_bytes} bytes", code="body_too_large")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"request body is larger than {state.max_body_bytes} bytes", code="body_too_large")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        return error_response(400, f"request body is not valid JSON: {exc}", code="invalid_json")
+
+
+def _check_chat(payload: Any) -> str | None:
+    """What is wrong with a chat request, or None."""
+    if not isinstance(payload, dict):
+        return "the request body must be a JSON object"
+    if not isinstance(payload.get("model"), str) or not payload["model"]:
+        return "'model' must name a slot (a non-empty string)"
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty array of message objects"
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        return "every item of 'messages' must be an object with a string 'role'"
+    return None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Serve the slot's champion; capture the exchange whatever happens."""
+    received_at = time.time()
+    payload = await _json_body(request)
+    if isinstance(payload, web.Response):
+        return payload
+    problem = _check_chat(payload)
+    if problem:
+        param = "model" if "'model'" in problem else "messages"
+        return error_response(400, problem, code="invalid_request", param=param)
+    state = request.app[STATE]
+    slot = payload["model"]
+    route = state.routes.route(slot)
+    if route is None:
+        known = ", ".join(state.routes.slots()) or "none yet"
+        return error_response(404, f"no slot {slot!r} is served here (slots: {known})", code="model_not_found", param="model")
+    if route.error:
+        return error_response(503, f"slot {slot!r} cannot be served: {route.error}", code="slot_misconfigured")
+    stream = payload.get("stream") is True
+    wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    body = apply_variant(route.model, route.params, route.skill, payload)
+    if stream:
+        body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    pending = PendingCapture(
+        request_id=new_request_id(), client_request_id=request.headers.get(CLIENT_ID_HEADER), slot=slot,
+        received_at=received_at, request=payload, champion_version=route.version_id, stream=stream,
+    )
+    try:
+        return await state.upstream.forward(request, route, body, pending, wants_usage)
+    finally:
+        state.captures.add(pending)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """The served slots, in the shape of OpenAI's model list."""
+    state = request.app[STATE]
+    data = [{"id": slot, "object": "model", "created": 0, "owned_by": "shadowzoo"} for slot in state.routes.slots()]
+    return web.json_response({"object": "list", "data": data})
+
+
+class CaptureBody(BaseModel):
+    """Observer mode: an application that calls its model itself reports one exchange."""
+
+    slot: str
+    request: dict[str, Any]
+    response: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    latency_ms: float | None = Field(None, ge=0)
+    client_request_id: str | None = None
+    status: int = 200
+
+
+class FeedbackBody(BaseModel):
+    """An outcome for a request, by shadowzoo's request id or the client's own id."""
+
+    request_id: str = Field(min_length=1)
+    kind: str = Field("label", pattern="^(label|reaction)$")
+    value: Any = None
+    label: Any = None
+
+
+async def capture(request: web.Request) -> web.Response:
+    """Store an exchange the gateway did not serve, exactly like one it did."""
+    body = await _validated(request, CaptureBody)
+    if isinstance(body, web.Response):
+        return body
+    request_id = new_request_id()
+    output = None
+    if body.response:
+        try:
+            output = body.response["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            output = None
+    record = TrafficRecord(
+        request_id=request_id, client_request_id=body.client_request_id, slot=body.slot,
+        received_at=datetime.now(UTC), request=body.request, status=body.status, output=output,
+        usage=body.usage or (body.response or {}).get("usage"), latency_ms=body.latency_ms, source="capture",
+    )
+    return _accepted(request, record, {"request_id": request_id})
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """Store an outcome; one for a request not seen yet is kept and joined when it arrives."""
+    body = await _validated(request, FeedbackBody)
+    if isinstance(body, web.Response):
+        return body
+    value = body.value if body.value is not None else body.label
+    if value is None:
+        return error_response(400, "give the outcome as 'value' (or 'label')", code="invalid_request", param="value")
+    record = OutcomeRecord(request_key=body.request_id, kind=body.kind, value=value, received_at=datetime.now(UTC))
+    return _accepted(request, record, {"request_id": body.request_id})
+
+
+async def _validated(request: web.Request, model: type[BaseModel]) -> BaseModel | web.Response:
+    payload = await _json_body(request)
+    if isinstance(payload, web.Response):
+        return payload
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(body)"
+        return error_response(400, f"{field}: {first['msg']}", code="invalid_request", param=field)
+
+
+def _accepted(request: web.Request, record: BaseModel, answer: dict[str, Any]) -> web.Response:
+    if not request.app[STATE].captures.add(record):
+        return error_response(503, "capture buffer is full; retry shortly", code="capture_buffer_full")
+    return web.json_response({"status": "accepted", **answer}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready once a route table is loaded."""
+    state = request.app[STATE]
+    if state.routes.table is None:
+        return web.json_response({"status": "not ready", "reason": "no routes.json loaded yet"}, status=503)
+    return web.json_response({"status": "ready", "slots": state.routes.slots()})

@@ -1,0 +1,178 @@
+"""Capture on the champion path: an in-memory append now, a spool segment a moment later.
+
+The request handler only appends a `PendingCapture` holding references to what it already
+has (the parsed request, the raw upstream bytes). Everything costly — parsing the answer,
+redaction, serialisation, the disk write and its fsync — happens in the flusher, off the
+request's path, at least every `flush_interval_s`. Past the memory cap new captures are
+dropped and counted; the champion's response is never affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from registry import RedactionRule
+from shadow.records import OutcomeRecord, TrafficRecord
+from shadow.spool import write_segment
+
+log = logging.getLogger("shadowzoo.gateway")
+
+
+@dataclass(slots=True)
+class PendingCapture:
+    """What the gateway saw of one request, kept raw until the flusher turns it into a record."""
+
+    request_id: str
+    client_request_id: str | None
+    slot: str
+    received_at: float
+    request: dict[str, Any]
+    champion_version: str | None
+    stream: bool
+    status: int | None = None
+    latency_ms: float | None = None
+    body: bytes | None = None
+    events: list[bytes] = field(default_factory=list)
+    partial: bool = False
+    error: str | None = None
+
+    def to_record(self) -> TrafficRecord:
+        output, usage = _answer_from_events(self.events) if self.stream else _answer_from_body(self.body)
+        return TrafficRecord(
+            request_id=self.request_id, client_request_id=self.client_request_id, slot=self.slot,
+            received_at=datetime.fromtimestamp(self.received_at, UTC), request=self.request,
+            champion_version=self.champion_version, status=self.status, output=output, usage=usage,
+            latency_ms=self.latency_ms, stream=self.stream, partial=self.partial, error=self.error,
+        )
+
+
+def _answer_from_body(body: bytes | None) -> tuple[str | None, dict[str, Any] | None]:
+    """Output text and usage of a non-streamed chat completion (None when it is not one)."""
+    if not body:
+        return None, None
+    try:
+        payload = json.loads(body)
+        return payload["choices"][0]["message"].get("content"), payload.get("usage")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None, None
+
+
+def _answer_from_events(events: list[bytes]) -> tuple[str | None, dict[str, Any] | None]:
+    """Output text and usage assembled from the SSE events that reached the client."""
+    parts: list[str] = []
+    usage = None
+    for event in events:
+        for line in event.splitlines():
+            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                continue
+            try:
+                chunk = json.loads(line[5:])
+            except ValueError:
+                continue
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    parts.append(content)
+    return ("".join(parts) if parts else None), usage
+
+
+class Redactor:
+    """Per-slot regex replacements over message contents and outputs, before anything is stored."""
+
+    def __init__(self, rules: dict[str, list[RedactionRule]]) -> None:
+        self._rules = {slot: [(re.compile(r.pattern), r.replacement) for r in rs] for slot, rs in rules.items() if rs}
+
+    def apply(self, record: TrafficRecord) -> TrafficRecord:
+        rules = self._rules.get(record.slot)
+        if not rules:
+            return record
+        scrub = lambda text: _scrub(text, rules)  # noqa: E731 - a local closure reads best here
+        messages = [_scrub_message(m, scrub) for m in record.request.get("messages", [])]
+        return record.model_copy(update={
+            "request": {**record.request, "messages": messages},
+            "output": scrub(record.output) if record.output else record.output,
+        })
+
+
+def _scrub(text: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, replacement in rules:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _scrub_message(message: Any, scrub: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": scrub(content)}
+    if isinstance(content, list):
+        parts = [{**p, "text": scrub(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str) else p
+                 for p in content]
+        return {**message, "content": parts}
+    return message
+
+
+class CaptureBuffer:
+    """Captures in memory, flushed to spool segments by a background task."""
+
+    def __init__(self, spool: Path, redactor: Redactor, max_records: int, flush_interval_s: float) -> None:
+        self.spool = spool
+        self.redactor = redactor
+        self.max_records = max_records
+        self.flush_interval_s = flush_interval_s
+        self.dropped = 0
+        self.flushed = 0
+        self._items: list[PendingCapture | BaseModel] = []
+
+    def add(self, item: PendingCapture | TrafficRecord | OutcomeRecord) -> bool:
+        """Keep `item` for the next flush; False (and counted) when the buffer is full."""
+        if len(self._items) >= self.max_records:
+            self.dropped += 1
+            return False
+        self._items.append(item)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def run(self) -> None:
+        """Flush every interval until cancelled; then flush what is left."""
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval_s)
+                await self.flush()
+        finally:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything held so far as one segment (in a thread: fsync must not block the loop)."""
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        try:
+            await asyncio.to_thread(self._write, items)
+        except Exception:  # a full disk must not stop serving: keep the captures for the next try
+            log.exception("capture flush to %s failed; will retry", self.spool)
+            self._items = items + self._items
+            return
+        self.flushed += len(items)
+
+    def _write(self, items: list[PendingCapture | BaseModel]) -> None:
+        write_segment(self.spool, (self._line(item) for item in items))
+
+    def _line(self, item: PendingCapture | BaseModel) -> bytes:
+        record = item.to_record() if isinstance(item, PendingCapture) else item
+        if isinstance(record, TrafficRecord):
+            record = self.redactor.apply(record)
+        return record.model_dump_json().encode()

@@ -1,0 +1,324 @@
+"""The gateway, run as `shadowzoo gateway`, used through the official openai client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+
+from ops.workspace_init import init_workspace
+from registry import NewVariant, Registry, load_workspace
+from shadow.apply import apply_variant
+from shadow.spool import read_segment, ready_segments
+from tests.servers import GatewayProcess, edit_config, free_port, start_simulator, wait_until
+
+KEY = "client-key-1"
+TICKETS = Path(__file__).resolve().parent.parent / "examples" / "demo" / "tickets.jsonl"
+SIM_YAML = f"""
+seed: 1
+task:
+  name: support-triage
+  dataset: {TICKETS}
+  labels: [billing, technical, account, shipping, other]
+models:
+  sim-large: {{reasoning_tokens: 40, latency: {{base_ms: 0, per_output_token_ms: 0}}}}
+  sim-chatty: {{reasoning_tokens: 400, latency: {{base_ms: 0, per_output_token_ms: 15}}}}
+  sim-slow: {{latency: {{base_ms: 5000}}}}
+  sim-broken: {{errors: {{http_500: 1.0}}}}
+"""
+SLOTS = {"support-triage": "sim-large", "chatty": "sim-chatty", "slow": "sim-slow", "broken": "sim-broken",
+         "dead": "sim-large"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A workspace whose slots use simulator models, and its gateway with client keys."""
+    root = tmp_path_factory.mktemp("gateway")
+    sim_yaml = root / "sim.yaml"
+    sim_yaml.write_text(SIM_YAML)
+    simulator = start_simulator(sim_yaml)
+    ws = init_workspace(root / "ws")
+
+    def configure(config: dict) -> None:
+        config["providers"]["sim"]["base_url"] = simulator.base_url
+        config["providers"]["dead"] = {"base_url": f"http://127.0.0.1:{free_port()}/v1"}
+        config["gateway"] = {"client_keys_env": "TEST_GATEWAY_KEYS", "max_body_bytes": 20000}
+        template = config["slots"]["support-triage"]
+        template["redact"] = [{"pattern": r"\b\d{4}-\d{4}-\d{4}-\d{4}\b", "replacement": "[CARD]"}]
+        for slot in SLOTS:
+            config["slots"].setdefault(slot, {"defaults": template["defaults"], "timeout_s": 1.5})
+
+    edit_config(ws, configure)
+    with Registry.open(load_workspace(ws)) as registry:
+        for slot, model in SLOTS.items():
+            variant = registry.register(NewVariant(
+                slot=slot, label="champ", kind="chat", skill_text="Answer with one category.",
+                config={"kind": "chat", "provider": "dead" if slot == "dead" else "sim", "model": model,
+                        "params": {"temperature": 0}},
+            )).variant
+            registry.promote(slot, variant.version_id, "tester", None, None)
+    gateway = GatewayProcess(ws, env={"TEST_GATEWAY_KEYS": f"other,{KEY}", "SIM_API_KEY": "sim"})
+    yield ws, gateway, simulator
+    gateway.stop()
+    simulator.stop()
+
+
+@pytest.fixture
+def client(served) -> openai.OpenAI:
+    _, gateway, _ = served
+    return openai.OpenAI(base_url=gateway.base_url, api_key=KEY, max_retries=0, timeout=20)
+
+
+def _ticket(n: int = 0) -> str:
+    return json.loads(TICKETS.read_text().splitlines()[n])["input"]
+
+
+def _direct(simulator, model: str, messages: list[dict], **extra) -> str:
+    """What the champion's upstream answers when called directly with the champion applied."""
+    direct = openai.OpenAI(base_url=simulator.base_url, api_key="sim", max_retries=0)
+    body = apply_variant(model, {"temperature": 0}, "Answer with one category.", {"messages": messages, **extra})
+    return direct.chat.completions.create(**body).choices[0].message.content
+
+
+def _captured(ws: Path, request_id: str):
+    """The spooled traffic record of a request, once the flusher has written it."""
+    def find():
+        for segment in ready_segments(ws / ".shadowzoo" / "spool"):
+            for record in read_segment(segment):
+                if getattr(record, "request_id", None) == request_id:
+                    return record
+        return None
+    return wait_until(find)
+
+
+def _post(gateway, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+    connection.request("POST", path, body=body, headers={"Authorization": f"Bearer {KEY}",
+                                                         "Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    return response.status, payload
+
+
+def test_clients_get_exactly_the_champions_answer(served, client) -> None:
+    ws, _, simulator = served
+    messages = [{"role": "user", "content": _ticket(3)}]
+    raw = client.chat.completions.with_raw_response.create(model="support-triage", messages=messages)
+    answer = raw.parse()
+    assert answer.choices[0].message.content == _direct(simulator, "sim-large", messages)
+    assert raw.headers["x-shadowzoo-version"].startswith("champ-")
+    assert raw.headers["x-shadowzoo-request-id"].startswith("szr_")
+
+
+def test_a_streamed_answer_matches_and_has_usage_only_when_asked(served, client) -> None:
+    _, _, simulator = served
+    messages = [{"role": "user", "content": _ticket(5)}]
+    plain = list(client.chat.completions.create(model="support-triage", messages=messages, stream=True))
+    assert all(chunk.choices for chunk in plain), "the usage chunk the gateway asked for leaked to the client"
+    text = "".join(c.choices[0].delta.content or "" for c in plain)
+    assert text == _direct(simulator, "sim-large", messages)
+    with_usage = list(client.chat.completions.create(
+        model="support-triage", messages=messages, stream=True, stream_options={"include_usage": True}))
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens > 0
+
+
+def test_captures_keep_the_request_as_sent_with_the_answer_and_usage(served, client) -> None:
+    ws, _, _ = served
+    messages = [{"role": "system", "content": "client system"}, {"role": "user", "content": _ticket(7)}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="support-triage", messages=messages, extra_headers={"x-shadowzoo-request-id": "client-42"})
+    record = _captured(ws, raw.headers["x-shadowzoo-request-id"])
+    assert record.request["messages"] == messages, "capture must not contain the champion's skill"
+    assert record.client_request_id == "client-42"
+    assert record.output == raw.parse().choices[0].message.content
+    assert record.usage["completion_tokens"] == raw.parse().usage.completion_tokens
+    assert record.status == 200 and record.latency_ms > 0
+
+
+def test_a_streamed_capture_assembles_the_output(served, client) -> None:
+    ws, gateway, _ = served
+    stream = client.chat.completions.with_raw_response.create(
+        model="support-triage", messages=[{"role": "user", "content": _ticket(9)}], stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    record = _captured(ws, stream.headers["x-shadowzoo-request-id"])
+    assert record.stream and record.output == text and record.usage["completion_tokens"] > 0
+
+
+def test_redaction_runs_before_captures_reach_disk(served, client) -> None:
+    ws, _, _ = served
+    raw = client.chat.completions.with_raw_response.create(
+        model="support-triage", messages=[{"role": "user", "content": "card 1234-5678-9012-3456 was charged twice"}])
+    record = _captured(ws, raw.headers["x-shadowzoo-request-id"])
+    assert record.request["messages"][0]["content"] == "card [CARD] was charged twice"
+    spooled = b"".join(p.read_bytes() for p in ready_segments(ws / ".shadowzoo" / "spool"))
+    assert b"1234-5678-9012-3456" not in spooled
+
+
+def test_invalid_json_is_a_400_in_the_openai_error_shape(served) -> None:
+    _, gateway, _ = served
+    status, body = _post(gateway, "/v1/chat/completions", b"{not json")
+    assert status == 400 and body["error"]["code"] == "invalid_json"
+
+
+def test_a_body_over_the_limit_is_a_413(served) -> None:
+    _, gateway, _ = served
+    huge = json.dumps({"model": "support-triage", "messages": [{"role": "user", "content": "x" * 30000}]})
+    status, body = _post(gateway, "/v1/chat/completions", huge.encode())
+    assert status == 413 and "larger than 20000 bytes" in body["error"]["message"]
+
+
+def test_missing_or_ill_typed_messages_are_a_400(served, client) -> None:
+    _, gateway, _ = served
+    for messages in (None, "hello", [], ["hello"]):
+        payload = {"model": "support-triage", **({} if messages is None else {"messages": messages})}
+        status, body = _post(gateway, "/v1/chat/completions", json.dumps(payload).encode())
+        assert status == 400 and body["error"]["param"] == "messages", messages
+
+
+def test_an_unknown_slot_is_a_404(client) -> None:
+    with pytest.raises(openai.NotFoundError, match="no slot 'nope'"):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_missing_or_wrong_client_key_is_a_401(served) -> None:
+    _, gateway, _ = served
+    for key in ("wrong", ""):
+        bad = openai.OpenAI(base_url=gateway.base_url, api_key=key or "x", max_retries=0,
+                            default_headers={} if key else {"Authorization": ""})
+        with pytest.raises(openai.AuthenticationError):
+            bad.chat.completions.create(model="support-triage", messages=[{"role": "user", "content": "x"}])
+
+
+def test_an_unreachable_upstream_is_a_502_with_a_json_error(client) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="dead", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_unreachable"
+
+
+def test_an_upstream_slower_than_the_slot_timeout_is_a_504(client) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 504 and caught.value.body["code"] == "upstream_timeout"
+
+
+def test_upstream_errors_are_passed_through_unchanged(client) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 500 and "simulat" in json.dumps(caught.value.body).lower()
+
+
+def test_a_client_that_leaves_mid_stream_is_captured_as_partial(served) -> None:
+    ws, gateway, _ = served
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+    body = json.dumps({"model": "chatty", "stream": True, "messages": [{"role": "user", "content": _ticket(1)}]})
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    request_id = response.getheader("x-shadowzoo-request-id")
+    response.read1(64)
+    connection.sock.close()
+    connection.close()
+    record = _captured(ws, request_id)
+    assert record.partial and record.error == "client disconnected before the stream ended"
+
+
+def test_feedback_for_an_unknown_request_is_accepted_and_spooled(served) -> None:
+    ws, gateway, _ = served
+    status, body = _post(gateway, "/v1/feedback", json.dumps({"request_id": "not-seen-yet", "label": "billing"}).encode())
+    assert status == 202
+
+    def outcome():
+        for segment in ready_segments(ws / ".shadowzoo" / "spool"):
+            for record in read_segment(segment):
+                if record.type == "outcome" and record.request_key == "not-seen-yet":
+                    return record
+    assert wait_until(outcome).value == "billing"
+
+
+def test_observer_capture_is_spooled_like_gateway_traffic(served) -> None:
+    ws, gateway, _ = served
+    exchange = {
+        "slot": "support-triage", "request": {"model": "x", "messages": [{"role": "user", "content": "hi"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": "billing"}}],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+        "latency_ms": 120, "client_request_id": "app-7",
+    }
+    status, body = _post(gateway, "/v1/capture", json.dumps(exchange).encode())
+    assert status == 202
+    record = _captured(ws, body["request_id"])
+    assert record.source == "capture" and record.output == "billing" and record.usage["completion_tokens"] == 1
+
+
+def test_a_new_champion_is_served_within_a_second_and_a_corrupt_routes_file_is_ignored(served, client) -> None:
+    ws, _, _ = served
+    routes = ws / ".shadowzoo" / "routes.json"
+    good = routes.read_text()
+    with Registry.open(load_workspace(ws)) as registry:
+        variant = registry.register(NewVariant(
+            slot="support-triage", label="next", kind="chat", skill_text="Answer with one category, please.",
+            config={"kind": "chat", "provider": "sim", "model": "sim-large", "params": {}},
+        )).variant
+        registry.promote("support-triage", variant.version_id, "tester", None, None)
+
+    def version() -> str:
+        return client.chat.completions.with_raw_response.create(
+            model="support-triage", messages=[{"role": "user", "content": "x"}]).headers["x-shadowzoo-version"]
+
+    wait_until(lambda: version() == variant.version_id, timeout_s=5)
+    routes.write_text("{ corrupt")
+    for _ in range(6):
+        assert version() == variant.version_id
+        wait_until(lambda: True, timeout_s=0.1)
+    routes.write_text(good)
+    wait_until(lambda: version().startswith("champ-"), timeout_s=5)
+
+
+def test_the_champion_is_served_while_the_database_is_held_by_another_process(served, client) -> None:
+    ws, _, _ = served
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); sys.stdin.read()",
+         str(ws / ".shadowzoo" / "shadowzoo.duckdb")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        answer = client.chat.completions.create(model="support-triage", messages=[{"role": "user", "content": "x"}])
+        assert answer.choices[0].message.content
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def test_sigterm_flushes_every_accepted_capture(tmp_path: Path) -> None:
+    simulator = start_simulator()
+    ws = init_workspace(tmp_path / "ws")
+    edit_config(ws, lambda c: c["providers"]["sim"].update(base_url=simulator.base_url))
+    with Registry.open(load_workspace(ws)) as registry:
+        variant = registry.register(NewVariant(
+            slot="support-triage", label="champ", kind="chat",
+            config={"kind": "chat", "provider": "sim", "model": "sim-mini", "params": {}})).variant
+        registry.promote("support-triage", variant.version_id, "tester", None, None)
+    gateway = GatewayProcess(ws, env={"SIM_API_KEY": "sim"})
+    try:
+        fast = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0)
+        ids = {fast.chat.completions.with_raw_response.create(
+            model="support-triage", messages=[{"role": "user", "content": f"n{i}"}]).headers["x-shadowzoo-request-id"]
+            for i in range(20)}
+    finally:
+        gateway.stop()
+        simulator.stop()
+    spooled = {r.request_id for s in ready_segments(ws / ".shadowzoo" / "spool") for r in read_segment(s)}
+    assert ids <= spooled
+
+
+def test_without_client_keys_the_gateway_binds_loopback_and_says_so(tmp_path: Path) -> None:
+    ws = init_workspace(tmp_path / "ws")
+    gateway = GatewayProcess(ws, host="0.0.0.0")
+    output = gateway.stop()
+    assert "no client keys configured, so binding 127.0.0.1 instead of 0.0.0.0" in output
