@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean promtool
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# promtool checks the Prometheus config, alert rules and dashboard queries in ops/
+# (tests/test_ops_assets.py). Debian's prometheus package ships it: installed when
+# missing (as root, or with sudo), a silent no-op once it is there.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus package (for promtool)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+test: $(STAMP) promtool
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

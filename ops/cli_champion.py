@@ -28,16 +28,16 @@ def promote(
 ) -> None:
     """Make a variant the champion of its slot; gateways serve it within a second.
 
-    The move is written to the audit log with the evidence at hand and the actor. The first
-    champion of a slot is always set this way.
+    The first champion of a slot needs no evidence. After that the target must be `ready`
+    on the leaderboard (or forced, with a reason). The move is written to the audit log
+    with the leaderboard it was decided on and the actor.
 
     Example: shadowzoo promote support-triage baseline-20261121-1a2b3c4d --reason "initial champion"
     """
     if force and not reason:
         raise typer.BadParameter("--force needs --reason, so the audit log says why", param_hint="--force")
-    evidence = {"forced": force, "leaderboard": None}
-    with session(ctx).registry() as registry:
-        move = registry.promote(slot, version_id, actor_name(actor), reason, evidence)
+    with session(ctx).operations() as operations:
+        move = operations.promote(slot, version_id, actor_name(actor), reason, force)
     _report(move, as_json)
 
 
@@ -52,8 +52,8 @@ def rollback(
 
     Example: shadowzoo rollback support-triage --reason "complaints about tone"
     """
-    with session(ctx).registry() as registry:
-        move = registry.rollback(slot, actor_name(actor), reason)
+    with session(ctx).operations() as operations:
+        move = operations.rollback(slot, actor_name(actor), reason)
     _report(move, as_json)
 
 
@@ -68,8 +68,8 @@ def retire(
 
     Example: shadowzoo retire flash-20261121-9c8d7e6f --reason "too many errors"
     """
-    with session(ctx).registry() as registry:
-        move = registry.retire(version_id, actor_name(actor), reason)
+    with session(ctx).operations() as operations:
+        move = operations.retire(version_id, actor_name(actor), reason)
     _report(move, as_json)
 
 
@@ -82,8 +82,8 @@ def history(
 
     Example: shadowzoo history support-triage
     """
-    with session(ctx).registry() as registry:
-        moves = registry.history(slot)
+    with session(ctx).operations() as operations:
+        moves = operations.history(slot)
     if as_json:
         print_json(moves)
         return
@@ -102,11 +102,20 @@ def history(
 
 
 def _evidence_summary(move: Move) -> str | None:
-    if move.evidence is None:
+    """One phrase for the audit table: forced, first champion, or the target's status then."""
+    evidence = move.evidence
+    if evidence is None:
         return None
-    if move.evidence.get("forced"):
+    if evidence.get("forced"):
         return "forced"
-    return "leaderboard" if move.evidence.get("leaderboard") else "none recorded"
+    if evidence.get("first_champion"):
+        return "first champion"
+    rows = (evidence.get("leaderboard") or {}).get("rows", [])
+    row = next((r for r in rows if r.get("version_id") == move.to_version), None)
+    if row is None:
+        return "none recorded"
+    pairs = (row.get("comparison") or {}).get("pairs", 0)
+    return f"{row.get('status_detail') or row.get('status')} ({pairs} pairs)"
 
 
 def _report(move: Move, as_json: bool) -> None:

@@ -1,14 +1,22 @@
-"""`shadowzoo gateway` and `shadowzoo sim`: the long-running servers."""
+"""`shadowzoo serve | daemon | gateway | sim | status`: the long-running processes."""
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ops.daemon import run_daemon
+from ops.output import print_json, print_table, say, warn
 from ops.session import session
+from ops.state import running_daemon
+from ops.supervise import Child, supervise
 from registry import ShadowzooError
+from shadow.gateway import bind_host, client_keys, worker_main
+from shadow.gateway.metrics import prepare_multiprocess_dir
 
 
 def gateway(
@@ -24,14 +32,115 @@ def gateway(
 
     Example: shadowzoo gateway --workers 2 --port 8800
     """
-    from shadow.gateway import run_gateway
-
     workspace = session(ctx).workspace()
+    host, port = _gateway_address(workspace, host, port, workers)
+    prepare_multiprocess_dir(workspace.state_dir)
+    supervise(_gateways(workspace, host, port, workers))
+
+
+def daemon(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option("--port", help="Admin API and /metrics port (default: daemon.admin_port).")] = None,
+) -> None:
+    """Run the daemon alone: ingest, shadow runner, scoring, watch, retention, admin API, /metrics.
+
+    It is the only process that opens the database. Its admin API needs the token named by
+    daemon.admin_token_env (default SHADOWZOO_ADMIN_TOKEN). Usually started by `serve`.
+
+    Example: shadowzoo daemon --port 8900   (with SHADOWZOO_ADMIN_TOKEN set)
+    """
+    workspace = session(ctx).workspace()
+    _serving(lambda: run_daemon(workspace.root, port), f"daemon admin API on port {port or workspace.config.daemon.admin_port}")
+
+
+def serve(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Gateway worker processes sharing the port.")] = 1,
+    host: Annotated[str | None, typer.Option("--host", help="Gateway address (default: gateway.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Gateway port (default: gateway.port).")] = None,
+    admin_port: Annotated[int | None, typer.Option("--admin-port", help="Daemon port (default: daemon.admin_port).")] = None,
+) -> None:
+    """Run shadowzoo as a service: gateway workers and the daemon, each restarted if it dies.
+
+    The gateways serve champions from routes.json and never wait for the daemon, so a
+    daemon restart never interrupts champion traffic. SIGTERM stops the gateways first
+    (they flush their captures), then the daemon (it ingests them).
+
+    Example: shadowzoo serve --workers 2   (with SHADOWZOO_ADMIN_TOKEN set)
+    """
+    workspace = session(ctx).workspace()
+    if not os.environ.get(workspace.config.daemon.admin_token_env):
+        raise ShadowzooError(f"set {workspace.config.daemon.admin_token_env}: the daemon's admin API needs a token")
+    running = running_daemon(workspace)
+    if running is not None:
+        raise ShadowzooError(f"a daemon already runs for {workspace.root} (pid {running.pid}, {running.admin_url})")
+    daemon_config = workspace.config.daemon
+    _check_free(daemon_config.admin_host, daemon_config.admin_port if admin_port is None else admin_port, "daemon")
+    host, port = _gateway_address(workspace, host, port, workers)
+    prepare_multiprocess_dir(workspace.state_dir)
+    supervise(_gateways(workspace, host, port, workers) + [Child("daemon", run_daemon, (workspace.root, admin_port))])
+
+
+def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Daemon health, spool lag, queue depth, budgets left, pauses, last job runs, routes drift.
+
+    Example: shadowzoo status
+    """
+    workspace = session(ctx).workspace()
+    remote = session(ctx).remote(workspace)
+    if remote is None:
+        raise ShadowzooError(f"no daemon is running for {workspace.root} (start one with `shadowzoo serve`)")
+    report = remote.status()
+    if as_json:
+        print_json(report)
+        return
+    say(f"daemon pid {report['pid']}, up {report['uptime_s']:.0f}s; spool {report['spool_segments']} segment(s), "
+        f"lag {report['spool_lag_s']}s; shadow queue {report['queue_depth']:.0f}")
+    for slot, champion in report["champions"].items():
+        say(f"  {slot}: champion {champion or '(none)'}, budget left ${report['budgets_left_usd'].get(slot, 0):.2f}")
+    for pause in report["pauses"]:
+        say(f"  paused: {pause}")
+    for drift in report["routes_drift"]:
+        warn(f"routes drift: {drift}")
+    print_table("last job runs", ["job", "outcome", "at", "duration s", "counts"],
+                [[name, run["outcome"], run["at"], run["duration_s"],
+                  ", ".join(f"{k}={v}" for k, v in run.items() if k not in ("job", "outcome", "at", "duration_s"))]
+                 for name, run in sorted(report["last_runs"].items())])
+
+
+def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
+    """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
+    return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1)) for i in range(workers)]
+
+
+def _gateway_address(workspace, host: str | None, port: int | None, workers: int) -> tuple[str, int]:
     config = workspace.config.gateway
+    host = bind_host(host or config.host, client_keys(workspace))
+    port = config.port if port is None else port
+    if workers > 1 and port == 0:
+        raise typer.BadParameter("several workers share one port: give a fixed --port", param_hint="--port")
+    _check_free(host, port, "gateway")
+    return host, port
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    """Fail now, clearly, rather than in a child process restarted forever."""
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ShadowzooError(f"cannot start the {what} on {host}:{port}: {exc.strerror}; "
+                                 f"stop what uses it or choose another port") from None
+
+
+def _serving(run, what: str) -> None:
+    """Run a server in this process; a port in use is a clear error, not a traceback."""
     try:
-        run_gateway(workspace, host or config.host, config.port if port is None else port, workers)
-    except (OSError, ValueError) as exc:
-        raise ShadowzooError(f"gateway: {exc}") from None
+        run()
+    except OSError as exc:
+        raise ShadowzooError(f"cannot start the {what}: {exc.strerror or exc}") from None
 
 
 def sim(

@@ -10,7 +10,8 @@ import typer
 
 from ops.output import console, print_json, print_table, say
 from ops.session import session
-from registry import Registry, Variant
+from ops.operations import LocalOperations
+from registry import Variant
 
 app = typer.Typer(help="Registered variants: immutable, versioned configurations of a slot.", no_args_is_help=True)
 
@@ -30,9 +31,9 @@ def list_variants(
     """
     if status not in (None, "active", "retired"):
         raise typer.BadParameter("expected 'active' or 'retired'", param_hint="--status")
-    with session(ctx).registry() as registry:
-        variants = registry.variants(slot=slot, status=status)
-        champions = {s: registry.champion(s) for s in {v.slot for v in variants}}
+    with session(ctx).operations() as operations:
+        variants = operations.variants(slot=slot, status=status)
+        champions = {s: operations.champion(s) for s in {v.slot for v in variants}}
     champion_ids = {c.version_id for c in champions.values() if c}
     if as_json:
         print_json([{**v.model_dump(mode="json"), "champion": v.version_id in champion_ids} for v in variants])
@@ -55,9 +56,9 @@ def show(ctx: typer.Context, version_id: str, as_json: JsonOption = False) -> No
 
     Example: shadowzoo variants show baseline-20261121-1a2b3c4d
     """
-    with session(ctx).registry() as registry:
-        variant = registry.variant(version_id)
-        skill = _skill(registry, variant)
+    with session(ctx).operations() as operations:
+        variant = operations.variant(version_id)
+        skill = _skill(operations, variant)
     if as_json:
         print_json({**variant.model_dump(mode="json"), "skill": skill})
         return
@@ -77,9 +78,9 @@ def diff(ctx: typer.Context, a: str, b: str) -> None:
 
     Example: shadowzoo variants diff baseline-20261121-1a2b3c4d careful-large-20261121-5e6f7a8b
     """
-    with session(ctx).registry() as registry:
-        left, right = registry.variant(a), registry.variant(b)
-        left_skill, right_skill = _skill(registry, left), _skill(registry, right)
+    with session(ctx).operations() as operations:
+        left, right = operations.variant(a), operations.variant(b)
+        left_skill, right_skill = _skill(operations, left), _skill(operations, right)
     changes = config_changes(left.config, right.config)
     if changes:
         print_table("config", ["key", a, b], changes)
@@ -118,5 +119,5 @@ def _show(value: Any) -> str:
     return "(unset)" if value is None else json.dumps(value)
 
 
-def _skill(registry: Registry, variant: Variant) -> str | None:
-    return registry.skill_text(variant.skill_sha) if variant.skill_sha else None
+def _skill(operations: LocalOperations, variant: Variant) -> str | None:
+    return operations.skill_text(variant.skill_sha) if variant.skill_sha else None

@@ -9,7 +9,7 @@ import typer
 
 from ops.output import fail, print_json, print_table, say
 from ops.session import session
-from registry import Registry, ShadowzooError, Workspace
+from registry import ShadowzooError, VariantStore, Workspace
 from zoo import SpecFile, Zoo, load_zoo, register_specs, resolve_spec
 
 app = typer.Typer(help="Variant specs: the YAML files under the workspace's zoo directory.", no_args_is_help=True)
@@ -26,8 +26,8 @@ def list_specs(ctx: typer.Context, slot: SlotOption = None, as_json: JsonOption 
     """
     workspace = session(ctx).workspace()
     zoo = load_zoo(workspace.specs_dir)
-    with session(ctx).registry() as registry:
-        rows = [_describe(spec_file, zoo, workspace, registry) for spec_file in _selected(zoo, slot)]
+    with session(ctx).operations() as store:
+        rows = [_describe(spec_file, zoo, workspace, store) for spec_file in _selected(zoo, slot)]
     if as_json:
         print_json({"specs": rows, "errors": zoo.errors})
     else:
@@ -56,11 +56,11 @@ def validate(ctx: typer.Context, slot: SlotOption = None) -> None:
     zoo = load_zoo(workspace.specs_dir)
     errors = list(zoo.errors)
     checked = 0
-    with session(ctx).registry() as registry:
+    with session(ctx).operations() as store:
         for spec_file in _selected(zoo, slot):
             checked += 1
             try:
-                resolve_spec(spec_file, zoo, workspace, registry)
+                resolve_spec(spec_file, zoo, workspace, store)
             except ShadowzooError as exc:
                 errors.append(str(exc))
     for error in errors:
@@ -91,8 +91,8 @@ def register(
     workspace = session(ctx).workspace()
     zoo = load_zoo(workspace.specs_dir)
     chosen = [s for s in _selected(zoo, slot) if s.spec.status == "active"] if all_active else _by_names(zoo, names or [])
-    with session(ctx).registry() as registry:
-        outcomes = register_specs(chosen, zoo, workspace, registry)
+    with session(ctx).operations() as store:
+        outcomes = register_specs(chosen, zoo, workspace, store)
     load_errors = zoo.errors if all_active else []
     failed = sum(1 for o in outcomes if o.error) + len(load_errors)
     if as_json:
@@ -137,7 +137,7 @@ def _by_names(zoo: Zoo, names: list[str]) -> list[SpecFile]:
     return chosen
 
 
-def _describe(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: Registry) -> dict:
+def _describe(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, store: VariantStore) -> dict:
     spec = spec_file.spec
     row = {
         "spec": str(spec_file.path.relative_to(workspace.root)) if spec_file.path.is_relative_to(workspace.root) else str(spec_file.path),
@@ -145,10 +145,10 @@ def _describe(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: Reg
         "version_id": None, "registered": False, "error": None,
     }
     try:
-        resolved = resolve_spec(spec_file, zoo, workspace, registry)
+        resolved = resolve_spec(spec_file, zoo, workspace, store)
     except ShadowzooError as exc:
         row["error"] = str(exc)
         return row
-    row["version_id"] = resolved.would_be_id(registry)
-    row["registered"] = registry.variant_with_fingerprint(spec.slot, resolved.fingerprint) is not None
+    row["version_id"] = resolved.would_be_id(store)
+    row["registered"] = store.variant_with_fingerprint(spec.slot, resolved.fingerprint) is not None
     return row

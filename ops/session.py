@@ -1,7 +1,7 @@
-"""What a CLI command works on: the workspace it was pointed at, and its registry.
+"""What a CLI command works on: the workspace it was pointed at, and the operations on it.
 
-Commands stay thin over the registry API, so that reaching the registry through the
-daemon's admin API later is a change here, not in every command.
+Commands stay thin over `ops.operations`: whether those run on the database here or
+through the daemon's admin API is decided here, not in every command.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Iterator
 
 import typer
 
+from ops.client import RemoteOperations
+from ops.operations import LocalOperations
+from ops.state import running_daemon
 from registry import Registry, Workspace, load_workspace
 
 
@@ -28,10 +31,22 @@ class Session:
         return load_workspace(self.workspace_dir)
 
     @contextmanager
-    def registry(self) -> Iterator[Registry]:
-        """The workspace's registry, open for the duration of one command."""
-        with Registry.open(self.workspace()) as registry:
-            yield registry
+    def operations(self) -> Iterator[LocalOperations | RemoteOperations]:
+        """The workspace's operations for one command: through the daemon when one runs, else here."""
+        workspace = self.workspace()
+        remote = self.remote(workspace)
+        if remote is not None:
+            yield remote
+            return
+        with Registry.open(workspace) as registry:
+            yield LocalOperations(registry)
+
+    def remote(self, workspace: Workspace) -> RemoteOperations | None:
+        """A client of the workspace's running daemon, or None when no daemon runs."""
+        info = running_daemon(workspace)
+        if info is None:
+            return None
+        return RemoteOperations(info.admin_url, os.environ.get(workspace.config.daemon.admin_token_env))
 
 
 def session(ctx: typer.Context) -> Session:

@@ -21,6 +21,7 @@ from registry.errors import ConfigError, DatabaseError, NotFound, Refused, Shado
 from registry.identity import canonical_json, fingerprint, sha256_text, version_id
 from registry.records import Move, NewVariant, Registration, Variant
 from registry.routes import Route, RouteTable, read_routes
+from registry.protocols import VariantStore
 from registry.store import Registry
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "SkillSource",
     "SlotConfig",
     "Variant",
+    "VariantStore",
     "Workspace",
     "WorkspaceConfig",
     "canonical_json",

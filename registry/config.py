@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -128,6 +128,10 @@ class RedactionRule(Strict):
 class ShadowConfig(Strict):
     """How a slot's traffic is replayed against its challengers."""
 
+    champion_control_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of requests the champion is replayed on, as a latency control measured under replay load.",
+    )
     sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests each challenger answers.")
     rates: dict[str, float] = Field(
         default_factory=dict, description="Per-challenger sample rates by label or version id (override sample_rate)."
@@ -145,6 +149,118 @@ class ShadowConfig(Strict):
         return value
 
 
+class _Metric(Strict):
+    """What every metric has: a weight in the slot's weighted mean, and an optional name."""
+
+    name: str | None = Field(None, description="Shown in reports; defaults to the type.")
+    weight: float = Field(1.0, gt=0, description="Weight in the slot's weighted mean quality.")
+    first_line: bool = Field(False, description="Score only the first line of the output.")
+
+    @property
+    def key(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+
+class ExactMatchMetric(_Metric):
+    """1 when the output equals the label after normalisation, else 0."""
+
+    type: Literal["exact_match"]
+    case_sensitive: bool = Field(False, description="Compare case as well.")
+    normalize_whitespace: bool = Field(True, description="Trim, and fold runs of white space to one space.")
+    strip_punctuation: bool = Field(False, description="Ignore punctuation characters.")
+
+
+class NumericMetric(_Metric):
+    """1 when the first number in the output is within `tolerance` of the numeric label."""
+
+    type: Literal["numeric"]
+    tolerance: float = Field(0.0, ge=0, description="Largest accepted absolute difference.")
+    relative: bool = Field(False, description="Tolerance is a fraction of |label| instead.")
+
+
+class RegexMetric(_Metric):
+    """1 when `pattern` matches the output (the pattern may use the label as {label})."""
+
+    type: Literal["regex"]
+    pattern: str = Field(description="Regular expression searched in the output; `{label}` is replaced by the label.")
+
+
+class ContainsMetric(_Metric):
+    """1 when the output contains the label (or `text`)."""
+
+    type: Literal["contains"]
+    text: str | None = Field(None, description="Fixed text to look for instead of the label.")
+    case_sensitive: bool = False
+
+
+class JsonValidMetric(_Metric):
+    """1 when the output parses as JSON (and matches `schema`, when given)."""
+
+    type: Literal["json_valid"]
+    json_schema: dict[str, Any] | None = Field(None, alias="schema", description="Optional JSON Schema.")
+
+
+class JudgeMetric(_Metric):
+    """An LLM grader: a configured provider scores the output 0..1 against a rubric."""
+
+    type: Literal["judge"]
+    provider: str = Field(description="A provider under `providers:`.")
+    model: str = Field(description="The grader model.")
+    rubric: str = Field(description="What a good answer is; the grader sees it with the request and output.")
+    sample_rate: float = Field(0.1, ge=0, le=1, description="Share of requests graded (hash-sampled).")
+    daily_budget_usd: float = Field(1.0, ge=0, description="Grader spend per UTC day (evaluation spend).")
+
+
+class PythonMetric(_Metric):
+    """`module:function(request, output, outcome) -> float in [0, 1]`."""
+
+    type: Literal["python"]
+    entrypoint: str = Field(description="`package.module:function`.")
+
+
+Metric = Annotated[
+    ExactMatchMetric | NumericMetric | RegexMetric | ContainsMetric | JsonValidMetric | JudgeMetric | PythonMetric,
+    Field(discriminator="type"),
+]
+
+
+class ScoringConfig(Strict):
+    """How a slot's variants are valued and when a challenger is ready (see README, Scoring)."""
+
+    value_per_point: float = Field(
+        0.01, ge=0, description="USD a perfect answer is worth on one request: net = value × quality − cost − latency cost."
+    )
+    latency_slo_s: float = Field(5.0, gt=0, description="Latency above this costs `latency_cost_per_s` per second.")
+    latency_cost_per_s: float = Field(0.0, ge=0, description="USD per second above the latency SLO.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Error budget of the slot's confidence sequences.")
+    min_samples: int = Field(200, ge=10, description="Pairs needed before any verdict.")
+    min_effect_usd: float = Field(
+        0.0, ge=0, description="Per-request net gain the interval's lower bound must exceed to be ready."
+    )
+    variance_floor_fraction: float = Field(
+        0.01, ge=0, description="Floor on the pair variance, as a fraction of value_per_point² (guards rare-loss cases)."
+    )
+    max_error_rate_increase: float = Field(
+        0.02, ge=0, le=1, description="Guardrail: a challenger's error rate may exceed the champion's by this much."
+    )
+    max_p95_latency_ratio: float | None = Field(
+        1.5, gt=0, description="Guardrail: challenger p95 latency ÷ the champion's (or the control's); none = off."
+    )
+    auto_promote: bool = Field(False, description="Promote a ready challenger without a human (after a cooldown).")
+    auto_promote_cooldown_s: float = Field(
+        3600.0, ge=0, description="auto_promote waits this long after the last alias move of the slot."
+    )
+    watch_s: float = Field(
+        3600.0, ge=0, description="After a promotion, guardrails are watched this long and broken ones roll back."
+    )
+
+
+class RetentionConfig(Strict):
+    """How long raw captures are kept; aggregates (pairs' moments, snapshots, audit) are kept."""
+
+    traffic_days: float = Field(30.0, gt=0, description="Traffic, outcomes and shadow results older than this are deleted.")
+
+
 class SlotConfig(Strict):
     """One production use-case; clients name it as the `model` of a chat request."""
 
@@ -155,6 +271,9 @@ class SlotConfig(Strict):
     )
     redact: list[RedactionRule] = Field(default_factory=list, description="Applied to captures before they are stored.")
     shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Shadow replay settings.")
+    metrics: list[Metric] = Field(default_factory=list, description="What quality means for this slot.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Net value and readiness settings.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="How long raw rows are kept.")
 
 
 class ZooConfig(Strict):
@@ -187,6 +306,22 @@ class GatewayConfig(Strict):
     flush_interval_s: float = Field(0.25, gt=0, le=5, description="How often captures are written to the spool.")
 
 
+class DaemonConfig(Strict):
+    """The daemon: the database's only owner, its jobs, and the admin API."""
+
+    admin_host: str = Field("127.0.0.1", description="Admin API and /metrics address.")
+    admin_port: int = Field(8900, ge=0, le=65535, description="Admin API and /metrics port.")
+    admin_token_env: str = Field(
+        "SHADOWZOO_ADMIN_TOKEN", description="Environment variable holding the admin API bearer token."
+    )
+    ingest_interval_s: float = Field(1.0, gt=0, description="How often the spool is ingested.")
+    score_interval_s: float = Field(60.0, gt=0, description="How often every slot is re-scored and snapshotted.")
+    watch_interval_s: float = Field(30.0, gt=0, description="How often recent promotions are checked.")
+    duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads (keep below the cores left to gateways).")
+    duckdb_memory_limit: str = Field("2GB", description="DuckDB memory limit, e.g. 2GB.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight shadow calls may finish on shutdown.")
+
+
 class WorkspaceConfig(Strict):
     """The whole of `shadowzoo.yaml`."""
 
@@ -195,7 +330,13 @@ class WorkspaceConfig(Strict):
     slots: dict[str, SlotConfig] = Field(default_factory=dict, description="Slots by name.")
     zoo: ZooConfig = Field(default_factory=ZooConfig, description="The zoo of variant specs.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The champion gateway.")
-    prices: dict[str, Price] = Field(default_factory=dict, description="Prices by upstream model name.")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="The daemon and its admin API.")
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="Prices by upstream model name; these override `prices_file`."
+    )
+    prices_file: str | None = Field(
+        None, description="LiteLLM's model_prices_and_context_window.json (or one like it), relative to the workspace."
+    )
 
     @field_validator("slots", "providers")
     @classmethod
@@ -205,14 +346,15 @@ class WorkspaceConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _default_providers_exist(self) -> "WorkspaceConfig":
+    def _named_providers_exist(self) -> "WorkspaceConfig":
+        known = ", ".join(sorted(self.providers)) or "none"
         for slot_name, slot in self.slots.items():
-            provider = slot.defaults.provider
-            if provider is not None and provider not in self.providers:
-                raise ValueError(
-                    f"slots.{slot_name}.defaults.provider: {provider!r} is not configured "
-                    f"(providers: {', '.join(sorted(self.providers)) or 'none'})"
-                )
+            named = [("defaults.provider", slot.defaults.provider)] + [
+                (f"metrics[{i}].provider", m.provider) for i, m in enumerate(slot.metrics) if isinstance(m, JudgeMetric)
+            ]
+            for key, provider in named:
+                if provider is not None and provider not in self.providers:
+                    raise ValueError(f"slots.{slot_name}.{key}: {provider!r} is not configured (providers: {known})")
         return self
 
 

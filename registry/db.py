@@ -17,12 +17,34 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import polars as pl
 
 from registry.errors import DatabaseError
 from registry.migrations import LATEST, MIGRATIONS
 
 DEFAULT_LOCK_WAIT_S = 10.0
 _PID_RE = re.compile(r"PID (\d+)")
+
+
+def frame(db: duckdb.DuckDBPyConnection, query: str, params: list | None = None) -> pl.DataFrame:
+    """The whole result of `query` as a polars frame (through Arrow, without a row copy)."""
+    return db.sql(query, params=params).pl()
+
+
+@contextmanager
+def registered(db: duckdb.DuckDBPyConnection, name: str, table: object) -> Iterator[None]:
+    """Make an Arrow table queryable as `name` for the duration of the block.
+
+    DuckDB refuses to register while an earlier `fetchone()` left a result open; running
+    a trivial query first closes that result.
+    """
+    db.execute("SELECT NULL").fetchall()
+    db.register(name, table)
+    try:
+        yield
+    finally:
+        db.execute("SELECT NULL").fetchall()
+        db.unregister(name)
 
 
 def utcnow() -> datetime:

@@ -135,6 +135,98 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "scoring",
+        """
+        CREATE SEQUENCE change_seq START 1;
+        ALTER TABLE traffic ADD COLUMN seq BIGINT DEFAULT nextval('change_seq');
+        ALTER TABLE outcomes ADD COLUMN seq BIGINT DEFAULT nextval('change_seq');
+        ALTER TABLE shadow_results ADD COLUMN seq BIGINT DEFAULT nextval('change_seq');
+        CREATE TABLE prices (
+            model VARCHAR PRIMARY KEY,
+            input_cost_per_token DOUBLE NOT NULL,
+            output_cost_per_token DOUBLE NOT NULL,
+            cache_read_input_token_cost DOUBLE,
+            output_cost_per_reasoning_token DOUBLE,
+            source VARCHAR NOT NULL,
+            updated_at TIMESTAMP NOT NULL
+        );
+        CREATE SEQUENCE period_id START 1;
+        CREATE TABLE evaluation_periods (
+            period_id BIGINT PRIMARY KEY DEFAULT nextval('period_id'),
+            slot VARCHAR NOT NULL,
+            champion_version VARCHAR NOT NULL,
+            settings_hash VARCHAR NOT NULL,
+            settings_json JSON NOT NULL,
+            reason VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE period_challengers (
+            period_id BIGINT NOT NULL,
+            version_id VARCHAR NOT NULL,
+            position INTEGER NOT NULL,
+            alpha DOUBLE NOT NULL,
+            joined_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (period_id, version_id)
+        );
+        CREATE TABLE scores (
+            period_id BIGINT NOT NULL,
+            request_id VARCHAR NOT NULL,
+            version_id VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            received_at TIMESTAMP NOT NULL,
+            labelled BOOLEAN NOT NULL,
+            quality DOUBLE,
+            cost_usd DOUBLE,
+            latency_ms DOUBLE,
+            net DOUBLE
+        );
+        CREATE TABLE paired (
+            period_id BIGINT NOT NULL,
+            request_id VARCHAR NOT NULL,
+            version_id VARCHAR NOT NULL,
+            d_net DOUBLE NOT NULL,
+            d_quality DOUBLE NOT NULL,
+            d_cost DOUBLE NOT NULL,
+            paired_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE pair_moments (
+            period_id BIGINT NOT NULL,
+            version_id VARCHAR NOT NULL,
+            measure VARCHAR NOT NULL,
+            n BIGINT NOT NULL,
+            mean DOUBLE NOT NULL,
+            m2 DOUBLE NOT NULL,
+            PRIMARY KEY (period_id, version_id, measure)
+        );
+        CREATE TABLE scoring_watermarks (
+            slot VARCHAR PRIMARY KEY,
+            period_id BIGINT NOT NULL,
+            seq BIGINT NOT NULL
+        );
+        CREATE TABLE metric_values (
+            request_id VARCHAR NOT NULL,
+            version_id VARCHAR NOT NULL,
+            metric_key VARCHAR NOT NULL,
+            value DOUBLE,
+            error VARCHAR,
+            cost_usd DOUBLE,
+            computed_at TIMESTAMP NOT NULL,
+            seq BIGINT DEFAULT nextval('change_seq'),
+            PRIMARY KEY (request_id, version_id, metric_key)
+        );
+        CREATE SEQUENCE snapshot_id START 1;
+        CREATE TABLE leaderboard_snapshots (
+            snapshot_id BIGINT PRIMARY KEY DEFAULT nextval('snapshot_id'),
+            slot VARCHAR NOT NULL,
+            period_id BIGINT,
+            taken_at TIMESTAMP NOT NULL,
+            board_json JSON NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

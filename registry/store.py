@@ -137,6 +137,13 @@ class Registry:
         with self._lock:
             return self._champion(self._db, slot)
 
+    def champion_since(self, slot: str) -> datetime | None:
+        """When the slot's current champion took office."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT since FROM aliases WHERE slot = ? AND alias = ?", [slot, CHAMPION]).fetchall()
+        return rows[0][0] if rows else None
+
     def promote(
         self, slot: str, version_id: str, actor: str, reason: str | None, evidence: dict[str, Any] | None
     ) -> Move:

@@ -12,6 +12,8 @@ from tests.conftest import SHADOWZOO
 COMMANDS = [
     ["init"], ["zoo", "list"], ["zoo", "validate"], ["zoo", "register"], ["variants", "list"],
     ["variants", "show"], ["variants", "diff"], ["promote"], ["rollback"], ["retire"], ["history"],
+    ["leaderboard"], ["report"], ["replay"], ["pause"], ["resume"], ["serve"], ["daemon"], ["gateway"],
+    ["status"], ["sim"], ["demo"], ["ingest", "traffic"], ["ingest", "outcomes"],
 ]
 
 
@@ -26,9 +28,9 @@ def test_the_readme_walkthrough_works_end_to_end(tmp_path: Path, cli) -> None:
     assert created.code == 0 and "created workspace" in created.out
     ws = tmp_path / "demo-ws"
     assert cli("zoo", "list", cwd=ws).code == 0
-    assert cli("zoo", "validate", cwd=ws).out.strip() == "all 4 spec(s) are valid"
+    assert cli("zoo", "validate", cwd=ws).out.strip() == "all 5 spec(s) are valid"
     registered = cli("zoo", "register", "--all-active", cwd=ws)
-    assert registered.code == 0 and registered.out.count("registered ") == 4
+    assert registered.code == 0 and registered.out.count("registered ") == 5
     listing = cli("variants", "list", "--slot", "support-triage", "--json", cwd=ws).json()
     ids = {v["label"]: v["version_id"] for v in listing}
     shown = cli("variants", "show", ids["careful-large"], cwd=ws)
@@ -36,7 +38,9 @@ def test_the_readme_walkthrough_works_end_to_end(tmp_path: Path, cli) -> None:
     diff = cli("variants", "diff", ids["baseline"], ids["careful-large"], cwd=ws)
     assert "+Think carefully and double-check" in diff.out
     assert cli("promote", "support-triage", ids["baseline"], "--reason", "initial champion", cwd=ws).code == 0
-    assert cli("promote", "support-triage", ids["cheap-mini"], cwd=ws).code == 0
+    refused = cli("promote", "support-triage", ids["cheap-mini"], cwd=ws)
+    assert refused.code == 1 and "is not ready to promote" in refused.err
+    assert cli("promote", "support-triage", ids["cheap-mini"], "--force", "--reason", "trial", cwd=ws).code == 0
     rolled = cli("rollback", "support-triage", "--reason", "too many complaints", cwd=ws)
     assert rolled.code == 0 and f"-> {ids['baseline']}" in rolled.out
     assert cli("retire", ids["flash"], "--reason", "errors", cwd=ws).code == 0
@@ -61,7 +65,7 @@ def test_registering_again_changes_nothing_and_says_so(cli) -> None:
     again = cli("zoo", "register", "--all-active")
     assert again.code == 0
     assert f"baseline: already registered as {first['baseline']}" in again.out
-    assert len(cli("variants", "list", "--json").json()) == 4
+    assert len(cli("variants", "list", "--json").json()) == 5
 
 
 def test_zoo_list_shows_the_would_be_version_ids(cli) -> None:
@@ -104,7 +108,7 @@ def test_register_all_active_registers_the_good_specs_and_exits_1_for_the_bad(cl
     (workspace_dir / "zoo" / "orphan.yaml").write_text("slot: support-triage\nname: orphan\nbase: nobody\n")
     result = cli("zoo", "register", "--all-active")
     assert result.code == 1
-    assert result.out.count("registered ") == 4 and "orphan" in result.err
+    assert result.out.count("registered ") == 5 and "orphan" in result.err
 
 
 def test_a_missing_config_file_says_how_to_create_one(cli, tmp_path: Path) -> None:
@@ -130,10 +134,10 @@ def test_two_concurrent_promote_processes_both_land_in_order(cli, workspace_dir:
     ids = _ids(cli)
     assert cli("promote", "support-triage", ids["baseline"]).code == 0
     procs = [
-        subprocess.Popen([str(SHADOWZOO), "promote", "support-triage", ids[name], "--reason", name],
+        subprocess.Popen([str(SHADOWZOO), "promote", "support-triage", ids[name], "--force", "--reason", name],
                          cwd=workspace_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name in ("cheap-mini", "careful-large")
-    ]
+    ]  # forced: without traffic no challenger is ready
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     moves = cli("history", "support-triage", "--json").json()

@@ -57,6 +57,9 @@ TEST_MODELS = {
     "sim-reset": ModelConfig(errors=ErrorConfig(reset=1.0)),
     "sim-rpm": ModelConfig(limits=LimitsConfig(rpm=3)),
     "sim-tpm": ModelConfig(limits=LimitsConfig(tpm=60)),
+    "sim-grader": ModelConfig(grader=True),
+    "sim-grader-flaky": ModelConfig(grader=True, garbage_rate=0.5),
+    "sim-grader-tenfold": ModelConfig(grader=True, score_scale=10),
 }
 
 
@@ -121,6 +124,59 @@ def test_demo_config_points_at_300_labelled_tickets(config: SimulatorConfig, tic
     assert len(tickets) == 300
     assert {ticket.expected for ticket in tickets} == set(LABELS)
     assert len({ticket.id for ticket in tickets}) == len(tickets)
+
+
+def grading_prompt(ticket: Ticket, answer: str) -> str:
+    """A judge prompt as scorer.judge writes one: the ticket quoted, the answer between tags."""
+    return f"Rubric: the category.\n\n<conversation>\n{ticket.input}\n</conversation>\n\n<answer>\n{answer}\n</answer>"
+
+
+def grade(client: openai.OpenAI, model: str, prompt: str) -> str:
+    return ask(client, model, prompt, skill="You grade answers.", temperature=0).choices[0].message.content
+
+
+def test_grader_scores_one_when_the_answers_first_line_is_the_tickets_category(
+    client: openai.OpenAI, tickets: list[Ticket]
+) -> None:
+    ticket = tickets[0]
+    wrong = next(label for label in LABELS if label != ticket.expected)
+    right = json.loads(grade(client, "sim-grader", grading_prompt(ticket, f" {ticket.expected.upper()} \n\nwhy")))
+    assert right["score"] == 1.0 and ticket.id in right["reason"]
+    assert json.loads(grade(client, "sim-grader", grading_prompt(ticket, f"{wrong}\n{ticket.expected}")))["score"] == 0.0
+
+
+def test_grader_without_a_ticket_gives_a_deterministic_score_from_a_hash(client: openai.OpenAI) -> None:
+    prompt = "Is this polite?\n<answer>\nThank you!\n</answer>"
+    first, again = (json.loads(grade(client, "sim-grader", prompt)) for _ in range(2))
+    assert first == again and 0.0 <= first["score"] <= 1.0 and "hash" in first["reason"]
+
+
+def test_grader_garbage_is_drawn_per_call_so_a_retry_can_get_json(
+    client: openai.OpenAI, tickets: list[Ticket]
+) -> None:
+    replies = [grade(client, "sim-grader-flaky", grading_prompt(tickets[1], tickets[1].expected)) for _ in range(20)]
+    garbage = [reply for reply in replies if not reply.startswith("{")]
+    assert 0 < len(garbage) < 20
+    assert all(not re.search(r"[0-9{}]", reply) for reply in garbage)
+    assert all(json.loads(reply)["score"] == 1.0 for reply in replies if reply not in garbage)
+
+
+def test_grader_score_scale_multiplies_the_score(client: openai.OpenAI, tickets: list[Ticket]) -> None:
+    reply = grade(client, "sim-grader-tenfold", grading_prompt(tickets[2], tickets[2].expected))
+    assert json.loads(reply)["score"] == 10.0
+
+
+def test_grader_options_on_a_model_that_is_not_a_grader_are_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "sim.yaml"
+    path.write_text("models:\n  sim-a:\n    garbage_rate: 0.1\n")
+    with pytest.raises(SimulatorConfigError) as caught:
+        load_simulator_config(path)
+    assert f"{path}: models.sim-a:" in str(caught.value) and "grader: true" in str(caught.value)
+
+
+def test_demo_config_serves_a_grader_for_judge_metrics() -> None:
+    judge = load_simulator_config(DEMO / "simulator.yaml").models["sim-judge"]
+    assert judge.grader and judge.garbage_rate == 0.0 and judge.input_cost_per_token > 0
 
 
 def test_config_errors_name_the_file_and_the_key(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def test_one_bad_spec_never_stops_the_others_from_registering(workspace_dir: Pat
     outcomes = register_specs(zoo.specs, zoo, workspace, registry)
     assert len(zoo.errors) == 1 and "garbage.yaml" in zoo.errors[0]
     assert sorted(o.spec_file.spec.name for o in outcomes if o.error) == ["orphan"]
-    assert len(registry.variants()) == 4
+    assert len(registry.variants()) == 5
 
 
 def test_two_specs_with_one_name_in_a_slot_are_an_error(workspace_dir: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from registry import Registration, Registry, ShadowzooError, Workspace
+from registry import Registration, ShadowzooError, VariantStore, Workspace
 from zoo.resolve import resolve_spec
 from zoo.spec import SpecFile, Zoo
 
@@ -18,7 +18,7 @@ class RegisterOutcome:
     error: str | None = None
 
 
-def register_specs(spec_files: list[SpecFile], zoo: Zoo, workspace: Workspace, registry: Registry) -> list[RegisterOutcome]:
+def register_specs(spec_files: list[SpecFile], zoo: Zoo, workspace: Workspace, registry: VariantStore) -> list[RegisterOutcome]:
     """Register each spec, bases before the specs built on them; collect every outcome."""
     outcomes = []
     for spec_file in sorted(spec_files, key=lambda s: _base_depth(s, zoo)):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from registry import ConfigError, NewVariant, Registry, Variant, Workspace, fingerprint, sha256_text, version_id
+from registry import ConfigError, NewVariant, Variant, VariantStore, Workspace, fingerprint, sha256_text, version_id
 from zoo.skills import read_skill
 from zoo.spec import SpecFile, Zoo
 
@@ -39,7 +39,7 @@ class Resolved:
             skill_text=self.skill_text, parent=self.parent, source="spec", spec_path=str(self.spec_file.path),
         )
 
-    def would_be_id(self, registry: Registry) -> str:
+    def would_be_id(self, registry: VariantStore) -> str:
         """The id this spec has, or would get if registered today."""
         spec = self.spec_file.spec
         existing = registry.variant_with_fingerprint(spec.slot, self.fingerprint)
@@ -48,13 +48,13 @@ class Resolved:
         return version_id(spec.name, datetime.now(UTC), self.fingerprint)
 
 
-def resolve_spec(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: Registry) -> Resolved:
+def resolve_spec(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: VariantStore) -> Resolved:
     """Resolve one spec; errors name the spec file and what did not resolve."""
     return _Resolver(zoo, workspace, registry).resolve(spec_file, ())
 
 
 class _Resolver:
-    def __init__(self, zoo: Zoo, workspace: Workspace, registry: Registry) -> None:
+    def __init__(self, zoo: Zoo, workspace: Workspace, registry: VariantStore) -> None:
         self.zoo = zoo
         self.workspace = workspace
         self.registry = registry

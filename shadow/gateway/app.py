@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
 
 from shadow.apply import apply_variant
 from shadow.gateway.capture import CaptureBuffer, PendingCapture
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
+from shadow.gateway.metrics import exposition, gateway_metrics
 from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
 
@@ -53,6 +55,7 @@ def build_app(state: GatewayState) -> web.Application:
     app.router.add_post("/v1/feedback", feedback)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_background)
     return app
 
@@ -123,7 +126,7 @@ def _check_chat(payload: Any) -> str | None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Serve the slot's champion; capture the exchange whatever happens."""
-    received_at = time.time()
+    received_at, started = time.time(), time.perf_counter()
     payload = await _json_body(request)
     if isinstance(payload, web.Response):
         return payload
@@ -136,8 +139,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route = state.routes.route(slot)
     if route is None:
         known = ", ".join(state.routes.slots()) or "none yet"
+        gateway_metrics().requests.labels("unknown", "404").inc()
         return error_response(404, f"no slot {slot!r} is served here (slots: {known})", code="model_not_found", param="model")
     if route.error:
+        gateway_metrics().requests.labels(slot, "503").inc()
         return error_response(503, f"slot {slot!r} cannot be served: {route.error}", code="slot_misconfigured")
     stream = payload.get("stream") is True
     wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
@@ -151,7 +156,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         return await state.upstream.forward(request, route, body, pending, wants_usage)
     finally:
-        state.captures.add(pending)
+        _account(state, pending, started)
+
+
+def _account(state: GatewayState, pending: PendingCapture, started: float) -> None:
+    """Keep the capture (or count it dropped) and the request's series."""
+    metrics = gateway_metrics()
+    if not state.captures.add(pending):
+        metrics.dropped.labels(pending.slot, "buffer_full").inc()
+    metrics.requests.labels(pending.slot, str(pending.status or 499)).inc()
+    upstream_s = (pending.latency_ms or 0.0) / 1000
+    metrics.overhead.labels(pending.slot).observe(max(0.0, time.perf_counter() - started - upstream_s))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -230,6 +245,10 @@ def _accepted(request: web.Request, record: BaseModel, answer: dict[str, Any]) -
     if not request.app[STATE].captures.add(record):
         return error_response(503, "capture buffer is full; retry shortly", code="capture_buffer_full")
     return web.json_response({"status": "accepted", **answer}, status=202)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

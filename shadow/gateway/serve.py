@@ -1,4 +1,4 @@
-"""Running gateway workers: one process each, sharing the port, supervised by a parent.
+"""Running a gateway worker: one process each, several sharing a port (see `ops.supervise`).
 
 Each worker reads `shadowzoo.yaml` once at start and `routes.json` continuously; it never
 opens the database. With no client keys configured the gateway is not an open proxy: it
@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import multiprocessing
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from aiohttp import web
@@ -28,7 +26,6 @@ from shadow.spool import spool_dir
 
 log = logging.getLogger("shadowzoo.gateway")
 SHUTDOWN_GRACE_S = 10.0
-RESTART_BACKOFF_S = 1.0
 
 
 def client_keys(workspace: Workspace) -> tuple[str, ...]:
@@ -82,49 +79,7 @@ async def serve_worker(workspace: Workspace, host: str, port: int, reuse_port: b
     await runner.cleanup()
 
 
-def _worker_main(workspace_dir: str, host: str, port: int, reuse_port: bool) -> None:
+def worker_main(workspace_dir: str, host: str, port: int, reuse_port: bool) -> None:
+    """Entry point of a gateway worker process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(serve_worker(load_workspace(Path(workspace_dir)), host, port, reuse_port))
-
-
-def run_gateway(workspace: Workspace, host: str, port: int, workers: int) -> None:
-    """Run `workers` gateway processes on one port; restart any that dies; stop all on a signal."""
-    keys = client_keys(workspace)
-    host = bind_host(host, keys)
-    if workers == 1:
-        _worker_main(str(workspace.root), host, port, reuse_port=False)
-        return
-    if port == 0:
-        raise ValueError("several workers need a fixed port (they share it)")
-    _supervise(str(workspace.root), host, port, workers)
-
-
-def _supervise(workspace_dir: str, host: str, port: int, workers: int) -> None:
-    context = multiprocessing.get_context("spawn")
-    stopping = False
-
-    def start() -> multiprocessing.Process:
-        process = context.Process(target=_worker_main, args=(workspace_dir, host, port, True), daemon=False)
-        process.start()
-        return process
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    processes = [start() for _ in range(workers)]
-    while not stopping:
-        time.sleep(0.2)
-        for index, process in enumerate(processes):
-            if not process.is_alive() and not stopping:
-                print(f"shadowzoo gateway worker {process.pid} exited with {process.exitcode}; restarting",
-                      file=sys.stderr, flush=True)
-                time.sleep(RESTART_BACKOFF_S)
-                processes[index] = start()
-    for process in processes:
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        process.join(SHUTDOWN_GRACE_S + 5)

@@ -15,6 +15,16 @@ first line; when ``reasoning_tokens > 0`` a blank line and an explanation of exa
 tokens of deterministic text. Sampling parameters other than the length limits are
 ignored.
 
+Grader models (``grader: true``) answer like an LLM judge instead, with one line of
+JSON ``{"score": s, "reason": "..."}``. The graded answer is the text between the
+first ``<answer>`` and the last ``</answer>`` of the user messages; the ticket is the
+demo-task item whose ``input`` occurs in the rest of them. With both found, ``s`` is 1
+when the answer's first line is the ticket's expected category (ignoring case and
+surrounding space), else 0; otherwise ``s`` is ``u`` rounded to two decimals. Then
+``s`` is multiplied by ``score_scale``, and with probability ``garbage_rate`` (drawn
+per call like the faults, never in fast mode) the whole reply is a sentence that is
+not JSON and holds no number, so that judges can be tested on replies they cannot parse.
+
 Token counting (the one rule used everywhere here):
 
 * a message's text is its ``content`` string, or the concatenated ``text`` of its
@@ -34,6 +44,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import json
 import math
 import random
 import re
@@ -64,6 +75,9 @@ _EXPLANATION_TEXT = (
     "Anything that fits none of these is routed to other so that a person can read it. "
     "The wording here was checked against each rule before choosing the category above. "
 )
+_GARBAGE_TEXT = "I looked at the answer and it seems mostly fine to me, though I cannot say how sure I am."
+_ANSWER_OPEN = "<answer>"
+_ANSWER_CLOSE = "</answer>"
 
 
 def message_text(content: object) -> str:
@@ -231,6 +245,15 @@ class SimulatedModel:
             u -= rate
         return Fault.NONE
 
+    def draw_garbage(self) -> bool:
+        """Whether this call's grader reply is not JSON, drawn from the seeded RNG (never in fast mode).
+
+        Models without a garbage rate draw nothing, so their fault sequence is unchanged.
+        """
+        if self.fast or self.config.garbage_rate == 0.0:
+            return False
+        return self._rng.random() < self.config.garbage_rate
+
     def first_delay_s(self) -> float:
         """Delay before the answer starts: base plus seeded jitter (0 in fast mode)."""
         if self.fast:
@@ -293,8 +316,11 @@ class Engine:
         skill, conversation, last_user = _split(messages)
         digest = hashlib.sha256("\x00".join((model, skill, conversation)).encode()).digest()
         ticket = self._tickets.get(last_user) if last_user is not None else None
-        settings = self.models[model].config
-        if ticket is None:
+        simulated = self.models[model]
+        settings = simulated.config
+        if settings.grader:
+            full = _GARBAGE_TEXT if simulated.draw_garbage() else self._grade(settings, messages, digest)
+        elif ticket is None:
             full = self._generic.piece(_int(digest, 8, 16), settings.output_tokens * CHARS_PER_TOKEN)
         else:
             full = self._ticket_answer(settings, skill, ticket, digest)
@@ -314,6 +340,25 @@ class Engine:
         chars = settings.reasoning_tokens * CHARS_PER_TOKEN
         explanation = self._explanation.piece(_int(digest, 8, 16), chars)
         return f"{category}\n\n{explanation}"
+
+    def _grade(self, settings: ModelConfig, messages: Sequence[Mapping[str, object]], digest: bytes) -> str:
+        """A judge's JSON verdict: 1 or 0 against the quoted ticket, else a score from the hash."""
+        prompt = "\n\n".join(message_text(m.get("content")) for m in messages if m.get("role") == "user")
+        answer, rest = _graded_answer(prompt)
+        ticket = self._quoted_ticket(rest)
+        if answer is None or ticket is None:
+            score = round(_int(digest, 0, 8) / 2**64, 2)
+            reason = "No demo-task ticket and answer found to grade; this score comes from a hash."
+        else:
+            given = answer.strip().split("\n", 1)[0].strip()
+            score = 1.0 if given.casefold() == ticket.expected.casefold() else 0.0
+            reason = f"The answer's first line is {given!r}; ticket {ticket.id} is {ticket.expected!r}."
+        return json.dumps({"score": score * settings.score_scale, "reason": reason})
+
+    def _quoted_ticket(self, text: str) -> Ticket | None:
+        """The demo-task item whose input occurs in ``text`` (the longest, if several do)."""
+        found = [ticket for ticket in self._tickets.values() if ticket.input in text]
+        return max(found, key=lambda ticket: len(ticket.input), default=None)
 
     def _correct_probability(self, settings: ModelConfig, skill: str, expected: str) -> float:
         """p for an item of category ``expected``: the model's accuracy plus the skill's boosts, clamped."""
@@ -350,6 +395,15 @@ def _split(messages: Sequence[Mapping[str, object]]) -> tuple[str, str, str | No
         if role == "user":
             last_user = text
     return "\n\n".join(skill), "\x00".join(conversation), last_user
+
+
+def _graded_answer(prompt: str) -> tuple[str | None, str]:
+    """The text between the first <answer> and the last </answer>, and the prompt without it."""
+    start = prompt.find(_ANSWER_OPEN)
+    end = prompt.rfind(_ANSWER_CLOSE)
+    if start < 0 or end < start:
+        return None, prompt
+    return prompt[start + len(_ANSWER_OPEN) : end], prompt[:start] + prompt[end + len(_ANSWER_CLOSE) :]
 
 
 def _truncate(text: str, max_tokens: int | None) -> tuple[str, str]:

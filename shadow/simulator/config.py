@@ -1,10 +1,10 @@
 """Configuration of the shadowzoo LLM simulator (not a real LLM).
 
 The simulator's YAML declares the models it pretends to serve (latency, injected
-errors, output length, prices, rate limits, accuracy) and the demo task: a labelled
-dataset plus the skill directives that raise a model's accuracy on it. Every model
-here is a pydantic model with ``extra="forbid"``, so a typo is an error that names
-the file and the key rather than a silently ignored setting.
+errors, output length, prices, rate limits, accuracy, or grading like an LLM judge)
+and the demo task: a labelled dataset plus the skill directives that raise a model's
+accuracy on it. Every model here is a pydantic model with ``extra="forbid"``, so a
+typo is an error that names the file and the key rather than a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -114,6 +114,28 @@ class ModelConfig(_Strict):
         default_factory=LimitsConfig,
         description="Rate limits enforced with HTTP 429 and x-ratelimit-* headers.",
     )
+    grader: bool = Field(
+        False,
+        description="Answer like an LLM judge: reply with JSON {\"score\", \"reason\"} grading the answer "
+        "between <answer> and </answer> against the demo-task ticket quoted in the prompt.",
+    )
+    garbage_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="Grader only: probability, drawn per call from the seeded RNG, of a reply that is not JSON "
+        "(a retry can succeed; never in fast mode).",
+    )
+    score_scale: float = Field(
+        1.0, gt=0,
+        description="Grader only: factor on every score, as a grader on another scale would answer "
+        "(e.g. 10 gives scores of 0 or 10, outside 0..1).",
+    )
+
+    @model_validator(mode="after")
+    def _grader_options_need_a_grader(self) -> ModelConfig:
+        """garbage_rate and score_scale change a grader's replies; on another model they would do nothing."""
+        if not self.grader and (self.garbage_rate != 0.0 or self.score_scale != 1.0):
+            raise ValueError("garbage_rate and score_scale apply only to a model with grader: true")
+        return self
 
 
 class Directive(_Strict):

@@ -1,0 +1,138 @@
+"""Scorer benchmark: full rebuild and incremental refresh over millions of shadow results.
+
+One slot, a champion and five challengers, N requests with labels, so 5·N shadow results.
+Every figure is a ratio to one aggregate scan of the same shadow results in the same run
+(`SELECT version_id, count(*), avg(latency_ms), avg(length(output)) … GROUP BY 1`):
+
+- full rebuild: the first refresh of a period (every pair computed, moments, board);
+- incremental refresh: a refresh after 100k new shadow results (20k requests × 5);
+- peak RSS of the process.
+
+Prints one JSON object. `--requests 2000000` gives the 10 M results of the issue;
+`--growth` also runs a tenth of that, to show how the figures scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from registry import NewVariant, Registry, load_workspace  # noqa: E402
+from scorer.service import Scorer  # noqa: E402
+
+SLOT = "bench"
+CHALLENGERS = 5
+LABELS = ["billing", "technical", "account", "shipping", "other"]
+
+
+def workspace(root: Path) -> Path:
+    """A workspace with one slot scored by exact match, and a priced model."""
+    config = {
+        "providers": {"up": {"base_url": "http://127.0.0.1:9/v1"}},
+        "slots": {SLOT: {"defaults": {"provider": "up", "model": "m"},
+                         "metrics": [{"type": "exact_match", "first_line": True}],
+                         "scoring": {"value_per_point": 0.01, "min_samples": 200}}},
+        "prices": {"m": {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6}},
+    }
+    (root / "zoo").mkdir(parents=True)
+    (root / "shadowzoo.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def register(registry: Registry) -> tuple[str, list[str]]:
+    ids = []
+    for index in range(CHALLENGERS + 1):
+        ids.append(registry.register(NewVariant(
+            slot=SLOT, label=f"v{index}", kind="chat", skill_text=f"skill {index}",
+            config={"kind": "chat", "provider": "up", "model": "m", "params": {}})).variant.version_id)
+    registry.promote(SLOT, ids[0], "bench", None, None)
+    return ids[0], ids[1:]
+
+
+def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int) -> None:
+    """`count` labelled requests answered by the champion and every challenger, in SQL."""
+    labels = "['" + "', '".join(LABELS) + "']"
+    answer = "CASE WHEN hash(i * {k}) % 100 < {acc} THEN {labels}[1 + i % 5] ELSE 'other' END"
+    with registry.database.transaction() as db:
+        db.execute(f"""
+            INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, status, output,
+                                 prompt_tokens, completion_tokens, latency_ms, source, ingested_at)
+            SELECT 'r' || i, '{SLOT}', now()::TIMESTAMP + to_microseconds(i), '{{}}', '{champion}', 200,
+                   {answer.format(k=7, acc=70, labels=labels)}, 120, 12, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
+            FROM range({start}, {start + count}) t(i)""")
+        db.execute(f"""
+            INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at)
+            SELECT 'o' || i, 'r' || i, 'r' || i, 'label', to_json({labels}[1 + i % 5]), now()::TIMESTAMP
+            FROM range({start}, {start + count}) t(i)""")
+        for index, version in enumerate(challengers):
+            db.execute(f"""
+                INSERT INTO shadow_results (request_id, version_id, role, status, output, prompt_tokens,
+                                            completion_tokens, latency_ms, attempts, finished_at)
+                SELECT 'r' || i, '{version}', 'challenger', 'ok', {answer.format(k=11 + index, acc=60 + 5 * index, labels=labels)},
+                       150, 12, 180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
+                FROM range({start}, {start + count}) t(i)""")
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def scan(registry: Registry) -> float:
+    with registry.database.reading() as db:
+        return timed(lambda: db.execute(
+            "SELECT version_id, count(*), avg(latency_ms), avg(length(output)) FROM shadow_results GROUP BY 1").fetchall())
+
+
+def run(requests: int, incremental: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Registry.open(load_workspace(workspace(Path(tmp))))
+        champion, challengers = register(registry)
+        generate(registry, champion, challengers, 0, requests)
+        scan(registry)  # warm the cache so both sides read from memory
+        scan_s = min(scan(registry) for _ in range(3))
+        scorer = Scorer(registry.workspace, registry)
+        rebuild_s = timed(lambda: scorer.refresh(SLOT))
+        generate(registry, champion, challengers, requests, incremental // CHALLENGERS)
+        refresh_s = timed(lambda: scorer.refresh(SLOT))
+        board = scorer.refresh(SLOT)
+        pairs = sum(r.comparison.pairs for r in board.rows if r.comparison)
+        registry.close()
+    return {
+        "shadow_results": requests * CHALLENGERS,
+        "scan_s": round(scan_s, 4),
+        "full_rebuild_s": round(rebuild_s, 3),
+        "full_rebuild_vs_scan": round(rebuild_s / scan_s, 2),
+        "incremental_results": incremental,
+        "incremental_refresh_s": round(refresh_s, 3),
+        "incremental_refresh_vs_scan": round(refresh_s / scan_s, 3),
+        "pairs_after": pairs,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2_000_000, help="labelled requests (5 results each)")
+    parser.add_argument("--incremental", type=int, default=100_000, help="new shadow results before the refresh")
+    parser.add_argument("--growth", action="store_true", help="also run at a tenth of --requests")
+    args = parser.parse_args()
+    figures = {"targets": {"full_rebuild_vs_scan": "<= 15", "incremental_refresh_vs_scan": "<= 0.1", "peak_rss_gb": "< 4"}}
+    if args.growth:
+        figures["small"] = run(args.requests // 10, args.incremental)
+    figures["large"] = run(args.requests, args.incremental)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The daemon's admin API: every operator operation over HTTP, for the CLI and for scripts.
+
+Each endpoint is declared once, with its body and answer models, and that declaration
+drives both the routing and `/openapi.json`. Calls run `LocalOperations` in the daemon
+(off the event loop; the database lock serialises them). `/admin/*` needs the bearer token
+named in the config, compared in constant time; `/metrics`, `/healthz` and
+`/openapi.json` are open (bind the daemon to loopback, the default). Errors keep their
+kind: a refused promotion is 409 with the same message the CLI prints locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from ops.jobs import JobBoard, JobRequest, JobStatus
+from ops.operations import LocalOperations
+from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
+from scorer.board import EvidencePoint, Leaderboard
+from shadow.pauses import Pause
+
+ERROR_STATUS = {NotFound: 404, Refused: 409, ConfigError: 400}
+ERROR_KIND = {404: "not_found", 409: "refused", 400: "invalid"}
+
+
+class PromoteBody(BaseModel):
+    slot: str
+    version_id: str
+    actor: str
+    reason: str | None = None
+    force: bool = False
+
+
+class RollbackBody(BaseModel):
+    slot: str
+    actor: str
+    reason: str | None = None
+
+
+class RetireBody(BaseModel):
+    version_id: str
+    actor: str
+    reason: str | None = None
+
+
+class PauseBody(BaseModel):
+    version_id: str | None = Field(None, description="A challenger, or null for all shadow spend.")
+    actor: str = "unknown"
+    reason: str | None = None
+
+
+Handler = Callable[["Api", web.Request, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One admin route: what it takes, what it answers, and what it does."""
+
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+    body: type[BaseModel] | None = None
+    answer: Any = None
+    query: tuple[str, ...] = ()
+
+
+class Api:
+    """The admin application's state: operations, jobs, metrics, token and status source."""
+
+    def __init__(self, operations: LocalOperations, jobs: JobBoard, metrics_registry: Any, token: str | None,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self.operations = operations
+        self.jobs = jobs
+        self.metrics_registry = metrics_registry
+        self.token = token
+        self.status = status
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(function, *args)
+
+
+async def _status(api: Api, request: web.Request, body: None) -> dict[str, Any]:
+    return await api.call(api.status)
+
+
+async def _variants(api: Api, request: web.Request, body: None) -> list[Variant]:
+    return await api.call(api.operations.variants, request.query.get("slot"), request.query.get("status"))
+
+
+async def _variant(api: Api, request: web.Request, body: None) -> Variant:
+    return await api.call(api.operations.variant, request.match_info["version_id"])
+
+
+async def _champion(api: Api, request: web.Request, body: None) -> Variant | None:
+    return await api.call(api.operations.champion, _required(request, "slot"))
+
+
+async def _by_label(api: Api, request: web.Request, body: None) -> Variant | None:
+    return await api.call(api.operations.latest_with_label, _required(request, "slot"), _required(request, "label"))
+
+
+async def _by_fingerprint(api: Api, request: web.Request, body: None) -> Variant | None:
+    return await api.call(api.operations.variant_with_fingerprint, _required(request, "slot"),
+                          _required(request, "fingerprint"))
+
+
+async def _skill(api: Api, request: web.Request, body: None) -> str:
+    return await api.call(api.operations.skill_text, request.match_info["sha"])
+
+
+async def _register(api: Api, request: web.Request, body: NewVariant) -> Registration:
+    return await api.call(api.operations.register, body)
+
+
+async def _promote(api: Api, request: web.Request, body: PromoteBody) -> Move:
+    return await api.call(api.operations.promote, body.slot, body.version_id, body.actor, body.reason, body.force)
+
+
+async def _rollback(api: Api, request: web.Request, body: RollbackBody) -> Move:
+    return await api.call(api.operations.rollback, body.slot, body.actor, body.reason)
+
+
+async def _retire(api: Api, request: web.Request, body: RetireBody) -> Move:
+    return await api.call(api.operations.retire, body.version_id, body.actor, body.reason)
+
+
+async def _pause(api: Api, request: web.Request, body: PauseBody) -> Pause:
+    return await api.call(api.operations.pause, body.version_id, body.actor, body.reason)
+
+
+async def _resume(api: Api, request: web.Request, body: PauseBody) -> Pause | None:
+    return await api.call(api.operations.resume, body.version_id)
+
+
+async def _pauses(api: Api, request: web.Request, body: None) -> list[Pause]:
+    return await api.call(api.operations.pauses)
+
+
+async def _history(api: Api, request: web.Request, body: None) -> list[Move]:
+    return await api.call(api.operations.history, _required(request, "slot"))
+
+
+async def _leaderboard(api: Api, request: web.Request, body: None) -> Leaderboard:
+    since = request.query.get("since")
+    try:
+        moment = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise ConfigError(f"since: {since!r} is not an ISO date-time") from None
+    return await api.call(api.operations.leaderboard, _required(request, "slot"), moment)
+
+
+async def _evidence(api: Api, request: web.Request, body: None) -> list[EvidencePoint]:
+    return await api.call(api.operations.evidence_history, _required(request, "slot"))
+
+
+async def _start_job(api: Api, request: web.Request, body: JobRequest) -> JobStatus:
+    return api.jobs.start(body)
+
+
+async def _job(api: Api, request: web.Request, body: None) -> JobStatus:
+    return api.jobs.status(request.match_info["job_id"])
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/admin/status", "Daemon health, spool lag, queue, budgets, pauses, last jobs, routes drift.", _status, answer=dict),
+    Endpoint("GET", "/admin/variants", "Registered variants, oldest first.", _variants, answer=list[Variant], query=("slot", "status")),
+    Endpoint("GET", "/admin/variants/{version_id}", "One variant.", _variant, answer=Variant),
+    Endpoint("GET", "/admin/champion", "A slot's champion (null when it has none).", _champion, answer=Variant | None, query=("slot",)),
+    Endpoint("GET", "/admin/variants-by-label", "The newest active variant with a label.", _by_label, answer=Variant | None, query=("slot", "label")),
+    Endpoint("GET", "/admin/variants-by-fingerprint", "The variant with a config fingerprint.", _by_fingerprint, answer=Variant | None, query=("slot", "fingerprint")),
+    Endpoint("GET", "/admin/skills/{sha}", "A skill document by sha256.", _skill, answer=str),
+    Endpoint("POST", "/admin/variants", "Register a resolved variant (idempotent).", _register, NewVariant, Registration),
+    Endpoint("POST", "/admin/promote", "Promote on evidence (or by force, with a reason).", _promote, PromoteBody, Move),
+    Endpoint("POST", "/admin/rollback", "Move the champion back one promotion.", _rollback, RollbackBody, Move),
+    Endpoint("POST", "/admin/retire", "Retire a challenger.", _retire, RetireBody, Move),
+    Endpoint("POST", "/admin/pause", "Pause one challenger's shadow calls, or all.", _pause, PauseBody, Pause),
+    Endpoint("POST", "/admin/resume", "Resume one challenger, or all.", _resume, PauseBody, Pause | None),
+    Endpoint("GET", "/admin/pauses", "Current pauses.", _pauses, answer=list[Pause]),
+    Endpoint("GET", "/admin/history", "A slot's audit log.", _history, answer=list[Move], query=("slot",)),
+    Endpoint("GET", "/admin/leaderboard", "A slot's leaderboard, freshly scored.", _leaderboard, answer=Leaderboard, query=("slot", "since")),
+    Endpoint("GET", "/admin/evidence", "How each challenger's evidence grew.", _evidence, answer=list[EvidencePoint], query=("slot",)),
+    Endpoint("POST", "/admin/jobs", "Start long work (replay, report) as a daemon job.", _start_job, JobRequest, JobStatus),
+    Endpoint("GET", "/admin/jobs/{job_id}", "A job's progress and result.", _job, answer=JobStatus),
+)
+
+
+def build_admin_app(api: Api) -> web.Application:
+    app = web.Application(middlewares=[_auth(api.token)])
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, endpoint.path, _route(api, endpoint))
+    app.router.add_get("/metrics", lambda request: _metrics(api))
+    app.router.add_get("/healthz", lambda request: _healthz())
+    app.router.add_get("/openapi.json", lambda request: _openapi())
+    return app
+
+
+def _auth(token: str | None):
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if request.path.startswith("/admin/"):
+            header = request.headers.get("Authorization", "")
+            given = header[7:] if header.startswith("Bearer ") else ""
+            if not token or not hmac.compare_digest(given.encode(), token.encode()):
+                return _error(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer …)")
+        return await handler(request)
+
+    return middleware
+
+
+def _route(api: Api, endpoint: Endpoint):
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            body = await _body(request, endpoint.body) if endpoint.body else None
+            answer = await endpoint.handler(api, request, body)
+        except ShadowzooError as exc:
+            status = next((code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind)), 400)
+            return _error(status, ERROR_KIND[status], str(exc))
+        return web.Response(body=TypeAdapter(endpoint.answer).dump_json(answer), content_type="application/json")
+
+    return handle
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+
+
+def _required(request: web.Request, name: str) -> str:
+    value = request.query.get(name)
+    if not value:
+        raise ConfigError(f"query parameter {name!r} is required")
+    return value
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"error": {"type": kind, "message": message}}, status=status)
+
+
+async def _metrics(api: Api) -> web.Response:
+    return web.Response(body=generate_latest(api.metrics_registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz() -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _openapi() -> web.Response:
+    return web.Response(text=json.dumps(openapi_document()), content_type="application/json")
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for the admin API, generated from the endpoint table."""
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        operation: dict[str, Any] = {
+            "summary": endpoint.summary,
+            "security": [{"bearer": []}],
+            "parameters": [{"name": name, "in": "query", "schema": {"type": "string"}} for name in endpoint.query]
+            + [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+               for part in endpoint.path.split("/") if part.startswith("{")],
+            "responses": {"200": {"description": "OK", "content": {"application/json": {
+                "schema": TypeAdapter(endpoint.answer).json_schema(mode="serialization")}}},
+                          "401": {"description": "Missing or wrong token"}},
+        }
+        if endpoint.body is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": endpoint.body.model_json_schema()}}}
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "shadowzoo admin API", "version": "1"},
+        "paths": paths,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

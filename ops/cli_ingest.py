@@ -1,0 +1,114 @@
+"""`shadowzoo ingest traffic|outcomes FILE`: load JSONL an application logged itself.
+
+The file's records go into the spool as segments, exactly as captures do, so the same
+path works whether or not the daemon runs: a running daemon ingests them with its next
+ingest; without one, the command ingests the spool into the database itself and prints
+what it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from ops.output import error_console, print_json, say, warn
+from ops.session import session
+from ops.state import running_daemon
+from registry import Registry, Workspace
+from shadow.ingest import IngestReport, ingest_spool
+from shadow.logfile import LineProgress, read_outcome_log, read_traffic_log, spool_records
+from shadow.records import SpoolRecord
+from shadow.spool import spool_dir
+
+app = typer.Typer(
+    help="Load JSONL files into the spool and ingest them: request/response logs and outcomes.",
+    no_args_is_help=True,
+)
+
+FileArgument = Annotated[
+    Path, typer.Argument(help="A JSON Lines file.", exists=True, dir_okay=False, readable=True)
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")]
+Reader = Callable[[LineProgress], Iterator[SpoolRecord]]
+
+
+@app.command()
+def traffic(
+    ctx: typer.Context,
+    file: FileArgument,
+    slot: Annotated[str | None, typer.Option("--slot", help="Slot of the lines that do not name one.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Load an OpenAI request/response log: one {slot, request, response, latency_ms} per line.
+
+    Optional per line: request_id, client_request_id, received_at (ISO time), error. A bad
+    line stops the load before anything is written; loading a file twice stores nothing twice.
+
+    Example: shadowzoo ingest traffic calls.jsonl --slot support-triage
+    """
+    workspace = session(ctx).workspace()
+    slots = workspace.config.slots
+    _load(workspace, file, lambda progress: read_traffic_log(file, slot, slots, progress=progress), as_json)
+
+
+@app.command()
+def outcomes(ctx: typer.Context, file: FileArgument, as_json: JsonOption = False) -> None:
+    """Load labels and reactions: {request_id, label} or {request_id, kind, value} per line.
+
+    `client_request_id` may key a line instead of `request_id`. Outcomes whose request is
+    not ingested yet are kept, and joined when it arrives.
+
+    Example: shadowzoo ingest outcomes labels.jsonl
+    """
+    _load(session(ctx).workspace(), file, lambda progress: read_outcome_log(file, progress=progress), as_json)
+
+
+def _load(workspace: Workspace, file: Path, read: Reader, as_json: bool) -> None:
+    """Spool the file's records (all or none); ingest the spool here unless the daemon runs; say what happened."""
+    spool = spool_dir(workspace.state_dir)
+    daemon = running_daemon(workspace)
+    with _progress() as bars:
+        reading = bars.add_task(f"reading {file.name}", total=file.stat().st_size)
+        spooled = spool_records(read(lambda size: bars.advance(reading, size)), spool)
+        bars.remove_task(reading)
+        report = None if daemon else _ingest_here(workspace, spool, bars)
+    if as_json:
+        print_json({
+            "file": str(file), "records": spooled.records, "segments_written": len(spooled.segments),
+            "daemon_pid": daemon.pid if daemon else None, "ingest": asdict(report) if report else None,
+        })
+    else:
+        say(f"read {spooled.records} record(s) from {file} into {len(spooled.segments)} spool segment(s)")
+        say(_summary(report) if report else f"the running daemon (pid {daemon.pid}) ingests them")
+    for name, reason in report.quarantined if report else []:
+        warn(f"spool segment {name} quarantined: {reason}")
+
+
+def _ingest_here(workspace: Workspace, spool: Path, bars: Progress) -> IngestReport:
+    """Ingest the whole spool in this process (no daemon owns the database)."""
+    ingesting = bars.add_task("ingesting", total=None)
+    with Registry.open(workspace) as registry:
+        return ingest_spool(
+            registry.database, spool, progress=lambda done, total: bars.update(ingesting, completed=done, total=total)
+        )
+
+
+def _progress() -> Progress:
+    """Progress bars on stderr, shown only on a terminal and cleared when done."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+        console=error_console, transient=True, disable=not error_console.is_terminal,
+    )
+
+
+def _summary(report: IngestReport) -> str:
+    return (
+        f"ingested {report.segments} segment(s): {report.traffic_rows} traffic row(s), "
+        f"{report.outcome_rows} outcome row(s), {report.duplicates} duplicate(s) ignored, "
+        f"{report.joined_outcomes} outcome(s) joined to their traffic"
+    )

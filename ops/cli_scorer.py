@@ -1,0 +1,110 @@
+"""`shadowzoo leaderboard` and `shadowzoo report`: what the evidence says, for people and for PRs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ops.output import console, print_json, print_table, say
+from ops.session import session
+from registry.atomic import write_atomic
+from scorer.board import Leaderboard, Status
+from scorer.report import format_interval, render_html, render_markdown, usd
+
+STATUS_STYLE = {Status.READY: "green", Status.WORSE: "red", Status.GUARDRAIL: "yellow", Status.CHAMPION: "bold"}
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    md = "md"
+    html = "html"
+
+
+SlotOption = Annotated[str, typer.Option("--slot", help="The slot to score.")]
+SinceOption = Annotated[
+    datetime | None,
+    typer.Option("--since", help="Descriptive columns from this UTC time on (readiness always uses the current period)."),
+]
+
+
+def leaderboard(
+    ctx: typer.Context,
+    slot: SlotOption,
+    output_format: Annotated[Format, typer.Option("--format", help="table, json, md or html.")] = Format.table,
+    since: SinceOption = None,
+) -> None:
+    """Rank every variant of a slot, net of cost, with paired always-valid intervals.
+
+    Per variant, champion first: n, mean quality, cost per 1k requests, p50/p95 latency,
+    error rate, net value per 1k, the paired net difference per request against the
+    champion with its interval, and a status (ready, collecting, worse, guardrail, price
+    unknown, paused). Ready is advice: `shadowzoo promote` acts on it.
+
+    Example: shadowzoo leaderboard --slot support-triage --format md
+    """
+    with session(ctx).operations() as operations:
+        board = operations.leaderboard(slot, since=since)
+        history = operations.evidence_history(slot) if output_format == Format.html else []
+    if output_format == Format.json:
+        print_json(board)
+    elif output_format == Format.md:
+        console.print(render_markdown(board), markup=False, highlight=False)
+    elif output_format == Format.html:
+        print(render_html(board, history))
+    else:
+        _print_board(board)
+
+
+def report(
+    ctx: typer.Context,
+    slot: SlotOption,
+    out: Annotated[Path, typer.Option("--out", help="File to write (.html or .md).")] = Path("report.html"),
+    since: SinceOption = None,
+) -> None:
+    """Write a self-contained report: leaderboard, quality vs cost with the Pareto frontier,
+    net differences with interval bars, and cumulative evidence inside its confidence band.
+
+    Example: shadowzoo report --slot support-triage --out report.html
+    """
+    with session(ctx).operations() as operations:
+        board = operations.leaderboard(slot, since=since)
+        history = operations.evidence_history(slot)
+    text = render_markdown(board) if out.suffix.lower() == ".md" else render_html(board, history)
+    write_atomic(out, text.encode("utf-8"))
+    say(f"wrote {out.resolve()}")
+
+
+def _print_board(board: Leaderboard) -> None:
+    title = f"{board.slot}: period {board.period_id or '-'} since {board.period_started_at or '-'} UTC"
+    print_table(
+        title,
+        ["version", "status", "n", "quality", "cost/1k", "p50/p95 ms", "errors", "net/1k", "Δ net per request [interval]", "pairs"],
+        [
+            [r.version_id, f"[{STATUS_STYLE.get(r.status, '')}]{r.display_status}[/]" if r.status in STATUS_STYLE else r.display_status,
+             r.n, _number(r.mean_quality, 3), usd(r.cost_per_1k_usd), _latency(r), _percent(r.error_rate),
+             usd(r.net_per_1k_usd), format_interval(r.comparison.net) if r.comparison else "-",
+             r.comparison.pairs if r.comparison else "-"]
+            for r in board.rows
+        ],
+    )
+    say(f"recommendation: [bold]{board.recommendation}[/bold]" if board.recommendation
+        else "recommendation: none yet (no challenger is ready)")
+
+
+def _number(value: float | None, places: int) -> str:
+    return "-" if value is None else f"{value:.{places}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _latency(row) -> str:
+    if row.p50_latency_ms is None:
+        return "-"
+    return f"{row.p50_latency_ms:.0f}/{row.p95_latency_ms:.0f}"

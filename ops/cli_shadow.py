@@ -1,0 +1,192 @@
+"""`shadowzoo replay | pause | resume`: replaying captured traffic, and stopping shadow spend."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ops.output import console, print_json, print_table, say, warn
+from ops.session import actor_name, session
+from ops.client import RemoteOperations
+from ops.jobs import JobRequest
+from registry import Registry, ShadowzooError, utcnow
+from shadow.runner import RunFilters, RunReport, ShadowRunner, VersionCounts
+
+_RELATIVE = re.compile(r"^(\d+)([dhm])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+VersionArgument = Annotated[str | None, typer.Argument(help="The challenger's version id.")]
+AllOption = Annotated[bool, typer.Option("--all", help="All shadow spend, every slot and challenger.")]
+
+
+def replay(
+    ctx: typer.Context,
+    slot: Annotated[str, typer.Option("--slot", help="The slot whose traffic to replay.")],
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only traffic received since then: ISO time (UTC if no zone) or 14d, 12h, 30m.")
+    ] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Only this challenger.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Replay captured traffic against the slot's challengers now: a one-shot backfill.
+
+    Every sampled (request, challenger) pair without a result is run once, under the
+    providers' limits and the slot's daily budget. Interrupted, it continues where it
+    stopped when run again, and never answers a pair twice. Calls not made (paused
+    challenger, budget reached) are recorded as not run, with the reason.
+
+    Example: shadowzoo replay --slot support-triage --since 14d
+    """
+    filters = RunFilters(slot=slot, since=_since(since), version=version)
+    with session(ctx).operations() as operations:
+        try:
+            if isinstance(operations, RemoteOperations):
+                report = _replay_in_daemon(operations, filters, show_progress=not as_json)
+            else:
+                report = asyncio.run(_replay(operations.registry, filters, show_progress=not as_json))
+        except KeyboardInterrupt:
+            warn("interrupted: the results so far are saved; run the same command again to continue")
+            raise typer.Exit(130) from None
+    if as_json:
+        print_json(report)
+        return
+    _print_report(slot, report)
+
+
+def pause(
+    ctx: typer.Context,
+    version_id: VersionArgument = None,
+    all_: AllOption = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, recorded with the pause.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Who is pausing (default: $USER).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop shadow calls to one challenger, or all shadow spend with --all; the champion is never affected.
+
+    While paused, the challenger's work is recorded as not run, with this pause as the
+    reason, and the scorer leaves it out.
+
+    Example: shadowzoo pause flash-20261121-9c8d7e6f --reason "provider incident"
+    """
+    target = _target(version_id, all_)
+    with session(ctx).operations() as operations:
+        made = operations.pause(target, actor_name(actor), reason)
+    if as_json:
+        print_json(made)
+    else:
+        say(made.describe())
+
+
+def resume(
+    ctx: typer.Context,
+    version_id: VersionArgument = None,
+    all_: Annotated[bool, typer.Option("--all", help="Lift the pause of all shadow spend.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Let shadow calls run again for one challenger, or lift the pause set with `pause --all`.
+
+    Work recorded as not run while paused stays so; new work runs. Pauses of single
+    challengers outlive `resume --all`, and are listed.
+
+    Example: shadowzoo resume flash-20261121-9c8d7e6f
+    """
+    target = _target(version_id, all_)
+    with session(ctx).operations() as operations:
+        lifted = operations.resume(target)
+        remaining = operations.pauses()
+    if as_json:
+        print_json({"resumed": lifted, "still_paused": remaining})
+        return
+    what = target or "all shadow spend"
+    say(f"resumed {what}" if lifted else f"{what} was not paused")
+    for still in remaining:
+        say(f"still paused: {still.describe()}")
+
+
+def _replay_in_daemon(operations: RemoteOperations, filters: RunFilters, show_progress: bool) -> RunReport:
+    """Run the replay as a daemon job (its one runner), following its progress."""
+    request = JobRequest(kind="replay", slot=filters.slot, since=filters.since, version=filters.version)
+    with _progress_bar(show_progress) as update:
+        job = operations.run_job(request, progress=lambda j: update(RunReport.model_validate(j.progress)) if j.progress else None)
+    if job.state == "failed":
+        raise ShadowzooError(f"replay failed in the daemon: {job.error}")
+    return RunReport.model_validate(job.result)
+
+
+async def _replay(registry: Registry, filters: RunFilters, show_progress: bool) -> RunReport:
+    async with ShadowRunner(registry) as runner:
+        with _progress_bar(show_progress) as update:
+            return await runner.run_once(filters, progress=update)
+
+
+@contextmanager
+def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
+    """A progress callback drawing a bar of done / total with the counts so far (a no-op when hidden)."""
+    if not show:
+        yield lambda report: None
+        return
+    columns = (
+        TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("replay", total=None, counts="")
+
+        def update(report: RunReport) -> None:
+            counts = f"ok {report.ok}  error {report.error}  not run {report.not_run}"
+            bar.update(task, total=report.total, completed=report.done, counts=counts)
+
+        yield update
+
+
+def _print_report(slot: str, report: RunReport) -> None:
+    if not report.total:
+        say(f"nothing to replay for slot {slot!r}: every sampled request has a result from every challenger")
+        return
+    print_table(
+        None,
+        ["challenger", "ok", "error", "not run", "cost (USD)"],
+        [[v, c.ok, c.error, c.not_run, _cost(c)] for v, c in sorted(report.versions.items())],
+    )
+    say(f"replayed {slot}: {report.summary()}")
+    if report.not_run_reasons.get("paused"):
+        warn("paused challengers were not run; see `shadowzoo resume --help`")
+    if report.not_run_reasons.get("budget"):
+        warn(f"the daily shadow budget of slot {slot!r} was reached (slots.{slot}.shadow.daily_budget_usd)")
+
+
+def _cost(counts: VersionCounts) -> str:
+    """The known cost, and how many answers had none (an unpriced model)."""
+    if counts.unpriced and counts.unpriced == counts.ok + counts.error:
+        return "unpriced"
+    return f"{counts.cost_usd:.4f}" + (f" (+{counts.unpriced} unpriced)" if counts.unpriced else "")
+
+
+def _target(version_id: str | None, all_: bool) -> str | None:
+    """The version id, or None for --all; exactly one of the two must be given."""
+    if (version_id is None) == (not all_):
+        raise typer.BadParameter("name one challenger's version id, or pass --all (not both)")
+    return version_id
+
+
+def _since(value: str | None) -> datetime | None:
+    """A naive UTC time from ISO text or a relative span such as 14d."""
+    if value is None:
+        return None
+    relative = _RELATIVE.match(value.strip())
+    if relative:
+        amount, unit = relative.groups()
+        return utcnow() - timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: expected an ISO time (2026-01-31T12:00) or a span (14d, 12h, 30m)") from None
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

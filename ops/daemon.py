@@ -1,0 +1,211 @@
+"""The daemon: the single owner of the database, and everything that runs behind the champion.
+
+It holds the workspace's daemon lock and DuckDB file, rewrites `routes.json` at start, and
+runs, on APScheduler 3.x (`AsyncIOScheduler`):
+
+  ingest     every `ingest_interval_s`: spool segments into traffic and outcomes
+  score      every `score_interval_s`: every slot re-scored and snapshotted; gauges; auto-promote
+  watch      every `watch_interval_s`: a freshly promoted champion that breaks a guardrail rolls back
+  retention  daily: raw rows older than each slot's `retention.traffic_days` are deleted
+
+Every job has `coalesce=True` and `max_instances=1` (a slow run is never stacked with the
+next: the next one simply sees more work), and a misfire grace of one interval (a run late
+by less is still worth doing; later, the next run covers it). Each run logs one JSON line.
+The shadow runner is a supervised asyncio task, restarted with back-off if it dies. The
+admin API and /metrics share one port. SIGTERM/SIGINT: stop scheduling, give in-flight
+shadow calls `shutdown_grace_s`, ingest what the spool holds, checkpoint, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from ops import tasks
+from ops.admin import Api, build_admin_app
+from ops.jobs import JobBoard
+from ops.metrics import DaemonMetrics
+from ops.operations import LocalOperations
+from ops.state import DaemonInfo, DaemonLock
+from registry import Registry, ShadowzooError, Workspace
+from shadow.runner import RunFilters, ShadowRunner
+
+log = logging.getLogger("shadowzoo.daemon")
+RUNNER_IDLE_S = 1.0
+RUNNER_MAX_BACKOFF_S = 30.0
+
+
+class Daemon:
+    """One daemon process's worth of state."""
+
+    def __init__(self, workspace: Workspace, port: int | None = None) -> None:
+        self.workspace = workspace
+        self.config = workspace.config.daemon
+        self.port = self.config.admin_port if port is None else port
+        self.lock = DaemonLock(workspace)
+        self.metrics = DaemonMetrics()
+        self.jobs = JobBoard()
+        self.stopping = asyncio.Event()
+        self.last_runs: dict[str, dict] = {}
+        self.started = time.time()
+
+    async def run(self) -> None:
+        """Serve until a signal arrives; then shut down in order."""
+        token = os.environ.get(self.config.admin_token_env)
+        if not token:
+            raise ShadowzooError(
+                f"the admin API needs a token: set {self.config.admin_token_env} (daemon.admin_token_env in shadowzoo.yaml)")
+        self.lock.acquire()
+        try:
+            await self._serve(token)
+        finally:
+            self.lock.release()
+
+    async def _serve(self, token: str) -> None:
+        registry = Registry.open(self.workspace, lock_wait_s=0)
+        try:
+            registry.database.connection.execute(
+                f"SET threads = {self.config.duckdb_threads}; SET memory_limit = '{self.config.duckdb_memory_limit}'")
+            registry.write_routes()
+            self.context = tasks.TaskContext(self.workspace, LocalOperations(registry), self.metrics)
+            await asyncio.to_thread(self.context.start_metrics)
+            runner = web.AppRunner(build_admin_app(Api(self.context.operations, self.jobs, self.metrics.registry,
+                                                       token, self.status)), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, self.config.admin_host, self.port)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._publish()
+            await self._run_until_stopped(registry)
+            await runner.cleanup()
+        finally:
+            await asyncio.to_thread(_checkpoint_and_close, registry)
+
+    def _publish(self) -> None:
+        base = f"http://{self.config.admin_host}:{self.port}"
+        self.lock.publish(DaemonInfo(pid=os.getpid(), admin_url=base, metrics_url=f"{base}/metrics",
+                                     started_at=datetime.now(UTC).isoformat()))
+        print(f"shadowzoo daemon {os.getpid()}: admin API {base}/admin, metrics {base}/metrics", flush=True)
+
+    async def _run_until_stopped(self, registry: Registry) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        scheduler = self._scheduler()
+        scheduler.start()
+        shadow = asyncio.create_task(self._supervise_runner(registry))
+        reports = asyncio.create_task(self._serve_reports())
+        await self.stopping.wait()
+        scheduler.shutdown(wait=False)
+        reports.cancel()
+        try:
+            await asyncio.wait_for(shadow, self.config.shutdown_grace_s)
+        except asyncio.TimeoutError:
+            log.info("shadow calls still in flight after %.0fs were abandoned; they run again after restart",
+                     self.config.shutdown_grace_s)
+        await self._job("ingest", tasks.ingest)
+
+    def _scheduler(self) -> AsyncIOScheduler:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        for name, function, seconds in (
+            ("ingest", tasks.ingest, self.config.ingest_interval_s),
+            ("score", tasks.score, self.config.score_interval_s),
+            ("watch", tasks.watch, self.config.watch_interval_s),
+            ("retention", tasks.retention, 86400.0),
+        ):
+            scheduler.add_job(self._job, "interval", args=[name, function], seconds=seconds, id=name,
+                              coalesce=True, max_instances=1, misfire_grace_time=max(1, int(seconds)),
+                              next_run_time=datetime.now(UTC))
+        return scheduler
+
+    async def _job(self, name: str, function) -> None:
+        """Run one job in a worker thread; log one structured line; count it."""
+        started = time.perf_counter()
+        outcome, counts = "ok", {}
+        try:
+            counts = await asyncio.to_thread(function, self.context)
+        except Exception as exc:  # noqa: BLE001 - a failing job is logged and counted; the daemon goes on
+            outcome, counts = "error", {"error": f"{type(exc).__name__}: {exc}"}
+        duration = time.perf_counter() - started
+        self.metrics.job_runs.labels(name, outcome).inc()
+        self.metrics.job_duration.labels(name).observe(duration)
+        line = {"job": name, "outcome": outcome, "duration_s": round(duration, 4), **counts}
+        self.last_runs[name] = {**line, "at": datetime.now(UTC).isoformat()}
+        log.info(json.dumps(line, default=str))
+
+    async def _supervise_runner(self, registry: Registry) -> None:
+        """Keep the shadow runner going: queued replays first, else whatever is pending."""
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                async with ShadowRunner(registry) as runner:
+                    backoff = 1.0
+                    while not self.stopping.is_set():
+                        await self._runner_turn(runner)
+            except Exception:  # noqa: BLE001 - the runner is restarted; the traceback goes to the log
+                log.exception("shadow runner died; restarting in %.0fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RUNNER_MAX_BACKOFF_S)
+
+    async def _runner_turn(self, runner: ShadowRunner) -> None:
+        if not self.jobs.replays.empty():
+            job = self.jobs.replays.get_nowait()
+            job.state = "running"
+            request = job.request
+            filters = RunFilters(slot=request.slot, since=request.since, version=request.version)
+            try:
+                report = await runner.run_once(filters, progress=lambda r: job.progress.update(r.model_dump()))
+                JobBoard.finish(job, result=report.model_dump())
+            except Exception as exc:  # noqa: BLE001 - the job fails, the runner goes on
+                JobBoard.finish(job, error=f"{type(exc).__name__}: {exc}")
+            return
+        report = await runner.run_once(progress=lambda r: self.metrics.queue_depth.set(r.total - r.done))
+        self.metrics.queue_depth.set(0)
+        if report.total == 0:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), RUNNER_IDLE_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _serve_reports(self) -> None:
+        while True:
+            job = await self.jobs.reports.get()
+            job.state = "running"
+            try:
+                path = await asyncio.to_thread(tasks.write_report, self.context, job.request.slot, job.request.out)
+                JobBoard.finish(job, result={"path": str(path)})
+            except Exception as exc:  # noqa: BLE001 - the job fails, the daemon goes on
+                JobBoard.finish(job, error=f"{type(exc).__name__}: {exc}")
+
+    def status(self) -> dict:
+        """What `shadowzoo status` shows (runs in a worker thread)."""
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "last_runs": self.last_runs,
+            **tasks.status(self.context),
+        }
+
+
+def _checkpoint_and_close(registry: Registry) -> None:
+    with registry.database.reading() as db:
+        db.execute("CHECKPOINT")
+    registry.close()
+
+
+def run_daemon(workspace_dir: Path, port: int | None = None) -> None:
+    """Entry point of the daemon process."""
+    from registry import load_workspace
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    asyncio.run(Daemon(load_workspace(workspace_dir), port).run())

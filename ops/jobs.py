@@ -1,0 +1,68 @@
+"""Long work an operator starts while the daemon runs: replays and reports, followed by id.
+
+The CLI posts a `JobRequest`, gets a `JobStatus` back, and polls it for progress until it
+is done. Replays are queued for the daemon's one shadow runner (two runners on the same
+traffic would pay twice for the same answers); reports run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from registry import NotFound
+
+
+class JobRequest(BaseModel):
+    """What to run."""
+
+    kind: Literal["replay", "report"]
+    slot: str
+    since: datetime | None = Field(None, description="Replay: only traffic received since then (UTC).")
+    version: str | None = Field(None, description="Replay: only this challenger.")
+    out: str | None = Field(None, description="Report: the file to write, relative to the workspace.")
+
+
+class JobStatus(BaseModel):
+    """Where a job stands."""
+
+    id: str
+    request: JobRequest
+    state: Literal["queued", "running", "done", "failed"] = "queued"
+    progress: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+
+
+class JobBoard:
+    """The jobs of this daemon's life, and the queue of replays waiting for the runner."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobStatus] = {}
+        self._ids = itertools.count(1)
+        self.replays: asyncio.Queue[JobStatus] = asyncio.Queue()
+        self.reports: asyncio.Queue[JobStatus] = asyncio.Queue()
+
+    def start(self, request: JobRequest) -> JobStatus:
+        job = JobStatus(id=f"job-{next(self._ids)}", request=request)
+        self._jobs[job.id] = job
+        (self.replays if request.kind == "replay" else self.reports).put_nowait(job)
+        return job
+
+    def status(self, job_id: str) -> JobStatus:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no job {job_id!r} in this daemon's life") from None
+
+    @staticmethod
+    def finish(job: JobStatus, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+        job.state = "failed" if error else "done"
+        job.result, job.error = result, error
+        job.finished_at = datetime.now(UTC)

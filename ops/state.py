@@ -1,0 +1,98 @@
+"""Who owns a workspace's state: the daemon's lock and its `daemon.json`.
+
+One daemon per `state_dir`: it holds an exclusive lock on `daemon.lock` for its whole life
+(the kernel drops it if the process dies, so a crash never leaves a stale lock), and
+writes `daemon.json` with its pid and URLs. The CLI asks the lock, not the file, whether a
+daemon is running, and then talks to the URLs in the file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from registry import ShadowzooError, Workspace
+from registry.atomic import write_atomic
+
+LOCK_FILE = "daemon.lock"
+INFO_FILE = "daemon.json"
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What a running daemon tells the CLI and operators about itself."""
+
+    pid: int
+    admin_url: str
+    metrics_url: str
+    started_at: str
+
+
+class DaemonLock:
+    """The exclusive claim of one daemon on a state directory."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.state_dir = workspace.state_dir
+        self._handle = None
+
+    def acquire(self) -> None:
+        """Take the lock, or say which daemon holds it."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.state_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            info = read_info(self.state_dir)
+            holder = f"pid {info.pid}, admin API {info.admin_url}" if info else "a process that has not written daemon.json yet"
+            raise ShadowzooError(
+                f"another shadowzoo daemon already owns {self.state_dir} ({holder}); stop it first, "
+                "or point this one at another workspace"
+            ) from None
+        self._handle = handle
+
+    def publish(self, info: DaemonInfo) -> None:
+        write_atomic(self.state_dir / INFO_FILE, json.dumps(asdict(info), indent=2).encode())
+
+    def release(self) -> None:
+        """Remove daemon.json and drop the lock."""
+        if self._handle is None:
+            return
+        (self.state_dir / INFO_FILE).unlink(missing_ok=True)
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+
+def read_info(state_dir: Path) -> DaemonInfo | None:
+    try:
+        return DaemonInfo(**json.loads((state_dir / INFO_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def running_daemon(workspace: Workspace) -> DaemonInfo | None:
+    """The daemon that owns this workspace, if one is running (its lock is held)."""
+    lock_path = workspace.state_dir / LOCK_FILE
+    if not lock_path.exists():
+        return None
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_info(workspace.state_dir)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,90 @@
+"""Process supervision for `shadowzoo serve` and `shadowzoo gateway --workers N`.
+
+Each child is a spawned process; one that dies is restarted after a back-off that grows
+while it keeps dying. On SIGTERM or SIGINT children are stopped in the order given (the
+gateways first, so they flush their captures to the spool, then the daemon, so it ingests
+them), each with SIGTERM and a grace period.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+POLL_S = 0.2
+MAX_BACKOFF_S = 30.0
+STOP_GRACE_S = 20.0
+
+
+@dataclass
+class Child:
+    """One supervised process: what it runs, and its restart state."""
+
+    name: str
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    process: multiprocessing.Process | None = None
+    backoff_s: float = 1.0
+    restart_at: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def supervise(children: list[Child]) -> None:
+    """Run the children until a signal; restart any that dies; stop them in order."""
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        _start(context, child)
+    while not stopping:
+        time.sleep(POLL_S)
+        for child in children:
+            _tend(context, child)
+    for child in children:
+        _stop(child)
+
+
+def _start(context: Any, child: Child) -> None:
+    child.process = context.Process(target=child.target, args=child.args, name=child.name)
+    child.process.start()
+    child.started_at = time.monotonic()
+
+
+def _tend(context: Any, child: Child) -> None:
+    """Restart a dead child once its back-off has passed."""
+    process = child.process
+    if process is not None and process.is_alive():
+        if time.monotonic() - child.started_at > MAX_BACKOFF_S:
+            child.backoff_s = 1.0
+        return
+    now = time.monotonic()
+    if process is not None:
+        print(f"shadowzoo: {child.name} (pid {process.pid}) exited with {process.exitcode}; "
+              f"restarting in {child.backoff_s:.0f}s", file=sys.stderr, flush=True)
+        child.process = None
+        child.restart_at = now + child.backoff_s
+        child.backoff_s = min(child.backoff_s * 2, MAX_BACKOFF_S)
+    if now >= child.restart_at:
+        _start(context, child)
+
+
+def _stop(child: Child) -> None:
+    process = child.process
+    if process is None or not process.is_alive():
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    process.join(STOP_GRACE_S)
+    if process.is_alive():
+        process.kill()
+        process.join()

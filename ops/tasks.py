@@ -1,0 +1,197 @@
+"""The daemon's periodic work, as plain functions of a `TaskContext`, each run in a worker thread.
+
+Each returns a few counts for its log line. They touch the database only through the
+registry's `Database`, whose lock makes the daemon's writes one at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ops.metrics import DaemonMetrics
+from ops.operations import LocalOperations
+from registry import Workspace, read_routes, utcnow
+from registry.atomic import write_atomic
+from scorer.leaderboard import describe_period
+from scorer.report import render_html, render_markdown
+from shadow.ingest import ingest_spool
+from shadow.spool import ready_segments, spool_dir
+
+AUTO_ACTOR = "shadowzoo-auto"
+WATCH_MIN_REQUESTS = 50
+
+
+@dataclass
+class TaskContext:
+    """What the tasks share: the workspace, its operations, the metrics and their watermark."""
+
+    workspace: Workspace
+    operations: LocalOperations
+    metrics: DaemonMetrics
+    metrics_seq: int = 0
+    boards: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def database(self):
+        return self.operations.registry.database
+
+    def start_metrics(self) -> None:
+        """Count only what happens from now on: Prometheus counters start at the process start."""
+        with self.database.reading() as db:
+            self.metrics_seq = int(db.execute(
+                "SELECT greatest((SELECT max(seq) FROM traffic), (SELECT max(seq) FROM shadow_results), "
+                "(SELECT max(seq) FROM metric_values), 0)").fetchall()[0][0] or 0)
+
+
+def ingest(context: TaskContext) -> dict[str, Any]:
+    """Spool into the database, then feed the counters from the new rows."""
+    spool = spool_dir(context.workspace.state_dir)
+    segments = ready_segments(spool)
+    context.metrics.spool_lag.set(_age_s(segments[0]) if segments else 0.0)
+    report = ingest_spool(context.database, spool)
+    with context.database.reading() as db:
+        context.metrics_seq = context.metrics.count_new_rows(db, context.metrics_seq)
+    return {"segments": report.segments, "traffic": report.traffic_rows, "outcomes": report.outcome_rows,
+            "quarantined": len(report.quarantined)}
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except FileNotFoundError:
+        return 0.0
+
+
+def score(context: TaskContext) -> dict[str, Any]:
+    """Re-score every slot with a champion; publish gauges; auto-promote where a slot allows it."""
+    operations = context.operations
+    scored, promoted = 0, []
+    for slot in _served_slots(context):
+        board = operations.leaderboard(slot)
+        context.boards[slot] = board
+        context.metrics.show_board(board)
+        scored += 1
+        if _may_auto_promote(context, slot, board):
+            row = next(r for r in board.rows if board.recommendation and board.recommendation.endswith(r.version_id))
+            operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
+            promoted.append(row.version_id)
+    context.metrics.show_budgets(_budgets_left(context))
+    return {"slots": scored, "auto_promoted": promoted}
+
+
+def _served_slots(context: TaskContext) -> list[str]:
+    configured = context.workspace.config.slots
+    return [slot for slot in configured if context.operations.champion(slot) is not None]
+
+
+def _may_auto_promote(context: TaskContext, slot: str, board) -> bool:
+    scoring = context.workspace.slot(slot).scoring
+    if not scoring.auto_promote or board.recommendation is None:
+        return False
+    since = context.operations.registry.champion_since(slot)
+    return since is None or (utcnow() - since).total_seconds() >= scoring.auto_promote_cooldown_s
+
+
+def _budgets_left(context: TaskContext) -> list[tuple[str, float]]:
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    with context.database.reading() as db:
+        spent = dict(db.execute(
+            "SELECT t.slot, sum(s.cost_usd) FROM shadow_results s JOIN traffic t USING (request_id) "
+            "WHERE s.finished_at >= ? GROUP BY t.slot", [midnight]).fetchall())
+    return [(slot, config.shadow.daily_budget_usd - float(spent.get(slot) or 0.0))
+            for slot, config in context.workspace.config.slots.items()]
+
+
+def watch(context: TaskContext) -> dict[str, Any]:
+    """Roll back a recent promotion whose champion breaks a guardrail against its predecessor."""
+    rolled_back = []
+    for slot in _served_slots(context):
+        broken = _broken_after_promotion(context, slot)
+        if broken:
+            move = context.operations.rollback(slot, AUTO_ACTOR, f"post-promotion watch: {broken}")
+            rolled_back.append(move.from_version)
+    return {"rolled_back": rolled_back}
+
+
+def _broken_after_promotion(context: TaskContext, slot: str) -> str | None:
+    """Which guardrail the champion promoted within `watch_s` breaks, on live traffic, if any."""
+    scoring = context.workspace.slot(slot).scoring
+    history = context.operations.history(slot)
+    moves = [m for m in history if m.action in ("promote", "rollback")]
+    if not moves or moves[-1].action != "promote" or moves[-1].from_version is None:
+        return None
+    if (utcnow() - moves[-1].at).total_seconds() > scoring.watch_s:
+        return None
+    now_stats, before_stats = _live_stats(context, slot, moves[-1].to_version), _live_stats(context, slot, moves[-1].from_version)
+    if not now_stats or not before_stats or min(now_stats["n"], before_stats["n"]) < WATCH_MIN_REQUESTS:
+        return None
+    if now_stats["error_rate"] - before_stats["error_rate"] > scoring.max_error_rate_increase:
+        return f"error rate {now_stats['error_rate']:.1%} vs {before_stats['error_rate']:.1%} before"
+    ratio = scoring.max_p95_latency_ratio
+    if ratio is not None and before_stats["p95_latency_ms"] and now_stats["p95_latency_ms"] > ratio * before_stats["p95_latency_ms"]:
+        return f"p95 latency {now_stats['p95_latency_ms']:.0f} ms vs {before_stats['p95_latency_ms']:.0f} ms before"
+    return None
+
+
+def _live_stats(context: TaskContext, slot: str, version_id: str) -> dict[str, Any] | None:
+    """Live statistics of a champion in its latest evaluation period."""
+    with context.database.reading() as db:
+        rows = db.execute("SELECT max(period_id) FROM evaluation_periods WHERE slot = ? AND champion_version = ?",
+                          [slot, version_id]).fetchall()
+        period_id = rows[0][0] if rows else None
+        if period_id is None:
+            return None
+        needs_label = bool(context.workspace.slot(slot).metrics)
+        return describe_period(db, period_id, needs_label).get((version_id, "live"))
+
+
+def retention(context: TaskContext) -> dict[str, Any]:
+    """Delete raw rows past each slot's retention; aggregates (moments, snapshots, audit) stay."""
+    deleted = 0
+    for slot, config in context.workspace.config.slots.items():
+        cutoff = utcnow() - timedelta(days=config.retention.traffic_days)
+        with context.database.transaction() as db:
+            old = "SELECT request_id FROM traffic WHERE slot = ? AND received_at < ?"
+            for table in ("shadow_results", "metric_values", "outcomes", "scores", "paired"):
+                db.execute(f"DELETE FROM {table} WHERE request_id IN ({old})", [slot, cutoff])
+            deleted += db.execute("DELETE FROM traffic WHERE slot = ? AND received_at < ?", [slot, cutoff]).fetchall()[0][0]
+    return {"traffic_deleted": deleted}
+
+
+def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
+    """Render a slot's report to a file in the workspace (HTML, or Markdown for .md)."""
+    path = (context.workspace.root / (out or f"report-{slot}.html")).resolve()
+    board = context.operations.leaderboard(slot)
+    text = render_markdown(board) if path.suffix.lower() == ".md" else render_html(board, context.operations.evidence_history(slot))
+    write_atomic(path, text.encode("utf-8"))
+    return path
+
+
+def status(context: TaskContext) -> dict[str, Any]:
+    """Spool lag, queue depth, budgets, pauses, champions, and drift between routes.json and the registry."""
+    segments = ready_segments(spool_dir(context.workspace.state_dir))
+    champions = {slot: (c.version_id if (c := context.operations.champion(slot)) else None)
+                 for slot in context.workspace.config.slots}
+    return {
+        "spool_segments": len(segments),
+        "spool_lag_s": round(_age_s(segments[0]), 1) if segments else 0.0,
+        "queue_depth": context.metrics.registry.get_sample_value("shadowzoo_shadow_queue_depth"),
+        "budgets_left_usd": dict(_budgets_left(context)),
+        "pauses": [p.model_dump(mode="json") for p in context.operations.pauses()],
+        "champions": champions,
+        "routes_drift": _routes_drift(context, champions),
+        "checked_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _routes_drift(context: TaskContext, champions: dict[str, str | None]) -> list[str]:
+    try:
+        served = {slot: route.version_id for slot, route in read_routes(context.workspace.routes_path).slots.items()}
+    except (OSError, ValueError) as exc:
+        return [f"routes.json unreadable: {exc}"]
+    return [f"{slot}: routes.json serves {served.get(slot)}, the registry says {champion}"
+            for slot, champion in champions.items() if served.get(slot) != champion]

@@ -1,0 +1,110 @@
+"""The leaderboard as data: what the CLI prints, the reports draw, and snapshots store.
+
+One row per variant of a slot, champion first. Descriptive columns (quality, cost,
+latency, errors, net value) describe each variant on its own scored requests; the paired
+columns compare each challenger with the champion on the requests both answered, with
+always-valid intervals, within the current evaluation period.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+
+class Status(StrEnum):
+    """A variant's standing; `ready` is advice, a human (or auto_promote) decides."""
+
+    CHAMPION = "champion"
+    READY = "ready"
+    COLLECTING = "collecting"
+    WORSE = "worse"
+    GUARDRAIL = "guardrail"
+    PRICE_UNKNOWN = "price unknown"
+    PAUSED = "paused"
+    NO_DATA = "no data"
+
+
+class Interval(BaseModel):
+    """A mean with its always-valid interval (bounds are None until there is a variance)."""
+
+    mean: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+
+class Comparison(BaseModel):
+    """A challenger against the champion on paired requests of the current period."""
+
+    pairs: int = Field(0, description="Complete pairs in the evidence.")
+    alpha: float = Field(description="This challenger's share of the slot's α.")
+    net: Interval = Field(description="Mean net-value difference per request, USD (challenger − champion).")
+    quality: Interval = Field(description="Mean quality difference per request.")
+    cost: Interval = Field(description="Mean cost difference per request, USD.")
+    error_rate_delta: float | None = Field(None, description="Challenger error rate − champion error rate.")
+    p95_latency_ratio: float | None = Field(None, description="Challenger p95 ÷ baseline p95 (control or champion).")
+    latency_baseline: str = Field("champion", description="`control` when the champion was replayed as a control.")
+
+
+class VariantRow(BaseModel):
+    """One line of the leaderboard."""
+
+    version_id: str
+    label: str
+    role: str = Field(description="champion or challenger.")
+    status: Status
+    status_detail: str = Field("", description="e.g. `collecting (120/200)`, `guardrail: p95 latency`.")
+    n: int = Field(0, description="Scored requests.")
+    mean_quality: float | None = None
+    cost_per_1k_usd: float | None = None
+    p50_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+    error_rate: float | None = None
+    net_per_1k_usd: float | None = None
+    not_run: int = Field(0, description="Calls shadowzoo never made (budget, pause).")
+    metric_errors: int = Field(0, description="Rows a metric could not score (e.g. a label of the wrong type).")
+    comparison: Comparison | None = None
+
+    @property
+    def display_status(self) -> str:
+        return self.status_detail or self.status.value
+
+
+class Leaderboard(BaseModel):
+    """A slot's leaderboard at one moment."""
+
+    slot: str
+    generated_at: datetime
+    period_id: int | None
+    period_started_at: datetime | None
+    champion: str | None
+    value_per_point: float
+    min_samples: int
+    min_effect_usd: float
+    alpha: float
+    rows: list[VariantRow]
+    eval_spend_usd: float = Field(0.0, description="Judge spend: evaluation cost, never charged to a variant.")
+    reactions: dict[str, float] = Field(
+        default_factory=dict, description="Reactions to the champion's answers (shown, never paired)."
+    )
+    since: datetime | None = Field(None, description="Descriptive columns cover traffic from this time on.")
+
+    @property
+    def recommendation(self) -> str | None:
+        """The promote command the evidence supports: the ready challenger with the best lower bound."""
+        ready = [r for r in self.rows if r.status == Status.READY and r.comparison and r.comparison.net.lower is not None]
+        if not ready:
+            return None
+        best = max(ready, key=lambda r: r.comparison.net.lower)  # type: ignore[union-attr]
+        return f"shadowzoo promote {self.slot} {best.version_id}"
+
+
+class EvidencePoint(BaseModel):
+    """How one challenger's evidence stood at one snapshot: for the cumulative chart."""
+
+    taken_at: datetime
+    version_id: str
+    pairs: int
+    net: Interval

@@ -1,0 +1,203 @@
+"""Building the leaderboard: descriptive columns from the answers, verdicts from the pairs.
+
+Descriptive columns (quality, cost, latency, errors, net) may cover any window (`since`);
+the comparison and the status always come from the current evaluation period's pairs.
+A challenger is `ready` when its always-valid lower bound on the mean net difference
+exceeds `min_effect_usd` after `min_samples` pairs and its guardrails hold (error rate
+and p95 latency against the champion, or against the champion's control replays when the
+slot has them); `worse` when the upper bound is below zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from registry import Variant, utcnow
+from registry.config import ScoringConfig
+from scorer.answers import AnswerQuery
+from scorer.board import Comparison, Interval, Leaderboard, Status, VariantRow
+from scorer.periods import Period
+from scorer.sequential import PairedMoments, Verdict, confidence_interval, verdict
+
+STATS = ("n", "mean_quality", "cost_per_1k_usd", "p50_latency_ms", "p95_latency_ms", "error_rate", "net_per_1k_usd",
+         "metric_errors")
+
+
+def _aggregates(needs_label: bool) -> str:
+    """The descriptive columns, over a relation with the columns of `scores`."""
+    labelled = "labelled" if needs_label else "true"
+    return f"""version_id, source,
+               count(quality) AS n,
+               avg(quality) AS mean_quality,
+               1000 * avg(cost_usd) AS cost_per_1k_usd,
+               quantile_cont(latency_ms, 0.5) AS p50_latency_ms,
+               quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
+               avg(CASE WHEN status = 'error' THEN 1.0 ELSE 0.0 END) AS error_rate,
+               1000 * avg(net) AS net_per_1k_usd,
+               count(*) FILTER (WHERE quality IS NULL AND status = 'ok' AND {labelled}) AS metric_errors"""
+
+
+def describe(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (version, source) statistics over any window of answers, scored on the fly."""
+    relation = f"(SELECT *, label_json IS NOT NULL AS labelled FROM ({query.sql()}))"
+    return _stats(db.execute(f"SELECT {_aggregates(query.plan.needs_label)} FROM {relation} GROUP BY version_id, source"))
+
+
+def describe_period(db: duckdb.DuckDBPyConnection, period_id: int, needs_label: bool) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (version, source) statistics over the period's stored scores."""
+    return _stats(db.execute(
+        f"SELECT {_aggregates(needs_label)} FROM scores WHERE period_id = {period_id} GROUP BY version_id, source"))
+
+
+def _stats(cursor: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(row[0], row[1]): dict(zip(STATS, row[2:])) for row in cursor.fetchall()}
+
+
+def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> dict[str, int]:
+    return dict(db.execute(
+        "SELECT s.version_id, count(*) FROM shadow_results s JOIN traffic t USING (request_id) "
+        "WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' GROUP BY s.version_id",
+        [slot, since]).fetchall())
+
+
+@dataclass(frozen=True)
+class BoardInputs:
+    """What the board is built from, gathered by the scorer in one transaction."""
+
+    slot: str
+    scoring: ScoringConfig
+    period: Period | None
+    champion: Variant | None
+    challengers: list[Variant]
+    alphas: dict[str, float]
+    moments: dict[str, dict[str, PairedMoments]]
+    stats: dict[tuple[str, str], dict[str, Any]]
+    not_run: dict[str, int]
+    paused: set[str]
+    unpriced: set[str]
+    since: datetime | None = None
+    eval_spend_usd: float = 0.0
+    reactions: dict[str, float] | None = None
+
+
+def build_board(inputs: BoardInputs) -> Leaderboard:
+    """The leaderboard: champion first, then challengers by their lower bound (best first)."""
+    rows = []
+    if inputs.champion is not None:
+        rows.append(_champion_row(inputs))
+    challenger_rows = [_challenger_row(inputs, variant) for variant in inputs.challengers]
+    challenger_rows.sort(key=_rank)
+    scoring = inputs.scoring
+    return Leaderboard(
+        slot=inputs.slot, generated_at=utcnow(), period_id=inputs.period.period_id if inputs.period else None,
+        period_started_at=inputs.period.started_at if inputs.period else None,
+        champion=inputs.champion.version_id if inputs.champion else None, value_per_point=scoring.value_per_point,
+        min_samples=scoring.min_samples, min_effect_usd=scoring.min_effect_usd, alpha=scoring.alpha,
+        rows=rows + challenger_rows, eval_spend_usd=inputs.eval_spend_usd, reactions=inputs.reactions or {},
+        since=inputs.since,
+    )
+
+
+def _rank(row: VariantRow) -> tuple[int, float]:
+    order = [Status.READY, Status.COLLECTING, Status.GUARDRAIL, Status.WORSE, Status.PRICE_UNKNOWN, Status.PAUSED,
+             Status.NO_DATA]
+    lower = row.comparison.net.lower if row.comparison and row.comparison.net.lower is not None else -math.inf
+    return order.index(row.status), -lower
+
+
+def _stats_row(inputs: BoardInputs, variant: Variant, source: str) -> dict[str, Any]:
+    stats = dict(inputs.stats.get((variant.version_id, source), {}))
+    stats["n"] = stats.get("n") or 0
+    stats["metric_errors"] = stats.get("metric_errors") or 0
+    return stats
+
+
+def _champion_row(inputs: BoardInputs) -> VariantRow:
+    champion = inputs.champion
+    assert champion is not None
+    status_detail = "champion (price unknown)" if champion.version_id in inputs.unpriced else ""
+    return VariantRow(version_id=champion.version_id, label=champion.label, role="champion", status=Status.CHAMPION,
+                      status_detail=status_detail, **_stats_row(inputs, champion, "live"))
+
+
+def _challenger_row(inputs: BoardInputs, variant: Variant) -> VariantRow:
+    row = VariantRow(version_id=variant.version_id, label=variant.label, role="challenger", status=Status.COLLECTING,
+                     not_run=inputs.not_run.get(variant.version_id, 0), **_stats_row(inputs, variant, "shadow"))
+    if inputs.champion is not None and variant.version_id in inputs.alphas:
+        row.comparison = _comparison(inputs, variant, row)
+    row.status, row.status_detail = _status(inputs, variant, row)
+    return row
+
+
+def _comparison(inputs: BoardInputs, variant: Variant, row: VariantRow) -> Comparison:
+    scoring = inputs.scoring
+    alpha = inputs.alphas[variant.version_id]
+    moments = inputs.moments.get(variant.version_id, {})
+    floor = scoring.variance_floor_fraction * scoring.value_per_point ** 2
+    intervals = {m: _interval(moments.get(m), alpha, scoring.min_samples, floor if m == "net" else 0.0)
+                 for m in ("net", "quality", "cost")}
+    champion = _stats_row(inputs, inputs.champion, "live")  # type: ignore[arg-type]
+    control = inputs.stats.get((inputs.champion.version_id, "control"))  # type: ignore[union-attr]
+    baseline = control if control and control.get("p95_latency_ms") else champion
+    return Comparison(
+        pairs=int(moments["net"].n) if "net" in moments else 0, alpha=alpha, net=intervals["net"],
+        quality=intervals["quality"], cost=intervals["cost"],
+        error_rate_delta=_difference(row.error_rate, champion.get("error_rate")),
+        p95_latency_ratio=_ratio(row.p95_latency_ms, baseline.get("p95_latency_ms")),
+        latency_baseline="control" if baseline is control else "champion",
+    )
+
+
+def _interval(moments: PairedMoments | None, alpha: float, min_samples: int, floor: float) -> Interval:
+    if moments is None or moments.n == 0:
+        return Interval()
+    lower, upper = confidence_interval(moments, alpha, min_samples, floor)
+    finite = lambda x: float(x) if math.isfinite(x) else None  # noqa: E731
+    return Interval(mean=float(moments.mean), lower=finite(lower), upper=finite(upper))
+
+
+def _status(inputs: BoardInputs, variant: Variant, row: VariantRow) -> tuple[Status, str]:
+    """The status a challenger earns, most blocking reason first."""
+    scoring = inputs.scoring
+    if variant.version_id in inputs.paused:
+        return Status.PAUSED, "paused"
+    if variant.version_id in inputs.unpriced or (inputs.champion and inputs.champion.version_id in inputs.unpriced):
+        return Status.PRICE_UNKNOWN, "price unknown"
+    if inputs.champion is None:
+        return Status.COLLECTING, "collecting (no champion to compare with)"
+    comparison = row.comparison
+    if comparison is None or comparison.pairs == 0:
+        return (Status.NO_DATA, "no data") if row.n == 0 else (Status.COLLECTING, f"collecting (0/{scoring.min_samples})")
+    moments = inputs.moments[variant.version_id]["net"]
+    floor = scoring.variance_floor_fraction * scoring.value_per_point ** 2
+    result = verdict(moments, comparison.alpha, scoring.min_samples, scoring.min_effect_usd, floor)
+    if comparison.pairs < scoring.min_samples:
+        return Status.COLLECTING, f"collecting ({comparison.pairs}/{scoring.min_samples})"
+    if result == Verdict.WORSE:
+        return Status.WORSE, "worse"
+    if result == Verdict.READY:
+        broken = _broken_guardrail(scoring, comparison)
+        return (Status.GUARDRAIL, f"guardrail: {broken}") if broken else (Status.READY, "ready")
+    return Status.COLLECTING, "collecting (inconclusive)"
+
+
+def _broken_guardrail(scoring: ScoringConfig, comparison: Comparison) -> str | None:
+    if comparison.error_rate_delta is not None and comparison.error_rate_delta > scoring.max_error_rate_increase:
+        return "error rate"
+    ratio = comparison.p95_latency_ratio
+    if scoring.max_p95_latency_ratio is not None and ratio is not None and ratio > scoring.max_p95_latency_ratio:
+        return "p95 latency"
+    return None
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b

@@ -1,0 +1,167 @@
+"""Quality metrics, compiled to SQL so millions of answers are scored inside DuckDB.
+
+Checks against a label or the request (`exact_match`, `numeric`, `regex`, `contains`,
+`json_valid`) become SQL expressions over an answer's `output` and its `label`, giving 1,
+0, or NULL when the row cannot be scored (a label of the wrong type, say). Metrics that
+need Python (`python`, `judge`, `json_valid` with a schema) are evaluated row by row into
+`metric_values` and joined in; the slot's quality is the weighted mean of its metrics. The
+same SQL scores the daemon's traffic and, through `score_rows`, a handful of training items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import duckdb
+import polars as pl
+
+from registry import ConfigError, canonical_json
+from registry.config import (
+    ContainsMetric,
+    ExactMatchMetric,
+    JsonValidMetric,
+    JudgeMetric,
+    Metric,
+    NumericMetric,
+    PythonMetric,
+    RegexMetric,
+)
+
+SCALAR_LABEL = (
+    "CASE WHEN json_type(label_json) IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'DOUBLE', 'BOOLEAN') "
+    "THEN json_extract_string(label_json, '$') END"
+)
+NUMBER_RE = r"-?[0-9]+(?:\.[0-9]+)?"
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def row_metric_key(metric: Metric) -> str:
+    """Key of a Python-evaluated metric's values: its name and a hash of its settings,
+    so that changing a rubric or an entrypoint scores afresh instead of reusing old values."""
+    digest = hashlib.sha256(canonical_json(metric.model_dump(mode="json", by_alias=True)).encode()).hexdigest()[:8]
+    return f"{metric.key}:{digest}"
+
+
+def is_row_metric(metric: Metric) -> bool:
+    return isinstance(metric, (PythonMetric, JudgeMetric)) or (isinstance(metric, JsonValidMetric) and metric.json_schema is not None)
+
+
+def uses_label(metric: Metric) -> bool:
+    """Whether a score needs the request's label (a pair waits for it)."""
+    if isinstance(metric, (ExactMatchMetric, NumericMetric)):
+        return True
+    if isinstance(metric, RegexMetric):
+        return "{label}" in metric.pattern
+    if isinstance(metric, ContainsMetric):
+        return metric.text is None
+    return False
+
+
+@dataclass(frozen=True)
+class QualityPlan:
+    """How to compute `quality` for a slot: SQL terms, and which Python-evaluated values to join."""
+
+    terms: list[tuple[str, float, bool]] = field(default_factory=list)
+    row_metrics: dict[str, Metric] = field(default_factory=dict)
+    needs_label: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.terms
+
+    def quality_sql(self) -> str:
+        """The weighted mean over the terms; an optional term (a sampled judge) counts only when present."""
+        numerator = " + ".join(f"{weight} * ({sql})" if not optional else f"coalesce({weight} * ({sql}), 0)"
+                               for sql, weight, optional in self.terms)
+        denominator = " + ".join(str(weight) if not optional else f"CASE WHEN ({sql}) IS NULL THEN 0 ELSE {weight} END"
+                                 for sql, weight, optional in self.terms)
+        return f"(({numerator}) / nullif({denominator}, 0))"
+
+
+def plan_quality(metrics: list[Metric], where: str) -> QualityPlan:
+    """Compile a slot's metrics; `where` names the config key for errors."""
+    terms: list[tuple[str, float, bool]] = []
+    row_metrics: dict[str, Metric] = {}
+    for index, metric in enumerate(metrics):
+        if is_row_metric(metric):
+            key = row_metric_key(metric)
+            row_metrics[key] = metric
+            terms.append((f'"mv:{key}"', metric.weight, isinstance(metric, JudgeMetric)))
+        else:
+            terms.append((_check_sql(metric, f"{where}[{index}]"), metric.weight, False))
+    return QualityPlan(terms=terms, row_metrics=row_metrics, needs_label=any(uses_label(m) for m in metrics))
+
+
+def _output(metric: Metric) -> str:
+    return "split_part(coalesce(output, ''), chr(10), 1)" if metric.first_line else "coalesce(output, '')"
+
+
+def _check_sql(metric: Metric, where: str) -> str:
+    output = _output(metric)
+    if isinstance(metric, ExactMatchMetric):
+        return f"CAST({_normalised(output, metric)} = {_normalised('label', metric)} AS DOUBLE)"
+    if isinstance(metric, NumericMetric):
+        return _numeric_sql(output, metric)
+    if isinstance(metric, RegexMetric):
+        _check_regex(metric.pattern, where)
+        pattern = sql_literal(metric.pattern)
+        if "{label}" in metric.pattern:
+            pattern = f"replace({pattern}, '{{label}}', regexp_escape(label))"
+        return f"CAST(regexp_matches({output}, {pattern}) AS DOUBLE)"
+    if isinstance(metric, ContainsMetric):
+        needle = sql_literal(metric.text) if metric.text is not None else "label"
+        if not metric.case_sensitive:
+            output, needle = f"lower({output})", f"lower({needle})"
+        return f"CAST(contains({output}, {needle}) AS DOUBLE)"
+    if isinstance(metric, JsonValidMetric):
+        return f"CAST(coalesce(json_valid({output}), false) AS DOUBLE)"
+    raise ConfigError(f"{where}: metric type {metric.type!r} has no SQL form")
+
+
+def _normalised(expr: str, metric: ExactMatchMetric) -> str:
+    if metric.strip_punctuation:
+        expr = f"regexp_replace({expr}, '[[:punct:]]', '', 'g')"
+    if metric.normalize_whitespace:
+        expr = _fold_whitespace(expr)
+    if not metric.case_sensitive:
+        expr = f"lower({expr})"
+    return expr
+
+
+def _fold_whitespace(expr: str) -> str:
+    """Trim, and fold runs of white space to one space; the regex runs only when there is a run to fold."""
+    runs = " OR ".join(f"contains({expr}, {pair})" for pair in ("'  '", "chr(9)", "chr(10)", "chr(13)"))
+    return f"(CASE WHEN {runs} THEN trim(regexp_replace({expr}, '\\s+', ' ', 'g')) ELSE trim({expr}) END)"
+
+
+def _numeric_sql(output: str, metric: NumericMetric) -> str:
+    found = f"TRY_CAST(regexp_extract(regexp_replace({output}, '([0-9]),([0-9]{{3}})', '\\1\\2', 'g'), '{NUMBER_RE}') AS DOUBLE)"
+    expected = "TRY_CAST(label AS DOUBLE)"
+    allowed = f"{metric.tolerance} * abs({expected})" if metric.relative else str(metric.tolerance)
+    return (f"CASE WHEN {expected} IS NULL THEN NULL WHEN {found} IS NULL THEN 0.0 "
+            f"ELSE CAST(abs({found} - {expected}) <= {allowed} AS DOUBLE) END")
+
+
+def _check_regex(pattern: str, where: str) -> None:
+    """DuckDB uses RE2: refuse at load time a pattern it cannot run, naming the key."""
+    try:
+        duckdb.sql(f"SELECT regexp_matches('', {sql_literal(pattern.replace('{label}', 'x'))})").fetchall()
+    except duckdb.Error as exc:
+        raise ConfigError(f"{where}.pattern: {pattern!r} is not a valid RE2 regular expression: {exc}") from None
+
+
+def score_rows(plan: QualityPlan, rows: pl.DataFrame) -> pl.Series:
+    """Quality of a small frame with `output` and `label_json` columns, by the same SQL as the daemon.
+
+    Only SQL-checkable metrics are allowed here (row metrics need `metric_values`).
+    """
+    if plan.row_metrics:
+        raise ConfigError("metrics evaluated in Python (python, judge, json schema) cannot score training items yet")
+    relation = duckdb.sql(
+        f"SELECT {plan.quality_sql()} AS quality FROM (SELECT *, {SCALAR_LABEL} AS label FROM rows)"
+    )
+    return relation.pl()["quality"]

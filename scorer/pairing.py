@@ -1,0 +1,125 @@
+"""Scores and paired differences, kept up to date in proportion to what is new.
+
+Each answer of the current period is scored once into `scores` (the string work: metrics,
+label parsing, pricing) and rescored only when one of its rows changes. A pair is a
+request answered by both the champion (live) and a challenger (replayed) in the period,
+once both answers are scored (label joined, prices known). Its differences
+d = challenger − champion (net, quality, cost) are appended to `paired` exactly once (the
+key makes a re-run a no-op), and the new batch's moments are merged into `pair_moments`.
+
+What is new is found through `seq`, a counter every traffic, outcome, shadow-result and
+metric-value row takes when it is written: a slot's watermark remembers the highest seq
+already considered, and only requests touched since are looked at again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import polars as pl
+
+from registry.db import registered
+from scorer.answers import AnswerQuery
+from scorer.periods import Period
+from scorer.sequential import PairedMoments
+
+MEASURES = ("net", "quality", "cost")
+
+
+def touched_requests(since_seq: int) -> str:
+    """SQL for the ids of requests whose rows changed after `since_seq`."""
+    return (
+        f"SELECT request_id FROM traffic WHERE seq > {since_seq} "
+        f"UNION SELECT request_id FROM shadow_results WHERE seq > {since_seq} "
+        f"UNION SELECT request_id FROM outcomes WHERE seq > {since_seq} AND request_id IS NOT NULL "
+        f"UNION SELECT request_id FROM metric_values WHERE seq > {since_seq}"
+    )
+
+
+def latest_seq(db: duckdb.DuckDBPyConnection) -> int:
+    row = db.execute(
+        "SELECT greatest((SELECT max(seq) FROM traffic), (SELECT max(seq) FROM shadow_results), "
+        "(SELECT max(seq) FROM outcomes), (SELECT max(seq) FROM metric_values), 0)"
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+def watermark(db: duckdb.DuckDBPyConnection, period: Period) -> int:
+    """The highest seq already paired for this period (0 when the period is new)."""
+    row = db.execute("SELECT period_id, seq FROM scoring_watermarks WHERE slot = ?", [period.slot]).fetchone()
+    return int(row[1]) if row and row[0] == period.period_id else 0
+
+
+def rescore(db: duckdb.DuckDBPyConnection, query: AnswerQuery, period: Period) -> None:
+    """Score the query's answers into `scores`, replacing earlier scores of the same requests."""
+    if query.candidates is not None:
+        db.execute(f"DELETE FROM scores WHERE period_id = {period.period_id} AND request_id IN ({query.candidates})")
+    db.execute(f"""
+        INSERT INTO scores (period_id, request_id, version_id, source, status, received_at, labelled, quality,
+                            cost_usd, latency_ms, net)
+        SELECT {period.period_id}, request_id, version_id, source, status, received_at, label_json IS NOT NULL,
+               quality, cost_usd, latency_ms, net
+        FROM ({query.sql()})
+    """)
+
+
+def append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[str, datetime], needs_label: bool,
+                 candidates: str | None) -> dict[str, dict[str, PairedMoments]]:
+    """Append the newly complete pairs among `candidates` (all when None); return their moments per challenger.
+
+    A candidate already paired (its label was sent again, say) is left out, so a pair is
+    counted once; with no candidates the period is new and has no pairs yet.
+    """
+    starts = pl.DataFrame({"version_id": list(windows), "window_start": list(windows.values())},
+                          schema={"version_id": pl.Utf8, "window_start": pl.Datetime("us")})
+    label_rule = "AND c.labelled" if needs_label else ""
+    touched = ""
+    if candidates is not None:
+        touched = (f"AND c.request_id IN ({candidates}) AND NOT EXISTS (SELECT 1 FROM paired q WHERE "
+                   f"q.period_id = {period.period_id} AND q.request_id = c.request_id AND q.version_id = c.version_id)")
+    with registered(db, "pair_windows", starts.to_arrow()):
+        db.execute(f"""
+            CREATE OR REPLACE TEMP TABLE new_pairs AS
+            SELECT {period.period_id} AS period_id, c.request_id, c.version_id, c.net - p.net AS d_net,
+                   c.quality - p.quality AS d_quality, c.cost_usd - p.cost_usd AS d_cost, now()::TIMESTAMP AS paired_at
+            FROM scores c JOIN scores p ON p.period_id = c.period_id AND p.request_id = c.request_id AND p.source = 'live'
+            JOIN pair_windows w ON w.version_id = c.version_id
+            WHERE c.period_id = {period.period_id} AND c.source = 'shadow' AND c.received_at >= w.window_start
+              AND c.net IS NOT NULL AND p.net IS NOT NULL {label_rule} {touched}
+        """)
+    try:
+        db.execute("INSERT INTO paired SELECT * FROM new_pairs")
+        return _batch_moments(db)
+    finally:
+        db.execute("DROP TABLE new_pairs")
+
+
+def _batch_moments(db: duckdb.DuckDBPyConnection) -> dict[str, dict[str, PairedMoments]]:
+    """Count, mean and M2 of each measure of the new pairs, per challenger, computed in SQL."""
+    columns = ", ".join(f"avg(d_{m}), var_pop(d_{m}) * count(*)" for m in MEASURES)
+    batches: dict[str, dict[str, PairedMoments]] = {}
+    for version_id, n, *values in db.execute(f"SELECT version_id, count(*), {columns} FROM new_pairs GROUP BY 1").fetchall():
+        batches[version_id] = {m: PairedMoments(n=n, mean=values[2 * i], m2=values[2 * i + 1])
+                               for i, m in enumerate(MEASURES)}
+    return batches
+
+
+def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batches: dict[str, dict[str, PairedMoments]]) -> None:
+    """Fold each batch into the stored moments of its (period, challenger, measure)."""
+    for version_id, measures in batches.items():
+        stored = load_moments(db, period.period_id, version_id)
+        for measure, batch in measures.items():
+            merged = stored.get(measure, PairedMoments()).merge(batch).to_dict()
+            db.execute("INSERT OR REPLACE INTO pair_moments VALUES (?, ?, ?, ?, ?, ?)",
+                       [period.period_id, version_id, measure, merged["n"], merged["mean"], merged["m2"]])
+
+
+def load_moments(db: duckdb.DuckDBPyConnection, period_id: int, version_id: str) -> dict[str, PairedMoments]:
+    rows = db.execute("SELECT measure, n, mean, m2 FROM pair_moments WHERE period_id = ? AND version_id = ?",
+                      [period_id, version_id]).fetchall()
+    return {measure: PairedMoments.from_dict({"n": n, "mean": mean, "m2": m2}) for measure, n, mean, m2 in rows}
+
+
+def save_watermark(db: duckdb.DuckDBPyConnection, period: Period, seq: int) -> None:
+    db.execute("INSERT OR REPLACE INTO scoring_watermarks VALUES (?, ?, ?)", [period.slot, period.period_id, seq])

@@ -1,0 +1,186 @@
+"""The scorer: one refresh brings a slot's evidence up to date and snapshots its leaderboard.
+
+A refresh (run by the daemon every few minutes, and by `shadowzoo leaderboard`):
+  1. syncs prices into the registry and finds the slot's evaluation period (a new one
+     when the champion, the metrics, the scoring settings or the prices changed);
+  2. evaluates Python-side metrics on answers that lack them;
+  3. in one transaction, appends the newly complete pairs, merges their moments, moves the
+     watermark, builds the leaderboard and stores it as a snapshot.
+Because step 3 is atomic and keyed, a crash at any point re-does work without counting
+any pair twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+import duckdb
+
+from registry import ConfigError, Database, Registry, Variant, Workspace, utcnow
+from registry.db import registered
+from scorer.answers import AnswerQuery, variant_prices
+from scorer.board import EvidencePoint, Leaderboard
+from scorer.leaderboard import BoardInputs, build_board, describe, describe_period, not_run_counts
+from registry.config import JudgeMetric
+from scorer.judge import judge_spend_today, run_judge, sampled_sql
+from scorer.metrics import QualityPlan, plan_quality
+from scorer.pairing import (
+    append_pairs, latest_seq, load_moments, merge_moments, rescore, save_watermark, touched_requests, watermark,
+)
+from scorer.periods import Period, challenger_alphas, current_period, slot_settings
+from scorer.prices import sync_prices
+from shadow.pricing import price_of
+from scorer.rowmetrics import evaluate_rows, evaluator_for, pending_answers, store_values
+
+EPOCH = datetime(1970, 1, 1)
+log = logging.getLogger("shadowzoo.scorer")
+
+
+class Scorer:
+    """Scores the slots of one workspace against its registry."""
+
+    def __init__(self, workspace: Workspace, registry: Registry) -> None:
+        self.workspace = workspace
+        self.registry = registry
+        self.database: Database = registry.database
+
+    def refresh(self, slot: str, since: datetime | None = None) -> Leaderboard:
+        """Bring the slot's evidence up to date; return (and store) its leaderboard."""
+        config = self.workspace.slot(slot)
+        plan = plan_quality(config.metrics, f"slots.{slot}.metrics")
+        champion = self.registry.champion(slot)
+        challengers = [v for v in self.registry.variants(slot=slot, status="active")
+                       if champion is None or v.version_id != champion.version_id]
+        variants = ([champion] if champion else []) + challengers
+        prices = sync_prices(self.database, self.workspace)
+        self._fill_row_metrics(slot, plan, variants, prices)
+        with self.database.transaction() as db:
+            with registered(db, "variant_prices", variant_prices(variants, prices).to_arrow()):
+                board = self._refresh_in(db, slot, plan, champion, challengers, prices, since)
+            db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) VALUES (?, ?, ?, ?)",
+                       [slot, board.period_id, board.generated_at, board.model_dump_json()])
+        return board
+
+    def history(self, slot: str, limit: int = 200) -> list[EvidencePoint]:
+        """How each challenger's evidence grew over the current period's snapshots, oldest first."""
+        with self.database.reading() as db:
+            rows = db.execute(
+                "SELECT board_json FROM leaderboard_snapshots WHERE slot = ? AND period_id = "
+                "(SELECT max(period_id) FROM evaluation_periods WHERE slot = ?) ORDER BY snapshot_id DESC LIMIT ?",
+                [slot, slot, limit]).fetchall()
+        points = []
+        for (board_json,) in reversed(rows):
+            board = Leaderboard.model_validate_json(board_json)
+            points += [EvidencePoint(taken_at=board.generated_at, version_id=row.version_id, pairs=row.comparison.pairs,
+                                     net=row.comparison.net)
+                       for row in board.rows if row.comparison is not None and row.comparison.pairs > 0]
+        return points
+
+    def _refresh_in(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, champion: Variant | None,
+                    challengers: list[Variant], prices: dict, since: datetime | None) -> Leaderboard:
+        config = self.workspace.slot(slot)
+        period, alphas, moments = None, {}, {}
+        if champion is not None:
+            model_prices = {m: price.model_dump() for v in [champion, *challengers]
+                            if (m := v.config.get("model")) and (price := price_of(prices, m))}
+            since_promotion = self.registry.champion_since(slot) or utcnow()
+            period = current_period(db, slot, champion.version_id, since_promotion, slot_settings(config, model_prices))
+            alphas = challenger_alphas(db, period, challengers, config.scoring.alpha)
+            self._append_pairs(db, slot, plan, period, challengers)
+            moments = {v.version_id: load_moments(db, period.period_id, v.version_id) for v in challengers}
+        window = since or (period.started_at if period else EPOCH)
+        if period is not None and since is None:
+            stats = describe_period(db, period.period_id, plan.needs_label)
+        else:
+            stats = describe(db, AnswerQuery(slot=slot, since=window, plan=plan, scoring=config.scoring))
+        return build_board(BoardInputs(
+            slot=slot, scoring=config.scoring, period=period, champion=champion, challengers=challengers,
+            alphas=alphas, moments=moments, stats=stats, not_run=not_run_counts(db, slot, window),
+            paused=self._paused(db, challengers), unpriced=_unpriced(db),
+            since=since, eval_spend_usd=_eval_spend(db, slot, window), reactions=_reactions(db, slot, window),
+        ))
+
+    def _append_pairs(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period,
+                      challengers: list[Variant]) -> None:
+        """Rescore what changed since the watermark, then append and fold in the new pairs."""
+        seen = watermark(db, period)
+        newest = latest_seq(db)
+        if newest == seen:
+            return
+        candidates = None
+        if seen:
+            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
+            candidates = "SELECT request_id FROM touched"
+        try:
+            rescore(db, AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=self.workspace.slot(slot).scoring,
+                                    champion=period.champion_version, candidates=candidates), period)
+            windows = {v.version_id: max(period.started_at, v.created_at) for v in challengers}
+            if windows and not plan.empty:
+                merge_moments(db, period, append_pairs(db, period, windows, plan.needs_label, candidates))
+        finally:
+            db.execute("DROP TABLE IF EXISTS touched")
+        save_watermark(db, period, newest)
+
+    def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict) -> None:
+        """Evaluate Python-side metrics on answers that lack them (the database lock is not held during judge calls)."""
+        if not plan.row_metrics:
+            return
+        query = AnswerQuery(slot=slot, since=EPOCH, plan=plan, scoring=self.workspace.slot(slot).scoring)
+        price_table = variant_prices(variants, prices).to_arrow()
+        for key, metric in plan.row_metrics.items():
+            judged = isinstance(metric, JudgeMetric)
+            sample = sampled_sql(key, metric.sample_rate, "a.request_id") if judged else None
+            with self.database.reading() as db, registered(db, "variant_prices", price_table):
+                rows = pending_answers(self.database, query, key, sample)
+            if judged:
+                self._judge(slot, key, metric, rows, prices)
+                continue
+            evaluate = evaluator_for(metric, f"slots.{slot}.metrics")
+            if evaluate is None:
+                raise ConfigError(f"slots.{slot}.metrics: {metric.type} metrics are not evaluated by this scorer")
+            store_values(self.database, evaluate_rows(rows, key, evaluate))
+
+    def _judge(self, slot: str, key: str, metric: JudgeMetric, rows, prices: dict) -> None:
+        """Grade sampled answers; a run that could call nothing (no price, no provider) stores nothing,
+        so the same answers are judged once the configuration is fixed."""
+        if rows.is_empty():
+            return
+        run = run_judge(self.workspace.config.providers, prices, metric, key, rows, judge_spend_today(self.database, key))
+        if run.calls == 0 and run.errors:
+            log.warning("slots.%s judge %s: %s", slot, key, run.values["error"][0])
+            return
+        if run.skipped_for_budget:
+            log.info("slots.%s judge %s: daily budget reached; %d answers wait for tomorrow", slot, key, run.skipped_for_budget)
+        store_values(self.database, run.values)
+
+    def _paused(self, db: duckdb.DuckDBPyConnection, challengers: list[Variant]) -> set[str]:
+        rows = db.execute("SELECT scope, target FROM pauses").fetchall()
+        if any(scope == "all" for scope, _ in rows):
+            return {v.version_id for v in challengers}
+        return {target for scope, target in rows}
+
+
+def _unpriced(db: duckdb.DuckDBPyConnection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT version_id FROM variant_prices WHERE NOT priced").fetchall()}
+
+
+def _eval_spend(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> float:
+    row = db.execute("SELECT sum(m.cost_usd) FROM metric_values m JOIN traffic t USING (request_id) "
+                     "WHERE t.slot = ? AND m.computed_at >= ?", [slot, since]).fetchone()
+    return float(row[0] or 0.0)
+
+
+def _reactions(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> dict[str, float]:
+    """Count and mean of numeric reactions to the champion's answers (shown, never paired)."""
+    count, mean = db.execute(
+        "SELECT count(*), avg(TRY_CAST(json_extract_string(o.value_json, '$') AS DOUBLE)) FROM outcomes o "
+        "JOIN traffic t ON t.request_id = o.request_id WHERE o.kind = 'reaction' AND t.slot = ? AND t.received_at >= ?",
+        [slot, since]).fetchone()
+    return {"count": float(count), "mean": float(mean)} if count else {}
+
+
+def snapshot_json(board: Leaderboard) -> dict:
+    """The board as plain JSON, for audit evidence."""
+    return json.loads(board.model_dump_json())

@@ -1,0 +1,64 @@
+"""The gateway's Prometheus series, shared by its worker processes.
+
+Workers run in prometheus_client's multiprocess mode: each writes its samples to files in
+`PROMETHEUS_MULTIPROC_DIR`, and any worker's `/metrics` adds them all up. Series are
+labelled by slot only (an unknown slot counts as `unknown`, so a typo cannot grow the
+label set); version-labelled series come from the daemon.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+def prepare_multiprocess_dir(state_dir: Path) -> Path:
+    """A fresh directory for this run's worker samples (old workers' files would be counted)."""
+    directory = state_dir / "gateway-metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+class GatewayMetrics:
+    """Requests by slot and status code, the gateway's own overhead, and dropped captures."""
+
+    def __init__(self) -> None:
+        registry = None if os.environ.get(MULTIPROC_ENV) else REGISTRY
+        self.requests = Counter("shadowzoo_gateway_requests_total", "Requests served, by slot and HTTP status.",
+                                ["slot", "code"], registry=registry)
+        self.overhead = Histogram("shadowzoo_gateway_overhead_seconds",
+                                  "Time spent in the gateway, excluding the upstream call.", ["slot"],
+                                  buckets=OVERHEAD_BUCKETS, registry=registry)
+        self.dropped = Counter("shadowzoo_shadow_dropped_total", "Captures not kept, by reason.", ["slot", "reason"],
+                               registry=registry)
+
+
+@functools.cache
+def gateway_metrics() -> GatewayMetrics:
+    """The process's one set of gateway series."""
+    return GatewayMetrics()
+
+
+def exposition() -> bytes:
+    """The text of /metrics: in multiprocess mode, every worker's samples added up."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)

@@ -1,0 +1,230 @@
+"""JSONL files an application logged itself (observer mode), read into spool records.
+
+A traffic file holds one OpenAI request/response log per line::
+
+    {"slot": "support-triage", "request": {...chat request...}, "response": {...chat.completion...},
+     "latency_ms": 412, "request_id": "...", "client_request_id": "...", "received_at": "2025-03-01T12:00:00Z"}
+
+`slot` may come from `--slot` instead; `request_id`, `client_request_id` and `received_at`
+are optional; a line with an `error` (a message, or an OpenAI error object) needs no
+`response`. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
+`{"request_id": ..., "kind": "label" | "reaction", "value": <any JSON>}` per line, keyed by
+`request_id` or `client_request_id`.
+
+A file is all or nothing: its records are written as segments into a hidden directory of
+the spool and published only once every line has been read, so the first bad line is an
+error naming the file, the line and the field, and nothing of the file reaches the spool.
+A line without a `request_id` gets one derived from its content, so loading the same
+file twice never stores a request twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from registry import ShadowzooError, canonical_json, sha256_text
+from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
+from shadow.spool import write_segment
+
+SEGMENT_LINES = 10_000
+_Line = TypeVar("_Line", bound=BaseModel)
+LineProgress = Callable[[int], None]
+"""Called with the size in bytes of each line read, for a progress bar."""
+
+
+class LogFileError(ShadowzooError):
+    """A line of a log file that cannot be loaded; the message names the file, the line and the field."""
+
+
+class _Message(BaseModel):
+    content: str | None = None
+
+
+class _Choice(BaseModel):
+    message: _Message
+
+
+class _Completion(BaseModel):
+    """The parts of an OpenAI `chat.completion` that are stored; other fields are ignored."""
+
+    choices: list[_Choice] = Field(min_length=1)
+    usage: dict[str, Any] | None = None
+
+
+class _TrafficLine(BaseModel):
+    slot: str | None = None
+    request: dict[str, Any]
+    response: _Completion | None = None
+    latency_ms: float | None = Field(None, ge=0)
+    request_id: str | None = None
+    client_request_id: str | None = None
+    received_at: datetime | None = None
+    status: int | None = None
+    error: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _answered(self) -> "_TrafficLine":
+        if self.response is None and self.error is None:
+            raise ValueError("'response' is required unless the line has an 'error'")
+        return self
+
+
+class _OutcomeLine(BaseModel):
+    request_id: str | None = None
+    client_request_id: str | None = None
+    label: Any = None
+    kind: Literal["label", "reaction"] = "label"
+    value: Any = None
+    received_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_value(self) -> "_OutcomeLine":
+        given = self.model_fields_set
+        if self.request_id is None and self.client_request_id is None:
+            raise ValueError("give 'request_id' or 'client_request_id'")
+        if ("label" in given) == ("value" in given):
+            raise ValueError("give either 'label', or 'kind' and 'value'")
+        if "label" in given and self.kind != "label":
+            raise ValueError("'label' is a label: give 'value' for a reaction")
+        return self
+
+
+def read_traffic_log(
+    path: Path,
+    slot: str | None = None,
+    slots: Collection[str] | None = None,
+    now: datetime | None = None,
+    progress: LineProgress | None = None,
+) -> Iterator[TrafficRecord]:
+    """Traffic records of a request/response log; `slot` is for lines without one.
+
+    With `slots`, a line naming any other slot is an error. Lines without `received_at`
+    are stamped `now` (by default, when reading starts).
+    """
+    stamp = now or datetime.now(UTC)
+    for number, raw in _json_lines(path, progress):
+        line = _validated(path, number, raw, _TrafficLine)
+        line_slot = line.slot or slot
+        if line_slot is None:
+            raise LogFileError(f"{path}: line {number}: field 'slot': missing (give it in the line or with --slot)")
+        if slots is not None and line_slot not in slots:
+            known = ", ".join(sorted(slots)) or "none"
+            raise LogFileError(f"{path}: line {number}: field 'slot': {line_slot!r} is not configured (slots: {known})")
+        yield _traffic_record(line, line_slot, raw, stamp)
+
+
+def read_outcome_log(
+    path: Path, now: datetime | None = None, progress: LineProgress | None = None
+) -> Iterator[OutcomeRecord]:
+    """Outcome records (labels and reactions) of an outcomes file; `request_id` wins over `client_request_id`."""
+    stamp = now or datetime.now(UTC)
+    for number, raw in _json_lines(path, progress):
+        line = _validated(path, number, raw, _OutcomeLine)
+        yield OutcomeRecord(
+            request_key=line.request_id or line.client_request_id,
+            kind=line.kind,
+            value=line.label if "label" in line.model_fields_set else line.value,
+            received_at=line.received_at or stamp,
+        )
+
+
+@dataclass
+class Spooled:
+    """What `spool_records` wrote: the segments, now ready in the spool, and how many records they hold."""
+
+    segments: list[Path]
+    records: int
+
+
+def spool_records(records: Iterable[SpoolRecord], spool_dir: Path, per_segment: int = SEGMENT_LINES) -> Spooled:
+    """Write records into the spool as segments, all or none: none is visible until all were read.
+
+    Segments are written into a hidden directory of the spool (never listed as ready) and
+    renamed into place at the end; if reading fails, the directory is removed.
+    """
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=spool_dir))
+    try:
+        lines = (record.model_dump_json().encode() for record in records)
+        written, count = [], 0
+        while chunk := list(islice(lines, per_segment)):
+            written.append(write_segment(incoming, chunk))
+            count += len(chunk)
+        for path in written:
+            os.replace(path, spool_dir / path.name)
+        return Spooled([spool_dir / path.name for path in written], count)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
+def _json_lines(path: Path, progress: LineProgress | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) for each non-blank line."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise LogFileError(f"{path}: cannot read: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if progress is not None:
+                progress(len(line))
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise LogFileError(f"{path}: line {number}: not valid JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise LogFileError(f"{path}: line {number}: expected a JSON object, got {type(value).__name__}")
+            yield number, value
+
+
+def _validated(path: Path, number: int, raw: dict[str, Any], model: type[_Line]) -> _Line:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        field = f"field '{where}': " if where else ""
+        raise LogFileError(f"{path}: line {number}: {field}{error['msg']}") from None
+
+
+def _traffic_record(line: _TrafficLine, slot: str, raw: dict[str, Any], stamp: datetime) -> TrafficRecord:
+    answer = line.response
+    return TrafficRecord(
+        request_id=line.request_id or _derived_request_id(slot, raw),
+        client_request_id=line.client_request_id,
+        slot=slot,
+        received_at=line.received_at or stamp,
+        request=line.request,
+        status=line.status if line.status is not None else (200 if line.error is None else None),
+        output=answer.choices[0].message.content if answer else None,
+        usage=answer.usage if answer else None,
+        latency_ms=line.latency_ms,
+        error=_error_text(line.error),
+        source="file",
+    )
+
+
+def _derived_request_id(slot: str, raw: dict[str, Any]) -> str:
+    """A request id that is the same whenever the same line is loaded for the same slot."""
+    return f"szf_{sha256_text(canonical_json([slot, raw]))[:24]}"
+
+
+def _error_text(error: str | dict[str, Any] | None) -> str | None:
+    """An error as stored: its text, or an OpenAI error object's `message`, else the object as JSON."""
+    if error is None or isinstance(error, str):
+        return error
+    inner = error.get("error", error)
+    message = inner.get("message") if isinstance(inner, dict) else None
+    return message if isinstance(message, str) else canonical_json(error)

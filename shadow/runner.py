@@ -1,0 +1,628 @@
+"""The shadow runner: captured traffic × active challengers → `shadow_results`.
+
+Work is every (traffic row, active challenger of its slot other than the champion) pair
+that has no result yet and that sampling selects; with `champion_control_rate` set, the
+champion is also replayed on a sample of the requests it answered live (role `control`),
+so latency guardrails can compare answers given under the same replay load. Sampling is
+a deterministic hash of (request_id, version_id) against the rate, so a rerun selects the
+same pairs and a higher rate selects a superset. Work is streamed in pages ordered by
+request, under a bound on calls in flight, and results are written in batches keyed
+(request_id, version_id) with INSERT OR IGNORE: a crash loses at most the unwritten
+batch, which the next run simply does again, and nothing is ever written twice.
+
+A call shadowzoo decides not to make (a paused challenger, the slot's daily budget
+reached, a provider missing from the config) is recorded as `not_run` with the reason in
+`error` ("paused: …", "budget: …", "config: …"), and logged once per challenger and
+reason. An upstream failure is an `error`, which the scorer scores as 0.
+
+Every database call runs in a worker thread under the `Database` lock, so the event loop
+never waits on DuckDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import duckdb
+import polars as pl
+from pydantic import BaseModel, Field
+
+from registry import Database, NotFound, Refused, Registry, Variant, utcnow
+from registry.config import Price, ShadowConfig
+from shadow.apply import apply_variant
+from shadow.pauses import Pause, PauseSet, read_pauses
+from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
+from shadow.providers import ProviderPool, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+CONTROL = "control"
+SAMPLE_SPACE = 16**13
+EPOCH = datetime(1970, 1, 1)
+PAUSES_REFRESH_S = 2.0
+_SAMPLE_POINT = "('0x' || left(sha256(t.request_id || ':' || c.version_id), 13))::BIGINT"
+_RESULT_SCHEMA = {
+    "request_id": pl.Utf8,
+    "version_id": pl.Utf8,
+    "role": pl.Utf8,
+    "status": pl.Utf8,
+    "output": pl.Utf8,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "usage_json": pl.Utf8,
+    "cost_usd": pl.Float64,
+    "latency_ms": pl.Float64,
+    "error": pl.Utf8,
+    "attempts": pl.Int32,
+    "finished_at": pl.Datetime("us"),
+}
+_RESULT_COLUMNS = ", ".join(_RESULT_SCHEMA)
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    """Which work a run takes on: one slot, traffic received since a time (naive UTC), one challenger."""
+
+    slot: str | None = None
+    since: datetime | None = None
+    version: str | None = None
+
+
+class VersionCounts(BaseModel):
+    """One challenger's results in a run."""
+
+    ok: int = 0
+    error: int = 0
+    not_run: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = Field(0, description="Answers whose cost is unknown (model without a price).")
+
+
+class RunReport(BaseModel):
+    """What a run did; counts cover results written to the database."""
+
+    total: int = Field(0, description="Pairs pending when the run started.")
+    done: int = 0
+    ok: int = 0
+    error: int = 0
+    not_run: int = 0
+    not_run_reasons: dict[str, int] = Field(default_factory=dict, description="By reason keyword: paused, budget, config.")
+    cost_usd: float = 0.0
+    unpriced: int = Field(0, description="Answers whose cost is unknown (model without a price).")
+    elapsed_s: float = 0.0
+    versions: dict[str, VersionCounts] = Field(default_factory=dict)
+
+    def count(self, row: Row) -> None:
+        status, cost = row["status"], row["cost_usd"]
+        counts = self.versions.setdefault(row["version_id"], VersionCounts())
+        self.done += 1
+        setattr(self, status, getattr(self, status) + 1)
+        setattr(counts, status, getattr(counts, status) + 1)
+        if status == "not_run":
+            keyword = row["error"].split(":", 1)[0]
+            self.not_run_reasons[keyword] = self.not_run_reasons.get(keyword, 0) + 1
+        elif cost is None:
+            self.unpriced += 1
+            counts.unpriced += 1
+        else:
+            self.cost_usd += cost
+            counts.cost_usd += cost
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k}: {n}" for k, n in sorted(self.not_run_reasons.items()))
+        return (
+            f"{self.done} of {self.total} pending: {self.ok} ok, {self.error} error, {self.not_run} not run"
+            f"{f' ({reasons})' if reasons else ''}; cost ${self.cost_usd:.4f}"
+            f"{f' (+{self.unpriced} unpriced)' if self.unpriced else ''}; {self.elapsed_s:.1f} s"
+        )
+
+
+Progress = Callable[[RunReport], None]
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """A variant as the runner uses it: how to build its calls, its sample rate and its price."""
+
+    version_id: str
+    slot: str
+    role: str
+    kind: str
+    config: dict[str, Any]
+    skill: str | None
+    rate: float
+    price: Price | None
+
+    def body(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The upstream request of a chat variant: applied by `apply_variant`, never streamed."""
+        body = apply_variant(self.config.get("model"), self.config.get("params", {}), self.skill, request)
+        body.pop("stream_options", None)
+        body["stream"] = False
+        return body
+
+    def estimate_usd(self, body: dict[str, Any] | None) -> float:
+        """What one call may cost, before it is made (0 when unknown)."""
+        if self.kind == "python":
+            return float(self.config.get("price_per_call_usd") or 0.0)
+        prompt, completion = estimate_tokens(body or {})
+        return estimate_usd(self.price, prompt, completion) or 0.0
+
+
+@dataclass(frozen=True)
+class _Work:
+    received_at: datetime
+    request_id: str
+    version_id: str
+    role: str
+    request: dict[str, Any]
+
+
+@dataclass
+class _Plan:
+    """Everything a run needs from the database, read once at its start."""
+
+    challengers: dict[str, Challenger]
+    budgets: dict[str, float]
+    spent_today: dict[str, float]
+    total: int
+    since: datetime
+    snapshot: datetime
+
+
+class ShadowRunner:
+    """Runs pending shadow work; one instance serves many runs (the daemon's loop, or one replay)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        providers: ProviderPool | None = None,
+        *,
+        page_size: int = 1000,
+        max_in_flight: int = 512,
+        batch_rows: int = 200,
+        flush_interval_s: float = 0.5,
+        python_workers: int = 4,
+    ) -> None:
+        self.registry = registry
+        self.providers = providers or ProviderPool(registry.workspace.config.providers)
+        self.page_size = page_size
+        self.max_in_flight = max_in_flight
+        self.batch_rows = batch_rows
+        self.flush_interval_s = flush_interval_s
+        self.python = _PythonVariants(python_workers)
+
+    async def __aenter__(self) -> "ShadowRunner":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close provider connections and the python-variant threads."""
+        await self.providers.aclose()
+        self.python.close()
+
+    async def run_once(self, filters: RunFilters = RunFilters(), progress: Progress | None = None) -> RunReport:
+        """Do the work pending now (traffic ingested before this call) and report what happened."""
+        started = time.monotonic()
+        plan = await asyncio.to_thread(self._plan, filters)
+        report = RunReport(total=plan.total)
+        if progress is not None:
+            progress(report)
+        writer = _Writer(self.registry.database, report, progress, self.batch_rows, self.flush_interval_s)
+        if plan.total:
+            await _Run(self, plan, writer).execute()
+        report.elapsed_s = time.monotonic() - started
+        if plan.total:
+            log.info("shadow run: %s", report.summary())
+        return report
+
+    def _plan(self, filters: RunFilters) -> _Plan:
+        """Challengers, budgets, today's spend and the pending count (runs in a worker thread)."""
+        workspace = self.registry.workspace
+        slots = [filters.slot] if filters.slot else sorted(workspace.config.slots)
+        challengers: dict[str, Challenger] = {}
+        for slot in slots:
+            challengers.update(self._challengers(slot, workspace.slot(slot).shadow))
+        if filters.version is not None:
+            challengers = {filters.version: self._chosen(challengers, filters)}
+        plan = _Plan(
+            challengers=challengers,
+            budgets={slot: workspace.slot(slot).shadow.daily_budget_usd for slot in slots},
+            spent_today={},
+            total=0,
+            since=filters.since or EPOCH,
+            snapshot=utcnow(),
+        )
+        if challengers:
+            with self.registry.database.reading() as connection:
+                plan.spent_today = _spent_today(connection, slots)
+                plan.total = _count_pending(connection, plan)
+        return plan
+
+    def _challengers(self, slot: str, shadow: ShadowConfig) -> dict[str, Challenger]:
+        """The slot's active challengers, and the champion as a control when its rate is set."""
+        champion = self.registry.champion(slot)
+        found = {}
+        for variant in self.registry.variants(slot=slot, status="active"):
+            if champion is not None and variant.version_id == champion.version_id:
+                rate, role = shadow.champion_control_rate, CONTROL
+            else:
+                rate = shadow.rates.get(variant.version_id, shadow.rates.get(variant.label, shadow.sample_rate))
+                role = CHALLENGER
+            if role == CHALLENGER or rate > 0:
+                found[variant.version_id] = self._challenger(variant, role, rate)
+        return found
+
+    def _challenger(self, variant: Variant, role: str, rate: float) -> Challenger:
+        prices = workspace_prices(self.registry.workspace)
+        return Challenger(
+            version_id=variant.version_id, slot=variant.slot, role=role, kind=variant.kind, config=variant.config,
+            skill=self.registry.skill_text(variant.skill_sha) if variant.skill_sha else None,
+            rate=rate, price=price_of(prices, variant.config.get("model")) if variant.kind == "chat" else None,
+        )
+
+    def _chosen(self, challengers: dict[str, Challenger], filters: RunFilters) -> Challenger:
+        """The one challenger `--version` names, or an error saying why it is not one."""
+        if filters.version in challengers:
+            return challengers[filters.version]
+        variant = self.registry.variant(filters.version or "")
+        if filters.slot is not None and variant.slot != filters.slot:
+            raise NotFound(f"{variant.version_id} belongs to slot {variant.slot!r}, not {filters.slot!r}")
+        if variant.status != "active":
+            raise Refused(f"{variant.version_id} is retired: retired variants get no shadow traffic")
+        raise Refused(
+            f"{variant.version_id} is the champion of slot {variant.slot!r}: it is replayed only as a control, "
+            f"when slots.{variant.slot}.shadow.champion_control_rate is above 0"
+        )
+
+
+class _Run:
+    """One pass over the pending work: dispatch, limits on what runs, and the budget."""
+
+    def __init__(self, runner: ShadowRunner, plan: _Plan, writer: _Writer) -> None:
+        self.runner = runner
+        self.plan = plan
+        self.writer = writer
+        self.budget = _Budget(plan.budgets, plan.spent_today)
+        self.pauses = PauseSet([])
+        self.pauses_read_at = 0.0
+        self.in_flight = asyncio.Semaphore(runner.max_in_flight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+        self.announced: set[tuple[str, str]] = set()
+
+    async def execute(self) -> None:
+        """Dispatch every pending pair, wait for the calls, and write every result."""
+        self.writer.start()
+        try:
+            async for page in self._pages():
+                for work in page:
+                    await self._dispatch(work)
+            while self.tasks:
+                await asyncio.wait(set(self.tasks))
+            self._raise_failure()
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.writer.close()
+
+    async def _pages(self) -> AsyncIterator[list[_Work]]:
+        """Pending pairs, a page at a time."""
+        cursor = (self.plan.since, "", "")
+        while page := await asyncio.to_thread(self._fetch, cursor):
+            yield page
+            last = page[-1]
+            cursor = (last.received_at, last.request_id, last.version_id)
+
+    def _fetch(self, cursor: tuple[datetime, str, str]) -> list[_Work]:
+        with self.runner.registry.database.reading() as connection:
+            rows = _pending_page(connection, self.plan, cursor, self.runner.page_size)
+        return [_Work(at, rid, vid, role, json.loads(request)) for at, rid, vid, role, request in rows]
+
+    async def _refresh_pauses(self) -> None:
+        """Re-read the pauses every few seconds, so a pause set during a long run takes effect."""
+        if time.monotonic() - self.pauses_read_at >= PAUSES_REFRESH_S:
+            self.pauses = PauseSet(await asyncio.to_thread(self._read_pauses))
+            self.pauses_read_at = time.monotonic()
+
+    def _read_pauses(self) -> list[Pause]:
+        with self.runner.registry.database.reading() as connection:
+            return read_pauses(connection)
+
+    async def _dispatch(self, work: _Work) -> None:
+        """Start the call for one pair, or record why it is not made."""
+        self._raise_failure()
+        await self._refresh_pauses()
+        challenger = self.plan.challengers[work.version_id]
+        body = challenger.body(work.request) if challenger.kind == "chat" else None
+        reason = self.pauses.reason_for(challenger.version_id) or self._config_problem(challenger)
+        estimate = 0.0
+        if reason is None:
+            estimate = self.budget.estimate(challenger, body)
+            reason = await self.budget.reserve(challenger.slot, estimate)
+        if reason is not None:
+            self._announce(challenger.version_id, reason)
+            await self.writer.add(_row(work, "not_run", error=reason))
+            return
+        await self.in_flight.acquire()
+        task = asyncio.create_task(self._answer(work, challenger, body, estimate))
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _config_problem(self, challenger: Challenger) -> str | None:
+        provider = challenger.config.get("provider")
+        if challenger.kind == "chat" and self.runner.providers.get(str(provider)) is None:
+            return f"config: provider {provider!r} of {challenger.version_id} is not configured"
+        return None
+
+    async def _answer(self, work: _Work, challenger: Challenger, body: dict[str, Any] | None, estimate: float) -> None:
+        cost = None
+        try:
+            if body is not None:
+                row = await self._chat(work, challenger, body)
+            else:
+                row = await self.runner.python.answer(work, challenger)
+            cost = row["cost_usd"]
+        finally:
+            self.budget.settle(challenger, estimate, cost)
+        await self.writer.add(row)
+
+    async def _chat(self, work: _Work, challenger: Challenger, body: dict[str, Any]) -> Row:
+        client = self.runner.providers.get(str(challenger.config["provider"]))
+        assert client is not None, "checked before dispatch"
+        result = await client.chat(body)
+        status = "ok" if result.ok else "error"
+        return _row(
+            work, status, output=result.output, usage=result.usage, cost=cost_usd(challenger.price, result.usage),
+            latency_ms=result.latency_ms, error=result.error, attempts=result.attempts,
+        )
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.in_flight.release()
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _announce(self, version_id: str, reason: str) -> None:
+        """Log a not-run reason once per challenger and reason keyword."""
+        key = (version_id, reason.split(":", 1)[0])
+        if key not in self.announced:
+            self.announced.add(key)
+            log.warning("not running %s: %s", version_id, reason)
+
+
+class _Budget:
+    """Each slot's daily USD cap: spend so far today plus what calls in flight are expected to cost.
+
+    The first calls of a challenger are estimated from its price and the request size
+    (output at its cap); once some have finished, from their mean cost. When the next call
+    would cross the cap while others are still in flight, the decision waits for them to
+    settle, so a high early estimate never turns work away that the cap allows. An
+    unpriced model costs 0 here: its spend is unknown and cannot be held against the cap.
+    """
+
+    def __init__(self, limits: dict[str, float], spent: dict[str, float]) -> None:
+        self._limits = limits
+        self._committed: defaultdict[str, float] = defaultdict(float, spent)
+        self._in_flight: defaultdict[str, int] = defaultdict(int)
+        self._cost_sum: defaultdict[str, float] = defaultdict(float)
+        self._cost_count: defaultdict[str, int] = defaultdict(int)
+        self._settled = asyncio.Event()
+
+    def estimate(self, challenger: Challenger, body: dict[str, Any] | None) -> float:
+        count = self._cost_count[challenger.version_id]
+        return self._cost_sum[challenger.version_id] / count if count else challenger.estimate_usd(body)
+
+    async def reserve(self, slot: str, estimate: float) -> str | None:
+        """Hold `estimate` against the slot's cap; the not-run reason once the cap is reached."""
+        limit = self._limits[slot]
+        while (committed := self._committed[slot]) >= limit or committed + estimate > limit:
+            if not self._in_flight[slot]:
+                return f"budget: slot {slot!r} reached its daily shadow budget of ${limit:g} (UTC day)"
+            self._settled.clear()
+            await self._settled.wait()
+        self._committed[slot] = committed + estimate
+        self._in_flight[slot] += 1
+        return None
+
+    def settle(self, challenger: Challenger, estimate: float, actual: float | None) -> None:
+        """Replace a call's estimate by what it cost."""
+        self._committed[challenger.slot] += (actual or 0.0) - estimate
+        self._in_flight[challenger.slot] -= 1
+        if actual is not None:
+            self._cost_sum[challenger.version_id] += actual
+            self._cost_count[challenger.version_id] += 1
+        self._settled.set()
+
+
+class _Writer:
+    """Buffers results and writes them in batches, by size or every `interval_s`."""
+
+    def __init__(
+        self, database: Database, report: RunReport, progress: Progress | None, batch_rows: int, interval_s: float
+    ) -> None:
+        self._database = database
+        self._report = report
+        self._progress = progress
+        self._batch_rows = batch_rows
+        self._interval_s = interval_s
+        self._rows: list[Row] = []
+        self._lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def add(self, row: Row) -> None:
+        """Buffer one result; a full buffer is written before this returns (back-pressure)."""
+        self._rows.append(row)
+        if len(self._rows) >= self._batch_rows:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            rows, self._rows = self._rows, []
+            if not rows:
+                return
+            frame = pl.from_dicts(rows, schema=_RESULT_SCHEMA)
+            await asyncio.to_thread(self._insert, frame)
+            for row in rows:
+                self._report.count(row)
+            if self._progress is not None:
+                self._progress(self._report)
+
+    async def close(self) -> None:
+        """Stop the timer (never in the middle of a write) and write what is left."""
+        if self._ticker is not None:
+            async with self._lock:
+                self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        await self.flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.flush()
+
+    def _insert(self, frame: pl.DataFrame) -> None:
+        with self._database.transaction() as connection:
+            connection.register("shadow_batch", frame)
+            try:
+                connection.execute(
+                    f"INSERT OR IGNORE INTO shadow_results ({_RESULT_COLUMNS}) SELECT {_RESULT_COLUMNS} FROM shadow_batch"
+                )
+            finally:
+                connection.unregister("shadow_batch")
+
+
+class _PythonVariants:
+    """Python-kind variants: `module:function(request, **params)` in worker threads, returning text."""
+
+    def __init__(self, workers: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shadowzoo-python")
+        self._functions: dict[str, Callable[..., Any]] = {}
+
+    async def answer(self, work: _Work, challenger: Challenger) -> Row:
+        """Call the variant on one request; an exception is the variant's error. Each call costs its price."""
+        config = challenger.config
+        call = partial(self._invoke, config["entrypoint"], work.request, config.get("params") or {})
+        started = time.perf_counter()
+        try:
+            output = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except Exception as exc:  # noqa: BLE001 - any failure of the variant's code is its error
+            output, error = None, f"{type(exc).__name__}: {exc}"
+        else:
+            error = None
+        latency_ms = (time.perf_counter() - started) * 1000
+        status = "ok" if error is None else "error"
+        cost = config.get("price_per_call_usd")
+        return _row(work, status, output=output, cost=cost, latency_ms=latency_ms, error=error, attempts=1)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _invoke(self, entrypoint: str, request: dict[str, Any], params: dict[str, Any]) -> str:
+        output = self._function(entrypoint)(request, **params)
+        if not isinstance(output, str):
+            raise TypeError(f"{entrypoint} returned {type(output).__name__}, expected str")
+        return output
+
+    def _function(self, entrypoint: str) -> Callable[..., Any]:
+        function = self._functions.get(entrypoint)
+        if function is None:
+            module, _, name = entrypoint.partition(":")
+            function = self._functions[entrypoint] = getattr(importlib.import_module(module), name)
+        return function
+
+
+def _row(
+    work: _Work,
+    status: str,
+    *,
+    output: str | None = None,
+    usage: dict[str, Any] | None = None,
+    cost: float | None = None,
+    latency_ms: float | None = None,
+    error: str | None = None,
+    attempts: int = 0,
+) -> Row:
+    return {
+        "request_id": work.request_id,
+        "version_id": work.version_id,
+        "role": work.role,
+        "status": status,
+        "output": output,
+        "prompt_tokens": (usage or {}).get("prompt_tokens"),
+        "completion_tokens": (usage or {}).get("completion_tokens"),
+        "usage_json": json.dumps(usage) if usage is not None else None,
+        "cost_usd": cost,
+        "latency_ms": latency_ms,
+        "error": error,
+        "attempts": attempts,
+        "finished_at": utcnow(),
+    }
+
+
+def _pending_sql(plan: _Plan, select: str, tail: str) -> tuple[str, list[Any]]:
+    """The pending pairs of a plan: unanswered, sampled; a challenger never replays what it answered live."""
+    values = ", ".join("(?, ?, ?, ?)" for _ in plan.challengers)
+    params: list[Any] = [x for c in plan.challengers.values() for x in (c.slot, c.version_id, c.role, float(c.rate))]
+    sql = (
+        f"WITH c(slot, version_id, role, rate) AS (VALUES {values}) "
+        f"SELECT {select} FROM traffic t JOIN c ON c.slot = t.slot "
+        "WHERE t.ingested_at <= ? AND t.received_at >= ? "
+        f"AND (c.role = '{CONTROL}' OR t.champion_version IS DISTINCT FROM c.version_id) "
+        f"AND {_SAMPLE_POINT} < c.rate * {SAMPLE_SPACE} "
+        "AND NOT EXISTS (SELECT 1 FROM shadow_results s WHERE s.request_id = t.request_id AND s.version_id = c.version_id) "
+        + tail
+    )
+    return sql, [*params, plan.snapshot, plan.since]
+
+
+def _count_pending(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> int:
+    sql, params = _pending_sql(plan, "count(*)", "")
+    return connection.execute(sql, params).fetchone()[0]
+
+
+def _pending_page(
+    connection: duckdb.DuckDBPyConnection, plan: _Plan, cursor: tuple[datetime, str, str], size: int
+) -> list[tuple]:
+    """The next `size` pending pairs after `cursor`, in (received_at, request_id, version_id) order."""
+    sql, params = _pending_sql(
+        plan,
+        "t.received_at, t.request_id, c.version_id, c.role, t.request_json",
+        "AND t.received_at >= ? AND (t.received_at, t.request_id, c.version_id) > (?, ?, ?) "
+        "ORDER BY t.received_at, t.request_id, c.version_id LIMIT ?",
+    )
+    return connection.execute(sql, [*params, cursor[0], *cursor, size]).fetchall()
+
+
+def _spent_today(connection: duckdb.DuckDBPyConnection, slots: list[str]) -> dict[str, float]:
+    """Each slot's shadow spend since 00:00 UTC, from the results written so far."""
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = connection.execute(
+        "SELECT v.slot, coalesce(sum(s.cost_usd), 0) FROM shadow_results s JOIN variants v USING (version_id) "
+        "WHERE s.finished_at >= ? AND list_contains(?, v.slot) GROUP BY v.slot",
+        [midnight, slots],
+    ).fetchall()
+    return {slot: float(spent) for slot, spent in rows}

@@ -1,0 +1,76 @@
+"""Writing answers straight into the traffic/outcomes/shadow_results tables, for scorer tests.
+
+The scorer reads these tables; writing them in one batch per table (as ingest and the
+runner do) lets a test control exactly what each variant answered.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from registry import Registry, utcnow
+from registry.db import registered
+
+
+@dataclass
+class Answers:
+    """Rows to append: traffic (the champion's live answers), labels, and replayed answers."""
+
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def request(self, request_id: str, champion: str, output: str, *, slot: str = "support-triage",
+                label: Any = None, status: int = 200, latency_ms: float = 400.0, tokens: tuple[int, int] = (100, 20),
+                received_at: datetime | None = None) -> None:
+        self.traffic.append({
+            "request_id": request_id, "slot": slot, "received_at": received_at or utcnow(),
+            "request_json": json.dumps({"messages": [{"role": "user", "content": request_id}]}),
+            "champion_version": champion, "status": status, "output": output, "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1], "latency_ms": latency_ms, "source": "gateway", "ingested_at": utcnow(),
+        })
+        if label is not None:
+            self.label(request_id, label)
+
+    def label(self, request_id: str, value: Any) -> None:
+        self.labels.append({"outcome_id": f"{request_id}:{json.dumps(value)}", "request_key": request_id,
+                            "request_id": request_id, "kind": "label", "value_json": json.dumps(value),
+                            "received_at": utcnow()})
+
+    def result(self, request_id: str, version_id: str, output: str | None, *, status: str = "ok",
+               role: str = "challenger", latency_ms: float = 300.0, tokens: tuple[int, int] = (120, 20)) -> None:
+        self.results.append({
+            "request_id": request_id, "version_id": version_id, "role": role, "status": status, "output": output,
+            "prompt_tokens": tokens[0], "completion_tokens": tokens[1], "latency_ms": latency_ms,
+            "error": "upstream returned 500" if status == "error" else None, "finished_at": utcnow(),
+        })
+
+    def write(self, registry: Registry) -> None:
+        """Append every collected row, one statement per table, then forget them."""
+        with registry.database.transaction() as db:
+            for table, rows in (("traffic", self.traffic), ("outcomes", self.labels), ("shadow_results", self.results)):
+                if not rows:
+                    continue
+                columns = list(rows[0])
+                with registered(db, "new_rows", pl.DataFrame(rows).to_arrow()):
+                    db.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM new_rows")
+        self.traffic, self.labels, self.results = [], [], []
+
+
+def simulate(answers: Answers, champion: str, challengers: dict[str, float], n: int, *, champion_accuracy: float = 0.7,
+             seed: int = 1, start: int = 0, labels: tuple[str, ...] = ("billing", "technical", "account", "other")) -> None:
+    """`n` labelled requests: the champion and each challenger answer right with their accuracy."""
+    rng = random.Random(seed)
+    for i in range(start, start + n):
+        request_id = f"r{i:06d}"
+        truth = rng.choice(labels)
+        wrong = next(label for label in labels if label != truth)
+        answers.request(request_id, champion, truth if rng.random() < champion_accuracy else wrong, label=truth)
+        for version_id, accuracy in challengers.items():
+            answers.result(request_id, version_id, truth if rng.random() < accuracy else wrong)

@@ -1,0 +1,280 @@
+"""The net-of-cost scorer on a real DuckDB file: pairs, periods, verdicts, guardrails, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from registry import ConfigError, Refused, Registry, load_workspace
+from scorer.board import Status
+from scorer.policy import promotion_evidence
+from scorer.service import Scorer
+from tests.scoring_data import Answers, simulate
+from tests.servers import edit_config
+from zoo import load_zoo, register_specs
+
+SLOT = "support-triage"
+
+
+def _setup(workspace_dir: Path, **scoring) -> tuple[Registry, dict[str, str]]:
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["scoring"].update({"min_samples": 100, **scoring}))
+    workspace = load_workspace(workspace_dir)
+    registry = Registry.open(workspace)
+    zoo = load_zoo(workspace.specs_dir)
+    ids = {o.spec_file.spec.name: o.registration.variant.version_id for o in register_specs(zoo.specs, zoo, workspace, registry)}
+    registry.promote(SLOT, ids["baseline"], "tester", None, {"first_champion": True})
+    return registry, ids
+
+
+def _board(registry: Registry):
+    return Scorer(registry.workspace, registry).refresh(SLOT)
+
+
+def _row(board, version_id):
+    return next(r for r in board.rows if r.version_id == version_id)
+
+
+@pytest.fixture
+def scored(workspace_dir: Path):
+    registry, ids = _setup(workspace_dir)
+    yield registry, ids
+    registry.close()
+
+
+def test_a_clearly_better_challenger_becomes_ready_and_is_recommended(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.95, ids["cheap-mini"]: 0.7}, n=400)
+    answers.write(registry)
+    board = _board(registry)
+    careful = _row(board, ids["careful-large"])
+    assert careful.status == Status.READY and careful.comparison.pairs == 400
+    assert careful.comparison.net.lower > 0
+    assert board.recommendation == f"shadowzoo promote {SLOT} {ids['careful-large']}"
+    assert board.rows[0].version_id == ids["baseline"] and board.rows[0].role == "champion"
+
+
+def test_a_challenger_better_on_quality_can_lose_once_cost_counts(workspace_dir: Path) -> None:
+    registry, ids = _setup(workspace_dir, value_per_point=0.0005)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.8}, n=300, champion_accuracy=0.7)
+    for row in answers.results:
+        row["prompt_tokens"] = 2000  # a much longer skill on every call
+    answers.write(registry)
+    careful = _row(_board(registry), ids["careful-large"])
+    assert careful.comparison.quality.mean > 0
+    assert careful.comparison.net.upper < 0 and careful.status == Status.WORSE
+    registry.close()
+
+
+def test_each_pair_enters_the_evidence_once_across_refreshes(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.9}, n=150)
+    answers.write(registry)
+    first = _row(_board(registry), ids["careful-large"]).comparison
+    again = _row(_board(registry), ids["careful-large"]).comparison
+    assert first.pairs == again.pairs == 150 and first.net == again.net
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.9}, n=50, start=150, seed=2)
+    answers.write(registry)
+    assert _row(_board(registry), ids["careful-large"]).comparison.pairs == 200
+
+
+def test_a_corrected_label_does_not_count_its_pair_twice(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.9}, n=20)
+    answers.write(registry)
+    assert _row(_board(registry), ids["careful-large"]).comparison.pairs == 20
+    answers.label("r000003", "a corrected label")
+    answers.write(registry)
+    assert _row(_board(registry), ids["careful-large"]).comparison.pairs == 20
+
+
+def test_a_pair_waits_for_its_label(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    answers.request("late", ids["baseline"], "billing")
+    answers.result("late", ids["careful-large"], "billing")
+    answers.write(registry)
+    assert _row(_board(registry), ids["careful-large"]).comparison.pairs == 0
+    answers.label("late", "billing")
+    answers.write(registry)
+    assert _row(_board(registry), ids["careful-large"]).comparison.pairs == 1
+
+
+def test_upstream_errors_score_zero_and_not_run_calls_are_not_scored(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    for i in range(10):
+        answers.request(f"q{i}", ids["baseline"], "billing", label="billing")
+        answers.result(f"q{i}", ids["flash"], None, status="error" if i < 4 else "ok")
+        if i < 4:
+            answers.result(f"q{i}", ids["cheap-mini"], None, status="not_run")
+    answers.results = [r | ({"output": "billing"} if r["status"] == "ok" else {}) for r in answers.results]
+    answers.write(registry)
+    board = _board(registry)
+    flash = _row(board, ids["flash"])
+    assert flash.n == 10 and flash.mean_quality == pytest.approx(0.6) and flash.error_rate == pytest.approx(0.4)
+    mini = _row(board, ids["cheap-mini"])
+    assert mini.n == 0 and mini.not_run == 4
+
+
+def test_a_model_without_a_price_is_never_free(workspace_dir: Path) -> None:
+    edit_config(workspace_dir, lambda c: c["prices"].pop("sim-flash"))
+    registry, ids = _setup(workspace_dir)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["flash"]: 0.9}, n=120)
+    answers.write(registry)
+    flash = _row(_board(registry), ids["flash"])
+    assert flash.status == Status.PRICE_UNKNOWN and flash.cost_per_1k_usd is None and flash.net_per_1k_usd is None
+    registry.close()
+
+
+def test_changing_value_settings_starts_a_new_recorded_period(scored, workspace_dir: Path) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.95}, n=150)
+    answers.write(registry)
+    before = _board(registry)
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["scoring"].update(value_per_point=0.02))
+    registry.workspace = load_workspace(workspace_dir)
+    after = _board(registry)
+    assert after.period_id == before.period_id + 1
+    assert _row(after, ids["careful-large"]).comparison.pairs == 0, "old evidence must not carry into a new period"
+    reason = registry.database.connection.execute(
+        "SELECT reason FROM evaluation_periods WHERE period_id = ?", [after.period_id]).fetchall()[0][0]
+    assert reason == "settings changed: scoring"
+
+
+def test_a_new_champion_starts_a_new_period(scored) -> None:
+    registry, ids = scored
+    first = _board(registry).period_id
+    registry.promote(SLOT, ids["cheap-mini"], "tester", "trial", None)
+    board = _board(registry)
+    assert board.period_id == first + 1 and board.champion == ids["cheap-mini"]
+
+
+def test_alpha_shares_are_fixed_when_a_challenger_joins(scored, workspace_dir: Path) -> None:
+    registry, ids = scored
+    early = {r.version_id: r.comparison.alpha for r in _board(registry).rows if r.comparison}
+    (workspace_dir / "zoo" / "late.yaml").write_text("slot: support-triage\nname: late\nbase: baseline\noverrides:\n  temperature: 0.5\n")
+    zoo = load_zoo(registry.workspace.specs_dir)
+    register_specs([s for s in zoo.specs if s.spec.name == "late"], zoo, registry.workspace, registry)
+    later = {r.version_id: r.comparison.alpha for r in _board(registry).rows if r.comparison}
+    assert all(later[v] == early[v] for v in early)
+    assert sum(later.values()) <= 0.05 + 1e-12
+    newcomer = next(v for v in later if v.startswith("late-"))
+    assert later[newcomer] < min(early.values())
+
+
+def test_latency_guardrail_uses_the_champion_control_when_there_is_one(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.99}, n=300, champion_accuracy=0.6)
+    for row in answers.traffic:
+        row["latency_ms"] = 100.0  # live answers are fast ...
+    for row in answers.results:
+        row["latency_ms"] = 400.0  # ... replayed ones, under replay load, slower
+    answers.write(registry)
+    assert _row(_board(registry), ids["careful-large"]).status_detail == "guardrail: p95 latency"
+    control = Answers()
+    for i in range(50):
+        control.result(f"r{i:06d}", ids["baseline"], "billing", role="control", latency_ms=390.0)
+    control.write(registry)
+    careful = _row(_board(registry), ids["careful-large"])
+    assert careful.comparison.latency_baseline == "control" and careful.status == Status.READY
+
+
+def test_a_slot_with_no_champion_yet_shows_challengers_collecting(workspace_dir: Path) -> None:
+    workspace = load_workspace(workspace_dir)
+    with Registry.open(workspace) as registry:
+        zoo = load_zoo(workspace.specs_dir)
+        register_specs(zoo.specs, zoo, workspace, registry)
+        board = _board(registry)
+    assert board.champion is None and board.recommendation is None
+    assert {r.status_detail for r in board.rows} == {"collecting (no champion to compare with)"}
+
+
+def test_a_label_of_the_wrong_type_is_a_counted_metric_error(workspace_dir: Path) -> None:
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[{"type": "numeric", "tolerance": 0.5}]))
+    registry, ids = _setup(workspace_dir)
+    answers = Answers()
+    answers.request("n1", ids["baseline"], "about 12", label=12)
+    answers.request("n2", ids["baseline"], "about 12", label={"not": "a number"})
+    answers.request("n3", ids["baseline"], "no idea", label="twelve")
+    answers.write(registry)
+    champion = _board(registry).rows[0]
+    assert champion.n == 1 and champion.mean_quality == 1.0 and champion.metric_errors == 2
+    registry.close()
+
+
+def test_a_python_metric_that_raises_or_leaves_0_to_1_records_the_row_and_moves_on(workspace_dir: Path, monkeypatch) -> None:
+    (workspace_dir / "my_metrics.py").write_text(textwrap.dedent("""
+        def picky(request, output, outcome):
+            if output == "boom":
+                raise ValueError("cannot score this")
+            if output == "big":
+                return 1.7
+            return 1.0 if output == outcome else 0.0
+    """))
+    monkeypatch.syspath_prepend(str(workspace_dir))
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[{"type": "python", "entrypoint": "my_metrics:picky"}]))
+    registry, ids = _setup(workspace_dir)
+    answers = Answers()
+    for request_id, output in (("p1", "billing"), ("p2", "boom"), ("p3", "big"), ("p4", "other")):
+        answers.request(request_id, ids["baseline"], output, label="billing")
+    answers.write(registry)
+    champion = _board(registry).rows[0]
+    assert champion.n == 2 and champion.mean_quality == 0.5 and champion.metric_errors == 2
+    errors = dict(registry.database.connection.execute("SELECT request_id, error FROM metric_values WHERE error IS NOT NULL").fetchall())
+    assert "raised ValueError: cannot score this" in errors["p2"] and "returned 1.7, outside 0..1" in errors["p3"]
+    registry.close()
+    sys.modules.pop("my_metrics", None)
+
+
+def test_an_unknown_metric_type_names_the_file_and_key(workspace_dir: Path) -> None:
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[{"type": "exact"}]))
+    with pytest.raises(ConfigError, match=r"shadowzoo.yaml:\d+:\d+: slots.support-triage.metrics\[0\]: .*'exact_match'"):
+        load_workspace(workspace_dir)
+
+
+def test_promoting_a_challenger_that_is_not_ready_is_refused_with_the_evidence(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["cheap-mini"]: 0.7}, n=50)
+    answers.write(registry)
+    with pytest.raises(Refused, match=r"not ready to promote: collecting \(50/100\)\. Evidence: 50 pairs"):
+        promotion_evidence(_board(registry), ids["cheap-mini"], force=False)
+
+
+def test_promote_records_the_leaderboard_it_acted_on(cli, workspace_dir: Path) -> None:
+    registry, ids = _setup(workspace_dir)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.95}, n=300)
+    answers.write(registry)
+    registry.close()
+    assert cli("promote", SLOT, ids["careful-large"], "--reason", "ready").code == 0
+    move = cli("history", SLOT, "--json").json()[-1]
+    rows = {r["version_id"]: r for r in move["evidence"]["leaderboard"]["rows"]}
+    assert rows[ids["careful-large"]]["status"] == "ready" and not move["evidence"]["forced"]
+    assert "ready (300 pairs)" in cli("history", SLOT).out
+
+
+def test_the_leaderboard_and_report_commands_print_and_write(cli, workspace_dir: Path) -> None:
+    registry, ids = _setup(workspace_dir)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.95, ids["cheap-mini"]: 0.6}, n=250)
+    answers.write(registry)
+    registry.close()
+    table = cli("leaderboard", "--slot", SLOT)
+    assert table.code == 0 and f"shadowzoo promote {SLOT} {ids['careful-large']}" in table.out
+    board = cli("leaderboard", "--slot", SLOT, "--format", "json").json()
+    assert [r["role"] for r in board["rows"]][0] == "champion"
+    assert "| version |" in cli("leaderboard", "--slot", SLOT, "--format", "md").out
+    written = cli("report", "--slot", SLOT, "--out", "report.html")
+    assert written.code == 0 and "<svg" in (workspace_dir / "report.html").read_text()
