@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import yaml
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,6 +69,7 @@ models:
   {UPSTREAM_MODEL}: {{output_tokens: 8}}
 """
 START_TIMEOUT_S = 90.0
+QUIET_CORES = 0.25
 STOP_TIMEOUT_S = 20.0
 
 
@@ -115,8 +119,6 @@ def pin_self(cores: str | None) -> None:
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
@@ -130,7 +132,7 @@ def scratch_dir(prefix: str) -> Path:
 
 @dataclass
 class Server:
-    """One server subprocess: pinned with taskset, output to a log file, ready when `ready()` says so."""
+    """One server subprocess: pinned with taskset (niced if asked), logging to a file, stopped by `stop()`."""
 
     name: str
     argv: list[str]
@@ -142,6 +144,7 @@ class Server:
     health_path: str | None = "/healthz"
     ready_marker: str | None = None
     ready_count: int = 1
+    nice: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -150,7 +153,8 @@ class Server:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> Server:
         """Start, then wait (bounded) until healthy; raise with the log's tail if it never is."""
-        prefix = ["taskset", "-c", self.cores] if self.cores else []
+        prefix = ["nice", "-n", str(self.nice)] if self.nice else []
+        prefix += ["taskset", "-c", self.cores] if self.cores else []
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(prefix + self.argv, cwd=self.cwd, env=env, stdout=log,
@@ -260,7 +264,8 @@ def gateway(workspace: Path, log_dir: Path, cores: str | None, workers: int = 1)
     port = free_port()
     argv = [str(BIN / "shadowzoo"), "gateway", "--port", str(port), "--workers", str(workers)]
     return Server(f"gateway-{workers}w", argv, port, log_dir / f"gateway-{workers}w-{port}.log", cores,
-                  cwd=workspace, env={GATEWAY_KEYS_ENV: GATEWAY_KEY}, ready_marker="listening on", ready_count=workers)
+                  cwd=workspace, env={GATEWAY_KEYS_ENV: GATEWAY_KEY},
+                  ready_marker="listening on", ready_count=workers)
 
 
 LITELLM_ENV = {
@@ -306,8 +311,8 @@ def litellm_proxy(executable: Path, upstream_base_url: str, log_dir: Path, cores
     }))
     port = free_port()
     argv = [str(executable), "--config", str(config), "--host", LOOPBACK, "--port", str(port), "--num_workers", "1"]
-    return Server("litellm", argv, port, log_dir / "litellm.log", cores, cwd=log_dir, env={**LITELLM_ENV, "LITELLM_MASTER_KEY": master_key},
-                  health_path="/health/liveliness")
+    return Server("litellm", argv, port, log_dir / "litellm.log", cores, cwd=log_dir,
+                  env={**LITELLM_ENV, "LITELLM_MASTER_KEY": master_key}, health_path="/health/liveliness")
 
 
 # ---------------------------------------------------------------- workspace
@@ -426,8 +431,6 @@ async def closed_loop(target: Target, concurrency: int, seconds: float, max_requ
 
     Runs for `seconds` or until `max_requests` have been sent, whichever comes first.
     """
-    import aiohttp
-
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -465,8 +468,6 @@ async def open_loop(target: Target, rate: float, seconds: float, max_in_flight: 
     the server's. `late_ms` records how late each request left against its schedule: a
     large value means the load generator itself fell behind.
     """
-    import aiohttp
-
     latencies: list[float] = []
     late: list[float] = []
     errors = 0
@@ -557,9 +558,10 @@ class CpuUse:
         """
         servers = {name: round3(used / self.seconds) for name, used in self.servers.items()}
         client = round3(client_cpu_seconds / self.seconds)
+        unaccounted = sum(self.cores_busy.values()) - sum(servers.values()) - client
         described: dict[str, Any] = {"server_core_fraction": servers, "load_generator_core_fraction": client,
                                      "core_busy_fraction": self.cores_busy,
-                                     "unaccounted_core_fraction": round3(sum(self.cores_busy.values()) - sum(servers.values()) - client)}
+                                     "unaccounted_core_fraction": round3(unaccounted)}
         for name, parts in self.workers.items():
             busy = [used for used in parts if used > 0.01 * sum(parts)]
             if len(busy) > 1:
@@ -589,6 +591,28 @@ def cpu_window(servers: list[Server]) -> Iterator[CpuUse]:
                       for core, busy in _core_busy_ticks().items()}
 
 
+def background_load(servers: list[Server], seconds: float = 1.0) -> float:
+    """Cores' worth of CPU that processes other than this one and `servers` used over `seconds`."""
+    with cpu_window(servers) as use:
+        before = time.process_time()
+        time.sleep(seconds)
+        mine = time.process_time() - before
+    return use.describe(mine)["unaccounted_core_fraction"]
+
+
+def wait_for_quiet(servers: list[Server], max_wait_s: float, threshold: float = QUIET_CORES) -> float:
+    """Wait, at most `max_wait_s`, until other processes use under `threshold` of a core; the last reading.
+
+    On a shared machine other work comes and goes; starting a measurement in a quiet
+    moment makes its figures about the system measured. The reading goes in the output.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        load = background_load(servers)
+        if load <= threshold or time.monotonic() >= deadline:
+            return round3(load)
+
+
 def _core_busy_ticks() -> dict[str, int]:
     """Non-idle ticks per core since boot, from /proc/stat (steal included: time the VM did not get)."""
     busy: dict[str, int] = {}
@@ -605,7 +629,6 @@ def _core_busy_ticks() -> dict[str, int]:
 
 def _serve_responder(port: int) -> None:
     """Answer every POST /v1/chat/completions with `FIXED_COMPLETION`; /healthz for readiness."""
-    from aiohttp import web
 
     async def chat(request: web.Request) -> web.Response:
         await request.read()
@@ -621,6 +644,7 @@ def _serve_responder(port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m bench._harness responder --port P`: the minimal upstream, until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m bench._harness")
     parser.add_argument("command", choices=["responder"])
     parser.add_argument("--port", type=int, required=True)

@@ -66,6 +66,7 @@ from bench._harness import (
     summary,
     target_check,
     upstream_request,
+    wait_for_quiet,
 )
 
 UPSTREAMS = ("responder", "simulator")
@@ -86,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--litellm", help="path to LiteLLM's `litellm` executable (default: the bench venv's)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM baseline")
     parser.add_argument("--litellm-requests", type=int, default=1000, help="sequential requests through LiteLLM")
+    parser.add_argument("--quiet-wait", type=float, default=20.0,
+                        help="before each measurement, wait up to this many seconds for other processes to go quiet")
     parser.add_argument("--keep", action="store_true", help="keep workspaces and server logs")
     return parser.parse_args(argv)
 
@@ -161,6 +164,7 @@ def sequential_section(direct: Target, through: Target, servers: list[Server], a
                        rounds: int | None = None) -> dict[str, Any]:
     """Direct vs proxied latency, requests one at a time, alternating; the proxy's added p50/p99."""
     rounds = rounds or args.requests
+    background = wait_for_quiet(servers, args.quiet_wait)
     with cpu_window(servers) as use:
         before = time.process_time()
         latencies = sequential_latencies([direct, through], rounds, args.warmup, max_seconds=180)
@@ -174,6 +178,7 @@ def sequential_section(direct: Target, through: Target, servers: list[Server], a
         "added_p99_ms": _difference(proxied["p99"], base["p99"]),
         "ratio_p50": ratio(proxied["p50"], base["p50"]),
         "ratio_p99": ratio(proxied["p99"], base["p99"]),
+        "background_cores_before": background,
         "cpu": use.describe(client_cpu),
     }
 
@@ -244,6 +249,7 @@ def throughput_section(points: dict[str, tuple[Target, Server]], upstream: Serve
 
 def _throughput_point(target: Target, server: Server, upstream: Server, args: argparse.Namespace) -> dict[str, Any]:
     servers = [upstream] if server is upstream else [server, upstream]
+    background = wait_for_quiet(servers, args.quiet_wait)
     with cpu_window(servers) as use:
         load = asyncio.run(closed_loop(target, args.concurrency, args.seconds, MAX_REQUESTS_PER_POINT))
     latency = summary(load.latencies_ms)
@@ -255,6 +261,7 @@ def _throughput_point(target: Target, server: Server, upstream: Server, args: ar
         "p99_ms": latency["p99"],
         "server_cpu_us_per_request": round(server_cpu / max(load.requests, 1) * 1e6, 1),
         "rps_per_server_core": round(load.requests / server_cpu, 1) if server_cpu else None,
+        "background_cores_before": background,
         "cpu": use.describe(load.client_cpu_seconds),
     }
 

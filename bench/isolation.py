@@ -15,9 +15,10 @@ the DuckDB file (`--shadow runner`, the default). `--shadow sdk` replaces it wit
 loop that tails the spool and calls the challenger with the `openai` SDK, 64 calls in
 flight at most, for when the runner is not available.
 
-Each busy scenario runs in two placements (two cores): the shadow driver on the gateway's
-core (the worst case: the OS scheduler alone protects the gateway) and on the other core
-(with the load generator, the upstreams and the challenger simulator).
+Each busy scenario runs in three placements (two cores): the shadow driver on the
+gateway's core (the worst case: the OS scheduler alone protects the gateway), the same at
+nice 19 (what a deployment can do about it), and on the other core (with the load
+generator, the upstreams and the challenger simulator).
 
 Run from the repository root: ``.venv/bin/python -m bench.isolation [--rate 200 --seconds 5 --pairs 3]``."""
 
@@ -62,6 +63,7 @@ from bench._harness import (
     started,
     summary,
     target_check,
+    wait_for_quiet,
 )
 
 CHALLENGER_PROVIDER = "challengers"
@@ -83,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one run")
     parser.add_argument("--pairs", type=int, default=3, help="alone/busy pairs per scenario")
     parser.add_argument("--shadow", choices=("runner", "sdk"), default="runner", help="what drives the shadow load")
+    parser.add_argument("--quiet-wait", type=float, default=20.0,
+                        help="before each pair, wait up to this many seconds for other processes to go quiet")
     parser.add_argument("--keep", action="store_true", help="keep the workspace and server logs")
     return parser.parse_args(argv)
 
@@ -107,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def measure(args: argparse.Namespace, layout: Placement, work: Path) -> dict[str, Any]:
     """Paired alone/busy runs per scenario and placement, and an alone/alone control for the noise floor."""
-    placements = {"shadow_on_gateway_core": layout.server_cores, "shadow_on_other_core": layout.client_cores}
+    placements = {"shadow_on_gateway_core": (layout.server_cores, 0),
+                  "shadow_on_gateway_core_nice19": (layout.server_cores, 19),
+                  "shadow_on_other_core": (layout.client_cores, 0)}
     with contextlib.ExitStack() as stack:
         upstream = started(stack, responder(work, layout.client_cores))
         challengers = started(stack, simulator(work, layout.client_cores, _challenger_yaml(), fast=False,
@@ -118,9 +124,10 @@ def measure(args: argparse.Namespace, layout: Placement, work: Path) -> dict[str
         bench = _Bench(args, Target.of("gateway", proxy.port, CLIENT_REQUEST), proxy,
                        [proxy, upstream, challengers], workspace, work)
         asyncio.run(open_loop(bench.champion, args.rate, 2.0))
-        control = _scenario_figures(bench.pairs(version=None, cores=None))
-        busy = {name: {scenario: _scenario_figures(bench.pairs(versions[scenario], cores)) for scenario in SCENARIOS}
-                for name, cores in placements.items()}
+        control = _scenario_figures(bench.pairs(version=None, cores=None, nice=0))
+        busy = {name: {scenario: _scenario_figures(bench.pairs(versions[scenario], cores, nice))
+                       for scenario in SCENARIOS}
+                for name, (cores, nice) in placements.items()}
     return _figures(args, layout, control, busy)
 
 
@@ -148,6 +155,7 @@ class _Run:
     load: LoadResult
     cpu: CpuUse
     gateway_cpu_s: float
+    background_cores_before: float
     shadow: dict[str, Any] | None = None
 
 
@@ -162,28 +170,29 @@ class _Bench:
     workspace: Path
     work: Path
 
-    def pairs(self, version: str | None, cores: str | None) -> list[tuple[_Run, _Run]]:
+    def pairs(self, version: str | None, cores: str | None, nice: int) -> list[tuple[_Run, _Run]]:
         """`--pairs` times: an alone run, then a run with a shadow driver for `version` (none: alone again).
 
         Adjacent runs see nearly the same background load, so their ratio cancels most of it.
         """
-        return [(self.run(None, None), self.run(version, cores)) for _ in range(self.args.pairs)]
+        return [(self.run(None, None, 0), self.run(version, cores, nice)) for _ in range(self.args.pairs)]
 
-    def run(self, version: str | None, cores: str | None) -> _Run:
+    def run(self, version: str | None, cores: str | None, nice: int) -> _Run:
         """Champion load for `--seconds`; with `version`, a shadow driver for it runs alongside."""
+        background = wait_for_quiet(self.servers, self.args.quiet_wait)
         with contextlib.ExitStack() as stack:
-            driver = started(stack, self._driver(version, cores)) if version else None
+            driver = started(stack, self._driver(version, cores, nice)) if version else None
             with cpu_window(self.servers + ([driver] if driver else [])) as use:
                 load = asyncio.run(open_loop(self.champion, self.args.rate, self.args.seconds))
             report = _driver_report(driver) if driver else None
-        return _Run(load, use, use.servers[self.proxy.name], report)
+        return _Run(load, use, use.servers[self.proxy.name], background, report)
 
-    def _driver(self, version: str, cores: str | None) -> Server:
+    def _driver(self, version: str, cores: str | None, nice: int) -> Server:
         _clear_spool(self.workspace)
         argv = [sys.executable, "-m", "bench.isolation", "driver", "--workspace", str(self.workspace),
                 "--version", version, "--mode", self.args.shadow, "--seconds", str(self.args.seconds + 1)]
-        return Server(f"shadow-driver-{version}", argv, 0, self.work / f"driver-{version}-{cores}.log", cores,
-                      health_path=None, ready_marker=DRIVER_READY)
+        return Server(f"shadow-driver-{version}", argv, 0, self.work / f"driver-{version}-{cores}-{nice}.log",
+                      cores, health_path=None, ready_marker=DRIVER_READY, nice=nice)
 
 
 def _clear_spool(workspace: Path) -> None:
@@ -225,6 +234,7 @@ def _scenario_figures(pairs: list[tuple[_Run, _Run]]) -> dict[str, Any]:
         "busy_cpu": [run.cpu.describe(run.load.client_cpu_seconds) for _, run in pairs],
         "unaccounted_core_fraction_alone": [run.cpu.describe(run.load.client_cpu_seconds)["unaccounted_core_fraction"]
                                             for run, _ in pairs],
+        "background_cores_before": [[a.background_cores_before, b.background_cores_before] for a, b in pairs],
     }
     shadow = [run.shadow for _, run in pairs if run.shadow is not None]
     if shadow:
@@ -246,8 +256,10 @@ def _figures(args: argparse.Namespace, layout: Placement, control: dict[str, Any
               for quantile in ("p50", "p99")}
     return {
         "bench": "isolation",
-        "placement": {**layout.describe(), "shadow_driver_cores": {
-            "shadow_on_gateway_core": layout.server_cores, "shadow_on_other_core": layout.client_cores},
+        "placement": {**layout.describe(), "shadow_driver": {
+            "shadow_on_gateway_core": f"core {layout.server_cores}",
+            "shadow_on_gateway_core_nice19": f"core {layout.server_cores}, nice 19",
+            "shadow_on_other_core": f"core {layout.client_cores}"},
             "challenger_simulator_cores": layout.client_cores},
         "shadow_driver": ("shadow.ingest.ingest_spool + shadow.runner.ShadowRunner.run_once in a loop, in its own "
                           "process (the daemon's shadow work)" if args.shadow == "runner" else

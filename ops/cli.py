@@ -72,12 +72,19 @@ def init(directory: Annotated[Path, typer.Argument(help="New or empty directory 
 @app.command()
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to create the demo workspace.")] = Path("demo-ws"),
+    requests: Annotated[int, typer.Option("--requests", min=50, help="Requests to send through the gateway.")] = 2000,
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the simulator and serve running.")] = False,
 ) -> None:
-    """Run the whole offline walkthrough in a fresh demo workspace (what `make demo` runs).
+    """Run the whole loop offline in a fresh demo workspace (what `make demo` runs).
 
-    Example: shadowzoo demo --dir /tmp/demo-ws
+    Starts the bundled simulator and `serve`, registers a champion and four challengers,
+    sends traffic through the gateway with the openai client, posts delayed labels, waits
+    for replay and scoring, prints the leaderboard, writes report.html, and prints the
+    promote command the evidence supports.
+
+    Example: shadowzoo demo --dir /tmp/demo-ws --keep-running
     """
-    run_demo(directory)
+    run_demo(directory, requests, keep_running)
 
 
 def main(argv: list[str] | None = None) -> int:

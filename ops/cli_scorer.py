@@ -80,7 +80,8 @@ def report(
 
 
 def _print_board(board: Leaderboard) -> None:
-    title = f"{board.slot}: period {board.period_id or '-'} since {board.period_started_at or '-'} UTC"
+    since = f"{board.period_started_at:%Y-%m-%d %H:%M} UTC" if board.period_started_at else "-"
+    title = f"{board.slot}: evaluation period {board.period_id or '-'}, since {since}"
     print_table(
         title,
         ["version", "status", "n", "quality", "cost/1k", "p50/p95 ms", "errors", "net/1k", "Δ net per request [interval]", "pairs"],

@@ -119,10 +119,12 @@ def test_a_missing_config_file_says_how_to_create_one(cli, tmp_path: Path) -> No
 
 def test_a_bad_config_file_names_file_line_and_key(cli, workspace_dir: Path) -> None:
     config = workspace_dir / "shadowzoo.yaml"
-    config.write_text(config.read_text().replace("timeout_s: 30", "timeout_s: 30\n    retries: 2"))
+    config.write_text(config.read_text().replace("    timeout_s: 10\n", "    timeout_s: 10\n    retries: 2\n"))
+    line = config.read_text().splitlines().index("    retries: 2") + 1
     result = cli("variants", "list")
     assert result.code == 1
-    assert "shadowzoo.yaml:11:5: providers.sim.retries: unknown key (did you mean 'max_retries'?); allowed keys: api_key_env, base_url, max_concurrency" in result.err
+    assert (f"shadowzoo.yaml:{line}:5: providers.sim.retries: unknown key (did you mean 'max_retries'?); "
+            "allowed keys: api_key_env, base_url, max_concurrency") in result.err
 
 
 def test_init_refuses_to_overwrite_a_workspace(cli, workspace_dir: Path) -> None:

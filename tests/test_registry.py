@@ -167,7 +167,7 @@ def test_alias_moves_rewrite_routes_json_with_the_champion_config(registry: Regi
     assert route.version_id == ids["careful-large"]
     assert route.model == "sim-large" and route.base_url == "http://127.0.0.1:8700/v1"
     assert "Think carefully" in route.skill
-    assert route.api_key_env == "SIM_API_KEY" and route.timeout_s == 30
+    assert route.api_key_env == "SIM_API_KEY" and route.timeout_s == 10
     leftovers = [p.name for p in registry.workspace.routes_path.parent.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 
