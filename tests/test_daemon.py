@@ -1,0 +1,279 @@
+"""`shadowzoo serve`: the daemon, its admin API, and the champion path around its restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import duckdb
+import openai
+import pytest
+
+from ops.workspace_init import init_workspace
+from registry import Registry, load_workspace
+from tests.conftest import SHADOWZOO
+from tests.servers import edit_config, free_port, start_simulator, wait_until
+from zoo import load_zoo, register_specs
+
+TOKEN = "test-admin-token"
+SLOT = "support-triage"
+FAST_SIM = Path(__file__).resolve().parent.parent / "examples" / "demo" / "simulator.yaml"
+
+
+class Served:
+    """`shadowzoo serve` on free ports, with its gateway and admin URLs."""
+
+    def __init__(self, workspace_dir: Path, workers: int = 1) -> None:
+        self.workspace_dir = workspace_dir
+        config = load_workspace(workspace_dir).config
+        self.gateway = f"http://127.0.0.1:{config.gateway.port}"
+        self.admin = f"http://127.0.0.1:{config.daemon.admin_port}"
+        self.process = subprocess.Popen(
+            [str(SHADOWZOO), "serve", "--workers", str(workers)], cwd=workspace_dir,
+            env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": TOKEN, "SIM_API_KEY": "sim"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        wait_until(lambda: self.process.poll() is not None or (_up(f"{self.gateway}/healthz") and _up(f"{self.admin}/healthz")),
+                   timeout_s=60)
+        assert self.process.poll() is None, self.process.stdout.read()
+
+    def daemon_pid(self) -> int:
+        return json.loads((self.workspace_dir / ".shadowzoo" / "daemon.json").read_text())["pid"]
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=90)
+        return out
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _admin(served: Served, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{served.admin}{path}", data=json.dumps(body).encode() if body is not None else None,
+                                     method="POST" if body is not None else "GET",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    """The demo workspace on the simulator, free ports, fast jobs; specs registered, baseline champion."""
+    simulator = start_simulator(FAST_SIM, fast=True)
+    ws = init_workspace(tmp_path / "served-ws")
+
+    def configure(config: dict) -> None:
+        config["providers"]["sim"]["base_url"] = simulator.base_url
+        config["gateway"]["port"] = free_port()
+        config["daemon"].update(admin_port=free_port(), score_interval_s=1, ingest_interval_s=0.3)
+        config["slots"][SLOT]["scoring"]["min_samples"] = 20
+
+    edit_config(ws, configure)
+    workspace = load_workspace(ws)
+    with Registry.open(workspace) as registry:
+        zoo = load_zoo(workspace.specs_dir)
+        ids = {o.spec_file.spec.name: o.registration.variant.version_id for o in register_specs(zoo.specs, zoo, workspace, registry)}
+        registry.promote(SLOT, ids["baseline"], "tester", "first", None)
+    yield ws, ids
+    simulator.stop()
+
+
+def _send(served: Served, count: int, start: int = 0, label: bool = True) -> list[str]:
+    """`count` requests through the gateway; returns shadowzoo's request ids; posts their labels."""
+    tickets = [json.loads(line) for line in FAST_SIM.with_name("tickets.jsonl").read_text().splitlines()]
+    client = openai.OpenAI(base_url=f"{served.gateway}/v1", api_key="x", max_retries=0, timeout=30)
+
+    def one(i: int) -> str:
+        ticket = tickets[i % len(tickets)]
+        raw = client.chat.completions.with_raw_response.create(
+            model=SLOT, messages=[{"role": "user", "content": ticket["input"]}],
+            extra_headers={"x-shadowzoo-request-id": f"c{i}"})
+        if label:
+            body = json.dumps({"request_id": f"c{i}", "label": ticket["expected"]}).encode()
+            urllib.request.urlopen(urllib.request.Request(f"{served.gateway}/v1/feedback", data=body)).read()
+        return raw.headers["x-shadowzoo-request-id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(start, start + count)))
+
+
+def _rows(workspace_dir: Path, query: str) -> list[tuple]:
+    with duckdb.connect(str(workspace_dir / ".shadowzoo" / "shadowzoo.duckdb"), read_only=True) as db:
+        return db.execute(query).fetchall()
+
+
+@pytest.mark.slow
+def test_traffic_flows_to_a_scored_leaderboard_and_the_cli_goes_through_the_daemon(workspace, cli) -> None:
+    ws, ids = workspace
+    served = Served(ws)
+    try:
+        _send(served, 60)
+
+        def paired() -> bool:
+            status, board = _admin(served, f"/admin/leaderboard?slot={SLOT}")
+            return status == 200 and all(r["comparison"]["pairs"] >= 50 for r in board["rows"] if r["comparison"])
+
+        wait_until(paired, timeout_s=60, interval_s=0.5)
+        env = {"SHADOWZOO_ADMIN_TOKEN": TOKEN}
+        listing = cli("variants", "list", "--json", cwd=ws, env=env)
+        assert listing.code == 0 and {v["label"] for v in listing.json()} >= {"baseline", "careful-mini"}
+        board = cli("leaderboard", "--slot", SLOT, "--format", "json", cwd=ws, env=env).json()
+        assert board["champion"] == ids["baseline"] and len(board["rows"]) == 5
+        status = cli("status", "--json", cwd=ws, env=env).json()
+        assert status["champions"][SLOT] == ids["baseline"] and status["routes_drift"] == []
+        assert {"ingest", "score", "watch", "retention"} <= set(status["last_runs"])
+        metrics = urllib.request.urlopen(f"{served.admin}/metrics").read().decode()
+        assert f'shadowzoo_champion_info{{slot="{SLOT}",version="{ids["baseline"]}"}} 1.0' in metrics
+        assert "shadowzoo_shadow_calls_total{" in metrics and "shadowzoo_job_runs_total{" in metrics
+        gateway_metrics = urllib.request.urlopen(f"{served.gateway}/metrics").read().decode()
+        assert f'shadowzoo_gateway_requests_total{{code="200",slot="{SLOT}"}}' in gateway_metrics
+    finally:
+        served.stop()
+
+
+@pytest.mark.slow
+def test_admin_calls_need_the_token_and_promotion_needs_evidence(workspace) -> None:
+    ws, ids = workspace
+    served = Served(ws)
+    try:
+        assert _admin(served, "/admin/status", token=None)[0] == 401
+        assert _admin(served, "/admin/status", token="wrong")[0] == 401
+        status, body = _admin(served, "/admin/promote", {"slot": SLOT, "version_id": ids["flash"], "actor": "t"})
+        assert status == 409 and "not ready to promote" in body["error"]["message"]
+        assert "openapi" in json.loads(urllib.request.urlopen(f"{served.admin}/openapi.json").read())
+    finally:
+        served.stop()
+
+
+@pytest.mark.slow
+def test_a_second_daemon_on_the_same_state_dir_refuses_and_names_the_first(workspace, cli) -> None:
+    ws, _ = workspace
+    served = Served(ws)
+    try:
+        second = cli("daemon", "--port", str(free_port()), cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+        assert second.code == 1
+        assert f"another shadowzoo daemon already owns" in second.err and f"pid {served.daemon_pid()}" in second.err
+        again = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+        assert again.code == 1 and "a daemon already runs" in again.err
+    finally:
+        served.stop()
+
+
+def test_a_config_error_at_start_names_file_and_key_and_starts_nothing(workspace, cli) -> None:
+    ws, _ = workspace
+    edit_config(ws, lambda c: c["daemon"].update(score_every="1m"))
+    result = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+    assert result.code == 1 and "daemon.score_every: unknown key" in result.err
+    assert not (ws / ".shadowzoo" / "daemon.json").exists()
+
+
+def test_a_port_in_use_is_a_clear_error(workspace, cli) -> None:
+    ws, _ = workspace
+    port = load_workspace(ws).config.gateway.port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+    assert result.code == 1 and f"cannot start the gateway on 127.0.0.1:{port}" in result.err
+
+
+def test_serve_without_an_admin_token_says_which_variable_to_set(workspace, cli) -> None:
+    ws, _ = workspace
+    env = {k: v for k, v in os.environ.items() if k != "SHADOWZOO_ADMIN_TOKEN"}
+    result = subprocess.run([str(SHADOWZOO), "serve"], cwd=ws, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "set SHADOWZOO_ADMIN_TOKEN" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_champion_keeps_answering_while_the_daemon_is_killed(workspace) -> None:
+    ws, _ = workspace
+    served = Served(ws)
+    try:
+        _send(served, 10, label=False)
+        os.kill(served.daemon_pid(), signal.SIGKILL)
+        answered = _send(served, 40, start=10, label=False)
+        assert len(answered) == 40, "every champion request must succeed while the daemon is down"
+        wait_until(lambda: _up(f"{served.admin}/healthz"), timeout_s=60)
+    finally:
+        served.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_burst_loses_no_accepted_capture(workspace) -> None:
+    ws, _ = workspace
+    served = Served(ws, workers=2)
+    with ThreadPoolExecutor(1) as background:
+        burst = background.submit(_send_until_refused, served)
+        wait_until(lambda: len(list((ws / ".shadowzoo" / "spool").glob("*.jsonl"))) > 0 or _traffic_count(ws) > 0,
+                   timeout_s=30)
+        served.stop()
+        accepted = burst.result(timeout=60)
+    assert len(accepted) > 0
+    with Registry.open(load_workspace(ws)) as registry:
+        from shadow.ingest import ingest_spool
+        ingest_spool(registry.database, ws / ".shadowzoo" / "spool")
+    stored = {row[0] for row in _rows(ws, "SELECT request_id FROM traffic")}
+    assert set(accepted) <= stored
+
+
+def _send_until_refused(served: Served) -> list[str]:
+    client = openai.OpenAI(base_url=f"{served.gateway}/v1", api_key="x", max_retries=0, timeout=10)
+    accepted = []
+    for i in range(2000):
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=SLOT, messages=[{"role": "user", "content": f"burst {i}"}])
+            accepted.append(raw.headers["x-shadowzoo-request-id"])
+        except openai.APIConnectionError:
+            break
+    return accepted
+
+
+def _traffic_count(ws: Path) -> int:
+    try:
+        return _rows(ws, "SELECT count(*) FROM traffic")[0][0]
+    except duckdb.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_daemon_killed_mid_replay_resumes_without_lost_or_duplicated_results(workspace, tmp_path: Path) -> None:
+    ws, ids = workspace
+    slow_sim = start_simulator(FAST_SIM, fast=False)
+    edit_config(ws, lambda c: c["providers"]["sim"].update(base_url=slow_sim.base_url, max_concurrency=4))
+    served = Served(ws)
+    try:
+        _send(served, 40)
+        wait_until(lambda: _result_count(ws, served) > 10, timeout_s=60, interval_s=0.2)
+        os.kill(served.daemon_pid(), signal.SIGKILL)
+        wait_until(lambda: _up(f"{served.admin}/healthz"), timeout_s=60)
+        wait_until(lambda: _result_count(ws, served) >= 40 * 4, timeout_s=120, interval_s=0.5)
+    finally:
+        served.stop()
+        slow_sim.stop()
+    total, distinct = _rows(ws, "SELECT count(*), count(DISTINCT (request_id, version_id)) FROM shadow_results")[0]
+    assert total == distinct == 40 * 4
+
+
+def _result_count(ws: Path, served: Served) -> int:
+    status, body = _admin(served, f"/admin/leaderboard?slot={SLOT}")
+    if status != 200:
+        return 0
+    return sum(r["n"] + r["not_run"] for r in body["rows"] if r["role"] == "challenger")
