@@ -16,7 +16,7 @@ from ops.state import running_daemon
 from ops.supervise import Child, supervise
 from registry import ShadowzooError
 from shadow.gateway import bind_host, client_keys, worker_main
-from shadow.gateway.metrics import prepare_multiprocess_dir
+from shadow.gateway.metrics import multiprocess_env
 
 
 def gateway(
@@ -34,7 +34,6 @@ def gateway(
     """
     workspace = session(ctx).workspace()
     host, port = _gateway_address(workspace, host, port, workers)
-    prepare_multiprocess_dir(workspace.state_dir)
     supervise(_gateways(workspace, host, port, workers))
 
 
@@ -77,7 +76,6 @@ def serve(
     daemon_config = workspace.config.daemon
     _check_free(daemon_config.admin_host, daemon_config.admin_port if admin_port is None else admin_port, "daemon")
     host, port = _gateway_address(workspace, host, port, workers)
-    prepare_multiprocess_dir(workspace.state_dir)
     supervise(_gateways(workspace, host, port, workers) + [Child("daemon", run_daemon, (workspace.root, admin_port))])
 
 
@@ -110,7 +108,9 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
     """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
-    return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1)) for i in range(workers)]
+    env = multiprocess_env(workspace.state_dir)
+    return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
+            for i in range(workers)]
 
 
 def _gateway_address(workspace, host: str | None, port: int | None, workers: int) -> tuple[str, int]:

@@ -10,12 +10,15 @@ roles from short fixed lists. (Gateway workers keep their own per-slot series; s
 
 from __future__ import annotations
 
-from typing import Iterable
+import json
+from typing import Iterable, Mapping
 
 import duckdb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from registry.config import Price
 from scorer.board import Leaderboard, Status
+from shadow.pricing import cost_usd
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
@@ -47,13 +50,19 @@ class DaemonMetrics:
         self.spool_lag = Gauge("shadowzoo_spool_lag_seconds", "Age of the oldest spool segment not yet ingested.", registry=r)
         self._boards: dict[str, set[str]] = {}
 
-    def count_new_rows(self, db: duckdb.DuckDBPyConnection, since_seq: int) -> int:
-        """Feed counters and histograms from rows written after `since_seq`; return the new high seq."""
+    def count_new_rows(self, db: duckdb.DuckDBPyConnection, since_seq: int,
+                       champion_prices: Mapping[str, Price | None]) -> int:
+        """Feed counters and histograms from rows written after `since_seq`; return the new high seq.
+
+        The champion's live spend is priced here (`champion_prices` by version); replayed
+        answers carry the cost the runner stored.
+        """
         newest = since_seq
-        for slot, version, latency_ms, prompt, completion, seq in db.execute(
-            "SELECT slot, champion_version, latency_ms, prompt_tokens, completion_tokens, seq FROM traffic "
+        for slot, version, latency_ms, prompt, completion, usage_json, seq in db.execute(
+            "SELECT slot, champion_version, latency_ms, prompt_tokens, completion_tokens, usage_json, seq FROM traffic "
             "WHERE seq > ? AND champion_version IS NOT NULL", [since_seq]).fetchall():
-            self._answer(slot, version, "champion", latency_ms, prompt, completion, None)
+            cost = cost_usd(champion_prices.get(version), json.loads(usage_json) if usage_json else None)
+            self._answer(slot, version, "champion", latency_ms, prompt, completion, cost)
             newest = max(newest, seq)
         for slot, version, role, status, latency_ms, prompt, completion, cost, seq in db.execute(
             "SELECT t.slot, s.version_id, s.role, s.status, s.latency_ms, s.prompt_tokens, s.completion_tokens, "

@@ -28,6 +28,7 @@ class Child:
     name: str
     target: Callable[..., None]
     args: tuple[Any, ...]
+    env: dict[str, str] = field(default_factory=dict)
     process: multiprocessing.Process | None = None
     backoff_s: float = 1.0
     restart_at: float = 0.0
@@ -56,8 +57,18 @@ def supervise(children: list[Child]) -> None:
 
 
 def _start(context: Any, child: Child) -> None:
-    child.process = context.Process(target=child.target, args=child.args, name=child.name)
-    child.process.start()
+    """Spawn the child with its own environment additions (they must be there when it imports)."""
+    saved = {key: os.environ.get(key) for key in child.env}
+    os.environ.update(child.env)
+    try:
+        child.process = context.Process(target=child.target, args=child.args, name=child.name)
+        child.process.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     child.started_at = time.monotonic()
 
 

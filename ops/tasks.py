@@ -18,7 +18,9 @@ from registry import Workspace, read_routes, utcnow
 from registry.atomic import write_atomic
 from scorer.leaderboard import describe_period
 from scorer.report import render_html, render_markdown
+from registry.config import Price
 from shadow.ingest import ingest_spool
+from shadow.pricing import price_of, workspace_prices
 from shadow.spool import ready_segments, spool_dir
 
 AUTO_ACTOR = "shadowzoo-auto"
@@ -54,9 +56,16 @@ def ingest(context: TaskContext) -> dict[str, Any]:
     context.metrics.spool_lag.set(_age_s(segments[0]) if segments else 0.0)
     report = ingest_spool(context.database, spool)
     with context.database.reading() as db:
-        context.metrics_seq = context.metrics.count_new_rows(db, context.metrics_seq)
+        context.metrics_seq = context.metrics.count_new_rows(db, context.metrics_seq, _champion_prices(context))
     return {"segments": report.segments, "traffic": report.traffic_rows, "outcomes": report.outcome_rows,
             "quarantined": len(report.quarantined)}
+
+
+def _champion_prices(context: TaskContext) -> dict[str, Price | None]:
+    """Each current champion's price, for pricing live traffic in the metrics."""
+    prices = workspace_prices(context.workspace)
+    champions = [context.operations.champion(slot) for slot in context.workspace.config.slots]
+    return {c.version_id: price_of(prices, c.config.get("model")) for c in champions if c is not None}
 
 
 def _age_s(path: Path) -> float:

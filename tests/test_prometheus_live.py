@@ -57,7 +57,9 @@ WARMUP_SERIES = [
 # Which scrape job exports which metric: the gateway workers' own series (shadow.gateway.metrics)
 # and the daemon's (ops.metrics). `shadowzoo_shadow_dropped_total` comes from both (the gateway
 # counts buffer_full, the daemon the other reasons).
-GATEWAY_METRICS = {"shadowzoo_gateway_requests_total", "shadowzoo_gateway_overhead_seconds", "shadowzoo_shadow_dropped_total"}
+GATEWAY_METRICS = {
+    "shadowzoo_gateway_requests_total", "shadowzoo_gateway_overhead_seconds", "shadowzoo_shadow_dropped_total",
+}
 DAEMON_METRICS = {
     "shadowzoo_upstream_latency_seconds", "shadowzoo_shadow_calls_total", "shadowzoo_shadow_queue_depth",
     "shadowzoo_shadow_dropped_total", "shadowzoo_tokens_total", "shadowzoo_cost_usd_total",
@@ -70,6 +72,7 @@ SCORE_INTERVAL_S = 2.0
 SCRAPE_INTERVAL_S = 1
 LOOKBACK_S = 60  # range queries cover the last minute, as a "last 1 minute" Grafana time range would
 STEP_S = 2
+BUDGET_S = 80  # every wait of the test together, so a broken run fails well within pytest's timeout
 
 # Grafana's variables as Grafana would fill them in for this run: one slot selected, a
 # short time range. ($slot is a multi-value variable; one selected value is the value.)
@@ -106,10 +109,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
+_deadline = {"at": math.inf}  # set by the test: no wait goes past it
+
+
 def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.25,
              diagnostics: Callable[[], str] = lambda: "") -> Any:
     """Poll `predicate` until it returns something truthy; fail saying what did not happen."""
-    deadline = time.monotonic() + timeout_s
+    deadline = min(time.monotonic() + timeout_s, _deadline["at"])
+    timeout_s = max(0.0, deadline - time.monotonic())
     last_error = None
     while time.monotonic() < deadline:
         try:
@@ -157,7 +164,7 @@ class Prometheus:
     def wait_ready(self) -> None:
         wait_for("Prometheus to be ready (/-/ready)",
                  lambda: still_running(self.process, "prometheus", self.output) and http_ok(f"{self.url}/-/ready"),
-                 timeout_s=30, diagnostics=self.output)
+                 timeout_s=20, diagnostics=self.output)
 
     def api(self, path: str, **params: Any) -> dict:
         """GET /api/v1/<path>; Prometheus answers errors (e.g. bad_data) as JSON with a 4xx status."""
@@ -208,7 +215,7 @@ class Serve:
             wait_for(f"the {name}'s /healthz ({url})",
                      lambda url=url: still_running(self.process, "shadowzoo serve", self.output)
                      and http_ok(f"{url}/healthz"),
-                     timeout_s=30, diagnostics=self.output)
+                     timeout_s=20, diagnostics=self.output)
 
     def output(self) -> str:
         self.log.flush()
@@ -297,7 +304,7 @@ def send_traffic(serve: Serve, numbers: range) -> None:
     """Tickets `numbers` through the gateway (every third one streamed), each then labelled."""
     tickets = [json.loads(line) for line in TICKETS.read_text().splitlines() if line.strip()]
     assert len(tickets) >= REQUESTS
-    client = openai.OpenAI(base_url=f"{serve.gateway}/v1", api_key="unused", max_retries=0, timeout=30)
+    client = openai.OpenAI(base_url=f"{serve.gateway}/v1", api_key="unused", max_retries=0, timeout=10)
 
     def one(n: int) -> str:
         ticket = tickets[n]
@@ -448,7 +455,8 @@ def check_dashboard(prometheus: Prometheus) -> tuple[list[str], list[str]]:
 
 # --- the test -------------------------------------------------------------------------
 
-def test_every_dashboard_query_returns_data_from_a_live_run(tmp_path: Path) -> None:
+def test_every_dashboard_query_returns_data_from_a_live_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_deadline, "at", time.monotonic() + BUDGET_S)
     processes: list[Callable[[], None]] = []
     simulator = start_simulator(fast_simulator_config(tmp_path))
     processes.append(simulator.stop)
@@ -469,11 +477,11 @@ def test_every_dashboard_query_returns_data_from_a_live_run(tmp_path: Path) -> N
         send_traffic(serve, range(WARMUP))
         for expr in WARMUP_SERIES:
             wait_for(f"Prometheus to scrape the first requests' series: {expr}",
-                     lambda expr=expr: prometheus.scalar(expr), timeout_s=30,
+                     lambda expr=expr: prometheus.scalar(expr), timeout_s=20,
                      diagnostics=lambda: describe_board(serve))
         send_traffic(serve, range(WARMUP, REQUESTS))
         wait_for(f"every challenger to have {MIN_SAMPLES} scored pairs on the leaderboard",
-                 lambda: leaderboard_has_pairs(serve), timeout_s=45, interval_s=1,
+                 lambda: leaderboard_has_pairs(serve), timeout_s=30, interval_s=1,
                  diagnostics=lambda: describe_board(serve))
 
         # Gauges are published by the score job (every SCORE_INTERVAL_S): let it run twice more,
@@ -495,5 +503,11 @@ def test_every_dashboard_query_returns_data_from_a_live_run(tmp_path: Path) -> N
             f"{len(problems)} problem(s): dashboard queries failed against a live run "
             f"({len(summary)} ran), or scrape targets or alert rules are wrong:\n" + "\n".join(problems))
     finally:
-        for stop in reversed(processes):
-            stop()
+        errors = []
+        for stop in reversed(processes):  # Prometheus, then shadowzoo serve, then the simulator
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - stop the others anyway, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -26,13 +26,13 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
-def prepare_multiprocess_dir(state_dir: Path) -> Path:
-    """A fresh directory for this run's worker samples (old workers' files would be counted)."""
+def multiprocess_env(state_dir: Path) -> dict[str, str]:
+    """The environment gateway workers start with: a fresh directory for this run's samples
+    (old workers' files would be counted). Only the gateways get it; the daemon has its own."""
     directory = state_dir / "gateway-metrics"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    os.environ[MULTIPROC_ENV] = str(directory)
-    return directory
+    return {MULTIPROC_ENV: str(directory)}
 
 
 class GatewayMetrics:
