@@ -21,6 +21,7 @@ from ops.session import session
 from ops.state import running_daemon
 from registry import Registry, Workspace
 from shadow.ingest import IngestReport, ingest_spool
+from shadow.redaction import Redactor
 from shadow.logfile import LineProgress, read_outcome_log, read_traffic_log, spool_records
 from shadow.records import SpoolRecord
 from shadow.spool import spool_dir
@@ -74,7 +75,8 @@ def _load(workspace: Workspace, file: Path, read: Reader, as_json: bool) -> None
     daemon = running_daemon(workspace)
     with _progress() as bars:
         reading = bars.add_task(f"reading {file.name}", total=file.stat().st_size)
-        spooled = spool_records(read(lambda size: bars.advance(reading, size)), spool)
+        records = Redactor.for_workspace(workspace).apply_all(read(lambda size: bars.advance(reading, size)))
+        spooled = spool_records(records, spool)
         bars.remove_task(reading)
         report = None if daemon else _ingest_here(workspace, spool, bars)
     if as_json:

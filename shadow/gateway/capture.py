@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from registry import RedactionRule
 from shadow.records import OutcomeRecord, TrafficRecord
+from shadow.redaction import Redactor
 from shadow.spool import write_segment
 
 log = logging.getLogger("shadowzoo.gateway")
@@ -84,43 +83,6 @@ def _answer_from_events(events: list[bytes]) -> tuple[str | None, dict[str, Any]
                 if content:
                     parts.append(content)
     return ("".join(parts) if parts else None), usage
-
-
-class Redactor:
-    """Per-slot regex replacements over message contents and outputs, before anything is stored."""
-
-    def __init__(self, rules: dict[str, list[RedactionRule]]) -> None:
-        self._rules = {slot: [(re.compile(r.pattern), r.replacement) for r in rs] for slot, rs in rules.items() if rs}
-
-    def apply(self, record: TrafficRecord) -> TrafficRecord:
-        rules = self._rules.get(record.slot)
-        if not rules:
-            return record
-        scrub = lambda text: _scrub(text, rules)  # noqa: E731 - a local closure reads best here
-        messages = [_scrub_message(m, scrub) for m in record.request.get("messages", [])]
-        return record.model_copy(update={
-            "request": {**record.request, "messages": messages},
-            "output": scrub(record.output) if record.output else record.output,
-        })
-
-
-def _scrub(text: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
-    for pattern, replacement in rules:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def _scrub_message(message: Any, scrub: Any) -> Any:
-    if not isinstance(message, dict):
-        return message
-    content = message.get("content")
-    if isinstance(content, str):
-        return {**message, "content": scrub(content)}
-    if isinstance(content, list):
-        parts = [{**p, "text": scrub(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str) else p
-                 for p in content]
-        return {**message, "content": parts}
-    return message
 
 
 class CaptureBuffer:

@@ -20,7 +20,8 @@ from aiohttp import web
 
 from registry import Workspace, load_workspace
 from shadow.gateway.app import GatewayState, build_app
-from shadow.gateway.capture import CaptureBuffer, Redactor
+from shadow.gateway.capture import CaptureBuffer
+from shadow.redaction import Redactor
 from shadow.gateway.routing import RouteWatcher
 from shadow.spool import spool_dir
 
@@ -56,8 +57,7 @@ def _is_loopback(host: str) -> bool:
 def gateway_state(workspace: Workspace) -> GatewayState:
     """A worker's state, built from the workspace config."""
     config = workspace.config
-    redactor = Redactor({slot: s.redact for slot, s in config.slots.items()})
-    captures = CaptureBuffer(spool_dir(workspace.state_dir), redactor, config.gateway.capture_buffer_records,
+    captures = CaptureBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace), config.gateway.capture_buffer_records,
                              config.gateway.flush_interval_s)
     return GatewayState(routes=RouteWatcher(workspace.routes_path), captures=captures, upstream=None,
                         client_keys=client_keys(workspace), max_body_bytes=config.gateway.max_body_bytes)
