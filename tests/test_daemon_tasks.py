@@ -1,0 +1,107 @@
+"""The daemon's periodic tasks on a real database: auto-promotion, the post-promotion watch,
+retention, and the gauges they publish."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from ops.metrics import DaemonMetrics
+from ops.operations import LocalOperations
+from ops.tasks import AUTO_ACTOR, TaskContext, retention, score, watch
+from registry import Registry, load_workspace, utcnow
+from tests.scoring_data import Answers, simulate
+from tests.servers import edit_config
+from zoo import load_zoo, register_specs
+
+SLOT = "support-triage"
+
+
+def _context(workspace_dir: Path, **scoring) -> tuple[TaskContext, dict[str, str]]:
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["scoring"].update({"min_samples": 100, **scoring}))
+    workspace = load_workspace(workspace_dir)
+    registry = Registry.open(workspace)
+    zoo = load_zoo(workspace.specs_dir)
+    ids = {o.spec_file.spec.name: o.registration.variant.version_id for o in register_specs(zoo.specs, zoo, workspace, registry)}
+    registry.promote(SLOT, ids["baseline"], "tester", None, None)
+    return TaskContext(workspace, LocalOperations(registry), DaemonMetrics()), ids
+
+
+def _sample(context: TaskContext, name: str, **labels: str) -> float | None:
+    return context.metrics.registry.get_sample_value(name, labels)
+
+
+def test_score_publishes_gauges_and_auto_promotes_a_ready_challenger_after_the_cooldown(workspace_dir: Path) -> None:
+    context, ids = _context(workspace_dir, auto_promote=True, auto_promote_cooldown_s=0)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.97}, n=300, champion_accuracy=0.6)
+    answers.write(context.operations.registry)
+    counts = score(context)
+    assert counts["auto_promoted"] == [ids["careful-large"]]
+    move = context.operations.history(SLOT)[-1]
+    assert (move.action, move.actor, move.to_version) == ("promote", AUTO_ACTOR, ids["careful-large"])
+    assert move.evidence["leaderboard"] is not None
+    assert _sample(context, "shadowzoo_promotion_ready", slot=SLOT, version=ids["careful-large"]) == 1.0
+    assert _sample(context, "shadowzoo_champion_info", slot=SLOT, version=ids["baseline"]) == 1.0
+    context.operations.registry.close()
+
+
+def test_auto_promotion_waits_for_the_cooldown(workspace_dir: Path) -> None:
+    context, ids = _context(workspace_dir, auto_promote=True, auto_promote_cooldown_s=3600)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.97}, n=300, champion_accuracy=0.6)
+    answers.write(context.operations.registry)
+    assert score(context)["auto_promoted"] == []
+    context.operations.registry.close()
+
+
+def test_the_watch_rolls_back_a_new_champion_that_breaks_the_error_guardrail(workspace_dir: Path) -> None:
+    context, ids = _context(workspace_dir)
+    registry = context.operations.registry
+    answers = Answers()
+    simulate(answers, ids["baseline"], {}, n=100)
+    answers.write(registry)
+    score(context)  # the baseline's period, with its live error rate (0)
+    registry.promote(SLOT, ids["flash"], "tester", "trial", None)
+    failing = Answers()
+    for i in range(100):
+        failing.request(f"after{i}", ids["flash"], "billing", label="billing", status=500 if i % 5 == 0 else 200)
+    failing.write(registry)
+    score(context)  # opens the new champion's period and scores its live answers
+    rolled = watch(context)["rolled_back"]
+    assert rolled == [ids["flash"]]
+    last = registry.history(SLOT)[-1]
+    assert last.action == "rollback" and last.actor == AUTO_ACTOR and "error rate" in last.reason
+    assert registry.champion(SLOT).version_id == ids["baseline"]
+    registry.close()
+
+
+def test_retention_deletes_old_raw_rows_and_keeps_recent_ones(workspace_dir: Path) -> None:
+    context, ids = _context(workspace_dir)
+    registry = context.operations.registry
+    answers = Answers()
+    answers.request("old", ids["baseline"], "billing", label="billing", received_at=utcnow() - timedelta(days=45))
+    answers.result("old", ids["cheap-mini"], "billing")
+    answers.request("new", ids["baseline"], "billing", label="billing")
+    answers.result("new", ids["cheap-mini"], "billing")
+    answers.write(registry)
+    assert retention(context)["traffic_deleted"] == 1
+    with registry.database.reading() as db:
+        assert db.execute("SELECT request_id FROM traffic").fetchall() == [("new",)]
+        assert db.execute("SELECT request_id FROM shadow_results").fetchall() == [("new",)]
+        assert db.execute("SELECT request_id FROM outcomes").fetchall() == [("new",)]
+    registry.close()
+
+
+def test_a_retired_versions_gauges_are_removed(workspace_dir: Path) -> None:
+    context, ids = _context(workspace_dir)
+    registry = context.operations.registry
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["cheap-mini"]: 0.7}, n=20)
+    answers.write(registry)
+    score(context)
+    assert _sample(context, "shadowzoo_net_value_per_1k_usd", slot=SLOT, version=ids["cheap-mini"]) is not None
+    registry.retire(ids["cheap-mini"], "tester", "done")
+    score(context)
+    assert _sample(context, "shadowzoo_net_value_per_1k_usd", slot=SLOT, version=ids["cheap-mini"]) is None
+    registry.close()
