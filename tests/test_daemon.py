@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from ops.workspace_init import init_workspace
-from registry import Registry, load_workspace
+from registry import NewVariant, Registry, load_workspace
 from tests.conftest import SHADOWZOO
 from tests.servers import edit_config, free_port, start_simulator, wait_until
 from zoo import load_zoo, register_specs
@@ -277,3 +277,28 @@ def _result_count(ws: Path, served: Served) -> int:
     if status != 200:
         return 0
     return sum(r["n"] + r["not_run"] for r in body["rows"] if r["role"] == "challenger")
+
+
+@pytest.mark.slow
+def test_champion_requests_succeed_while_every_challenger_upstream_is_down(workspace) -> None:
+    ws, ids = workspace
+    edit_config(ws, lambda c: c["providers"].update(down={"base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 2}))
+    with Registry.open(load_workspace(ws)) as registry:
+        for name, version in ids.items():
+            if name != "baseline":
+                registry.retire(version, "tester", "only the unreachable challenger remains")
+        down = registry.register(NewVariant(slot=SLOT, label="unreachable", kind="chat",
+                                            config={"kind": "chat", "provider": "down", "model": "sim-mini", "params": {}}))
+    served = Served(ws)
+    try:
+        answered = _send(served, 40)
+        assert len(answered) == 40
+
+        def errors_recorded() -> bool:
+            status, board = _admin(served, f"/admin/leaderboard?slot={SLOT}")
+            row = next(r for r in board["rows"] if r["version_id"] == down.variant.version_id)
+            return row["n"] >= 40 and row["error_rate"] == 1.0
+
+        wait_until(errors_recorded, timeout_s=90, interval_s=0.5)
+    finally:
+        served.stop()
