@@ -14,8 +14,24 @@ from typing import Any
 
 import polars as pl
 
-from registry import Registry, utcnow
+from registry import Registry, load_workspace, utcnow
 from registry.db import registered
+from tests.servers import edit_config
+from zoo import load_zoo, register_specs
+
+SLOT = "support-triage"
+
+
+def demo_registry(workspace_dir, **scoring: Any) -> tuple[Registry, dict[str, str]]:
+    """The demo workspace with `scoring` settings, every spec registered, baseline the champion."""
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["scoring"].update({"min_samples": 100, **scoring}))
+    workspace = load_workspace(workspace_dir)
+    registry = Registry.open(workspace)
+    zoo = load_zoo(workspace.specs_dir)
+    outcomes = register_specs(zoo.specs, zoo, workspace, registry)
+    ids = {o.spec_file.spec.name: o.registration.variant.version_id for o in outcomes}
+    registry.promote(SLOT, ids["baseline"], "tester", None, {"first_champion": True})
+    return registry, ids
 
 
 @dataclass

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -169,7 +168,7 @@ def test_a_second_daemon_on_the_same_state_dir_refuses_and_names_the_first(works
     try:
         second = cli("daemon", "--port", str(free_port()), cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
         assert second.code == 1
-        assert f"another shadowzoo daemon already owns" in second.err and f"pid {served.daemon_pid()}" in second.err
+        assert "another shadowzoo daemon already owns" in second.err and f"pid {served.daemon_pid()}" in second.err
         again = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
         assert again.code == 1 and "a daemon already runs" in again.err
     finally:

@@ -9,22 +9,15 @@ from pathlib import Path
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.tasks import AUTO_ACTOR, TaskContext, retention, score, watch
-from registry import Registry, load_workspace, utcnow
-from tests.scoring_data import Answers, simulate
-from tests.servers import edit_config
-from zoo import load_zoo, register_specs
+from registry import utcnow
+from tests.scoring_data import Answers, demo_registry, simulate
 
 SLOT = "support-triage"
 
 
 def _context(workspace_dir: Path, **scoring) -> tuple[TaskContext, dict[str, str]]:
-    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["scoring"].update({"min_samples": 100, **scoring}))
-    workspace = load_workspace(workspace_dir)
-    registry = Registry.open(workspace)
-    zoo = load_zoo(workspace.specs_dir)
-    ids = {o.spec_file.spec.name: o.registration.variant.version_id for o in register_specs(zoo.specs, zoo, workspace, registry)}
-    registry.promote(SLOT, ids["baseline"], "tester", None, None)
-    return TaskContext(workspace, LocalOperations(registry), DaemonMetrics()), ids
+    registry, ids = demo_registry(workspace_dir, **scoring)
+    return TaskContext(registry.workspace, LocalOperations(registry), DaemonMetrics()), ids
 
 
 def _sample(context: TaskContext, name: str, **labels: str) -> float | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -13,21 +12,11 @@ from registry import ConfigError, Refused, Registry, load_workspace
 from scorer.board import Status
 from scorer.policy import promotion_evidence
 from scorer.service import Scorer
-from tests.scoring_data import Answers, simulate
+from tests.scoring_data import Answers, demo_registry, simulate
 from tests.servers import edit_config
 from zoo import load_zoo, register_specs
 
 SLOT = "support-triage"
-
-
-def _setup(workspace_dir: Path, **scoring) -> tuple[Registry, dict[str, str]]:
-    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["scoring"].update({"min_samples": 100, **scoring}))
-    workspace = load_workspace(workspace_dir)
-    registry = Registry.open(workspace)
-    zoo = load_zoo(workspace.specs_dir)
-    ids = {o.spec_file.spec.name: o.registration.variant.version_id for o in register_specs(zoo.specs, zoo, workspace, registry)}
-    registry.promote(SLOT, ids["baseline"], "tester", None, {"first_champion": True})
-    return registry, ids
 
 
 def _board(registry: Registry):
@@ -40,7 +29,7 @@ def _row(board, version_id):
 
 @pytest.fixture
 def scored(workspace_dir: Path):
-    registry, ids = _setup(workspace_dir)
+    registry, ids = demo_registry(workspace_dir)
     yield registry, ids
     registry.close()
 
@@ -59,7 +48,7 @@ def test_a_clearly_better_challenger_becomes_ready_and_is_recommended(scored) ->
 
 
 def test_a_challenger_better_on_quality_can_lose_once_cost_counts(workspace_dir: Path) -> None:
-    registry, ids = _setup(workspace_dir, value_per_point=0.0005)
+    registry, ids = demo_registry(workspace_dir, value_per_point=0.0005)
     answers = Answers()
     simulate(answers, ids["baseline"], {ids["careful-large"]: 0.8}, n=300, champion_accuracy=0.7)
     for row in answers.results:
@@ -126,7 +115,7 @@ def test_upstream_errors_score_zero_and_not_run_calls_are_not_scored(scored) -> 
 
 def test_a_model_without_a_price_is_never_free(workspace_dir: Path) -> None:
     edit_config(workspace_dir, lambda c: c["prices"].pop("sim-flash"))
-    registry, ids = _setup(workspace_dir)
+    registry, ids = demo_registry(workspace_dir)
     answers = Answers()
     simulate(answers, ids["baseline"], {ids["flash"]: 0.9}, n=120)
     answers.write(registry)
@@ -202,7 +191,7 @@ def test_a_slot_with_no_champion_yet_shows_challengers_collecting(workspace_dir:
 
 def test_a_label_of_the_wrong_type_is_a_counted_metric_error(workspace_dir: Path) -> None:
     edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[{"type": "numeric", "tolerance": 0.5}]))
-    registry, ids = _setup(workspace_dir)
+    registry, ids = demo_registry(workspace_dir)
     answers = Answers()
     answers.request("n1", ids["baseline"], "about 12", label=12)
     answers.request("n2", ids["baseline"], "about 12", label={"not": "a number"})
@@ -224,7 +213,7 @@ def test_a_python_metric_that_raises_or_leaves_0_to_1_records_the_row_and_moves_
     """))
     monkeypatch.syspath_prepend(str(workspace_dir))
     edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[{"type": "python", "entrypoint": "my_metrics:picky"}]))
-    registry, ids = _setup(workspace_dir)
+    registry, ids = demo_registry(workspace_dir)
     answers = Answers()
     for request_id, output in (("p1", "billing"), ("p2", "boom"), ("p3", "big"), ("p4", "other")):
         answers.request(request_id, ids["baseline"], output, label="billing")
@@ -253,7 +242,7 @@ def test_promoting_a_challenger_that_is_not_ready_is_refused_with_the_evidence(s
 
 
 def test_promote_records_the_leaderboard_it_acted_on(cli, workspace_dir: Path) -> None:
-    registry, ids = _setup(workspace_dir)
+    registry, ids = demo_registry(workspace_dir)
     answers = Answers()
     simulate(answers, ids["baseline"], {ids["careful-large"]: 0.95}, n=300)
     answers.write(registry)
@@ -266,7 +255,7 @@ def test_promote_records_the_leaderboard_it_acted_on(cli, workspace_dir: Path) -
 
 
 def test_the_leaderboard_and_report_commands_print_and_write(cli, workspace_dir: Path) -> None:
-    registry, ids = _setup(workspace_dir)
+    registry, ids = demo_registry(workspace_dir)
     answers = Answers()
     simulate(answers, ids["baseline"], {ids["careful-large"]: 0.95, ids["cheap-mini"]: 0.6}, n=250)
     answers.write(registry)

@@ -25,6 +25,10 @@ surrounding space), else 0; otherwise ``s`` is ``u`` rounded to two decimals. Th
 per call like the faults, never in fast mode) the whole reply is a sentence that is
 not JSON and holds no number, so that judges can be tested on replies they cannot parse.
 
+Optimizer models (``optimizer: true``) answer the tagged prompts of skill training with
+JSON (see ``shadow.simulator.optimizer``): reflecting on failed demo-task items, they
+propose the ``rule`` sentence of the directive of each failed label.
+
 Token counting (the one rule used everywhere here):
 
 * a message's text is its ``content`` string, or the concatenated ``text`` of its
@@ -54,6 +58,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shadow.simulator.config import ModelConfig, SimulatorConfig, TaskConfig, Ticket, load_tickets
+from shadow.simulator.optimizer import SimulatedOptimizer
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
@@ -305,6 +310,7 @@ class Engine:
         self._tickets = {ticket.input: ticket for ticket in load_tickets(task)} if config.task else {}
         self._wrong = {label: [other for other in task.labels if other != label] for label in task.labels}
         self._directives = [(re.compile(d.pattern, re.IGNORECASE), d.boost, d.label) for d in task.directives]
+        self._optimizer = SimulatedOptimizer(task.directives)
         sizes = [max(m.output_tokens, m.reasoning_tokens) for m in config.models.values()]
         longest = CHARS_PER_TOKEN * max(sizes)
         self._generic = _TextSource(_GENERIC_TEXT, longest, " ")
@@ -320,6 +326,8 @@ class Engine:
         settings = simulated.config
         if settings.grader:
             full = _GARBAGE_TEXT if simulated.draw_garbage() else self._grade(settings, messages, digest)
+        elif settings.optimizer:
+            full = self._optimizer.reply("\n\n".join(message_text(m.get("content")) for m in messages))
         elif ticket is None:
             full = self._generic.piece(_int(digest, 8, 16), settings.output_tokens * CHARS_PER_TOKEN)
         else:

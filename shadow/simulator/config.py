@@ -130,11 +130,20 @@ class ModelConfig(_Strict):
         "(e.g. 10 gives scores of 0 or 10, outside 0..1).",
     )
 
+    optimizer: bool = Field(
+        False,
+        description="Play the optimizer of skill training: answer the tagged prompts of `zoo.train` "
+        "(reflect, merge, rank, slow_update, meta) with JSON; reflect proposes the `rule` of the task "
+        "directive of each label that failed.",
+    )
+
     @model_validator(mode="after")
     def _grader_options_need_a_grader(self) -> ModelConfig:
         """garbage_rate and score_scale change a grader's replies; on another model they would do nothing."""
         if not self.grader and (self.garbage_rate != 0.0 or self.score_scale != 1.0):
             raise ValueError("garbage_rate and score_scale apply only to a model with grader: true")
+        if self.grader and self.optimizer:
+            raise ValueError("a model is a grader or an optimizer, not both")
         return self
 
 
@@ -151,6 +160,9 @@ class Directive(_Strict):
     label: str | None = Field(
         None, description="Boost only items whose expected category is this label; none = every item."
     )
+    rule: str | None = Field(
+        None, description="A skill sentence that matches `pattern`: what a simulated optimizer proposes."
+    )
 
     @field_validator("pattern")
     @classmethod
@@ -161,6 +173,13 @@ class Directive(_Strict):
         except re.error as exc:
             raise ValueError(f"invalid regex: {exc}") from exc
         return pattern
+
+    @model_validator(mode="after")
+    def _rule_matches(self) -> Directive:
+        """A rule the optimizer proposes must raise accuracy, so it must match the pattern."""
+        if self.rule is not None and not re.search(self.pattern, self.rule, re.IGNORECASE):
+            raise ValueError(f"rule {self.rule!r} does not match pattern {self.pattern!r}")
+        return self
 
 
 class TaskConfig(_Strict):
