@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -12,6 +13,7 @@ from registry import ConfigError, Refused, Registry, load_workspace
 from scorer.board import Status
 from scorer.policy import promotion_evidence
 from scorer.service import Scorer
+from shadow.pricing import price_of, workspace_prices
 from tests.scoring_data import Answers, demo_registry, simulate
 from tests.servers import edit_config
 from zoo import load_zoo, register_specs
@@ -267,3 +269,20 @@ def test_the_leaderboard_and_report_commands_print_and_write(cli, workspace_dir:
     assert "| version |" in cli("leaderboard", "--slot", SLOT, "--format", "md").out
     written = cli("report", "--slot", SLOT, "--out", "report.html")
     assert written.code == 0 and "<svg" in (workspace_dir / "report.html").read_text()
+
+
+def test_litellms_price_map_loads_as_is_and_the_config_overrides_it(workspace_dir: Path) -> None:
+    (workspace_dir / "model_prices.json").write_text(json.dumps({
+        "sample_spec": {"input_cost_per_token": "0.0", "max_tokens": "set to max"},
+        "sim-extra": {"input_cost_per_token": 2e-7, "output_cost_per_token": 8e-7, "litellm_provider": "openai",
+                      "mode": "chat", "cache_read_input_token_cost": 1e-7},
+        "openai/sim-other": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6},
+        "dall-e-3": {"output_cost_per_image": 0.04},
+        "sim-large": {"input_cost_per_token": 9.0, "output_cost_per_token": 9.0},
+    }))
+    edit_config(workspace_dir, lambda c: c.update(prices_file="model_prices.json"))
+    prices = workspace_prices(load_workspace(workspace_dir))
+    assert prices["sim-extra"].cache_read_input_token_cost == 1e-7 and "dall-e-3" not in prices
+    assert prices["sim-large"].input_cost_per_token == 5e-6, "the config's entry wins over the price file"
+    assert price_of(prices, "sim-other").input_cost_per_token == 1e-6
+    assert price_of(prices, "no-such-model") is None
