@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from ops import cli_champion, cli_ingest, cli_scorer, cli_services, cli_shadow, cli_variants, cli_zoo
+from ops import cli_champion, cli_ingest, cli_scorer, cli_services, cli_shadow, cli_train, cli_variants, cli_zoo
 from ops.demo import run_demo
 from ops.output import fail, say
 from ops.session import Session
@@ -32,6 +32,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+cli_zoo.app.command("train")(cli_train.train)
+cli_zoo.app.command("runs")(cli_train.runs)
 app.add_typer(cli_zoo.app, name="zoo")
 app.add_typer(cli_variants.app, name="variants")
 app.add_typer(cli_ingest.app, name="ingest")

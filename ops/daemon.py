@@ -7,6 +7,8 @@ runs, on APScheduler 3.x (`AsyncIOScheduler`):
   score      every `score_interval_s`: every slot re-scored and snapshotted; gauges; auto-promote
   watch      every `watch_interval_s`: a freshly promoted champion that breaks a guardrail rolls back
   retention  daily: raw rows older than each slot's `retention.traffic_days` are deleted
+  rotation   at `zoo.schedule` (cron), when set: the stalest specs with a train: block are
+             trained, one at a time, never overlapping; each result registers as a challenger
 
 Every job has `coalesce=True` and `max_instances=1` (a slow run is never stacked with the
 next: the next one simply sees more work), and a misfire grace of one interval (a run late
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from ops import tasks
 from ops.admin import Api, build_admin_app
@@ -125,6 +128,10 @@ class Daemon:
             scheduler.add_job(self._job, "interval", args=[name, function], seconds=seconds, id=name,
                               coalesce=True, max_instances=1, misfire_grace_time=max(1, int(seconds)),
                               next_run_time=datetime.now(UTC))
+        schedule = self.workspace.config.zoo.schedule
+        if schedule:
+            scheduler.add_job(self._job, CronTrigger.from_crontab(schedule, timezone="UTC"), args=["rotation", tasks.rotate],
+                              id="rotation", coalesce=True, max_instances=1, misfire_grace_time=3600)
         return scheduler
 
     async def _job(self, name: str, function) -> None:

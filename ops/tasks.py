@@ -6,6 +6,7 @@ registry's `Database`, whose lock makes the daemon's writes one at a time.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,10 @@ from registry.config import Price
 from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
 from shadow.spool import ready_segments, spool_dir
+from zoo import load_zoo
+from zoo.train.loop import Register, train_spec
 
+log = logging.getLogger("shadowzoo.daemon")
 AUTO_ACTOR = "shadowzoo-auto"
 WATCH_MIN_REQUESTS = 50
 
@@ -169,6 +173,24 @@ def retention(context: TaskContext) -> dict[str, Any]:
                 db.execute(f"DELETE FROM {table} WHERE request_id IN ({old})", [slot, cutoff])
             deleted += db.execute("DELETE FROM traffic WHERE slot = ? AND received_at < ?", [slot, cutoff]).fetchall()[0][0]
     return {"traffic_deleted": deleted}
+
+
+def rotate(context: TaskContext) -> dict[str, Any]:
+    """Train the `zoo.rotation_limit` stalest active specs that have a train: block, one at a time."""
+    workspace = context.workspace
+    zoo = load_zoo(workspace.specs_dir)
+    trainable = [s for s in zoo.specs if s.spec.status == "active" and s.spec.train is not None]
+    stalest = sorted(trainable, key=lambda s: _last_trained(workspace, s.spec.name))[:workspace.config.zoo.rotation_limit]
+    register = Register(context.operations, context.operations.register)
+    results = [train_spec(s, zoo, workspace, register, context.database, lambda line: log.info(line)) for s in stalest]
+    return {"trained": [f"{r.spec}: {r.status}" for r in results if r.ok],
+            "failed": [f"{r.spec}: {r.reason}" for r in results if not r.ok]}
+
+
+def _last_trained(workspace: Workspace, spec: str) -> float:
+    """When the spec's newest training run last wrote its state (0 when never trained)."""
+    states = list((workspace.state_dir / "train" / spec).glob("*/state.json"))
+    return max((p.stat().st_mtime for p in states), default=0.0)
 
 
 def write_report(context: TaskContext, slot: str, out: str | None) -> Path:

@@ -277,9 +277,25 @@ class SlotConfig(Strict):
 
 
 class ZooConfig(Strict):
-    """Where variant specs live."""
+    """Where variant specs live, and when the daemon trains them."""
 
     specs: str = Field("zoo", description="Directory of spec YAML files, relative to the workspace.")
+    schedule: str | None = Field(
+        None, description="Cron expression (UTC, 5 fields) at which the daemon trains the stalest specs; off when unset."
+    )
+    rotation_limit: int = Field(1, ge=1, description="Specs trained per scheduled rotation, stalest first.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"not a 5-field cron expression: {exc}") from None
+        return value
 
 
 class Price(Strict):

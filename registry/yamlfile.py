@@ -90,7 +90,7 @@ def describe_validation_error(
     """One line per problem: `file:line:col: key.path: what was expected`."""
     lines = []
     for error in exc.errors(include_url=False):
-        loc = tuple(part for part in error["loc"] if not _is_internal_tag(part))
+        loc = _data_path(tuple(part for part in error["loc"] if not _is_internal_tag(part)), marks)
         where = _position(path, loc, marks)
         if error["type"] == "extra_forbidden":
             message = _unknown_key_message(model, loc)
@@ -102,6 +102,16 @@ def describe_validation_error(
                 message += f" (got {error['input']!r})"
         lines.append(f"{where}: {_dotted(loc) or '(top level)'}: {message}")
     return "\n".join(lines)
+
+
+def _data_path(loc: Loc, marks: dict[Loc, tuple[int, int]]) -> Loc:
+    """`loc` without the union tags pydantic inserts (parts that are not keys in the file);
+    the last part is kept even when absent, since it may name a missing key."""
+    kept: Loc = ()
+    for index, part in enumerate(loc):
+        if (kept + (part,)) in marks or index == len(loc) - 1:
+            kept += (part,)
+    return kept
 
 
 def _position(path: Path, loc: Loc, marks: dict[Loc, tuple[int, int]]) -> str:

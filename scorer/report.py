@@ -12,6 +12,7 @@ names) is escaped, because labels come from spec files anyone can write.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -73,10 +74,17 @@ def format_interval(interval: Interval | None) -> str:
     """
     if interval is None or interval.mean is None:
         return DASH
-    values = [abs(v) for v in (interval.mean, interval.lower, interval.upper) if _finite(v)]
+    mean, bounds = _interval_parts(interval)
+    return f"{mean} {bounds}"
+
+
+def _interval_parts(interval: Interval) -> tuple[str, str]:
+    """The mean (`+$0.0012`) and its bounds (`[+0.0004, +0.0021]`), both at the precision the mean needs."""
+    assert interval.mean is not None
+    values = [abs(v) for v in (interval.mean, interval.lower, interval.upper) if _finite(v)] or [0.0]
     places = max(_decimals(max(values)), _decimals(abs(interval.mean)))
     mean = usd(interval.mean, signed=True, decimals=places)
-    return f"{mean} [{_signed(interval.lower, places)}, {_signed(interval.upper, places)}]"
+    return mean, f"[{_signed(interval.lower, places)}, {_signed(interval.upper, places)}]"
 
 
 def _percent(value: float | None) -> str:
@@ -92,8 +100,15 @@ def _quality(value: float | None) -> str:
 def _latency(p50: float | None, p95: float | None) -> str:
     if p50 is None and p95 is None:
         return DASH
-    show = lambda ms: DASH if ms is None else f"{ms:,.0f}"  # noqa: E731
-    return f"{show(p50)} / {show(p95)} ms"
+    return f"{_ms(p50)} / {_ms(p95)} ms"
+
+
+def _ms(value: float | None) -> str:
+    return DASH if value is None else f"{value:,.0f}"
+
+
+def _pairs(count: int) -> str:
+    return f"{count:,} pair" + ("" if count == 1 else "s")
 
 
 def _time(moment: datetime | None) -> str:
@@ -120,9 +135,7 @@ def challengers(board: Leaderboard) -> list[VariantRow]:
 def short_names(rows: Iterable[VariantRow]) -> dict[str, str]:
     """A chart label per version id: the variant's label, or its version id when two rows share a label."""
     rows = list(rows)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.label] = counts.get(row.label, 0) + 1
+    counts = Counter(row.label for row in rows)
     return {row.version_id: row.label if counts[row.label] == 1 else row.version_id for row in rows}
 
 
@@ -135,17 +148,21 @@ def recommended_row(board: Leaderboard) -> VariantRow | None:
     return next(row for row in board.rows if row.version_id == version_id)
 
 
-def _guardrail_facts(row: VariantRow) -> str:
-    """The guardrail measurements a comparison carries, e.g. `errors +6.1 pts · p95 0.24× control`."""
+def _guardrail_facts(row: VariantRow) -> list[str]:
+    """The guardrail measurements a comparison carries, e.g. `errors +6.1 pts`, `p95 0.24×`.
+
+    The p95 ratio is against the champion unless the slot replays a control, which is then named.
+    """
     comparison = row.comparison
     if comparison is None:
-        return ""
+        return []
     facts = []
     if comparison.error_rate_delta is not None:
         facts.append(f"errors {comparison.error_rate_delta * 100:+.1f} pts")
     if comparison.p95_latency_ratio is not None:
-        facts.append(f"p95 {comparison.p95_latency_ratio:.2f}× {comparison.latency_baseline}")
-    return " · ".join(facts)
+        baseline = "" if comparison.latency_baseline == "champion" else f" {comparison.latency_baseline}"
+        facts.append(f"p95 {comparison.p95_latency_ratio:.2f}×{baseline}")
+    return facts
 
 
 def not_ready_reason(row: VariantRow, board: Leaderboard) -> str:
@@ -154,21 +171,25 @@ def not_ready_reason(row: VariantRow, board: Leaderboard) -> str:
     pairs = row.comparison.pairs if row.comparison else 0
     match row.status:
         case Status.COLLECTING if pairs < board.min_samples:
-            why = f"needs {board.min_samples - pairs:,} more pairs before any verdict"
+            why = f"needs {_pairs(board.min_samples - pairs)} more before any verdict"
+        case Status.COLLECTING if _finite(net.lower):
+            why = f"lower bound {usd(net.lower, signed=True)} is not above min_effect {usd(board.min_effect_usd)} yet"
         case Status.COLLECTING:
-            why = f"lower bound {usd(net.lower, signed=True)} is not above min_effect {usd(board.min_effect_usd)}"
+            why = "no interval yet"
         case Status.WORSE:
-            why = f"upper bound {usd(net.upper, signed=True)} is below zero: the champion earns more per request"
+            bound = f" (upper bound {usd(net.upper, signed=True)})" if _finite(net.upper) else ""
+            why = f"the champion earns more per request{bound}"
         case Status.GUARDRAIL:
-            why = "a guardrail failed" + (f" ({facts})" if (facts := _guardrail_facts(row)) else "")
+            facts = _guardrail_facts(row)
+            why = f"vs the champion: {' · '.join(facts)}" if facts else "a guardrail failed"
         case Status.PRICE_UNKNOWN:
             why = "its model has no price, so cost and net value cannot be scored"
         case Status.PAUSED:
-            why = "paused: no new shadow calls are made"
+            why = "no new shadow calls are made"
         case Status.NO_DATA:
             why = "no scored requests yet"
         case Status.READY:
-            why = "ready, but its interval has no lower bound yet"
+            why = "its interval has no lower bound yet"
         case _:
             why = ""
     return f"{row.display_status} — {why}" if why else row.display_status
@@ -189,7 +210,7 @@ def no_recommendation_headline(board: Leaderboard) -> str:
     if not board.rows:
         return "The slot has no variants yet."
     if not challengers(board):
-        return "No challengers are being evaluated: register one with `shadowzoo zoo register`."
+        return "No challengers are being evaluated yet; `shadowzoo zoo register` adds one from a spec."
     return "No challenger is ready."
 
 
@@ -305,17 +326,20 @@ STATUS_MEANINGS: dict[Status, str] = {
 }
 
 CHAR_WIDTH = 6.8  # average advance of a 12px sans-serif character, for label layout
-MIN_EFFECT_COLOUR = "#1a7f37"
 
 
 @dataclass(frozen=True)
 class Scale:
-    """A linear map from the data interval [lo, hi] onto the pixel interval [start, end]."""
+    """A linear map from the data interval [lo, hi] onto the pixel interval [start, end].
+
+    Values outside [lo, hi] are clamped to its ends, so an infinite bound lands on the edge.
+    """
 
     lo: float
     hi: float
     start: float
     end: float
+    whole: bool = False  # ticks at whole numbers only (counts)
 
     def __call__(self, value: float) -> float:
         clamped = min(max(value, self.lo), self.hi)
@@ -323,7 +347,7 @@ class Scale:
 
     @property
     def step(self) -> float:
-        return _nice_step(self.hi - self.lo)
+        return _nice_step(self.hi - self.lo, whole=self.whole)
 
     def ticks(self) -> list[float]:
         """Round values inside [lo, hi], about five of them."""
@@ -333,11 +357,13 @@ class Scale:
         return [i * step for i in range(first, last + 1)]
 
 
-def _nice_step(span: float, count: int = 5) -> float:
-    """A 1, 2, 2.5 or 5 × 10ᵏ step that cuts `span` into about `count` pieces."""
+def _nice_step(span: float, count: int = 5, whole: bool = False) -> float:
+    """A 1, 2, 2.5 or 5 × 10ᵏ step that cuts `span` into about `count` pieces; `whole`: no 2.5, none below 1."""
     raw = span / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if raw <= m * magnitude * (1 + 1e-9))
+    multiples = (1, 2, 5, 10) if whole else (1, 2, 2.5, 5, 10)
+    step = next(m * magnitude for m in multiples if raw <= m * magnitude * (1 + 1e-9))
+    return max(step, 1.0) if whole else step
 
 
 def nice_domain(values: Iterable[float], pad: float = 0.06) -> tuple[float, float]:
@@ -377,6 +403,11 @@ def _text(x: float, y: float, content: str, cls: str = "", anchor: str = "start"
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{css}>{escape(content)}</text>'
 
 
+def _fit(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with an ellipsis, for a fixed chart margin (the table has it in full)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _line(x1: float, y1: float, x2: float, y2: float, cls: str) -> str:
     return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" class="{cls}"/>'
 
@@ -391,7 +422,9 @@ def _x_axis(scale: Scale, y: float, top: float, title: str, label: Callable[[flo
     return parts
 
 
-def _y_axis(scale: Scale, x: float, right: float, title: str, label: Callable[[float], str], gap: float = 52) -> list[str]:
+def _y_axis(
+    scale: Scale, x: float, right: float, title: str, label: Callable[[float], str], gap: float = 52
+) -> list[str]:
     """Grid lines, tick labels left of `x`, and the rotated axis title (which carries the unit)."""
     parts = [_line(x, scale.start, x, scale.end, "axis")]
     for tick in scale.ticks():
@@ -470,16 +503,20 @@ def _label_box(x: float, y: float, anchor: str, text: str) -> Box:
     return Box(left - 2, y - 12, left + width + 2, y + 4)
 
 
-def place_labels(points: Sequence[tuple[float, float, str]], area: Box) -> list[tuple[float, float, str]]:
+def place_labels(
+    points: Sequence[tuple[float, float, str]], area: Box, obstacles: Sequence[Box] = ()
+) -> list[tuple[float, float, str]]:
     """Where to write each point's label: (x, y, text-anchor), greedily, so labels don't collide.
 
     Each label takes the first of eight positions around its point whose box stays inside
-    `area` and overlaps no marker and no label placed before it; when none is free, the
-    position to the right is used anyway.
+    `area` and overlaps no marker, no obstacle (e.g. a line) and no label placed before
+    it; when none is free, the position to the right is used anyway.
     """
-    taken = [Box(x - 8, y - 8, x + 8, y + 8) for x, y, _ in points]
-    offsets = [(10, 4, "start"), (-10, 4, "end"), (0, -12, "middle"), (0, 21, "middle"),
-               (8, -10, "start"), (8, 19, "start"), (-8, -10, "end"), (-8, 19, "end")]  # fmt: skip
+    taken = [Box(x - 8, y - 8, x + 8, y + 8) for x, y, _ in points] + list(obstacles)
+    offsets = [
+        (10, 4, "start"), (-10, 4, "end"), (0, -12, "middle"), (0, 21, "middle"),
+        (8, -10, "start"), (8, 19, "start"), (-8, -10, "end"), (-8, 19, "end"),
+    ]
     placed = []
     for x, y, text in points:
 
@@ -494,15 +531,27 @@ def place_labels(points: Sequence[tuple[float, float, str]], area: Box) -> list[
     return placed
 
 
+def _polyline_boxes(points: Sequence[tuple[float, float]], spacing: float = 6) -> list[Box]:
+    """Small boxes along a polyline, so that labels can keep off it."""
+    boxes = []
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        steps = max(1, int(math.hypot(x1 - x0, y1 - y0) / spacing))
+        for i in range(steps + 1):
+            x, y = x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps
+            boxes.append(Box(x - 2, y - 2, x + 2, y + 2))
+    return boxes
+
+
 def _marker(x: float, y: float, row: VariantRow, on_frontier: bool, tooltip: str) -> str:
     """A diamond for the champion, a circle otherwise; hollow when another variant dominates it."""
     colour = STATUS_COLOURS[row.status]
     fill = colour if on_frontier else "#ffffff"
+    paint = f'fill="{fill}" stroke="{colour}" stroke-width="2.5"'
     title = f"<title>{escape(tooltip)}</title>"
     if row.role == "champion":
         d = f"M{x:.1f},{y - 8:.1f} L{x + 8:.1f},{y:.1f} L{x:.1f},{y + 8:.1f} L{x - 8:.1f},{y:.1f} Z"
-        return f'<path d="{d}" fill="{fill}" stroke="{colour}" stroke-width="2.5">{title}</path>'
-    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6.5" fill="{fill}" stroke="{colour}" stroke-width="2.5">{title}</circle>'
+        return f'<path d="{d}" {paint}>{title}</path>'
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6.5" {paint}>{title}</circle>'
 
 
 def _quality_scale(qualities: Sequence[float], top: float, bottom: float) -> Scale:
@@ -517,24 +566,26 @@ def quality_cost_chart(board: Leaderboard) -> str:
     rows = [r for r in ordered_rows(board) if _finite(r.cost_per_1k_usd) and _finite(r.mean_quality)]
     if not rows:
         return _empty("No variant has both a cost and a quality yet, so there is nothing to plot.")
-    width, height, left, right, top, bottom = 960, 430, 90, 930, 40, 370
-    x = Scale(*nice_domain([0.0] + [r.cost_per_1k_usd for r in rows], pad=0.1), left, right)
+    width, height, left, right, top, bottom = 960, 450, 90, 930, 60, 390
+    x_lo, x_hi = nice_domain([0.0] + [r.cost_per_1k_usd for r in rows], pad=0.1)
+    x = Scale(max(0.0, x_lo), x_hi, left, right)  # costs are never negative
     y = _quality_scale([r.mean_quality for r in rows], top, bottom)
     frontier = {r.version_id for r in pareto_frontier(rows)}
     names = short_names(board.rows)
     parts = _x_axis(x, bottom, top, "cost per 1,000 requests (USD) →", lambda v: _money_tick(v, x.step))
     parts += _y_axis(y, left, right, "mean quality (0–1) →", lambda v: _number_tick(v, y.step))
-    path = " ".join(f"{x(r.cost_per_1k_usd):.1f},{y(r.mean_quality):.1f}" for r in pareto_frontier(rows))
-    parts.append(f'<polyline points="{path}" class="frontier"/>')
+    line = [(x(r.cost_per_1k_usd), y(r.mean_quality)) for r in pareto_frontier(rows)]
+    parts.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in line)}" class="frontier"/>')
     points = [(x(r.cost_per_1k_usd), y(r.mean_quality), r) for r in rows]
     for px, py, row in points:
         tip = f"{row.version_id}: quality {_quality(row.mean_quality)}, {usd(row.cost_per_1k_usd)} per 1k requests"
         parts.append(_marker(px, py, row, row.version_id in frontier, tip))
     named = [(px, py, names[row.version_id]) for px, py, row in points]
-    for (lx, ly, anchor), (_, _, name) in zip(place_labels(named, Box(left, top - 20, right, bottom)), named):
+    area = Box(left, top - 8, right, bottom)
+    for (lx, ly, anchor), (_, _, name) in zip(place_labels(named, area, _polyline_boxes(line)), named):
         parts.append(_text(lx, ly, name, "label", anchor))
-    parts += _frontier_legend(left, 20)
-    parts += _status_legend((r.status for r in rows), left + 500, 20)
+    parts += _status_legend((r.status for r in rows), left, 18)
+    parts += _frontier_legend(left, 40)
     chart = _svg(width, height, "mean quality against cost per 1,000 requests", parts)
     plotted = {r.version_id for r in rows}
     missing = [names[r.version_id] for r in board.rows if r.version_id not in plotted]
@@ -551,19 +602,14 @@ def _frontier_legend(x: float, y: float) -> list[str]:
 # ── chart 2: net difference vs the champion ──────────────────────────────────────────────
 
 
-def _bounds(interval: Interval) -> tuple[float, float] | None:
-    """The interval's (lower, upper), infinite where unknown; None when there is no mean."""
-    if interval.mean is None:
-        return None
+def _interval_bar(scale: Scale, y: float, mean: float, interval: Interval, colour: str, tooltip: str) -> list[str]:
+    """A thick bar from lower to upper with a dot at the mean; arrowheads where a bound is off-scale.
+
+    A missing bound is drawn as unbounded, which is what it means.
+    """
     lower = interval.lower if interval.lower is not None else -math.inf
     upper = interval.upper if interval.upper is not None else math.inf
-    return lower, upper
-
-
-def _interval_bar(scale: Scale, y: float, interval: Interval, colour: str, tooltip: str) -> list[str]:
-    """A thick bar from lower to upper with a dot at the mean; arrowheads where a bound is off-scale."""
-    lower, upper = _bounds(interval)  # type: ignore[misc]
-    x0, x1, xm = scale(lower), scale(upper), scale(interval.mean)  # type: ignore[arg-type]
+    x0, x1, xm = scale(lower), scale(upper), scale(mean)
     parts = [
         f'<line x1="{x0:.1f}" y1="{y:.1f}" x2="{x1:.1f}" y2="{y:.1f}" stroke="{colour}" class="bar">'
         f"<title>{escape(tooltip)}</title></line>",
@@ -584,10 +630,11 @@ def net_difference_chart(board: Leaderboard) -> str:
     names = short_names(board.rows)
     width, left, right, top, row_height = 960, 190, 690, 46, 48
     bottom = top + row_height * len(rows)
-    finite = [v for r in rows for v in (r.comparison.net.mean, r.comparison.net.lower, r.comparison.net.upper) if _finite(v)]
+    nets = [r.comparison.net for r in rows if r.comparison]
+    finite = [v for net in nets for v in (net.mean, net.lower, net.upper) if _finite(v)]
     x = Scale(*nice_domain([0.0, board.min_effect_usd, *finite], pad=0.05), left, right)
-    parts = _x_axis(x, bottom, top - 10, "net value difference per request vs the champion (USD) →  right of 0: challenger earns more",
-                    lambda v: _money_tick(v, x.step, signed=True))  # fmt: skip
+    title = "net value difference per request vs the champion (USD) →  right of 0: challenger earns more"
+    parts = _x_axis(x, bottom, top - 10, title, lambda v: _money_tick(v, x.step, signed=True))
     parts += [_line(x(0), top - 10, x(0), bottom, "zero"), _text(x(0), top - 16, "0", "tick", "middle")]
     effect_x = x(board.min_effect_usd)
     parts += [
@@ -597,7 +644,9 @@ def net_difference_chart(board: Leaderboard) -> str:
     for index, row in enumerate(rows):
         parts += _net_row(board, row, names[row.version_id], x, top + row_height * (index + 0.5), right)
     parts += _status_legend((r.status for r in rows), left, 18)
-    return _svg(width, bottom + 52, "net value difference per request against the champion", parts)
+    chart = _svg(width, bottom + 52, "net value difference per request against the champion", parts)
+    missing = [names[r.version_id] for r in challengers(board) if r.comparison is None]
+    return chart + (_note(f"Not shown (no comparison yet): {', '.join(missing)}.") if missing else "")
 
 
 def _net_row(board: Leaderboard, row: VariantRow, name: str, x: Scale, y: float, right: float) -> list[str]:
@@ -606,15 +655,15 @@ def _net_row(board: Leaderboard, row: VariantRow, name: str, x: Scale, y: float,
     net = row.comparison.net
     colour = STATUS_COLOURS[row.status]
     parts = [
-        _text(x.start - 12, y - 2, name, "row-name", "end"),
-        _text(x.start - 12, y + 13, row.display_status, "row-status", "end"),
+        _text(x.start - 12, y - 2, _fit(name, 22), "row-name", "end"),
+        _text(x.start - 12, y + 13, _fit(row.display_status, 28), "row-status", "end"),
         _text(right + 20, y - 2, format_interval(net), "row-value"),
-        _text(right + 20, y + 13, f"{row.comparison.pairs:,} pairs · α {row.comparison.alpha:.3g}", "row-status"),
+        _text(right + 20, y + 13, f"{_pairs(row.comparison.pairs)} · α {row.comparison.alpha:.3g}", "row-status"),
     ]
     if net.mean is None:
-        return parts + [_text((x.start + x.end) / 2, y + 4, "no pairs scored yet", "row-status", "middle")]
+        return parts + [_text((x.start + x.end) / 2, y + 4, "no estimate yet", "row-status", "middle")]
     tip = f"{row.version_id}: {format_interval(net)} per request"
-    return parts + _interval_bar(x, y, net, colour, tip)
+    return parts + _interval_bar(x, y, net.mean, net, colour, tip)
 
 
 # ── chart 3: cumulative evidence ─────────────────────────────────────────────────────────
@@ -640,9 +689,10 @@ def _evidence_domain(points: Sequence[EvidencePoint], min_effect: float) -> tupl
     Early bands are many times wider than late ones; fitting them would flatten the part
     of the chart that matters, so they run off the panel (clipped) instead.
     """
-    later = points[len(points) // 2 :]
+    banded = [p for p in points if _finite(p.net.lower) and _finite(p.net.upper)]
+    later = banded[len(banded) // 2 :] if len(banded) >= 2 else []  # a lone bound draws no band
     values = [p.net.mean for p in points if _finite(p.net.mean)] + [0.0, min_effect]
-    values += [v for p in later for v in (p.net.lower, p.net.upper) if _finite(v)]
+    values += [v for p in later for v in (p.net.lower, p.net.upper)]
     return nice_domain(values, pad=0.08)
 
 
@@ -665,42 +715,56 @@ class Panel:
     height: float = 190
 
 
-def _evidence_panel(board: Leaderboard, row: VariantRow | None, version: str, name: str,
-                    points: Sequence[EvidencePoint], panel: Panel, clip_id: str) -> list[str]:  # fmt: skip
-    """One challenger: its band and mean over pairs, with zero, min_effect and min_samples marked."""
-    colour = STATUS_COLOURS[row.status] if row else STATUS_COLOURS[Status.PAUSED]
+def _evidence_panel(
+    board: Leaderboard, row: VariantRow | None, name: str, points: Sequence[EvidencePoint], panel: Panel, clip_id: str
+) -> list[str]:
+    """One challenger: title and axes, then its band and mean over pairs (see :func:`_evidence_marks`)."""
     right, bottom = panel.left + panel.width, panel.top + panel.height
-    x = Scale(*nice_domain([0.0] + [p.pairs for p in points], pad=0.02), panel.left, right)
-    x = Scale(max(0.0, x.lo), x.hi, x.start, x.end)
+    x_lo, x_hi = nice_domain([0.0, 10.0] + [p.pairs for p in points], pad=0.02)
+    x = Scale(max(0.0, x_lo), x_hi, panel.left, right, whole=True)
     y = Scale(*_evidence_domain(points, board.min_effect_usd), bottom, panel.top)
     status = row.display_status if row else "not on the current board"
-    parts = [_text(panel.left, panel.top - 12, f"{name} · {status}", "panel-title")]
+    parts = [_text(panel.left, panel.top - 12, _fit(f"{name} · {status}", 52), "panel-title")]
     parts += _x_axis(x, bottom, panel.top, "paired requests", lambda v: f"{v:,.0f}")
-    parts += _y_axis(y, panel.left, right, "net Δ / request (USD)", lambda v: _money_tick(v, y.step, signed=True))
-    parts.append(f'<clipPath id="{clip_id}"><rect x="{panel.left}" y="{panel.top}" width="{panel.width}" height="{panel.height}"/></clipPath>')
+    money = lambda v: _money_tick(v, y.step, signed=True)  # noqa: E731
+    parts += _y_axis(y, panel.left, right, "net Δ / request (USD)", money, gap=66)
+    colour = STATUS_COLOURS[row.status] if row else STATUS_COLOURS[Status.PAUSED]
+    return parts + _evidence_marks(board, points, x, y, colour, clip_id)
+
+
+def _evidence_marks(
+    board: Leaderboard, points: Sequence[EvidencePoint], x: Scale, y: Scale, colour: str, clip_id: str
+) -> list[str]:
+    """Band, mean line, zero, min_effect and min_samples lines, clipped to the panel; dots with tooltips."""
+    left, right, top, bottom = x.start, x.end, y.end, y.start
+    rect = f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}"/>'
+    clip = f'<clipPath id="{clip_id}">{rect}</clipPath>'
     line = " ".join(f"{x(p.pairs):.1f},{y(p.net.mean):.1f}" for p in points if _finite(p.net.mean))
+    effect_y = y(board.min_effect_usd)
     inner = [
-        f'<g fill="{colour}" stroke="{colour}">{_band(points, x, y)}</g>',
-        _line(panel.left, y(0), right, y(0), "zero"),
-        f'<line x1="{panel.left}" y1="{y(board.min_effect_usd):.1f}" x2="{right}" y2="{y(board.min_effect_usd):.1f}" class="effect"/>',
+        f'<g fill="{colour}">{_band(points, x, y)}</g>',
+        _line(left, y(0), right, y(0), "zero"),
+        _line(left, effect_y, right, effect_y, "effect"),
         f'<polyline points="{line}" stroke="{colour}" class="mean"/>',
     ]
     if x.lo < board.min_samples <= x.hi:
-        ms = x(board.min_samples)
-        inner += [_line(ms, panel.top, ms, bottom, "min-samples")]
-    parts.append(f'<g clip-path="url(#{clip_id})">' + "".join(inner) + "</g>")
-    parts += [f'<circle cx="{x(p.pairs):.1f}" cy="{y(p.net.mean):.1f}" r="2.5" fill="{colour}"><title>{escape(_evidence_tip(version, p))}</title></circle>'
-              for p in points if _finite(p.net.mean) and y.lo <= p.net.mean <= y.hi]  # fmt: skip
-    return parts
+        inner.append(_line(x(board.min_samples), top, x(board.min_samples), bottom, "min-samples"))
+    dots = [
+        f'<circle cx="{x(p.pairs):.1f}" cy="{y(p.net.mean):.1f}" r="2.5" fill="{colour}">'
+        f"<title>{escape(_evidence_tip(p))}</title></circle>"
+        for p in points
+        if _finite(p.net.mean) and y.lo <= p.net.mean <= y.hi
+    ]
+    return [clip, f'<g clip-path="url(#{clip_id})">' + "".join(inner) + "</g>", *dots]
 
 
-def _evidence_tip(version: str, point: EvidencePoint) -> str:
-    return f"{version} at {_time(point.taken_at)}: {point.pairs:,} pairs, {format_interval(point.net)}"
+def _evidence_tip(point: EvidencePoint) -> str:
+    return f"{point.version_id} at {_time(point.taken_at)}: {_pairs(point.pairs)}, {format_interval(point.net)}"
 
 
 def _evidence_legend(x: float, y: float) -> list[str]:
     return [
-        f'<rect x="{x}" y="{y - 10}" width="24" height="10" fill="#0969da" class="band"/>',
+        f'<rect x="{x}" y="{y - 10}" width="24" height="10" fill="#57606a" class="band"/>',
         _text(x + 30, y, "interval (always valid)", "legend"),
         _line(x + 200, y - 5, x + 224, y - 5, "mean-legend"),
         _text(x + 230, y, "mean net Δ", "legend"),
@@ -710,6 +774,7 @@ def _evidence_legend(x: float, y: float) -> list[str]:
         _text(x + 440, y, "min effect", "legend"),
         _line(x + 530, y - 12, x + 530, y + 2, "min-samples"),
         _text(x + 538, y, "min_samples: verdicts allowed from here", "legend"),
+        _text(x, y + 20, "Band and line take the colour of the challenger's status.", "legend"),
     ]
 
 
@@ -717,15 +782,15 @@ def evidence_chart(board: Leaderboard, history: Iterable[EvidencePoint]) -> str:
     """Small multiples, two per line: each challenger's mean net difference inside its band, over pairs."""
     series = evidence_series(board, history)
     if not series:
-        return _empty("No evidence snapshots for this evaluation period yet: the chart appears after the first scoring runs.")
+        return _empty("No evidence snapshots for this evaluation period yet: the chart appears after scoring runs.")
     rows = {r.version_id: r for r in board.rows}
     names = short_names(board.rows)
     parts = _evidence_legend(20, 20)
     for index, (version, points) in enumerate(series.items()):
-        panel = Panel(left=100 + (index % 2) * 480, top=70 + (index // 2) * 290)
+        panel = Panel(left=100 + (index % 2) * 480, top=95 + (index // 2) * 290)
         name = names.get(version, version)
-        parts += _evidence_panel(board, rows.get(version), version, name, points, panel, f"evidence-clip-{index}")
-    height = 70 + math.ceil(len(series) / 2) * 290 - 40
+        parts += _evidence_panel(board, rows.get(version), name, points, panel, f"evidence-clip-{index}")
+    height = 95 + math.ceil(len(series) / 2) * 290 - 40
     return _svg(960, height, "cumulative evidence per challenger", parts)
 
 
@@ -734,17 +799,18 @@ def evidence_chart(board: Leaderboard, history: Iterable[EvidencePoint]) -> str:
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
  color:#1f2328;background:#fff;margin:0;padding:24px}
-main{max-width:1000px;margin:0 auto}
+main{max-width:1180px;margin:0 auto}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 8px}
 .meta{color:#57606a;margin:0 0 20px}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
+td .mono{font-size:11px;white-space:nowrap}td strong{white-space:nowrap}
 .advice{border:2px solid;border-radius:8px;padding:14px 18px;margin:0 0 8px}
 .advice h2{margin:0 0 8px}.advice p{margin:6px 0}.advice ul{margin:6px 0;padding-left:20px}
 .advice.ready{border-color:#1a7f37;background:#dafbe1}.advice.none{border-color:#bf8700;background:#fff8c5}
 .advice code.command{display:block;font-size:15px;background:#fff;border:1px solid #d0d7de;border-radius:6px;
  padding:8px 10px;margin:8px 0;user-select:all;overflow-x:auto}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{padding:6px 8px;border-bottom:1px solid #d8dee4;vertical-align:top}
+.wide{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{padding:6px 7px;border-bottom:1px solid #d8dee4;vertical-align:top}
 th{text-align:left;background:#f6f8fa;font-weight:600}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td .sub{display:block;color:#57606a;font-size:11.5px}
@@ -755,7 +821,9 @@ figure{margin:8px 0 0}figcaption{color:#57606a;margin:4px 0 6px}
 svg{max-width:100%;height:auto;display:block}
 svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;fill:#1f2328}
 svg .tick{font-size:11px;fill:#57606a}svg .axis-title{font-size:12px;fill:#424a53}
-svg .legend,svg .label{font-size:12px}svg .row-name{font-size:13px;font-weight:600}
+svg .legend,svg .label{font-size:12px}
+svg .label{paint-order:stroke;stroke:#fff;stroke-width:4px;stroke-linejoin:round}
+svg .row-name{font-size:13px;font-weight:600}
 svg .row-status{font-size:11px;fill:#57606a}svg .row-value{font-size:12px;font-variant-numeric:tabular-nums}
 svg .panel-title{font-size:13px;font-weight:600}svg .effect-label{font-size:11px;fill:#1a7f37}
 svg .axis{stroke:#8c959f;stroke-width:1}svg .grid{stroke:#eaeef2;stroke-width:1}
@@ -765,26 +833,29 @@ svg .min-samples{stroke:#8c959f;stroke-width:1.5;stroke-dasharray:2 3}
 svg .frontier{fill:none;stroke:#57606a;stroke-width:1.5;stroke-dasharray:7 5}
 svg .bar{stroke-width:8;stroke-linecap:butt;opacity:.55}
 svg .band{fill-opacity:.18;stroke:none}svg .mean{fill:none;stroke-width:2}
-svg .mean-legend{stroke:#0969da;stroke-width:2}
+svg .mean-legend{stroke:#57606a;stroke-width:2}
 .empty{color:#57606a;font-style:italic}.note{color:#57606a;font-size:12.5px;margin:4px 0}
 ul.notes{padding-left:20px;color:#424a53}
 """
 
-COLUMN_HELP: list[tuple[str, str]] = [
-    ("version", "The variant's label and immutable version id (label-date-fingerprint)."),
-    ("status", "The scorer's verdict; see the status list below."),
-    ("n", "Requests the variant answered and that were scored, in the descriptive window."),
-    ("quality", "Mean quality in [0, 1] over those requests; an upstream error scores 0."),
-    ("cost / 1k req", "Model cost of 1,000 requests in USD, from token counts and prices."),
-    ("latency p50 / p95", "Median and 95th-percentile latency. Challengers answer under replay load."),
-    ("errors", "Share of calls whose upstream failed or timed out."),
-    ("net / 1k req", "Net value of 1,000 requests: value_per_point × quality − cost − latency cost."),
-    ("net Δ / req", "Mean of (challenger − champion) net value per request on the same requests, "
-                    "with its always-valid interval: it stays valid however often the board is re-scored."),
-    ("pairs", "Requests both answered with labels joined, in this period; αᵢ is the challenger's share of α."),
-    ("guardrails", "Error-rate difference vs the champion in percentage points, and p95 latency as a "
-                   "multiple of the baseline (the champion, or its replayed control)."),
-]  # fmt: skip
+COLUMNS: list[tuple[str, bool, str]] = [
+    # (header, right-aligned number?, what it means), in table order
+    ("version", False, "The variant's label and immutable version id (label-date-fingerprint)."),
+    ("status", False,
+     "The scorer's verdict (see the list below). Under it, the guardrail measurements: the error-rate "
+     "difference vs the champion in percentage points, and p95 latency as a multiple of the champion's "
+     "(or of its replayed control's, when the slot runs one)."),
+    ("n", True, "Requests the variant answered and that were scored, in the descriptive window."),
+    ("quality", True, "Mean quality in [0, 1] over those requests; an upstream error scores 0."),
+    ("cost / 1k req", True, "Model cost of 1,000 requests in USD, from token counts and prices."),
+    ("latency p50 / p95", True, "Median and 95th-percentile latency. Challengers answer under replay load."),
+    ("errors", True, "Share of calls whose upstream failed or timed out."),
+    ("net / 1k req", True, "Net value of 1,000 requests: value_per_point × quality − cost − latency cost."),
+    ("net Δ / req", True,
+     "Mean of (challenger − champion) net value per request on the same requests, with its always-valid "
+     "interval: it stays valid however often the board is re-scored."),
+    ("pairs", True, "Requests both answered with labels joined, in this period; αᵢ is the challenger's share of α."),
+]
 
 
 def _empty(sentence: str) -> str:
@@ -799,21 +870,34 @@ def _pill(status: Status, text: str) -> str:
     return f'<span class="pill" style="background:{STATUS_COLOURS[status]}">{escape(text)}</span>'
 
 
+def _html_interval(interval: Interval) -> str:
+    """The mean on its line and the bounds under it, to keep the table narrow."""
+    if interval.mean is None:
+        return DASH
+    mean, bounds = _interval_parts(interval)
+    return f"{escape(mean)}<span class='sub'>{escape(bounds)}</span>"
+
+
+def _html_status(row: VariantRow) -> str:
+    """The status pill, with the guardrail measurements under it (they explain a guardrail status)."""
+    facts = "".join(f"<span class='sub'>{escape(fact)}</span>" for fact in _guardrail_facts(row))
+    return _pill(row.status, row.display_status) + facts
+
+
 def _html_row(row: VariantRow) -> str:
     comparison = row.comparison
     pairs = f"{comparison.pairs:,}<span class='sub'>αᵢ {comparison.alpha:.3g}</span>" if comparison else DASH
     cells = [
         f"<td><strong>{escape(row.label)}</strong><span class='sub mono'>{escape(row.version_id)}</span></td>",
-        f"<td>{_pill(row.status, row.display_status)}</td>",
+        f"<td>{_html_status(row)}</td>",
         f"<td class='num'>{row.n:,}</td>",
         f"<td class='num'>{_quality(row.mean_quality)}</td>",
         f"<td class='num'>{usd(row.cost_per_1k_usd)}</td>",
         f"<td class='num'>{_latency(row.p50_latency_ms, row.p95_latency_ms)}</td>",
         f"<td class='num'>{_percent(row.error_rate)}</td>",
         f"<td class='num'>{usd(row.net_per_1k_usd)}</td>",
-        f"<td class='num'>{escape(format_interval(comparison.net)) if comparison else DASH}</td>",
+        f"<td class='num'>{_html_interval(comparison.net) if comparison else DASH}</td>",
         f"<td class='num'>{pairs}</td>",
-        f"<td>{escape(_guardrail_facts(row)) or DASH}</td>",
     ]
     return "<tr>" + "".join(cells) + "</tr>"
 
@@ -821,16 +905,17 @@ def _html_row(row: VariantRow) -> str:
 def _html_table(board: Leaderboard) -> str:
     if not board.rows:
         return _empty("The slot has no variants yet, so there is no leaderboard.")
-    numeric = {"n", "quality", "cost / 1k req", "latency p50 / p95", "errors", "net / 1k req", "net Δ / req", "pairs"}
-    head = "".join(f"<th{' class=num' if name in numeric else ''}>{escape(name)}</th>" for name, _ in COLUMN_HELP)
+    head = "".join(f"<th{' class=num' if numeric else ''}>{escape(name)}</th>" for name, numeric, _ in COLUMNS)
     body = "".join(_html_row(row) for row in ordered_rows(board))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _html_help() -> str:
-    columns = "".join(f"<dt>{escape(name)}</dt><dd>{escape(text)}</dd>" for name, text in COLUMN_HELP)
+    """Column and status explanations, folded away so that the table stays the first thing seen."""
+    columns = "".join(f"<dt>{escape(name)}</dt><dd>{escape(text)}</dd>" for name, _, text in COLUMNS)
     statuses = "".join(
-        f"<dt>{_pill(status, status.value)}</dt><dd>{escape(meaning)}</dd>" for status, meaning in STATUS_MEANINGS.items()
+        f"<dt>{_pill(status, status.value)}</dt><dd>{escape(meaning)}</dd>"
+        for status, meaning in STATUS_MEANINGS.items()
     )
     return (
         "<details><summary>What the columns and statuses mean</summary>"
@@ -851,11 +936,8 @@ def _html_recommendation(board: Leaderboard) -> str:
         f"{escape(not_ready_reason(r, board))}</li>"
         for r in challengers(board)
     )
-    listing = f"<ul>{reasons}</ul>" if reasons else ""
-    return (
-        f'<section class="advice none"><h2>No challenger is ready</h2>'
-        f"<p>{escape(no_recommendation_headline(board))}</p>{listing}</section>"
-    )
+    listing = f"<ul>{reasons}</ul>" if reasons else f"<p>{escape(no_recommendation_headline(board))}</p>"
+    return f'<section class="advice none"><h2>No challenger is ready</h2>{listing}</section>'
 
 
 def _figure(title: str, caption: str, body: str) -> str:
@@ -885,7 +967,7 @@ def _html_charts(board: Leaderboard, history: list[EvidencePoint]) -> str:
             "clipped at the panel edge; no verdict is given before min_samples pairs (dotted line).",
             evidence_chart(board, history),
         ),
-    ])  # fmt: skip
+    ])
 
 
 def render_html(board: Leaderboard, history: list[EvidencePoint]) -> str:
@@ -897,7 +979,7 @@ def render_html(board: Leaderboard, history: list[EvidencePoint]) -> str:
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
-        f"<h1>{escape(board.slot)}: leaderboard</h1>"
+        f"<h1>{escape(board.slot)} · shadowzoo leaderboard</h1>"
         f'<p class="meta">Generated {escape(_time(board.generated_at))} · champion '
         f'<span class="mono">{escape(champion)}</span> · evaluation period started '
         f"{escape(_time(board.period_started_at))}</p>"

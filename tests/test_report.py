@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
-from hashlib import sha256
 from datetime import datetime, timedelta, timezone
+from hashlib import sha256
 from html.parser import HTMLParser
 
 import pytest
 
 from scorer.board import Comparison, EvidencePoint, Interval, Leaderboard, Status, VariantRow
-from scorer.report import (
-    format_interval,
-    pareto_frontier,
-    place_labels,
-    Box,
-    render_html,
-    render_markdown,
-    usd,
-)
+from scorer.report import Box, format_interval, pareto_frontier, place_labels, render_html, render_markdown, usd
 from scorer.sequential import PairedMoments, alpha_share, confidence_interval
 
 SLOT = "support-triage"
@@ -34,22 +27,46 @@ def net_interval(mean: float, pairs: int, k: int) -> Interval:
     return Interval(mean=mean, lower=float(lower), upper=float(upper))
 
 
-def row(label: str, status: Status, quality: float, cost_1k: float, p50: float, p95: float, errors: float,
-        *, k: int = 0, mean: float = 0.0, pairs: int = 0, detail: str = "", **extra) -> VariantRow:  # fmt: skip
-    """One variant; a challenger (k ≥ 1, its start order) gets a comparison with the champion."""
+def row(
+    label: str,
+    status: Status,
+    quality: float,
+    cost_1k: float,
+    latency: tuple[float, float],
+    errors: float,
+    *,
+    k: int = 0,
+    mean: float = 0.0,
+    pairs: int = 0,
+    **extra,
+) -> VariantRow:
+    """One variant; a challenger (k ≥ 1, its start order in the period) gets a comparison with the champion."""
     comparison = None
     if k:
         comparison = Comparison(
-            pairs=pairs, alpha=ALPHA * alpha_share(k), net=net_interval(mean, pairs, k),
-            quality=Interval(mean=quality - 0.86), cost=Interval(mean=(cost_1k - 1.80) / 1000),
-            error_rate_delta=errors - 0.004, p95_latency_ratio=p95 / 1900,
-        )  # fmt: skip
+            pairs=pairs,
+            alpha=ALPHA * alpha_share(k),
+            net=net_interval(mean, pairs, k),
+            quality=Interval(mean=quality - 0.86),
+            cost=Interval(mean=(cost_1k - 1.80) / 1000),
+            error_rate_delta=errors - 0.004,
+            p95_latency_ratio=latency[1] / 1900,
+        )
     return VariantRow(
-        version_id=f"{label}-20250301-{sha256(label.encode()).hexdigest()[:8]}", label=label, role="champion" if not k else "challenger",
-        status=status, status_detail=detail, n=max(pairs, 2100), mean_quality=quality, cost_per_1k_usd=cost_1k,
-        p50_latency_ms=p50, p95_latency_ms=p95, error_rate=errors,
-        net_per_1k_usd=1000 * (VALUE_PER_POINT * quality) - cost_1k, comparison=comparison, **extra,
-    )  # fmt: skip
+        version_id=f"{label}-20250301-{sha256(label.encode()).hexdigest()[:8]}",
+        label=label,
+        role="challenger" if k else "champion",
+        status=status,
+        n=max(pairs, 2100),
+        mean_quality=quality,
+        cost_per_1k_usd=cost_1k,
+        p50_latency_ms=latency[0],
+        p95_latency_ms=latency[1],
+        error_rate=errors,
+        net_per_1k_usd=1000 * VALUE_PER_POINT * quality - cost_1k,
+        comparison=comparison,
+        **extra,
+    )
 
 
 def demo_board(**changes) -> Leaderboard:
@@ -57,24 +74,32 @@ def demo_board(**changes) -> Leaderboard:
 
     cheap-mini is cheaper but loses more in quality than it saves (worse); careful-large
     costs more and earns more (ready); flash is fast and cheap but errs (guardrail);
-    careful-mini has just started (collecting).
+    careful-mini has just started (collecting). Intervals come from the real sequential code.
     """
     rows = [
-        row("baseline", Status.CHAMPION, 0.86, 1.80, 820, 1900, 0.004),
-        row("careful-large", Status.READY, 0.93, 2.60, 1050, 2400, 0.005, k=1, mean=0.0027, pairs=1620),
-        row("cheap-mini", Status.WORSE, 0.74, 0.30, 380, 900, 0.006, k=2, mean=-0.0045, pairs=1840),
-        row("flash", Status.GUARDRAIL, 0.84, 0.12, 180, 450, 0.065, k=3, mean=0.0007, pairs=1500,
-            detail="guardrail: error rate", not_run=120),  # fmt: skip
-        row("careful-mini", Status.COLLECTING, 0.85, 0.55, 430, 1000, 0.003, k=4, mean=0.004, pairs=140,
-            detail="collecting (140/400)"),  # fmt: skip
+        row("baseline", Status.CHAMPION, 0.86, 1.80, (820, 1900), 0.004),
+        row("careful-large", Status.READY, 0.93, 2.60, (1050, 2400), 0.005, k=1, mean=0.0027, pairs=1620),
+        row("cheap-mini", Status.WORSE, 0.74, 0.30, (380, 900), 0.006, k=2, mean=-0.0045, pairs=1840),
+        row("flash", Status.GUARDRAIL, 0.84, 0.12, (180, 450), 0.065, k=3, mean=0.0007, pairs=1500,
+            status_detail="guardrail: error rate", not_run=120),
+        row("careful-mini", Status.COLLECTING, 0.85, 0.55, (430, 1000), 0.003, k=4, mean=0.004, pairs=140,
+            status_detail="collecting (140/400)"),
     ]
-    board = dict(
-        slot=SLOT, generated_at=PERIOD_START + timedelta(days=2, hours=5), period_id=3,
-        period_started_at=PERIOD_START, champion=rows[0].version_id, value_per_point=VALUE_PER_POINT,
-        min_samples=MIN_SAMPLES, min_effect_usd=MIN_EFFECT, alpha=ALPHA, rows=rows, eval_spend_usd=3.42,
-        reactions={"thumbs_up": 412, "thumbs_down": 37},
-    )  # fmt: skip
-    return Leaderboard(**(board | changes))
+    settings = {
+        "slot": SLOT,
+        "generated_at": PERIOD_START + timedelta(days=2, hours=5),
+        "period_id": 3,
+        "period_started_at": PERIOD_START,
+        "champion": rows[0].version_id,
+        "value_per_point": VALUE_PER_POINT,
+        "min_samples": MIN_SAMPLES,
+        "min_effect_usd": MIN_EFFECT,
+        "alpha": ALPHA,
+        "rows": rows,
+        "eval_spend_usd": 3.42,
+        "reactions": {"thumbs_up": 412, "thumbs_down": 37},
+    }
+    return Leaderboard(**(settings | changes))
 
 
 def demo_history(board: Leaderboard, snapshots: int = 10) -> list[EvidencePoint]:
@@ -87,17 +112,23 @@ def demo_history(board: Leaderboard, snapshots: int = 10) -> list[EvidencePoint]
         final = challenger.comparison
         for i in range(1, snapshots + 1):
             pairs = max(2, final.pairs * i // snapshots)
-            wobble = SD * 0.8 * (-1) ** i / (pairs**0.5)
-            history.append(EvidencePoint(
-                taken_at=board.period_started_at + timedelta(hours=5 * i), version_id=challenger.version_id,
-                pairs=pairs, net=net_interval(final.net.mean + wobble * (i < snapshots), pairs, k),
-            ))  # fmt: skip
+            wobble = SD * 1.5 * math.sin(1.7 * i + k) / pairs**0.5
+            mean = final.net.mean + wobble * (i < snapshots)
+            taken_at = board.period_started_at + timedelta(hours=5 * i)
+            history.append(EvidencePoint(taken_at=taken_at, version_id=challenger.version_id, pairs=pairs,
+                                         net=net_interval(mean, pairs, k)))
     return history
 
 
 def bare_row(version_id: str, cost: float | None, quality: float | None) -> VariantRow:
-    return VariantRow(version_id=version_id, label=version_id, role="challenger", status=Status.COLLECTING,
-                      cost_per_1k_usd=cost, mean_quality=quality)  # fmt: skip
+    return VariantRow(
+        version_id=version_id,
+        label=version_id,
+        role="challenger",
+        status=Status.COLLECTING,
+        cost_per_1k_usd=cost,
+        mean_quality=quality,
+    )
 
 
 class ResourceFinder(HTMLParser):
@@ -148,16 +179,16 @@ def test_markdown_says_why_there_is_no_recommendation_for_each_challenger():
     board = demo_board(rows=[r for r in demo_board().rows if r.status != Status.READY])
     markdown = render_markdown(board)
     assert "**No recommendation.** No challenger is ready." in markdown
-    assert "is below zero" in markdown  # cheap-mini: worse
-    assert "a guardrail failed (errors +6.1 pts" in markdown  # flash
-    assert "needs 260 more pairs" in markdown  # careful-mini: collecting
+    assert "the champion earns more per request (upper bound -$0.0028)" in markdown  # cheap-mini: worse
+    assert "guardrail: error rate — vs the champion: errors +6.1 pts · p95 0.24×" in markdown  # flash
+    assert "needs 260 pairs more before any verdict" in markdown  # careful-mini: collecting
 
 
 def test_markdown_notes_carry_the_settings_spend_and_reactions():
     markdown = render_markdown(demo_board())
-    for fact in ("2025-03-03 09:00 UTC", "α = 0.05", "min_samples = 400", "min_effect = $0.00050",
-                 "value_per_point = $0.050", "$3.42", "thumbs_up 412", "flash: 120 calls not run"):  # fmt: skip
-        assert fact in markdown
+    facts = ["2025-03-03 09:00 UTC", "α = 0.05", "min_samples = 400", "min_effect = $0.00050",
+             "value_per_point = $0.050", "$3.42", "thumbs_up 412", "flash: 120 calls not run"]
+    assert [fact for fact in facts if fact not in markdown] == []
 
 
 def test_markdown_keeps_a_pipe_in_a_label_inside_its_cell():
@@ -172,9 +203,15 @@ def test_markdown_keeps_a_pipe_in_a_label_inside_its_cell():
 
 @pytest.mark.parametrize(
     ("value", "signed", "shown"),
-    [(1234.5, False, "$1,234.50"), (0.42, False, "$0.42"), (0.0012, True, "+$0.0012"),
-     (-0.00031, True, "-$0.00031"), (0.0, True, "$0.00"), (None, False, "–")],
-)  # fmt: skip
+    [
+        (1234.5, False, "$1,234.50"),
+        (0.42, False, "$0.42"),
+        (0.0012, True, "+$0.0012"),
+        (-0.00031, True, "-$0.00031"),
+        (0.0, True, "$0.00"),
+        (None, False, "–"),
+    ],
+)
 def test_usd_keeps_two_significant_digits_of_sub_cent_amounts(value, signed, shown):
     assert usd(value, signed=signed) == shown
 
@@ -261,29 +298,42 @@ def test_html_puts_the_promote_command_in_the_advice_box():
 
 def test_html_drops_evidence_from_before_the_current_period():
     board = demo_board()
-    stale = EvidencePoint(taken_at=PERIOD_START - timedelta(days=1), version_id=board.rows[1].version_id,
-                          pairs=99_999, net=Interval(mean=0.1, lower=0.0, upper=0.2))  # fmt: skip
+    stale = EvidencePoint(
+        taken_at=PERIOD_START - timedelta(days=1),
+        version_id=board.rows[1].version_id,
+        pairs=99_999,
+        net=Interval(mean=0.1, lower=0.0, upper=0.2),
+    )
     assert "99,999" not in render_html(board, [stale, *demo_history(board)])
 
 
+def with_net(variant: VariantRow, net: Interval, pairs: int | None = None) -> VariantRow:
+    """`variant` with its comparison's net interval (and pairs) replaced."""
+    assert variant.comparison is not None
+    update = {"net": net} if pairs is None else {"net": net, "pairs": pairs}
+    return variant.model_copy(update={"comparison": variant.comparison.model_copy(update=update)})
+
+
 def edge_boards() -> dict[str, tuple[Leaderboard, list[EvidencePoint]]]:
+    """Boards a report meets at the edges of a slot's life, each with its history."""
     full = demo_board()
     champion = full.rows[0]
-    no_intervals = [r.model_copy(update={"comparison": r.comparison.model_copy(update={"net": Interval()})})
-                    if r.comparison else r for r in full.rows]  # fmt: skip
-    one_pair = full.rows[4].model_copy(update={"comparison": full.rows[4].comparison.model_copy(
-        update={"pairs": 1, "net": Interval(mean=0.01, lower=float("-inf"), upper=float("inf"))})})  # fmt: skip
-    unpriced = full.rows[3].model_copy(update={"status": Status.PRICE_UNKNOWN, "status_detail": "",
-                                               "cost_per_1k_usd": None, "net_per_1k_usd": None})  # fmt: skip
+    no_intervals = [with_net(r, Interval()) if r.comparison else r for r in full.rows]
+    unbounded = Interval(mean=0.01, lower=-math.inf, upper=math.inf)
+    one_pair = demo_board(rows=[champion, with_net(full.rows[4], unbounded, pairs=1)])
+    unpriced = full.rows[3].model_copy(
+        update={"status": Status.PRICE_UNKNOWN, "status_detail": "", "cost_per_1k_usd": None, "net_per_1k_usd": None}
+    )
+    naive = demo_board(generated_at=datetime(2025, 3, 5), period_started_at=None, period_id=None)
     return {
         "no variants": (demo_board(rows=[], champion=None), []),
         "a single variant": (demo_board(rows=[champion]), []),
         "no history": (full, []),
         "intervals None": (demo_board(rows=no_intervals), []),
-        "one pair, infinite bounds": (demo_board(rows=[champion, one_pair]), demo_history(demo_board(rows=[champion, one_pair]), 1)),
+        "one pair, infinite bounds": (one_pair, demo_history(one_pair, snapshots=1)),
         "no price": (demo_board(rows=[champion, unpriced]), []),
-        "naive times, no period": (demo_board(generated_at=datetime(2025, 3, 5), period_started_at=None, period_id=None), []),
-    }  # fmt: skip
+        "naive times, no period": (naive, demo_history(full)),
+    }
 
 
 @pytest.mark.parametrize("case", list(edge_boards()))
@@ -302,3 +352,9 @@ def test_an_unpriced_variant_is_named_under_the_scatter_and_explained():
     page = render_html(board, [])
     assert "Not plotted (no cost or quality yet): flash." in page
     assert "its model has no price" in page
+
+
+def test_bounds_not_yet_known_are_shown_as_such():
+    page = render_html(*edge_boards()["one pair, infinite bounds"])
+    assert "+$0.010 [-∞, +∞]" in page and "1 pair ·" in page
+    assert "no estimate yet" in render_html(*edge_boards()["intervals None"])

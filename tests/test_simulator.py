@@ -26,7 +26,7 @@ from shadow.simulator import (
     start_in_thread,
 )
 from shadow.simulator.answers import RateLimiter
-from shadow.simulator.config import ErrorConfig, LimitsConfig, ModelConfig, Ticket, load_tickets
+from shadow.simulator.config import Directive, ErrorConfig, LimitsConfig, ModelConfig, Ticket, load_tickets
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 LABELS = ["billing", "technical", "account", "shipping", "other"]
@@ -60,6 +60,7 @@ TEST_MODELS = {
     "sim-grader": ModelConfig(grader=True),
     "sim-grader-flaky": ModelConfig(grader=True, garbage_rate=0.5),
     "sim-grader-tenfold": ModelConfig(grader=True, score_scale=10),
+    "sim-optimizer": ModelConfig(optimizer=True),
 }
 
 
@@ -417,3 +418,50 @@ def test_module_entry_point_announces_itself_and_stops_on_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     assert re.fullmatch(r"shadowzoo simulator \(not a real LLM\) listening on http://127\.0\.0\.1:\d+/v1\n", line)
+
+
+def optimize(client: openai.OpenAI, prompt: str) -> dict[str, Any]:
+    """The sim-optimizer's JSON reply to one training prompt."""
+    return json.loads(ask(client, "sim-optimizer", prompt, skill="You improve skills.").choices[0].message.content)
+
+
+def test_optimizer_reflect_proposes_rules_for_failed_labels_only(client: openai.OpenAI, tickets: list[Ticket]) -> None:
+    billing = next(t for t in tickets if t.expected == "billing")
+    shipping = next(t for t in tickets if t.expected == "shipping")
+    failed = (f'<task>reflect</task>\n<skill>\n{BASE_SKILL}\n</skill>\n<trajectories kind="failed">\n'
+              f"<item>\ninput: {billing.input}\nexpected: billing\nanswer: other\n</item>\n"
+              f"<item>\ninput: {shipping.input}\nexpected: shipping\nanswer: other\n</item>\n</trajectories>")
+    edits = optimize(client, failed)["edits"]
+    assert [e["op"] for e in edits] == ["append", "append"]
+    boosted_skill = BASE_SKILL + "\n" + "\n".join(e["content"] for e in edits)
+    assert accuracy_of(client, boosted_skill, tickets, "billing") > accuracy_of(client, BASE_SKILL, tickets, "billing")
+    already = failed.replace(BASE_SKILL, BASE_SKILL + "\n" + BILLING_RULE)
+    assert [e["content"] for e in optimize(client, already)["edits"]] == [edits[1]["content"]]
+    rejected = failed.replace("</skill>", f"</skill>\n<rejected>\n{json.dumps([edits[0]])}\n</rejected>")
+    assert len(optimize(client, rejected)["edits"]) == 1
+    succeeded = failed.replace('kind="failed"', 'kind="succeeded"')
+    assert optimize(client, succeeded) == {"edits": []}
+
+
+def test_optimizer_answers_merge_rank_slow_update_and_meta(client: openai.OpenAI) -> None:
+    a, b = {"op": "append", "content": "A."}, {"op": "append", "content": "B."}
+    merged = optimize(client, f"<task>merge</task>\n<patches>\n{json.dumps([[a, b], [b]])}\n</patches>")
+    assert merged == {"edits": [a, b]}
+    assert optimize(client, f"<task>rank</task>\n<edits>\n{json.dumps([a, b])}\n</edits>") == {"order": [0, 1]}
+    guidance = optimize(client, "<task>slow_update</task>")["guidance"]
+    assert re.search(r"double[- ]check", guidance)
+    assert optimize(client, "<task>meta</task>")["memory"]
+    assert "error" in optimize(client, "hello")
+
+
+def test_directive_rule_must_match_its_pattern() -> None:
+    with pytest.raises(ValueError, match="does not match pattern"):
+        Directive(pattern="refund[^.]*billing", rule="Shipping is shipping.", label="billing")
+    with pytest.raises(ValueError, match="grader or an optimizer"):
+        ModelConfig(grader=True, optimizer=True)
+
+
+def accuracy_of(client: openai.OpenAI, skill: str, tickets: list[Ticket], label: str) -> float:
+    chosen = [t for t in tickets if t.expected == label]
+    answers = classify_all(client, "sim-ok", skill, chosen)
+    return sum(a == t.expected for a, t in zip(answers, chosen)) / len(chosen)

@@ -48,7 +48,9 @@ def test_base_champion_resolves_against_the_current_champion(workspace_dir: Path
 def test_status_and_train_block_do_not_change_the_fingerprint(workspace_dir: Path, registry: Registry) -> None:
     before = _resolve(workspace_dir, registry, "flash").fingerprint
     path = workspace_dir / "zoo" / "flash.yaml"
-    path.write_text(path.read_text() + "status: retired\ntrain:\n  optimizer: skillopt\n")
+    path.write_text(path.read_text() + "status: retired\ntrain:\n  optimizer: skillopt\n"
+                    "  optimizer_model: {provider: sim, model: sim-optimizer}\n"
+                    "  dataset: {from: file, path: ../tickets.jsonl}\n")
     assert _resolve(workspace_dir, registry, "flash").fingerprint == before
 
 
@@ -154,6 +156,12 @@ def test_one_bad_spec_never_stops_the_others_from_registering(workspace_dir: Pat
     assert len(zoo.errors) == 1 and "garbage.yaml" in zoo.errors[0]
     assert sorted(o.spec_file.spec.name for o in outcomes if o.error) == ["orphan"]
     assert len(registry.variants()) == 5
+
+
+def test_a_bad_train_block_is_reported_with_its_key(workspace_dir: Path) -> None:
+    path = _write_spec(workspace_dir, "trainee", "slot: support-triage\nname: trainee\ntrain:\n  optimizer: gradient-descent\n")
+    with pytest.raises(ConfigError, match=r"trainee.yaml:\d+:\d+: train"):
+        load_spec(path)
 
 
 def test_two_specs_with_one_name_in_a_slot_are_an_error(workspace_dir: Path) -> None:

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from registry import ChatParams, ConfigError, check_name
 from registry.config import Strict
 from registry.yamlfile import describe_validation_error, read_yaml
+from zoo.train.config import TrainConfig
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -48,7 +49,7 @@ class _SpecBase(Strict):
         "defaults", description="What the overrides apply to: `defaults`, `champion`, or another spec's name."
     )
     description: str = Field("", description="Why this variant exists.")
-    train: dict[str, Any] | None = Field(None, description="How to train this spec (see `shadowzoo zoo train`).")
+    train: TrainConfig | None = Field(None, description="How to train this spec (see `shadowzoo zoo train`).")
 
     @field_validator("slot", "name")
     @classmethod

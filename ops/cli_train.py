@@ -1,0 +1,88 @@
+"""`shadowzoo zoo train` and `shadowzoo zoo runs`: train specs' skills, and list training runs.
+
+Specs train one at a time; a failing spec never stops the rest, and the command exits 1 if
+any failed. A trained skill is registered as a challenger: the champion never changes here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ops.operations import LocalOperations
+from ops.output import fail, print_table, say
+from ops.session import session
+from registry import ShadowzooError
+from zoo import SpecFile, Zoo, load_zoo
+from zoo.train.loop import Register, RunResult, train_spec
+
+SpecOption = Annotated[str | None, typer.Option("--spec", help="The spec to train, by name.")]
+
+
+def train(
+    ctx: typer.Context,
+    spec: SpecOption = None,
+    all_active: Annotated[bool, typer.Option("--all-active", help="Train every active spec with a train: block.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="With --all-active: at most this many specs.")] = None,
+) -> None:
+    """Train a spec's skill and register the best one as a challenger; resumes an interrupted run.
+
+    Example: shadowzoo zoo train --spec careful-mini
+    """
+    if (spec is None) == (not all_active):
+        raise typer.BadParameter("pass --spec NAME or --all-active (one of them)")
+    workspace = session(ctx).workspace()
+    zoo = load_zoo(workspace.specs_dir)
+    chosen = _trainable(zoo)[:limit] if all_active else _named(zoo, spec or "")
+    with session(ctx).operations() as store:
+        if not isinstance(store, LocalOperations):
+            raise ShadowzooError("training runs in this process, and the daemon owns the database: stop `shadowzoo "
+                                 "serve`, then train (or set zoo.schedule and let the daemon rotate training)")
+        registry = Register(store, store.register)
+        results = [train_spec(spec_file, zoo, workspace, registry, store.registry.database, say) for spec_file in chosen]
+    _report(results)
+
+
+def runs(ctx: typer.Context, spec: SpecOption = None) -> None:
+    """List training runs, newest first, with their status and result.
+
+    Example: shadowzoo zoo runs --spec careful-mini
+    """
+    root = session(ctx).workspace().state_dir / "train"
+    rows = []
+    for state_path in sorted(root.glob("*/*/state.json"), key=lambda p: p.parent.name, reverse=True):
+        if spec is not None and state_path.parent.parent.name != spec:
+            continue
+        state = json.loads(state_path.read_text())
+        rows.append([state_path.parent.parent.name, state_path.parent.name, state.get("status"),
+                     state.get("done"), state.get("base_score"), state.get("best_score"),
+                     state.get("version_id"), state.get("reason") or None])
+    print_table(None, ["spec", "run", "status", "units", "base", "best", "registered", "reason"], rows)
+
+
+def _trainable(zoo: Zoo) -> list[SpecFile]:
+    return [s for s in zoo.specs if s.spec.status == "active" and s.spec.train is not None]
+
+
+def _named(zoo: Zoo, name: str) -> list[SpecFile]:
+    matches = zoo.named(name)
+    if not matches:
+        known = ", ".join(sorted(s.spec.name for s in zoo.specs)) or "none"
+        raise ShadowzooError(f"no spec named {name!r} in the zoo (specs: {known})")
+    return matches
+
+
+def _report(results: list[RunResult]) -> None:
+    """One line per spec, a summary, and exit 1 if any failed."""
+    failed = [r for r in results if not r.ok]
+    for result in results:
+        if result.ok:
+            say(f"{result.spec}: {result.status}" + (f", registered {result.version_id}" if result.version_id else ""))
+        else:
+            fail(f"{result.spec}: {result.reason}")
+    say(f"{len(results) - len(failed)} succeeded, {len(failed)} failed"
+        + (f" ({', '.join(r.spec for r in failed)})" if failed else ""))
+    if failed:
+        raise typer.Exit(1)

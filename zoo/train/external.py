@@ -1,0 +1,93 @@
+"""The external trainer hook: training done by the operator's own code, registered like ours.
+
+`train: {entrypoint: "pkg.mod:fn", args: {...}}` calls `fn(base_config, **args)` with the
+spec's resolved configuration in overlay form (provider, model, sampling keys, skill as
+text). It returns the keys to change; only the keys a chat spec may override are allowed.
+The result is registered as a challenger with `source="train"`, never as the champion.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from registry import ChatParams, ConfigError, NewVariant, ShadowzooError, Workspace, sha256_text
+from zoo.resolve import CHAT_PARAM_KEYS, resolve_spec
+from zoo.spec import SpecFile, Zoo
+from zoo.train.config import ExternalTrainConfig
+
+if TYPE_CHECKING:
+    from zoo.train.loop import Progress, Register, RunResult
+
+ALLOWED_KEYS = tuple(ChatParams.model_fields)
+
+
+def run_external(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: "Register",
+                 config: ExternalTrainConfig, progress: "Progress") -> "RunResult":
+    """Call the entrypoint, check its overrides, register the result."""
+    from zoo.train.loop import RunResult
+
+    spec = spec_file.spec
+    where = f"{spec_file.path}: train.entrypoint {config.entrypoint}"
+    resolved = resolve_spec(spec_file, zoo, workspace, registry.store)
+    base = _overlay_form(resolved.config, resolved.skill_text)
+    progress(f"{spec.name}: calling {config.entrypoint}")
+    overrides = _call(config, base, where)
+    merged = {**base, **_checked(overrides, where)}
+    if merged["provider"] not in workspace.config.providers:
+        raise ConfigError(f"{where}: returned provider {merged['provider']!r}, which is not configured")
+    parent = registry.store.variant_with_fingerprint(spec.slot, resolved.fingerprint)
+    new = NewVariant(
+        slot=spec.slot, label=f"{spec.name[:57]}-train", kind="chat",
+        config={"kind": "chat", "provider": merged["provider"], "model": merged["model"],
+                "params": {k: merged[k] for k in CHAT_PARAM_KEYS if k in merged}},
+        skill_text=merged.get("skill"), parent=parent.version_id if parent else None, source="train",
+        spec_path=str(spec_file.path),
+        meta={"optimizer": "external", "entrypoint": config.entrypoint, "args": config.args,
+              "changed": sorted(overrides), "skill_sha": sha256_text(merged["skill"]) if merged.get("skill") else None},
+    )
+    registration = registry.register(new)
+    vid = registration.variant.version_id
+    progress(f"{spec.name}: finished; registered {vid}")
+    return RunResult(spec.name, "finished", "", None, vid, new.meta or {})
+
+
+def _overlay_form(config: dict[str, Any], skill: str | None) -> dict[str, Any]:
+    flat = {"provider": config["provider"], "model": config["model"], **config.get("params", {})}
+    if skill is not None:
+        flat["skill"] = skill
+    return flat
+
+
+def _call(config: ExternalTrainConfig, base: dict[str, Any], where: str) -> dict[str, Any]:
+    module_name, _, function_name = config.entrypoint.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}: cannot be imported: {exc}") from None
+    try:
+        result = function(dict(base), **config.args)
+    except ShadowzooError:
+        raise
+    except Exception as exc:
+        raise ShadowzooError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(result, dict):
+        raise ConfigError(f"{where}: returned {type(result).__name__}; expected a dict of overrides")
+    return result
+
+
+def _checked(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """Only allowlisted keys, valid values, and the skill as text."""
+    unknown = sorted(set(overrides) - set(ALLOWED_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: returned keys that may not be overridden: {', '.join(unknown)} "
+                          f"(allowed: {', '.join(ALLOWED_KEYS)})")
+    if "skill" in overrides and not isinstance(overrides["skill"], str):
+        raise ConfigError(f"{where}: returned skill must be the document's text")
+    try:
+        ChatParams.model_validate(overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: returned invalid overrides: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    return overrides
