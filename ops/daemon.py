@@ -59,6 +59,7 @@ class Daemon:
         self.jobs = JobBoard()
         self.stopping = asyncio.Event()
         self.last_runs: dict[str, dict] = {}
+        self.runner_mark: int | None = None  # None: the first pass after start looks at all traffic
         self.started = time.time()
 
     async def run(self) -> None:
@@ -164,6 +165,7 @@ class Daemon:
                 backoff = min(backoff * 2, RUNNER_MAX_BACKOFF_S)
 
     async def _runner_turn(self, runner: ShadowRunner) -> None:
+        """One pass of the runner: a queued replay, or the traffic that arrived since the last pass."""
         if not self.jobs.replays.empty():
             job = self.jobs.replays.get_nowait()
             job.state = "running"
@@ -175,7 +177,10 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - the job fails, the runner goes on
                 JobBoard.finish(job, error=f"{type(exc).__name__}: {exc}")
             return
-        report = await runner.run_once(progress=lambda r: self.metrics.queue_depth.set(r.total - r.done))
+        mark = await asyncio.to_thread(self.context.traffic_seq)
+        report = await runner.run_once(RunFilters(after_seq=self.runner_mark),
+                                       progress=lambda r: self.metrics.queue_depth.set(r.total - r.done))
+        self.runner_mark = mark  # the next pass looks only at traffic that arrived after this one began
         self.metrics.queue_depth.set(0)
         if report.total == 0:
             try:

@@ -45,6 +45,11 @@ class TaskContext:
     def database(self):
         return self.operations.registry.database
 
+    def traffic_seq(self) -> int:
+        """The newest traffic row's seq: everything ingested so far is at or below it."""
+        with self.database.reading() as db:
+            return int(db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchall()[0][0])
+
     def start_metrics(self) -> None:
         """Count only what happens from now on: Prometheus counters start at the process start."""
         with self.database.reading() as db:

@@ -75,11 +75,13 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class RunFilters:
-    """Which work a run takes on: one slot, traffic received since a time (naive UTC), one challenger."""
+    """Which work a run takes on: one slot, traffic received since a time (naive UTC), one challenger,
+    traffic written after a `seq` (the daemon's passes look only at what arrived since the last one)."""
 
     slot: str | None = None
     since: datetime | None = None
     version: str | None = None
+    after_seq: int | None = None
 
 
 class VersionCounts(BaseModel):
@@ -181,6 +183,7 @@ class _Plan:
     total: int
     since: datetime
     snapshot: datetime
+    after_seq: int = 0
 
 
 class ShadowRunner:
@@ -247,6 +250,7 @@ class ShadowRunner:
             total=0,
             since=filters.since or EPOCH,
             snapshot=utcnow(),
+            after_seq=filters.after_seq or 0,
         )
         if challengers:
             with self.registry.database.reading() as connection:
@@ -590,13 +594,13 @@ def _pending_sql(plan: _Plan, select: str, tail: str) -> tuple[str, list[Any]]:
     sql = (
         f"WITH c(slot, version_id, role, rate) AS (VALUES {values}) "
         f"SELECT {select} FROM traffic t JOIN c ON c.slot = t.slot "
-        "WHERE t.ingested_at <= ? AND t.received_at >= ? "
+        "WHERE t.ingested_at <= ? AND t.received_at >= ? AND t.seq > ? "
         f"AND (c.role = '{CONTROL}' OR t.champion_version IS DISTINCT FROM c.version_id) "
         f"AND {_SAMPLE_POINT} < c.rate * {SAMPLE_SPACE} "
         "AND NOT EXISTS (SELECT 1 FROM shadow_results s WHERE s.request_id = t.request_id AND s.version_id = c.version_id) "
         + tail
     )
-    return sql, [*params, plan.snapshot, plan.since]
+    return sql, [*params, plan.snapshot, plan.since, plan.after_seq]
 
 
 def _count_pending(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> int:
