@@ -11,12 +11,13 @@ from typing import Annotated
 
 import typer
 
-from ops.operations import LocalOperations
+from ops.client import RemoteOperations
+from ops.jobs import JobRequest
 from ops.output import fail, print_table, say
 from ops.session import session
 from registry import ShadowzooError
 from zoo import SpecFile, Zoo, load_zoo
-from zoo.train.loop import Register, RunResult, train_spec
+from zoo.train.loop import Register, train_spec
 
 SpecOption = Annotated[str | None, typer.Option("--spec", help="The spec to train, by name.")]
 
@@ -37,12 +38,29 @@ def train(
     zoo = load_zoo(workspace.specs_dir)
     chosen = _trainable(zoo)[:limit] if all_active else _named(zoo, spec or "")
     with session(ctx).operations() as store:
-        if not isinstance(store, LocalOperations):
-            raise ShadowzooError("training runs in this process, and the daemon owns the database: stop `shadowzoo "
-                                 "serve`, then train (or set zoo.schedule and let the daemon rotate training)")
+        if isinstance(store, RemoteOperations):
+            _train_in_daemon(store, JobRequest(kind="train", spec=spec, all_active=all_active, limit=limit))
+            return
         registry = Register(store, store.register)
         results = [train_spec(spec_file, zoo, workspace, registry, store.registry.database, say) for spec_file in chosen]
-    _report(results)
+    _report([f"{r.spec}: {r.status}" + (f", registered {r.version_id}" if r.version_id else "") for r in results if r.ok],
+            [f"{r.spec}: {r.reason}" for r in results if not r.ok])
+
+
+def _train_in_daemon(store: RemoteOperations, request: JobRequest) -> None:
+    """The daemon owns the database: it trains, and this follows the job's progress lines."""
+    shown: list[str] = []
+
+    def follow(job) -> None:
+        line = job.progress.get("last")
+        if line and (not shown or shown[-1] != line):
+            shown.append(line)
+            say(line)
+
+    job = store.run_job(request, progress=follow)
+    if job.state == "failed":
+        raise ShadowzooError(f"training failed in the daemon: {job.error}")
+    _report(job.result["trained"], job.result["failed"])
 
 
 def runs(ctx: typer.Context, spec: SpecOption = None) -> None:
@@ -74,15 +92,13 @@ def _named(zoo: Zoo, name: str) -> list[SpecFile]:
     return matches
 
 
-def _report(results: list[RunResult]) -> None:
+def _report(trained: list[str], failed: list[str]) -> None:
     """One line per spec, a summary, and exit 1 if any failed."""
-    failed = [r for r in results if not r.ok]
-    for result in results:
-        if result.ok:
-            say(f"{result.spec}: {result.status}" + (f", registered {result.version_id}" if result.version_id else ""))
-        else:
-            fail(f"{result.spec}: {result.reason}")
-    say(f"{len(results) - len(failed)} succeeded, {len(failed)} failed"
-        + (f" ({', '.join(r.spec for r in failed)})" if failed else ""))
+    for line in trained:
+        say(line)
+    for line in failed:
+        fail(line)
+    names = ", ".join(line.split(":", 1)[0] for line in failed)
+    say(f"{len(trained)} succeeded, {len(failed)} failed" + (f" ({names})" if failed else ""))
     if failed:
         raise typer.Exit(1)

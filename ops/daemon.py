@@ -107,10 +107,10 @@ class Daemon:
         scheduler = self._scheduler()
         scheduler.start()
         shadow = asyncio.create_task(self._supervise_runner(registry))
-        reports = asyncio.create_task(self._serve_reports())
+        others = asyncio.create_task(self._serve_jobs())
         await self.stopping.wait()
         scheduler.shutdown(wait=False)
-        reports.cancel()
+        others.cancel()
         try:
             await asyncio.wait_for(shadow, self.config.shutdown_grace_s)
         except asyncio.TimeoutError:
@@ -188,13 +188,20 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
 
-    async def _serve_reports(self) -> None:
+    async def _serve_jobs(self) -> None:
+        """Reports and training, one at a time, in a worker thread."""
         while True:
-            job = await self.jobs.reports.get()
+            job = await self.jobs.others.get()
             job.state = "running"
+            request = job.request
             try:
-                path = await asyncio.to_thread(tasks.write_report, self.context, job.request.slot, job.request.out)
-                JobBoard.finish(job, result={"path": str(path)})
+                if request.kind == "report":
+                    path = await asyncio.to_thread(tasks.write_report, self.context, request.slot, request.out)
+                    JobBoard.finish(job, result={"path": str(path)})
+                else:
+                    result = await asyncio.to_thread(tasks.train, self.context, request.spec, request.limit,
+                                                     lambda line: job.progress.update(last=line))
+                    JobBoard.finish(job, result=result)
             except Exception as exc:  # noqa: BLE001 - the job fails, the daemon goes on
                 JobBoard.finish(job, error=f"{type(exc).__name__}: {exc}")
 

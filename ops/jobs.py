@@ -1,8 +1,9 @@
-"""Long work an operator starts while the daemon runs: replays and reports, followed by id.
+"""Long work an operator starts while the daemon runs: replays, reports, training; followed by id.
 
 The CLI posts a `JobRequest`, gets a `JobStatus` back, and polls it for progress until it
 is done. Replays are queued for the daemon's one shadow runner (two runners on the same
-traffic would pay twice for the same answers); reports run in a worker thread.
+traffic would pay twice for the same answers); reports and training run one at a time in
+a worker thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import itertools
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from registry import NotFound
 
@@ -20,11 +21,22 @@ from registry import NotFound
 class JobRequest(BaseModel):
     """What to run."""
 
-    kind: Literal["replay", "report"]
-    slot: str
+    kind: Literal["replay", "report", "train"]
+    slot: str | None = Field(None, description="Replay and report: the slot.")
     since: datetime | None = Field(None, description="Replay: only traffic received since then (UTC).")
     version: str | None = Field(None, description="Replay: only this challenger.")
     out: str | None = Field(None, description="Report: the file to write, relative to the workspace.")
+    spec: str | None = Field(None, description="Train: the spec, by name.")
+    all_active: bool = Field(False, description="Train: every active spec with a train: block.")
+    limit: int | None = Field(None, ge=1, description="Train with all_active: at most this many specs.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "JobRequest":
+        if self.kind in ("replay", "report") and not self.slot:
+            raise ValueError(f"a {self.kind} job needs a slot")
+        if self.kind == "train" and (self.spec is None) == (not self.all_active):
+            raise ValueError("a train job needs a spec or all_active (one of them)")
+        return self
 
 
 class JobStatus(BaseModel):
@@ -47,12 +59,12 @@ class JobBoard:
         self._jobs: dict[str, JobStatus] = {}
         self._ids = itertools.count(1)
         self.replays: asyncio.Queue[JobStatus] = asyncio.Queue()
-        self.reports: asyncio.Queue[JobStatus] = asyncio.Queue()
+        self.others: asyncio.Queue[JobStatus] = asyncio.Queue()
 
     def start(self, request: JobRequest) -> JobStatus:
         job = JobStatus(id=f"job-{next(self._ids)}", request=request)
         self._jobs[job.id] = job
-        (self.replays if request.kind == "replay" else self.reports).put_nowait(job)
+        (self.replays if request.kind == "replay" else self.others).put_nowait(job)
         return job
 
     def status(self, job_id: str) -> JobStatus:

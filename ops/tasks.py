@@ -7,7 +7,9 @@ registry's `Database`, whose lock makes the daemon's writes one at a time.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
-from registry import Workspace, read_routes, utcnow
+from registry import NotFound, Workspace, read_routes, utcnow
 from registry.atomic import write_atomic
 from scorer.leaderboard import describe_period
 from scorer.report import render_html, render_markdown
@@ -180,15 +182,30 @@ def retention(context: TaskContext) -> dict[str, Any]:
     return {"traffic_deleted": deleted}
 
 
+TRAINING = threading.Lock()
+
+
 def rotate(context: TaskContext) -> dict[str, Any]:
-    """Train the `zoo.rotation_limit` stalest active specs that have a train: block, one at a time."""
+    """Train the `zoo.rotation_limit` stalest active specs that have a train: block."""
+    return train(context, None, context.workspace.config.zoo.rotation_limit, log.info)
+
+
+def train(context: TaskContext, spec: str | None, limit: int | None, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Train one spec by name, or the `limit` stalest trainable ones; one run at a time, ever."""
     workspace = context.workspace
     zoo = load_zoo(workspace.specs_dir)
-    trainable = [s for s in zoo.specs if s.spec.status == "active" and s.spec.train is not None]
-    stalest = sorted(trainable, key=lambda s: _last_trained(workspace, s.spec.name))[:workspace.config.zoo.rotation_limit]
+    if spec is not None:
+        chosen = zoo.named(spec)
+        if not chosen:
+            raise NotFound(f"no spec named {spec!r} in the zoo")
+    else:
+        trainable = [s for s in zoo.specs if s.spec.status == "active" and s.spec.train is not None]
+        chosen = sorted(trainable, key=lambda s: _last_trained(workspace, s.spec.name))[:limit]
     register = Register(context.operations, context.operations.register)
-    results = [train_spec(s, zoo, workspace, register, context.database, lambda line: log.info(line)) for s in stalest]
-    return {"trained": [f"{r.spec}: {r.status}" for r in results if r.ok],
+    with TRAINING:
+        results = [train_spec(s, zoo, workspace, register, context.database, progress) for s in chosen]
+    return {"trained": [f"{r.spec}: {r.status}" + (f", registered {r.version_id}" if r.version_id else "")
+                        for r in results if r.ok],
             "failed": [f"{r.spec}: {r.reason}" for r in results if not r.ok]}
 
 

@@ -301,3 +301,21 @@ def test_champion_requests_succeed_while_every_challenger_upstream_is_down(works
         wait_until(errors_recorded, timeout_s=90, interval_s=0.5)
     finally:
         served.stop()
+
+
+@pytest.mark.slow
+def test_zoo_train_runs_as_a_daemon_job_while_serve_runs(workspace, cli) -> None:
+    ws, _ = workspace
+    (ws / "zoo" / "tuned.yaml").write_text(
+        "slot: support-triage\nname: tuned\nbase: cheap-mini\ntrain:\n"
+        "  optimizer_model: {provider: sim, model: sim-optimizer}\n"
+        "  dataset: {from: file, path: tickets.jsonl}\n"
+        "  num_epochs: 1\n  steps_per_epoch: 1\n  batch_size: 16\n  split: '1:2:1'\n")
+    served = Served(ws)
+    try:
+        result = cli("zoo", "train", "--spec", "tuned", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN, "SIM_API_KEY": "sim"})
+        assert result.code == 0, result.err
+        assert "tuned: " in result.out and "1 succeeded, 0 failed" in result.out
+        assert list((ws / ".shadowzoo" / "train" / "tuned").glob("*/state.json"))
+    finally:
+        served.stop()
