@@ -84,10 +84,11 @@ def _print_board(board: Leaderboard) -> None:
     title = f"{board.slot}: evaluation period {board.period_id or '-'}, since {since}"
     print_table(
         title,
-        ["version", "status", "n", "quality", "cost/1k", "p50/p95 ms", "errors", "net/1k", "Δ net per request [interval]", "pairs"],
+        ["version", "status", "n", "not run", "quality", "cost/1k", "p50/p95 ms", "errors", "net/1k",
+         "Δ net per request [interval]", "pairs"],
         [
             [r.version_id, f"[{STATUS_STYLE.get(r.status, '')}]{r.display_status}[/]" if r.status in STATUS_STYLE else r.display_status,
-             r.n, _number(r.mean_quality, 3), usd(r.cost_per_1k_usd), _latency(r), _percent(r.error_rate),
+             r.n, r.not_run if r.role == "challenger" else "-", _number(r.mean_quality, 3), usd(r.cost_per_1k_usd), _latency(r), _percent(r.error_rate),
              usd(r.net_per_1k_usd), format_interval(r.comparison.net) if r.comparison else "-",
              r.comparison.pairs if r.comparison else "-"]
             for r in board.rows

@@ -3,9 +3,10 @@
 It starts the bundled simulator (not a real LLM) and `shadowzoo serve`, registers a
 champion and four challengers from the zoo, sends traffic through the gateway with the
 official `openai` client (some of it streamed), posts the labels afterwards, waits while
-the daemon replays and scores, then prints the leaderboard, writes `report.html`, and
-prints the promote command the evidence supports. Every operator step is the CLI command
-a user would type, printed before it runs.
+the daemon replays and scores, trains a better skill from the labelled traffic and
+replays it, then prints the leaderboard, writes `report.html`, and prints the promote
+command the evidence supports. Every operator step is the CLI command a user would
+type, printed before it runs.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SLOT = "support-triage"
 STREAM_SHARE = 0.2
 CONCURRENCY = 48
 CATCH_UP_TIMEOUT_S = 240
+SETTLED_POLLS = 4  # 8 s without change: longer than the demo's 5 s scoring interval
 
 
 def run_demo(directory: Path, requests: int = 2000, keep_running: bool = False) -> None:
@@ -62,9 +64,14 @@ def run_demo(directory: Path, requests: int = 2000, keep_running: bool = False) 
                                      f"http://127.0.0.1:{ports['admin']}/healthz", keep_running))
         _wait_healthy(f"http://127.0.0.1:{ports['gateway']}/healthz")
         gateway = f"http://127.0.0.1:{ports['gateway']}/v1"
-        labels = asyncio.run(_send_traffic(gateway, directory / "tickets.jsonl", requests))
-        _post_labels(gateway, labels)
-        _catch_up(f"http://127.0.0.1:{ports['admin']}", len(ids) - 1)
+        admin = f"http://127.0.0.1:{ports['admin']}"
+        tickets = directory / "tickets.jsonl"
+        _post_labels(gateway, asyncio.run(_send_traffic(gateway, tickets, requests, seed=7)))
+        _catch_up(admin)
+        if _train(ws):
+            say("\nthe trained skill is a challenger like any other: it answers the traffic that arrives next")
+            _post_labels(gateway, asyncio.run(_send_traffic(gateway, tickets, max(requests // 2, 200), seed=8)))
+            _catch_up(admin)
         _step(ws, "leaderboard", "--slot", SLOT)
         _step(ws, "report", "--slot", SLOT, "--out", str(directory / "report.html"))
         _recommend(ws, ids)
@@ -140,11 +147,11 @@ def _wait_healthy(url: str, process: subprocess.Popen | None = None, log: Path |
     raise ShadowzooError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-async def _send_traffic(gateway: str, tickets_path: Path, requests: int) -> list[tuple[str, str]]:
+async def _send_traffic(gateway: str, tickets_path: Path, requests: int, seed: int) -> list[tuple[str, str]]:
     """`requests` tickets through the gateway (a share streamed); returns (client id, label) pairs."""
     tickets = [json.loads(line) for line in tickets_path.read_text().splitlines() if line.strip()]
-    rng = random.Random(7)
-    plan = [(f"{t['id']}-{i:05d}", t, rng.random() < STREAM_SHARE) for i, t in
+    rng = random.Random(seed)
+    plan = [(f"{t['id']}-{seed}-{i:05d}", t, rng.random() < STREAM_SHARE) for i, t in
             enumerate(rng.choice(tickets) for _ in range(requests))]
     client = openai.AsyncOpenAI(base_url=gateway, api_key="demo-client", max_retries=0, timeout=60,
                                 http_client=openai.DefaultAioHttpClient())
@@ -192,25 +199,37 @@ def _post_labels(gateway: str, labels: list[tuple[str, str]]) -> None:
             pass
 
 
-def _catch_up(admin: str, challengers: int) -> None:
-    """Follow the daemon until every challenger has its pairs (or the shadow queue is empty)."""
+def _catch_up(admin: str) -> None:
+    """Follow the daemon until the spool and the shadow queue are empty and the pairs stop growing."""
     token = os.environ["SHADOWZOO_ADMIN_TOKEN"]
     say("\n[bold]the daemon ingests, replays against the challengers and scores[/bold]")
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
-        task = bar.add_task("pairs scored", total=None)
+    last, steady = -1, 0
+    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("pairs scored: 0")
         while time.monotonic() < deadline:
             board = _admin_get(admin, f"/admin/leaderboard?slot={SLOT}", token)
             status = _admin_get(admin, "/admin/status", token)
-            pairs = [r["comparison"]["pairs"] for r in board["rows"] if r.get("comparison")]
-            expected = max((r["n"] for r in board["rows"] if r["role"] == "champion"), default=0)
-            bar.update(task, total=expected * challengers, completed=sum(pairs),
-                       description=f"pairs scored (shadow queue {status['queue_depth'] or 0:.0f})")
-            if expected and len(pairs) == challengers and min(pairs) >= expected * 0.95 and not status["queue_depth"]:
+            pairs = sum(r["comparison"]["pairs"] for r in board["rows"] if r.get("comparison"))
+            idle = not status["queue_depth"] and not status["spool_segments"]
+            steady = steady + 1 if idle and pairs == last else 0
+            last = pairs
+            bar.update(task, description=f"pairs scored: {pairs}  (shadow queue {status['queue_depth'] or 0:.0f}, "
+                                         f"spool {status['spool_segments']})")
+            if steady >= SETTLED_POLLS:
                 return
             time.sleep(2)
     say("[yellow]the daemon is still catching up; the leaderboard below shows the evidence so far[/yellow]")
+
+
+def _train(ws: list[str]) -> bool:
+    """Train cheap-mini's skill on the labelled traffic; True when a trained challenger was registered."""
+    say("\n[bold]training a better skill from the labelled traffic[/bold] (the simulator plays the optimizer)")
+    _step(ws, "zoo", "train", "--spec", "cheap-mini")
+    if any(v["source"] == "train" for v in json.loads(_quiet(ws, "variants", "list", "--json"))):
+        return True
+    say("no trained skill beat its parent on the selection split this time")
+    return False
 
 
 def _admin_get(admin: str, path: str, token: str) -> dict[str, Any]:
