@@ -55,6 +55,10 @@ def ws(workspace_dir: Path, sim: SimulatorHandle) -> Path:
         config["providers"]["impatient"] = {"base_url": sim.base_url, "timeout_s": 0.3, "max_retries": 0}
         config["prices"]["sim-optimizer"] = {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6}
     edit_config(workspace_dir, change)
+    demo_trainee = workspace_dir / "zoo" / "cheap-mini.yaml"  # the demo trains it from traffic; these tests own training
+    spec = yaml.safe_load(demo_trainee.read_text())
+    spec.pop("train")
+    demo_trainee.write_text(yaml.safe_dump(spec))
     return workspace_dir
 
 
