@@ -132,7 +132,7 @@ def scratch_dir(prefix: str) -> Path:
 
 @dataclass
 class Server:
-    """One server subprocess: pinned with taskset (niced if asked), logging to a file, stopped by `stop()`."""
+    """One server subprocess: pinned with taskset, run under `wrapper` (e.g. nice), logging to a file."""
 
     name: str
     argv: list[str]
@@ -144,7 +144,7 @@ class Server:
     health_path: str | None = "/healthz"
     ready_marker: str | None = None
     ready_count: int = 1
-    nice: int = 0
+    wrapper: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -153,8 +153,7 @@ class Server:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> Server:
         """Start, then wait (bounded) until healthy; raise with the log's tail if it never is."""
-        prefix = ["nice", "-n", str(self.nice)] if self.nice else []
-        prefix += ["taskset", "-c", self.cores] if self.cores else []
+        prefix = [*self.wrapper, *(["taskset", "-c", self.cores] if self.cores else [])]
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(prefix + self.argv, cwd=self.cwd, env=env, stdout=log,
@@ -243,10 +242,10 @@ def python_server(name: str, module_args: list[str], port: int, log_dir: Path, c
     return Server(name, [sys.executable, "-m", *module_args], port, log_dir / f"{name}.log", cores, **options)
 
 
-def responder(log_dir: Path, cores: str | None) -> Server:
+def responder(log_dir: Path, cores: str | None, name: str = "responder") -> Server:
     """The minimal upstream: one fixed chat.completion for every request."""
     port = free_port()
-    return python_server("responder", ["bench._harness", "responder", "--port", str(port)], port, log_dir, cores)
+    return python_server(name, ["bench._harness", "responder", "--port", str(port)], port, log_dir, cores)
 
 
 def simulator(log_dir: Path, cores: str | None, config_yaml: str = SIMULATOR_YAML, fast: bool = True,
@@ -420,6 +419,7 @@ class LoadResult:
     latencies_ms: list[float]
     client_cpu_seconds: float
     late_ms: list[float] = field(default_factory=list)
+    control_ms: list[float] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -461,33 +461,37 @@ async def closed_loop(target: Target, concurrency: int, seconds: float, max_requ
     return LoadResult(len(latencies), errors, elapsed, latencies, time.process_time() - cpu_before)
 
 
-async def open_loop(target: Target, rate: float, seconds: float, max_in_flight: int = 256) -> LoadResult:
+async def open_loop(target: Target, rate: float, seconds: float, control: Target | None = None,
+                    max_in_flight: int = 256) -> LoadResult:
     """Requests started on a fixed schedule (`rate` per second for `seconds`), whatever the answers do.
 
     An open loop keeps the offered load identical across scenarios, so latency changes are
     the server's. `late_ms` records how late each request left against its schedule: a
-    large value means the load generator itself fell behind.
+    large value means the load generator itself fell behind. With `control`, a second
+    request to it leaves at each tick too (its latencies in `control_ms`): what the same
+    client sees from a server that is not the one measured, under the same conditions.
     """
     latencies: list[float] = []
+    controls: list[float] = []
     late: list[float] = []
     errors = 0
-    url = f"http://{LOOPBACK}:{target.port}{target.path}"
     total = int(rate * seconds)
     cpu_before = time.process_time()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight)) as session:
 
-        async def one(scheduled: float) -> None:
+        async def one(to: Target, scheduled: float, into: list[float]) -> None:
             nonlocal errors
             began = time.perf_counter()
             late.append((began - scheduled) * 1000)
             try:
-                async with session.post(url, data=target.body, headers=target.headers) as answer:
+                async with session.post(f"http://{LOOPBACK}:{to.port}{to.path}", data=to.body,
+                                        headers=to.headers) as answer:
                     await answer.read()
                     ok = answer.status == 200
             except aiohttp.ClientError:
                 ok = False
             if ok:
-                latencies.append((time.perf_counter() - began) * 1000)
+                into.append((time.perf_counter() - began) * 1000)
             else:
                 errors += 1
 
@@ -498,10 +502,12 @@ async def open_loop(target: Target, rate: float, seconds: float, max_in_flight: 
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
+            tasks.append(asyncio.create_task(one(target, scheduled, latencies)))
+            if control is not None:
+                tasks.append(asyncio.create_task(one(control, scheduled, controls)))
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
         elapsed = time.perf_counter() - started_at
-    return LoadResult(len(latencies), errors, elapsed, latencies, time.process_time() - cpu_before, late)
+    return LoadResult(len(latencies), errors, elapsed, latencies, time.process_time() - cpu_before, late, controls)
 
 
 # ---------------------------------------------------------------- figures

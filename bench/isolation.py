@@ -7,7 +7,10 @@ the daemon would be, replays that same traffic at 100% sampling against one chal
 whose upstream is healthy, 2 s slow, or failing half of its calls. Runs come in adjacent
 alone/busy pairs, so both halves of a pair see nearly the same background load; each
 busy figure is a ratio against its alone runs (target: <= 1.05). A control scenario
-pairs alone with alone: its ratios are the noise floor of this machine.
+pairs alone with alone: its ratios are the noise floor of this machine. And at every tick
+of the open loop a second request goes straight to the champion's upstream
+(`direct_control`): when its latency moves as much as the champion's, the change is the
+machine's (load generator, upstream, kernel), not the gateway's.
 
 The shadow driver does the daemon's work: `shadow.ingest.ingest_spool` of the gateway's
 spool, then `shadow.runner.ShadowRunner.run_once` for the challenger, in a loop, against
@@ -15,10 +18,10 @@ the DuckDB file (`--shadow runner`, the default). `--shadow sdk` replaces it wit
 loop that tails the spool and calls the challenger with the `openai` SDK, 64 calls in
 flight at most, for when the runner is not available.
 
-Each busy scenario runs in three placements (two cores): the shadow driver on the
+Each busy scenario runs in four placements (two cores): the shadow driver on the
 gateway's core (the worst case: the OS scheduler alone protects the gateway), the same at
-nice 19 (what a deployment can do about it), and on the other core (with the load
-generator, the upstreams and the challenger simulator).
+nice 19 and under SCHED_IDLE (what a deployment can do about it), and on the other core
+(with the load generator, the champion's upstream and the challenger simulator).
 
 Run from the repository root: ``.venv/bin/python -m bench.isolation [--rate 200 --seconds 5 --pairs 3]``."""
 
@@ -63,6 +66,7 @@ from bench._harness import (
     started,
     summary,
     target_check,
+    upstream_request,
     wait_for_quiet,
 )
 
@@ -71,6 +75,11 @@ SCENARIOS = {
     "healthy": {"latency": {"base_ms": 20}},
     "slow_2s": {"latency": {"base_ms": 2000}},
     "failing_50pct": {"errors": {"http_500": 0.5}},
+}
+ON_GATEWAY_CORE: dict[str, tuple[str, ...]] = {
+    "shadow_on_gateway_core": (),
+    "shadow_on_gateway_core_nice19": ("nice", "-n", "19"),
+    "shadow_on_gateway_core_sched_idle": ("chrt", "--idle", "0"),
 }
 DRIVER_READY = "shadow driver ready"
 SDK_IN_FLIGHT = 64
@@ -111,9 +120,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def measure(args: argparse.Namespace, layout: Placement, work: Path) -> dict[str, Any]:
     """Paired alone/busy runs per scenario and placement, and an alone/alone control for the noise floor."""
-    placements = {"shadow_on_gateway_core": (layout.server_cores, 0),
-                  "shadow_on_gateway_core_nice19": (layout.server_cores, 19),
-                  "shadow_on_other_core": (layout.client_cores, 0)}
+    placements = {name: (layout.server_cores, wrapper) for name, wrapper in ON_GATEWAY_CORE.items()}
+    placements["shadow_on_other_core"] = (layout.client_cores, ())
     with contextlib.ExitStack() as stack:
         upstream = started(stack, responder(work, layout.client_cores))
         challengers = started(stack, simulator(work, layout.client_cores, _challenger_yaml(), fast=False,
@@ -121,13 +129,14 @@ def measure(args: argparse.Namespace, layout: Placement, work: Path) -> dict[str
         workspace = make_workspace(work, upstream.base_url, {CHALLENGER_PROVIDER: challengers.base_url})
         versions = _register_challengers(workspace)
         proxy = started(stack, gateway(workspace, work, layout.server_cores))
-        bench = _Bench(args, Target.of("gateway", proxy.port, CLIENT_REQUEST), proxy,
+        bench = _Bench(args, Target.of("gateway", proxy.port, CLIENT_REQUEST),
+                       Target.of("direct", upstream.port, upstream_request()), proxy,
                        [proxy, upstream, challengers], workspace, work)
         asyncio.run(open_loop(bench.champion, args.rate, 2.0))
-        control = _scenario_figures(bench.pairs(version=None, cores=None, nice=0))
-        busy = {name: {scenario: _scenario_figures(bench.pairs(versions[scenario], cores, nice))
+        control = _scenario_figures(bench.pairs(version=None, cores=None, wrapper=()))
+        busy = {name: {scenario: _scenario_figures(bench.pairs(versions[scenario], cores, wrapper))
                        for scenario in SCENARIOS}
-                for name, (cores, nice) in placements.items()}
+                for name, (cores, wrapper) in placements.items()}
     return _figures(args, layout, control, busy)
 
 
@@ -165,34 +174,36 @@ class _Bench:
 
     args: argparse.Namespace
     champion: Target
+    direct: Target
     proxy: Server
     servers: list[Server]
     workspace: Path
     work: Path
 
-    def pairs(self, version: str | None, cores: str | None, nice: int) -> list[tuple[_Run, _Run]]:
+    def pairs(self, version: str | None, cores: str | None, wrapper: tuple[str, ...]) -> list[tuple[_Run, _Run]]:
         """`--pairs` times: an alone run, then a run with a shadow driver for `version` (none: alone again).
 
         Adjacent runs see nearly the same background load, so their ratio cancels most of it.
         """
-        return [(self.run(None, None, 0), self.run(version, cores, nice)) for _ in range(self.args.pairs)]
+        return [(self.run(None, None, ()), self.run(version, cores, wrapper)) for _ in range(self.args.pairs)]
 
-    def run(self, version: str | None, cores: str | None, nice: int) -> _Run:
+    def run(self, version: str | None, cores: str | None, wrapper: tuple[str, ...]) -> _Run:
         """Champion load for `--seconds`; with `version`, a shadow driver for it runs alongside."""
         background = wait_for_quiet(self.servers, self.args.quiet_wait)
         with contextlib.ExitStack() as stack:
-            driver = started(stack, self._driver(version, cores, nice)) if version else None
+            driver = started(stack, self._driver(version, cores, wrapper)) if version else None
             with cpu_window(self.servers + ([driver] if driver else [])) as use:
-                load = asyncio.run(open_loop(self.champion, self.args.rate, self.args.seconds))
+                load = asyncio.run(open_loop(self.champion, self.args.rate, self.args.seconds, self.direct))
             report = _driver_report(driver) if driver else None
         return _Run(load, use, use.servers[self.proxy.name], background, report)
 
-    def _driver(self, version: str, cores: str | None, nice: int) -> Server:
+    def _driver(self, version: str, cores: str | None, wrapper: tuple[str, ...]) -> Server:
         _clear_spool(self.workspace)
         argv = [sys.executable, "-m", "bench.isolation", "driver", "--workspace", str(self.workspace),
                 "--version", version, "--mode", self.args.shadow, "--seconds", str(self.args.seconds + 1)]
-        return Server(f"shadow-driver-{version}", argv, 0, self.work / f"driver-{version}-{cores}-{nice}.log",
-                      cores, health_path=None, ready_marker=DRIVER_READY, nice=nice)
+        log = self.work / f"driver-{version}-{cores}-{'-'.join(wrapper)}.log"
+        return Server(f"shadow-driver-{version}", argv, 0, log, cores, health_path=None, ready_marker=DRIVER_READY,
+                      wrapper=wrapper)
 
 
 def _clear_spool(workspace: Path) -> None:
@@ -227,6 +238,7 @@ def _scenario_figures(pairs: list[tuple[_Run, _Run]]) -> dict[str, Any]:
         "p99_ratio": ratio(busy["p99"], alone["p99"]),
         "p50_ratio_each_pair": [ratio(b["p50"], a["p50"]) for a, b in per_pair],
         "p99_ratio_each_pair": [ratio(b["p99"], a["p99"]) for a, b in per_pair],
+        "direct_control": _direct_control(pairs),
         "gateway_cpu_per_request_ratio": ratio(_cpu_per_request(run for _, run in pairs),
                                                _cpu_per_request(run for run, _ in pairs)),
         "errors": sum(a.load.errors + b.load.errors for a, b in pairs),
@@ -240,6 +252,18 @@ def _scenario_figures(pairs: list[tuple[_Run, _Run]]) -> dict[str, Any]:
     if shadow:
         figures["shadow"] = shadow
     return figures
+
+
+def _direct_control(pairs: list[tuple[_Run, _Run]]) -> dict[str, Any]:
+    """The same figures for requests sent straight to the champion's upstream, interleaved with the champion's.
+
+    When these move as much as the champion's do, the change is the machine's (the load
+    generator, the upstream, the kernel), not the gateway's.
+    """
+    alone = summary([value for run, _ in pairs for value in run.load.control_ms])
+    busy = summary([value for _, run in pairs for value in run.load.control_ms])
+    return {"alone_ms": alone, "busy_ms": busy, "p50_ratio": ratio(busy["p50"], alone["p50"]),
+            "p99_ratio": ratio(busy["p99"], alone["p99"])}
 
 
 def _cpu_per_request(runs: Any) -> float:
@@ -257,15 +281,16 @@ def _figures(args: argparse.Namespace, layout: Placement, control: dict[str, Any
     return {
         "bench": "isolation",
         "placement": {**layout.describe(), "shadow_driver": {
-            "shadow_on_gateway_core": f"core {layout.server_cores}",
-            "shadow_on_gateway_core_nice19": f"core {layout.server_cores}, nice 19",
-            "shadow_on_other_core": f"core {layout.client_cores}"},
+            **{name: f"core {layout.server_cores}, run as: {' '.join(wrapper) or 'plain'}"
+               for name, wrapper in ON_GATEWAY_CORE.items()},
+            "shadow_on_other_core": f"core {layout.client_cores}, with the upstream and the load generator"},
             "challenger_simulator_cores": layout.client_cores},
         "shadow_driver": ("shadow.ingest.ingest_spool + shadow.runner.ShadowRunner.run_once in a loop, in its own "
                           "process (the daemon's shadow work)" if args.shadow == "runner" else
                           f"bare loop tailing the spool, openai SDK (aiohttp transport), {SDK_IN_FLIGHT} in flight"),
         "champion_load": f"open loop, {args.rate:g} req/s, {args.seconds:g}s per run, {args.pairs} alone/busy "
-                         "pairs per scenario, through 1 gateway worker to the minimal responder",
+                         "pairs per scenario, through 1 gateway worker to the minimal responder; at every tick "
+                         "a direct_control request also goes straight to the responder",
         "control_alone_vs_alone": control,
         "busy": busy,
         "targets": checks,
