@@ -444,21 +444,28 @@ async def closed_loop(target: Target, concurrency: int, seconds: float, max_requ
             nonlocal errors, sent
             while sent < max_requests and time.perf_counter() < deadline:
                 sent += 1
-                began = time.perf_counter()
-                try:
-                    async with session.post(url, data=target.body, headers=target.headers) as answer:
-                        await answer.read()
-                        ok = answer.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                if ok:
-                    latencies.append((time.perf_counter() - began) * 1000)
-                else:
+                took = await _timed_async_post(session, url, target)
+                if took is None:
                     errors += 1
+                else:
+                    latencies.append(took)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started_at
     return LoadResult(len(latencies), errors, elapsed, latencies, time.process_time() - cpu_before)
+
+
+async def _timed_async_post(session: aiohttp.ClientSession, url: str, target: Target) -> float | None:
+    """One request's latency in ms, or None when it failed (connection error or a non-200)."""
+    began = time.perf_counter()
+    try:
+        async with session.post(url, data=target.body, headers=target.headers) as answer:
+            await answer.read()
+            if answer.status != 200:
+                return None
+    except aiohttp.ClientError:
+        return None
+    return (time.perf_counter() - began) * 1000
 
 
 async def open_loop(target: Target, rate: float, seconds: float, control: Target | None = None,
@@ -481,19 +488,12 @@ async def open_loop(target: Target, rate: float, seconds: float, control: Target
 
         async def one(to: Target, scheduled: float, into: list[float]) -> None:
             nonlocal errors
-            began = time.perf_counter()
-            late.append((began - scheduled) * 1000)
-            try:
-                async with session.post(f"http://{LOOPBACK}:{to.port}{to.path}", data=to.body,
-                                        headers=to.headers) as answer:
-                    await answer.read()
-                    ok = answer.status == 200
-            except aiohttp.ClientError:
-                ok = False
-            if ok:
-                into.append((time.perf_counter() - began) * 1000)
-            else:
+            late.append((time.perf_counter() - scheduled) * 1000)
+            took = await _timed_async_post(session, f"http://{LOOPBACK}:{to.port}{to.path}", to)
+            if took is None:
                 errors += 1
+            else:
+                into.append(took)
 
         started_at = time.perf_counter()
         tasks = []
