@@ -19,7 +19,7 @@ from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import NotFound, Workspace, read_routes, utcnow
 from registry.atomic import write_atomic
-from scorer.leaderboard import describe_period
+from scorer.answerstats import period_stats
 from scorer.report import render_html, render_markdown
 from registry.config import Price
 from shadow.ingest import ingest_spool
@@ -165,8 +165,7 @@ def _live_stats(context: TaskContext, slot: str, version_id: str) -> dict[str, A
         period_id = rows[0][0] if rows else None
         if period_id is None:
             return None
-        needs_label = bool(context.workspace.slot(slot).metrics)
-        return describe_period(db, period_id, needs_label).get((version_id, "live"))
+        return period_stats(db, period_id).get((version_id, "live"))
 
 
 def retention(context: TaskContext) -> dict[str, Any]:
@@ -175,9 +174,11 @@ def retention(context: TaskContext) -> dict[str, Any]:
     for slot, config in context.workspace.config.slots.items():
         cutoff = utcnow() - timedelta(days=config.retention.traffic_days)
         with context.database.transaction() as db:
-            old = "SELECT request_id FROM traffic WHERE slot = ? AND received_at < ?"
-            for table in ("shadow_results", "metric_values", "outcomes", "scores", "paired"):
-                db.execute(f"DELETE FROM {table} WHERE request_id IN ({old})", [slot, cutoff])
+            old = "FROM traffic WHERE slot = ? AND received_at < ?"
+            for table in ("shadow_results", "metric_values", "outcomes"):
+                db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
+            for table in ("scores", "paired"):
+                db.execute(f"DELETE FROM {table} WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
             deleted += db.execute("DELETE FROM traffic WHERE slot = ? AND received_at < ?", [slot, cutoff]).fetchall()[0][0]
     return {"traffic_deleted": deleted}
 

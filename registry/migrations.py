@@ -227,6 +227,64 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "scoring by request seq",
+        # Scoring joins a request's answers on traffic's integer `seq` instead of the
+        # request id string: the rows of recent requests sit together at the end of each
+        # table, so a refresh reads only what changed. Scores and pairs are derived data,
+        # rebuilt from the raw rows on the next refresh; descriptive statistics become
+        # mergeable sums with a latency histogram, so a refresh never rescans the period.
+        """
+        ALTER TABLE shadow_results ADD COLUMN request_seq BIGINT;
+        UPDATE shadow_results SET request_seq = traffic.seq FROM traffic
+            WHERE traffic.request_id = shadow_results.request_id;
+        ALTER TABLE outcomes ADD COLUMN request_seq BIGINT;
+        UPDATE outcomes SET request_seq = traffic.seq FROM traffic WHERE traffic.request_id = outcomes.request_id;
+        DROP TABLE scores;
+        DROP TABLE paired;
+        DELETE FROM pair_moments;
+        DELETE FROM scoring_watermarks;
+        CREATE TABLE scores (
+            period_id BIGINT NOT NULL,
+            request_seq BIGINT NOT NULL,
+            version_id VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            labelled BOOLEAN NOT NULL,
+            quality DOUBLE,
+            cost_usd DOUBLE,
+            latency_ms DOUBLE,
+            net DOUBLE
+        );
+        CREATE TABLE paired (
+            period_id BIGINT NOT NULL,
+            request_seq BIGINT NOT NULL,
+            version_id VARCHAR NOT NULL,
+            d_net DOUBLE NOT NULL,
+            d_quality DOUBLE NOT NULL,
+            d_cost DOUBLE NOT NULL,
+            paired_at TIMESTAMP NOT NULL,
+            watermark_seq BIGINT NOT NULL
+        );
+        CREATE TABLE answer_stats (
+            period_id BIGINT NOT NULL,
+            version_id VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            latency_bucket INTEGER NOT NULL,
+            answers BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            metric_errors BIGINT NOT NULL,
+            scored BIGINT NOT NULL,
+            quality_sum DOUBLE NOT NULL,
+            priced BIGINT NOT NULL,
+            cost_sum DOUBLE NOT NULL,
+            valued BIGINT NOT NULL,
+            net_sum DOUBLE NOT NULL,
+            PRIMARY KEY (period_id, version_id, source, latency_bucket)
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

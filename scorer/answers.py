@@ -56,6 +56,7 @@ class AnswerQuery:
     scoring: ScoringConfig
     champion: str | None = None
     candidates: str | None = None
+    """SQL selecting the `request_seq` of the only requests to score (all when None)."""
 
     def sql(self) -> str:
         """SQL over the registered `variant_prices` relation; parameters are inlined as literals."""
@@ -63,37 +64,36 @@ class AnswerQuery:
         if self.champion is not None:
             traffic_filter += f" AND champion_version = {sql_literal(self.champion)}"
         if self.candidates is not None:
-            traffic_filter += f" AND request_id IN ({self.candidates})"
+            traffic_filter += f" AND seq IN ({self.candidates})"
         row_joins = "".join(
             f" LEFT JOIN metric_values mv{i} ON mv{i}.request_id = a.request_id AND mv{i}.version_id = a.version_id"
             f" AND mv{i}.metric_key = {sql_literal(key)}"
             for i, key in enumerate(self.plan.row_metrics)
         )
-        row_columns = "".join(f', mv{i}.value AS "mv:{key}", mv{i}.seq AS "mvseq{i}"'
+        row_columns = "".join(f', mv{i}.value AS "mv:{key}"'
                               for i, key in enumerate(self.plan.row_metrics))
         quality = self.plan.quality_sql() if not self.plan.empty else "NULL"
         s = self.scoring
         return f"""
         WITH t AS (
-            SELECT request_id, received_at, champion_version, status AS http_status, error, output, prompt_tokens,
-                   completion_tokens, usage_json, latency_ms, seq
+            SELECT request_id, seq AS request_seq, received_at, champion_version, status AS http_status, error, output,
+                   prompt_tokens, completion_tokens, usage_json, latency_ms
             FROM traffic WHERE {traffic_filter}
         ),
         latest_labels AS (
-            SELECT request_id, arg_max(value_json, received_at) AS label_json
-            FROM outcomes WHERE kind = 'label' AND request_id IN (SELECT request_id FROM t) GROUP BY request_id
+            SELECT request_seq, arg_max(value_json, received_at) AS label_json
+            FROM outcomes WHERE kind = 'label' AND request_seq IN (SELECT request_seq FROM t) GROUP BY request_seq
         ),
-        labels AS (SELECT request_id, label_json, {SCALAR_LABEL} AS label FROM latest_labels),
+        labels AS MATERIALIZED (SELECT request_seq, label_json, {SCALAR_LABEL} AS label FROM latest_labels),
         answers AS (
-            SELECT request_id, champion_version AS version_id, 'live' AS source,
+            SELECT request_id, request_seq, champion_version AS version_id, 'live' AS source,
                    CASE WHEN http_status = 200 AND error IS NULL THEN 'ok' ELSE 'error' END AS status,
-                   output, prompt_tokens, completion_tokens, usage_json, latency_ms, received_at, seq AS row_seq
+                   output, prompt_tokens, completion_tokens, usage_json, latency_ms, received_at
             FROM t
             UNION ALL
-            SELECT s.request_id, s.version_id, CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END,
-                   s.status, s.output, s.prompt_tokens, s.completion_tokens, s.usage_json, s.latency_ms,
-                   t.received_at, s.seq
-            FROM shadow_results s JOIN t USING (request_id) WHERE s.status IN ('ok', 'error')
+            SELECT t.request_id, t.request_seq, s.version_id, CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END,
+                   s.status, s.output, s.prompt_tokens, s.completion_tokens, s.usage_json, s.latency_ms, t.received_at
+            FROM shadow_results s JOIN t ON s.request_seq = t.request_seq WHERE s.status IN ('ok', 'error')
         ),
         joined AS (
             SELECT a.*, l.label_json, l.label, vp.* EXCLUDE (version_id),
@@ -101,7 +101,7 @@ class AnswerQuery:
                    coalesce(TRY_CAST(json_extract(a.usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT), 0) AS reasoning_tokens
                    {row_columns}
             FROM answers a JOIN variant_prices vp ON vp.version_id = a.version_id
-            LEFT JOIN labels l ON l.request_id = a.request_id {row_joins}
+            LEFT JOIN labels l ON l.request_seq = a.request_seq {row_joins}
         ),
         costed AS (
             SELECT *,
@@ -115,7 +115,10 @@ class AnswerQuery:
             FROM joined
         ),
         scored AS (
-            SELECT *, CASE WHEN status = 'error' THEN 0.0 ELSE {quality} END AS quality FROM costed
+            -- an error scores 0, else the metrics decide (NULL when they cannot); written without
+            -- CASE around the metrics, which DuckDB evaluates several times slower
+            SELECT *, coalesce({quality}, CASE WHEN status = 'error' THEN 0.0 END)
+                      * CAST(status <> 'error' AS DOUBLE) AS quality FROM costed
         )
         SELECT *, {s.value_per_point} * quality - cost_usd - latency_cost AS net FROM scored
         """

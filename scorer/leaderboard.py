@@ -48,19 +48,13 @@ def describe(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> dict[tuple[st
     return _stats(db.execute(f"SELECT {_aggregates(query.plan.needs_label)} FROM {relation} GROUP BY version_id, source"))
 
 
-def describe_period(db: duckdb.DuckDBPyConnection, period_id: int, needs_label: bool) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (version, source) statistics over the period's stored scores."""
-    return _stats(db.execute(
-        f"SELECT {_aggregates(needs_label)} FROM scores WHERE period_id = {period_id} GROUP BY version_id, source"))
-
-
 def _stats(cursor: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str, Any]]:
     return {(row[0], row[1]): dict(zip(STATS, row[2:])) for row in cursor.fetchall()}
 
 
 def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> dict[str, int]:
     return dict(db.execute(
-        "SELECT s.version_id, count(*) FROM shadow_results s JOIN traffic t USING (request_id) "
+        "SELECT s.version_id, count(*) FROM shadow_results s JOIN traffic t ON t.seq = s.request_seq "
         "WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' GROUP BY s.version_id",
         [slot, since]).fetchall())
 

@@ -1,15 +1,18 @@
 """Scores and paired differences, kept up to date in proportion to what is new.
 
 Each answer of the current period is scored once into `scores` (the string work: metrics,
-label parsing, pricing) and rescored only when one of its rows changes. A pair is a
-request answered by both the champion (live) and a challenger (replayed) in the period,
-once both answers are scored (label joined, prices known). Its differences
-d = challenger − champion (net, quality, cost) are appended to `paired` exactly once (the
-key makes a re-run a no-op), and the new batch's moments are merged into `pair_moments`.
+label parsing, pricing) and rescored only when one of its rows changes; the period's
+descriptive sums (`answer_stats`) follow every change. A pair is a request answered by
+both the champion (live) and a challenger (replayed) in the period, once both answers are
+scored (label joined, prices known). Its differences d = challenger − champion (net,
+quality, cost) are appended to `paired` exactly once, and the new batch's moments are
+merged into `pair_moments`.
 
 What is new is found through `seq`, a counter every traffic, outcome, shadow-result and
 metric-value row takes when it is written: a slot's watermark remembers the highest seq
-already considered, and only requests touched since are looked at again.
+already considered, and only requests touched since are looked at again. Requests are
+keyed by their traffic row's `seq` (`request_seq`), an integer that grows with arrival,
+so the rows of recently touched requests are read without scanning older ones.
 """
 
 from __future__ import annotations
@@ -21,19 +24,21 @@ import polars as pl
 
 from registry.db import registered
 from scorer.answers import AnswerQuery
+from scorer.answerstats import add_answers
 from scorer.periods import Period
 from scorer.sequential import PairedMoments
 
 MEASURES = ("net", "quality", "cost")
+_SCORE_COLUMNS = "request_seq, version_id, source, status, labelled, quality, cost_usd, latency_ms, net"
 
 
 def touched_requests(since_seq: int) -> str:
-    """SQL for the ids of requests whose rows changed after `since_seq`."""
+    """SQL for the `request_seq` of requests whose rows changed after `since_seq`."""
     return (
-        f"SELECT request_id FROM traffic WHERE seq > {since_seq} "
-        f"UNION SELECT request_id FROM shadow_results WHERE seq > {since_seq} "
-        f"UNION SELECT request_id FROM outcomes WHERE seq > {since_seq} AND request_id IS NOT NULL "
-        f"UNION SELECT request_id FROM metric_values WHERE seq > {since_seq}"
+        f"SELECT seq AS request_seq FROM traffic WHERE seq > {since_seq} "
+        f"UNION SELECT request_seq FROM shadow_results WHERE seq > {since_seq} AND request_seq IS NOT NULL "
+        f"UNION SELECT request_seq FROM outcomes WHERE seq > {since_seq} AND request_seq IS NOT NULL "
+        f"UNION SELECT seq FROM traffic WHERE request_id IN (SELECT request_id FROM metric_values WHERE seq > {since_seq})"
     )
 
 
@@ -52,21 +57,23 @@ def watermark(db: duckdb.DuckDBPyConnection, period: Period) -> int:
 
 
 def rescore(db: duckdb.DuckDBPyConnection, query: AnswerQuery, period: Period) -> None:
-    """Score the query's answers into `scores`, replacing earlier scores of the same requests."""
+    """Score the query's answers into the temp table `fresh` and into `scores`, replacing
+    earlier scores of the same requests; the period's descriptive sums follow."""
+    needs_label = query.plan.needs_label
+    db.execute(f"CREATE OR REPLACE TEMP TABLE fresh AS SELECT {_SCORE_COLUMNS}, received_at FROM ("
+               f"SELECT *, label_json IS NOT NULL AS labelled FROM ({query.sql()}))")
     if query.candidates is not None:
-        db.execute(f"DELETE FROM scores WHERE period_id = {period.period_id} AND request_id IN ({query.candidates})")
-    db.execute(f"""
-        INSERT INTO scores (period_id, request_id, version_id, source, status, received_at, labelled, quality,
-                            cost_usd, latency_ms, net)
-        SELECT {period.period_id}, request_id, version_id, source, status, received_at, label_json IS NOT NULL,
-               quality, cost_usd, latency_ms, net
-        FROM ({query.sql()})
-    """)
+        replaced = f"scores WHERE period_id = {period.period_id} AND request_seq IN ({query.candidates})"
+        add_answers(db, period.period_id, f"(SELECT * FROM {replaced})", needs_label, sign=-1)
+        db.execute(f"DELETE FROM {replaced}")
+    db.execute(f"INSERT INTO scores SELECT {period.period_id}, {_SCORE_COLUMNS} FROM fresh")
+    add_answers(db, period.period_id, "fresh", needs_label)
 
 
 def append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[str, datetime], needs_label: bool,
-                 candidates: str | None) -> dict[str, dict[str, PairedMoments]]:
-    """Append the newly complete pairs among `candidates` (all when None); return their moments per challenger.
+                 candidates: str | None, batch_seq: int) -> dict[str, dict[str, PairedMoments]]:
+    """Append the newly complete pairs among the `fresh` answers, tagged with the refresh's
+    watermark `batch_seq`; return their moments per challenger.
 
     A candidate already paired (its label was sent again, say) is left out, so a pair is
     counted once; with no candidates the period is new and has no pairs yet.
@@ -74,45 +81,48 @@ def append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[st
     starts = pl.DataFrame({"version_id": list(windows), "window_start": list(windows.values())},
                           schema={"version_id": pl.Utf8, "window_start": pl.Datetime("us")})
     label_rule = "AND c.labelled" if needs_label else ""
-    touched = ""
+    already, unpaired = "", ""
     if candidates is not None:
-        touched = (f"AND c.request_id IN ({candidates}) AND NOT EXISTS (SELECT 1 FROM paired q WHERE "
-                   f"q.period_id = {period.period_id} AND q.request_id = c.request_id AND q.version_id = c.version_id)")
+        already = (f"LEFT JOIN (SELECT request_seq, version_id FROM paired WHERE period_id = {period.period_id} "
+                   f"AND request_seq IN ({candidates})) q ON q.request_seq = c.request_seq AND q.version_id = c.version_id")
+        unpaired = "AND q.request_seq IS NULL"
     with registered(db, "pair_windows", starts.to_arrow()):
         db.execute(f"""
-            CREATE OR REPLACE TEMP TABLE new_pairs AS
-            SELECT {period.period_id} AS period_id, c.request_id, c.version_id, c.net - p.net AS d_net,
-                   c.quality - p.quality AS d_quality, c.cost_usd - p.cost_usd AS d_cost, now()::TIMESTAMP AS paired_at
-            FROM scores c JOIN scores p ON p.period_id = c.period_id AND p.request_id = c.request_id AND p.source = 'live'
-            JOIN pair_windows w ON w.version_id = c.version_id
-            WHERE c.period_id = {period.period_id} AND c.source = 'shadow' AND c.received_at >= w.window_start
-              AND c.net IS NOT NULL AND p.net IS NOT NULL {label_rule} {touched}
+            INSERT INTO paired
+            SELECT {period.period_id}, c.request_seq, c.version_id, c.net - p.net, c.quality - p.quality,
+                   c.cost_usd - p.cost_usd, now()::TIMESTAMP, {batch_seq}
+            FROM fresh c JOIN fresh p ON p.request_seq = c.request_seq AND p.source = 'live'
+            JOIN pair_windows w ON w.version_id = c.version_id {already}
+            WHERE c.source = 'shadow' AND c.received_at >= w.window_start
+              AND c.net IS NOT NULL AND p.net IS NOT NULL {label_rule} {unpaired}
         """)
-    try:
-        db.execute("INSERT INTO paired SELECT * FROM new_pairs")
-        return _batch_moments(db)
-    finally:
-        db.execute("DROP TABLE new_pairs")
+    return _batch_moments(db, period, batch_seq)
 
 
-def _batch_moments(db: duckdb.DuckDBPyConnection) -> dict[str, dict[str, PairedMoments]]:
-    """Count, mean and M2 of each measure of the new pairs, per challenger, computed in SQL."""
+def _batch_moments(db: duckdb.DuckDBPyConnection, period: Period, batch_seq: int) -> dict[str, dict[str, PairedMoments]]:
+    """Count, mean and M2 of each measure of one batch of pairs, per challenger, computed in SQL."""
     columns = ", ".join(f"avg(d_{m}), var_pop(d_{m}) * count(*)" for m in MEASURES)
     batches: dict[str, dict[str, PairedMoments]] = {}
-    for version_id, n, *values in db.execute(f"SELECT version_id, count(*), {columns} FROM new_pairs GROUP BY 1").fetchall():
+    for version_id, n, *values in db.execute(
+            f"SELECT version_id, count(*), {columns} FROM paired "
+            f"WHERE period_id = {period.period_id} AND watermark_seq = {batch_seq} GROUP BY 1").fetchall():
         batches[version_id] = {m: PairedMoments(n=n, mean=values[2 * i], m2=values[2 * i + 1])
                                for i, m in enumerate(MEASURES)}
     return batches
 
 
 def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batches: dict[str, dict[str, PairedMoments]]) -> None:
-    """Fold each batch into the stored moments of its (period, challenger, measure)."""
+    """Fold each batch into the stored moments of its (period, challenger, measure), in one write."""
+    rows = []
     for version_id, measures in batches.items():
         stored = load_moments(db, period.period_id, version_id)
         for measure, batch in measures.items():
             merged = stored.get(measure, PairedMoments()).merge(batch).to_dict()
-            db.execute("INSERT OR REPLACE INTO pair_moments VALUES (?, ?, ?, ?, ?, ?)",
-                       [period.period_id, version_id, measure, merged["n"], merged["mean"], merged["m2"]])
+            rows.append({"period_id": period.period_id, "version_id": version_id, "measure": measure, **merged})
+    if rows:
+        with registered(db, "merged_moments", pl.DataFrame(rows).to_arrow()):
+            db.execute("INSERT OR REPLACE INTO pair_moments SELECT period_id, version_id, measure, n, mean, m2 "
+                       "FROM merged_moments")
 
 
 def load_moments(db: duckdb.DuckDBPyConnection, period_id: int, version_id: str) -> dict[str, PairedMoments]:

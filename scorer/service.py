@@ -22,7 +22,8 @@ from registry import ConfigError, Database, Registry, Variant, Workspace, utcnow
 from registry.db import registered
 from scorer.answers import AnswerQuery, variant_prices
 from scorer.board import EvidencePoint, Leaderboard
-from scorer.leaderboard import BoardInputs, build_board, describe, describe_period, not_run_counts
+from scorer.answerstats import period_stats
+from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
 from registry.config import JudgeMetric
 from scorer.judge import judge_spend_today, run_judge, sampled_sql
 from scorer.metrics import QualityPlan, plan_quality
@@ -92,7 +93,7 @@ class Scorer:
             moments = {v.version_id: load_moments(db, period.period_id, v.version_id) for v in challengers}
         window = since or (period.started_at if period else EPOCH)
         if period is not None and since is None:
-            stats = describe_period(db, period.period_id, plan.needs_label)
+            stats = period_stats(db, period.period_id)
         else:
             stats = describe(db, AnswerQuery(slot=slot, since=window, plan=plan, scoring=config.scoring))
         return build_board(BoardInputs(
@@ -112,15 +113,16 @@ class Scorer:
         candidates = None
         if seen:
             db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
-            candidates = "SELECT request_id FROM touched"
+            candidates = "SELECT request_seq FROM touched"
         try:
             rescore(db, AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=self.workspace.slot(slot).scoring,
                                     champion=period.champion_version, candidates=candidates), period)
             windows = {v.version_id: max(period.started_at, v.created_at) for v in challengers}
             if windows and not plan.empty:
-                merge_moments(db, period, append_pairs(db, period, windows, plan.needs_label, candidates))
+                merge_moments(db, period, append_pairs(db, period, windows, plan.needs_label, candidates, newest))
         finally:
             db.execute("DROP TABLE IF EXISTS touched")
+            db.execute("DROP TABLE IF EXISTS fresh")
         save_watermark(db, period, newest)
 
     def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict) -> None:

@@ -92,13 +92,14 @@ def join_outcomes(database: Database) -> int:
     with database.transaction() as db:
         by_request_id = _changed(
             db,
-            "UPDATE outcomes SET request_id = traffic.request_id FROM traffic "
+            "UPDATE outcomes SET request_id = traffic.request_id, request_seq = traffic.seq FROM traffic "
             "WHERE outcomes.request_id IS NULL AND outcomes.request_key = traffic.request_id",
         )
         by_client_id = _changed(
             db,
-            "UPDATE outcomes SET request_id = latest.request_id FROM ("
-            " SELECT client_request_id, arg_max(request_id, (received_at, request_id)) AS request_id"
+            "UPDATE outcomes SET request_id = latest.request_id, request_seq = latest.seq FROM ("
+            " SELECT client_request_id, arg_max(request_id, (received_at, request_id)) AS request_id,"
+            " arg_max(seq, (received_at, request_id)) AS seq"
             " FROM traffic"
             " WHERE client_request_id IN (SELECT request_key FROM outcomes WHERE request_id IS NULL)"
             " GROUP BY client_request_id) AS latest "

@@ -55,6 +55,7 @@ PAUSES_REFRESH_S = 2.0
 _SAMPLE_POINT = "('0x' || left(sha256(t.request_id || ':' || c.version_id), 13))::BIGINT"
 _RESULT_SCHEMA = {
     "request_id": pl.Utf8,
+    "request_seq": pl.Int64,
     "version_id": pl.Utf8,
     "role": pl.Utf8,
     "status": pl.Utf8,
@@ -168,6 +169,7 @@ class Challenger:
 class _Work:
     received_at: datetime
     request_id: str
+    request_seq: int
     version_id: str
     role: str
     request: dict[str, Any]
@@ -337,7 +339,7 @@ class _Run:
     def _fetch(self, cursor: tuple[datetime, str, str]) -> list[_Work]:
         with self.runner.registry.database.reading() as connection:
             rows = _pending_page(connection, self.plan, cursor, self.runner.page_size)
-        return [_Work(at, rid, vid, role, json.loads(request)) for at, rid, vid, role, request in rows]
+        return [_Work(at, rid, seq, vid, role, json.loads(request)) for at, rid, seq, vid, role, request in rows]
 
     async def _refresh_pauses(self) -> None:
         """Re-read the pauses every few seconds, so a pause set during a long run takes effect."""
@@ -572,6 +574,7 @@ def _row(
 ) -> Row:
     return {
         "request_id": work.request_id,
+        "request_seq": work.request_seq,
         "version_id": work.version_id,
         "role": work.role,
         "status": status,
@@ -614,7 +617,7 @@ def _pending_page(
     """The next `size` pending pairs after `cursor`, in (received_at, request_id, version_id) order."""
     sql, params = _pending_sql(
         plan,
-        "t.received_at, t.request_id, c.version_id, c.role, t.request_json",
+        "t.received_at, t.request_id, t.seq, c.version_id, c.role, t.request_json",
         "AND t.received_at >= ? AND (t.received_at, t.request_id, c.version_id) > (?, ?, ?) "
         "ORDER BY t.received_at, t.request_id, c.version_id LIMIT ?",
     )

@@ -1,7 +1,8 @@
 """Writing answers straight into the traffic/outcomes/shadow_results tables, for scorer tests.
 
 The scorer reads these tables; writing them in one batch per table (as ingest and the
-runner do) lets a test control exactly what each variant answered.
+runner do) lets a test control exactly what each variant answered. Outcomes and results
+carry their request's traffic `seq`, as ingest's join and the runner write it.
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ class Answers:
             for table, rows in (("traffic", self.traffic), ("outcomes", self.labels), ("shadow_results", self.results)):
                 if not rows:
                     continue
-                columns = list(rows[0])
+                columns = ", ".join(rows[0])
+                if table != "traffic":
+                    columns += ", request_seq"
                 with registered(db, "new_rows", pl.DataFrame(rows).to_arrow()):
-                    db.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM new_rows")
+                    db.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM new_rows "
+                               "LEFT JOIN (SELECT request_id, seq AS request_seq FROM traffic) USING (request_id)")
         self.traffic, self.labels, self.results = [], [], []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 import textwrap
 from pathlib import Path
@@ -84,6 +85,45 @@ def test_a_corrected_label_does_not_count_its_pair_twice(scored) -> None:
     answers.label("r000003", "a corrected label")
     answers.write(registry)
     assert _row(_board(registry), ids["careful-large"]).comparison.pairs == 20
+
+
+def _descriptive(board, version_id):
+    row = _row(board, version_id)
+    return row.n, row.mean_quality, row.error_rate, row.cost_per_1k_usd, row.net_per_1k_usd
+
+
+def test_descriptive_columns_follow_a_corrected_label_without_counting_an_answer_twice(scored) -> None:
+    registry, ids = scored
+    scorer = Scorer(registry.workspace, registry)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.9}, n=40)
+    answers.write(registry)
+    scorer.refresh(SLOT)
+    for request_id in ("r000003", "r000007", "r000011"):
+        answers.label(request_id, "a corrected label")
+    answers.write(registry)
+    kept = scorer.refresh(SLOT)
+    recomputed = scorer.refresh(SLOT, since=kept.period_started_at)  # every answer scored afresh
+    for version_id in (ids["baseline"], ids["careful-large"]):
+        assert _descriptive(kept, version_id) == pytest.approx(_descriptive(recomputed, version_id))
+    assert _row(kept, ids["careful-large"]).n == 40
+
+
+def test_period_latency_quantiles_are_within_one_percent_of_the_exact_ones(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.9}, n=2000)
+    rng = random.Random(7)
+    for row in answers.traffic + answers.results:
+        row["latency_ms"] = rng.lognormvariate(6, 0.8)
+    answers.write(registry)
+    scorer = Scorer(registry.workspace, registry)
+    kept = scorer.refresh(SLOT)
+    exact = scorer.refresh(SLOT, since=kept.period_started_at)
+    for version_id in (ids["baseline"], ids["careful-large"]):
+        for column in ("p50_latency_ms", "p95_latency_ms"):
+            assert getattr(_row(kept, version_id), column) == pytest.approx(getattr(_row(exact, version_id), column),
+                                                                           rel=0.01)
 
 
 def test_a_pair_waits_for_its_label(scored) -> None:

@@ -59,27 +59,31 @@ def register(registry: Registry) -> tuple[str, list[str]]:
 
 
 def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int) -> None:
-    """`count` labelled requests answered by the champion and every challenger, in SQL."""
+    """`count` labelled requests answered by the champion and every challenger, in SQL, keyed
+    as ingest and the runner key them (outcomes and results carry their traffic row's seq)."""
     labels = "['" + "', '".join(LABELS) + "']"
     answer = "CASE WHEN hash(i * {k}) % 100 < {acc} THEN {labels}[1 + i % 5] ELSE 'other' END"
+    new_requests = f"(SELECT CAST(substr(request_id, 2) AS BIGINT) AS i, seq FROM traffic WHERE seq > {{seen}})"
     with registry.database.transaction() as db:
+        seen = db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchone()[0]
         db.execute(f"""
             INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, status, output,
                                  prompt_tokens, completion_tokens, latency_ms, source, ingested_at)
             SELECT 'r' || i, '{SLOT}', now()::TIMESTAMP + to_microseconds(i), '{{}}', '{champion}', 200,
                    {answer.format(k=7, acc=70, labels=labels)}, 120, 12, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
             FROM range({start}, {start + count}) t(i)""")
+        requests = new_requests.format(seen=seen)
         db.execute(f"""
-            INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at)
-            SELECT 'o' || i, 'r' || i, 'r' || i, 'label', to_json({labels}[1 + i % 5]), now()::TIMESTAMP
-            FROM range({start}, {start + count}) t(i)""")
+            INSERT INTO outcomes (outcome_id, request_key, request_id, request_seq, kind, value_json, received_at)
+            SELECT 'o' || i, 'r' || i, 'r' || i, seq, 'label', to_json({labels}[1 + i % 5]), now()::TIMESTAMP
+            FROM {requests}""")
         for index, version in enumerate(challengers):
             db.execute(f"""
-                INSERT INTO shadow_results (request_id, version_id, role, status, output, prompt_tokens,
+                INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, output, prompt_tokens,
                                             completion_tokens, latency_ms, attempts, finished_at)
-                SELECT 'r' || i, '{version}', 'challenger', 'ok', {answer.format(k=11 + index, acc=60 + 5 * index, labels=labels)},
+                SELECT 'r' || i, seq, '{version}', 'challenger', 'ok', {answer.format(k=11 + index, acc=60 + 5 * index, labels=labels)},
                        150, 12, 180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
-                FROM range({start}, {start + count}) t(i)""")
+                FROM {requests}""")
 
 
 def timed(action) -> float:
