@@ -252,6 +252,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             source VARCHAR NOT NULL,
             status VARCHAR NOT NULL,
             labelled BOOLEAN NOT NULL,
+            metric_failed BOOLEAN NOT NULL,
             quality DOUBLE,
             cost_usd DOUBLE,
             latency_ms DOUBLE,

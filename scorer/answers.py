@@ -72,6 +72,7 @@ class AnswerQuery:
         )
         row_columns = "".join(f', mv{i}.value AS "mv:{key}"'
                               for i, key in enumerate(self.plan.row_metrics))
+        failed = " OR ".join(f"mv{i}.error IS NOT NULL" for i in range(len(self.plan.row_metrics))) or "false"
         quality = self.plan.quality_sql() if not self.plan.empty else "NULL"
         s = self.scoring
         return f"""
@@ -98,8 +99,8 @@ class AnswerQuery:
         joined AS (
             SELECT a.*, l.label_json, l.label, vp.* EXCLUDE (version_id),
                    coalesce(TRY_CAST(json_extract(a.usage_json, '$.prompt_tokens_details.cached_tokens') AS BIGINT), 0) AS cached_tokens,
-                   coalesce(TRY_CAST(json_extract(a.usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT), 0) AS reasoning_tokens
-                   {row_columns}
+                   coalesce(TRY_CAST(json_extract(a.usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT), 0) AS reasoning_tokens,
+                   ({failed}) AS metric_failed {row_columns}
             FROM answers a JOIN variant_prices vp ON vp.version_id = a.version_id
             LEFT JOIN labels l ON l.request_seq = a.request_seq {row_joins}
         ),

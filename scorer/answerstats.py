@@ -24,20 +24,22 @@ _BUCKET_SQL = (f"CASE WHEN latency_ms IS NULL THEN {NO_LATENCY} "
 _SUMS = ("answers", "errors", "metric_errors", "scored", "quality_sum", "priced", "cost_sum", "valued", "net_sum")
 
 
-def add_answers(db: duckdb.DuckDBPyConnection, period_id: int, relation: str, needs_label: bool, sign: int = 1) -> None:
-    """Add (sign 1) or take away (sign −1) the answers of `relation`, which has the columns of `scores`.
-
-    An answer whose metrics could not be computed (quality NULL although it succeeded, and
-    is labelled when the slot's metrics need a label) counts as a metric error.
-    """
+def metric_error_sql(needs_label: bool) -> str:
+    """Whether an answer is a metric error: a row metric (python, judge) recorded an error on
+    it, or it succeeded, is labelled when the metrics need a label, and still has no quality."""
     labelled = "labelled" if needs_label else "true"
+    return f"(metric_failed OR (quality IS NULL AND status = 'ok' AND {labelled}))"
+
+
+def add_answers(db: duckdb.DuckDBPyConnection, period_id: int, relation: str, needs_label: bool, sign: int = 1) -> None:
+    """Add (sign 1) or take away (sign −1) the answers of `relation`, which has the columns of `scores`."""
     assignments = ", ".join(f"{name} = answer_stats.{name} + excluded.{name}" for name in _SUMS)
     db.execute(f"""
         INSERT INTO answer_stats
         SELECT {period_id}, version_id, source, {_BUCKET_SQL} AS latency_bucket,
                {sign} * count(*),
                {sign} * count(*) FILTER (WHERE status = 'error'),
-               {sign} * count(*) FILTER (WHERE quality IS NULL AND status = 'ok' AND {labelled}),
+               {sign} * count(*) FILTER (WHERE {metric_error_sql(needs_label)}),
                {sign} * count(quality), {sign} * coalesce(sum(quality), 0),
                {sign} * count(cost_usd), {sign} * coalesce(sum(cost_usd), 0),
                {sign} * count(net), {sign} * coalesce(sum(net), 0)

@@ -64,7 +64,8 @@ class VariantRow(BaseModel):
     error_rate: float | None = None
     net_per_1k_usd: float | None = None
     not_run: int = Field(0, description="Calls shadowzoo never made (budget, pause).")
-    metric_errors: int = Field(0, description="Rows a metric could not score (e.g. a label of the wrong type).")
+    metric_errors: int = Field(0, description="Answers a metric could not score: a label of the wrong type, a python "
+                                              "metric that raised, a judge reply that never parsed.")
     comparison: Comparison | None = None
 
     @property

@@ -20,6 +20,7 @@ import duckdb
 from registry import Variant, utcnow
 from registry.config import ScoringConfig
 from scorer.answers import AnswerQuery
+from scorer.answerstats import metric_error_sql
 from scorer.board import Comparison, Interval, Leaderboard, Status, VariantRow
 from scorer.periods import Period
 from scorer.sequential import PairedMoments, Verdict, confidence_interval, verdict
@@ -30,7 +31,6 @@ STATS = ("n", "mean_quality", "cost_per_1k_usd", "p50_latency_ms", "p95_latency_
 
 def _aggregates(needs_label: bool) -> str:
     """The descriptive columns, over a relation with the columns of `scores`."""
-    labelled = "labelled" if needs_label else "true"
     return f"""version_id, source,
                count(quality) AS n,
                avg(quality) AS mean_quality,
@@ -39,7 +39,7 @@ def _aggregates(needs_label: bool) -> str:
                quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
                avg(CASE WHEN status = 'error' THEN 1.0 ELSE 0.0 END) AS error_rate,
                1000 * avg(net) AS net_per_1k_usd,
-               count(*) FILTER (WHERE quality IS NULL AND status = 'ok' AND {labelled}) AS metric_errors"""
+               count(*) FILTER (WHERE {metric_error_sql(needs_label)}) AS metric_errors"""
 
 
 def describe(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> dict[tuple[str, str], dict[str, Any]]:

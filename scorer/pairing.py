@@ -29,7 +29,7 @@ from scorer.periods import Period
 from scorer.sequential import PairedMoments
 
 MEASURES = ("net", "quality", "cost")
-_SCORE_COLUMNS = "request_seq, version_id, source, status, labelled, quality, cost_usd, latency_ms, net"
+_SCORE_COLUMNS = "request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, net"
 
 
 def touched_requests(since_seq: int) -> str:

@@ -18,8 +18,11 @@ from scorer.judge import (
     JudgeRun, grader_messages, is_sampled, judge_spend_today, parse_verdict, run_judge, sampled_sql,
 )
 from scorer.rowmetrics import VALUE_COLUMNS, store_values
+from scorer.service import Scorer
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.config import ErrorConfig, ModelConfig, Ticket, load_tickets
+from tests.scoring_data import Answers, demo_registry
+from tests.servers import edit_config
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 KEY = "judge:0123abcd"
@@ -210,3 +213,24 @@ def test_judge_spend_today_sums_this_utc_days_costs_of_one_metric(registry) -> N
         db.execute("INSERT INTO metric_values (request_id, version_id, metric_key, value, cost_usd, computed_at) "
                    "VALUES ('r0', 'v', ?, 1.0, 8.0, ?)", [KEY, utcnow() - timedelta(days=1, hours=1)])
     assert judge_spend_today(registry.database, KEY) == pytest.approx(0.75)
+
+
+def test_judge_errors_count_as_metric_errors_on_the_leaderboard(sim: SimulatorHandle, workspace_dir: Path) -> None:
+    def judged_by_garbage(config: dict) -> None:
+        config["providers"]["graders"] = {"base_url": sim.base_url, "api_key_env": None, "max_retries": 1}
+        config["prices"] = {**config.get("prices", {}), "judge-garbage": PRICE.model_dump(exclude_none=True)}
+        config["slots"]["support-triage"]["metrics"] = [
+            {"type": "exact_match", "first_line": True},
+            {"type": "judge", "provider": "graders", "model": "judge-garbage", "rubric": RUBRIC, "sample_rate": 1.0}]
+
+    edit_config(workspace_dir, judged_by_garbage)
+    registry, ids = demo_registry(workspace_dir)
+    batch = Answers()
+    for index in range(3):
+        batch.request(f"j{index}", ids["baseline"], "billing", label="billing")
+    batch.write(registry)
+    board = Scorer(registry.workspace, registry).refresh("support-triage")
+    champion = board.rows[0]
+    assert champion.n == 3 and champion.mean_quality == 1.0  # the exact match still scores every answer
+    assert champion.metric_errors == 3 and board.eval_spend_usd > 0
+    registry.close()
