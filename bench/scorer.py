@@ -1,12 +1,15 @@
 """Scorer benchmark: full rebuild and incremental refresh over millions of shadow results.
 
 One slot, a champion and five challengers, N requests with labels, so 5·N shadow results.
+Answers are `realistic` by default (a category line, then an explanation that differs per
+request and variant, and OpenAI's usage JSON) or, with `--shape labels`, bare categories.
 Every figure is a ratio to one aggregate scan of the same shadow results in the same run
 (`SELECT version_id, count(*), avg(latency_ms), avg(length(output)) … GROUP BY 1`):
 
 - full rebuild: the first refresh of a period (every pair computed, moments, board);
 - incremental refresh: a refresh after 100k new shadow results (20k requests × 5);
-- peak RSS of the process.
+- peak RSS of the process, with the DuckDB limits the daemon sets (`daemon.duckdb_threads`,
+  `daemon.duckdb_memory_limit`: 2 threads, 2 GB by default).
 
 Prints one JSON object. `--requests 2000000` gives the 10 M results of the issue;
 `--growth` also runs a tenth of that, to show how the figures scale.
@@ -58,31 +61,53 @@ def register(registry: Registry) -> tuple[str, list[str]]:
     return ids[0], ids[1:]
 
 
-def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int) -> None:
+# What an answer looks like: its first line is the category (what the metric checks); a
+# realistic answer goes on with an explanation of a few sentences that differs per request
+# and per variant, and carries the usage object OpenAI returns.
+SHAPES = ("realistic", "labels")
+EXPLANATION = ("'\n\nTicket ' || i || ' reads as a ' || {category} || ' question: ' "
+               "|| repeat('the customer names the product, the symptom and when it started. ', (1 + hash(i * {k}) % 4)::BIGINT)")
+USAGE = ("'{{\"prompt_tokens\": ' || {prompt} || ', \"completion_tokens\": ' || {completion} || ', \"total_tokens\": ' "
+         "|| ({prompt} + {completion}) || ', \"prompt_tokens_details\": {{\"cached_tokens\": 0}}, "
+         "\"completion_tokens_details\": {{\"reasoning_tokens\": 0}}}}'")
+
+
+def answer_sql(shape: str, k: int, accuracy: int) -> tuple[str, str]:
+    """SQL for the output and usage JSON of one variant's answer to request `i`."""
+    labels = "['" + "', '".join(LABELS) + "']"
+    category = f"(CASE WHEN hash(i * {k}) % 100 < {accuracy} THEN {labels}[1 + i % 5] ELSE 'other' END)"
+    if shape == "labels":
+        return category, "NULL"
+    completion = f"(12 + 15 * (hash(i * {k}) % 4))"
+    return category + " || " + EXPLANATION.format(category=category, k=k), USAGE.format(prompt=150, completion=completion)
+
+
+def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int, shape: str) -> None:
     """`count` labelled requests answered by the champion and every challenger, in SQL, keyed
     as ingest and the runner key them (outcomes and results carry their traffic row's seq)."""
     labels = "['" + "', '".join(LABELS) + "']"
-    answer = "CASE WHEN hash(i * {k}) % 100 < {acc} THEN {labels}[1 + i % 5] ELSE 'other' END"
-    new_requests = f"(SELECT CAST(substr(request_id, 2) AS BIGINT) AS i, seq FROM traffic WHERE seq > {{seen}})"
+    request_id = "'szr_' || lpad(to_hex(i), 12, '0') || left(md5(i::VARCHAR), 12)"
+    output, usage = answer_sql(shape, 7, 70)
     with registry.database.transaction() as db:
         seen = db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchone()[0]
         db.execute(f"""
             INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, status, output,
-                                 prompt_tokens, completion_tokens, latency_ms, source, ingested_at)
-            SELECT 'r' || i, '{SLOT}', now()::TIMESTAMP + to_microseconds(i), '{{}}', '{champion}', 200,
-                   {answer.format(k=7, acc=70, labels=labels)}, 120, 12, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
+                                 prompt_tokens, completion_tokens, usage_json, latency_ms, source, ingested_at)
+            SELECT {request_id}, '{SLOT}', now()::TIMESTAMP + to_microseconds(i), '{{}}', '{champion}', 200,
+                   {output}, 120, 12, {usage}, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
             FROM range({start}, {start + count}) t(i)""")
-        requests = new_requests.format(seen=seen)
+        requests = f"(SELECT ('0x' || substr(request_id, 5, 12))::BIGINT AS i, request_id, seq FROM traffic WHERE seq > {seen})"
         db.execute(f"""
             INSERT INTO outcomes (outcome_id, request_key, request_id, request_seq, kind, value_json, received_at)
-            SELECT 'o' || i, 'r' || i, 'r' || i, seq, 'label', to_json({labels}[1 + i % 5]), now()::TIMESTAMP
+            SELECT 'o' || i, request_id, request_id, seq, 'label', to_json({labels}[1 + i % 5]), now()::TIMESTAMP
             FROM {requests}""")
         for index, version in enumerate(challengers):
+            output, usage = answer_sql(shape, 11 + index, 60 + 5 * index)
             db.execute(f"""
                 INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, output, prompt_tokens,
-                                            completion_tokens, latency_ms, attempts, finished_at)
-                SELECT 'r' || i, seq, '{version}', 'challenger', 'ok', {answer.format(k=11 + index, acc=60 + 5 * index, labels=labels)},
-                       150, 12, 180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
+                                            completion_tokens, usage_json, latency_ms, attempts, finished_at)
+                SELECT request_id, seq, '{version}', 'challenger', 'ok', {output}, 150, 12, {usage},
+                       180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
                 FROM {requests}""")
 
 
@@ -98,16 +123,18 @@ def scan(registry: Registry) -> float:
             "SELECT version_id, count(*), avg(latency_ms), avg(length(output)) FROM shadow_results GROUP BY 1").fetchall())
 
 
-def run(requests: int, incremental: int) -> dict:
+def run(requests: int, incremental: int, shape: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry.open(load_workspace(workspace(Path(tmp))))
+        daemon = registry.workspace.config.daemon  # the scorer runs inside the daemon, with its DuckDB limits
+        registry.database.limit(daemon.duckdb_threads, daemon.duckdb_memory_limit)
         champion, challengers = register(registry)
-        generate(registry, champion, challengers, 0, requests)
+        generate(registry, champion, challengers, 0, requests, shape)
         scan(registry)  # warm the cache so both sides read from memory
         scan_s = min(scan(registry) for _ in range(3))
         scorer = Scorer(registry.workspace, registry)
         rebuild_s = timed(lambda: scorer.refresh(SLOT))
-        generate(registry, champion, challengers, requests, incremental // CHALLENGERS)
+        generate(registry, champion, challengers, requests, incremental // CHALLENGERS, shape)
         refresh_s = timed(lambda: scorer.refresh(SLOT))
         board = scorer.refresh(SLOT)
         pairs = sum(r.comparison.pairs for r in board.rows if r.comparison)
@@ -130,11 +157,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2_000_000, help="labelled requests (5 results each)")
     parser.add_argument("--incremental", type=int, default=100_000, help="new shadow results before the refresh")
     parser.add_argument("--growth", action="store_true", help="also run at a tenth of --requests")
+    parser.add_argument("--shape", choices=SHAPES, default="realistic",
+                        help="realistic: answers explain themselves and carry usage JSON; labels: bare categories")
     args = parser.parse_args()
-    figures = {"targets": {"full_rebuild_vs_scan": "<= 15", "incremental_refresh_vs_scan": "<= 0.1", "peak_rss_gb": "< 4"}}
+    figures = {"shape": args.shape,
+               "targets": {"full_rebuild_vs_scan": "<= 15", "incremental_refresh_vs_scan": "<= 0.1", "peak_rss_gb": "< 4"}}
     if args.growth:
-        figures["small"] = run(args.requests // 10, args.incremental)
-    figures["large"] = run(args.requests, args.incremental)
+        figures["small"] = run(args.requests // 10, args.incremental, args.shape)
+    figures["large"] = run(args.requests, args.incremental, args.shape)
     print(json.dumps(figures, indent=2))
 
 

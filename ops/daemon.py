@@ -77,8 +77,7 @@ class Daemon:
     async def _serve(self, token: str) -> None:
         registry = Registry.open(self.workspace, lock_wait_s=0)
         try:
-            registry.database.connection.execute(
-                f"SET threads = {self.config.duckdb_threads}; SET memory_limit = '{self.config.duckdb_memory_limit}'")
+            registry.database.limit(self.config.duckdb_threads, self.config.duckdb_memory_limit)
             registry.write_routes()
             self.context = tasks.TaskContext(self.workspace, LocalOperations(registry), self.metrics)
             await asyncio.to_thread(self.context.start_metrics)

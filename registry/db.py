@@ -95,6 +95,12 @@ class Database:
                 raise
             self.connection.execute("COMMIT")
 
+    def limit(self, threads: int, memory_limit: str) -> None:
+        """Cap DuckDB's worker threads and memory (a long-running daemon shares the machine
+        with gateways); work beyond the memory limit spills to disk."""
+        with self.lock:
+            self.connection.execute(f"SET threads = {int(threads)}; SET memory_limit = '{memory_limit}'")
+
     def close(self) -> None:
         with self.lock:
             self.connection.close()
