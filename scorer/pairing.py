@@ -56,6 +56,14 @@ def watermark(db: duckdb.DuckDBPyConnection, period: Period) -> int:
     return int(row[1]) if row and row[0] == period.period_id else 0
 
 
+def forget_earlier_periods(db: duckdb.DuckDBPyConnection, period: Period) -> None:
+    """Delete the per-answer scores of the slot's earlier periods: they serve only to rescore
+    a period, and a slot never returns to one. Their pairs, moments and sums stay."""
+    db.execute("DELETE FROM scores WHERE period_id IN "
+               "(SELECT period_id FROM evaluation_periods WHERE slot = ? AND period_id < ?)",
+               [period.slot, period.period_id])
+
+
 def rescore(db: duckdb.DuckDBPyConnection, query: AnswerQuery, period: Period) -> None:
     """Score the query's answers into the temp table `fresh` and into `scores`, replacing
     earlier scores of the same requests; the period's descriptive sums follow."""

@@ -28,7 +28,8 @@ from registry.config import JudgeMetric
 from scorer.judge import judge_spend_today, run_judge, sampled_sql
 from scorer.metrics import QualityPlan, plan_quality
 from scorer.pairing import (
-    append_pairs, latest_seq, load_moments, merge_moments, rescore, save_watermark, touched_requests, watermark,
+    append_pairs, forget_earlier_periods, latest_seq, load_moments, merge_moments, rescore, save_watermark,
+    touched_requests, watermark,
 )
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings
 from scorer.prices import sync_prices
@@ -114,6 +115,8 @@ class Scorer:
         if seen:
             db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
             candidates = "SELECT request_seq FROM touched"
+        else:
+            forget_earlier_periods(db, period)
         try:
             rescore(db, AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=self.workspace.slot(slot).scoring,
                                     champion=period.champion_version, candidates=candidates), period)

@@ -190,6 +190,21 @@ def test_a_new_champion_starts_a_new_period(scored) -> None:
     assert board.period_id == first + 1 and board.champion == ids["cheap-mini"]
 
 
+def test_a_new_period_drops_the_old_periods_scores_and_keeps_its_pairs(scored) -> None:
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.9}, n=30)
+    answers.write(registry)
+    first = _board(registry).period_id
+    registry.promote(SLOT, ids["cheap-mini"], "tester", "trial", None)
+    _board(registry)
+
+    def count(table: str) -> int:
+        return registry.database.connection.execute(f"SELECT count(*) FROM {table} WHERE period_id = ?", [first]).fetchone()[0]
+
+    assert count("scores") == 0 and count("paired") == 30 and count("answer_stats") > 0
+
+
 def test_alpha_shares_are_fixed_when_a_challenger_joins(scored, workspace_dir: Path) -> None:
     registry, ids = scored
     early = {r.version_id: r.comparison.alpha for r in _board(registry).rows if r.comparison}
