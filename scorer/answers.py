@@ -23,6 +23,10 @@ from registry.config import Price, ScoringConfig
 from scorer.metrics import SCALAR_LABEL, QualityPlan, sql_literal
 from shadow.pricing import price_of
 
+# The usage fields priced apart, read with one parse of each answer's usage JSON.
+USAGE_DETAILS = ("json_extract_string(usage_json, "
+                 "['$.prompt_tokens_details.cached_tokens', '$.completion_tokens_details.reasoning_tokens'])")
+
 PRICE_COLUMNS = {
     "version_id": pl.Utf8, "input_price": pl.Float64, "output_price": pl.Float64, "cache_price": pl.Float64,
     "reasoning_price": pl.Float64, "call_price": pl.Float64, "priced": pl.Boolean,
@@ -89,17 +93,18 @@ class AnswerQuery:
         answers AS (
             SELECT request_id, request_seq, champion_version AS version_id, 'live' AS source,
                    CASE WHEN http_status = 200 AND error IS NULL THEN 'ok' ELSE 'error' END AS status,
-                   output, prompt_tokens, completion_tokens, usage_json, latency_ms, received_at
+                   output, prompt_tokens, completion_tokens, {USAGE_DETAILS} AS usage_details, latency_ms, received_at
             FROM t
             UNION ALL
             SELECT t.request_id, t.request_seq, s.version_id, CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END,
-                   s.status, s.output, s.prompt_tokens, s.completion_tokens, s.usage_json, s.latency_ms, t.received_at
+                   s.status, s.output, s.prompt_tokens, s.completion_tokens, {USAGE_DETAILS.replace("usage_json", "s.usage_json")},
+                   s.latency_ms, t.received_at
             FROM shadow_results s JOIN t ON s.request_seq = t.request_seq WHERE s.status IN ('ok', 'error')
         ),
         joined AS (
             SELECT a.*, l.label_json, l.label, vp.* EXCLUDE (version_id),
-                   coalesce(TRY_CAST(json_extract(a.usage_json, '$.prompt_tokens_details.cached_tokens') AS BIGINT), 0) AS cached_tokens,
-                   coalesce(TRY_CAST(json_extract(a.usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT), 0) AS reasoning_tokens,
+                   coalesce(TRY_CAST(a.usage_details[1] AS BIGINT), 0) AS cached_tokens,
+                   coalesce(TRY_CAST(a.usage_details[2] AS BIGINT), 0) AS reasoning_tokens,
                    ({failed}) AS metric_failed {row_columns}
             FROM answers a JOIN variant_prices vp ON vp.version_id = a.version_id
             LEFT JOIN labels l ON l.request_seq = a.request_seq {row_joins}

@@ -53,10 +53,19 @@ def _stats(cursor: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str,
 
 
 def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> dict[str, int]:
+    """Calls shadowzoo never made, per challenger, for the slot's requests since `since`.
+
+    Not-run rows are few and recent (a budget or a pause), so their request range is read
+    first: the join then reads only that range of traffic, and nothing when there are none.
+    """
+    low, high = db.execute(
+        "SELECT min(request_seq), max(request_seq) FROM shadow_results WHERE status = 'not_run'").fetchone()
+    if low is None:
+        return {}
     return dict(db.execute(
         "SELECT s.version_id, count(*) FROM shadow_results s JOIN traffic t ON t.seq = s.request_seq "
-        "WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' GROUP BY s.version_id",
-        [slot, since]).fetchall())
+        "WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' AND t.seq BETWEEN ? AND ? "
+        "GROUP BY s.version_id", [slot, since, low, high]).fetchall())
 
 
 @dataclass(frozen=True)

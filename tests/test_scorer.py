@@ -326,6 +326,22 @@ def test_the_leaderboard_and_report_commands_print_and_write(cli, workspace_dir:
     assert written.code == 0 and "<svg" in (workspace_dir / "report.html").read_text()
 
 
+def test_cached_and_reasoning_tokens_are_priced_at_their_own_rates(workspace_dir: Path) -> None:
+    edit_config(workspace_dir, lambda c: c["prices"]["sim-large"].update(
+        cache_read_input_token_cost=1.0e-6, output_cost_per_reasoning_token=4.0e-5))
+    registry, ids = demo_registry(workspace_dir)
+    answers = Answers()
+    answers.request("u1", ids["baseline"], "billing", label="billing", tokens=(1000, 200))
+    answers.traffic[0]["usage_json"] = json.dumps({
+        "prompt_tokens": 1000, "completion_tokens": 200, "prompt_tokens_details": {"cached_tokens": 600},
+        "completion_tokens_details": {"reasoning_tokens": 150}})
+    answers.write(registry)
+    champion = _board(registry).rows[0]
+    cost = 400 * 5.0e-6 + 600 * 1.0e-6 + 50 * 2.0e-5 + 150 * 4.0e-5
+    assert champion.cost_per_1k_usd == pytest.approx(1000 * cost)
+    registry.close()
+
+
 def test_litellms_price_map_loads_as_is_and_the_config_overrides_it(workspace_dir: Path) -> None:
     (workspace_dir / "model_prices.json").write_text(json.dumps({
         "sample_spec": {"input_cost_per_token": "0.0", "max_tokens": "set to max"},
