@@ -256,7 +256,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             quality DOUBLE,
             cost_usd DOUBLE,
             latency_ms DOUBLE,
-            net DOUBLE
+            net DOUBLE,
+            received_at TIMESTAMP NOT NULL
         );
         CREATE TABLE paired (
             period_id BIGINT NOT NULL,

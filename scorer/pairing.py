@@ -29,7 +29,8 @@ from scorer.periods import Period
 from scorer.sequential import PairedMoments
 
 MEASURES = ("net", "quality", "cost")
-_SCORE_COLUMNS = "request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, net"
+_SCORE_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
+                  "net, received_at")
 
 
 def touched_requests(since_seq: int) -> str:
@@ -64,45 +65,56 @@ def forget_earlier_periods(db: duckdb.DuckDBPyConnection, period: Period) -> Non
                [period.slot, period.period_id])
 
 
-def rescore(db: duckdb.DuckDBPyConnection, query: AnswerQuery, period: Period) -> None:
-    """Score the query's answers into the temp table `fresh` and into `scores`, replacing
-    earlier scores of the same requests; the period's descriptive sums follow."""
+def rescore(db: duckdb.DuckDBPyConnection, query: AnswerQuery, period: Period) -> str:
+    """Score the query's answers into `scores`, replacing earlier scores of the same requests,
+    and keep the period's descriptive sums in step; return the relation of the rows just scored.
+
+    A new period's answers go straight into `scores`; a refresh's few go through the temp
+    table `rescored` first, so pairing reads them without touching the rest of the period.
+    """
     needs_label = query.plan.needs_label
-    db.execute(f"CREATE OR REPLACE TEMP TABLE fresh AS SELECT {_SCORE_COLUMNS}, received_at FROM ("
-               f"SELECT *, label_json IS NOT NULL AS labelled FROM ({query.sql()}))")
-    if query.candidates is not None:
+    scored = (f"SELECT {period.period_id} AS period_id, {_SCORE_COLUMNS} "
+              f"FROM (SELECT *, label_json IS NOT NULL AS labelled FROM ({query.sql()}))")
+    if query.candidates is None:
+        db.execute(f"INSERT INTO scores (period_id, {_SCORE_COLUMNS}) {scored}")
+        rescored = f"(SELECT * FROM scores WHERE period_id = {period.period_id})"
+    else:
+        db.execute(f"CREATE OR REPLACE TEMP TABLE rescored AS {scored}")
         replaced = f"scores WHERE period_id = {period.period_id} AND request_seq IN ({query.candidates})"
         add_answers(db, period.period_id, f"(SELECT * FROM {replaced})", needs_label, sign=-1)
         db.execute(f"DELETE FROM {replaced}")
-    db.execute(f"INSERT INTO scores SELECT {period.period_id}, {_SCORE_COLUMNS} FROM fresh")
-    add_answers(db, period.period_id, "fresh", needs_label)
+        db.execute(f"INSERT INTO scores (period_id, {_SCORE_COLUMNS}) SELECT period_id, {_SCORE_COLUMNS} FROM rescored")
+        rescored = "rescored"
+    add_answers(db, period.period_id, rescored, needs_label)
+    return rescored
 
 
-def append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[str, datetime], needs_label: bool,
-                 candidates: str | None, batch_seq: int) -> dict[str, dict[str, PairedMoments]]:
-    """Append the newly complete pairs among the `fresh` answers, tagged with the refresh's
-    watermark `batch_seq`; return their moments per challenger.
+def append_pairs(db: duckdb.DuckDBPyConnection, period: Period, rescored: str, windows: dict[str, datetime],
+                 needs_label: bool, batch_seq: int, rebuild: bool) -> dict[str, dict[str, PairedMoments]]:
+    """Append the newly complete pairs among the `rescored` answers, tagged with the
+    refresh's watermark `batch_seq`; return their moments per challenger.
 
-    A candidate already paired (its label was sent again, say) is left out, so a pair is
-    counted once; with no candidates the period is new and has no pairs yet.
+    A request already paired (its label was sent again, say) is left out, so a pair is
+    counted once; on a `rebuild` the period is new and has no pairs to leave out.
     """
     starts = pl.DataFrame({"version_id": list(windows), "window_start": list(windows.values())},
                           schema={"version_id": pl.Utf8, "window_start": pl.Datetime("us")})
     label_rule = "AND c.labelled" if needs_label else ""
     already, unpaired = "", ""
-    if candidates is not None:
+    if not rebuild:
         already = (f"LEFT JOIN (SELECT request_seq, version_id FROM paired WHERE period_id = {period.period_id} "
-                   f"AND request_seq IN ({candidates})) q ON q.request_seq = c.request_seq AND q.version_id = c.version_id")
+                   f"AND request_seq IN (SELECT request_seq FROM {rescored})) q "
+                   "ON q.request_seq = c.request_seq AND q.version_id = c.version_id")
         unpaired = "AND q.request_seq IS NULL"
     with registered(db, "pair_windows", starts.to_arrow()):
         db.execute(f"""
             INSERT INTO paired
             SELECT {period.period_id}, c.request_seq, c.version_id, c.net - p.net, c.quality - p.quality,
                    c.cost_usd - p.cost_usd, now()::TIMESTAMP, {batch_seq}
-            FROM fresh c JOIN fresh p ON p.request_seq = c.request_seq AND p.source = 'live'
+            FROM {rescored} c JOIN {rescored} p ON p.request_seq = c.request_seq AND p.source = 'live'
             JOIN pair_windows w ON w.version_id = c.version_id {already}
             WHERE c.source = 'shadow' AND c.received_at >= w.window_start
-              AND c.net IS NOT NULL AND p.net IS NOT NULL {label_rule} {unpaired}
+              AND c.net IS NOT NULL AND p.net IS NOT NULL {unpaired} {label_rule}
         """)
     return _batch_moments(db, period, batch_seq)
 

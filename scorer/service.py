@@ -118,14 +118,16 @@ class Scorer:
         else:
             forget_earlier_periods(db, period)
         try:
-            rescore(db, AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=self.workspace.slot(slot).scoring,
-                                    champion=period.champion_version, candidates=candidates), period)
+            rescored = rescore(db, AnswerQuery(slot=slot, since=period.started_at, plan=plan,
+                                               scoring=self.workspace.slot(slot).scoring,
+                                               champion=period.champion_version, candidates=candidates), period)
             windows = {v.version_id: max(period.started_at, v.created_at) for v in challengers}
             if windows and not plan.empty:
-                merge_moments(db, period, append_pairs(db, period, windows, plan.needs_label, candidates, newest))
+                merge_moments(db, period, append_pairs(db, period, rescored, windows, plan.needs_label, newest,
+                                                       rebuild=candidates is None))
         finally:
             db.execute("DROP TABLE IF EXISTS touched")
-            db.execute("DROP TABLE IF EXISTS fresh")
+            db.execute("DROP TABLE IF EXISTS rescored")
         save_watermark(db, period, newest)
 
     def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict) -> None:
