@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import registry.db as registry_db
 from registry import ConfigError, Refused, Registry, load_workspace
+from registry.migrations import MIGRATIONS
 from scorer.board import Status
 from scorer.policy import promotion_evidence
 from scorer.service import Scorer
@@ -357,3 +359,28 @@ def test_litellms_price_map_loads_as_is_and_the_config_overrides_it(workspace_di
     assert prices["sim-large"].input_cost_per_token == 5e-6, "the config's entry wins over the price file"
     assert price_of(prices, "sim-other").input_cost_per_token == 1e-6
     assert price_of(prices, "no-such-model") is None
+
+
+def test_a_database_from_before_request_keys_is_upgraded_and_its_pairs_scored(workspace_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(registry_db, "MIGRATIONS", MIGRATIONS[:3])
+    monkeypatch.setattr(registry_db, "LATEST", 3)
+    registry, ids = demo_registry(workspace_dir)
+    with registry.database.transaction() as db:
+        for i in range(5):
+            db.execute("INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, status, output, "
+                       "prompt_tokens, completion_tokens, latency_ms, source, ingested_at) VALUES (?, ?, now()::TIMESTAMP, "
+                       "'{}', ?, 200, 'billing', 100, 20, 400, 'gateway', now()::TIMESTAMP)", [f"old{i}", SLOT, ids["baseline"]])
+            db.execute("INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at) "
+                       "VALUES (?, ?, ?, 'label', '\"billing\"', now()::TIMESTAMP)", [f"o{i}", f"old{i}", f"old{i}"])
+            db.execute("INSERT INTO shadow_results (request_id, version_id, role, status, output, prompt_tokens, "
+                       "completion_tokens, latency_ms, attempts, finished_at) VALUES (?, ?, 'challenger', 'ok', 'billing', "
+                       "100, 20, 300, 1, now()::TIMESTAMP)", [f"old{i}", ids["careful-large"]])
+    registry.close()
+    monkeypatch.undo()
+    with Registry.open(load_workspace(workspace_dir)) as upgraded:
+        db = upgraded.database.connection
+        for table in ("shadow_results", "outcomes"):
+            unkeyed = db.execute(f"SELECT count(*) FROM {table} x JOIN traffic t USING (request_id) "
+                                 "WHERE x.request_seq IS DISTINCT FROM t.seq").fetchone()[0]
+            assert unkeyed == 0, f"{table} rows kept no key to their request"
+        assert _row(_board(upgraded), ids["careful-large"]).comparison.pairs == 5
