@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install clean promtool
+.PHONY: test demo install clean test-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,18 +17,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# promtool checks the Prometheus config, alert rules and dashboard queries in ops/
-# (tests/test_ops_assets.py). Debian's prometheus package ships it: installed when
-# missing (as root, or with sudo), a silent no-op once it is there.
+# tests/test_ops_assets.py checks the deploy assets in ops/ with real tools: promtool
+# (Debian's prometheus package) for the Prometheus config, alert rules and dashboard
+# queries, and systemd-analyze (Debian's systemd package) for the unit file. Each package
+# is installed when its tool is missing (as root, or with sudo), a silent no-op once there.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+TEST_TOOLS := promtool:prometheus systemd-analyze:systemd
 
-promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
-		echo "installing Debian's prometheus package (for promtool)"; \
+test-tools:
+	@for pair in $(TEST_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair#*:}; \
+		command -v $$tool >/dev/null 2>&1 && continue; \
+		echo "installing Debian's $$package package (for $$tool)"; \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null || exit 1; \
+	done
 
-test: $(STAMP) promtool
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

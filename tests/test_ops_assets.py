@@ -1,6 +1,7 @@
 """The deploy assets in ops/: Prometheus config, alert rules and their unit tests, and the
-Grafana dashboard. promtool (Debian's `prometheus` package, installed by `make test`)
-does the PromQL work; these tests fail, never skip, when it is missing."""
+Grafana dashboard, and the systemd unit. promtool (Debian's `prometheus` package) does the
+PromQL work and systemd-analyze (Debian's `systemd` package) checks the unit; `make test`
+installs both, and these tests fail, never skip, when one is missing."""
 
 from __future__ import annotations
 
@@ -43,12 +44,17 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 
 # --- promtool -------------------------------------------------------------------------
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    path = shutil.which("promtool")
+def run_tool(tool: str, package: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a checking tool from the repository root; fail with the way to install it when missing."""
+    path = shutil.which(tool)
     if path is None:
-        pytest.fail("promtool is not installed: run `make test` (it installs Debian's prometheus package), "
-                    "or `apt-get install prometheus`", pytrace=False)
+        pytest.fail(f"{tool} is not installed: run `make test` (it installs Debian's {package} package), "
+                    f"or `apt-get install {package}`", pytrace=False)
     return subprocess.run([path, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_tool("promtool", "prometheus", *args)
 
 
 def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
@@ -253,10 +259,7 @@ def test_systemd_unit_runs_serve_with_a_graceful_stop_and_a_writable_workspace()
 
 
 def test_systemd_unit_has_no_unknown_directives() -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (optional check)")
-    done = subprocess.run([analyze, "verify", str(UNIT)], capture_output=True, text=True, timeout=60)
+    done = run_tool("systemd-analyze", "systemd", "verify", str(UNIT))
     problems = [line for line in (done.stdout + done.stderr).splitlines()
                 if line.strip() and "is not executable" not in line and "No such file" not in line]
     assert not problems, "\n".join(problems)
