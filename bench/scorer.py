@@ -35,6 +35,7 @@ from scorer.service import Scorer  # noqa: E402
 SLOT = "bench"
 CHALLENGERS = 5
 LABELS = ["billing", "technical", "account", "shipping", "other"]
+LABELS_SQL = "['" + "', '".join(LABELS) + "']"
 
 
 def workspace(root: Path) -> Path:
@@ -74,8 +75,7 @@ USAGE = ("'{{\"prompt_tokens\": ' || {prompt} || ', \"completion_tokens\": ' || 
 
 def answer_sql(shape: str, k: int, accuracy: int) -> tuple[str, str]:
     """SQL for the output and usage JSON of one variant's answer to request `i`."""
-    labels = "['" + "', '".join(LABELS) + "']"
-    category = f"(CASE WHEN hash(i * {k}) % 100 < {accuracy} THEN {labels}[1 + i % 5] ELSE 'other' END)"
+    category = f"(CASE WHEN hash(i * {k}) % 100 < {accuracy} THEN {LABELS_SQL}[1 + i % 5] ELSE 'other' END)"
     if shape == "labels":
         return category, "NULL"
     completion = f"(12 + 15 * (hash(i * {k}) % 4))"
@@ -85,7 +85,6 @@ def answer_sql(shape: str, k: int, accuracy: int) -> tuple[str, str]:
 def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int, shape: str) -> None:
     """`count` labelled requests answered by the champion and every challenger, in SQL, keyed
     as ingest and the runner key them (outcomes and results carry their traffic row's seq)."""
-    labels = "['" + "', '".join(LABELS) + "']"
     request_id = "'szr_' || lpad(to_hex(i), 12, '0') || left(md5(i::VARCHAR), 12)"
     output, usage = answer_sql(shape, 7, 70)
     with registry.database.transaction() as db:
@@ -99,7 +98,7 @@ def generate(registry: Registry, champion: str, challengers: list[str], start: i
         requests = f"(SELECT ('0x' || substr(request_id, 5, 12))::BIGINT AS i, request_id, seq FROM traffic WHERE seq > {seen})"
         db.execute(f"""
             INSERT INTO outcomes (outcome_id, request_key, request_id, request_seq, kind, value_json, received_at)
-            SELECT 'o' || i, request_id, request_id, seq, 'label', to_json({labels}[1 + i % 5]), now()::TIMESTAMP
+            SELECT 'o' || i, request_id, request_id, seq, 'label', to_json({LABELS_SQL}[1 + i % 5]), now()::TIMESTAMP
             FROM {requests}""")
         for index, version in enumerate(challengers):
             output, usage = answer_sql(shape, 11 + index, 60 + 5 * index)

@@ -89,7 +89,7 @@ class AnswerQuery:
             SELECT request_seq, arg_max(value_json, received_at) AS label_json
             FROM outcomes WHERE kind = 'label' AND request_seq IN (SELECT request_seq FROM t) GROUP BY request_seq
         ),
-        labels AS MATERIALIZED (SELECT request_seq, label_json, {SCALAR_LABEL} AS label FROM latest_labels),
+        labels AS (SELECT request_seq, label_json, {SCALAR_LABEL} AS label FROM latest_labels),
         answers AS (
             SELECT request_id, request_seq, champion_version AS version_id, 'live' AS source,
                    CASE WHEN http_status = 200 AND error IS NULL THEN 'ok' ELSE 'error' END AS status,
