@@ -73,27 +73,30 @@ USAGE = ("'{{\"prompt_tokens\": ' || {prompt} || ', \"completion_tokens\": ' || 
          "\"completion_tokens_details\": {{\"reasoning_tokens\": 0}}}}'")
 
 
-def answer_sql(shape: str, k: int, accuracy: int) -> tuple[str, str]:
-    """SQL for the output and usage JSON of one variant's answer to request `i`."""
+def answer_sql(shape: str, k: int, accuracy: int) -> tuple[str, str, str]:
+    """SQL for the output, the usage JSON and the token details read from it (cached and
+    reasoning tokens, as ingest and the runner store them) of one variant's answer to request `i`."""
     category = f"(CASE WHEN hash(i * {k}) % 100 < {accuracy} THEN {LABELS_SQL}[1 + i % 5] ELSE 'other' END)"
     if shape == "labels":
-        return category, "NULL"
+        return category, "NULL", "NULL, NULL"
     completion = f"(12 + 15 * (hash(i * {k}) % 4))"
-    return category + " || " + EXPLANATION.format(category=category, k=k), USAGE.format(prompt=150, completion=completion)
+    return (category + " || " + EXPLANATION.format(category=category, k=k), USAGE.format(prompt=150, completion=completion),
+            "0, 0")
 
 
 def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int, shape: str) -> None:
     """`count` labelled requests answered by the champion and every challenger, in SQL, keyed
     as ingest and the runner key them (outcomes and results carry their traffic row's seq)."""
     request_id = "'szr_' || lpad(to_hex(i), 12, '0') || left(md5(i::VARCHAR), 12)"
-    output, usage = answer_sql(shape, 7, 70)
+    output, usage, details = answer_sql(shape, 7, 70)
     with registry.database.transaction() as db:
         seen = db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchone()[0]
         db.execute(f"""
             INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, status, output,
-                                 prompt_tokens, completion_tokens, usage_json, latency_ms, source, ingested_at)
+                                 prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms,
+                                 source, ingested_at)
             SELECT {request_id}, '{SLOT}', now()::TIMESTAMP + to_microseconds(i), '{{}}', '{champion}', 200,
-                   {output}, 120, 12, {usage}, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
+                   {output}, 120, 12, {details}, {usage}, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
             FROM range({start}, {start + count}) t(i)""")
         requests = f"(SELECT ('0x' || substr(request_id, 5, 12))::BIGINT AS i, request_id, seq FROM traffic WHERE seq > {seen})"
         db.execute(f"""
@@ -101,11 +104,12 @@ def generate(registry: Registry, champion: str, challengers: list[str], start: i
             SELECT 'o' || i, request_id, request_id, seq, 'label', to_json({LABELS_SQL}[1 + i % 5]), now()::TIMESTAMP
             FROM {requests}""")
         for index, version in enumerate(challengers):
-            output, usage = answer_sql(shape, 11 + index, 60 + 5 * index)
+            output, usage, details = answer_sql(shape, 11 + index, 60 + 5 * index)
             db.execute(f"""
                 INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, output, prompt_tokens,
-                                            completion_tokens, usage_json, latency_ms, attempts, finished_at)
-                SELECT request_id, seq, '{version}', 'challenger', 'ok', {output}, 150, 12, {usage},
+                                            completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms,
+                                            attempts, finished_at)
+                SELECT request_id, seq, '{version}', 'challenger', 'ok', {output}, 150, 12, {details}, {usage},
                        180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
                 FROM {requests}""")
 

@@ -177,8 +177,7 @@ def retention(context: TaskContext) -> dict[str, Any]:
             old = "FROM traffic WHERE slot = ? AND received_at < ?"
             for table in ("shadow_results", "metric_values", "outcomes"):
                 db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
-            for table in ("scores", "paired"):
-                db.execute(f"DELETE FROM {table} WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
+            db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
             deleted += db.execute("DELETE FROM traffic WHERE slot = ? AND received_at < ?", [slot, cutoff]).fetchall()[0][0]
     return {"traffic_deleted": deleted}
 

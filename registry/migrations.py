@@ -287,6 +287,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "token details as columns, no per-answer scores",
+        # The cached and reasoning token counts are priced apart; reading them once, when
+        # a row is written, spares the scorer a parse of every answer's usage JSON. The
+        # scorer now recomputes an answer's earlier contribution from the rows it had then,
+        # so per-answer scores are no longer stored; pairs, moments and sums carry over.
+        """
+        DROP TABLE scores;
+        ALTER TABLE traffic ADD COLUMN cached_tokens BIGINT;
+        ALTER TABLE traffic ADD COLUMN reasoning_tokens BIGINT;
+        UPDATE traffic SET
+            cached_tokens = TRY_CAST(json_extract_string(usage_json, '$.prompt_tokens_details.cached_tokens') AS BIGINT),
+            reasoning_tokens = TRY_CAST(json_extract_string(usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT)
+            WHERE usage_json IS NOT NULL;
+        ALTER TABLE shadow_results ADD COLUMN cached_tokens BIGINT;
+        ALTER TABLE shadow_results ADD COLUMN reasoning_tokens BIGINT;
+        UPDATE shadow_results SET
+            cached_tokens = TRY_CAST(json_extract_string(usage_json, '$.prompt_tokens_details.cached_tokens') AS BIGINT),
+            reasoning_tokens = TRY_CAST(json_extract_string(usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT)
+            WHERE usage_json IS NOT NULL;
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -23,10 +23,6 @@ from registry.config import Price, ScoringConfig
 from scorer.metrics import SCALAR_LABEL, QualityPlan, sql_literal
 from shadow.pricing import price_of
 
-# The usage fields priced apart, read with one parse of each answer's usage JSON.
-USAGE_DETAILS = ("json_extract_string(usage_json, "
-                 "['$.prompt_tokens_details.cached_tokens', '$.completion_tokens_details.reasoning_tokens'])")
-
 PRICE_COLUMNS = {
     "version_id": pl.Utf8, "input_price": pl.Float64, "output_price": pl.Float64, "cache_price": pl.Float64,
     "reasoning_price": pl.Float64, "call_price": pl.Float64, "priced": pl.Boolean,
@@ -59,64 +55,91 @@ class AnswerQuery:
     plan: QualityPlan
     scoring: ScoringConfig
     champion: str | None = None
-    candidates: str | None = None
-    """SQL selecting the `request_seq` of the only requests to score (all when None)."""
+    requests: str | None = None
+    """A SQL condition on traffic's `seq` selecting the only requests to score (all when None)."""
+    as_of: int | None = None
+    """Score the answers as they stood when `as_of` was the newest seq: later rows are left out."""
 
     def sql(self) -> str:
-        """SQL over the registered `variant_prices` relation; parameters are inlined as literals."""
-        traffic_filter = f"slot = {sql_literal(self.slot)} AND received_at >= TIMESTAMP {sql_literal(self.since.isoformat(sep=' '))}"
+        """Every answer, scored: the champion's live ones, then the replayed ones (with the
+        champion's scores of the same request). Over the registered `variant_prices` relation;
+        parameters are inlined as literals."""
+        return (f"WITH live AS MATERIALIZED ({self.live_sql()}) "
+                f"SELECT * FROM live WHERE known_variant UNION ALL BY NAME SELECT * FROM ({self.replayed_sql('live')})")
+
+    def live_sql(self) -> str:
+        """The champion's live answers (from `traffic`), scored, with their request's latest label.
+
+        A request whose champion has no price row is kept (`known_variant` false), so its
+        replayed answers can still join it."""
+        answers = f"""
+            WITH t AS (SELECT * FROM traffic WHERE {self.traffic_filter()} {self._written('seq')}),
+            latest_labels AS (
+                SELECT request_seq, arg_max(value_json, (received_at, seq)) AS label_json FROM outcomes
+                WHERE kind = 'label' AND request_seq IN (SELECT seq FROM t) {self._written('seq')} GROUP BY request_seq
+            )
+            SELECT t.request_id, t.seq AS request_seq, t.champion_version AS version_id, 'live' AS source,
+                   CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END AS status,
+                   t.output, t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.reasoning_tokens, t.latency_ms,
+                   t.received_at, l.label_json, {SCALAR_LABEL.replace("label_json", "l.label_json")} AS label,
+                   l.label_json IS NOT NULL AS labelled
+            FROM t LEFT JOIN latest_labels l ON l.request_seq = t.seq"""
+        return self._scored(answers, "LEFT JOIN")
+
+    def replayed_sql(self, live: str) -> str:
+        """The replayed answers (challengers, and the champion replayed as a control) to the
+        requests of `live` (the relation `live_sql` gives), scored; each row carries the label
+        from its request and the champion's live scores (`champion_net`, …) for pairing."""
+        answers = f"""
+            SELECT s.request_id, s.request_seq, s.version_id,
+                   CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,
+                   s.prompt_tokens, s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.latency_ms,
+                   l.received_at, l.label_json, l.label, l.labelled, l.net AS champion_net,
+                   l.quality AS champion_quality, l.cost_usd AS champion_cost
+            FROM shadow_results s JOIN {live} l ON l.request_seq = s.request_seq
+            WHERE s.status IN ('ok', 'error') {self._written('s.seq')}"""
+        return self._scored(answers, "JOIN")
+
+    def traffic_filter(self) -> str:
+        """The SQL condition on `traffic` selecting the query's requests."""
+        condition = f"slot = {sql_literal(self.slot)} AND received_at >= TIMESTAMP {sql_literal(self.since.isoformat(sep=' '))}"
         if self.champion is not None:
-            traffic_filter += f" AND champion_version = {sql_literal(self.champion)}"
-        if self.candidates is not None:
-            traffic_filter += f" AND seq IN ({self.candidates})"
+            condition += f" AND champion_version = {sql_literal(self.champion)}"
+        if self.requests is not None:
+            condition += f" AND ({self.requests})"
+        return condition
+
+    def _written(self, seq: str) -> str:
+        return f"AND {seq} <= {self.as_of}" if self.as_of is not None else ""
+
+    def _scored(self, answers: str, price_join: str) -> str:
+        """`answers` with quality, cost_usd, latency_cost and net; `price_join` says whether an
+        answer of a variant without a `variant_prices` row is kept (LEFT JOIN) or left out."""
         row_joins = "".join(
             f" LEFT JOIN metric_values mv{i} ON mv{i}.request_id = a.request_id AND mv{i}.version_id = a.version_id"
-            f" AND mv{i}.metric_key = {sql_literal(key)}"
+            f" AND mv{i}.metric_key = {sql_literal(key)} {self._written(f'mv{i}.seq')}"
             for i, key in enumerate(self.plan.row_metrics)
         )
-        row_columns = "".join(f', mv{i}.value AS "mv:{key}"'
-                              for i, key in enumerate(self.plan.row_metrics))
+        row_columns = "".join(f', mv{i}.value AS "mv:{key}"' for i, key in enumerate(self.plan.row_metrics))
         failed = " OR ".join(f"mv{i}.error IS NOT NULL" for i in range(len(self.plan.row_metrics))) or "false"
         quality = self.plan.quality_sql() if not self.plan.empty else "NULL"
         s = self.scoring
         return f"""
-        WITH t AS (
-            SELECT request_id, seq AS request_seq, received_at, champion_version, status AS http_status, error, output,
-                   prompt_tokens, completion_tokens, usage_json, latency_ms
-            FROM traffic WHERE {traffic_filter}
-        ),
-        latest_labels AS (
-            SELECT request_seq, arg_max(value_json, received_at) AS label_json
-            FROM outcomes WHERE kind = 'label' AND request_seq IN (SELECT request_seq FROM t) GROUP BY request_seq
-        ),
-        labels AS (SELECT request_seq, label_json, {SCALAR_LABEL} AS label FROM latest_labels),
-        answers AS (
-            SELECT request_id, request_seq, champion_version AS version_id, 'live' AS source,
-                   CASE WHEN http_status = 200 AND error IS NULL THEN 'ok' ELSE 'error' END AS status,
-                   output, prompt_tokens, completion_tokens, {USAGE_DETAILS} AS usage_details, latency_ms, received_at
-            FROM t
-            UNION ALL
-            SELECT t.request_id, t.request_seq, s.version_id, CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END,
-                   s.status, s.output, s.prompt_tokens, s.completion_tokens, {USAGE_DETAILS.replace("usage_json", "s.usage_json")},
-                   s.latency_ms, t.received_at
-            FROM shadow_results s JOIN t ON s.request_seq = t.request_seq WHERE s.status IN ('ok', 'error')
-        ),
-        joined AS (
-            SELECT a.*, l.label_json, l.label, vp.* EXCLUDE (version_id),
-                   coalesce(TRY_CAST(a.usage_details[1] AS BIGINT), 0) AS cached_tokens,
-                   coalesce(TRY_CAST(a.usage_details[2] AS BIGINT), 0) AS reasoning_tokens,
+        WITH joined AS (
+            SELECT a.*, vp.* EXCLUDE (version_id), vp.version_id IS NOT NULL AS known_variant,
+                   least(coalesce(a.cached_tokens, 0), coalesce(a.prompt_tokens, 0)) AS cached,
+                   least(coalesce(a.reasoning_tokens, 0), coalesce(a.completion_tokens, 0)) AS reasoning,
                    ({failed}) AS metric_failed {row_columns}
-            FROM answers a JOIN variant_prices vp ON vp.version_id = a.version_id
-            LEFT JOIN labels l ON l.request_seq = a.request_seq {row_joins}
+            FROM ({answers}) a {price_join} variant_prices vp ON vp.version_id = a.version_id {row_joins}
         ),
         costed AS (
             SELECT *,
                    CASE WHEN call_price IS NOT NULL THEN call_price
                         WHEN NOT priced THEN NULL
-                        ELSE (coalesce(prompt_tokens, 0) - cached_tokens) * input_price
-                             + cached_tokens * coalesce(cache_price, input_price)
-                             + (coalesce(completion_tokens, 0) - reasoning_tokens) * output_price
-                             + reasoning_tokens * coalesce(reasoning_price, output_price) END AS cost_usd,
+                        ELSE (coalesce(prompt_tokens, 0) - cached) * input_price
+                             + cached * coalesce(cache_price, input_price)
+                             + (coalesce(completion_tokens, 0) - reasoning) * output_price
+                             + reasoning * coalesce(reasoning_price, output_price) END AS cost_usd,
                    {s.latency_cost_per_s} * greatest(0, coalesce(latency_ms, 0) / 1000.0 - {s.latency_slo_s}) AS latency_cost
             FROM joined
         ),

@@ -1,8 +1,8 @@
 """A period's descriptive statistics, kept as sums a refresh can add to and take from.
 
 `answer_stats` holds, per (period, variant, source) and latency bucket, counts and sums of
-the period's stored scores. A refresh adds the contribution of the answers it scores and
-takes away that of the answers it replaces, so the leaderboard's descriptive columns cost
+the period's scored answers. A refresh adds the contribution of the answers it scores and
+takes away what the same answers contributed before, so the leaderboard's descriptive columns cost
 a read of this small table instead of a scan of the period. Latency quantiles come from
 the buckets: each is 1% wide on a log scale, so p50 and p95 are within 0.5% of the answer
 at their rank (and, with a few thousand answers, within about 1% of `quantile_cont`).
@@ -32,7 +32,8 @@ def metric_error_sql(needs_label: bool) -> str:
 
 
 def add_answers(db: duckdb.DuckDBPyConnection, period_id: int, relation: str, needs_label: bool, sign: int = 1) -> None:
-    """Add (sign 1) or take away (sign −1) the answers of `relation`, which has the columns of `scores`."""
+    """Add (sign 1) or take away (sign −1) the answers of `relation`, which has scored answers' columns
+    (version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, net)."""
     assignments = ", ".join(f"{name} = answer_stats.{name} + excluded.{name}" for name in _SUMS)
     db.execute(f"""
         INSERT INTO answer_stats

@@ -30,7 +30,7 @@ STATS = ("n", "mean_quality", "cost_per_1k_usd", "p50_latency_ms", "p95_latency_
 
 
 def _aggregates(needs_label: bool) -> str:
-    """The descriptive columns, over a relation with the columns of `scores`."""
+    """The descriptive columns, over scored answers (`AnswerQuery`'s columns)."""
     return f"""version_id, source,
                count(quality) AS n,
                avg(quality) AS mean_quality,
@@ -44,8 +44,7 @@ def _aggregates(needs_label: bool) -> str:
 
 def describe(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (version, source) statistics over any window of answers, scored on the fly."""
-    relation = f"(SELECT *, label_json IS NOT NULL AS labelled FROM ({query.sql()}))"
-    return _stats(db.execute(f"SELECT {_aggregates(query.plan.needs_label)} FROM {relation} GROUP BY version_id, source"))
+    return _stats(db.execute(f"SELECT {_aggregates(query.plan.needs_label)} FROM ({query.sql()}) GROUP BY version_id, source"))
 
 
 def _stats(cursor: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str, Any]]:

@@ -1,22 +1,26 @@
-"""Scores and paired differences, kept up to date in proportion to what is new.
-
-Each answer of the current period is scored once into `scores` (the string work: metrics,
-label parsing, pricing) and rescored only when one of its rows changes; the period's
-descriptive sums (`answer_stats`) follow every change. A pair is a request answered by
-both the champion (live) and a challenger (replayed) in the period, once both answers are
-scored (label joined, prices known). Its differences d = challenger − champion (net,
-quality, cost) are appended to `paired` exactly once, and the new batch's moments are
-merged into `pair_moments`.
+"""Paired differences and the period's sums, kept up to date in proportion to what is new.
 
 What is new is found through `seq`, a counter every traffic, outcome, shadow-result and
 metric-value row takes when it is written: a slot's watermark remembers the highest seq
-already considered, and only requests touched since are looked at again. Requests are
-keyed by their traffic row's `seq` (`request_seq`), an integer that grows with arrival,
-so the rows of recently touched requests are read without scanning older ones.
+already considered, and only requests touched since are scored again. Requests are keyed
+by their traffic row's `seq` (`request_seq`), an integer that grows with arrival, so the
+rows of recently touched requests are read without scanning older ones.
+
+Each touched request is scored twice: as it stands now, and as it stood at the watermark
+(its rows with seq at most the watermark, which is exactly what the refresh that last
+touched it scored). The period's descriptive sums (`answer_stats`) take away the second
+and add the first. A pair (a request answered by the champion live and by a challenger
+replayed, both scored, label joined) is appended to `paired` when it is complete now and
+was not at the watermark: it enters the evidence exactly once, and a corrected label
+never moves a pair already counted. So nothing is kept per answer; a new period scores
+its requests in chunks of `seq`, to bound memory and report progress.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import replace
 from datetime import datetime
 
 import duckdb
@@ -29,8 +33,13 @@ from scorer.periods import Period
 from scorer.sequential import PairedMoments
 
 MEASURES = ("net", "quality", "cost")
-_SCORE_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
-                  "net, received_at")
+CHUNK_REQUESTS = 250_000
+"""Requests scored at once when a period is scored from the start."""
+_ANSWER_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
+                   "net, received_at")
+_LIVE_COLUMNS = f"{_ANSWER_COLUMNS}, known_variant, label_json, label"
+_REPLAYED_COLUMNS = f"{_ANSWER_COLUMNS}, champion_net, champion_quality, champion_cost"
+log = logging.getLogger("shadowzoo.scorer")
 
 
 def touched_requests(since_seq: int) -> str:
@@ -57,78 +66,84 @@ def watermark(db: duckdb.DuckDBPyConnection, period: Period) -> int:
     return int(row[1]) if row and row[0] == period.period_id else 0
 
 
-def forget_earlier_periods(db: duckdb.DuckDBPyConnection, period: Period) -> None:
-    """Delete the per-answer scores of the slot's earlier periods: they serve only to rescore
-    a period, and a slot never returns to one. Their pairs, moments and sums stay."""
-    db.execute("DELETE FROM scores WHERE period_id IN "
-               "(SELECT period_id FROM evaluation_periods WHERE slot = ? AND period_id < ?)",
-               [period.slot, period.period_id])
+def batches(db: duckdb.DuckDBPyConnection, query: AnswerQuery, seen: int) -> list[AnswerQuery]:
+    """The scoring queries of one refresh: the requests touched after `seen` (in the temp
+    table `touched`), or, for a new period (`seen` 0), all its requests in chunks of seq."""
+    if seen:
+        db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
+        return [replace(query, requests="seq IN (SELECT request_seq FROM touched)")]
+    low, high, count = db.execute(f"SELECT min(seq), max(seq), count(*) FROM traffic WHERE {query.traffic_filter()}").fetchone()
+    if not count:
+        return []
+    step = math.ceil((high - low + 1) / math.ceil(count / CHUNK_REQUESTS))
+    return [replace(query, requests=f"seq BETWEEN {start} AND {start + step - 1}") for start in range(low, high + 1, step)]
 
 
-def rescore(db: duckdb.DuckDBPyConnection, query: AnswerQuery, period: Period) -> str:
-    """Score the query's answers into `scores`, replacing earlier scores of the same requests,
-    and keep the period's descriptive sums in step; return the relation of the rows just scored.
-
-    A new period's answers go straight into `scores`; a refresh's few go through the temp
-    table `rescored` first, so pairing reads them without touching the rest of the period.
-    """
-    needs_label = query.plan.needs_label
-    scored = (f"SELECT {period.period_id} AS period_id, {_SCORE_COLUMNS} "
-              f"FROM (SELECT *, label_json IS NOT NULL AS labelled FROM ({query.sql()}))")
-    if query.candidates is None:
-        db.execute(f"INSERT INTO scores (period_id, {_SCORE_COLUMNS}) {scored}")
-        rescored = f"(SELECT * FROM scores WHERE period_id = {period.period_id})"
-    else:
-        db.execute(f"CREATE OR REPLACE TEMP TABLE rescored AS {scored}")
-        replaced = f"scores WHERE period_id = {period.period_id} AND request_seq IN ({query.candidates})"
-        add_answers(db, period.period_id, f"(SELECT * FROM {replaced})", needs_label, sign=-1)
-        db.execute(f"DELETE FROM {replaced}")
-        db.execute(f"INSERT INTO scores (period_id, {_SCORE_COLUMNS}) SELECT period_id, {_SCORE_COLUMNS} FROM rescored")
-        rescored = "rescored"
-    add_answers(db, period.period_id, rescored, needs_label)
-    return rescored
+def score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: int,
+                windows: dict[str, datetime], batch_seq: int) -> None:
+    """Score the batch's requests now and, when the period was scored before, as they stood at
+    `seen`; move the period's sums by the difference and append the pairs completed since."""
+    try:
+        _score_into(db, "now", query)
+        add_answers(db, period.period_id, _answers("now"), query.plan.needs_label)
+        if seen:
+            _score_into(db, "before", replace(query, as_of=seen))
+            add_answers(db, period.period_id, _answers("before"), query.plan.needs_label, sign=-1)
+        if windows:
+            _append_pairs(db, period, windows, query.plan.needs_label, batch_seq, dedupe=bool(seen))
+    finally:
+        for table in ("live_now", "replayed_now", "live_before", "replayed_before"):
+            db.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-def append_pairs(db: duckdb.DuckDBPyConnection, period: Period, rescored: str, windows: dict[str, datetime],
-                 needs_label: bool, batch_seq: int, rebuild: bool) -> dict[str, dict[str, PairedMoments]]:
-    """Append the newly complete pairs among the `rescored` answers, tagged with the
-    refresh's watermark `batch_seq`; return their moments per challenger.
+def _score_into(db: duckdb.DuckDBPyConnection, state: str, query: AnswerQuery) -> None:
+    """Score the query's answers into the temp tables `live_<state>` and `replayed_<state>`."""
+    db.execute(f"CREATE OR REPLACE TEMP TABLE live_{state} AS SELECT {_LIVE_COLUMNS} FROM ({query.live_sql()})")
+    db.execute(f"CREATE OR REPLACE TEMP TABLE replayed_{state} AS "
+               f"SELECT {_REPLAYED_COLUMNS} FROM ({query.replayed_sql(f'live_{state}')})")
 
-    A request already paired (its label was sent again, say) is left out, so a pair is
-    counted once; on a `rebuild` the period is new and has no pairs to leave out.
-    """
+
+def _answers(state: str) -> str:
+    return (f"(SELECT {_ANSWER_COLUMNS} FROM live_{state} WHERE known_variant "
+            f"UNION ALL SELECT {_ANSWER_COLUMNS} FROM replayed_{state})")
+
+
+def _complete(answer: str, needs_label: bool) -> str:
+    """Whether a replayed answer makes a pair: it and the champion's answer are scored (and labelled)."""
+    labelled = f"AND {answer}.labelled" if needs_label else ""
+    return f"{answer}.source = 'shadow' AND {answer}.net IS NOT NULL AND {answer}.champion_net IS NOT NULL {labelled}"
+
+
+def _append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[str, datetime], needs_label: bool,
+                  batch_seq: int, dedupe: bool) -> None:
+    """Append the pairs complete now (within their challenger's window), tagged with the
+    refresh's watermark `batch_seq`; with `dedupe`, leave out those already complete before."""
     starts = pl.DataFrame({"version_id": list(windows), "window_start": list(windows.values())},
                           schema={"version_id": pl.Utf8, "window_start": pl.Datetime("us")})
-    label_rule = "AND c.labelled" if needs_label else ""
-    already, unpaired = "", ""
-    if not rebuild:
-        already = (f"LEFT JOIN (SELECT request_seq, version_id FROM paired WHERE period_id = {period.period_id} "
-                   f"AND request_seq IN (SELECT request_seq FROM {rescored})) q "
-                   "ON q.request_seq = c.request_seq AND q.version_id = c.version_id")
-        unpaired = "AND q.request_seq IS NULL"
+    counted = ""
+    if dedupe:
+        counted = ("AND NOT EXISTS (SELECT 1 FROM replayed_before b WHERE b.request_seq = c.request_seq "
+                   f"AND b.version_id = c.version_id AND {_complete('b', needs_label)})")
     with registered(db, "pair_windows", starts.to_arrow()):
         db.execute(f"""
             INSERT INTO paired
-            SELECT {period.period_id}, c.request_seq, c.version_id, c.net - p.net, c.quality - p.quality,
-                   c.cost_usd - p.cost_usd, now()::TIMESTAMP, {batch_seq}
-            FROM {rescored} c JOIN {rescored} p ON p.request_seq = c.request_seq AND p.source = 'live'
-            JOIN pair_windows w ON w.version_id = c.version_id {already}
-            WHERE c.source = 'shadow' AND c.received_at >= w.window_start
-              AND c.net IS NOT NULL AND p.net IS NOT NULL {unpaired} {label_rule}
+            SELECT {period.period_id}, c.request_seq, c.version_id, c.net - c.champion_net,
+                   c.quality - c.champion_quality, c.cost_usd - c.champion_cost, now()::TIMESTAMP, {batch_seq}
+            FROM replayed_now c JOIN pair_windows w ON w.version_id = c.version_id
+            WHERE c.received_at >= w.window_start AND {_complete('c', needs_label)} {counted}
         """)
-    return _batch_moments(db, period, batch_seq)
 
 
-def _batch_moments(db: duckdb.DuckDBPyConnection, period: Period, batch_seq: int) -> dict[str, dict[str, PairedMoments]]:
+def batch_moments(db: duckdb.DuckDBPyConnection, period: Period, batch_seq: int) -> dict[str, dict[str, PairedMoments]]:
     """Count, mean and M2 of each measure of one batch of pairs, per challenger, computed in SQL."""
     columns = ", ".join(f"avg(d_{m}), var_pop(d_{m}) * count(*)" for m in MEASURES)
-    batches: dict[str, dict[str, PairedMoments]] = {}
+    moments: dict[str, dict[str, PairedMoments]] = {}
     for version_id, n, *values in db.execute(
             f"SELECT version_id, count(*), {columns} FROM paired "
             f"WHERE period_id = {period.period_id} AND watermark_seq = {batch_seq} GROUP BY 1").fetchall():
-        batches[version_id] = {m: PairedMoments(n=n, mean=values[2 * i], m2=values[2 * i + 1])
+        moments[version_id] = {m: PairedMoments(n=n, mean=values[2 * i], m2=values[2 * i + 1])
                                for i, m in enumerate(MEASURES)}
-    return batches
+    return moments
 
 
 def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batches: dict[str, dict[str, PairedMoments]]) -> None:

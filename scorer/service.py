@@ -28,8 +28,7 @@ from registry.config import JudgeMetric
 from scorer.judge import judge_spend_today, run_judge, sampled_sql
 from scorer.metrics import QualityPlan, plan_quality
 from scorer.pairing import (
-    append_pairs, forget_earlier_periods, latest_seq, load_moments, merge_moments, rescore, save_watermark,
-    touched_requests, watermark,
+    batch_moments, batches, latest_seq, load_moments, merge_moments, save_watermark, score_batch, watermark,
 )
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings
 from scorer.prices import sync_prices
@@ -106,28 +105,24 @@ class Scorer:
 
     def _append_pairs(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period,
                       challengers: list[Variant]) -> None:
-        """Rescore what changed since the watermark, then append and fold in the new pairs."""
+        """Score what changed since the watermark, then append and fold in the new pairs."""
         seen = watermark(db, period)
         newest = latest_seq(db)
         if newest == seen:
             return
-        candidates = None
-        if seen:
-            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
-            candidates = "SELECT request_seq FROM touched"
-        else:
-            forget_earlier_periods(db, period)
+        query = AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=self.workspace.slot(slot).scoring,
+                            champion=period.champion_version)
+        windows = {} if plan.empty else {v.version_id: max(period.started_at, v.created_at) for v in challengers}
         try:
-            rescored = rescore(db, AnswerQuery(slot=slot, since=period.started_at, plan=plan,
-                                               scoring=self.workspace.slot(slot).scoring,
-                                               champion=period.champion_version, candidates=candidates), period)
-            windows = {v.version_id: max(period.started_at, v.created_at) for v in challengers}
-            if windows and not plan.empty:
-                merge_moments(db, period, append_pairs(db, period, rescored, windows, plan.needs_label, newest,
-                                                       rebuild=candidates is None))
+            work = batches(db, query, seen)
+            for done, batch in enumerate(work, start=1):
+                score_batch(db, period, batch, seen, windows, newest)
+                if len(work) > 1:
+                    log.info("slots.%s: scored %d of %d chunks of the period's requests", slot, done, len(work))
         finally:
             db.execute("DROP TABLE IF EXISTS touched")
-            db.execute("DROP TABLE IF EXISTS rescored")
+        if windows:
+            merge_moments(db, period, batch_moments(db, period, newest))
         save_watermark(db, period, newest)
 
     def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict) -> None:

@@ -394,16 +394,20 @@ SELECT
     request_key->>'$', kind->>'$', value
 FROM timed
 """
+# The token counts the scorer prices, read from the usage object once, at ingest.
+USAGE_TOKENS = ("json_extract_string(usage_json, ['$.prompt_tokens', '$.completion_tokens', "
+                "'$.prompt_tokens_details.cached_tokens', '$.completion_tokens_details.reasoning_tokens'])")
 _APPEND_TRAFFIC = f"""
 INSERT {{conflict}} INTO traffic (
     request_id, client_request_id, slot, received_at, request_json, champion_version, status, output,
-    prompt_tokens, completion_tokens, usage_json, latency_ms, stream, partial, error, source, ingested_at
+    prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms, stream, partial,
+    error, source, ingested_at
 )
 SELECT
     request_id, client_request_id, slot, received_at, request_json, champion_version, status, output,
-    TRY_CAST(usage_json->>'$.prompt_tokens' AS BIGINT), TRY_CAST(usage_json->>'$.completion_tokens' AS BIGINT),
-    usage_json, latency_ms, stream, partial, error, source, ?
-FROM {STAGING} WHERE type = 'traffic'
+    TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT), TRY_CAST(tokens[3] AS BIGINT),
+    TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?
+FROM (SELECT *, {USAGE_TOKENS} AS tokens FROM {STAGING} WHERE type = 'traffic')
 """
 _APPEND_OUTCOMES = """
 INSERT OR IGNORE INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at)

@@ -85,8 +85,8 @@ def cost_usd(price: Price | None, usage: Mapping[str, Any] | None) -> float | No
         return 0.0
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    cached = min(prompt, _detail(usage, "prompt_tokens_details", "cached_tokens"))
-    reasoning = min(completion, _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+    cached, reasoning = detail_tokens(usage)
+    cached, reasoning = min(prompt, cached), min(completion, reasoning)
     cached_price = price.cache_read_input_token_cost
     reasoning_price = price.output_cost_per_reasoning_token
     total = prompt * price.input_cost_per_token + completion * price.output_cost_per_token
@@ -102,6 +102,14 @@ def estimate_usd(price: Price | None, prompt_tokens: int, completion_tokens: int
     if price is None:
         return None
     return prompt_tokens * price.input_cost_per_token + completion_tokens * price.output_cost_per_token
+
+
+def detail_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
+    """The cached prompt tokens and the reasoning completion tokens an OpenAI usage reports (0 when absent)."""
+    if not usage:
+        return 0, 0
+    return (_detail(usage, "prompt_tokens_details", "cached_tokens"),
+            _detail(usage, "completion_tokens_details", "reasoning_tokens"))
 
 
 def _detail(usage: Mapping[str, Any], group: str, key: str) -> int:

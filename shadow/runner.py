@@ -42,7 +42,7 @@ from registry import Database, NotFound, Refused, Registry, Variant, utcnow
 from registry.config import Price, ShadowConfig
 from shadow.apply import apply_variant
 from shadow.pauses import Pause, PauseSet, read_pauses
-from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
+from shadow.pricing import cost_usd, detail_tokens, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ _RESULT_SCHEMA = {
     "output": pl.Utf8,
     "prompt_tokens": pl.Int64,
     "completion_tokens": pl.Int64,
+    "cached_tokens": pl.Int64,
+    "reasoning_tokens": pl.Int64,
     "usage_json": pl.Utf8,
     "cost_usd": pl.Float64,
     "latency_ms": pl.Float64,
@@ -572,6 +574,7 @@ def _row(
     error: str | None = None,
     attempts: int = 0,
 ) -> Row:
+    cached, reasoning = detail_tokens(usage)
     return {
         "request_id": work.request_id,
         "request_seq": work.request_seq,
@@ -581,6 +584,8 @@ def _row(
         "output": output,
         "prompt_tokens": (usage or {}).get("prompt_tokens"),
         "completion_tokens": (usage or {}).get("completion_tokens"),
+        "cached_tokens": cached,
+        "reasoning_tokens": reasoning,
         "usage_json": json.dumps(usage) if usage is not None else None,
         "cost_usd": cost,
         "latency_ms": latency_ms,

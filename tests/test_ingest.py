@@ -77,6 +77,15 @@ def test_a_segment_is_ingested_into_traffic_and_deleted(registry: Registry, spoo
     assert rows(registry, "SELECT records, status FROM spool_segments") == [(2, "ingested")]
 
 
+def test_cached_and_reasoning_token_counts_are_read_from_the_usage_at_ingest(registry: Registry, spool: Path) -> None:
+    usage = {"prompt_tokens": 900, "completion_tokens": 300, "prompt_tokens_details": {"cached_tokens": 512},
+             "completion_tokens_details": {"reasoning_tokens": 256}}
+    segment(spool, traffic("r1", usage=usage), traffic("r2", usage=None), traffic("r3"))
+    ingest(registry, spool)
+    assert rows(registry, "SELECT prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens FROM traffic "
+                          "ORDER BY request_id") == [(900, 300, 512, 256), (None, None, None, None), (11, 2, None, None)]
+
+
 def test_the_same_segment_ingested_twice_adds_no_rows(registry: Registry, spool: Path) -> None:
     path = segment(spool, traffic("r1"), label("r1"))
     content = path.read_bytes()

@@ -24,7 +24,7 @@ from ops.session import Session
 from registry import Refused, Registry, load_workspace, utcnow
 from registry.config import Price
 from shadow import pauses
-from shadow.pricing import cost_usd
+from shadow.pricing import cost_usd, detail_tokens
 from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket
 from shadow.runner import RunFilters, RunReport, ShadowRunner
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
@@ -214,6 +214,7 @@ def test_costs_come_from_usage_and_prices_and_an_unpriced_model_costs_none(ws: S
     for row in by_label["careful-large"]:
         usage = json.loads(row["usage_json"])
         assert usage["prompt_tokens"] == row["prompt_tokens"] > 0
+        assert (row["cached_tokens"], row["reasoning_tokens"]) == detail_tokens(usage)
         assert row["cost_usd"] == pytest.approx(cost_usd(large, usage))
         assert row["cost_usd"] == pytest.approx(row["prompt_tokens"] * 2.5e-6 + row["completion_tokens"] * 1.0e-5)
     assert all(r["cost_usd"] is None and r["completion_tokens"] > 0 for r in by_label["cheap-mini"])

@@ -192,7 +192,7 @@ def test_a_new_champion_starts_a_new_period(scored) -> None:
     assert board.period_id == first + 1 and board.champion == ids["cheap-mini"]
 
 
-def test_a_new_period_drops_the_old_periods_scores_and_keeps_its_pairs(scored) -> None:
+def test_a_new_period_keeps_the_old_periods_pairs_and_sums(scored) -> None:
     registry, ids = scored
     answers = Answers()
     simulate(answers, ids["baseline"], {ids["careful-large"]: 0.9}, n=30)
@@ -204,7 +204,7 @@ def test_a_new_period_drops_the_old_periods_scores_and_keeps_its_pairs(scored) -
     def count(table: str) -> int:
         return registry.database.connection.execute(f"SELECT count(*) FROM {table} WHERE period_id = ?", [first]).fetchone()[0]
 
-    assert count("scores") == 0 and count("paired") == 30 and count("answer_stats") > 0
+    assert count("paired") == 30 and count("answer_stats") > 0
 
 
 def test_alpha_shares_are_fixed_when_a_challenger_joins(scored, workspace_dir: Path) -> None:
@@ -334,9 +334,7 @@ def test_cached_and_reasoning_tokens_are_priced_at_their_own_rates(workspace_dir
     registry, ids = demo_registry(workspace_dir)
     answers = Answers()
     answers.request("u1", ids["baseline"], "billing", label="billing", tokens=(1000, 200))
-    answers.traffic[0]["usage_json"] = json.dumps({
-        "prompt_tokens": 1000, "completion_tokens": 200, "prompt_tokens_details": {"cached_tokens": 600},
-        "completion_tokens_details": {"reasoning_tokens": 150}})
+    answers.traffic[0].update(cached_tokens=600, reasoning_tokens=150)  # as ingest reads them from the usage
     answers.write(registry)
     champion = _board(registry).rows[0]
     cost = 400 * 5.0e-6 + 600 * 1.0e-6 + 50 * 2.0e-5 + 150 * 4.0e-5
@@ -361,15 +359,17 @@ def test_litellms_price_map_loads_as_is_and_the_config_overrides_it(workspace_di
     assert price_of(prices, "no-such-model") is None
 
 
-def test_a_database_from_before_request_keys_is_upgraded_and_its_pairs_scored(workspace_dir: Path, monkeypatch) -> None:
+def test_a_database_from_before_request_keys_and_token_columns_is_upgraded_and_scored(workspace_dir: Path, monkeypatch) -> None:
     monkeypatch.setattr(registry_db, "MIGRATIONS", MIGRATIONS[:3])
     monkeypatch.setattr(registry_db, "LATEST", 3)
     registry, ids = demo_registry(workspace_dir)
     with registry.database.transaction() as db:
         for i in range(5):
             db.execute("INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, status, output, "
-                       "prompt_tokens, completion_tokens, latency_ms, source, ingested_at) VALUES (?, ?, now()::TIMESTAMP, "
-                       "'{}', ?, 200, 'billing', 100, 20, 400, 'gateway', now()::TIMESTAMP)", [f"old{i}", SLOT, ids["baseline"]])
+                       "prompt_tokens, completion_tokens, usage_json, latency_ms, source, ingested_at) VALUES (?, ?, "
+                       "now()::TIMESTAMP, '{}', ?, 200, 'billing', 100, 20, ?, 400, 'gateway', now()::TIMESTAMP)",
+                       [f"old{i}", SLOT, ids["baseline"], json.dumps(
+                           {"prompt_tokens": 100, "completion_tokens": 20, "prompt_tokens_details": {"cached_tokens": 60}})])
             db.execute("INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at) "
                        "VALUES (?, ?, ?, 'label', '\"billing\"', now()::TIMESTAMP)", [f"o{i}", f"old{i}", f"old{i}"])
             db.execute("INSERT INTO shadow_results (request_id, version_id, role, status, output, prompt_tokens, "
@@ -383,4 +383,5 @@ def test_a_database_from_before_request_keys_is_upgraded_and_its_pairs_scored(wo
             unkeyed = db.execute(f"SELECT count(*) FROM {table} x JOIN traffic t USING (request_id) "
                                  "WHERE x.request_seq IS DISTINCT FROM t.seq").fetchone()[0]
             assert unkeyed == 0, f"{table} rows kept no key to their request"
+        assert db.execute("SELECT count(*) FROM traffic WHERE cached_tokens = 60").fetchone()[0] == 5
         assert _row(_board(upgraded), ids["careful-large"]).comparison.pairs == 5
