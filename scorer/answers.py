@@ -75,15 +75,18 @@ class AnswerQuery:
         answers = f"""
             WITH t AS (SELECT * FROM traffic WHERE {self.traffic_filter()} {self._written('seq')}),
             latest_labels AS (
-                SELECT request_seq, arg_max(value_json, (received_at, seq)) AS label_json FROM outcomes
-                WHERE kind = 'label' AND request_seq IN (SELECT seq FROM t) {self._written('seq')} GROUP BY request_seq
+                SELECT request_seq, arg_max(value_json, (epoch_us(received_at)::HUGEINT << 64) + seq) AS label_json FROM outcomes
+                WHERE kind = 'label' {self._written('seq')}
+                  AND request_seq IN (SELECT seq FROM traffic WHERE {self.traffic_filter()} {self._written('seq')})
+                GROUP BY request_seq
             )
-            SELECT t.request_id, t.seq AS request_seq, t.champion_version AS version_id, 'live' AS source,
-                   CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END AS status,
-                   t.output, t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.reasoning_tokens, t.latency_ms,
-                   t.received_at, l.label_json, {SCALAR_LABEL.replace("label_json", "l.label_json")} AS label,
-                   l.label_json IS NOT NULL AS labelled
-            FROM t LEFT JOIN latest_labels l ON l.request_seq = t.seq"""
+            SELECT *{self.plan.label_columns_sql()} FROM (
+                SELECT t.request_id, t.seq AS request_seq, t.champion_version AS version_id, 'live' AS source,
+                       CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END AS status,
+                       t.output, t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.reasoning_tokens,
+                       t.latency_ms, t.received_at, l.label_json,
+                       {SCALAR_LABEL.replace("label_json", "l.label_json")} AS label, l.label_json IS NOT NULL AS labelled
+                FROM t LEFT JOIN latest_labels l ON l.request_seq = t.seq)"""
         return self._scored(answers, "LEFT JOIN")
 
     def replayed_sql(self, live: str) -> str:
@@ -94,7 +97,7 @@ class AnswerQuery:
             SELECT s.request_id, s.request_seq, s.version_id,
                    CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,
                    s.prompt_tokens, s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.latency_ms,
-                   l.received_at, l.label_json, l.label, l.labelled, l.net AS champion_net,
+                   l.received_at, l.label_json, l.label{self._label_columns('l')}, l.labelled, l.net AS champion_net,
                    l.quality AS champion_quality, l.cost_usd AS champion_cost
             FROM shadow_results s JOIN {live} l ON l.request_seq = s.request_seq
             WHERE s.status IN ('ok', 'error') {self._written('s.seq')}"""
@@ -108,6 +111,10 @@ class AnswerQuery:
         if self.requests is not None:
             condition += f" AND ({self.requests})"
         return condition
+
+    def _label_columns(self, relation: str) -> str:
+        """The select list (with a leading comma) of the plan's label columns of `relation`."""
+        return "".join(f', {relation}."{name}"' for name in self.plan.label_columns)
 
     def _written(self, seq: str) -> str:
         return f"AND {seq} <= {self.as_of}" if self.as_of is not None else ""

@@ -38,7 +38,14 @@ CHUNK_REQUESTS = 250_000
 _ANSWER_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
                    "net, received_at")
 _LIVE_COLUMNS = f"{_ANSWER_COLUMNS}, known_variant, label_json, label"
-_REPLAYED_COLUMNS = f"{_ANSWER_COLUMNS}, champion_net, champion_quality, champion_cost"
+# Replayed answers are the bulk of a period: their source and status are kept as flags,
+# which cost about half as much to write as the strings.
+_REPLAYED_COLUMNS = ("request_seq, version_id, source = 'control' AS control, status = 'error' AS failed, labelled, "
+                     "metric_failed, quality, cost_usd, latency_ms, net, received_at, champion_net, champion_quality, "
+                     "champion_cost")
+_REPLAYED_ANSWERS = ("request_seq, version_id, CASE WHEN control THEN 'control' ELSE 'shadow' END AS source, "
+                     "CASE WHEN failed THEN 'error' ELSE 'ok' END AS status, labelled, metric_failed, quality, cost_usd, "
+                     "latency_ms, net, received_at")
 log = logging.getLogger("shadowzoo.scorer")
 
 
@@ -86,11 +93,12 @@ def score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuer
     try:
         _score_into(db, "now", query)
         add_answers(db, period.period_id, _answers("now"), query.plan.needs_label)
-        if seen:
+        existed = bool(seen) and _requests_before(db, seen)
+        if existed:
             _score_into(db, "before", replace(query, as_of=seen))
             add_answers(db, period.period_id, _answers("before"), query.plan.needs_label, sign=-1)
         if windows:
-            _append_pairs(db, period, windows, query.plan.needs_label, batch_seq, dedupe=bool(seen))
+            _append_pairs(db, period, windows, query.plan.needs_label, batch_seq, dedupe=existed)
     finally:
         for table in ("live_now", "replayed_now", "live_before", "replayed_before"):
             db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -98,20 +106,27 @@ def score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuer
 
 def _score_into(db: duckdb.DuckDBPyConnection, state: str, query: AnswerQuery) -> None:
     """Score the query's answers into the temp tables `live_<state>` and `replayed_<state>`."""
-    db.execute(f"CREATE OR REPLACE TEMP TABLE live_{state} AS SELECT {_LIVE_COLUMNS} FROM ({query.live_sql()})")
+    label_columns = "".join(f', "{name}"' for name in query.plan.label_columns)
+    db.execute(f"CREATE OR REPLACE TEMP TABLE live_{state} AS "
+               f"SELECT {_LIVE_COLUMNS}{label_columns} FROM ({query.live_sql()})")
     db.execute(f"CREATE OR REPLACE TEMP TABLE replayed_{state} AS "
                f"SELECT {_REPLAYED_COLUMNS} FROM ({query.replayed_sql(f'live_{state}')})")
 
 
+def _requests_before(db: duckdb.DuckDBPyConnection, seen: int) -> bool:
+    """Whether any request just scored existed at `seen` (a request that did not had nothing to take away)."""
+    return db.execute(f"SELECT count(*) FROM live_now WHERE request_seq <= {seen}").fetchone()[0] > 0
+
+
 def _answers(state: str) -> str:
     return (f"(SELECT {_ANSWER_COLUMNS} FROM live_{state} WHERE known_variant "
-            f"UNION ALL SELECT {_ANSWER_COLUMNS} FROM replayed_{state})")
+            f"UNION ALL SELECT {_REPLAYED_ANSWERS} FROM replayed_{state})")
 
 
 def _complete(answer: str, needs_label: bool) -> str:
     """Whether a replayed answer makes a pair: it and the champion's answer are scored (and labelled)."""
     labelled = f"AND {answer}.labelled" if needs_label else ""
-    return f"{answer}.source = 'shadow' AND {answer}.net IS NOT NULL AND {answer}.champion_net IS NOT NULL {labelled}"
+    return f"NOT {answer}.control AND {answer}.net IS NOT NULL AND {answer}.champion_net IS NOT NULL {labelled}"
 
 
 def _append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[str, datetime], needs_label: bool,
@@ -149,10 +164,10 @@ def batch_moments(db: duckdb.DuckDBPyConnection, period: Period, batch_seq: int)
 def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batches: dict[str, dict[str, PairedMoments]]) -> None:
     """Fold each batch into the stored moments of its (period, challenger, measure), in one write."""
     rows = []
+    stored = load_moments(db, period.period_id)
     for version_id, measures in batches.items():
-        stored = load_moments(db, period.period_id, version_id)
         for measure, batch in measures.items():
-            merged = stored.get(measure, PairedMoments()).merge(batch).to_dict()
+            merged = stored.get(version_id, {}).get(measure, PairedMoments()).merge(batch).to_dict()
             rows.append({"period_id": period.period_id, "version_id": version_id, "measure": measure, **merged})
     if rows:
         with registered(db, "merged_moments", pl.DataFrame(rows).to_arrow()):
@@ -160,10 +175,13 @@ def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batches: dict[s
                        "FROM merged_moments")
 
 
-def load_moments(db: duckdb.DuckDBPyConnection, period_id: int, version_id: str) -> dict[str, PairedMoments]:
-    rows = db.execute("SELECT measure, n, mean, m2 FROM pair_moments WHERE period_id = ? AND version_id = ?",
-                      [period_id, version_id]).fetchall()
-    return {measure: PairedMoments.from_dict({"n": n, "mean": mean, "m2": m2}) for measure, n, mean, m2 in rows}
+def load_moments(db: duckdb.DuckDBPyConnection, period_id: int) -> dict[str, dict[str, PairedMoments]]:
+    """The stored moments of the period, per challenger and measure."""
+    moments: dict[str, dict[str, PairedMoments]] = {}
+    for version_id, measure, n, mean, m2 in db.execute(
+            "SELECT version_id, measure, n, mean, m2 FROM pair_moments WHERE period_id = ?", [period_id]).fetchall():
+        moments.setdefault(version_id, {})[measure] = PairedMoments.from_dict({"n": n, "mean": mean, "m2": m2})
+    return moments
 
 
 def save_watermark(db: duckdb.DuckDBPyConnection, period: Period, seq: int) -> None:

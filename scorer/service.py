@@ -90,7 +90,8 @@ class Scorer:
             period = current_period(db, slot, champion.version_id, since_promotion, slot_settings(config, model_prices))
             alphas = challenger_alphas(db, period, challengers, config.scoring.alpha)
             self._append_pairs(db, slot, plan, period, challengers)
-            moments = {v.version_id: load_moments(db, period.period_id, v.version_id) for v in challengers}
+            stored = load_moments(db, period.period_id)
+            moments = {v.version_id: stored.get(v.version_id, {}) for v in challengers}
         window = since or (period.started_at if period else EPOCH)
         if period is not None and since is None:
             stats = period_stats(db, period.period_id)

@@ -8,12 +8,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import polars as pl
 import pytest
+from pydantic import TypeAdapter
 
 import registry.db as registry_db
 from registry import ConfigError, Refused, Registry, load_workspace
 from registry.migrations import MIGRATIONS
+from registry.config import Metric
 from scorer.board import Status
+from scorer.metrics import plan_quality, score_rows
 from scorer.policy import promotion_evidence
 from scorer.service import Scorer
 from shadow.pricing import price_of, workspace_prices
@@ -259,6 +263,35 @@ def test_a_label_of_the_wrong_type_is_a_counted_metric_error(workspace_dir: Path
     champion = _board(registry).rows[0]
     assert champion.n == 1 and champion.mean_quality == 1.0 and champion.metric_errors == 2
     registry.close()
+
+
+CHECKS = [
+    ({"type": "exact_match"}, "  Billing ", "billing", 1.0),
+    ({"type": "exact_match", "case_sensitive": True}, "Billing", "billing", 0.0),
+    ({"type": "exact_match"}, "two  words\there", "Two words here", 1.0),
+    ({"type": "exact_match", "first_line": True}, "billing\nbecause the card was charged twice", "billing", 1.0),
+    ({"type": "exact_match"}, "billing\nbecause", "billing", 0.0),
+    ({"type": "exact_match", "strip_punctuation": True}, "billing.", "billing!", 1.0),
+    ({"type": "numeric"}, "the total is 1,250 euros", 1250, 1.0),
+    ({"type": "numeric", "tolerance": 0.1, "relative": True}, "about 105", 100, 1.0),
+    ({"type": "numeric", "tolerance": 1}, "7", 9, 0.0),
+    ({"type": "regex", "pattern": "^queue: {label}$"}, "queue: a.b", "a.b", 1.0),
+    ({"type": "regex", "pattern": "^queue: {label}$"}, "queue: axb", "a.b", 0.0),
+    ({"type": "regex", "pattern": "[0-9]{3}"}, "ticket 123", "ignored", 1.0),
+    ({"type": "contains"}, "This is about BILLING.", "billing", 1.0),
+    ({"type": "contains", "case_sensitive": True}, "This is about BILLING.", "billing", 0.0),
+    ({"type": "contains", "text": "Refund"}, "we will refund you", None, 1.0),
+    ({"type": "json_valid"}, '{"queue": "billing"}', None, 1.0),
+    ({"type": "json_valid"}, "{queue: billing}", None, 0.0),
+]
+
+
+@pytest.mark.parametrize(("metric", "output", "label", "quality"), CHECKS)
+def test_each_check_scores_an_answer_against_its_label(metric: dict, output: str, label, quality: float) -> None:
+    plan = plan_quality([TypeAdapter(Metric).validate_python(metric)], "slots.s.metrics")
+    rows = pl.DataFrame({"output": [output], "label_json": [json.dumps(label) if label is not None else None]},
+                        schema={"output": pl.Utf8, "label_json": pl.Utf8})
+    assert score_rows(plan, rows).to_list() == [quality]
 
 
 def test_a_python_metric_that_raises_or_leaves_0_to_1_records_the_row_and_moves_on(workspace_dir: Path, monkeypatch) -> None:
