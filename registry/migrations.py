@@ -19,6 +19,16 @@ class Migration(NamedTuple):
     sql: str
 
 
+# Migration 5 reads the usage's token details into columns of both answer tables.
+_TOKEN_DETAILS = """
+        ALTER TABLE {table} ADD COLUMN cached_tokens BIGINT;
+        ALTER TABLE {table} ADD COLUMN reasoning_tokens BIGINT;
+        UPDATE {table} SET
+            cached_tokens = TRY_CAST(json_extract_string(usage_json, '$.prompt_tokens_details.cached_tokens') AS BIGINT),
+            reasoning_tokens = TRY_CAST(json_extract_string(usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT)
+            WHERE usage_json IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -296,19 +306,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         # so per-answer scores are no longer stored; pairs, moments and sums carry over.
         """
         DROP TABLE scores;
-        ALTER TABLE traffic ADD COLUMN cached_tokens BIGINT;
-        ALTER TABLE traffic ADD COLUMN reasoning_tokens BIGINT;
-        UPDATE traffic SET
-            cached_tokens = TRY_CAST(json_extract_string(usage_json, '$.prompt_tokens_details.cached_tokens') AS BIGINT),
-            reasoning_tokens = TRY_CAST(json_extract_string(usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT)
-            WHERE usage_json IS NOT NULL;
-        ALTER TABLE shadow_results ADD COLUMN cached_tokens BIGINT;
-        ALTER TABLE shadow_results ADD COLUMN reasoning_tokens BIGINT;
-        UPDATE shadow_results SET
-            cached_tokens = TRY_CAST(json_extract_string(usage_json, '$.prompt_tokens_details.cached_tokens') AS BIGINT),
-            reasoning_tokens = TRY_CAST(json_extract_string(usage_json, '$.completion_tokens_details.reasoning_tokens') AS BIGINT)
-            WHERE usage_json IS NOT NULL;
-        """,
+        """ + "".join(_TOKEN_DETAILS.format(table=table) for table in ("traffic", "shadow_results")),
     ),
 )
 
