@@ -73,11 +73,11 @@ class AnswerQuery:
         A request whose champion has no price row is kept (`known_variant` false), so its
         replayed answers can still join it."""
         answers = f"""
-            WITH t AS (SELECT * FROM traffic WHERE {self.traffic_filter()} {self._written('seq')}),
+            WITH t AS (SELECT * FROM traffic WHERE {self.traffic_filter()}),
             latest_labels AS (
                 SELECT request_seq, arg_max(value_json, (epoch_us(received_at)::HUGEINT << 64) + seq) AS label_json FROM outcomes
                 WHERE kind = 'label' {self._written('seq')}
-                  AND request_seq IN (SELECT seq FROM traffic WHERE {self.traffic_filter()} {self._written('seq')})
+                  AND request_seq IN (SELECT seq FROM traffic WHERE {self.traffic_filter()})
                 GROUP BY request_seq
             )
             SELECT *{self.plan.label_columns_sql()} FROM (
@@ -97,26 +97,23 @@ class AnswerQuery:
             SELECT s.request_id, s.request_seq, s.version_id,
                    CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,
                    s.prompt_tokens, s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.latency_ms,
-                   l.received_at, l.label_json, l.label{self._label_columns('l')}, l.labelled, l.net AS champion_net,
+                   l.received_at, l.label_json, l.label{self.plan.label_column_refs('l')}, l.labelled, l.net AS champion_net,
                    l.quality AS champion_quality, l.cost_usd AS champion_cost
             FROM shadow_results s JOIN {live} l ON l.request_seq = s.request_seq
             WHERE s.status IN ('ok', 'error') {self._written('s.seq')}"""
         return self._scored(answers, "JOIN")
 
     def traffic_filter(self) -> str:
-        """The SQL condition on `traffic` selecting the query's requests."""
+        """The SQL condition on `traffic` selecting the query's requests (those written by `as_of`)."""
         condition = f"slot = {sql_literal(self.slot)} AND received_at >= TIMESTAMP {sql_literal(self.since.isoformat(sep=' '))}"
         if self.champion is not None:
             condition += f" AND champion_version = {sql_literal(self.champion)}"
         if self.requests is not None:
             condition += f" AND ({self.requests})"
-        return condition
-
-    def _label_columns(self, relation: str) -> str:
-        """The select list (with a leading comma) of the plan's label columns of `relation`."""
-        return "".join(f', {relation}."{name}"' for name in self.plan.label_columns)
+        return condition + f" {self._written('seq')}"
 
     def _written(self, seq: str) -> str:
+        """The condition keeping rows written by `as_of` (none when scoring as things stand)."""
         return f"AND {seq} <= {self.as_of}" if self.as_of is not None else ""
 
     def _scored(self, answers: str, price_join: str) -> str:

@@ -77,8 +77,14 @@ class QualityPlan:
         return not self.terms
 
     def label_columns_sql(self) -> str:
-        """The select list (with a leading comma) of the label columns, over a relation with `label`."""
+        """The select list (with a leading comma) computing the label columns, over a relation with `label`."""
         return "".join(f', {sql} AS "{name}"' for name, sql in self.label_columns.items())
+
+    def label_column_refs(self, relation: str | None = None) -> str:
+        """The select list (with a leading comma) of the label columns already computed,
+        qualified by `relation` when given."""
+        prefix = f"{relation}." if relation else ""
+        return "".join(f', {prefix}"{name}"' for name in self.label_columns)
 
     def quality_sql(self) -> str:
         """The weighted mean over the terms; an optional term (a sampled judge) counts only when present."""
@@ -142,11 +148,11 @@ def _check_sql(metric: Metric, where: str, expected: str) -> str:
         pattern = expected if "{label}" in metric.pattern else sql_literal(metric.pattern)
         return f"CAST(regexp_matches({output}, {pattern}) AS DOUBLE)"
     if isinstance(metric, ContainsMetric):
-        needle = sql_literal(metric.text) if metric.text is not None else expected
-        if not metric.case_sensitive:
-            output = f"lower({output})"
-            needle = f"lower({needle})" if metric.text is not None else needle
-        return f"CAST(contains({output}, {needle}) AS DOUBLE)"
+        if metric.case_sensitive:
+            needle = expected if metric.text is None else sql_literal(metric.text)
+            return f"CAST(contains({output}, {needle}) AS DOUBLE)"
+        needle = expected if metric.text is None else f"lower({sql_literal(metric.text)})"
+        return f"CAST(contains(lower({output}), {needle}) AS DOUBLE)"
     if isinstance(metric, JsonValidMetric):
         return f"CAST(coalesce(json_valid({output}), false) AS DOUBLE)"
     raise ConfigError(f"{where}: metric type {metric.type!r} has no SQL form")

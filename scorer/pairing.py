@@ -106,9 +106,8 @@ def score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuer
 
 def _score_into(db: duckdb.DuckDBPyConnection, state: str, query: AnswerQuery) -> None:
     """Score the query's answers into the temp tables `live_<state>` and `replayed_<state>`."""
-    label_columns = "".join(f', "{name}"' for name in query.plan.label_columns)
     db.execute(f"CREATE OR REPLACE TEMP TABLE live_{state} AS "
-               f"SELECT {_LIVE_COLUMNS}{label_columns} FROM ({query.live_sql()})")
+               f"SELECT {_LIVE_COLUMNS}{query.plan.label_column_refs()} FROM ({query.live_sql()})")
     db.execute(f"CREATE OR REPLACE TEMP TABLE replayed_{state} AS "
                f"SELECT {_REPLAYED_COLUMNS} FROM ({query.replayed_sql(f'live_{state}')})")
 

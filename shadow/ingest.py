@@ -395,7 +395,7 @@ SELECT
 FROM timed
 """
 # The token counts the scorer prices, read from the usage object once, at ingest.
-USAGE_TOKENS = ("json_extract_string(usage_json, ['$.prompt_tokens', '$.completion_tokens', "
+_USAGE_TOKENS = ("json_extract_string(usage_json, ['$.prompt_tokens', '$.completion_tokens', "
                 "'$.prompt_tokens_details.cached_tokens', '$.completion_tokens_details.reasoning_tokens'])")
 _APPEND_TRAFFIC = f"""
 INSERT {{conflict}} INTO traffic (
@@ -407,7 +407,7 @@ SELECT
     request_id, client_request_id, slot, received_at, request_json, champion_version, status, output,
     TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT), TRY_CAST(tokens[3] AS BIGINT),
     TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?
-FROM (SELECT *, {USAGE_TOKENS} AS tokens FROM {STAGING} WHERE type = 'traffic')
+FROM (SELECT *, {_USAGE_TOKENS} AS tokens FROM {STAGING} WHERE type = 'traffic')
 """
 _APPEND_OUTCOMES = """
 INSERT OR IGNORE INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at)
