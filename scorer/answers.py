@@ -75,10 +75,11 @@ class AnswerQuery:
         answers = f"""
             WITH t AS (SELECT * FROM traffic WHERE {self.traffic_filter()}),
             latest_labels AS (
-                SELECT request_seq, arg_max(value_json, (epoch_us(received_at)::HUGEINT << 64) + seq) AS label_json FROM outcomes
-                WHERE kind = 'label' {self._written('seq')}
-                  AND request_seq IN (SELECT seq FROM traffic WHERE {self.traffic_filter()})
-                GROUP BY request_seq
+                SELECT seq AS request_seq, arg_max(value_json, latest) AS label_json FROM (
+                    SELECT request_seq AS seq, value_json, (epoch_us(received_at)::HUGEINT << 64) + outcomes.seq AS latest
+                    FROM outcomes WHERE kind = 'label' {self._written('outcomes.seq')})
+                WHERE {self._labels_filter()}
+                GROUP BY 1
             )
             SELECT *{self.plan.label_columns_sql()} FROM (
                 SELECT t.request_id, t.seq AS request_seq, t.champion_version AS version_id, 'live' AS source,
@@ -111,6 +112,14 @@ class AnswerQuery:
         if self.requests is not None:
             condition += f" AND ({self.requests})"
         return condition + f" {self._written('seq')}"
+
+    def _labels_filter(self) -> str:
+        """The condition on labels (whose request's seq is `seq`) keeping the query's requests:
+        `requests` itself when given, which reads no other request's labels; else a semi-join
+        with the selected traffic."""
+        if self.requests is not None:
+            return self.requests
+        return f"seq IN (SELECT seq FROM traffic WHERE {self.traffic_filter()})"
 
     def _written(self, seq: str) -> str:
         """The condition keeping rows written by `as_of` (none when scoring as things stand)."""

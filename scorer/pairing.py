@@ -29,11 +29,14 @@ import polars as pl
 from registry.db import registered
 from scorer.answers import AnswerQuery
 from scorer.answerstats import add_answers
+from scorer.metrics import sql_literal
 from scorer.periods import Period
 from scorer.sequential import PairedMoments
 
 MEASURES = ("net", "quality", "cost")
-CHUNK_REQUESTS = 250_000
+Moments = dict[str, dict[str, PairedMoments]]
+"""Paired moments per challenger, then per measure."""
+CHUNK_REQUESTS = 500_000
 """Requests scored at once when a period is scored from the start."""
 _ANSWER_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
                    "net, received_at")
@@ -73,12 +76,28 @@ def watermark(db: duckdb.DuckDBPyConnection, period: Period) -> int:
     return int(row[1]) if row and row[0] == period.period_id else 0
 
 
-def batches(db: duckdb.DuckDBPyConnection, query: AnswerQuery, seen: int) -> list[AnswerQuery]:
-    """The scoring queries of one refresh: the requests touched after `seen` (in the temp
-    table `touched`), or, for a new period (`seen` 0), all its requests in chunks of seq."""
+def score_changes(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: int,
+                  windows: dict[str, datetime]) -> Moments:
+    """Score the requests touched after `seen` (for a new period, `seen` 0: all its requests,
+    in chunks of seq), move the period's sums, append the new pairs and return their moments."""
     if seen:
-        db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
-        return [replace(query, requests="seq IN (SELECT request_seq FROM touched)")]
+        try:
+            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
+            return _score_batch(db, period, replace(query, requests="seq IN (SELECT request_seq FROM touched)"), seen,
+                                windows)
+        finally:
+            db.execute("DROP TABLE IF EXISTS touched")
+    chunks = _chunks(db, query)
+    for done, chunk in enumerate(chunks, start=1):
+        _score_batch(db, period, chunk, 0, windows)
+        if len(chunks) > 1:
+            log.info("slots.%s: scored %d of %d chunks of the period's requests", period.slot, done, len(chunks))
+    # a new period's pairs are all the period has: one pass over them once every chunk is in
+    return _moments(db, f"SELECT * FROM paired WHERE period_id = {period.period_id}") if windows else {}
+
+
+def _chunks(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> list[AnswerQuery]:
+    """The query split by seq into chunks of about `CHUNK_REQUESTS` requests."""
     low, high, count = db.execute(f"SELECT min(seq), max(seq), count(*) FROM traffic WHERE {query.traffic_filter()}").fetchone()
     if not count:
         return []
@@ -86,10 +105,11 @@ def batches(db: duckdb.DuckDBPyConnection, query: AnswerQuery, seen: int) -> lis
     return [replace(query, requests=f"seq BETWEEN {start} AND {start + step - 1}") for start in range(low, high + 1, step)]
 
 
-def score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: int,
-                windows: dict[str, datetime], batch_seq: int) -> None:
+def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: int,
+                 windows: dict[str, datetime]) -> Moments:
     """Score the batch's requests now and, when the period was scored before, as they stood at
-    `seen`; move the period's sums by the difference and append the pairs completed since."""
+    `seen`; move the period's sums by the difference and append the pairs completed since.
+    Returns their moments when the period was scored before (a new period's are taken at the end)."""
     try:
         _score_into(db, "now", query)
         add_answers(db, period.period_id, _answers("now"), query.plan.needs_label)
@@ -97,8 +117,10 @@ def score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuer
         if existed:
             _score_into(db, "before", replace(query, as_of=seen))
             add_answers(db, period.period_id, _answers("before"), query.plan.needs_label, sign=-1)
-        if windows:
-            _append_pairs(db, period, windows, query.plan.needs_label, batch_seq, dedupe=existed)
+        if not windows:
+            return {}
+        new_pairs = _append_pairs(db, period, windows, query.plan.needs_label, dedupe=existed)
+        return _moments(db, new_pairs) if seen else {}
     finally:
         for table in ("live_now", "replayed_now", "live_before", "replayed_before"):
             db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -129,54 +151,58 @@ def _complete(answer: str, needs_label: bool) -> str:
 
 
 def _append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[str, datetime], needs_label: bool,
-                  batch_seq: int, dedupe: bool) -> None:
-    """Append the pairs complete now (within their challenger's window), tagged with the
-    refresh's watermark `batch_seq`; with `dedupe`, leave out those already complete before."""
-    starts = pl.DataFrame({"version_id": list(windows), "window_start": list(windows.values())},
-                          schema={"version_id": pl.Utf8, "window_start": pl.Datetime("us")})
+                  dedupe: bool) -> str:
+    """Append the pairs complete now (within their challenger's window) and return the SQL
+    selecting them; with `dedupe`, leave out those already complete before."""
     counted = ""
     if dedupe:
         counted = ("AND NOT EXISTS (SELECT 1 FROM replayed_before b WHERE b.request_seq = c.request_seq "
                    f"AND b.version_id = c.version_id AND {_complete('b', needs_label)})")
-    with registered(db, "pair_windows", starts.to_arrow()):
-        db.execute(f"""
-            INSERT INTO paired
-            SELECT {period.period_id}, c.request_seq, c.version_id, c.net - c.champion_net,
-                   c.quality - c.champion_quality, c.cost_usd - c.champion_cost, now()::TIMESTAMP, {batch_seq}
-            FROM replayed_now c JOIN pair_windows w ON w.version_id = c.version_id
-            WHERE c.received_at >= w.window_start AND {_complete('c', needs_label)} {counted}
-        """)
+    new_pairs = f"""
+        SELECT c.request_seq, c.version_id, c.net - c.champion_net AS d_net, c.quality - c.champion_quality AS d_quality,
+               c.cost_usd - c.champion_cost AS d_cost
+        FROM replayed_now c
+        WHERE ({_in_window('c', period, windows)}) AND {_complete('c', needs_label)} {counted}"""
+    db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM ({new_pairs})")
+    return new_pairs
 
 
-def batch_moments(db: duckdb.DuckDBPyConnection, period: Period, batch_seq: int) -> dict[str, dict[str, PairedMoments]]:
-    """Count, mean and M2 of each measure of one batch of pairs, per challenger, computed in SQL."""
+def _moments(db: duckdb.DuckDBPyConnection, pairs: str) -> Moments:
+    """Count, mean and M2 of each measure of the `pairs` query's differences, per challenger, in SQL."""
     columns = ", ".join(f"avg(d_{m}), var_pop(d_{m}) * count(*)" for m in MEASURES)
-    moments: dict[str, dict[str, PairedMoments]] = {}
-    for version_id, n, *values in db.execute(
-            f"SELECT version_id, count(*), {columns} FROM paired "
-            f"WHERE period_id = {period.period_id} AND watermark_seq = {batch_seq} GROUP BY 1").fetchall():
-        moments[version_id] = {m: PairedMoments(n=n, mean=values[2 * i], m2=values[2 * i + 1])
-                               for i, m in enumerate(MEASURES)}
-    return moments
+    return {version_id: {m: PairedMoments(n=n, mean=values[2 * i], m2=values[2 * i + 1]) for i, m in enumerate(MEASURES)}
+            for version_id, n, *values in db.execute(f"SELECT version_id, count(*), {columns} FROM ({pairs}) GROUP BY 1").fetchall()}
 
 
-def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batches: dict[str, dict[str, PairedMoments]]) -> None:
-    """Fold each batch into the stored moments of its (period, challenger, measure), in one write."""
-    rows = []
+def _in_window(answer: str, period: Period, windows: dict[str, datetime]) -> str:
+    """Whether a replayed answer is a challenger's, on a request received within its window.
+
+    Written as comparisons with literals: a challenger registered before the period needs no
+    time check, and a join with the windows cost a tenth of appending the pairs."""
+    terms = []
+    for version_id, start in windows.items():
+        term = f"{answer}.version_id = {sql_literal(version_id)}"
+        if start > period.started_at:
+            term += f" AND {answer}.received_at >= TIMESTAMP {sql_literal(start.isoformat(sep=' '))}"
+        terms.append(f"({term})")
+    return " OR ".join(terms)
+
+
+def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batch: Moments) -> None:
+    """Fold a batch into the stored moments of its (period, challenger, measure), in one write."""
     stored = load_moments(db, period.period_id)
-    for version_id, measures in batches.items():
-        for measure, batch in measures.items():
-            merged = stored.get(version_id, {}).get(measure, PairedMoments()).merge(batch).to_dict()
-            rows.append({"period_id": period.period_id, "version_id": version_id, "measure": measure, **merged})
+    rows = [{"period_id": period.period_id, "version_id": version_id, "measure": measure,
+             **stored.get(version_id, {}).get(measure, PairedMoments()).merge(moments).to_dict()}
+            for version_id, measures in batch.items() for measure, moments in measures.items()]
     if rows:
         with registered(db, "merged_moments", pl.DataFrame(rows).to_arrow()):
             db.execute("INSERT OR REPLACE INTO pair_moments SELECT period_id, version_id, measure, n, mean, m2 "
                        "FROM merged_moments")
 
 
-def load_moments(db: duckdb.DuckDBPyConnection, period_id: int) -> dict[str, dict[str, PairedMoments]]:
+def load_moments(db: duckdb.DuckDBPyConnection, period_id: int) -> Moments:
     """The stored moments of the period, per challenger and measure."""
-    moments: dict[str, dict[str, PairedMoments]] = {}
+    moments: Moments = {}
     for version_id, measure, n, mean, m2 in db.execute(
             "SELECT version_id, measure, n, mean, m2 FROM pair_moments WHERE period_id = ?", [period_id]).fetchall():
         moments.setdefault(version_id, {})[measure] = PairedMoments.from_dict({"n": n, "mean": mean, "m2": m2})

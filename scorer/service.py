@@ -27,9 +27,7 @@ from scorer.leaderboard import BoardInputs, build_board, describe, not_run_count
 from registry.config import JudgeMetric
 from scorer.judge import judge_spend_today, run_judge, sampled_sql
 from scorer.metrics import QualityPlan, plan_quality
-from scorer.pairing import (
-    batch_moments, batches, latest_seq, load_moments, merge_moments, save_watermark, score_batch, watermark,
-)
+from scorer.pairing import latest_seq, load_moments, merge_moments, save_watermark, score_changes, watermark
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings
 from scorer.prices import sync_prices
 from shadow.pricing import price_of
@@ -114,16 +112,7 @@ class Scorer:
         query = AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=self.workspace.slot(slot).scoring,
                             champion=period.champion_version)
         windows = {} if plan.empty else {v.version_id: max(period.started_at, v.created_at) for v in challengers}
-        try:
-            work = batches(db, query, seen)
-            for done, batch in enumerate(work, start=1):
-                score_batch(db, period, batch, seen, windows, newest)
-                if len(work) > 1:
-                    log.info("slots.%s: scored %d of %d chunks of the period's requests", slot, done, len(work))
-        finally:
-            db.execute("DROP TABLE IF EXISTS touched")
-        if windows:
-            merge_moments(db, period, batch_moments(db, period, newest))
+        merge_moments(db, period, score_changes(db, period, query, seen, windows))
         save_watermark(db, period, newest)
 
     def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict) -> None:

@@ -82,6 +82,32 @@ def test_each_pair_enters_the_evidence_once_across_refreshes(scored) -> None:
     assert _row(_board(registry), ids["careful-large"]).comparison.pairs == 200
 
 
+def test_the_evidence_stays_the_mean_of_the_stored_pairs_across_rebuild_and_refreshes(scored) -> None:
+    registry, ids = scored
+    challengers = {ids["careful-large"]: 0.9, ids["cheap-mini"]: 0.6}
+    answers = Answers()
+    simulate(answers, ids["baseline"], challengers, n=60)
+    answers.request("late", ids["baseline"], "billing")  # labelled only after the first refresh
+    for version_id in challengers:
+        answers.result("late", version_id, "billing")
+    answers.write(registry)
+    _board(registry)
+    simulate(answers, ids["baseline"], challengers, n=40, start=60, seed=3)
+    answers.label("late", "billing")
+    answers.write(registry)
+    board = _board(registry)
+    paired = registry.database.connection.execute(
+        "SELECT version_id, count(*), avg(d_net), avg(d_quality), avg(d_cost) FROM paired WHERE period_id = ? GROUP BY 1",
+        [board.period_id]).fetchall()
+    assert {version_id for version_id, *_ in paired} == set(challengers)
+    for version_id, n, net, quality, cost in paired:
+        comparison = _row(board, version_id).comparison
+        assert comparison.pairs == n == 101
+        assert comparison.net.mean == pytest.approx(net, abs=1e-12)
+        assert comparison.quality.mean == pytest.approx(quality, abs=1e-12)
+        assert comparison.cost.mean == pytest.approx(cost, abs=1e-15)
+
+
 def test_a_corrected_label_does_not_count_its_pair_twice(scored) -> None:
     registry, ids = scored
     answers = Answers()
@@ -224,6 +250,25 @@ def test_alpha_shares_are_fixed_when_a_challenger_joins(scored, workspace_dir: P
     assert later[newcomer] < min(early.values())
 
 
+def test_a_challenger_added_mid_period_is_paired_only_on_requests_received_after_it(scored, workspace_dir: Path) -> None:
+    registry, ids = scored
+    before = Answers()
+    simulate(before, ids["baseline"], {ids["careful-large"]: 0.9}, n=20)
+    before.write(registry)
+    (workspace_dir / "zoo" / "late.yaml").write_text("slot: support-triage\nname: late\nbase: baseline\noverrides:\n  temperature: 0.5\n")
+    zoo = load_zoo(registry.workspace.specs_dir)
+    late = register_specs([s for s in zoo.specs if s.spec.name == "late"], zoo, registry.workspace, registry)
+    late_id = late[0].registration.variant.version_id
+    after = Answers()
+    simulate(after, ids["baseline"], {ids["careful-large"]: 0.9, late_id: 0.9}, n=30, start=20, seed=2)
+    for i in range(20):  # the newcomer also replayed the older requests
+        after.result(f"r{i:06d}", late_id, "billing")
+    after.write(registry)
+    board = _board(registry)
+    assert _row(board, late_id).comparison.pairs == 30
+    assert _row(board, ids["careful-large"]).comparison.pairs == 50
+
+
 def test_latency_guardrail_uses_the_champion_control_when_there_is_one(scored) -> None:
     registry, ids = scored
     answers = Answers()
@@ -270,6 +315,9 @@ CHECKS = [
     ({"type": "exact_match", "case_sensitive": True}, "Billing", "billing", 0.0),
     ({"type": "exact_match"}, "two  words\there", "Two words here", 1.0),
     ({"type": "exact_match", "first_line": True}, "billing\nbecause the card was charged twice", "billing", 1.0),
+    ({"type": "exact_match", "first_line": True}, "Two  words\there \nthen more", "two words here", 1.0),
+    ({"type": "exact_match", "case_sensitive": True, "normalize_whitespace": False}, "billing", "billing", 1.0),
+    ({"type": "exact_match", "case_sensitive": True, "normalize_whitespace": False}, " billing", "billing", 0.0),
     ({"type": "exact_match"}, "billing\nbecause", "billing", 0.0),
     ({"type": "exact_match", "strip_punctuation": True}, "billing.", "billing!", 1.0),
     ({"type": "numeric"}, "the total is 1,250 euros", 1250, 1.0),
