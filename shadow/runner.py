@@ -22,28 +22,27 @@ never waits on DuckDB.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 import duckdb
-import polars as pl
 from pydantic import BaseModel, Field
 
-from registry import Database, NotFound, Refused, Registry, Variant, utcnow
+from registry import NotFound, Refused, Registry, Variant, utcnow
 from registry.config import Price, ShadowConfig
 from shadow.apply import apply_variant
+from shadow.budget import DailyBudget, spent_today
 from shadow.pauses import Pause, PauseSet, read_pauses
-from shadow.pricing import cost_usd, detail_tokens, estimate_usd, price_of, workspace_prices
+from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
+from shadow.pyvariants import PythonVariants
+from shadow.results import ResultWriter, Row, Work, result_row
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +52,6 @@ SAMPLE_SPACE = 16**13
 EPOCH = datetime(1970, 1, 1)
 PAUSES_REFRESH_S = 2.0
 _SAMPLE_POINT = "('0x' || left(sha256(t.request_id || ':' || c.version_id), 13))::BIGINT"
-_RESULT_SCHEMA = {
-    "request_id": pl.Utf8,
-    "request_seq": pl.Int64,
-    "version_id": pl.Utf8,
-    "role": pl.Utf8,
-    "status": pl.Utf8,
-    "output": pl.Utf8,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "cached_tokens": pl.Int64,
-    "reasoning_tokens": pl.Int64,
-    "usage_json": pl.Utf8,
-    "cost_usd": pl.Float64,
-    "latency_ms": pl.Float64,
-    "error": pl.Utf8,
-    "attempts": pl.Int32,
-    "finished_at": pl.Datetime("us"),
-}
-_RESULT_COLUMNS = ", ".join(_RESULT_SCHEMA)
-
-Row = dict[str, Any]
-
-
 @dataclass(frozen=True)
 class RunFilters:
     """Which work a run takes on: one slot, traffic received since a time (naive UTC), one challenger,
@@ -139,6 +115,14 @@ class RunReport(BaseModel):
 Progress = Callable[[RunReport], None]
 
 
+def _count(report: RunReport, progress: Progress | None, rows: list[Row]) -> None:
+    """Count results once they are written, and tell the progress callback."""
+    for row in rows:
+        report.count(row)
+    if progress is not None:
+        progress(report)
+
+
 @dataclass(frozen=True)
 class Challenger:
     """A variant as the runner uses it: how to build its calls, its sample rate and its price."""
@@ -165,16 +149,6 @@ class Challenger:
             return float(self.config.get("price_per_call_usd") or 0.0)
         prompt, completion = estimate_tokens(body or {})
         return estimate_usd(self.price, prompt, completion) or 0.0
-
-
-@dataclass(frozen=True)
-class _Work:
-    received_at: datetime
-    request_id: str
-    request_seq: int
-    version_id: str
-    role: str
-    request: dict[str, Any]
 
 
 @dataclass
@@ -210,7 +184,7 @@ class ShadowRunner:
         self.max_in_flight = max_in_flight
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
-        self.python = _PythonVariants(python_workers)
+        self.python = PythonVariants(python_workers)
 
     async def __aenter__(self) -> "ShadowRunner":
         return self
@@ -230,7 +204,8 @@ class ShadowRunner:
         report = RunReport(total=plan.total)
         if progress is not None:
             progress(report)
-        writer = _Writer(self.registry.database, report, progress, self.batch_rows, self.flush_interval_s)
+        writer = ResultWriter(self.registry.database, partial(_count, report, progress), self.batch_rows,
+                              self.flush_interval_s)
         if plan.total:
             await _Run(self, plan, writer).execute()
         report.elapsed_s = time.monotonic() - started
@@ -258,7 +233,7 @@ class ShadowRunner:
         )
         if challengers:
             with self.registry.database.reading() as connection:
-                plan.spent_today = _spent_today(connection, slots)
+                plan.spent_today = spent_today(connection, slots)
                 plan.total = _count_pending(connection, plan)
         return plan
 
@@ -302,11 +277,11 @@ class ShadowRunner:
 class _Run:
     """One pass over the pending work: dispatch, limits on what runs, and the budget."""
 
-    def __init__(self, runner: ShadowRunner, plan: _Plan, writer: _Writer) -> None:
+    def __init__(self, runner: ShadowRunner, plan: _Plan, writer: ResultWriter) -> None:
         self.runner = runner
         self.plan = plan
         self.writer = writer
-        self.budget = _Budget(plan.budgets, plan.spent_today)
+        self.budget = DailyBudget(plan.budgets, plan.spent_today)
         self.pauses = PauseSet([])
         self.pauses_read_at = 0.0
         self.in_flight = asyncio.Semaphore(runner.max_in_flight)
@@ -330,7 +305,7 @@ class _Run:
             await asyncio.gather(*self.tasks, return_exceptions=True)
             await self.writer.close()
 
-    async def _pages(self) -> AsyncIterator[list[_Work]]:
+    async def _pages(self) -> AsyncIterator[list[Work]]:
         """Pending pairs, a page at a time."""
         cursor = (self.plan.since, "", "")
         while page := await asyncio.to_thread(self._fetch, cursor):
@@ -338,10 +313,10 @@ class _Run:
             last = page[-1]
             cursor = (last.received_at, last.request_id, last.version_id)
 
-    def _fetch(self, cursor: tuple[datetime, str, str]) -> list[_Work]:
+    def _fetch(self, cursor: tuple[datetime, str, str]) -> list[Work]:
         with self.runner.registry.database.reading() as connection:
             rows = _pending_page(connection, self.plan, cursor, self.runner.page_size)
-        return [_Work(at, rid, seq, vid, role, json.loads(request)) for at, rid, seq, vid, role, request in rows]
+        return [Work(at, rid, seq, vid, role, json.loads(request)) for at, rid, seq, vid, role, request in rows]
 
     async def _refresh_pauses(self) -> None:
         """Re-read the pauses every few seconds, so a pause set during a long run takes effect."""
@@ -353,7 +328,7 @@ class _Run:
         with self.runner.registry.database.reading() as connection:
             return read_pauses(connection)
 
-    async def _dispatch(self, work: _Work) -> None:
+    async def _dispatch(self, work: Work) -> None:
         """Start the call for one pair, or record why it is not made."""
         self._raise_failure()
         await self._refresh_pauses()
@@ -362,11 +337,11 @@ class _Run:
         reason = self.pauses.reason_for(challenger.version_id) or self._config_problem(challenger)
         estimate = 0.0
         if reason is None:
-            estimate = self.budget.estimate(challenger, body)
+            estimate = self.budget.estimate(challenger.version_id, challenger.estimate_usd(body))
             reason = await self.budget.reserve(challenger.slot, estimate)
         if reason is not None:
             self._announce(challenger.version_id, reason)
-            await self.writer.add(_row(work, "not_run", error=reason))
+            await self.writer.add(result_row(work, "not_run", error=reason))
             return
         await self.in_flight.acquire()
         task = asyncio.create_task(self._answer(work, challenger, body, estimate))
@@ -379,27 +354,35 @@ class _Run:
             return f"config: provider {provider!r} of {challenger.version_id} is not configured"
         return None
 
-    async def _answer(self, work: _Work, challenger: Challenger, body: dict[str, Any] | None, estimate: float) -> None:
+    async def _answer(self, work: Work, challenger: Challenger, body: dict[str, Any] | None, estimate: float) -> None:
         cost = None
         try:
             if body is not None:
                 row = await self._chat(work, challenger, body)
             else:
-                row = await self.runner.python.answer(work, challenger)
+                row = await self._python(work, challenger)
             cost = row["cost_usd"]
         finally:
-            self.budget.settle(challenger, estimate, cost)
+            self.budget.settle(challenger.slot, challenger.version_id, estimate, cost)
         await self.writer.add(row)
 
-    async def _chat(self, work: _Work, challenger: Challenger, body: dict[str, Any]) -> Row:
+    async def _chat(self, work: Work, challenger: Challenger, body: dict[str, Any]) -> Row:
         client = self.runner.providers.get(str(challenger.config["provider"]))
         assert client is not None, "checked before dispatch"
         result = await client.chat(body)
         status = "ok" if result.ok else "error"
-        return _row(
+        return result_row(
             work, status, output=result.output, usage=result.usage, cost=cost_usd(challenger.price, result.usage),
             latency_ms=result.latency_ms, error=result.error, attempts=result.attempts,
         )
+
+    async def _python(self, work: Work, challenger: Challenger) -> Row:
+        """One call of a python variant; each call costs its declared price."""
+        config = challenger.config
+        output, error, latency_ms = await self.runner.python.call(config["entrypoint"], work.request,
+                                                                  config.get("params") or {})
+        return result_row(work, "ok" if error is None else "error", output=output, cost=config.get("price_per_call_usd"),
+                          latency_ms=latency_ms, error=error, attempts=1)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -417,182 +400,6 @@ class _Run:
         if key not in self.announced:
             self.announced.add(key)
             log.warning("not running %s: %s", version_id, reason)
-
-
-class _Budget:
-    """Each slot's daily USD cap: spend so far today plus what calls in flight are expected to cost.
-
-    The first calls of a challenger are estimated from its price and the request size
-    (output at its cap); once some have finished, from their mean cost. When the next call
-    would cross the cap while others are still in flight, the decision waits for them to
-    settle, so a high early estimate never turns work away that the cap allows. An
-    unpriced model costs 0 here: its spend is unknown and cannot be held against the cap.
-    """
-
-    def __init__(self, limits: dict[str, float], spent: dict[str, float]) -> None:
-        self._limits = limits
-        self._committed: defaultdict[str, float] = defaultdict(float, spent)
-        self._in_flight: defaultdict[str, int] = defaultdict(int)
-        self._cost_sum: defaultdict[str, float] = defaultdict(float)
-        self._cost_count: defaultdict[str, int] = defaultdict(int)
-        self._settled = asyncio.Event()
-
-    def estimate(self, challenger: Challenger, body: dict[str, Any] | None) -> float:
-        count = self._cost_count[challenger.version_id]
-        return self._cost_sum[challenger.version_id] / count if count else challenger.estimate_usd(body)
-
-    async def reserve(self, slot: str, estimate: float) -> str | None:
-        """Hold `estimate` against the slot's cap; the not-run reason once the cap is reached."""
-        limit = self._limits[slot]
-        while (committed := self._committed[slot]) >= limit or committed + estimate > limit:
-            if not self._in_flight[slot]:
-                return f"budget: slot {slot!r} reached its daily shadow budget of ${limit:g} (UTC day)"
-            self._settled.clear()
-            await self._settled.wait()
-        self._committed[slot] = committed + estimate
-        self._in_flight[slot] += 1
-        return None
-
-    def settle(self, challenger: Challenger, estimate: float, actual: float | None) -> None:
-        """Replace a call's estimate by what it cost."""
-        self._committed[challenger.slot] += (actual or 0.0) - estimate
-        self._in_flight[challenger.slot] -= 1
-        if actual is not None:
-            self._cost_sum[challenger.version_id] += actual
-            self._cost_count[challenger.version_id] += 1
-        self._settled.set()
-
-
-class _Writer:
-    """Buffers results and writes them in batches, by size or every `interval_s`."""
-
-    def __init__(
-        self, database: Database, report: RunReport, progress: Progress | None, batch_rows: int, interval_s: float
-    ) -> None:
-        self._database = database
-        self._report = report
-        self._progress = progress
-        self._batch_rows = batch_rows
-        self._interval_s = interval_s
-        self._rows: list[Row] = []
-        self._lock = asyncio.Lock()
-        self._ticker: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._ticker = asyncio.create_task(self._tick())
-
-    async def add(self, row: Row) -> None:
-        """Buffer one result; a full buffer is written before this returns (back-pressure)."""
-        self._rows.append(row)
-        if len(self._rows) >= self._batch_rows:
-            await self.flush()
-
-    async def flush(self) -> None:
-        async with self._lock:
-            rows, self._rows = self._rows, []
-            if not rows:
-                return
-            frame = pl.from_dicts(rows, schema=_RESULT_SCHEMA)
-            await asyncio.to_thread(self._insert, frame)
-            for row in rows:
-                self._report.count(row)
-            if self._progress is not None:
-                self._progress(self._report)
-
-    async def close(self) -> None:
-        """Stop the timer (never in the middle of a write) and write what is left."""
-        if self._ticker is not None:
-            async with self._lock:
-                self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
-        await self.flush()
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.flush()
-
-    def _insert(self, frame: pl.DataFrame) -> None:
-        with self._database.transaction() as connection:
-            connection.register("shadow_batch", frame)
-            try:
-                connection.execute(
-                    f"INSERT OR IGNORE INTO shadow_results ({_RESULT_COLUMNS}) SELECT {_RESULT_COLUMNS} FROM shadow_batch"
-                )
-            finally:
-                connection.unregister("shadow_batch")
-
-
-class _PythonVariants:
-    """Python-kind variants: `module:function(request, **params)` in worker threads, returning text."""
-
-    def __init__(self, workers: int) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shadowzoo-python")
-        self._functions: dict[str, Callable[..., Any]] = {}
-
-    async def answer(self, work: _Work, challenger: Challenger) -> Row:
-        """Call the variant on one request; an exception is the variant's error. Each call costs its price."""
-        config = challenger.config
-        call = partial(self._invoke, config["entrypoint"], work.request, config.get("params") or {})
-        started = time.perf_counter()
-        try:
-            output = await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except Exception as exc:  # noqa: BLE001 - any failure of the variant's code is its error
-            output, error = None, f"{type(exc).__name__}: {exc}"
-        else:
-            error = None
-        latency_ms = (time.perf_counter() - started) * 1000
-        status = "ok" if error is None else "error"
-        cost = config.get("price_per_call_usd")
-        return _row(work, status, output=output, cost=cost, latency_ms=latency_ms, error=error, attempts=1)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def _invoke(self, entrypoint: str, request: dict[str, Any], params: dict[str, Any]) -> str:
-        output = self._function(entrypoint)(request, **params)
-        if not isinstance(output, str):
-            raise TypeError(f"{entrypoint} returned {type(output).__name__}, expected str")
-        return output
-
-    def _function(self, entrypoint: str) -> Callable[..., Any]:
-        function = self._functions.get(entrypoint)
-        if function is None:
-            module, _, name = entrypoint.partition(":")
-            function = self._functions[entrypoint] = getattr(importlib.import_module(module), name)
-        return function
-
-
-def _row(
-    work: _Work,
-    status: str,
-    *,
-    output: str | None = None,
-    usage: dict[str, Any] | None = None,
-    cost: float | None = None,
-    latency_ms: float | None = None,
-    error: str | None = None,
-    attempts: int = 0,
-) -> Row:
-    cached, reasoning = detail_tokens(usage)
-    return {
-        "request_id": work.request_id,
-        "request_seq": work.request_seq,
-        "version_id": work.version_id,
-        "role": work.role,
-        "status": status,
-        "output": output,
-        "prompt_tokens": (usage or {}).get("prompt_tokens"),
-        "completion_tokens": (usage or {}).get("completion_tokens"),
-        "cached_tokens": cached,
-        "reasoning_tokens": reasoning,
-        "usage_json": json.dumps(usage) if usage is not None else None,
-        "cost_usd": cost,
-        "latency_ms": latency_ms,
-        "error": error,
-        "attempts": attempts,
-        "finished_at": utcnow(),
-    }
 
 
 def _pending_sql(plan: _Plan, select: str, tail: str) -> tuple[str, list[Any]]:
@@ -627,14 +434,3 @@ def _pending_page(
         "ORDER BY t.received_at, t.request_id, c.version_id LIMIT ?",
     )
     return connection.execute(sql, [*params, cursor[0], *cursor, size]).fetchall()
-
-
-def _spent_today(connection: duckdb.DuckDBPyConnection, slots: list[str]) -> dict[str, float]:
-    """Each slot's shadow spend since 00:00 UTC, from the results written so far."""
-    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    rows = connection.execute(
-        "SELECT v.slot, coalesce(sum(s.cost_usd), 0) FROM shadow_results s JOIN variants v USING (version_id) "
-        "WHERE s.finished_at >= ? AND list_contains(?, v.slot) GROUP BY v.slot",
-        [midnight, slots],
-    ).fetchall()
-    return {slot: float(spent) for slot, spent in rows}
