@@ -86,7 +86,7 @@ class AnswerQuery:
                        CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END AS status,
                        t.output, t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.reasoning_tokens,
                        t.latency_ms, t.received_at, l.label_json,
-                       {SCALAR_LABEL.replace("label_json", "l.label_json")} AS label, l.label_json IS NOT NULL AS labelled
+                       {SCALAR_LABEL} AS label, l.label_json IS NOT NULL AS labelled
                 FROM t LEFT JOIN latest_labels l ON l.request_seq = t.seq)"""
         return self._scored(answers, "LEFT JOIN")
 
@@ -98,7 +98,7 @@ class AnswerQuery:
             SELECT s.request_id, s.request_seq, s.version_id,
                    CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,
                    s.prompt_tokens, s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.latency_ms,
-                   l.received_at, l.label_json, l.label{self.plan.label_column_refs('l')}, l.labelled, l.net AS champion_net,
+                   l.received_at, l.label_json{self.plan.label_column_refs('l')}, l.labelled, l.net AS champion_net,
                    l.quality AS champion_quality, l.cost_usd AS champion_cost
             FROM shadow_results s JOIN {live} l ON l.request_seq = s.request_seq
             WHERE s.status IN ('ok', 'error') {self._written('s.seq')}"""

@@ -179,7 +179,7 @@ def _normalised(expr: str, metric: ExactMatchMetric, one_line: bool = False) -> 
 
 def _fold_whitespace(expr: str, one_line: bool) -> str:
     """Trim, and fold runs of white space to one space; the regex runs only when there is a run to fold."""
-    folded = ("'  '", "chr(9)", "chr(13)") if one_line else ("'  '", "chr(9)", "chr(10)", "chr(13)")
+    folded = ["'  '", "chr(9)", "chr(13)"] + ([] if one_line else ["chr(10)"])
     runs = " OR ".join(f"contains({expr}, {pair})" for pair in folded)
     return f"(CASE WHEN {runs} THEN trim(regexp_replace({expr}, '\\s+', ' ', 'g')) ELSE trim({expr}) END)"
 

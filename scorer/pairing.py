@@ -40,7 +40,7 @@ CHUNK_REQUESTS = 500_000
 """Requests scored at once when a period is scored from the start."""
 _ANSWER_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
                    "net, received_at")
-_LIVE_COLUMNS = f"{_ANSWER_COLUMNS}, known_variant, label_json, label"
+_LIVE_COLUMNS = f"{_ANSWER_COLUMNS}, known_variant, label_json"
 # Replayed answers are the bulk of a period: their source and status are kept as flags,
 # which cost about half as much to write as the strings.
 _REPLAYED_COLUMNS = ("request_seq, version_id, source = 'control' AS control, status = 'error' AS failed, labelled, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 import duckdb
 
@@ -28,10 +29,10 @@ class DailyBudget:
         self._cost_count: defaultdict[str, int] = defaultdict(int)
         self._settled = asyncio.Event()
 
-    def estimate(self, version_id: str, first_guess: float) -> float:
-        """What the variant's next call may cost: the mean of its calls so far, else `first_guess`."""
+    def estimate(self, version_id: str, first_guess: Callable[[], float]) -> float:
+        """What the variant's next call may cost: the mean of its calls so far, else `first_guess()`."""
         count = self._cost_count[version_id]
-        return self._cost_sum[version_id] / count if count else first_guess
+        return self._cost_sum[version_id] / count if count else first_guess()
 
     async def reserve(self, slot: str, estimate: float) -> str | None:
         """Hold `estimate` against the slot's cap; the not-run reason once the cap is reached."""

@@ -337,7 +337,7 @@ class _Run:
         reason = self.pauses.reason_for(challenger.version_id) or self._config_problem(challenger)
         estimate = 0.0
         if reason is None:
-            estimate = self.budget.estimate(challenger.version_id, challenger.estimate_usd(body))
+            estimate = self.budget.estimate(challenger.version_id, partial(challenger.estimate_usd, body))
             reason = await self.budget.reserve(challenger.slot, estimate)
         if reason is not None:
             self._announce(challenger.version_id, reason)
