@@ -22,7 +22,8 @@ from ops.workspace_init import init_workspace
 from registry import Registry, load_workspace
 from shadow.simulator import load_simulator_config, start_in_thread
 from zoo import load_zoo, register_specs
-from zoo.train.loop import Register, train_spec
+from zoo.train.outcome import Register
+from zoo.train.run import train_spec
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = {"optimizer_model": {"provider": "sim", "model": "sim-optimizer"},

@@ -17,7 +17,8 @@ from ops.output import fail, print_table, say
 from ops.session import session
 from registry import ShadowzooError
 from zoo import SpecFile, Zoo, load_zoo
-from zoo.train.loop import Register, train_spec
+from zoo.train.outcome import Register
+from zoo.train.run import train_spec
 
 SpecOption = Annotated[str | None, typer.Option("--spec", help="The spec to train, by name.")]
 

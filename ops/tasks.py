@@ -26,7 +26,8 @@ from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
 from shadow.spool import ready_segments, spool_dir
 from zoo import load_zoo
-from zoo.train.loop import Register, train_spec
+from zoo.train.outcome import Register
+from zoo.train.run import train_spec
 
 log = logging.getLogger("shadowzoo.daemon")
 AUTO_ACTOR = "shadowzoo-auto"

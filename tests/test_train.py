@@ -22,7 +22,8 @@ from zoo import load_zoo, register_specs
 from zoo.train.dataset import Item, split_items
 from zoo.train.edits import Edit, apply_edits, set_guidance
 from zoo.train.gate import decide, sign_test_p
-from zoo.train.loop import Register, RunResult, train_spec
+from zoo.train.outcome import Register, RunResult
+from zoo.train.run import train_spec
 from zoo.train.optimizer import extract_json
 from zoo.train.schedule import edit_budget
 

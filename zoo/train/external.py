@@ -9,7 +9,7 @@ The result is registered as a challenger with `source="train"`, never as the cha
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -17,18 +17,14 @@ from registry import ChatParams, ConfigError, NewVariant, ShadowzooError, Worksp
 from zoo.resolve import CHAT_PARAM_KEYS, resolve_spec
 from zoo.spec import SpecFile, Zoo
 from zoo.train.config import ExternalTrainConfig
-
-if TYPE_CHECKING:
-    from zoo.train.loop import Progress, Register, RunResult
+from zoo.train.outcome import Progress, Register, RunResult, trained_label
 
 ALLOWED_KEYS = tuple(ChatParams.model_fields)
 
 
-def run_external(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: "Register",
-                 config: ExternalTrainConfig, progress: "Progress") -> "RunResult":
+def run_external(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: Register,
+                 config: ExternalTrainConfig, progress: Progress) -> RunResult:
     """Call the entrypoint, check its overrides, register the result."""
-    from zoo.train.loop import RunResult
-
     spec = spec_file.spec
     where = f"{spec_file.path}: train.entrypoint {config.entrypoint}"
     resolved = resolve_spec(spec_file, zoo, workspace, registry.store)
@@ -40,7 +36,7 @@ def run_external(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: 
         raise ConfigError(f"{where}: returned provider {merged['provider']!r}, which is not configured")
     parent = registry.store.variant_with_fingerprint(spec.slot, resolved.fingerprint)
     new = NewVariant(
-        slot=spec.slot, label=f"{spec.name[:57]}-train", kind="chat",
+        slot=spec.slot, label=trained_label(spec.name), kind="chat",
         config={"kind": "chat", "provider": merged["provider"], "model": merged["model"],
                 "params": {k: merged[k] for k in CHAT_PARAM_KEYS if k in merged}},
         skill_text=merged.get("skill"), parent=parent.version_id if parent else None, source="train",

@@ -6,8 +6,7 @@ directory `<state_dir>/train/<spec>/<run-id>/` gets that unit's artifacts (candi
 edit report, scores, decision) and then `state.json`, so an interrupted run resumes at the
 first unit not recorded. Batches are seeded by their position, so a resumed run makes the
 same choices as one never interrupted. Spend is counted per call; reaching `max_cost_usd`
-ends the run cleanly with the best skill so far. A finished run registers its best skill
-as a challenger (never touching the champion); the test split is scored and reported only.
+ends the run cleanly with the best skill so far. `zoo.train.run` drives a whole run.
 """
 
 from __future__ import annotations
@@ -17,235 +16,29 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from registry import ConfigError, Database, NewVariant, Registration, ShadowzooError, VariantStore, Workspace, sha256_text
-from registry.config import Price
-from scorer.metrics import QualityPlan, plan_quality, score_rows
+from registry import ShadowzooError, sha256_text
+from scorer.metrics import score_rows
 from shadow.apply import apply_variant
-from shadow.pricing import cost_usd, price_of, workspace_prices
-from shadow.providers import ChatResult, ProviderPool
-from zoo.resolve import Resolved, resolve_spec
-from zoo.spec import SpecFile, Zoo
-from zoo.train.config import ExternalTrainConfig, SkillOptConfig, parse_train
-from zoo.train.dataset import Item, Splits, load_items, split_items
-from zoo.train.external import run_external
+from shadow.pricing import workspace_prices
+from shadow.providers import ProviderPool
+from zoo.train.dataset import Item
 from zoo.train.edits import Edit, apply_edits, set_guidance
 from zoo.train.gate import GateDecision, decide
+from zoo.train.meter import BudgetExhausted, Meter
 from zoo.train.optimizer import CallStats, Optimizer, Trajectory
+from zoo.train.outcome import Progress
+from zoo.train.plan import Plan, Unit
+from zoo.train.rundir import RunDir
 from zoo.train.schedule import edit_budget
 
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4
 GIVE_UP_AFTER_CALLS = 3
-Progress = Callable[[str], None]
-
-
-class BudgetExhausted(Exception):
-    """Spend reached `max_cost_usd`: stop before the next model call's stage completes."""
-
-
-class Register:
-    """What training needs of the registry: lookups, and registering the result."""
-
-    def __init__(self, store: VariantStore, register: Callable[[NewVariant], Registration]) -> None:
-        self.store = store
-        self.register = register
-
-
-@dataclass
-class RunResult:
-    """How one spec's training ended."""
-
-    spec: str
-    status: str
-    reason: str = ""
-    run_dir: Path | None = None
-    version_id: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("finished", "budget_exhausted", "no_improvement")
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One resumable piece of a run: a step of an epoch, or an epoch boundary."""
-
-    epoch: int
-    step: int | None
-
-    @property
-    def name(self) -> str:
-        return f"epoch{self.epoch}-step{self.step}" if self.step is not None else f"epoch{self.epoch}-boundary"
-
-
-# ---------------------------------------------------------------- metering
-
-
-class Meter:
-    """Spend, calls, and wall time spent with at least one model call in flight."""
-
-    def __init__(self, prices: dict[str, Price], max_cost_usd: float | None, saved: dict[str, Any] | None = None) -> None:
-        saved = saved or {}
-        self.prices = prices
-        self.max_cost_usd = max_cost_usd
-        self.spent_usd: float = saved.get("spent_usd", 0.0)
-        self.unpriced_calls: int = saved.get("unpriced_calls", 0)
-        self.target_calls: int = saved.get("target_calls", 0)
-        self.target_failures: int = saved.get("target_failures", 0)
-        self.waiting_s = 0.0
-        self._in_flight = 0
-        self._since = 0.0
-
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Count wall time while any model call is outstanding (concurrent calls overlap)."""
-        if self._in_flight == 0:
-            self._since = time.perf_counter()
-        self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self.waiting_s += time.perf_counter() - self._since
-
-    def charge(self, model: str, result: ChatResult) -> None:
-        cost = cost_usd(price_of(self.prices, model), result.usage)
-        if cost is None:
-            self.unpriced_calls += 1
-        else:
-            self.spent_usd += cost
-
-    def check(self) -> None:
-        if self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd:
-            raise BudgetExhausted(f"spent ${self.spent_usd:.4f} of max_cost_usd ${self.max_cost_usd:g}")
-
-    def saved(self) -> dict[str, Any]:
-        return {"spent_usd": self.spent_usd, "unpriced_calls": self.unpriced_calls,
-                "target_calls": self.target_calls, "target_failures": self.target_failures}
-
-
-# ---------------------------------------------------------------- preparing a run
-
-
-@dataclass
-class Plan:
-    """Everything a run of one spec needs, checked before any model call."""
-
-    spec_file: SpecFile
-    resolved: Resolved
-    config: SkillOptConfig
-    workspace: Workspace
-    splits: Splits
-    quality: QualityPlan
-    base_skill: str
-
-    @property
-    def target(self) -> tuple[str, str, dict[str, Any]]:
-        config = self.resolved.config
-        return config["provider"], config["model"], dict(config.get("params", {}))
-
-    def units(self) -> list[Unit]:
-        per_epoch = self.config.steps_per_epoch or max(1, len(self.splits.train) // self.config.batch_size)
-        boundary = self.config.slow_update or self.config.meta_skill
-        units = []
-        for epoch in range(1, self.config.num_epochs + 1):
-            units.extend(Unit(epoch, step) for step in range(1, per_epoch + 1))
-            if boundary and epoch >= 2:
-                units.append(Unit(epoch, None))
-        return units
-
-
-def plan_run(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, store: VariantStore,
-             database: Database | None) -> Plan:
-    """Validate the spec's train block, resolve the spec, load and split the items."""
-    config = _train_config(spec_file)
-    if not isinstance(config, SkillOptConfig):
-        raise ConfigError(f"{spec_file.path}: train: the external form is run by zoo.train.external")
-    if spec_file.spec.kind != "chat":
-        raise ConfigError(f"{spec_file.path}: train: only chat specs have a skill to train")
-    resolved = resolve_spec(spec_file, zoo, workspace, store)
-    provider = config.optimizer_model.provider
-    if provider not in workspace.config.providers:
-        known = ", ".join(sorted(workspace.config.providers)) or "none"
-        raise ConfigError(f"{spec_file.path}: train.optimizer_model.provider: {provider!r} is not configured (providers: {known})")
-    slot = spec_file.spec.slot
-    quality = plan_quality(workspace.slot(slot).metrics, f"{workspace.config_path}: slots.{slot}.metrics")
-    if quality.empty:
-        raise ConfigError(f"{workspace.config_path}: slots.{slot}.metrics: training needs at least one metric")
-    items = _items(config, workspace, slot, database)
-    splits = split_items(items, config.ratio, config.seed, config.min_items)
-    return Plan(spec_file, resolved, config, workspace, splits, quality, resolved.skill_text or "")
-
-
-def _items(config: SkillOptConfig, workspace: Workspace, slot: str, database: Database | None) -> list:
-    """The dataset, holding the database only while traffic is read (training itself takes minutes)."""
-    if database is None:
-        return load_items(config, workspace, slot, None)
-    with database.reading() as db:
-        return load_items(config, workspace, slot, db)
-
-
-def _train_config(spec_file: SpecFile) -> SkillOptConfig | ExternalTrainConfig:
-    raw = spec_file.spec.train
-    if raw is None:
-        raise ConfigError(f"{spec_file.path}: no train: block; add one to say how to train this spec")
-    return parse_train(raw, str(spec_file.path))
-
-
-# ---------------------------------------------------------------- the run directory
-
-
-class RunDir:
-    """A run's directory: state.json, one folder of artifacts per unit, cached scores."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @staticmethod
-    def for_plan(plan: Plan, fingerprint: str) -> "RunDir":
-        """The newest unfinished run of this spec with the same inputs, else a new one."""
-        root = plan.workspace.state_dir / "train" / plan.spec_file.spec.name
-        for candidate in sorted(root.glob("*/state.json"), reverse=True):
-            state = json.loads(candidate.read_text())
-            if state.get("status") == "running" and state.get("fingerprint") == fingerprint:
-                return RunDir(candidate.parent)
-        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return RunDir(root / run_id)
-
-    @property
-    def run_id(self) -> str:
-        return self.path.name
-
-    def state(self) -> dict[str, Any] | None:
-        path = self.path / "state.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def write(self, relative: str, data: Any) -> None:
-        """Write one artifact atomically: JSON, or text for .md files."""
-        path = self.path / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(data if isinstance(data, str) else json.dumps(data, indent=2, ensure_ascii=False, default=str))
-        tmp.replace(path)
-
-    def cached_scores(self, key: str) -> list[float] | None:
-        path = self.path / "scores" / f"{key}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-
-# ---------------------------------------------------------------- the trainer
 
 
 class Trainer:
@@ -450,8 +243,9 @@ class Trainer:
         """Per-item gate scores of a skill on the selection split, cached by the skill's sha256."""
         return await self._split_scores(skill, "selection", self.plan.splits.selection)
 
-    async def test_scores(self, skill: str) -> list[float]:
-        return await self._split_scores(skill, "test", self.plan.splits.test)
+    async def test_score(self, skill: str) -> float:
+        """A skill's mean score on the test split (reported, never used to choose)."""
+        return _mean(await self._split_scores(skill, "test", self.plan.splits.test))
 
     async def _split_scores(self, skill: str, split: str, items: list[Item]) -> list[float]:
         key = f"{split}-{sha256_text(skill)}"
@@ -530,89 +324,3 @@ def _dedupe(edits: list[Edit]) -> list[Edit]:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
-
-
-# ---------------------------------------------------------------- one spec, end to end
-
-
-def train_spec(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: Register,
-               database: Database | None, progress: Progress) -> RunResult:
-    """Train one spec (built-in or external); errors become a failed result, never an exception."""
-    name = spec_file.spec.name
-    try:
-        config = _train_config(spec_file)
-        if isinstance(config, ExternalTrainConfig):
-            return run_external(spec_file, zoo, workspace, registry, config, progress)
-        plan = plan_run(spec_file, zoo, workspace, registry.store, database)
-    except ShadowzooError as exc:
-        return RunResult(name, "failed", str(exc))
-    return asyncio.run(_train_plan(plan, registry, progress))
-
-
-async def _train_plan(plan: Plan, registry: Register, progress: Progress) -> RunResult:
-    fingerprint = sha256_text(json.dumps([plan.config.model_dump(mode="json"), plan.resolved.fingerprint]))
-    run_dir = RunDir.for_plan(plan, fingerprint)
-    pool = ProviderPool(plan.workspace.config.providers)
-    name = plan.spec_file.spec.name
-    try:
-        trainer = Trainer(plan, run_dir, pool, progress)
-        trainer.state["fingerprint"] = fingerprint
-        resumed = trainer.state["done"]
-        progress(f"{name}: run {run_dir.run_id} {'resumed at unit ' + str(resumed + 1) if resumed else 'started'}; "
-                 f"items {plan.splits.counts()}")
-        try:
-            status = await trainer.train()
-        except ShadowzooError as exc:
-            return _finish(trainer, "failed", str(exc), None)
-        return await _conclude(trainer, status, registry)
-    finally:
-        await pool.aclose()
-
-
-async def _conclude(trainer: Trainer, status: str, registry: Register) -> RunResult:
-    """Score on test (reported only), then register the best skill if it differs from the base."""
-    plan, state = trainer.plan, trainer.state
-    if trainer.meter.target_calls and trainer.meter.target_failures == trainer.meter.target_calls:
-        return _finish(trainer, "failed", "the target model failed on every call", None)
-    best = state["best"]
-    state["test"] = {"base": _mean(await trainer.test_scores(plan.base_skill)), "best": _mean(await trainer.test_scores(best))}
-    if best == plan.base_skill:
-        return _finish(trainer, "no_improvement" if status == "finished" else status,
-                       "no candidate beat the base skill on the selection split", None)
-    parent = registry.store.variant_with_fingerprint(plan.spec_file.spec.slot, plan.resolved.fingerprint)
-    summary = _summary(trainer, status)
-    registration = registry.register(NewVariant(
-        slot=plan.spec_file.spec.slot, label=_trained_label(plan.spec_file.spec.name), kind="chat",
-        config={k: v for k, v in plan.resolved.config.items() if k != "skill_sha"}, skill_text=best,
-        parent=parent.version_id if parent else None, source="train", spec_path=str(plan.spec_file.path), meta=summary,
-    ))
-    return _finish(trainer, status, state.get("budget_note", ""), registration.variant.version_id)
-
-
-def _finish(trainer: Trainer, status: str, reason: str, version_id: str | None) -> RunResult:
-    trainer.state.update({"status": status, "reason": reason, "version_id": version_id})
-    trainer.save()
-    summary = _summary(trainer, status)
-    trainer.run.write("summary.json", {**summary, "reason": reason, "version_id": version_id})
-    trainer.progress(f"{trainer.plan.spec_file.spec.name}: {status}" + (f": {reason}" if reason else "")
-                     + (f"; registered {version_id}" if version_id else ""))
-    return RunResult(trainer.plan.spec_file.spec.name, status, reason, trainer.run.path, version_id, summary)
-
-
-def _summary(trainer: Trainer, status: str) -> dict[str, Any]:
-    state, stats = trainer.state, trainer.stats
-    accepted = sum(1 for h in state["history"] if "accepted" in h)
-    return {
-        "run_id": trainer.run.run_id, "run_dir": str(trainer.run.path), "status": status, "optimizer": "skillopt",
-        "units_done": state["done"], "accepted": accepted, "rejected": len(state["rejected"]),
-        "selection": {"base": state.get("base_score"), "best": state["best_score"]}, "test": state.get("test"),
-        "spend_usd": trainer.meter.spent_usd, "unpriced_calls": trainer.meter.unpriced_calls,
-        "target_calls": trainer.meter.target_calls, "optimizer_calls": stats.calls,
-        "optimizer_unusable": stats.failed + stats.unparseable, "base_skill_sha": sha256_text(trainer.plan.base_skill),
-        "best_skill_sha": sha256_text(state["best"]),
-    }
-
-
-def _trained_label(name: str) -> str:
-    """Trained variants get their own label, so `base: <spec>` still means the spec itself."""
-    return f"{name[:57]}-train"
