@@ -108,6 +108,64 @@ def test_the_evidence_stays_the_mean_of_the_stored_pairs_across_rebuild_and_refr
         assert comparison.cost.mean == pytest.approx(cost, abs=1e-15)
 
 
+def _late_arrivals(ids: dict[str, str], requests: int, batches: int, seed: int) -> list[Answers]:
+    """Labelled requests whose rows arrive over `batches` writes: each request's label and
+    replayed answers (right, wrong, failed, or the champion replayed as a control) come with
+    it or in a later batch."""
+    rng = random.Random(seed)
+    arrivals = [Answers() for _ in range(batches)]
+
+    def later(first: int) -> Answers:
+        return arrivals[rng.randrange(first, batches)]
+
+    for i in range(requests):
+        request_id, truth = f"r{i:06d}", rng.choice(["billing", "technical", "account"])
+        first = rng.randrange(batches)
+        arrivals[first].request(request_id, ids["baseline"], rng.choice([truth, "other"]),
+                                latency_ms=rng.uniform(50, 2000))
+        later(first).label(request_id, truth)
+        for version_id in (ids["careful-large"], ids["cheap-mini"]):
+            status = rng.choice(["ok", "ok", "ok", "error"])
+            later(first).result(request_id, version_id, rng.choice([truth, "other"]) if status == "ok" else None,
+                           status=status, latency_ms=rng.uniform(50, 2000))
+        if rng.random() < 0.3:
+            later(first).result(request_id, ids["baseline"], truth, role="control", latency_ms=rng.uniform(50, 2000))
+    return arrivals
+
+
+def _evidence(registry: Registry, period_id: int) -> dict[str, list[tuple]]:
+    """The period's stored pairs, sums and moments, in a stable order."""
+    queries = {
+        "paired": "SELECT request_seq, version_id, d_net, d_quality, d_cost FROM paired WHERE period_id = ? ORDER BY 1, 2",
+        "answer_stats": "SELECT version_id, source, latency_bucket, answers, errors, metric_errors, scored, quality_sum, "
+                        "priced, cost_sum, valued, net_sum FROM answer_stats WHERE period_id = ? AND answers <> 0 "
+                        "ORDER BY 1, 2, 3",
+        "pair_moments": "SELECT version_id, measure, n, mean, m2 FROM pair_moments WHERE period_id = ? ORDER BY 1, 2",
+    }
+    with registry.database.reading() as db:
+        return {table: db.execute(sql, [period_id]).fetchall() for table, sql in queries.items()}
+
+
+def test_refreshing_after_every_write_leaves_the_evidence_one_rebuild_would(scored) -> None:
+    registry, ids = scored
+    for answers in _late_arrivals(ids, requests=120, batches=6, seed=11):
+        answers.write(registry)
+        board = _board(registry)
+    incremental = _evidence(registry, board.period_id)
+    with registry.database.transaction() as db:
+        for table in ("paired", "answer_stats", "pair_moments", "scoring_watermarks"):
+            db.execute(f"DELETE FROM {table}")
+    rebuilt = _evidence(registry, _board(registry).period_id)
+    assert len(incremental["paired"]) > 100
+    for table, rows in rebuilt.items():
+        assert len(incremental[table]) == len(rows), table
+        for kept, fresh in zip(incremental[table], rows):
+            keys = [value for value in fresh if not isinstance(value, float)]
+            assert [value for value in kept if not isinstance(value, float)] == keys, table
+            assert [v for v in kept if isinstance(v, float)] == pytest.approx(
+                [v for v in fresh if isinstance(v, float)], rel=1e-9, abs=1e-12), (table, keys)
+
+
 def test_a_corrected_label_does_not_count_its_pair_twice(scored) -> None:
     registry, ids = scored
     answers = Answers()
