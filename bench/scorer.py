@@ -35,6 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registry import NewVariant, Registry, load_workspace  # noqa: E402
+from scorer.pairing import latest_seq  # noqa: E402
 from scorer.service import Scorer  # noqa: E402
 
 SLOT = "bench"
@@ -141,12 +142,6 @@ def scan(registry: Registry) -> float:
             "SELECT version_id, count(*), avg(latency_ms), avg(length(output)) FROM shadow_results GROUP BY 1").fetchall())
 
 
-def latest_seq(registry: Registry) -> int:
-    with registry.database.reading() as db:
-        return db.execute("SELECT max(seq) FROM (SELECT max(seq) AS seq FROM traffic UNION ALL "
-                          "SELECT max(seq) FROM shadow_results)").fetchone()[0]
-
-
 # The least any refresh of the new results must do, whatever its design: compare each new
 # answer's first line with its request's label and store the result as a pair, durably. It
 # leaves out the champion's answers, costs, the period's sums and moments, and the board.
@@ -189,7 +184,8 @@ def run(requests: int, incremental: int, shape: str) -> dict:
         added = incremental // CHALLENGERS
         refresh_times, floor_times = [], []
         for start in range(requests, requests + RUNS * added, added):
-            seen = latest_seq(registry)
+            with registry.database.reading() as db:
+                seen = latest_seq(db)
             generate(registry, champion, challengers, start, added, shape)
             refresh_times.append(timed(lambda: scorer.refresh(SLOT)))
             floor_times.append(refresh_floor(registry, seen))

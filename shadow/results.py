@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from registry import Database, utcnow
+from registry.db import registered
 from shadow.pricing import detail_tokens
 
 RESULT_SCHEMA = {
@@ -134,11 +135,7 @@ class ResultWriter:
             await self.flush()
 
     def _insert(self, frame: pl.DataFrame) -> None:
-        with self._database.transaction() as connection:
-            connection.register("shadow_batch", frame)
-            try:
-                connection.execute(
-                    f"INSERT OR IGNORE INTO shadow_results ({_RESULT_COLUMNS}) SELECT {_RESULT_COLUMNS} FROM shadow_batch"
-                )
-            finally:
-                connection.unregister("shadow_batch")
+        with self._database.transaction() as connection, registered(connection, "shadow_batch", frame):
+            connection.execute(
+                f"INSERT OR IGNORE INTO shadow_results ({_RESULT_COLUMNS}) SELECT {_RESULT_COLUMNS} FROM shadow_batch"
+            )

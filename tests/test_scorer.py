@@ -127,7 +127,7 @@ def _late_arrivals(ids: dict[str, str], requests: int, batches: int, seed: int) 
         for version_id in (ids["careful-large"], ids["cheap-mini"]):
             status = rng.choice(["ok", "ok", "ok", "error"])
             later(first).result(request_id, version_id, rng.choice([truth, "other"]) if status == "ok" else None,
-                           status=status, latency_ms=rng.uniform(50, 2000))
+                                status=status, latency_ms=rng.uniform(50, 2000))
         if rng.random() < 0.3:
             later(first).result(request_id, ids["baseline"], truth, role="control", latency_ms=rng.uniform(50, 2000))
     return arrivals

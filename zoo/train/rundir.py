@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from registry.atomic import write_atomic
 from zoo.train.plan import Plan
 
 
@@ -37,11 +38,8 @@ class RunDir:
 
     def write(self, relative: str, data: Any) -> None:
         """Write one artifact atomically: JSON, or text for .md files."""
-        path = self.path / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(data if isinstance(data, str) else json.dumps(data, indent=2, ensure_ascii=False, default=str))
-        tmp.replace(path)
+        text = data if isinstance(data, str) else json.dumps(data, indent=2, ensure_ascii=False, default=str)
+        write_atomic(self.path / relative, text.encode("utf-8"))
 
     def cached_scores(self, key: str) -> list[float] | None:
         path = self.path / "scores" / f"{key}.json"
