@@ -397,6 +397,9 @@ FROM timed
 # The token counts the scorer prices, read from the usage object once, at ingest.
 _USAGE_TOKENS = ("json_extract_string(usage_json, ['$.prompt_tokens', '$.completion_tokens', "
                 "'$.prompt_tokens_details.cached_tokens', '$.completion_tokens_details.reasoning_tokens'])")
+# An observed exchange (posted to /v1/capture or loaded from a file) that names no version
+# is the answer of the slot's champion when it was received: the target of the slot's last
+# promotion or rollback at `received_at` (none before the first promotion).
 _APPEND_TRAFFIC = f"""
 INSERT {{conflict}} INTO traffic (
     request_id, client_request_id, slot, received_at, request_json, champion_version, status, output,
@@ -404,10 +407,15 @@ INSERT {{conflict}} INTO traffic (
     error, source, ingested_at
 )
 SELECT
-    request_id, client_request_id, slot, received_at, request_json, champion_version, status, output,
-    TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT), TRY_CAST(tokens[3] AS BIGINT),
+    request_id, client_request_id, slot, received_at, request_json,
+    CASE WHEN champion_version IS NULL AND source <> 'gateway' THEN champion_then ELSE champion_version END,
+    status, output, TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT), TRY_CAST(tokens[3] AS BIGINT),
     TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?
-FROM (SELECT *, {_USAGE_TOKENS} AS tokens FROM {STAGING} WHERE type = 'traffic')
+FROM (SELECT *, {_USAGE_TOKENS} AS tokens FROM {STAGING} WHERE type = 'traffic') staged
+ASOF LEFT JOIN (
+    SELECT slot AS champion_slot, moved_at, to_version AS champion_then
+    FROM promotions WHERE action IN ('promote', 'rollback')
+) moves ON staged.slot = moves.champion_slot AND staged.received_at >= moves.moved_at
 """
 _APPEND_OUTCOMES = """
 INSERT OR IGNORE INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at)

@@ -5,8 +5,9 @@ A traffic file holds one OpenAI request/response log per line::
     {"slot": "support-triage", "request": {...chat request...}, "response": {...chat.completion...},
      "latency_ms": 412, "request_id": "...", "client_request_id": "...", "received_at": "2025-03-01T12:00:00Z"}
 
-`slot` may come from `--slot` instead; `request_id`, `client_request_id` and `received_at`
-are optional; a line with an `error` (a message, or an OpenAI error object) needs no
+`slot` may come from `--slot` instead; `request_id`, `client_request_id`, `received_at` and
+`champion_version` are optional (an exchange is the answer of the slot's champion when it
+was received, unless it names the registered version that gave it); a line with an `error` (a message, or an OpenAI error object) needs no
 `response`. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
 `{"request_id": ..., "kind": "label" | "reaction", "value": <any JSON>}` per line, keyed by
 `request_id` or `client_request_id`.
@@ -72,6 +73,7 @@ class _TrafficLine(BaseModel):
     received_at: datetime | None = None
     status: int | None = None
     error: str | dict[str, Any] | None = None
+    champion_version: str | None = None
 
     @model_validator(mode="after")
     def _answered(self) -> "_TrafficLine":
@@ -213,6 +215,7 @@ def _traffic_record(line: _TrafficLine, slot: str, raw: dict[str, Any], stamp: d
         latency_ms=line.latency_ms,
         error=_error_text(line.error),
         source="file",
+        champion_version=line.champion_version,
     )
 
 

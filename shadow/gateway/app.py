@@ -186,6 +186,8 @@ class CaptureBody(BaseModel):
     latency_ms: float | None = Field(None, ge=0)
     client_request_id: str | None = None
     status: int = 200
+    champion_version: str | None = Field(
+        None, description="The version that answered, when not the slot's champion at the time it was received.")
 
 
 class FeedbackBody(BaseModel):
@@ -213,6 +215,7 @@ async def capture(request: web.Request) -> web.Response:
         request_id=request_id, client_request_id=body.client_request_id, slot=body.slot,
         received_at=datetime.now(UTC), request=body.request, status=body.status, output=output,
         usage=body.usage or (body.response or {}).get("usage"), latency_ms=body.latency_ms, source="capture",
+        champion_version=body.champion_version,
     )
     return _accepted(request, record, {"request_id": request_id})
 
