@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
-from ops.output import console, print_json, print_table, say
+from ops.output import console, print_json, print_table, say, warn
 from ops.session import session
 from registry.atomic import write_atomic
 from scorer.board import Leaderboard, Status
-from scorer.report import format_interval, render_html, render_markdown, usd
+from scorer.report import format_interval, judge_note, render_html, render_markdown, usd
 
 STATUS_STYLE = {Status.READY: "green", Status.WORSE: "red", Status.GUARDRAIL: "yellow", Status.CHAMPION: "bold"}
 
@@ -96,6 +96,9 @@ def _print_board(board: Leaderboard) -> None:
     )
     say(f"recommendation: [bold]{board.recommendation}[/bold]" if board.recommendation
         else "recommendation: none yet (no challenger is ready)")
+    for judge in board.judges:
+        if judge.budget_reached or judge.unjudged:
+            warn(judge_note(judge))
 
 
 def _number(value: float | None, places: int) -> str:

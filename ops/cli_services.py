@@ -96,6 +96,14 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
         f"lag {report['spool_lag_s']}s; shadow queue {report['queue_depth']:.0f}")
     for slot, champion in report["champions"].items():
         say(f"  {slot}: champion {champion or '(none)'}, budget left ${report['budgets_left_usd'].get(slot, 0):.2f}")
+    for slot, judges in report.get("judges", {}).items():
+        for judge in judges:
+            line = (f"  {slot}: judge {judge['metric_key']} spent ${judge['spent_today_usd']:.4f} of "
+                    f"${judge['daily_budget_usd']:.2f} today, {judge['unjudged']} answers wait for a verdict")
+            if judge["budget_reached"]:
+                warn(line + " (daily budget reached)")
+            else:
+                say(line)
     for pause in report["pauses"]:
         say(f"  paused: {pause}")
     for drift in report["routes_drift"]:

@@ -47,6 +47,10 @@ class DaemonMetrics:
         self.budget_left = Gauge("shadowzoo_budget_remaining_usd", "Shadow budget left today.", ["slot"], registry=r)
         self.job_runs = Counter("shadowzoo_job_runs_total", "Daemon job runs.", ["job", "outcome"], registry=r)
         self.job_duration = Histogram("shadowzoo_job_duration_seconds", "Daemon job durations.", ["job"], registry=r)
+        self.unjudged = Gauge("shadowzoo_judge_unjudged_answers", "Sampled answers of the current evidence waiting "
+                              "for a judge's verdict.", ["slot", "metric"], registry=r)
+        self.judge_budget_reached = Gauge("shadowzoo_judge_budget_reached", "1 when a judge's daily budget is spent.",
+                                          ["slot", "metric"], registry=r)
         self.spool_lag = Gauge("shadowzoo_spool_lag_seconds", "Age of the oldest spool segment not yet ingested.", registry=r)
         self._boards: dict[str, set[str]] = {}
 
@@ -93,6 +97,9 @@ class DaemonMetrics:
             for gauge in (self.net_per_1k, self.delta_lower, self.ready, self.champion):
                 _remove(gauge, board.slot, gone)
         self._boards[board.slot] = current
+        for judge in board.judges:
+            self.unjudged.labels(board.slot, judge.metric_key).set(judge.unjudged)
+            self.judge_budget_reached.labels(board.slot, judge.metric_key).set(1 if judge.budget_reached else 0)
         for row in board.rows:
             if row.net_per_1k_usd is not None:
                 self.net_per_1k.labels(board.slot, row.version_id).set(row.net_per_1k_usd)

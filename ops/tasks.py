@@ -238,6 +238,9 @@ def status(context: TaskContext) -> dict[str, Any]:
         "pauses": [p.model_dump(mode="json") for p in context.operations.pauses()],
         "champions": champions,
         "routes_drift": _routes_drift(context, champions),
+        "judges": {slot: [{**judge.model_dump(mode="json"), "budget_reached": judge.budget_reached}
+                          for judge in board.judges]
+                   for slot, board in context.boards.items() if board.judges},
         "checked_at": datetime.now(UTC).isoformat(),
     }
 

@@ -209,6 +209,9 @@ class JudgeMetric(_Metric):
     rubric: str = Field(description="What a good answer is; the grader sees it with the request and output.")
     sample_rate: float = Field(0.1, ge=0, le=1, description="Share of requests graded (hash-sampled).")
     daily_budget_usd: float = Field(1.0, ge=0, description="Grader spend per UTC day (evaluation spend).")
+    uses_label: bool = Field(
+        False, description="Show the grader the request's label as the reference answer: an answer is then judged "
+                           "once its label is known, and again when the label is corrected.")
 
 
 class PythonMetric(_Metric):
@@ -216,6 +219,10 @@ class PythonMetric(_Metric):
 
     type: Literal["python"]
     entrypoint: str = Field(description="`package.module:function`.")
+    uses_label: bool = Field(
+        True, description="The function reads `outcome` (the request's label): it is called once the label is "
+                          "known, and again when the label is corrected. Set false for a metric of the answer "
+                          "alone; `outcome` is then None and answers are scored without waiting for labels.")
 
 
 Metric = Annotated[

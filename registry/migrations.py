@@ -319,6 +319,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE paired DROP COLUMN watermark_seq;
         """,
     ),
+    Migration(
+        7,
+        "metric values keyed by the label they read",
+        # A metric that reads the label is computed once the label is there, and again when
+        # it is corrected: its value is kept per label (`label_key`, the md5 of the label's
+        # JSON; '' for a metric that reads none), so scoring as of an earlier seq still
+        # finds the value it used then. Values computed before this key existed read no
+        # label by it: they keep '' and a label-reading metric computes afresh.
+        """
+        CREATE TABLE metric_values_keyed (
+            request_id VARCHAR NOT NULL,
+            version_id VARCHAR NOT NULL,
+            metric_key VARCHAR NOT NULL,
+            label_key VARCHAR NOT NULL DEFAULT '',
+            value DOUBLE,
+            error VARCHAR,
+            cost_usd DOUBLE,
+            computed_at TIMESTAMP NOT NULL,
+            seq BIGINT DEFAULT nextval('change_seq'),
+            PRIMARY KEY (request_id, version_id, metric_key, label_key)
+        );
+        INSERT INTO metric_values_keyed
+            SELECT request_id, version_id, metric_key, '', value, error, cost_usd, computed_at, seq FROM metric_values;
+        DROP TABLE metric_values;
+        ALTER TABLE metric_values_keyed RENAME TO metric_values;
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

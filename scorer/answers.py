@@ -20,7 +20,7 @@ import polars as pl
 
 from registry import Variant
 from registry.config import Price, ScoringConfig
-from scorer.metrics import SCALAR_LABEL, QualityPlan, sql_literal
+from scorer.metrics import SCALAR_LABEL, QualityPlan, label_key_sql, sql_literal
 from shadow.pricing import price_of
 
 PRICE_COLUMNS = {
@@ -130,8 +130,9 @@ class AnswerQuery:
         answer of a variant without a `variant_prices` row is kept (LEFT JOIN) or left out."""
         row_joins = "".join(
             f" LEFT JOIN metric_values mv{i} ON mv{i}.request_id = a.request_id AND mv{i}.version_id = a.version_id"
-            f" AND mv{i}.metric_key = {sql_literal(key)} {self._written(f'mv{i}.seq')}"
-            for i, key in enumerate(self.plan.row_metrics)
+            f" AND mv{i}.metric_key = {sql_literal(key)} AND mv{i}.label_key = {label_key_sql(metric, 'a.label_json')}"
+            f" {self._written(f'mv{i}.seq')}"
+            for i, (key, metric) in enumerate(self.plan.row_metrics.items())
         )
         row_columns = "".join(f', mv{i}.value AS "mv:{key}"' for i, key in enumerate(self.plan.row_metrics))
         failed = " OR ".join(f"mv{i}.error IS NOT NULL" for i in range(len(self.plan.row_metrics))) or "false"

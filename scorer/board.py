@@ -73,6 +73,19 @@ class VariantRow(BaseModel):
         return self.status_detail or self.status.value
 
 
+class JudgeState(BaseModel):
+    """Where a judge metric stands today: its spend against its budget, and what waits for it."""
+
+    metric_key: str
+    spent_today_usd: float = Field(description="Grader spend since midnight UTC.")
+    daily_budget_usd: float
+    unjudged: int = Field(0, description="Sampled answers of the current evidence still without a verdict.")
+
+    @property
+    def budget_reached(self) -> bool:
+        return self.spent_today_usd >= self.daily_budget_usd
+
+
 class Leaderboard(BaseModel):
     """A slot's leaderboard at one moment."""
 
@@ -91,6 +104,7 @@ class Leaderboard(BaseModel):
         default_factory=dict, description="Reactions to the champion's answers (shown, never paired)."
     )
     since: datetime | None = Field(None, description="Descriptive columns cover traffic from this time on.")
+    judges: list[JudgeState] = Field(default_factory=list, description="Each judge metric's budget and backlog.")
 
     @property
     def recommendation(self) -> str | None:

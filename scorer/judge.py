@@ -42,7 +42,7 @@ from registry import Database, utcnow
 from registry.config import JudgeMetric, Price, ProviderConfig
 from scorer.metrics import sql_literal
 from shadow.pricing import price_of
-from scorer.rowmetrics import VALUE_COLUMNS, RowValue
+from scorer.rowmetrics import VALUE_COLUMNS, RowValue, value_key
 from shadow.pricing import cost_usd, estimate_usd
 from shadow.providers import ChatResult, ProviderClient, ProviderPool, estimate_tokens
 
@@ -324,8 +324,8 @@ def _summary(key: str, sampled: list[dict[str, Any]], results: list[RowValue | N
     """The values frame of the rows that got a verdict, and the pass's counts."""
     judged = [(row, result) for row, result in zip(sampled, results) if result is not None]
     values = pl.DataFrame(
-        [{"request_id": row["request_id"], "version_id": row["version_id"], "metric_key": key,
-          "value": result.value, "error": result.error, "cost_usd": result.cost_usd} for row, result in judged],
+        [{**value_key(row, key), "value": result.value, "error": result.error, "cost_usd": result.cost_usd}
+         for row, result in judged],
         schema=VALUE_COLUMNS,
     )
     return JudgeRun(

@@ -60,7 +60,15 @@ def uses_label(metric: Metric) -> bool:
         return "{label}" in metric.pattern
     if isinstance(metric, ContainsMetric):
         return metric.text is None
+    if isinstance(metric, (PythonMetric, JudgeMetric)):
+        return metric.uses_label
     return False
+
+
+def label_key_sql(metric: Metric, label_json: str) -> str:
+    """SQL for the key under which a row metric's value is kept: the md5 of the label it
+    read (`label_json`, NULL while there is none), or '' for a metric that reads no label."""
+    return f"md5({label_json}::VARCHAR)" if uses_label(metric) else "''"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 `python` metrics call the user's `module:function(request, output, outcome)`; `json_valid`
 with a schema validates with jsonschema. Each value is computed once per (request,
 version, metric settings) and then joined into the SQL scoring like any other column. A
+metric that reads the label (`uses_label`) waits for it and is computed again for a
+corrected label; each value is kept under the label it read, so the incremental scorer can
+still score an answer as it stood before the correction. A
 metric that raises, or returns something outside 0..1, records that row's error and
 moves on: the row is not scored, and the error is counted on the leaderboard.
 """
@@ -21,10 +24,10 @@ from registry import ConfigError, Database, utcnow
 from registry.db import frame, registered
 from registry.config import JsonValidMetric, Metric, PythonMetric
 from scorer.answers import AnswerQuery
-from scorer.metrics import sql_literal
+from scorer.metrics import label_key_sql, sql_literal, uses_label
 
-VALUE_COLUMNS = {"request_id": pl.Utf8, "version_id": pl.Utf8, "metric_key": pl.Utf8, "value": pl.Float64,
-                 "error": pl.Utf8, "cost_usd": pl.Float64}
+VALUE_COLUMNS = {"request_id": pl.Utf8, "version_id": pl.Utf8, "metric_key": pl.Utf8, "label_key": pl.Utf8,
+                 "value": pl.Float64, "error": pl.Utf8, "cost_usd": pl.Float64}
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,30 @@ def _schema_evaluator(metric: JsonValidMetric) -> RowEvaluator:
     return evaluate
 
 
-def pending_answers(database: Database, query: AnswerQuery, key: str, only: str | None = None) -> pl.DataFrame:
-    """Answers (ok status) with no value yet for metric `key` (and matching `only`, a SQL predicate)."""
+def pending_answers(database: Database, query: AnswerQuery, key: str, metric: Metric, only: str | None = None) -> pl.DataFrame:
+    """Answers (ok status) with no value yet for metric `key` (and matching `only`, a SQL predicate).
+
+    A metric that reads the label waits for it, and is pending again once the label is
+    corrected (its values are kept per label: `label_key`); the others see no label."""
+    label_key = label_key_sql(metric, "a.label_json")
+    labelled = "AND a.label_json IS NOT NULL " if uses_label(metric) else ""
+    label_json = "a.label_json" if uses_label(metric) else "NULL::VARCHAR"
     extra = f"AND {only} " if only else ""
     with database.reading() as db:
         return frame(db, f"""
-            SELECT a.request_id, a.version_id, a.output, a.label_json, t.request_json
+            SELECT a.request_id, a.version_id, a.output, {label_json} AS label_json, {label_key} AS label_key,
+                   t.request_json
             FROM ({query.sql()}) a JOIN traffic t ON t.request_id = a.request_id
-            WHERE a.status = 'ok' {extra}AND NOT EXISTS (
+            WHERE a.status = 'ok' {labelled}{extra}AND NOT EXISTS (
                 SELECT 1 FROM metric_values m WHERE m.request_id = a.request_id AND m.version_id = a.version_id
-                AND m.metric_key = {sql_literal(key)})
+                AND m.metric_key = {sql_literal(key)} AND m.label_key = {label_key})
         """)
+
+
+def value_key(row: dict[str, Any], key: str) -> dict[str, Any]:
+    """The `metric_values` key of metric `key`'s value for a pending answer."""
+    return {"request_id": row["request_id"], "version_id": row["version_id"], "metric_key": key,
+            "label_key": row.get("label_key") or ""}
 
 
 def evaluate_rows(rows: pl.DataFrame, key: str, evaluate: RowEvaluator) -> pl.DataFrame:
@@ -99,8 +115,7 @@ def evaluate_rows(rows: pl.DataFrame, key: str, evaluate: RowEvaluator) -> pl.Da
     for row in rows.iter_rows(named=True):
         outcome = json.loads(row["label_json"]) if row["label_json"] is not None else None
         result = evaluate(json.loads(row["request_json"]), row["output"], outcome)
-        out.append({"request_id": row["request_id"], "version_id": row["version_id"], "metric_key": key,
-                    "value": result.value, "error": result.error, "cost_usd": result.cost_usd})
+        out.append({**value_key(row, key), "value": result.value, "error": result.error, "cost_usd": result.cost_usd})
     return pl.DataFrame(out, schema=VALUE_COLUMNS)
 
 
@@ -110,6 +125,7 @@ def store_values(database: Database, values: pl.DataFrame) -> None:
         return
     frame = values.with_columns(computed_at=pl.lit(utcnow())).to_arrow()
     with database.transaction() as db, registered(db, "new_metric_values", frame):
-        db.execute("INSERT INTO metric_values (request_id, version_id, metric_key, value, error, cost_usd, computed_at) "
-                   "SELECT request_id, version_id, metric_key, value, error, cost_usd, computed_at "
+        db.execute("INSERT INTO metric_values (request_id, version_id, metric_key, label_key, value, error, cost_usd, "
+                   "computed_at) SELECT request_id, version_id, metric_key, coalesce(label_key, ''), value, error, "
+                   "cost_usd, computed_at "
                    "FROM new_metric_values ON CONFLICT DO NOTHING")

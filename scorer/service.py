@@ -3,7 +3,9 @@
 A refresh (run by the daemon every few minutes, and by `shadowzoo leaderboard`):
   1. syncs prices into the registry and finds the slot's evaluation period (a new one
      when the champion, the metrics, the scoring settings or the prices changed);
-  2. evaluates Python-side metrics on answers that lack them;
+  2. evaluates Python-side metrics (python, judge) on the answers that lack them and
+     can enter the evidence: the period's (or a `--since` view's), never older ones, so
+     a judge's budget is spent where it counts;
   3. in one transaction, appends the newly complete pairs, merges their moments, moves the
      watermark, builds the leaderboard and stores it as a snapshot.
 Because step 3 is atomic and keyed, a crash at any point re-does work without counting
@@ -21,10 +23,10 @@ import duckdb
 from registry import ConfigError, Database, Registry, Variant, Workspace, utcnow
 from registry.db import registered
 from scorer.answers import AnswerQuery, variant_prices
-from scorer.board import EvidencePoint, Leaderboard
+from scorer.board import EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
 from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
-from registry.config import JudgeMetric
+from registry.config import JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge, sampled_sql
 from scorer.metrics import QualityPlan, plan_quality
 from scorer.pairing import latest_seq, load_moments, merge_moments, save_watermark, score_changes, watermark
@@ -54,13 +56,26 @@ class Scorer:
                        if champion is None or v.version_id != champion.version_id]
         variants = ([champion] if champion else []) + challengers
         prices = sync_prices(self.database, self.workspace)
-        self._fill_row_metrics(slot, plan, variants, prices)
+        period = self._period(slot, champion, challengers, prices)
+        judges = self._fill_row_metrics(slot, plan, variants, prices, _evidence_query(slot, plan, config, period, since))
         with self.database.transaction() as db:
             with registered(db, "variant_prices", variant_prices(variants, prices).to_arrow()):
-                board = self._refresh_in(db, slot, plan, champion, challengers, prices, since)
+                board = self._refresh_in(db, slot, plan, period, champion, challengers, since)
+            board = board.model_copy(update={"judges": judges})
             db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) VALUES (?, ?, ?, ?)",
                        [slot, board.period_id, board.generated_at, board.model_dump_json()])
         return board
+
+    def _period(self, slot: str, champion: Variant | None, challengers: list[Variant], prices: dict) -> Period | None:
+        """The slot's current evaluation period (None without a champion), started anew when it changed."""
+        if champion is None:
+            return None
+        model_prices = {m: price.model_dump() for v in [champion, *challengers]
+                        if (m := v.config.get("model")) and (price := price_of(prices, m))}
+        since_promotion = self.registry.champion_since(slot) or utcnow()
+        settings = slot_settings(self.workspace.slot(slot), model_prices)
+        with self.database.transaction() as db:
+            return current_period(db, slot, champion.version_id, since_promotion, settings)
 
     def history(self, slot: str, limit: int = 200) -> list[EvidencePoint]:
         """How each challenger's evidence grew over the current period's snapshots, oldest first."""
@@ -77,15 +92,11 @@ class Scorer:
                        for row in board.rows if row.comparison is not None and row.comparison.pairs > 0]
         return points
 
-    def _refresh_in(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, champion: Variant | None,
-                    challengers: list[Variant], prices: dict, since: datetime | None) -> Leaderboard:
+    def _refresh_in(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period | None,
+                    champion: Variant | None, challengers: list[Variant], since: datetime | None) -> Leaderboard:
         config = self.workspace.slot(slot)
-        period, alphas, moments = None, {}, {}
-        if champion is not None:
-            model_prices = {m: price.model_dump() for v in [champion, *challengers]
-                            if (m := v.config.get("model")) and (price := price_of(prices, m))}
-            since_promotion = self.registry.champion_since(slot) or utcnow()
-            period = current_period(db, slot, champion.version_id, since_promotion, slot_settings(config, model_prices))
+        alphas, moments = {}, {}
+        if period is not None:
             alphas = challenger_alphas(db, period, challengers, config.scoring.alpha)
             self._append_pairs(db, slot, plan, period, challengers)
             stored = load_moments(db, period.period_id)
@@ -115,43 +126,60 @@ class Scorer:
         merge_moments(db, period, score_changes(db, period, query, seen, windows))
         save_watermark(db, period, newest)
 
-    def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict) -> None:
-        """Evaluate Python-side metrics on answers that lack them (the database lock is not held during judge calls)."""
-        if not plan.row_metrics:
-            return
-        query = AnswerQuery(slot=slot, since=EPOCH, plan=plan, scoring=self.workspace.slot(slot).scoring)
+    def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict,
+                          query: AnswerQuery) -> list[JudgeState]:
+        """Evaluate Python-side metrics on the answers of `query` that lack them (the database
+        lock is not held during judge calls); returns where each judge stands."""
         price_table = variant_prices(variants, prices).to_arrow()
+        judges = []
         for key, metric in plan.row_metrics.items():
             judged = isinstance(metric, JudgeMetric)
             sample = sampled_sql(key, metric.sample_rate, "a.request_id") if judged else None
             with self.database.reading() as db, registered(db, "variant_prices", price_table):
-                rows = pending_answers(self.database, query, key, sample)
+                rows = pending_answers(self.database, query, key, metric, sample)
             if judged:
-                self._judge(slot, key, metric, rows, prices)
+                judges.append(self._judge(slot, key, metric, rows, prices))
                 continue
             evaluate = evaluator_for(metric, f"slots.{slot}.metrics")
             if evaluate is None:
                 raise ConfigError(f"slots.{slot}.metrics: {metric.type} metrics are not evaluated by this scorer")
             store_values(self.database, evaluate_rows(rows, key, evaluate))
+        return judges
 
-    def _judge(self, slot: str, key: str, metric: JudgeMetric, rows, prices: dict) -> None:
+    def _judge(self, slot: str, key: str, metric: JudgeMetric, rows, prices: dict) -> JudgeState:
         """Grade sampled answers; a run that could call nothing (no price, no provider) stores nothing,
         so the same answers are judged once the configuration is fixed."""
+        spent = judge_spend_today(self.database, key)
+        state = JudgeState(metric_key=key, spent_today_usd=spent, daily_budget_usd=metric.daily_budget_usd,
+                           unjudged=rows.height)
         if rows.is_empty():
-            return
-        run = run_judge(self.workspace.config.providers, prices, metric, key, rows, judge_spend_today(self.database, key))
+            return state
+        run = run_judge(self.workspace.config.providers, prices, metric, key, rows, spent)
         if run.calls == 0 and run.errors:
             log.warning("slots.%s judge %s: %s", slot, key, run.values["error"][0])
-            return
+            return state
         if run.skipped_for_budget:
             log.info("slots.%s judge %s: daily budget reached; %d answers wait for tomorrow", slot, key, run.skipped_for_budget)
         store_values(self.database, run.values)
+        return state.model_copy(update={"spent_today_usd": spent + run.spent_usd,
+                                        "unjudged": rows.height - run.values.height})
 
     def _paused(self, db: duckdb.DuckDBPyConnection, challengers: list[Variant]) -> set[str]:
         rows = db.execute("SELECT scope, target FROM pauses").fetchall()
         if any(scope == "all" for scope, _ in rows):
             return {v.version_id for v in challengers}
         return {target for scope, target in rows}
+
+
+def _evidence_query(slot: str, plan: QualityPlan, config: SlotConfig, period: Period | None, since: datetime | None) -> AnswerQuery:
+    """The answers that can enter the evidence: the current period's (its champion's requests),
+    or, for a `--since` view, every answer since then as well."""
+    if period is None:
+        return AnswerQuery(slot=slot, since=since or EPOCH, plan=plan, scoring=config.scoring)
+    if since is not None and since < period.started_at:
+        return AnswerQuery(slot=slot, since=since, plan=plan, scoring=config.scoring)
+    return AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=config.scoring,
+                       champion=period.champion_version)
 
 
 def _unpriced(db: duckdb.DuckDBPyConnection) -> set[str]:

@@ -234,3 +234,52 @@ def test_judge_errors_count_as_metric_errors_on_the_leaderboard(sim: SimulatorHa
     assert champion.n == 3 and champion.mean_quality == 1.0  # the exact match still scores every answer
     assert champion.metric_errors == 3 and board.eval_spend_usd > 0
     registry.close()
+
+
+def _judged_by(sim: SimulatorHandle, model: str, **settings: Any):
+    """A config change: the slot's quality is an exact match and a judge by `model` grading every answer."""
+    def change(config: dict) -> None:
+        config["providers"]["graders"] = {"base_url": sim.base_url, "api_key_env": None, "max_retries": 1}
+        config["prices"] = {**config.get("prices", {}), model: PRICE.model_dump(exclude_none=True)}
+        config["slots"]["support-triage"]["metrics"] = [
+            {"type": "exact_match", "first_line": True},
+            {"type": "judge", "provider": "graders", "model": model, "rubric": RUBRIC, "sample_rate": 1.0, **settings}]
+    return change
+
+
+def test_the_judge_grades_only_answers_that_can_enter_the_current_evidence(sim: SimulatorHandle,
+                                                                           workspace_dir: Path) -> None:
+    edit_config(workspace_dir, _judged_by(sim, "judge"))
+    registry, ids = demo_registry(workspace_dir)
+    earlier = Answers()
+    for index in range(6):
+        earlier.request(f"old{index}", ids["baseline"], "billing", label="billing",
+                        received_at=utcnow() - timedelta(hours=2))
+    earlier.write(registry)
+    registry.promote("support-triage", ids["careful-large"], "tester", "new champion", {})
+    current = Answers()
+    for index in range(2):
+        current.request(f"new{index}", ids["careful-large"], "billing", label="billing")
+    current.write(registry)
+    board = Scorer(registry.workspace, registry).refresh("support-triage")
+    judged = {row[0] for row in registry.database.connection.execute(
+        "SELECT request_id FROM metric_values WHERE metric_key LIKE 'judge:%'").fetchall()}
+    assert judged == {"new0", "new1"}
+    [state] = board.judges
+    assert state.unjudged == 0 and state.spent_today_usd > 0 and not state.budget_reached
+    registry.close()
+
+
+def test_an_exhausted_judge_budget_and_the_answers_waiting_are_shown(sim: SimulatorHandle, workspace_dir: Path,
+                                                                     cli) -> None:
+    edit_config(workspace_dir, _judged_by(sim, "judge", daily_budget_usd=0.0))
+    registry, ids = demo_registry(workspace_dir)
+    batch = Answers()
+    for index in range(3):
+        batch.request(f"j{index}", ids["baseline"], "billing", label="billing")
+    batch.write(registry)
+    [state] = Scorer(registry.workspace, registry).refresh("support-triage").judges
+    assert state.budget_reached and state.unjudged == 3
+    registry.close()
+    shown = cli("leaderboard", "--slot", "support-triage")
+    assert shown.code == 0 and "its daily budget is reached; 3 sampled answers wait for a verdict" in shown.err

@@ -524,3 +524,56 @@ def test_a_database_from_before_request_keys_and_token_columns_is_upgraded_and_s
             assert unkeyed == 0, f"{table} rows kept no key to their request"
         assert db.execute("SELECT count(*) FROM traffic WHERE cached_tokens = 60").fetchone()[0] == 5
         assert _row(_board(upgraded), ids["careful-large"]).comparison.pairs == 5
+
+
+@pytest.fixture
+def label_metric(workspace_dir: Path, monkeypatch):
+    """The slot scored by a python metric that reads the label: 1 when the answer equals it."""
+    (workspace_dir / "label_metrics.py").write_text(
+        "def equals_label(request, output, outcome):\n    return 1.0 if output == outcome else 0.0\n")
+    monkeypatch.syspath_prepend(str(workspace_dir))
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(
+        metrics=[{"type": "python", "entrypoint": "label_metrics:equals_label"}]))
+    registry, ids = demo_registry(workspace_dir)
+    yield registry, ids
+    registry.close()
+    sys.modules.pop("label_metrics", None)
+
+
+def test_a_python_metric_that_reads_the_label_waits_for_a_late_label(label_metric) -> None:
+    registry, ids = label_metric
+    scorer = Scorer(registry.workspace, registry)
+    answers = Answers()
+    for index in range(4):
+        answers.request(f"q{index}", ids["baseline"], "billing")
+        answers.result(f"q{index}", ids["careful-large"], "billing")
+    answers.write(registry)
+    before = scorer.refresh(SLOT)
+    assert _row(before, ids["baseline"]).n == 0 and _row(before, ids["careful-large"]).comparison.pairs == 0
+    for index in range(4):
+        answers.label(f"q{index}", "billing")
+    answers.write(registry)
+    after = scorer.refresh(SLOT)
+    assert _row(after, ids["baseline"]).mean_quality == 1.0 and _row(after, ids["baseline"]).n == 4
+    assert _row(after, ids["careful-large"]).comparison.pairs == 4
+
+
+def test_a_corrected_label_is_read_again_by_a_python_metric_and_its_pair_is_counted_once(label_metric) -> None:
+    registry, ids = label_metric
+    scorer = Scorer(registry.workspace, registry)
+    answers = Answers()
+    for index in range(4):
+        answers.request(f"q{index}", ids["baseline"], "billing", label="billing")
+        answers.result(f"q{index}", ids["careful-large"], "billing")
+    answers.write(registry)
+    scorer.refresh(SLOT)
+    answers.label("q0", "technical")
+    answers.write(registry)
+    scorer.refresh(SLOT)  # the label's new value is evaluated here, and scored by the next refresh
+    board = scorer.refresh(SLOT)
+    assert _row(board, ids["baseline"]).mean_quality == 0.75 and _row(board, ids["baseline"]).n == 4
+    assert _row(board, ids["careful-large"]).mean_quality == 0.75
+    assert _row(board, ids["careful-large"]).comparison.pairs == 4
+    stored = registry.database.connection.execute(
+        "SELECT count(*) FROM metric_values WHERE request_id = 'q0' AND version_id = ?", [ids["baseline"]]).fetchone()
+    assert stored == (2,)

@@ -12,6 +12,6 @@ names) is escaped, because labels come from spec files anyone can write.
 from scorer.report.charts import Box, pareto_frontier, place_labels
 from scorer.report.markdown import render_markdown
 from scorer.report.page import render_html
-from scorer.report.text import format_interval, usd
+from scorer.report.text import format_interval, judge_note, usd
 
-__all__ = ["Box", "format_interval", "pareto_frontier", "place_labels", "render_html", "render_markdown", "usd"]
+__all__ = ["Box", "format_interval", "judge_note", "pareto_frontier", "place_labels", "render_html", "render_markdown", "usd"]

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-from scorer.board import Interval, Leaderboard, Status, VariantRow
+from scorer.board import Interval, JudgeState, Leaderboard, Status, VariantRow
 
 DASH = "–"
 
@@ -221,6 +221,7 @@ def notes(board: Leaderboard) -> list[str]:
         "net value = value_per_point × quality − cost − latency cost.",
         f"Evaluation (judge) spend: {usd(board.eval_spend_usd)}, never charged to a variant.",
     ]
+    lines += [judge_note(judge) for judge in board.judges]
     if board.since is not None:
         lines.append(f"Descriptive columns cover traffic since {fmt_time(board.since)}.")
     if board.reactions:
@@ -232,3 +233,11 @@ def notes(board: Leaderboard) -> list[str]:
         if row.metric_errors:
             lines.append(f"{row.label}: {row.metric_errors:,} rows a metric could not score.")
     return lines
+
+
+def judge_note(judge: JudgeState) -> str:
+    """A judge's spend today against its budget, and the answers still waiting for a verdict."""
+    reached = "; its daily budget is reached" if judge.budget_reached else ""
+    waiting = f"; {judge.unjudged:,} sampled answers wait for a verdict" if judge.unjudged else ""
+    return (f"Judge {judge.metric_key}: {usd(judge.spent_today_usd)} of {usd(judge.daily_budget_usd)} "
+            f"spent today{reached}{waiting}.")
