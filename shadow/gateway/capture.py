@@ -135,6 +135,4 @@ class CaptureBuffer:
 
     def _line(self, item: PendingCapture | BaseModel) -> bytes:
         record = item.to_record() if isinstance(item, PendingCapture) else item
-        if isinstance(record, TrafficRecord):
-            record = self.redactor.apply(record)
-        return record.model_dump_json().encode()
+        return self.redactor.apply(record).model_dump_json().encode()
