@@ -48,6 +48,8 @@ class DaemonMetrics:
         self.job_runs = Counter("shadowzoo_job_runs_total", "Daemon job runs.", ["job", "outcome"], registry=r)
         self.job_duration = Histogram("shadowzoo_job_duration_seconds", "Daemon job durations.", ["job"], registry=r)
         self.spool_lag = Gauge("shadowzoo_spool_lag_seconds", "Age of the oldest spool segment not yet ingested.", registry=r)
+        self.quarantined = Counter("shadowzoo_spool_quarantined_records_total",
+                                   "Spool records ingest could not store, moved to the spool's quarantine/.", registry=r)
         self._boards: dict[str, set[str]] = {}
 
     def count_new_rows(self, db: duckdb.DuckDBPyConnection, since_seq: int,
