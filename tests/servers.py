@@ -68,7 +68,8 @@ class GatewayProcess:
             cwd=workspace_dir, env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"))
+        wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"),
+                   timeout_s=60)  # a loaded machine can take this long to import and spawn a worker
         if self.process.poll() is not None:
             raise AssertionError(f"gateway exited: {self.process.stdout.read()}")
 

@@ -30,9 +30,10 @@ models:
   sim-chatty: {{reasoning_tokens: 400, latency: {{base_ms: 0, per_output_token_ms: 15}}}}
   sim-slow: {{latency: {{base_ms: 5000}}}}
   sim-broken: {{errors: {{http_500: 1.0}}}}
+  sim-held: {{hold_open_s: 30, latency: {{base_ms: 0, per_output_token_ms: 0}}}}
 """
 SLOTS = {"support-triage": "sim-large", "chatty": "sim-chatty", "slow": "sim-slow", "broken": "sim-broken",
-         "dead": "sim-large"}
+         "dead": "sim-large", "held": "sim-held"}
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +229,59 @@ def test_a_client_that_leaves_mid_stream_is_captured_as_partial(served) -> None:
     assert record.partial and record.error == "client disconnected before the stream ended"
 
 
+def test_a_client_that_leaves_after_done_while_the_upstream_holds_the_stream_has_a_complete_capture(served) -> None:
+    ws, gateway, _ = served
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+    body = json.dumps({"model": "held", "stream": True, "messages": [{"role": "user", "content": _ticket(2)}]})
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    request_id = response.getheader("x-shadowzoo-request-id")
+    assert any(response.readline() == b"data: [DONE]\n" for _ in range(500))
+    connection.sock.close()
+    connection.close()
+    record = _captured(ws, request_id)
+    assert (record.partial, record.error, record.status) == (False, None, 200)
+    assert record.output and record.usage["completion_tokens"] > 0
+
+
+def test_a_stream_ends_at_done_though_the_upstream_holds_it_open(served, client) -> None:
+    chunks = list(client.chat.completions.create(
+        model="held", messages=[{"role": "user", "content": _ticket(4)}], stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_request_with_a_lone_surrogate_loses_only_its_own_capture(served, client) -> None:
+    ws, gateway, _ = served
+    before = _dropped(gateway, "support-triage", "unwritable")
+    body = b'{"model": "support-triage", "messages": [{"role": "user", "content": "caf\\udc80 order"}]}'
+    status, answer = _post(gateway, "/v1/chat/completions", body)
+    assert status == 200 and answer["choices"][0]["message"]["content"]
+    for n in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model="support-triage", messages=[{"role": "user", "content": f"after the surrogate {n}"}])
+        assert _captured(ws, raw.headers["x-shadowzoo-request-id"]).status == 200
+    assert _dropped(gateway, "support-triage", "unwritable") == before + 1
+
+
+def _dropped(gateway, slot: str, reason: str) -> float:
+    """The gateway's count of captures dropped for `reason`, from its /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    series = f'shadowzoo_shadow_dropped_total{{reason="{reason}",slot="{slot}"}} '
+    return next((float(line[len(series):]) for line in text.splitlines() if line.startswith(series)), 0.0)
+
+
+def test_json_nested_too_deeply_is_a_json_400(served) -> None:
+    _, gateway, _ = served
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/v1/chat/completions", "/v1/capture", "/v1/feedback"):
+        status, body = _post(gateway, path, deep, headers={"Content-Length": str(len(deep))})
+        assert status in (400, 413) and body["error"]["code"] in ("invalid_json", "body_too_large"), path
+
+
 def test_feedback_for_an_unknown_request_is_accepted_and_spooled(served) -> None:
     ws, gateway, _ = served
     status, body = _post(gateway, "/v1/feedback", json.dumps({"request_id": "not-seen-yet", "label": "billing"}).encode())
@@ -253,6 +307,49 @@ def test_observer_capture_is_spooled_like_gateway_traffic(served) -> None:
     assert status == 202
     record = _captured(ws, body["request_id"])
     assert record.source == "capture" and record.output == "billing" and record.usage["completion_tokens"] == 1
+
+
+def test_a_capture_for_an_unknown_slot_is_a_404_and_one_without_messages_a_400(served) -> None:
+    _, gateway, _ = served
+    exchange = _exchange()
+    status, body = _post(gateway, "/v1/capture", json.dumps({**exchange, "slot": "nope"}).encode())
+    assert status == 404 and body["error"]["param"] == "slot" and "no slot 'nope'" in body["error"]["message"]
+    status, body = _post(gateway, "/v1/capture", json.dumps({**exchange, "request": {"model": "x"}}).encode())
+    assert status == 400 and body["error"]["param"] == "request" and "'messages'" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"status": 2147483648}, "status"),
+    ({"status": "teapot"}, "status"),
+    ({"latency_ms": -1}, "latency_ms"),
+    ({"client_request_id": "x" * 5000}, "client_request_id"),
+    ({"response": {"choices": [{"message": {"content": 5}}]}}, "response.choices.0.message.content"),
+    ({"response": {"choices": [{"message": {"content": "a"}}], "usage": "lots"}}, "response.usage"),
+    ({"usage": [1, 2]}, "usage"),
+    ({"usage": {"prompt_tokens": -3}}, "usage.prompt_tokens"),
+    ({"request": "hello"}, "request"),
+])
+def test_a_capture_with_a_field_of_the_wrong_type_or_range_is_a_400_naming_it(served, change, param) -> None:
+    _, gateway, _ = served
+    status, body = _post(gateway, "/v1/capture", json.dumps({**_exchange(), **change}).encode())
+    assert status == 400 and body["error"]["param"] == param, body
+
+
+def test_a_capture_with_text_that_is_not_unicode_or_numbers_that_are_not_json_is_a_400(served) -> None:
+    _, gateway, _ = served
+    exchange = json.dumps(_exchange())
+    for bad in (exchange.replace('"billing"', '"bill\\udc80"'), exchange.replace('"latency_ms": 120', '"latency_ms": NaN')):
+        status, body = _post(gateway, "/v1/capture", bad.encode())
+        assert status == 400 and body["error"]["code"] in ("invalid_request", "invalid_json"), bad
+
+
+def _exchange() -> dict:
+    return {
+        "slot": "support-triage", "request": {"model": "x", "messages": [{"role": "user", "content": "hi"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": "billing"}}],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+        "latency_ms": 120, "client_request_id": "app-7",
+    }
 
 
 def test_a_new_champion_is_served_within_a_second_and_a_corrupt_routes_file_is_ignored(served, client) -> None:

@@ -4,7 +4,8 @@ The request handler only appends a `PendingCapture` holding references to what i
 has (the parsed request, the raw upstream bytes). Everything costly — parsing the answer,
 redaction, serialisation, the disk write and its fsync — happens in the flusher, off the
 request's path, at least every `flush_interval_s`. Past the memory cap new captures are
-dropped and counted; the champion's response is never affected.
+dropped and counted; the champion's response is never affected. A capture that cannot be
+serialised is dropped and counted on its own, so it never holds back the others.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
+from shadow.gateway.metrics import gateway_metrics
 from shadow.records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import write_segment
@@ -85,8 +88,21 @@ def _answer_from_events(events: list[bytes]) -> tuple[str | None, dict[str, Any]
     return ("".join(parts) if parts else None), usage
 
 
+def storable(record: BaseModel) -> bool:
+    """Whether a record can be written as JSON (text holding a lone surrogate escape cannot)."""
+    try:
+        record.model_dump_json()
+    except PydanticSerializationError:
+        return False
+    return True
+
+
 class CaptureBuffer:
-    """Captures in memory, flushed to spool segments by a background task."""
+    """Captures in memory, flushed to spool segments by a background task.
+
+    Each capture is serialised on its own: one that cannot be (text that is not Unicode,
+    an answer that does not fit the record) is dropped and counted, never its batch.
+    """
 
     def __init__(self, spool: Path, redactor: Redactor, max_records: int, flush_interval_s: float) -> None:
         self.spool = spool
@@ -95,7 +111,7 @@ class CaptureBuffer:
         self.flush_interval_s = flush_interval_s
         self.dropped = 0
         self.flushed = 0
-        self._items: list[PendingCapture | BaseModel] = []
+        self._items: list[PendingCapture | BaseModel | bytes] = []
 
     def add(self, item: PendingCapture | TrafficRecord | OutcomeRecord) -> bool:
         """Keep `item` for the next flush; False (and counted) when the buffer is full."""
@@ -118,23 +134,40 @@ class CaptureBuffer:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write everything held so far as one segment (in a thread: fsync must not block the loop)."""
+        """Write everything held so far (in a thread: fsync must not block the loop).
+
+        Lines the disk refused (it is full) stay in memory, already serialised, for the next try.
+        """
         if not self._items:
             return
         items, self._items = self._items, []
+        lines = await asyncio.to_thread(self._lines, items)
         try:
-            await asyncio.to_thread(self._write, items)
-        except Exception:  # a full disk must not stop serving: keep the captures for the next try
+            await asyncio.to_thread(write_segment, self.spool, lines)
+        except OSError:  # a full disk must not stop serving: keep the captures for the next try
             log.exception("capture flush to %s failed; will retry", self.spool)
-            self._items = items + self._items
+            self._items = lines + self._items
             return
-        self.flushed += len(items)
+        self.flushed += len(lines)
 
-    def _write(self, items: list[PendingCapture | BaseModel]) -> None:
-        write_segment(self.spool, (self._line(item) for item in items))
+    def _lines(self, items: list[PendingCapture | BaseModel | bytes]) -> list[bytes]:
+        """Each item as its spool line; one that cannot be serialised is dropped and counted."""
+        lines = []
+        for item in items:
+            try:
+                lines.append(item if isinstance(item, bytes) else self._line(item))
+            except (ValueError, PydanticSerializationError) as exc:
+                self._drop(item, exc)
+        return lines
 
     def _line(self, item: PendingCapture | BaseModel) -> bytes:
         record = item.to_record() if isinstance(item, PendingCapture) else item
         if isinstance(record, TrafficRecord):
             record = self.redactor.apply(record)
         return record.model_dump_json().encode()
+
+    def _drop(self, item: PendingCapture | BaseModel, exc: Exception) -> None:
+        slot = getattr(item, "slot", "unknown")
+        log.warning("capture of slot %s dropped: it cannot be written: %s", slot, str(exc).splitlines()[0])
+        self.dropped += 1
+        gateway_metrics().dropped.labels(slot, "unwritable").inc()
