@@ -335,11 +335,13 @@ def test_a_capture_with_a_field_of_the_wrong_type_or_range_is_a_400_naming_it(se
     assert status == 400 and body["error"]["param"] == param, body
 
 
-def test_a_capture_with_text_that_is_not_unicode_or_numbers_that_are_not_json_is_a_400(served) -> None:
+def test_text_that_is_not_unicode_or_numbers_that_are_not_json_are_a_400_for_captures_and_feedback(served) -> None:
     _, gateway, _ = served
     exchange = json.dumps(_exchange())
-    for bad in (exchange.replace('"billing"', '"bill\\udc80"'), exchange.replace('"latency_ms": 120', '"latency_ms": NaN')):
-        status, body = _post(gateway, "/v1/capture", bad.encode())
+    for path, bad in (("/v1/capture", exchange.replace('"billing"', '"bill\\udc80"')),
+                      ("/v1/capture", exchange.replace('"latency_ms": 120', '"latency_ms": NaN')),
+                      ("/v1/feedback", '{"request_id": "r1", "label": "bill\\udc80"}')):
+        status, body = _post(gateway, path, bad.encode())
         assert status == 400 and body["error"]["code"] in ("invalid_request", "invalid_json"), bad
 
 

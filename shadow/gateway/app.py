@@ -189,7 +189,7 @@ class CaptureBody(Exchange):
 class FeedbackBody(BaseModel):
     """An outcome for a request, by shadowzoo's request id or the client's own id."""
 
-    request_id: str = Field(min_length=1)
+    request_id: Id
     kind: str = Field("label", pattern="^(label|reaction)$")
     value: Any = None
     label: Any = None
@@ -204,9 +204,6 @@ async def capture(request: web.Request) -> web.Response:
     if state.routes.route(body.slot) is None:
         return _unknown_slot(state, body.slot, "slot")
     record = body.record(body.slot, body.request_id or new_request_id(), datetime.now(UTC), "capture")
-    if not storable(record):
-        return error_response(400, "the exchange holds text that is not valid Unicode (a lone surrogate escape)",
-                              code="invalid_request")
     return _accepted(request, record, {"request_id": record.request_id})
 
 
@@ -235,6 +232,10 @@ async def _validated(request: web.Request, model: type[BaseModel]) -> BaseModel 
 
 
 def _accepted(request: web.Request, record: BaseModel, answer: dict[str, Any]) -> web.Response:
+    """202 once the record is in the capture buffer; 400 for one that could never be written."""
+    if not storable(record):
+        return error_response(400, "the body holds text that is not valid Unicode (a lone surrogate escape)",
+                              code="invalid_request")
     if not request.app[STATE].captures.add(record):
         return error_response(503, "capture buffer is full; retry shortly", code="capture_buffer_full")
     return web.json_response({"status": "accepted", **answer}, status=202)
