@@ -6,6 +6,7 @@ import http.client
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -14,6 +15,7 @@ import pytest
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
 from shadow.apply import apply_variant
+from shadow.gateway.capture import SEGMENT_BYTES
 from shadow.spool import read_segment, ready_segments
 from tests.servers import GatewayProcess, edit_config, free_port, start_simulator, wait_until
 
@@ -393,15 +395,26 @@ def test_the_champion_is_served_while_the_database_is_held_by_another_process(se
         holder.wait(timeout=10)
 
 
-def test_sigterm_flushes_every_accepted_capture(tmp_path: Path) -> None:
-    simulator = start_simulator()
+def _one_slot_workspace(tmp_path: Path, simulator, gateway: dict | None = None) -> Path:
+    """A workspace whose one slot's champion is the simulator's sim-mini."""
     ws = init_workspace(tmp_path / "ws")
-    edit_config(ws, lambda c: c["providers"]["sim"].update(base_url=simulator.base_url))
+
+    def configure(config: dict) -> None:
+        config["providers"]["sim"]["base_url"] = simulator.base_url
+        config["gateway"] = {**config.get("gateway", {}), **(gateway or {})}
+
+    edit_config(ws, configure)
     with Registry.open(load_workspace(ws)) as registry:
         variant = registry.register(NewVariant(
             slot="support-triage", label="champ", kind="chat",
             config={"kind": "chat", "provider": "sim", "model": "sim-mini", "params": {}})).variant
         registry.promote("support-triage", variant.version_id, "tester", None, None)
+    return ws
+
+
+def test_sigterm_flushes_every_accepted_capture(tmp_path: Path) -> None:
+    simulator = start_simulator()
+    ws = _one_slot_workspace(tmp_path, simulator)
     gateway = GatewayProcess(ws, env={"SIM_API_KEY": "sim"})
     try:
         fast = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0)
@@ -413,6 +426,31 @@ def test_sigterm_flushes_every_accepted_capture(tmp_path: Path) -> None:
         simulator.stop()
     spooled = {r.request_id for s in ready_segments(ws / ".shadowzoo" / "spool") for r in read_segment(s)}
     assert ids <= spooled
+
+
+def test_a_backlog_too_large_for_one_file_is_written_in_segments_that_fit(tmp_path: Path) -> None:
+    simulator = start_simulator()
+    ws = _one_slot_workspace(tmp_path, simulator, {"flush_interval_s": 5})
+    # Any file over SEGMENT_BYTES + 512 KiB fails to write, as on a nearly full disk; 16 captures
+    # of 700 kB each arrive within about one flush interval, far more than one file may hold.
+    gateway = GatewayProcess(ws, env={"SIM_API_KEY": "sim"}, file_size_limit=SEGMENT_BYTES + 512 * 1024)
+    try:
+        fast = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0, timeout=60)
+
+        def ask(n: int) -> str:
+            return fast.chat.completions.with_raw_response.create(
+                model="support-triage", messages=[{"role": "user", "content": f"{n} " + "z" * 700_000}],
+            ).headers["x-shadowzoo-request-id"]
+
+        def all_spooled() -> bool:
+            return ids <= {r.request_id for s in ready_segments(ws / ".shadowzoo" / "spool") for r in read_segment(s)}
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            ids = set(pool.map(ask, range(16)))
+        wait_until(all_spooled, timeout_s=40)
+    finally:
+        gateway.stop()
+        simulator.stop()
 
 
 def test_without_client_keys_the_gateway_binds_loopback_and_says_so(tmp_path: Path) -> None:

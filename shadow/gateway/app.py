@@ -19,15 +19,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from shadow.apply import apply_variant
 from shadow.exchange import Exchange, Id, messages_problem, parse_json
-from shadow.gateway.capture import CaptureBuffer, PendingCapture, storable
+from shadow.gateway.capture import CaptureBuffer, PendingCapture
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
 from shadow.gateway.metrics import exposition, gateway_metrics
 from shadow.gateway.routing import RouteWatcher
-from shadow.records import OutcomeRecord, new_request_id
+from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
 
 CLIENT_ID_HEADER = "x-shadowzoo-request-id"
 log = logging.getLogger("shadowzoo.gateway")
@@ -151,6 +152,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     pending = PendingCapture(
         request_id=new_request_id(), client_request_id=request.headers.get(CLIENT_ID_HEADER), slot=slot,
         received_at=received_at, request=payload, champion_version=route.version_id, stream=stream,
+        request_bytes=len(await request.read()),
     )
     try:
         return await state.upstream.forward(request, route, body, pending, wants_usage)
@@ -231,12 +233,15 @@ async def _validated(request: web.Request, model: type[BaseModel]) -> BaseModel 
         return error_response(400, f"{field}: {first['msg']}", code="invalid_request", param=field)
 
 
-def _accepted(request: web.Request, record: BaseModel, answer: dict[str, Any]) -> web.Response:
-    """202 once the record is in the capture buffer; 400 for one that could never be written."""
-    if not storable(record):
+def _accepted(request: web.Request, record: TrafficRecord | OutcomeRecord, answer: dict[str, Any]) -> web.Response:
+    """202 once the record's line is in the capture buffer; 400 for one that could never be written."""
+    captures = request.app[STATE].captures
+    try:
+        line = captures.line(record)
+    except PydanticSerializationError:
         return error_response(400, "the body holds text that is not valid Unicode (a lone surrogate escape)",
                               code="invalid_request")
-    if not request.app[STATE].captures.add(record):
+    if not captures.add(line):
         return error_response(503, "capture buffer is full; retry shortly", code="capture_buffer_full")
     return web.json_response({"status": "accepted", **answer}, status=202)
 
