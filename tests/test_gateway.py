@@ -6,6 +6,7 @@ import http.client
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -216,33 +217,31 @@ def test_upstream_errors_are_passed_through_unchanged(client) -> None:
     assert caught.value.status_code == 500 and "simulat" in json.dumps(caught.value.body).lower()
 
 
-def test_a_client_that_leaves_mid_stream_is_captured_as_partial(served) -> None:
+def _stream_and_leave(served, slot: str, ticket: int, read: Callable[[http.client.HTTPResponse], object]):
+    """Stream an answer over a raw connection, `read` some of it, hang up; returns the capture."""
     ws, gateway, _ = served
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
-    body = json.dumps({"model": "chatty", "stream": True, "messages": [{"role": "user", "content": _ticket(1)}]})
+    body = json.dumps({"model": slot, "stream": True, "messages": [{"role": "user", "content": _ticket(ticket)}]})
     connection.request("POST", "/v1/chat/completions", body=body,
                        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     response = connection.getresponse()
     request_id = response.getheader("x-shadowzoo-request-id")
-    response.read1(64)
+    read(response)
     connection.sock.close()
     connection.close()
-    record = _captured(ws, request_id)
+    return _captured(ws, request_id)
+
+
+def test_a_client_that_leaves_mid_stream_is_captured_as_partial(served) -> None:
+    record = _stream_and_leave(served, "chatty", 1, lambda response: response.read1(64))
     assert record.partial and record.error == "client disconnected before the stream ended"
 
 
 def test_a_client_that_leaves_after_done_while_the_upstream_holds_the_stream_has_a_complete_capture(served) -> None:
-    ws, gateway, _ = served
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
-    body = json.dumps({"model": "held", "stream": True, "messages": [{"role": "user", "content": _ticket(2)}]})
-    connection.request("POST", "/v1/chat/completions", body=body,
-                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    response = connection.getresponse()
-    request_id = response.getheader("x-shadowzoo-request-id")
-    assert any(response.readline() == b"data: [DONE]\n" for _ in range(500))
-    connection.sock.close()
-    connection.close()
-    record = _captured(ws, request_id)
+    def until_done(response: http.client.HTTPResponse) -> None:
+        assert any(response.readline() == b"data: [DONE]\n" for _ in range(500))
+
+    record = _stream_and_leave(served, "held", 2, until_done)
     assert (record.partial, record.error, record.status) == (False, None, 200)
     assert record.output and record.usage["completion_tokens"] > 0
 
