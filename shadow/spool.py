@@ -121,14 +121,16 @@ def quarantine_lines(path: Path, rejected: list[RejectedLine]) -> Path:
 
 
 def quarantined_records(directory: Path) -> int:
-    """How many records the spool's quarantine holds: each note has one line per record."""
+    """How many records the spool's quarantine holds: each note has one line per record
+    (a note whose entry was moved back into the spool no longer counts)."""
     target_dir = directory / QUARANTINE
     if not target_dir.is_dir():
         return 0
     count = 0
     for note in target_dir.glob("*.reason"):
-        with note.open("rb") as handle:
-            count += sum(1 for _ in handle)
+        if (target_dir / note.name.removesuffix(".reason")).exists():
+            with note.open("rb") as handle:
+                count += sum(1 for _ in handle)
     return count
 
 

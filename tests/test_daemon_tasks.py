@@ -113,4 +113,7 @@ def test_records_ingest_quarantines_are_counted_on_metrics_and_shown_in_status(w
     assert (first["traffic"], first["quarantined"]) == (1, 1) and (second["traffic"], second["quarantined"]) == (0, 0)
     assert _sample(context, "shadowzoo_spool_quarantined_records_total") == 1.0
     assert status(context)["spool_quarantined_records"] == 1
+    [rejected] = (spool / "quarantine").glob("*-rejected.jsonl")
+    rejected.rename(spool / rejected.name)  # an operator puts it back (unfixed, it is quarantined again)
+    assert status(context)["spool_quarantined_records"] == 0
     context.operations.registry.close()
