@@ -106,6 +106,9 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
                 say(line)
     for pause in report["pauses"]:
         say(f"  paused: {pause}")
+    if report["spool_quarantined_records"]:
+        warn(f"{report['spool_quarantined_records']} spool record(s) could not be stored: see the spool's "
+             "quarantine/ (each has a .reason note; fix and move back into the spool to ingest)")
     for drift in report["routes_drift"]:
         warn(f"routes drift: {drift}")
     print_table("last job runs", ["job", "outcome", "at", "duration s", "counts"],

@@ -52,6 +52,8 @@ class DaemonMetrics:
         self.judge_budget_reached = Gauge("shadowzoo_judge_budget_reached", "1 when a judge's daily budget is spent.",
                                           ["slot", "metric"], registry=r)
         self.spool_lag = Gauge("shadowzoo_spool_lag_seconds", "Age of the oldest spool segment not yet ingested.", registry=r)
+        self.quarantined = Counter("shadowzoo_spool_quarantined_records_total",
+                                   "Spool records ingest could not store, moved to the spool's quarantine/.", registry=r)
         self._boards: dict[str, set[str]] = {}
 
     def count_new_rows(self, db: duckdb.DuckDBPyConnection, since_seq: int,

@@ -24,7 +24,7 @@ from scorer.report import render_html, render_markdown
 from registry.config import Price
 from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
-from shadow.spool import ready_segments, spool_dir
+from shadow.spool import quarantined_records, ready_segments, spool_dir
 from zoo import load_zoo
 from zoo.train.outcome import Register
 from zoo.train.run import train_spec
@@ -67,10 +67,11 @@ def ingest(context: TaskContext) -> dict[str, Any]:
     segments = ready_segments(spool)
     context.metrics.spool_lag.set(_age_s(segments[0]) if segments else 0.0)
     report = ingest_spool(context.database, spool)
+    context.metrics.quarantined.inc(report.quarantined_records)
     with context.database.reading() as db:
         context.metrics_seq = context.metrics.count_new_rows(db, context.metrics_seq, _champion_prices(context))
     return {"segments": report.segments, "traffic": report.traffic_rows, "outcomes": report.outcome_rows,
-            "quarantined": len(report.quarantined)}
+            "quarantined": report.quarantined_records}
 
 
 def _champion_prices(context: TaskContext) -> dict[str, Price | None]:
@@ -226,13 +227,15 @@ def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
 
 
 def status(context: TaskContext) -> dict[str, Any]:
-    """Spool lag, queue depth, budgets, pauses, champions, and drift between routes.json and the registry."""
-    segments = ready_segments(spool_dir(context.workspace.state_dir))
+    """Spool lag and quarantine, queue depth, budgets, pauses, champions, and drift between routes.json and the registry."""
+    spool = spool_dir(context.workspace.state_dir)
+    segments = ready_segments(spool)
     champions = {slot: (c.version_id if (c := context.operations.champion(slot)) else None)
                  for slot in context.workspace.config.slots}
     return {
         "spool_segments": len(segments),
         "spool_lag_s": round(_age_s(segments[0]), 1) if segments else 0.0,
+        "spool_quarantined_records": quarantined_records(spool),
         "queue_depth": context.metrics.registry.get_sample_value("shadowzoo_shadow_queue_depth"),
         "budgets_left_usd": dict(_budgets_left(context)),
         "pauses": [p.model_dump(mode="json") for p in context.operations.pauses()],

@@ -326,6 +326,10 @@ class GatewayConfig(Strict):
     capture_buffer_records: int = Field(
         50_000, gt=0, description="Captures held in memory before new ones are dropped (and counted)."
     )
+    capture_buffer_bytes: int = Field(
+        256 * 1024 * 1024, gt=0,
+        description="Bytes of captures held in memory (not yet on disk) before new ones are dropped (and counted).",
+    )
     flush_interval_s: float = Field(0.25, gt=0, le=5, description="How often captures are written to the spool.")
 
 

@@ -4,8 +4,11 @@ Segments are taken oldest first, in batches bounded by size so that a large back
 has to fit in memory. A batch is staged by DuckDB's own JSON reader (all its segments in
 one parallel read) into a temp table, every field checked in bulk against the record
 types. A segment the bulk reader cannot read, or with any line it is unsure of, is read
-again line by line by `shadow.spool.read_segment`: that either accepts it or names the bad
-line, and the segment is then quarantined, counted, and never blocks the others.
+again line by line by `shadow.spool.read_lines`, and its records are staged one by one
+where they cannot be staged together. A line that holds no storable record is quarantined
+and counted while the good lines of its segment are stored; an entry that cannot be read
+at all is quarantined whole. A batch that still fails is done again one segment at a
+time, and a segment that fails alone is quarantined: one bad record never stops ingest.
 
 The staged rows and the batch's `spool_segments` rows commit in one transaction, each
 table appended in one statement; only then are the files deleted (or archived). Keys
@@ -18,6 +21,7 @@ traffic are joined to it.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,11 +32,22 @@ import duckdb
 import pyarrow as pa
 
 from registry import Database, canonical_json, sha256_text, utcnow
-from shadow.records import SpoolRecord, TrafficRecord
-from shadow.spool import CorruptSegment, quarantine, read_segment, ready_segments
+from shadow.records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
+from shadow.spool import (
+    CorruptSegment,
+    RejectedLine,
+    first_line,
+    quarantine,
+    quarantine_lines,
+    read_lines,
+    ready_segments,
+)
 
 DEFAULT_BATCH_BYTES = 256 * 1024 * 1024
+_STORE_ERRORS = (duckdb.Error, pa.ArrowException, ValueError, OverflowError)
+"""What storing a record that passed the record models can still raise (e.g. text that is not Unicode)."""
 STAGING = "_spool_staging"
+log = logging.getLogger("shadowzoo.ingest")
 ProgressCallback = Callable[[int, int], None]
 """Called after each batch with (segments handled so far, segments ready when the run began)."""
 
@@ -46,16 +61,25 @@ class IngestReport:
     outcome_rows: int = 0
     duplicates: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)
+    """(segment, why) for each segment with anything quarantined, whole or some of its lines."""
+    quarantined_records: int = 0
+    """Lines quarantined, plus one for each entry that could not be read at all."""
     joined_outcomes: int = 0
     already_ingested: int = 0
 
 
 @dataclass
 class _Batch:
-    """One batch once staged: records per good segment, and why each corrupt one is corrupt."""
+    """One batch once staged: records per stored segment, and why anything was quarantined.
+
+    `quarantined` holds the segments quarantined whole, `partial` the stored ones some of
+    whose lines were quarantined; each maps to its notes, one line per quarantined record.
+    """
 
     counts: dict[Path, int]
-    quarantined: dict[Path, str]
+    quarantined: dict[Path, str] = field(default_factory=dict)
+    partial: dict[Path, str] = field(default_factory=dict)
+    records_quarantined: int = 0
 
 
 def ingest_spool(
@@ -75,7 +99,7 @@ def ingest_spool(
     handled = 0
     for paths in _batches(segments, batch_bytes):
         with database.lock:
-            _ingest_batch(database, paths, archive_dir, report)
+            _ingest_guarded(database, paths, archive_dir, report)
             report.joined_outcomes += join_outcomes(database)
         handled += len(paths)
         if progress is not None:
@@ -119,12 +143,35 @@ def _batches(segments: list[Path], batch_bytes: int) -> Iterator[list[Path]]:
     size = 0
     for path in segments:
         batch.append(path)
-        size += path.stat().st_size
+        size += _size(path)
         if size >= batch_bytes:
             yield batch
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _ingest_guarded(database: Database, paths: list[Path], archive_dir: Path | None, report: IngestReport) -> None:
+    """Ingest a batch; if it fails, each of its segments alone; a segment that fails alone is quarantined."""
+    try:
+        _ingest_batch(database, paths, archive_dir, report)
+    except _STORE_ERRORS as exc:
+        if len(paths) > 1:
+            for path in paths:
+                _ingest_guarded(database, [path], archive_dir, report)
+            return
+        reason = f"{paths[0].name}: cannot be stored: {first_line(exc)}"
+        log.warning("spool segment quarantined: %s", reason)
+        quarantine(paths[0], reason)
+        report.quarantined.append((paths[0].name, reason))
+        report.quarantined_records += 1
 
 
 def _ingest_batch(database: Database, paths: list[Path], archive_dir: Path | None, report: IngestReport) -> None:
@@ -142,9 +189,10 @@ def _ingest_batch(database: Database, paths: list[Path], archive_dir: Path | Non
         traffic_rows, outcome_rows = _commit(database, batch)
     finally:
         db.execute(f"DROP TABLE IF EXISTS {STAGING}")
-    for path, reason in batch.quarantined.items():
-        quarantine(path, reason)
-        report.quarantined.append((path.name, reason))
+    for path, notes in batch.quarantined.items():
+        quarantine(path, notes)
+    report.quarantined += [(path.name, _summary(notes)) for path, notes in {**batch.quarantined, **batch.partial}.items()]
+    report.quarantined_records += batch.records_quarantined
     for path in batch.counts:
         _dispose(path, archive_dir)
     report.segments += len(batch.counts)
@@ -168,19 +216,41 @@ def _already_ingested(db: duckdb.DuckDBPyConnection, paths: list[Path]) -> set[P
 
 def _stage(db: duckdb.DuckDBPyConnection, paths: list[Path]) -> _Batch:
     """Fill the staging table with every good segment of `paths`: in bulk, then line by line where unsure."""
-    counts = _stage_in_bulk(db, paths)
-    quarantined = {}
+    batch = _Batch(_stage_in_bulk(db, paths))
     for path in paths:
-        if path in counts:
-            continue
-        try:
-            records = read_segment(path)
-        except CorruptSegment as exc:
-            quarantined[path] = str(exc)
-            continue
-        _stage_records(db, path, records)
-        counts[path] = len(records)
-    return _Batch(counts, quarantined)
+        if path not in batch.counts:
+            _stage_line_by_line(db, path, batch)
+    return batch
+
+
+def _stage_line_by_line(db: duckdb.DuckDBPyConnection, path: Path, batch: _Batch) -> None:
+    """Stage a segment's good lines and copy its bad ones to quarantine; quarantine it whole when nothing is good.
+
+    The bad lines are copied before the batch commits, so a crash in between copies them again.
+    """
+    try:
+        read = read_lines(path)
+    except CorruptSegment as exc:
+        batch.quarantined[path] = str(exc)
+        batch.records_quarantined += 1
+        return
+    unstaged = _stage_records(db, path, read.records)
+    rejected = sorted(read.rejected + unstaged, key=lambda line: line.number)
+    batch.records_quarantined += len(rejected)
+    notes = "\n".join(f"{path.name}: line {line.number}: {line.reason}" for line in rejected)
+    if rejected and len(rejected) == len(read.records) + len(read.rejected):
+        batch.quarantined[path] = notes
+        return
+    if rejected:
+        quarantine_lines(path, rejected)
+        batch.partial[path] = notes
+    batch.counts[path] = len(read.records) - len(unstaged)
+
+
+def _summary(notes: str) -> str:
+    """The first line of a quarantine note, and how many more there are."""
+    first, *more = notes.splitlines()
+    return f"{first} (and {len(more)} more line(s) quarantined)" if more else first
 
 
 def _stage_in_bulk(db: duckdb.DuckDBPyConnection, paths: list[Path]) -> dict[Path, int]:
@@ -215,9 +285,27 @@ def _read_in_bulk(db: duckdb.DuckDBPyConnection, paths: list[Path]) -> bool:
     return True
 
 
-def _stage_records(db: duckdb.DuckDBPyConnection, path: Path, records: list[SpoolRecord]) -> None:
-    """Stage records parsed one by one, in the same shape as bulk-staged ones."""
-    frame = pa.Table.from_pylist([_staging_row(str(path), record) for record in records], schema=_STAGING_SCHEMA)
+def _stage_records(
+    db: duckdb.DuckDBPyConnection, path: Path, records: list[tuple[int, bytes, SpoolRecord]]
+) -> list[RejectedLine]:
+    """Stage records parsed one by one, in the same shape as bulk-staged ones: all at once,
+    else one at a time. Returns the lines of those the staging table cannot hold, with why."""
+    try:
+        _insert_staged(db, [_staging_row(str(path), record) for _, _, record in records])
+        return []
+    except _STORE_ERRORS:
+        pass
+    unstaged = []
+    for number, raw, record in records:
+        try:
+            _insert_staged(db, [_staging_row(str(path), record)])
+        except _STORE_ERRORS as exc:
+            unstaged.append(RejectedLine(number, raw, f"cannot be stored: {first_line(exc)}"))
+    return unstaged
+
+
+def _insert_staged(db: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
+    frame = pa.Table.from_pylist(rows, schema=_STAGING_SCHEMA)
     db.register("_spool_records", frame)
     try:
         db.execute(f"INSERT INTO {STAGING} BY NAME SELECT * FROM _spool_records")
@@ -275,8 +363,9 @@ def _append(database: Database, batch: _Batch, now: datetime, append_traffic: st
             outcome_rows = _changed(db, _APPEND_OUTCOMES)
         finally:
             db.unregister("_spool_outcomes")
-        rows = [(path.name, records, "ingested", None, now) for path, records in batch.counts.items()]
-        rows += [(path.name, 0, "quarantined", reason, now) for path, reason in batch.quarantined.items()]
+        rows = [(path.name, records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None, now)
+                for path, records in batch.counts.items()]
+        rows += [(path.name, 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]
         db.executemany("INSERT OR REPLACE INTO spool_segments VALUES (?, ?, ?, ?, ?)", rows)
     return traffic_rows, outcome_rows
 
@@ -358,7 +447,8 @@ _ISO_TIME = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)?"
 _TRAFFIC_CLEAN = " AND ".join([
     _string("request_id"), _string("client_request_id", True), _string("slot"),
     "coalesce(starts_with(request::VARCHAR, '{'), false)", _string("champion_version", True),
-    "(status IS NULL OR (json_type(status) IN ('UBIGINT', 'BIGINT') AND TRY_CAST(status AS INTEGER) IS NOT NULL))",
+    "(status IS NULL OR (json_type(status) IN ('UBIGINT', 'BIGINT')"
+    f" AND coalesce(TRY_CAST(status AS INTEGER) BETWEEN {STATUS_MIN} AND {STATUS_MAX}, false)))",
     _string("output", True), "(usage IS NULL OR starts_with(usage::VARCHAR, '{'))",
     "(latency_ms IS NULL OR json_type(latency_ms) IN ('UBIGINT', 'BIGINT', 'DOUBLE'))",
     _boolean("stream"), _boolean("partial"),

@@ -5,10 +5,12 @@ A traffic file holds one OpenAI request/response log per line::
     {"slot": "support-triage", "request": {...chat request...}, "response": {...chat.completion...},
      "latency_ms": 412, "request_id": "...", "client_request_id": "...", "received_at": "2025-03-01T12:00:00Z"}
 
-`slot` may come from `--slot` instead; `request_id`, `client_request_id`, `received_at` and
-`champion_version` are optional (an exchange is the answer of the slot's champion when it
-was received, unless it names the registered version that gave it); a line with an `error` (a message, or an OpenAI error object) needs no
-`response`. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
+`slot` may come from `--slot` instead; `request_id`, `client_request_id`, `received_at`,
+`status`, `usage` and `champion_version` are optional (an exchange is the answer of the
+slot's champion when it was received, unless it names the registered version that gave
+it); a line with an `error` (a message, or an OpenAI error
+object) needs no `response`. Lines are checked by `shadow.exchange.Exchange`, the model
+the gateway's `/v1/capture` uses too. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
 `{"request_id": ..., "kind": "label" | "reaction", "value": <any JSON>}` per line, keyed by
 `request_id` or `client_request_id`.
 
@@ -21,7 +23,6 @@ file twice never stores a request twice.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -32,9 +33,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError, model_validator
 
 from registry import ShadowzooError, canonical_json, sha256_text
+from shadow.exchange import Exchange, parse_json
 from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import write_segment
 
@@ -46,40 +48,6 @@ LineProgress = Callable[[int], None]
 
 class LogFileError(ShadowzooError):
     """A line of a log file that cannot be loaded; the message names the file, the line and the field."""
-
-
-class _Message(BaseModel):
-    content: str | None = None
-
-
-class _Choice(BaseModel):
-    message: _Message
-
-
-class _Completion(BaseModel):
-    """The parts of an OpenAI `chat.completion` that are stored; other fields are ignored."""
-
-    choices: list[_Choice] = Field(min_length=1)
-    usage: dict[str, Any] | None = None
-
-
-class _TrafficLine(BaseModel):
-    slot: str | None = None
-    request: dict[str, Any]
-    response: _Completion | None = None
-    latency_ms: float | None = Field(None, ge=0)
-    request_id: str | None = None
-    client_request_id: str | None = None
-    received_at: datetime | None = None
-    status: int | None = None
-    error: str | dict[str, Any] | None = None
-    champion_version: str | None = None
-
-    @model_validator(mode="after")
-    def _answered(self) -> "_TrafficLine":
-        if self.response is None and self.error is None:
-            raise ValueError("'response' is required unless the line has an 'error'")
-        return self
 
 
 class _OutcomeLine(BaseModel):
@@ -116,14 +84,14 @@ def read_traffic_log(
     """
     stamp = now or datetime.now(UTC)
     for number, raw in _json_lines(path, progress):
-        line = _validated(path, number, raw, _TrafficLine)
+        line = _validated(path, number, raw, Exchange)
         line_slot = line.slot or slot
         if line_slot is None:
             raise LogFileError(f"{path}: line {number}: field 'slot': missing (give it in the line or with --slot)")
         if slots is not None and line_slot not in slots:
             known = ", ".join(sorted(slots)) or "none"
             raise LogFileError(f"{path}: line {number}: field 'slot': {line_slot!r} is not configured (slots: {known})")
-        yield _traffic_record(line, line_slot, raw, stamp)
+        yield line.record(line_slot, line.request_id or _derived_request_id(line_slot, raw), stamp, "file")
 
 
 def read_outcome_log(
@@ -183,7 +151,7 @@ def _json_lines(path: Path, progress: LineProgress | None) -> Iterator[tuple[int
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = parse_json(line)
             except ValueError as exc:
                 raise LogFileError(f"{path}: line {number}: not valid JSON: {exc}") from None
             if not isinstance(value, dict):
@@ -201,33 +169,6 @@ def _validated(path: Path, number: int, raw: dict[str, Any], model: type[_Line])
         raise LogFileError(f"{path}: line {number}: {field}{error['msg']}") from None
 
 
-def _traffic_record(line: _TrafficLine, slot: str, raw: dict[str, Any], stamp: datetime) -> TrafficRecord:
-    answer = line.response
-    return TrafficRecord(
-        request_id=line.request_id or _derived_request_id(slot, raw),
-        client_request_id=line.client_request_id,
-        slot=slot,
-        received_at=line.received_at or stamp,
-        request=line.request,
-        status=line.status if line.status is not None else (200 if line.error is None else None),
-        output=answer.choices[0].message.content if answer else None,
-        usage=answer.usage if answer else None,
-        latency_ms=line.latency_ms,
-        error=_error_text(line.error),
-        source="file",
-        champion_version=line.champion_version,
-    )
-
-
 def _derived_request_id(slot: str, raw: dict[str, Any]) -> str:
     """A request id that is the same whenever the same line is loaded for the same slot."""
     return f"szf_{sha256_text(canonical_json([slot, raw]))[:24]}"
-
-
-def _error_text(error: str | dict[str, Any] | None) -> str | None:
-    """An error as stored: its text, or an OpenAI error object's `message`, else the object as JSON."""
-    if error is None or isinstance(error, str):
-        return error
-    inner = error.get("error", error)
-    message = inner.get("message") if isinstance(inner, dict) else None
-    return message if isinstance(message, str) else canonical_json(error)

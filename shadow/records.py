@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field
 
 from registry import canonical_json, sha256_text
 
+STATUS_MIN, STATUS_MAX = 100, 999
+"""An HTTP status has three digits; a stored status always fits the database's INTEGER."""
+
 
 def new_request_id() -> str:
     """shadowzoo's own request id: time-ordered (ms) and random, e.g. `szr_0195f3c2a1b04e5f9d2c7a1b`."""
@@ -32,7 +35,7 @@ class TrafficRecord(BaseModel):
     received_at: datetime
     request: dict[str, Any] = Field(description="The chat request as the client sent it (after redaction).")
     champion_version: str | None = None
-    status: int | None = Field(None, description="HTTP status the client received.")
+    status: int | None = Field(None, ge=STATUS_MIN, le=STATUS_MAX, description="HTTP status the client received.")
     output: str | None = Field(None, description="The assistant message content (assembled when streamed).")
     usage: dict[str, Any] | None = None
     latency_ms: float | None = None

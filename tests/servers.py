@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import time
@@ -60,15 +61,19 @@ class GatewayProcess:
     """`shadowzoo gateway` run by its console script, as an operator runs it."""
 
     def __init__(self, workspace_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", file_size_limit: int | None = None) -> None:
+        """`file_size_limit` (bytes) makes writing any larger file fail, as a nearly full disk does."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.process = subprocess.Popen(
             [str(SHADOWZOO), "gateway", "--port", str(self.port), "--workers", str(workers), "--host", host],
             cwd=workspace_dir, env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=None if file_size_limit is None else lambda: resource.setrlimit(
+                resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit)),
         )
-        wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"))
+        wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"),
+                   timeout_s=60)  # a loaded machine can take this long to import and spawn a worker
         if self.process.poll() is not None:
             raise AssertionError(f"gateway exited: {self.process.stdout.read()}")
 

@@ -3,13 +3,15 @@ retention, and the gauges they publish."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
-from ops.tasks import AUTO_ACTOR, TaskContext, retention, score, watch
+from ops.tasks import AUTO_ACTOR, TaskContext, ingest, retention, score, status, watch
 from registry import utcnow
+from shadow.spool import spool_dir, write_segment
 from tests.scoring_data import Answers, demo_registry, simulate
 
 SLOT = "support-triage"
@@ -98,3 +100,20 @@ def test_a_retired_versions_gauges_are_removed(workspace_dir: Path) -> None:
     score(context)
     assert _sample(context, "shadowzoo_net_value_per_1k_usd", slot=SLOT, version=ids["cheap-mini"]) is None
     registry.close()
+
+
+def test_records_ingest_quarantines_are_counted_on_metrics_and_shown_in_status(workspace_dir: Path) -> None:
+    context, _ = _context(workspace_dir)
+    spool = spool_dir(context.workspace.state_dir)
+    spool.mkdir(parents=True, exist_ok=True)
+    good = {"type": "traffic", "request_id": "ok", "slot": SLOT, "received_at": "2025-03-01T12:00:00Z",
+            "request": {"messages": [{"role": "user", "content": "hi"}]}, "status": 200}
+    write_segment(spool, [json.dumps(good).encode(), json.dumps({**good, "request_id": "bad", "status": 2147483648}).encode()])
+    first, second = ingest(context), ingest(context)
+    assert (first["traffic"], first["quarantined"]) == (1, 1) and (second["traffic"], second["quarantined"]) == (0, 0)
+    assert _sample(context, "shadowzoo_spool_quarantined_records_total") == 1.0
+    assert status(context)["spool_quarantined_records"] == 1
+    [rejected] = (spool / "quarantine").glob("*-rejected.jsonl")
+    rejected.rename(spool / rejected.name)  # an operator puts it back (unfixed, it is quarantined again)
+    assert status(context)["spool_quarantined_records"] == 0
+    context.operations.registry.close()

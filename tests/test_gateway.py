@@ -6,6 +6,8 @@ import http.client
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -14,6 +16,7 @@ import pytest
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
 from shadow.apply import apply_variant
+from shadow.gateway.capture import SEGMENT_BYTES
 from shadow.spool import read_segment, ready_segments
 from tests.servers import GatewayProcess, edit_config, free_port, start_simulator, wait_until
 
@@ -30,9 +33,10 @@ models:
   sim-chatty: {{reasoning_tokens: 400, latency: {{base_ms: 0, per_output_token_ms: 15}}}}
   sim-slow: {{latency: {{base_ms: 5000}}}}
   sim-broken: {{errors: {{http_500: 1.0}}}}
+  sim-held: {{hold_open_s: 30, latency: {{base_ms: 0, per_output_token_ms: 0}}}}
 """
 SLOTS = {"support-triage": "sim-large", "chatty": "sim-chatty", "slow": "sim-slow", "broken": "sim-broken",
-         "dead": "sim-large"}
+         "dead": "sim-large", "held": "sim-held"}
 
 
 @pytest.fixture(scope="module")
@@ -213,19 +217,71 @@ def test_upstream_errors_are_passed_through_unchanged(client) -> None:
     assert caught.value.status_code == 500 and "simulat" in json.dumps(caught.value.body).lower()
 
 
-def test_a_client_that_leaves_mid_stream_is_captured_as_partial(served) -> None:
+def _stream_and_leave(served, slot: str, ticket: int, read: Callable[[http.client.HTTPResponse], object]):
+    """Stream an answer over a raw connection, `read` some of it, hang up; returns the capture."""
     ws, gateway, _ = served
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
-    body = json.dumps({"model": "chatty", "stream": True, "messages": [{"role": "user", "content": _ticket(1)}]})
+    body = json.dumps({"model": slot, "stream": True, "messages": [{"role": "user", "content": _ticket(ticket)}]})
     connection.request("POST", "/v1/chat/completions", body=body,
                        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     response = connection.getresponse()
     request_id = response.getheader("x-shadowzoo-request-id")
-    response.read1(64)
+    read(response)
     connection.sock.close()
     connection.close()
-    record = _captured(ws, request_id)
+    return _captured(ws, request_id)
+
+
+def test_a_client_that_leaves_mid_stream_is_captured_as_partial(served) -> None:
+    record = _stream_and_leave(served, "chatty", 1, lambda response: response.read1(64))
     assert record.partial and record.error == "client disconnected before the stream ended"
+
+
+def test_a_client_that_leaves_after_done_while_the_upstream_holds_the_stream_has_a_complete_capture(served) -> None:
+    def until_done(response: http.client.HTTPResponse) -> None:
+        assert any(response.readline() == b"data: [DONE]\n" for _ in range(500))
+
+    record = _stream_and_leave(served, "held", 2, until_done)
+    assert (record.partial, record.error, record.status) == (False, None, 200)
+    assert record.output and record.usage["completion_tokens"] > 0
+
+
+def test_a_stream_ends_at_done_though_the_upstream_holds_it_open(served, client) -> None:
+    chunks = list(client.chat.completions.create(
+        model="held", messages=[{"role": "user", "content": _ticket(4)}], stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_request_with_a_lone_surrogate_loses_only_its_own_capture(served, client) -> None:
+    ws, gateway, _ = served
+    before = _dropped(gateway, "support-triage", "unwritable")
+    body = b'{"model": "support-triage", "messages": [{"role": "user", "content": "caf\\udc80 order"}]}'
+    status, answer = _post(gateway, "/v1/chat/completions", body)
+    assert status == 200 and answer["choices"][0]["message"]["content"]
+    for n in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model="support-triage", messages=[{"role": "user", "content": f"after the surrogate {n}"}])
+        assert _captured(ws, raw.headers["x-shadowzoo-request-id"]).status == 200
+    assert _dropped(gateway, "support-triage", "unwritable") == before + 1
+
+
+def _dropped(gateway, slot: str, reason: str) -> float:
+    """The gateway's count of captures dropped for `reason`, from its /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    series = f'shadowzoo_shadow_dropped_total{{reason="{reason}",slot="{slot}"}} '
+    return next((float(line[len(series):]) for line in text.splitlines() if line.startswith(series)), 0.0)
+
+
+def test_json_nested_too_deeply_is_a_json_400(served) -> None:
+    _, gateway, _ = served
+    deep = b"[" * 9_000 + b"]" * 9_000  # under the fixture's 20000-byte body limit
+    for path in ("/v1/chat/completions", "/v1/capture", "/v1/feedback"):
+        status, body = _post(gateway, path, deep)
+        assert status == 400 and body["error"]["code"] == "invalid_json", path
+        assert "nested too deeply" in body["error"]["message"]
 
 
 def test_feedback_for_an_unknown_request_is_accepted_and_spooled(served) -> None:
@@ -253,6 +309,51 @@ def test_observer_capture_is_spooled_like_gateway_traffic(served) -> None:
     assert status == 202
     record = _captured(ws, body["request_id"])
     assert record.source == "capture" and record.output == "billing" and record.usage["completion_tokens"] == 1
+
+
+def test_a_capture_for_an_unknown_slot_is_a_404_and_one_without_messages_a_400(served) -> None:
+    _, gateway, _ = served
+    exchange = _exchange()
+    status, body = _post(gateway, "/v1/capture", json.dumps({**exchange, "slot": "nope"}).encode())
+    assert status == 404 and body["error"]["param"] == "slot" and "no slot 'nope'" in body["error"]["message"]
+    status, body = _post(gateway, "/v1/capture", json.dumps({**exchange, "request": {"model": "x"}}).encode())
+    assert status == 400 and body["error"]["param"] == "request" and "'messages'" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"status": 2147483648}, "status"),
+    ({"status": "teapot"}, "status"),
+    ({"latency_ms": -1}, "latency_ms"),
+    ({"client_request_id": "x" * 5000}, "client_request_id"),
+    ({"response": {"choices": [{"message": {"content": 5}}]}}, "response.choices.0.message.content"),
+    ({"response": {"choices": [{"message": {"content": "a"}}], "usage": "lots"}}, "response.usage"),
+    ({"usage": [1, 2]}, "usage"),
+    ({"usage": {"prompt_tokens": -3}}, "usage.prompt_tokens"),
+    ({"request": "hello"}, "request"),
+])
+def test_a_capture_with_a_field_of_the_wrong_type_or_range_is_a_400_naming_it(served, change, param) -> None:
+    _, gateway, _ = served
+    status, body = _post(gateway, "/v1/capture", json.dumps({**_exchange(), **change}).encode())
+    assert status == 400 and body["error"]["param"] == param, body
+
+
+def test_text_that_is_not_unicode_or_numbers_that_are_not_json_are_a_400_for_captures_and_feedback(served) -> None:
+    _, gateway, _ = served
+    exchange = json.dumps(_exchange())
+    for path, bad in (("/v1/capture", exchange.replace('"billing"', '"bill\\udc80"')),
+                      ("/v1/capture", exchange.replace('"latency_ms": 120', '"latency_ms": NaN')),
+                      ("/v1/feedback", '{"request_id": "r1", "label": "bill\\udc80"}')):
+        status, body = _post(gateway, path, bad.encode())
+        assert status == 400 and body["error"]["code"] in ("invalid_request", "invalid_json"), bad
+
+
+def _exchange() -> dict:
+    return {
+        "slot": "support-triage", "request": {"model": "x", "messages": [{"role": "user", "content": "hi"}]},
+        "response": {"choices": [{"message": {"role": "assistant", "content": "billing"}}],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+        "latency_ms": 120, "client_request_id": "app-7",
+    }
 
 
 def test_a_new_champion_is_served_within_a_second_and_a_corrupt_routes_file_is_ignored(served, client) -> None:
@@ -294,15 +395,26 @@ def test_the_champion_is_served_while_the_database_is_held_by_another_process(se
         holder.wait(timeout=10)
 
 
-def test_sigterm_flushes_every_accepted_capture(tmp_path: Path) -> None:
-    simulator = start_simulator()
+def _one_slot_workspace(tmp_path: Path, simulator, gateway: dict | None = None) -> Path:
+    """A workspace whose one slot's champion is the simulator's sim-mini."""
     ws = init_workspace(tmp_path / "ws")
-    edit_config(ws, lambda c: c["providers"]["sim"].update(base_url=simulator.base_url))
+
+    def configure(config: dict) -> None:
+        config["providers"]["sim"]["base_url"] = simulator.base_url
+        config["gateway"] = {**config.get("gateway", {}), **(gateway or {})}
+
+    edit_config(ws, configure)
     with Registry.open(load_workspace(ws)) as registry:
         variant = registry.register(NewVariant(
             slot="support-triage", label="champ", kind="chat",
             config={"kind": "chat", "provider": "sim", "model": "sim-mini", "params": {}})).variant
         registry.promote("support-triage", variant.version_id, "tester", None, None)
+    return ws
+
+
+def test_sigterm_flushes_every_accepted_capture(tmp_path: Path) -> None:
+    simulator = start_simulator()
+    ws = _one_slot_workspace(tmp_path, simulator)
     gateway = GatewayProcess(ws, env={"SIM_API_KEY": "sim"})
     try:
         fast = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0)
@@ -314,6 +426,31 @@ def test_sigterm_flushes_every_accepted_capture(tmp_path: Path) -> None:
         simulator.stop()
     spooled = {r.request_id for s in ready_segments(ws / ".shadowzoo" / "spool") for r in read_segment(s)}
     assert ids <= spooled
+
+
+def test_a_backlog_too_large_for_one_file_is_written_in_segments_that_fit(tmp_path: Path) -> None:
+    simulator = start_simulator()
+    ws = _one_slot_workspace(tmp_path, simulator, {"flush_interval_s": 5})
+    # Any file over SEGMENT_BYTES + 512 KiB fails to write, as on a nearly full disk; 16 captures
+    # of 700 kB each arrive within about one flush interval, far more than one file may hold.
+    gateway = GatewayProcess(ws, env={"SIM_API_KEY": "sim"}, file_size_limit=SEGMENT_BYTES + 512 * 1024)
+    try:
+        fast = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0, timeout=60)
+
+        def ask(n: int) -> str:
+            return fast.chat.completions.with_raw_response.create(
+                model="support-triage", messages=[{"role": "user", "content": f"{n} " + "z" * 700_000}],
+            ).headers["x-shadowzoo-request-id"]
+
+        def all_spooled() -> bool:
+            return ids <= {r.request_id for s in ready_segments(ws / ".shadowzoo" / "spool") for r in read_segment(s)}
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            ids = set(pool.map(ask, range(16)))
+        wait_until(all_spooled, timeout_s=40)
+    finally:
+        gateway.stop()
+        simulator.stop()
 
 
 def test_without_client_keys_the_gateway_binds_loopback_and_says_so(tmp_path: Path) -> None:

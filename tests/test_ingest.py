@@ -142,7 +142,7 @@ def test_a_crash_before_commit_leaves_the_segment_for_the_next_run(
     assert (report.traffic_rows, report.outcome_rows) == (1, 1)
 
 
-def test_a_corrupt_segment_is_quarantined_with_its_reason_and_the_others_are_ingested(
+def test_bad_lines_are_quarantined_with_their_reasons_and_every_good_line_is_ingested(
     registry: Registry, spool: Path
 ) -> None:
     first = segment(spool, traffic("r1"))
@@ -150,19 +150,52 @@ def test_a_corrupt_segment_is_quarantined_with_its_reason_and_the_others_are_ing
     invalid = write_segment(spool, [b'{"type": "traffic", "request_id": "r3", "received_at": "2025-03-01T12:00:00"}'])
     last = segment(spool, traffic("r4"))
     report = ingest(registry, spool)
-    assert report.segments == 2 and report.traffic_rows == 2
+    assert (report.segments, report.traffic_rows, report.quarantined_records) == (3, 3, 2)
     reasons = dict(report.quarantined)
     assert set(reasons) == {broken.name, invalid.name}
     assert reasons[broken.name].startswith(f"{broken.name}: line 2:")
     assert reasons[invalid.name].startswith(f"{invalid.name}: line 1:")
-    assert rows(registry, "SELECT request_id FROM traffic ORDER BY 1") == [("r1",), ("r4",)]
-    recorded = dict(rows(registry, "SELECT segment, status FROM spool_segments"))
-    assert recorded == {first.name: "ingested", last.name: "ingested", broken.name: "quarantined",
-                        invalid.name: "quarantined"}
-    assert rows(registry, f"SELECT reason FROM spool_segments WHERE segment = '{broken.name}'") == [(reasons[broken.name],)]
-    assert (spool / QUARANTINE / broken.name).exists()
-    assert (spool / QUARANTINE / f"{broken.name}.reason").read_text().strip() == reasons[broken.name]
+    assert rows(registry, "SELECT request_id FROM traffic ORDER BY 1") == [("r1",), ("r2",), ("r4",)]
+    recorded = {name: (status, reason) for name, status, reason in rows(registry, "SELECT segment, status, reason FROM spool_segments")}
+    assert recorded == {first.name: ("ingested", None), last.name: ("ingested", None),
+                        broken.name: ("ingested", reasons[broken.name]),
+                        invalid.name: ("quarantined", reasons[invalid.name])}
+    rejected = spool / QUARANTINE / f"{broken.stem}-rejected.jsonl"
+    assert rejected.read_bytes() == b'{"type": "traffic", "request_id": \n'
+    assert (spool / QUARANTINE / f"{rejected.name}.reason").read_text().strip() == reasons[broken.name]
+    assert (spool / QUARANTINE / invalid.name).exists()
+    assert (spool / QUARANTINE / f"{invalid.name}.reason").read_text().strip() == reasons[invalid.name]
     assert ready_segments(spool) == []
+
+
+def test_a_record_ingest_cannot_store_is_quarantined_and_ingest_goes_on(registry: Registry, spool: Path) -> None:
+    good = json.loads(traffic("r1").model_dump_json())
+    huge_status = {**good, "request_id": "huge", "status": 2147483648}
+    surrogate = json.dumps({**good, "request_id": "lone"}).replace('"billing"', '"bill\\udc80ing"')
+    mixed = write_segment(spool, [json.dumps(good).encode(), json.dumps(huge_status).encode(), surrogate.encode(),
+                                  traffic("r2").model_dump_json().encode()])
+    segment(spool, traffic("r3"))
+    report = ingest(registry, spool)
+    assert (report.traffic_rows, report.quarantined_records) == (3, 2)
+    assert rows(registry, "SELECT request_id FROM traffic ORDER BY 1") == [("r1",), ("r2",), ("r3",)]
+    notes = (spool / QUARANTINE / f"{mixed.stem}-rejected.jsonl.reason").read_text().splitlines()
+    assert notes[0] == f"{mixed.name}: line 2: field 'status': Input should be less than or equal to 999"
+    assert notes[1].startswith(f"{mixed.name}: line 3: cannot be stored")
+    segment(spool, traffic("r4"))
+    assert ingest(registry, spool).traffic_rows == 1 and ready_segments(spool) == []
+
+
+def test_an_entry_that_is_not_a_readable_segment_is_quarantined_and_blocks_nothing(
+    registry: Registry, spool: Path
+) -> None:
+    before = segment(spool, traffic("r1"))
+    entry = spool / before.name.replace(".jsonl", "-x.jsonl")
+    entry.mkdir()
+    segment(spool, traffic("r2"))
+    report = ingest(registry, spool)
+    assert (report.traffic_rows, report.quarantined_records) == (2, 1)
+    assert dict(report.quarantined)[entry.name].startswith(f"{entry.name}: cannot be read")
+    assert (spool / QUARANTINE / entry.name).is_dir() and ready_segments(spool) == []
 
 
 def test_a_quarantined_segment_put_back_after_a_fix_is_ingested(registry: Registry, spool: Path) -> None:
@@ -344,7 +377,10 @@ def test_loading_the_same_log_twice_stores_each_request_once(registry: Registry,
         ('{"slot": "support-triage", "request": ', "line 2: not valid JSON"),
         (json.dumps(log_line(request="hello")), "line 2: field 'request': Input should be a valid dictionary"),
         (json.dumps(log_line(response={"choices": []})), "line 2: field 'response.choices': List should have at least 1"),
-        (json.dumps(log_line(response=None)), "line 2: Value error, 'response' is required unless the line has an 'error'"),
+        (json.dumps(log_line(response=None)), "line 2: Value error, 'response' is required unless an 'error' is given"),
+        (json.dumps(log_line(request={"model": "m"})), "line 2: field 'request': Value error, 'messages' must be"),
+        (json.dumps(log_line(status=2147483648)), "line 2: field 'status': Input should be less than or equal to 999"),
+        ('{"slot": "support-triage", "latency_ms": NaN}', "line 2: not valid JSON: NaN is not a JSON number"),
         (json.dumps(log_line(slot=None)), "line 2: field 'slot': missing (give it in the line or with --slot)"),
         (json.dumps(log_line(slot="unknown")), "line 2: field 'slot': 'unknown' is not configured (slots: support-triage)"),
         ("[1, 2]", "line 2: expected a JSON object, got list"),

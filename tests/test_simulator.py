@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
@@ -61,6 +62,7 @@ TEST_MODELS = {
     "sim-grader-flaky": ModelConfig(grader=True, garbage_rate=0.5),
     "sim-grader-tenfold": ModelConfig(grader=True, score_scale=10),
     "sim-optimizer": ModelConfig(optimizer=True),
+    "sim-held": ModelConfig(hold_open_s=10),
 }
 
 
@@ -182,11 +184,12 @@ def test_demo_config_serves_a_grader_for_judge_metrics() -> None:
 
 def test_config_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
     path = tmp_path / "sim.yaml"
-    path.write_text("models:\n  sim-a:\n    errors: {http_500: 2}\n    latency: {base: 5}\n")
+    path.write_text("models:\n  sim-a:\n    errors: {http_500: 2}\n    latency: {base: 5}\n    hold_open_s: -1\n")
     with pytest.raises(SimulatorConfigError) as caught:
         load_simulator_config(path)
     assert f"{path}: models.sim-a.errors.http_500:" in str(caught.value)
     assert f"{path}: models.sim-a.latency.base:" in str(caught.value)
+    assert f"{path}: models.sim-a.hold_open_s: Input should be greater than or equal to 0" in str(caught.value)
 
 
 def test_dataset_errors_name_the_file_and_the_line(tmp_path: Path) -> None:
@@ -264,6 +267,19 @@ def test_stream_is_terminated_by_the_done_marker(sim: SimulatorHandle) -> None:
     status, headers, raw = raw_post(sim, "/chat/completions", body)
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     assert raw.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_stream_can_be_held_open_after_the_done_marker_as_proxies_do(sim: SimulatorHandle) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=5)
+    body = json.dumps({"model": "sim-held", "stream": True, "messages": HELLO})
+    connection.request("POST", "/v1/chat/completions", body=body, headers={"Authorization": "Bearer x"})
+    response = connection.getresponse()
+    assert any(response.readline() == b"data: [DONE]\n" for _ in range(200)), "the whole answer comes first"
+    assert response.readline() == b"\n"
+    connection.sock.settimeout(0.2)
+    with pytest.raises(TimeoutError):  # nothing more comes, and the body has not ended
+        response.readline()
+    connection.close()
 
 
 def test_skill_with_directives_answers_more_tickets_correctly(

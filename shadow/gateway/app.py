@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,8 +19,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from shadow.apply import apply_variant
+from shadow.exchange import Exchange, Id, messages_problem, parse_json
 from shadow.gateway.capture import CaptureBuffer, PendingCapture
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
@@ -29,6 +31,7 @@ from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
 
 CLIENT_ID_HEADER = "x-shadowzoo-request-id"
+log = logging.getLogger("shadowzoo.gateway")
 
 
 @dataclass
@@ -81,6 +84,9 @@ async def _errors_as_json(request: web.Request, handler):
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"))
+    except Exception:  # noqa: BLE001 - a bug must still answer in the shape clients parse
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal error in the gateway (logged)", code="internal_error")
 
 
 @web.middleware
@@ -105,7 +111,7 @@ async def _json_body(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, f"request body is larger than {state.max_body_bytes} bytes", code="body_too_large")
     try:
-        return json.loads(raw)
+        return parse_json(raw)
     except ValueError as exc:
         return error_response(400, f"request body is not valid JSON: {exc}", code="invalid_json")
 
@@ -116,12 +122,7 @@ def _check_chat(payload: Any) -> str | None:
         return "the request body must be a JSON object"
     if not isinstance(payload.get("model"), str) or not payload["model"]:
         return "'model' must name a slot (a non-empty string)"
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty array of message objects"
-    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        return "every item of 'messages' must be an object with a string 'role'"
-    return None
+    return messages_problem(payload)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -138,9 +139,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     slot = payload["model"]
     route = state.routes.route(slot)
     if route is None:
-        known = ", ".join(state.routes.slots()) or "none yet"
         gateway_metrics().requests.labels("unknown", "404").inc()
-        return error_response(404, f"no slot {slot!r} is served here (slots: {known})", code="model_not_found", param="model")
+        return _unknown_slot(state, slot, "model")
     if route.error:
         gateway_metrics().requests.labels(slot, "503").inc()
         return error_response(503, f"slot {slot!r} cannot be served: {route.error}", code="slot_misconfigured")
@@ -152,11 +152,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     pending = PendingCapture(
         request_id=new_request_id(), client_request_id=request.headers.get(CLIENT_ID_HEADER), slot=slot,
         received_at=received_at, request=payload, champion_version=route.version_id, stream=stream,
+        request_bytes=len(await request.read()),
     )
     try:
         return await state.upstream.forward(request, route, body, pending, wants_usage)
     finally:
         _account(state, pending, started)
+
+
+def _unknown_slot(state: GatewayState, slot: str, param: str) -> web.Response:
+    known = ", ".join(state.routes.slots()) or "none yet"
+    return error_response(404, f"no slot {slot!r} is served here (slots: {known})", code="model_not_found", param=param)
 
 
 def _account(state: GatewayState, pending: PendingCapture, started: float) -> None:
@@ -176,24 +182,16 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-class CaptureBody(BaseModel):
+class CaptureBody(Exchange):
     """Observer mode: an application that calls its model itself reports one exchange."""
 
-    slot: str
-    request: dict[str, Any]
-    response: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    latency_ms: float | None = Field(None, ge=0)
-    client_request_id: str | None = None
-    status: int = 200
-    champion_version: str | None = Field(
-        None, description="The version that answered, when not the slot's champion at the time it was received.")
+    slot: Id
 
 
 class FeedbackBody(BaseModel):
     """An outcome for a request, by shadowzoo's request id or the client's own id."""
 
-    request_id: str = Field(min_length=1)
+    request_id: Id
     kind: str = Field("label", pattern="^(label|reaction)$")
     value: Any = None
     label: Any = None
@@ -204,20 +202,11 @@ async def capture(request: web.Request) -> web.Response:
     body = await _validated(request, CaptureBody)
     if isinstance(body, web.Response):
         return body
-    request_id = new_request_id()
-    output = None
-    if body.response:
-        try:
-            output = body.response["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            output = None
-    record = TrafficRecord(
-        request_id=request_id, client_request_id=body.client_request_id, slot=body.slot,
-        received_at=datetime.now(UTC), request=body.request, status=body.status, output=output,
-        usage=body.usage or (body.response or {}).get("usage"), latency_ms=body.latency_ms, source="capture",
-        champion_version=body.champion_version,
-    )
-    return _accepted(request, record, {"request_id": request_id})
+    state = request.app[STATE]
+    if state.routes.route(body.slot) is None:
+        return _unknown_slot(state, body.slot, "slot")
+    record = body.record(body.slot, body.request_id or new_request_id(), datetime.now(UTC), "capture")
+    return _accepted(request, record, {"request_id": record.request_id})
 
 
 async def feedback(request: web.Request) -> web.Response:
@@ -244,8 +233,15 @@ async def _validated(request: web.Request, model: type[BaseModel]) -> BaseModel 
         return error_response(400, f"{field}: {first['msg']}", code="invalid_request", param=field)
 
 
-def _accepted(request: web.Request, record: BaseModel, answer: dict[str, Any]) -> web.Response:
-    if not request.app[STATE].captures.add(record):
+def _accepted(request: web.Request, record: TrafficRecord | OutcomeRecord, answer: dict[str, Any]) -> web.Response:
+    """202 once the record's line is in the capture buffer; 400 for one that could never be written."""
+    captures = request.app[STATE].captures
+    try:
+        line = captures.line(record)
+    except PydanticSerializationError:
+        return error_response(400, "the body holds text that is not valid Unicode (a lone surrogate escape)",
+                              code="invalid_request")
+    if not captures.add(line):
         return error_response(503, "capture buffer is full; retry shortly", code="capture_buffer_full")
     return web.json_response({"status": "accepted", **answer}, status=202)
 

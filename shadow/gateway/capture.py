@@ -3,8 +3,10 @@
 The request handler only appends a `PendingCapture` holding references to what it already
 has (the parsed request, the raw upstream bytes). Everything costly — parsing the answer,
 redaction, serialisation, the disk write and its fsync — happens in the flusher, off the
-request's path, at least every `flush_interval_s`. Past the memory cap new captures are
-dropped and counted; the champion's response is never affected.
+request's path, at least every `flush_interval_s`. Past the memory cap (records and bytes)
+new captures are dropped and counted; the champion's response is never affected. A
+capture that cannot be serialised is dropped and counted on its own, so it never holds
+back the others.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
+from shadow.gateway.metrics import gateway_metrics
 from shadow.records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import write_segment
 
 log = logging.getLogger("shadowzoo.gateway")
+SEGMENT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -43,6 +47,7 @@ class PendingCapture:
     events: list[bytes] = field(default_factory=list)
     partial: bool = False
     error: str | None = None
+    request_bytes: int = 0
 
     def to_record(self) -> TrafficRecord:
         output, usage = _answer_from_events(self.events) if self.stream else _answer_from_body(self.body)
@@ -86,24 +91,42 @@ def _answer_from_events(events: list[bytes]) -> tuple[str | None, dict[str, Any]
 
 
 class CaptureBuffer:
-    """Captures in memory, flushed to spool segments by a background task."""
+    """Captures in memory, flushed to spool segments by a background task.
 
-    def __init__(self, spool: Path, redactor: Redactor, max_records: int, flush_interval_s: float) -> None:
+    Memory is capped by count and by bytes (estimated until a capture is serialised, in
+    flight included); past either cap new captures are dropped and counted. Each capture
+    is serialised on its own: one that cannot be (text that is not Unicode, an answer that
+    does not fit the record) is dropped and counted, never its batch. Lines are written in
+    segments of at most `segment_bytes`, so after a full disk a backlog is written in
+    pieces that fit, and the lines not yet written wait, serialised, for the next flush.
+    """
+
+    def __init__(self, spool: Path, redactor: Redactor, max_records: int, flush_interval_s: float, *,
+                 max_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.spool = spool
         self.redactor = redactor
         self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
         self.flush_interval_s = flush_interval_s
         self.dropped = 0
         self.flushed = 0
-        self._items: list[PendingCapture | BaseModel] = []
+        self._items: list[PendingCapture | bytes] = []
+        self._bytes = 0
 
-    def add(self, item: PendingCapture | TrafficRecord | OutcomeRecord) -> bool:
-        """Keep `item` for the next flush; False (and counted) when the buffer is full."""
-        if len(self._items) >= self.max_records:
+    def add(self, item: PendingCapture | bytes) -> bool:
+        """Keep a capture (or a record's spool `line`) for the next flush; False (and counted) when full."""
+        size = _size(item)
+        if len(self._items) >= self.max_records or self._bytes + size > self.max_bytes:
             self.dropped += 1
             return False
         self._items.append(item)
+        self._bytes += size
         return True
+
+    def line(self, record: TrafficRecord | OutcomeRecord) -> bytes:
+        """A record's spool line, redacted; raises `PydanticSerializationError` when it cannot be written."""
+        return self.redactor.apply(record).model_dump_json().encode()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -118,21 +141,66 @@ class CaptureBuffer:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write everything held so far as one segment (in a thread: fsync must not block the loop)."""
+        """Write everything held so far (in a thread: fsync must not block the loop).
+
+        Lines the disk refused (it is full) stay in memory, already serialised, for the next try.
+        """
         if not self._items:
             return
         items, self._items = self._items, []
-        try:
-            await asyncio.to_thread(self._write, items)
-        except Exception:  # a full disk must not stop serving: keep the captures for the next try
-            log.exception("capture flush to %s failed; will retry", self.spool)
-            self._items = items + self._items
-            return
-        self.flushed += len(items)
+        lines = await asyncio.to_thread(self._lines, items)
+        written = await asyncio.to_thread(self._write, lines)
+        unwritten = lines[written:]
+        self._items = unwritten + self._items
+        self._bytes += sum(map(len, unwritten)) - sum(map(_size, items))
+        self.flushed += written
 
-    def _write(self, items: list[PendingCapture | BaseModel]) -> None:
-        write_segment(self.spool, (self._line(item) for item in items))
+    def _lines(self, items: list[PendingCapture | bytes]) -> list[bytes]:
+        """Each item as its spool line; one that cannot be serialised is dropped and counted."""
+        lines = []
+        for item in items:
+            try:
+                lines.append(item if isinstance(item, bytes) else self.line(item.to_record()))
+            except (ValueError, PydanticSerializationError) as exc:
+                self._drop(item, exc)
+        return lines
 
-    def _line(self, item: PendingCapture | BaseModel) -> bytes:
-        record = item.to_record() if isinstance(item, PendingCapture) else item
-        return self.redactor.apply(record).model_dump_json().encode()
+    def _write(self, lines: list[bytes]) -> int:
+        """Write `lines` as segments of at most `segment_bytes`; returns how many were written
+        before the disk refused one (a full disk must not stop serving: the rest is retried)."""
+        written = 0
+        for chunk in _segments(lines, self.segment_bytes):
+            try:
+                write_segment(self.spool, chunk)
+            except OSError:
+                log.exception("capture flush to %s failed; %d capture(s) kept for the next try",
+                              self.spool, len(lines) - written)
+                break
+            written += len(chunk)
+        return written
+
+    def _drop(self, item: PendingCapture, exc: Exception) -> None:
+        log.warning("capture of slot %s dropped: it cannot be written: %s", item.slot, str(exc).splitlines()[0])
+        self.dropped += 1
+        gateway_metrics().dropped.labels(item.slot, "unwritable").inc()
+
+
+def _size(item: PendingCapture | bytes) -> int:
+    """The bytes an item holds: a line's length, or a capture's request and answer as received."""
+    if isinstance(item, bytes):
+        return len(item)
+    return item.request_bytes + len(item.body or b"") + sum(map(len, item.events))
+
+
+def _segments(lines: list[bytes], segment_bytes: int) -> Iterator[list[bytes]]:
+    """Consecutive runs of lines of at most `segment_bytes` together (a longer line alone)."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) + 1 > segment_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        yield chunk

@@ -88,13 +88,19 @@ async def _relay_body(upstream: aiohttp.ClientResponse, capture: PendingCapture)
 
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, capture: PendingCapture,
                         wants_usage: bool) -> web.StreamResponse:
-    """Write SSE events to the client one by one; on a client disconnect, keep what was sent."""
+    """Write SSE events to the client one by one; on a client disconnect, keep what was sent.
+
+    The exchange is complete once the final usage chunk or `data: [DONE]` was relayed: the
+    stream ends there, whether or not the upstream (or a proxy before it) holds its body
+    open, and a client that leaves after it has its whole answer.
+    """
     response = web.StreamResponse(status=200, headers=_passed_headers(upstream, capture))
     response.content_type = "text/event-stream"
     response.headers["Cache-Control"] = "no-cache"
     capture.status = 200
     await response.prepare(request)
     event = bytearray()
+    complete = False
     try:
         async for line in upstream.content:
             event += line
@@ -102,24 +108,37 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
                 continue
             chunk, event = bytes(event), bytearray()
             capture.events.append(chunk)
-            if not wants_usage and _is_usage_only(chunk):
-                continue
-            await response.write(chunk)
+            usage_only = _is_usage_only(chunk)
+            if wants_usage or not usage_only:
+                await response.write(chunk)
+            complete = complete or usage_only or _is_done(chunk)
+            if _is_done(chunk):
+                break
         if event:
             capture.events.append(bytes(event))
             await response.write(bytes(event))
         await response.write_eof()
     except ConnectionResetError as exc:
         client_gone = request.transport is None or request.transport.is_closing()
-        capture.partial = True
-        capture.error = "client disconnected before the stream ended" if client_gone else f"upstream stream broke: {exc}"
+        _broken(capture, complete, "client disconnected before the stream ended" if client_gone
+                else f"upstream stream broke: {exc}")
     except asyncio.CancelledError:
-        capture.partial, capture.error = True, "client disconnected before the stream ended"
+        _broken(capture, complete, "client disconnected before the stream ended")
         raise
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        capture.partial = True
-        capture.error = f"upstream stream broke: {type(exc).__name__}"
+        _broken(capture, complete, f"upstream stream broke: {type(exc).__name__}")
     return response
+
+
+def _broken(capture: PendingCapture, complete: bool, error: str) -> None:
+    """Record a stream that ended abnormally, unless the answer was already complete."""
+    if not complete:
+        capture.partial, capture.error = True, error
+
+
+def _is_done(event: bytes) -> bool:
+    """The `data: [DONE]` event that ends an OpenAI stream."""
+    return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in event.splitlines())
 
 
 def _is_usage_only(event: bytes) -> bool:

@@ -57,8 +57,9 @@ def _is_loopback(host: str) -> bool:
 def gateway_state(workspace: Workspace) -> GatewayState:
     """A worker's state, built from the workspace config."""
     config = workspace.config
-    captures = CaptureBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace), config.gateway.capture_buffer_records,
-                             config.gateway.flush_interval_s)
+    captures = CaptureBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
+                             config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
+                             max_bytes=config.gateway.capture_buffer_bytes)
     return GatewayState(routes=RouteWatcher(workspace.routes_path), captures=captures, upstream=None,
                         client_keys=client_keys(workspace), max_body_bytes=config.gateway.max_body_bytes)
 

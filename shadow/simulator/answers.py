@@ -320,7 +320,8 @@ class Engine:
     def answer(self, model: str, messages: Sequence[Mapping[str, object]], max_tokens: int | None) -> Answer:
         """The deterministic answer of ``model`` to a chat request's messages."""
         skill, conversation, last_user = _split(messages)
-        digest = hashlib.sha256("\x00".join((model, skill, conversation)).encode()).digest()
+        # surrogatepass: JSON may carry a lone surrogate escape, which strict UTF-8 cannot encode
+        digest = hashlib.sha256("\x00".join((model, skill, conversation)).encode("utf-8", "surrogatepass")).digest()
         ticket = self._tickets.get(last_user) if last_user is not None else None
         simulated = self.models[model]
         settings = simulated.config

@@ -114,6 +114,11 @@ class ModelConfig(_Strict):
         default_factory=LimitsConfig,
         description="Rate limits enforced with HTTP 429 and x-ratelimit-* headers.",
     )
+    hold_open_s: float = Field(
+        0.0, ge=0,
+        description="Streaming only: keep the response open this long after `data: [DONE]` before ending it, "
+        "as proxies and load balancers that hold the body open do (never in fast mode).",
+    )
     grader: bool = Field(
         False,
         description="Answer like an LLM judge: reply with JSON {\"score\", \"reason\"} grading the answer "

@@ -310,7 +310,7 @@ async def _send_chunks(
     answer: Answer,
     include_usage: bool,
 ) -> None:
-    """Write the SSE events of one answer, pacing the content chunks by their tokens."""
+    """Write the SSE events of one answer, pacing the content chunks by their tokens; hold the end if configured."""
 
     async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
         payload = json.dumps({**chunk, "choices": choices, **extra})
@@ -324,6 +324,8 @@ async def _send_chunks(
     if include_usage:
         await send([], usage=_usage(answer))
     await response.write(b"data: [DONE]\n\n")
+    if not model.fast:
+        await asyncio.sleep(model.config.hold_open_s)
     await response.write_eof()
 
 
