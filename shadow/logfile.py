@@ -5,7 +5,9 @@ A traffic file holds one OpenAI request/response log per line::
     {"slot": "support-triage", "request": {...chat request...}, "response": {...chat.completion...},
      "latency_ms": 412, "request_id": "...", "client_request_id": "...", "received_at": "2025-03-01T12:00:00Z"}
 
-`slot` may come from `--slot` instead; `request_id`, `client_request_id` and `received_at`
+The answer is the response's first choice: its `message.content` and its
+`message.tool_calls` (each call's `function.name` and `function.arguments`, the JSON string
+parsed when valid). `slot` may come from `--slot` instead; `request_id`, `client_request_id` and `received_at`
 are optional; a line with an `error` (a message, or an OpenAI error object) needs no
 `response`. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
 `{"request_id": ..., "kind": "label" | "reaction", "value": <any JSON>}` per line, keyed by
@@ -36,6 +38,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from registry import ShadowzooError, canonical_json, sha256_text
 from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import write_segment
+from shadow.toolcalls import ToolCall, parsed_arguments
 
 SEGMENT_LINES = 10_000
 _Line = TypeVar("_Line", bound=BaseModel)
@@ -47,8 +50,23 @@ class LogFileError(ShadowzooError):
     """A line of a log file that cannot be loaded; the message names the file, the line and the field."""
 
 
+class _Function(BaseModel):
+    name: str
+    arguments: Any = None
+
+
+class _ToolCall(BaseModel):
+    function: _Function
+
+
 class _Message(BaseModel):
     content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+    def stored_tool_calls(self) -> list[ToolCall] | None:
+        calls = [ToolCall(name=c.function.name, arguments=parsed_arguments(c.function.arguments))
+                 for c in self.tool_calls or []]
+        return calls or None
 
 
 class _Choice(BaseModel):
@@ -209,6 +227,7 @@ def _traffic_record(line: _TrafficLine, slot: str, raw: dict[str, Any], stamp: d
         request=line.request,
         status=line.status if line.status is not None else (200 if line.error is None else None),
         output=answer.choices[0].message.content if answer else None,
+        tool_calls=answer.choices[0].message.stored_tool_calls() if answer else None,
         usage=answer.usage if answer else None,
         latency_ms=line.latency_ms,
         error=_error_text(line.error),

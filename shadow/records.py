@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from registry import canonical_json, sha256_text
+from shadow.toolcalls import ToolCall
 
 
 def new_request_id() -> str:
@@ -34,6 +35,7 @@ class TrafficRecord(BaseModel):
     champion_version: str | None = None
     status: int | None = Field(None, description="HTTP status the client received.")
     output: str | None = Field(None, description="The assistant message content (assembled when streamed).")
+    tool_calls: list[ToolCall] | None = Field(None, description="The answer's tool calls, in order (assembled when streamed).")
     usage: dict[str, Any] | None = None
     latency_ms: float | None = None
     stream: bool = False

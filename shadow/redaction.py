@@ -1,7 +1,8 @@
 """Per-slot redaction: regular expressions replaced in captured text before anything is stored.
 
 Applied by the gateway's capture flusher and by `shadowzoo ingest traffic`, to every message
-content (plain or in parts) of the request and to the output.
+content (plain or in parts) of the request, to the output, and to every string in the
+arguments of the answer's tool calls.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Redactor:
         return record.model_copy(update={
             "request": {**record.request, "messages": messages},
             "output": scrub(record.output) if record.output else record.output,
+            "tool_calls": [call.model_copy(update={"arguments": _scrub_value(call.arguments, scrub)})
+                           for call in record.tool_calls] if record.tool_calls else record.tool_calls,
         })
 
 
@@ -45,6 +48,17 @@ def _scrub(text: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
     for pattern, replacement in rules:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _scrub_value(value: Any, scrub: Any) -> Any:
+    """A JSON value with every string in it (keys aside) scrubbed."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [_scrub_value(item, scrub) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub_value(item, scrub) for key, item in value.items()}
+    return value
 
 
 def _scrub_message(message: Any, scrub: Any) -> Any:

@@ -372,8 +372,9 @@ class _Run:
         result = await client.chat(body)
         status = "ok" if result.ok else "error"
         return result_row(
-            work, status, output=result.output, usage=result.usage, cost=cost_usd(challenger.price, result.usage),
-            latency_ms=result.latency_ms, error=result.error, attempts=result.attempts,
+            work, status, output=result.output, tool_calls=result.tool_calls, usage=result.usage,
+            cost=cost_usd(challenger.price, result.usage), latency_ms=result.latency_ms, error=result.error,
+            attempts=result.attempts,
         )
 
     async def _python(self, work: Work, challenger: Challenger) -> Row:

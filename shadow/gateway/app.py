@@ -27,6 +27,7 @@ from shadow.gateway.forward import Upstream
 from shadow.gateway.metrics import exposition, gateway_metrics
 from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
+from shadow.toolcalls import tool_calls_of
 
 CLIENT_ID_HEADER = "x-shadowzoo-request-id"
 
@@ -203,15 +204,17 @@ async def capture(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         return body
     request_id = new_request_id()
-    output = None
+    output = tool_calls = None
     if body.response:
         try:
-            output = body.response["choices"][0]["message"]["content"]
+            message = body.response["choices"][0]["message"]
+            tool_calls = tool_calls_of(message)
+            output = message["content"]
         except (KeyError, IndexError, TypeError):
             output = None
     record = TrafficRecord(
         request_id=request_id, client_request_id=body.client_request_id, slot=body.slot,
-        received_at=datetime.now(UTC), request=body.request, status=body.status, output=output,
+        received_at=datetime.now(UTC), request=body.request, status=body.status, output=output, tool_calls=tool_calls,
         usage=body.usage or (body.response or {}).get("usage"), latency_ms=body.latency_ms, source="capture",
     )
     return _accepted(request, record, {"request_id": request_id})
