@@ -60,7 +60,7 @@ class GatewayProcess:
     """`shadowzoo gateway` run by its console script, as an operator runs it."""
 
     def __init__(self, workspace_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", start_timeout_s: float = 15.0) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.process = subprocess.Popen(
@@ -68,7 +68,12 @@ class GatewayProcess:
             cwd=workspace_dir, env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"))
+        try:
+            wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"),
+                       timeout_s=start_timeout_s)
+        except AssertionError:
+            self.stop()
+            raise
         if self.process.poll() is not None:
             raise AssertionError(f"gateway exited: {self.process.stdout.read()}")
 
