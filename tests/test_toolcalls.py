@@ -24,7 +24,7 @@ from scorer.service import Scorer
 from shadow.gateway.capture import PendingCapture
 from shadow.ingest import ingest_spool
 from shadow.logfile import LogFileError, read_traffic_log, spool_records
-from shadow.records import TrafficRecord
+from shadow.pyvariants import PythonVariants
 from shadow.redaction import Redactor
 from shadow.runner import ShadowRunner
 from shadow.spool import CorruptSegment, read_segment, spool_dir, write_segment
@@ -166,6 +166,26 @@ def test_the_bulk_reader_stores_tool_calls_exactly_as_the_record_models_read_the
             (stored,) = db.execute("SELECT tool_calls_json FROM traffic").fetchone()
         assert (json.loads(stored) if stored is not None else None) == (
             None if expected is None else [call.model_dump() for call in expected])
+
+
+def refund_variant(request: dict[str, Any], answer: str = "calls") -> Any:
+    """A python variant that answers with a tool call (or, asked to, a malformed answer)."""
+    if answer == "calls":
+        return {"content": None, "tool_calls": [REFUND]}
+    return {"content": None, "tool_calls": [{"function": "refund"}]}
+
+
+def test_a_python_variant_can_answer_with_tool_calls_and_a_malformed_answer_is_its_error() -> None:
+    async def call(params: dict[str, Any]):
+        variants = PythonVariants(1)
+        try:
+            return await variants.call("tests.test_toolcalls:refund_variant", {"messages": []}, params)
+        finally:
+            variants.close()
+
+    right, malformed = asyncio.run(call({})), asyncio.run(call({"answer": "malformed"}))
+    assert (right.output, right.tool_calls, right.error) == (None, [ToolCall(**REFUND)], None)
+    assert malformed.tool_calls is None and "tool_calls.0.name" in malformed.error
 
 
 # -- metrics --------------------------------------------------------------------------------
