@@ -84,7 +84,8 @@ class AnswerQuery:
             SELECT *{self.plan.label_columns_sql()} FROM (
                 SELECT t.request_id, t.seq AS request_seq, t.champion_version AS version_id, 'live' AS source,
                        CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END AS status,
-                       t.output, t.tool_calls_json, t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.reasoning_tokens,
+                       t.output, t.tool_calls_json, t.prompt_tokens, t.completion_tokens, t.cached_tokens,
+                       t.reasoning_tokens,
                        t.latency_ms, t.received_at, l.label_json,
                        {SCALAR_LABEL} AS label, l.label_json IS NOT NULL AS labelled
                 FROM t LEFT JOIN latest_labels l ON l.request_seq = t.seq)"""

@@ -175,7 +175,8 @@ def _check_sql(metric: Metric, where: str, expected: str) -> str:
 
 
 # The label as a list of calls: one call is a list of one.
-_LABEL_CALLS = "(CASE WHEN json_type(label_json) = 'OBJECT' THEN ('[' || label_json || ']')::JSON ELSE label_json::JSON END)"
+_LABEL_CALLS = ("(CASE WHEN json_type(label_json) = 'OBJECT' THEN ('[' || label_json || ']')::JSON "
+                "ELSE label_json::JSON END)")
 _NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
 
 
@@ -183,7 +184,8 @@ def json_value_sql(value: str) -> str:
     """SQL: a JSON value as a sorted list of its nodes (path, type, scalar), so that two values
     are equal exactly when their lists are: object key order does not count, array order does,
     and numbers compare by value (1 equals 1.0; "1" does not equal 1)."""
-    node = (f"fullkey || ' ' || CASE WHEN type IN {_NUMBER_TYPES} THEN 'NUMBER ' || CAST(CAST(atom AS DOUBLE) AS VARCHAR) "
+    node = (f"fullkey || ' ' || CASE WHEN type IN {_NUMBER_TYPES} "
+            "THEN 'NUMBER ' || CAST(CAST(atom AS DOUBLE) AS VARCHAR) "
             "ELSE type || ' ' || coalesce(CAST(atom AS VARCHAR), '') END")
     return f"(SELECT list({node} ORDER BY fullkey) FROM json_tree({value}))"
 

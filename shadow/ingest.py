@@ -318,13 +318,15 @@ def _dispose(path: Path, archive_dir: Path | None) -> None:
 
 _RAW_FIELDS = (
     "type", "request_id", "client_request_id", "slot", "received_at", "request", "champion_version", "status",
-    "output", "tool_calls", "usage", "latency_ms", "stream", "partial", "error", "source", "request_key", "kind", "value",
+    "output", "tool_calls", "usage", "latency_ms", "stream", "partial", "error", "source", "request_key", "kind",
+    "value",
 )
 _STAGING_SCHEMA = pa.schema([
     ("segment", pa.string()), ("type", pa.string()), ("clean", pa.bool_()),
     ("request_id", pa.string()), ("client_request_id", pa.string()), ("slot", pa.string()),
     ("received_at", pa.timestamp("us")), ("request_json", pa.string()), ("champion_version", pa.string()),
-    ("status", pa.int32()), ("output", pa.string()), ("tool_calls_json", pa.string()), ("usage_json", pa.string()), ("latency_ms", pa.float64()),
+    ("status", pa.int32()), ("output", pa.string()), ("tool_calls_json", pa.string()), ("usage_json", pa.string()),
+    ("latency_ms", pa.float64()),
     ("stream", pa.bool_()), ("partial", pa.bool_()), ("error", pa.string()), ("source", pa.string()),
     ("request_key", pa.string()), ("kind", pa.string()), ("value_json", pa.string()),
 ])
@@ -336,7 +338,8 @@ _CREATE_STAGING = f"""
 CREATE OR REPLACE TEMP TABLE {STAGING} (
     segment VARCHAR, type VARCHAR, clean BOOLEAN, request_id VARCHAR, client_request_id VARCHAR,
     slot VARCHAR, received_at TIMESTAMP, request_json JSON, champion_version VARCHAR, status INTEGER,
-    output VARCHAR, tool_calls_json JSON, usage_json JSON, latency_ms DOUBLE, stream BOOLEAN, partial BOOLEAN, error VARCHAR,
+    output VARCHAR, tool_calls_json JSON, usage_json JSON, latency_ms DOUBLE, stream BOOLEAN, partial BOOLEAN,
+    error VARCHAR,
     source VARCHAR, request_key VARCHAR, kind VARCHAR, value_json JSON
 )"""
 
@@ -360,7 +363,8 @@ _TRAFFIC_CLEAN = " AND ".join([
     _string("request_id"), _string("client_request_id", True), _string("slot"),
     "coalesce(starts_with(request::VARCHAR, '{'), false)", _string("champion_version", True),
     "(status IS NULL OR (json_type(status) IN ('UBIGINT', 'BIGINT') AND TRY_CAST(status AS INTEGER) IS NOT NULL))",
-    _string("output", True), f"(tool_calls IS NULL OR {calls_sql('tool_calls')})", "(usage IS NULL OR starts_with(usage::VARCHAR, '{'))",
+    _string("output", True), f"(tool_calls IS NULL OR {calls_sql('tool_calls')})",
+    "(usage IS NULL OR starts_with(usage::VARCHAR, '{'))",
     "(latency_ms IS NULL OR json_type(latency_ms) IN ('UBIGINT', 'BIGINT', 'DOUBLE'))",
     _boolean("stream"), _boolean("partial"),
     _string("error", True), _one_of("source", "gateway", "capture", "file"),
@@ -390,7 +394,8 @@ SELECT
         ELSE false
     END,
     request_id->>'$', client_request_id->>'$', slot->>'$', received_time, request,
-    champion_version->>'$', TRY_CAST(status AS INTEGER), output->>'$', tool_calls, usage, TRY_CAST(latency_ms AS DOUBLE),
+    champion_version->>'$', TRY_CAST(status AS INTEGER), output->>'$', tool_calls, usage,
+    TRY_CAST(latency_ms AS DOUBLE),
     TRY_CAST(stream AS BOOLEAN), TRY_CAST(partial AS BOOLEAN), error->>'$', source->>'$',
     request_key->>'$', kind->>'$', value
 FROM timed

@@ -7,9 +7,9 @@ A traffic file holds one OpenAI request/response log per line::
 
 The answer is the response's first choice: its `message.content` and its
 `message.tool_calls` (each call's `function.name` and `function.arguments`, the JSON string
-parsed when valid). `slot` may come from `--slot` instead; `request_id`, `client_request_id` and `received_at`
-are optional; a line with an `error` (a message, or an OpenAI error object) needs no
-`response`. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
+parsed when valid). `slot` may come from `--slot` instead; `request_id`,
+`client_request_id` and `received_at` are optional; a line with an `error` (a message, or
+an OpenAI error object) needs no `response`. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
 `{"request_id": ..., "kind": "label" | "reaction", "value": <any JSON>}` per line, keyed by
 `request_id` or `client_request_id`.
 

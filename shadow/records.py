@@ -35,7 +35,9 @@ class TrafficRecord(BaseModel):
     champion_version: str | None = None
     status: int | None = Field(None, description="HTTP status the client received.")
     output: str | None = Field(None, description="The assistant message content (assembled when streamed).")
-    tool_calls: list[ToolCall] | None = Field(None, description="The answer's tool calls, in order (assembled when streamed).")
+    tool_calls: list[ToolCall] | None = Field(
+        None, description="The answer's tool calls, in order (assembled when streamed); None when it made none."
+    )
     usage: dict[str, Any] | None = None
     latency_ms: float | None = None
     stream: bool = False

@@ -78,9 +78,11 @@ def captured(**fields: Any) -> TrafficRecord:
 def test_a_streamed_answer_of_tool_calls_is_assembled_from_its_fragments_by_index() -> None:
     events = sse(
         delta(role="assistant", content=None),
-        delta(tool_calls=[{"index": 0, "id": "call_a", "type": "function", "function": {"name": "ref", "arguments": ""}}]),
+        delta(tool_calls=[{"index": 0, "id": "call_a", "type": "function",
+                           "function": {"name": "ref", "arguments": ""}}]),
         delta(tool_calls=[{"index": 0, "function": {"name": "und", "arguments": '{"order": '}}]),
-        delta(tool_calls=[{"index": 1, "id": "call_b", "type": "function", "function": {"name": "escalate", "arguments": '{"tick'}}]),
+        delta(tool_calls=[{"index": 1, "id": "call_b", "type": "function",
+                           "function": {"name": "escalate", "arguments": '{"tick'}}]),
         delta(tool_calls=[{"index": 0, "function": {"arguments": '"A1", "amount": 12.5}'}}]),
         delta(tool_calls=[{"index": 1, "function": {"arguments": "et: 9"}}]),
         {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
@@ -96,7 +98,8 @@ def test_a_streamed_answer_of_tool_calls_is_assembled_from_its_fragments_by_inde
 def test_a_non_streamed_answer_that_only_calls_a_tool_is_captured_with_its_call_and_no_text() -> None:
     body = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
         "role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "refund", "arguments": json.dumps(REFUND["arguments"])}}]}}],
+            {"id": "c1", "type": "function",
+             "function": {"name": "refund", "arguments": json.dumps(REFUND["arguments"])}}]}}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 9}}
     record = captured(stream=False, body=json.dumps(body).encode())
     assert record.output is None and [call.model_dump() for call in record.tool_calls] == [REFUND]
@@ -138,7 +141,8 @@ def test_a_logged_answer_that_only_calls_tools_is_ingested_with_its_calls_as_a_r
 
 def test_a_logged_tool_call_without_a_name_is_an_error_naming_the_line_and_field(tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
-    log.write_text(json.dumps(tool_log_line({"content": None, "tool_calls": [{"function": {"arguments": "{}"}}]})) + "\n")
+    nameless = {"content": None, "tool_calls": [{"function": {"arguments": "{}"}}]}
+    log.write_text(json.dumps(tool_log_line(nameless)) + "\n")
     with pytest.raises(LogFileError, match=r"line 1: field 'response.choices.0.message.tool_calls.0.function.name'"):
         list(read_traffic_log(log))
 
@@ -278,22 +282,38 @@ def test_a_right_and_a_wrong_tool_call_score_differently_from_gateway_to_leaderb
             if index % 2:
                 stream = client.chat.completions.create(model=SLOT, messages=messages, tools=TOOLS, stream=True,
                                                         extra_headers=client_id)
-                assert any(chunk.choices and chunk.choices[0].delta.tool_calls for chunk in stream)
+                chunks = list(stream)
+                assert any(chunk.choices and chunk.choices[0].delta.tool_calls for chunk in chunks)
             else:
                 message = client.chat.completions.create(model=SLOT, messages=messages, tools=TOOLS,
                                                          extra_headers=client_id).choices[0].message
                 assert message.content is None and message.tool_calls
             label = ticket["calls"][0] if len(ticket["calls"]) == 1 else ticket["calls"]
             assert post_json(f"{gateway.base_url}/feedback", {"request_id": f"ticket-{index}", "label": label}) == 202
+        wrong = {"id": "c1", "type": "function", "function": {"name": "escalate", "arguments": '{"order":"A1"}'}}
+        observed = {"slot": SLOT, "client_request_id": "observed-1", "latency_ms": 250,
+                    "request": {"model": "gpt-4o-mini", "tools": TOOLS,
+                                "messages": [{"role": "user", "content": TICKETS[0]["input"]}]},
+                    "response": {"choices": [{"index": 0, "finish_reason": "tool_calls",
+                                              "message": {"role": "assistant", "content": None, "tool_calls": [wrong]}}],
+                                 "usage": {"prompt_tokens": 20, "completion_tokens": 8}}}
+        assert post_json(f"{gateway.base_url}/capture", observed) == 202
+        assert post_json(f"{gateway.base_url}/feedback", {"request_id": "observed-1", "label": REFUND}) == 202
     finally:
         gateway.stop()
     with Registry.open(load_workspace(ws)) as registry:
         ingest_spool(registry.database, spool_dir(registry.workspace.state_dir))
         with registry.database.reading() as db:
-            live = db.execute("SELECT client_request_id, stream, output, tool_calls_json FROM traffic ORDER BY 1").fetchall()
+            live = db.execute("SELECT client_request_id, stream, output, tool_calls_json FROM traffic "
+                              "WHERE source = 'gateway' ORDER BY 1").fetchall()
         assert len(live) == 6 and {stream for _, stream, _, _ in live} == {True, False}
+        with registry.database.reading() as db:
+            assert db.execute("SELECT count(*) FROM traffic WHERE partial OR status <> 200").fetchone() == (0,)
         assert all(output is None and json.loads(calls)[0]["name"] != TICKETS[int(cid[-1]) % 3]["calls"][0]["name"]
                    for cid, _, output, calls in live)
+        with registry.database.reading() as db:
+            (observed_calls,) = db.execute("SELECT tool_calls_json FROM traffic WHERE source = 'capture'").fetchone()
+        assert json.loads(observed_calls) == [{"name": "escalate", "arguments": {"order": "A1"}}]
 
         async def replay() -> None:
             async with ShadowRunner(registry) as runner:
@@ -302,9 +322,10 @@ def test_a_right_and_a_wrong_tool_call_score_differently_from_gateway_to_leaderb
         asyncio.run(replay())
         with registry.database.reading() as db:
             replayed = db.execute("SELECT status, tool_calls_json FROM shadow_results").fetchall()
-        assert len(replayed) == 6 and all(status == "ok" and calls for status, calls in replayed)
+        assert len(replayed) == 7 and all(status == "ok" and calls for status, calls in replayed)
         board = Scorer(registry.workspace, registry).refresh(SLOT)
         quality = {row.version_id: (row.n, row.mean_quality) for row in board.rows}
+        # the gateway's six requests, each answered by both; right calls score 1, wrong ones 0 (not both 0)
         assert quality == {ids["sim-wrong"]: (6, 0.0), ids["sim-right"]: (6, 1.0)}
     simulator.stop()
 

@@ -391,7 +391,10 @@ class Engine:
             return right
         first = right[0]
         others = [name for name in tools if name != first.name]
-        wrong = ToolCallAnswer(others[picked % len(others)], first.arguments) if others else ToolCallAnswer(first.name, "{}")
+        if others:
+            wrong = ToolCallAnswer(others[picked % len(others)], first.arguments)
+        else:
+            wrong = ToolCallAnswer(first.name, "{}")
         return (wrong, *right[1:])
 
     def _grade(self, settings: ModelConfig, messages: Sequence[Mapping[str, object]], digest: bytes) -> str:
