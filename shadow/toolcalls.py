@@ -11,6 +11,7 @@ An answer without tool calls stores none (not an empty list).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,13 +28,25 @@ class ToolCall(BaseModel):
 
 
 def parsed_arguments(raw: Any) -> Any:
-    """Arguments as stored: a JSON string parsed when valid; anything else as it came."""
+    """Arguments as stored: a JSON string parsed when valid (strict JSON: no NaN or infinite
+    numbers, which no JSON column could hold); anything else as it came."""
     if not isinstance(raw, str):
         return raw
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except ValueError:
         return raw
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
 
 
 def tool_calls_of(message: Any) -> list[ToolCall] | None:

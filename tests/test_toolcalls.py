@@ -106,6 +106,15 @@ def test_a_non_streamed_answer_that_only_calls_a_tool_is_captured_with_its_call_
     assert captured(stream=False, body=b'{"choices": [{"message": {"content": "billing"}}]}').tool_calls is None
 
 
+def test_arguments_that_are_not_strict_json_are_kept_as_sent(registry: Registry) -> None:
+    calls = [{"function": {"name": "f", "arguments": arguments}} for arguments in ('{"x": NaN}', '{"x": 1e400}', "{}")]
+    record = captured(stream=False, body=json.dumps({"choices": [{"message": {"tool_calls": calls}}]}).encode())
+    assert [call.arguments for call in record.tool_calls] == ['{"x": NaN}', '{"x": 1e400}', {}]
+    spool = spool_dir(registry.workspace.state_dir)
+    write_segment(spool, [record.model_dump_json().encode()])
+    assert ingest_spool(registry.database, spool).traffic_rows == 1
+
+
 def test_redaction_scrubs_the_strings_in_tool_call_arguments() -> None:
     record = captured(stream=False, body=json.dumps({"choices": [{"message": {"content": None, "tool_calls": [
         {"function": {"name": "notify", "arguments": '{"to": ["ann@example.com"], "n": 1}'}}]}}]}).encode())
