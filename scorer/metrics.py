@@ -3,10 +3,10 @@
 Checks against a label or the request (`exact_match`, `numeric`, `regex`, `contains`,
 `json_valid`, `tool_call`) become SQL expressions over an answer's `output` (or its
 `tool_calls_json`) and its `label`, giving 1, 0, or NULL when the row cannot be scored (a
-label of the wrong type, say). Metrics that
-need Python (`python`, `judge`, `json_valid` with a schema) are evaluated row by row into
-`metric_values` and joined in; the slot's quality is the weighted mean of its metrics. The
-same SQL scores the daemon's traffic and, through `score_rows`, a handful of training items.
+label of the wrong type, say). Metrics that need Python (`python`, `judge`, `json_valid`
+with a schema) are evaluated row by row into `metric_values` and joined in; the slot's
+quality is the weighted mean of its metrics. The same SQL scores the daemon's traffic
+and, through `score_rows`, a handful of training items.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 `python` metrics call the user's `module:function(request, output, outcome)`, adding the
 keyword `answer` (the whole answer: `{"content": text or None, "tool_calls": [{name,
 arguments}, ...]}`) when the function takes it; `json_valid` with a schema validates the
-text with jsonschema. Each value is computed once per (request,
-version, metric settings) and then joined into the SQL scoring like any other column. A
-metric that raises, or returns something outside 0..1, records that row's error and
-moves on: the row is not scored, and the error is counted on the leaderboard.
+text with jsonschema. Each value is computed once per (request, version, metric
+settings) and then joined into the SQL scoring like any other column. A metric that
+raises, or returns something outside 0..1, records that row's error and moves on: the
+row is not scored, and the error is counted on the leaderboard.
 """
 
 from __future__ import annotations
