@@ -200,6 +200,24 @@ class JsonValidMetric(_Metric):
     json_schema: dict[str, Any] | None = Field(None, alias="schema", description="Optional JSON Schema.")
 
 
+class ToolCallMetric(_Metric):
+    """1 when the answer's tool calls are exactly the label's: the same names and arguments, in order.
+
+    The label is one call `{"name": ..., "arguments": {...}}` or a list of them (`[]`: no call
+    is right). Arguments compare as JSON values: key order is irrelevant, 1 equals 1.0, and
+    "1" does not equal 1. A missing, extra or reordered call scores 0; a label of another
+    shape cannot be scored (a metric error).
+    """
+
+    type: Literal["tool_call"]
+
+    @model_validator(mode="after")
+    def _no_first_line(self) -> "ToolCallMetric":
+        if self.first_line:
+            raise ValueError("first_line applies to the answer's text; tool_call compares its tool calls")
+        return self
+
+
 class JudgeMetric(_Metric):
     """An LLM grader: a configured provider scores the output 0..1 against a rubric."""
 
@@ -215,7 +233,8 @@ class JudgeMetric(_Metric):
 
 
 class PythonMetric(_Metric):
-    """`module:function(request, output, outcome) -> float in [0, 1]`."""
+    """`module:function(request, output, outcome) -> float in [0, 1]`; a function that takes an
+    `answer` keyword also gets the whole answer: `{"content": text or None, "tool_calls": [{name, arguments}]}`."""
 
     type: Literal["python"]
     entrypoint: str = Field(description="`package.module:function`.")
@@ -226,7 +245,8 @@ class PythonMetric(_Metric):
 
 
 Metric = Annotated[
-    ExactMatchMetric | NumericMetric | RegexMetric | ContainsMetric | JsonValidMetric | JudgeMetric | PythonMetric,
+    ExactMatchMetric | NumericMetric | RegexMetric | ContainsMetric | JsonValidMetric | ToolCallMetric | JudgeMetric
+    | PythonMetric,
     Field(discriminator="type"),
 ]
 

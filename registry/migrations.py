@@ -346,6 +346,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE metric_values_keyed RENAME TO metric_values;
         """,
     ),
+    Migration(
+        8,
+        "tool calls in answers",
+        # An answer is its text and its tool calls: a JSON list of {name, arguments} in the
+        # order the model made them, NULL when it made none. Earlier rows made none that
+        # were kept, so they stay NULL.
+        """
+        ALTER TABLE traffic ADD COLUMN tool_calls_json JSON;
+        ALTER TABLE shadow_results ADD COLUMN tool_calls_json JSON;
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

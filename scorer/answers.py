@@ -84,7 +84,8 @@ class AnswerQuery:
             SELECT *{self.plan.label_columns_sql()} FROM (
                 SELECT t.request_id, t.seq AS request_seq, t.champion_version AS version_id, 'live' AS source,
                        CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END AS status,
-                       t.output, t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.reasoning_tokens,
+                       t.output, t.tool_calls_json, t.prompt_tokens, t.completion_tokens, t.cached_tokens,
+                       t.reasoning_tokens,
                        t.latency_ms, t.received_at, l.label_json,
                        {SCALAR_LABEL} AS label, l.label_json IS NOT NULL AS labelled
                 FROM t LEFT JOIN latest_labels l ON l.request_seq = t.seq)"""
@@ -97,6 +98,7 @@ class AnswerQuery:
         answers = f"""
             SELECT s.request_id, s.request_seq, s.version_id,
                    CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,
+                   s.tool_calls_json,
                    s.prompt_tokens, s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.latency_ms,
                    l.received_at, l.label_json{self.plan.label_column_refs('l')}, l.labelled, l.net AS champion_net,
                    l.quality AS champion_quality, l.cost_usd AS champion_cost

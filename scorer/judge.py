@@ -42,7 +42,7 @@ from registry import Database, utcnow
 from registry.config import JudgeMetric, Price, ProviderConfig
 from scorer.metrics import sql_literal
 from shadow.pricing import price_of
-from scorer.rowmetrics import VALUE_COLUMNS, RowValue, value_key
+from scorer.rowmetrics import VALUE_COLUMNS, RowValue, answer_of, value_key
 from shadow.pricing import cost_usd, estimate_usd
 from shadow.providers import ChatResult, ProviderClient, ProviderPool, estimate_tokens
 
@@ -105,11 +105,13 @@ def sampled_sql(key: str, rate: float, request_id: str = "request_id") -> str:
 
 
 def grader_messages(metric: JudgeMetric, request_json: str, output: str | None,
-                    label_json: str | None) -> list[dict[str, str]]:
-    """The grader's prompt: rubric, the user's side of the conversation, the answer, the reference if known."""
+                    label_json: str | None, tool_calls_json: str | None = None) -> list[dict[str, str]]:
+    """The grader's prompt: rubric, the user's side of the conversation, the answer (its text,
+    then its tool calls), the reference if known."""
     answer = output or ""
     if metric.first_line:
         answer = answer.split("\n", 1)[0]
+    answer += _tool_calls_text(answer_of(output, tool_calls_json)["tool_calls"])
     parts = [
         f"Rubric:\n{metric.rubric}",
         f"<conversation>\n{_user_content(request_json)}\n</conversation>",
@@ -120,6 +122,12 @@ def grader_messages(metric: JudgeMetric, request_json: str, output: str | None,
                      "The reference is the known correct result for this request.")
     parts.append(REPLY_INSTRUCTION)
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def _tool_calls_text(calls: list[dict[str, Any]]) -> str:
+    """An answer's tool calls as the grader reads them: one `Tool call: name(arguments as JSON)` line each."""
+    lines = [f"Tool call: {call['name']}({json.dumps(call['arguments'], ensure_ascii=False)})" for call in calls]
+    return "".join(f"\n{line}" for line in lines)
 
 
 def _user_content(request_json: str) -> str:
@@ -237,7 +245,8 @@ class _Judge:
         if self.budget.exhausted:
             return None
         body = {"model": self.metric.model, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS,
-                "messages": grader_messages(self.metric, row["request_json"], row["output"], row["label_json"])}
+                "messages": grader_messages(self.metric, row["request_json"], row["output"], row["label_json"],
+                                            row.get("tool_calls_json"))}
         estimate = estimate_usd(self.price, *estimate_tokens(body)) or 0.0
         spent, verdict, calls = 0.0, None, 0
         while calls < PARSE_ATTEMPTS and await self.budget.reserve(estimate):
@@ -275,7 +284,8 @@ def _with_attempts(verdict: Verdict, calls: int) -> str | None:
 
 async def judge_rows(pool: ProviderPool, prices: Mapping[str, Price], metric: JudgeMetric, key: str,
                      rows: pl.DataFrame, spent_today_usd: float) -> JudgeRun:
-    """Grade the sampled answers of `rows` (request_id, version_id, output, label_json, request_json).
+    """Grade the sampled answers of `rows` (request_id, version_id, output, label_json, request_json,
+    and tool_calls_json when the answers may have made tool calls).
 
     `spent_today_usd` is what judge `key` already spent this UTC day (`judge_spend_today`).
     Calls run a few at a time (the provider's own limits apply as well).

@@ -1,11 +1,12 @@
 """Quality metrics, compiled to SQL so millions of answers are scored inside DuckDB.
 
 Checks against a label or the request (`exact_match`, `numeric`, `regex`, `contains`,
-`json_valid`) become SQL expressions over an answer's `output` and its `label`, giving 1,
-0, or NULL when the row cannot be scored (a label of the wrong type, say). Metrics that
-need Python (`python`, `judge`, `json_valid` with a schema) are evaluated row by row into
-`metric_values` and joined in; the slot's quality is the weighted mean of its metrics. The
-same SQL scores the daemon's traffic and, through `score_rows`, a handful of training items.
+`json_valid`, `tool_call`) become SQL expressions over an answer's `output` (or its
+`tool_calls_json`) and its `label`, giving 1, 0, or NULL when the row cannot be scored (a
+label of the wrong type, say). Metrics that need Python (`python`, `judge`, `json_valid`
+with a schema) are evaluated row by row into `metric_values` and joined in; the slot's
+quality is the weighted mean of its metrics. The same SQL scores the daemon's traffic
+and, through `score_rows`, a handful of training items.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from registry.config import (
     NumericMetric,
     PythonMetric,
     RegexMetric,
+    ToolCallMetric,
 )
+from shadow.toolcalls import calls_sql
 
 # written as comparisons joined by OR: DuckDB plans the IN list as a join inside the
 # scoring query, which cost a tenth of scoring the champion's answers
@@ -54,7 +57,7 @@ def is_row_metric(metric: Metric) -> bool:
 
 def uses_label(metric: Metric) -> bool:
     """Whether a score needs the request's label (a pair waits for it)."""
-    if isinstance(metric, (ExactMatchMetric, NumericMetric)):
+    if isinstance(metric, (ExactMatchMetric, NumericMetric, ToolCallMetric)):
         return True
     if isinstance(metric, RegexMetric):
         return "{label}" in metric.pattern
@@ -143,6 +146,8 @@ def _expected_sql(metric: Metric) -> str | None:
         return f"replace({sql_literal(metric.pattern)}, '{{label}}', regexp_escape(label))"
     if isinstance(metric, ContainsMetric) and metric.text is None:
         return "label" if metric.case_sensitive else "lower(label)"
+    if isinstance(metric, ToolCallMetric):
+        return f"CASE WHEN {calls_sql(_LABEL_CALLS)} THEN {json_value_sql(_LABEL_CALLS)} END"
     return None
 
 
@@ -171,7 +176,26 @@ def _check_sql(metric: Metric, where: str, expected: str) -> str:
         return f"CAST(contains(lower({output}), {needle}) AS DOUBLE)"
     if isinstance(metric, JsonValidMetric):
         return f"CAST(coalesce(json_valid({output}), false) AS DOUBLE)"
+    if isinstance(metric, ToolCallMetric):
+        made = json_value_sql("coalesce(tool_calls_json, '[]')::JSON")
+        return f"CASE WHEN {expected} IS NOT NULL THEN CAST({made} = {expected} AS DOUBLE) END"
     raise ConfigError(f"{where}: metric type {metric.type!r} has no SQL form")
+
+
+# The label as a list of calls: one call is a list of one.
+_LABEL_CALLS = ("(CASE WHEN json_type(label_json) = 'OBJECT' THEN ('[' || label_json || ']')::JSON "
+                "ELSE label_json::JSON END)")
+_NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
+
+
+def json_value_sql(value: str) -> str:
+    """SQL: a JSON value as a sorted list of its nodes (path, type, scalar), so that two values
+    are equal exactly when their lists are: object key order does not count, array order does,
+    and numbers compare by value (1 equals 1.0; "1" does not equal 1)."""
+    node = (f"fullkey || ' ' || CASE WHEN type IN {_NUMBER_TYPES} "
+            "THEN 'NUMBER ' || CAST(CAST(atom AS DOUBLE) AS VARCHAR) "
+            "ELSE type || ' ' || coalesce(CAST(atom AS VARCHAR), '') END")
+    return f"(SELECT list({node} ORDER BY fullkey) FROM json_tree({value}))"
 
 
 def _normalised(expr: str, metric: ExactMatchMetric, one_line: bool = False) -> str:
@@ -208,12 +232,15 @@ def _check_regex(pattern: str, where: str) -> None:
 
 
 def score_rows(plan: QualityPlan, rows: pl.DataFrame) -> pl.Series:
-    """Quality of a small frame with `output` and `label_json` columns, by the same SQL as the daemon.
+    """Quality of a small frame with `output` and `label_json` columns (and `tool_calls_json`;
+    without it, the answers made no tool calls), by the same SQL as the daemon.
 
     Only SQL-checkable metrics are allowed here (row metrics need `metric_values`).
     """
     if plan.row_metrics:
         raise ConfigError("metrics evaluated in Python (python, judge, json schema) cannot score training items yet")
+    if "tool_calls_json" not in rows.columns:
+        rows = rows.with_columns(tool_calls_json=pl.lit(None, pl.Utf8))
     relation = duckdb.sql(
         f"SELECT {plan.quality_sql()} AS quality "
         f"FROM (SELECT *{plan.label_columns_sql()} FROM (SELECT *, {SCALAR_LABEL} AS label FROM rows))"

@@ -1,18 +1,21 @@
 """Metrics evaluated in Python, one answer at a time, into `metric_values`.
 
-`python` metrics call the user's `module:function(request, output, outcome)`; `json_valid`
-with a schema validates with jsonschema. Each value is computed once per (request,
-version, metric settings) and then joined into the SQL scoring like any other column. A
-metric that reads the label (`uses_label`) waits for it and is computed again for a
-corrected label; each value is kept under the label it read, so the incremental scorer can
-still score an answer as it stood before the correction. A
-metric that raises, or returns something outside 0..1, records that row's error and
-moves on: the row is not scored, and the error is counted on the leaderboard.
+`python` metrics call the user's `module:function(request, output, outcome)`, adding the
+keyword `answer` (the whole answer: `{"content": text or None, "tool_calls": [{name,
+arguments}, ...]}`) when the function takes it; `json_valid` with a schema validates the
+text with jsonschema. Each value is computed once per (request, version, metric
+settings) and then joined into the SQL scoring like any other column. A metric that
+reads the label (`uses_label`) waits for it and is computed again for a corrected label;
+each value is kept under the label it read, so the incremental scorer can still score an
+answer as it stood before the correction. A metric that raises, or returns something
+outside 0..1, records that row's error and moves on: the row is not scored, and the
+error is counted on the leaderboard.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -39,7 +42,14 @@ class RowValue:
     cost_usd: float | None = None
 
 
-RowEvaluator = Callable[[dict[str, Any], str | None, Any], RowValue]
+Answer = dict[str, Any]
+"""An answer as metrics see it: `{"content": text or None, "tool_calls": [{"name", "arguments"}, ...]}`."""
+RowEvaluator = Callable[[dict[str, Any], Answer, Any], RowValue]
+
+
+def answer_of(output: str | None, tool_calls_json: str | None) -> Answer:
+    """The answer object of a stored row: its text and its tool calls (an empty list when it made none)."""
+    return {"content": output, "tool_calls": json.loads(tool_calls_json) if tool_calls_json else []}
 
 
 def evaluator_for(metric: Metric, where: str) -> RowEvaluator | None:
@@ -57,10 +67,12 @@ def _python_evaluator(metric: PythonMetric, where: str) -> RowEvaluator:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{where}.entrypoint: cannot load {metric.entrypoint!r}: {exc}") from None
+    takes_answer = _takes_answer(function)
 
-    def evaluate(request: dict[str, Any], output: str | None, outcome: Any) -> RowValue:
+    def evaluate(request: dict[str, Any], answer: Answer, outcome: Any) -> RowValue:
+        extra = {"answer": answer} if takes_answer else {}
         try:
-            value = float(function(request, output, outcome))
+            value = float(function(request, answer["content"], outcome, **extra))
         except Exception as exc:  # noqa: BLE001 - a user's metric may fail in any way; record it and move on
             return RowValue(None, f"{metric.entrypoint} raised {type(exc).__name__}: {exc}")
         if not 0.0 <= value <= 1.0:
@@ -70,12 +82,21 @@ def _python_evaluator(metric: PythonMetric, where: str) -> RowEvaluator:
     return evaluate
 
 
+def _takes_answer(function: Callable[..., Any]) -> bool:
+    """Whether a metric function accepts the keyword `answer` (by name, or through **kwargs)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "answer" and p.kind is not p.POSITIONAL_ONLY) for p in parameters)
+
+
 def _schema_evaluator(metric: JsonValidMetric) -> RowEvaluator:
     validator = jsonschema.Draft202012Validator(metric.json_schema)
 
-    def evaluate(request: dict[str, Any], output: str | None, outcome: Any) -> RowValue:
+    def evaluate(request: dict[str, Any], answer: Answer, outcome: Any) -> RowValue:
         try:
-            document = json.loads(output or "")
+            document = json.loads(answer["content"] or "")
         except ValueError:
             return RowValue(0.0)
         return RowValue(1.0 if validator.is_valid(document) else 0.0)
@@ -94,8 +115,8 @@ def pending_answers(database: Database, query: AnswerQuery, key: str, metric: Me
     extra = f"AND {only} " if only else ""
     with database.reading() as db:
         return frame(db, f"""
-            SELECT a.request_id, a.version_id, a.output, {label_json} AS label_json, {label_key} AS label_key,
-                   t.request_json
+            SELECT a.request_id, a.version_id, a.output, a.tool_calls_json, {label_json} AS label_json,
+                   {label_key} AS label_key, t.request_json
             FROM ({query.sql()}) a JOIN traffic t ON t.request_id = a.request_id
             WHERE a.status = 'ok' {labelled}{extra}AND NOT EXISTS (
                 SELECT 1 FROM metric_values m WHERE m.request_id = a.request_id AND m.version_id = a.version_id
@@ -114,7 +135,7 @@ def evaluate_rows(rows: pl.DataFrame, key: str, evaluate: RowEvaluator) -> pl.Da
     out = []
     for row in rows.iter_rows(named=True):
         outcome = json.loads(row["label_json"]) if row["label_json"] is not None else None
-        result = evaluate(json.loads(row["request_json"]), row["output"], outcome)
+        result = evaluate(json.loads(row["request_json"]), answer_of(row["output"], row["tool_calls_json"]), outcome)
         out.append({**value_key(row, key), "value": result.value, "error": result.error, "cost_usd": result.cost_usd})
     return pl.DataFrame(out, schema=VALUE_COLUMNS)
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from registry import canonical_json
 from shadow.records import STATUS_MAX, STATUS_MIN, TrafficRecord
+from shadow.toolcalls import ToolCall, parsed_arguments
 
 MAX_ID_CHARS = 256
 MAX_ERROR_CHARS = 16_384
@@ -57,8 +58,23 @@ class Usage(BaseModel):
     total_tokens: Tokens | None = None
 
 
+class _Function(BaseModel):
+    name: str
+    arguments: Any = None
+
+
+class _ToolCall(BaseModel):
+    function: _Function
+
+
 class _Message(BaseModel):
     content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+    def stored_tool_calls(self) -> list[ToolCall] | None:
+        calls = [ToolCall(name=c.function.name, arguments=parsed_arguments(c.function.arguments))
+                 for c in self.tool_calls or []]
+        return calls or None
 
 
 class _Choice(BaseModel):
@@ -114,6 +130,7 @@ class Exchange(BaseModel):
             request=self.request,
             status=self.status if self.status is not None else (200 if self.error is None else None),
             output=answer.choices[0].message.content if answer else None,
+            tool_calls=answer.choices[0].message.stored_tool_calls() if answer else None,
             usage=usage.model_dump(exclude_unset=True) if usage else None,
             latency_ms=self.latency_ms,
             error=_error_text(self.error),

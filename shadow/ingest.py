@@ -42,6 +42,7 @@ from shadow.spool import (
     read_lines,
     ready_segments,
 )
+from shadow.toolcalls import calls_sql, tool_calls_json
 
 DEFAULT_BATCH_BYTES = 256 * 1024 * 1024
 _STORE_ERRORS = (duckdb.Error, pa.ArrowException, ValueError, OverflowError)
@@ -319,7 +320,7 @@ def _staging_row(segment: str, record: SpoolRecord) -> dict:
         row.update(
             request_id=record.request_id, client_request_id=record.client_request_id, slot=record.slot,
             request_json=_json(record.request), champion_version=record.champion_version,
-            status=record.status, output=record.output,
+            status=record.status, output=record.output, tool_calls_json=tool_calls_json(record.tool_calls),
             usage_json=None if record.usage is None else _json(record.usage),
             latency_ms=record.latency_ms, stream=record.stream, partial=record.partial,
             error=record.error, source=record.source,
@@ -406,13 +407,15 @@ def _dispose(path: Path, archive_dir: Path | None) -> None:
 
 _RAW_FIELDS = (
     "type", "request_id", "client_request_id", "slot", "received_at", "request", "champion_version", "status",
-    "output", "usage", "latency_ms", "stream", "partial", "error", "source", "request_key", "kind", "value",
+    "output", "tool_calls", "usage", "latency_ms", "stream", "partial", "error", "source", "request_key", "kind",
+    "value",
 )
 _STAGING_SCHEMA = pa.schema([
     ("segment", pa.string()), ("type", pa.string()), ("clean", pa.bool_()),
     ("request_id", pa.string()), ("client_request_id", pa.string()), ("slot", pa.string()),
     ("received_at", pa.timestamp("us")), ("request_json", pa.string()), ("champion_version", pa.string()),
-    ("status", pa.int32()), ("output", pa.string()), ("usage_json", pa.string()), ("latency_ms", pa.float64()),
+    ("status", pa.int32()), ("output", pa.string()), ("tool_calls_json", pa.string()), ("usage_json", pa.string()),
+    ("latency_ms", pa.float64()),
     ("stream", pa.bool_()), ("partial", pa.bool_()), ("error", pa.string()), ("source", pa.string()),
     ("request_key", pa.string()), ("kind", pa.string()), ("value_json", pa.string()),
 ])
@@ -424,7 +427,8 @@ _CREATE_STAGING = f"""
 CREATE OR REPLACE TEMP TABLE {STAGING} (
     segment VARCHAR, type VARCHAR, clean BOOLEAN, request_id VARCHAR, client_request_id VARCHAR,
     slot VARCHAR, received_at TIMESTAMP, request_json JSON, champion_version VARCHAR, status INTEGER,
-    output VARCHAR, usage_json JSON, latency_ms DOUBLE, stream BOOLEAN, partial BOOLEAN, error VARCHAR,
+    output VARCHAR, tool_calls_json JSON, usage_json JSON, latency_ms DOUBLE, stream BOOLEAN, partial BOOLEAN,
+    error VARCHAR,
     source VARCHAR, request_key VARCHAR, kind VARCHAR, value_json JSON
 )"""
 
@@ -449,7 +453,8 @@ _TRAFFIC_CLEAN = " AND ".join([
     "coalesce(starts_with(request::VARCHAR, '{'), false)", _string("champion_version", True),
     "(status IS NULL OR (json_type(status) IN ('UBIGINT', 'BIGINT')"
     f" AND coalesce(TRY_CAST(status AS INTEGER) BETWEEN {STATUS_MIN} AND {STATUS_MAX}, false)))",
-    _string("output", True), "(usage IS NULL OR starts_with(usage::VARCHAR, '{'))",
+    _string("output", True), f"(tool_calls IS NULL OR {calls_sql('tool_calls')})",
+    "(usage IS NULL OR starts_with(usage::VARCHAR, '{'))",
     "(latency_ms IS NULL OR json_type(latency_ms) IN ('UBIGINT', 'BIGINT', 'DOUBLE'))",
     _boolean("stream"), _boolean("partial"),
     _string("error", True), _one_of("source", "gateway", "capture", "file"),
@@ -479,7 +484,8 @@ SELECT
         ELSE false
     END,
     request_id->>'$', client_request_id->>'$', slot->>'$', received_time, request,
-    champion_version->>'$', TRY_CAST(status AS INTEGER), output->>'$', usage, TRY_CAST(latency_ms AS DOUBLE),
+    champion_version->>'$', TRY_CAST(status AS INTEGER), output->>'$', tool_calls, usage,
+    TRY_CAST(latency_ms AS DOUBLE),
     TRY_CAST(stream AS BOOLEAN), TRY_CAST(partial AS BOOLEAN), error->>'$', source->>'$',
     request_key->>'$', kind->>'$', value
 FROM timed
@@ -492,14 +498,15 @@ _USAGE_TOKENS = ("json_extract_string(usage_json, ['$.prompt_tokens', '$.complet
 # promotion or rollback at `received_at` (none before the first promotion).
 _APPEND_TRAFFIC = f"""
 INSERT {{conflict}} INTO traffic (
-    request_id, client_request_id, slot, received_at, request_json, champion_version, status, output,
+    request_id, client_request_id, slot, received_at, request_json, champion_version, status, output, tool_calls_json,
     prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms, stream, partial,
     error, source, ingested_at
 )
 SELECT
     request_id, client_request_id, slot, received_at, request_json,
     CASE WHEN champion_version IS NULL AND source <> 'gateway' THEN champion_then ELSE champion_version END,
-    status, output, TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT), TRY_CAST(tokens[3] AS BIGINT),
+    status, output, tool_calls_json, TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT),
+    TRY_CAST(tokens[3] AS BIGINT),
     TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?
 FROM (SELECT *, {_USAGE_TOKENS} AS tokens FROM {STAGING} WHERE type = 'traffic') staged
 ASOF LEFT JOIN (

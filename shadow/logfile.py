@@ -5,12 +5,14 @@ A traffic file holds one OpenAI request/response log per line::
     {"slot": "support-triage", "request": {...chat request...}, "response": {...chat.completion...},
      "latency_ms": 412, "request_id": "...", "client_request_id": "...", "received_at": "2025-03-01T12:00:00Z"}
 
-`slot` may come from `--slot` instead; `request_id`, `client_request_id`, `received_at`,
-`status`, `usage` and `champion_version` are optional (an exchange is the answer of the
-slot's champion when it was received, unless it names the registered version that gave
-it); a line with an `error` (a message, or an OpenAI error
-object) needs no `response`. Lines are checked by `shadow.exchange.Exchange`, the model
-the gateway's `/v1/capture` uses too. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
+The answer is the response's first choice: its `message.content` and its
+`message.tool_calls` (each call's `function.name` and `function.arguments`, the JSON string
+parsed when valid). `slot` may come from `--slot` instead; `request_id`,
+`client_request_id`, `received_at`, `status`, `usage` and `champion_version` are optional
+(an exchange is the answer of the slot's champion when it was received, unless it names
+the registered version that gave it); a line with an `error` (a message, or an OpenAI
+error object) needs no `response`. Lines are checked by `shadow.exchange.Exchange`, the
+model the gateway's `/v1/capture` uses too. An outcomes file holds `{"request_id": ..., "label": <any JSON>}` or
 `{"request_id": ..., "kind": "label" | "reaction", "value": <any JSON>}` per line, keyed by
 `request_id` or `client_request_id`.
 

@@ -30,6 +30,7 @@ from typing import Any
 import openai
 
 from registry.config import ProviderConfig
+from shadow.toolcalls import ToolCall, tool_calls_of
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,14 @@ class ChatResult:
     latency_ms: float
     attempts: int
     error: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass(frozen=True)
 class _Answer:
     output: str | None
     usage: dict[str, Any] | None
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ class ProviderClient:
             attempts += 1
             outcome, latency_ms = await self._attempt(body, estimate)
             if isinstance(outcome, _Answer):
-                return ChatResult(True, outcome.output, outcome.usage, latency_ms, attempts, None)
+                return ChatResult(True, outcome.output, outcome.usage, latency_ms, attempts, None, outcome.tool_calls)
             delay = self._retry_delay(outcome, attempts)
             if delay is None:
                 return ChatResult(False, None, None, latency_ms, attempts, _final_error(outcome))
@@ -301,14 +304,15 @@ def _tokens_used(outcome: _Answer | _Failure, estimate: int) -> int:
 
 
 def _parse_completion(content: bytes) -> _Answer | _Failure:
-    """The assistant text and the usage of a chat.completion body."""
+    """The assistant text, tool calls and usage of a chat.completion body."""
     try:
         data = json.loads(content)
-        output = data["choices"][0]["message"].get("content")
+        message = data["choices"][0]["message"]
+        output = message.get("content")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         return _Failure(_clip(f"malformed response ({type(exc).__name__}): {content[:200]!r}"), retryable=False)
     usage = data.get("usage")
-    return _Answer(output, usage if isinstance(usage, dict) else None)
+    return _Answer(output, usage if isinstance(usage, dict) else None, tool_calls_of(message))
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:

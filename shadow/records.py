@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from registry import canonical_json, sha256_text
+from shadow.toolcalls import ToolCall
 
 STATUS_MIN, STATUS_MAX = 100, 999
 """An HTTP status has three digits; a stored status always fits the database's INTEGER."""
@@ -37,6 +38,9 @@ class TrafficRecord(BaseModel):
     champion_version: str | None = None
     status: int | None = Field(None, ge=STATUS_MIN, le=STATUS_MAX, description="HTTP status the client received.")
     output: str | None = Field(None, description="The assistant message content (assembled when streamed).")
+    tool_calls: list[ToolCall] | None = Field(
+        None, description="The answer's tool calls, in order (assembled when streamed); None when it made none."
+    )
     usage: dict[str, Any] | None = None
     latency_ms: float | None = None
     stream: bool = False

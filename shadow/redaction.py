@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from registry import RedactionRule, Workspace
 from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
 
@@ -80,4 +82,6 @@ def _scrub(value: Any, rules: Rules) -> Any:
         return {key: _scrub(item, rules) for key, item in value.items()}
     if isinstance(value, list):
         return [_scrub(item, rules) for item in value]
+    if isinstance(value, BaseModel):  # a tool call
+        return value.model_copy(update={name: _scrub(item, rules) for name, item in value})
     return value

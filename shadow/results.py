@@ -19,6 +19,7 @@ import polars as pl
 from registry import Database, utcnow
 from registry.db import registered
 from shadow.pricing import detail_tokens
+from shadow.toolcalls import ToolCall, tool_calls_json
 
 RESULT_SCHEMA = {
     "request_id": pl.Utf8,
@@ -27,6 +28,7 @@ RESULT_SCHEMA = {
     "role": pl.Utf8,
     "status": pl.Utf8,
     "output": pl.Utf8,
+    "tool_calls_json": pl.Utf8,
     "prompt_tokens": pl.Int64,
     "completion_tokens": pl.Int64,
     "cached_tokens": pl.Int64,
@@ -60,6 +62,7 @@ def result_row(
     status: str,
     *,
     output: str | None = None,
+    tool_calls: list[ToolCall] | None = None,
     usage: dict[str, Any] | None = None,
     cost: float | None = None,
     latency_ms: float | None = None,
@@ -75,6 +78,7 @@ def result_row(
         "role": work.role,
         "status": status,
         "output": output,
+        "tool_calls_json": tool_calls_json(tool_calls),
         "prompt_tokens": (usage or {}).get("prompt_tokens"),
         "completion_tokens": (usage or {}).get("completion_tokens"),
         "cached_tokens": cached,

@@ -372,17 +372,18 @@ class _Run:
         result = await client.chat(body)
         status = "ok" if result.ok else "error"
         return result_row(
-            work, status, output=result.output, usage=result.usage, cost=cost_usd(challenger.price, result.usage),
-            latency_ms=result.latency_ms, error=result.error, attempts=result.attempts,
+            work, status, output=result.output, tool_calls=result.tool_calls, usage=result.usage,
+            cost=cost_usd(challenger.price, result.usage), latency_ms=result.latency_ms, error=result.error,
+            attempts=result.attempts,
         )
 
     async def _python(self, work: Work, challenger: Challenger) -> Row:
         """One call of a python variant; each call costs its declared price."""
         config = challenger.config
-        output, error, latency_ms = await self.runner.python.call(config["entrypoint"], work.request,
-                                                                  config.get("params") or {})
-        return result_row(work, "ok" if error is None else "error", output=output, cost=config.get("price_per_call_usd"),
-                          latency_ms=latency_ms, error=error, attempts=1)
+        answer = await self.runner.python.call(config["entrypoint"], work.request, config.get("params") or {})
+        return result_row(work, "ok" if answer.error is None else "error", output=answer.output,
+                          tool_calls=answer.tool_calls, cost=config.get("price_per_call_usd"),
+                          latency_ms=answer.latency_ms, error=answer.error, attempts=1)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

@@ -61,8 +61,9 @@ class GatewayProcess:
     """`shadowzoo gateway` run by its console script, as an operator runs it."""
 
     def __init__(self, workspace_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
-                 host: str = "127.0.0.1", file_size_limit: int | None = None) -> None:
-        """`file_size_limit` (bytes) makes writing any larger file fail, as a nearly full disk does."""
+                 host: str = "127.0.0.1", file_size_limit: int | None = None, start_timeout_s: float = 60.0) -> None:
+        """`file_size_limit` (bytes) makes writing any larger file fail, as a nearly full disk does;
+        `start_timeout_s` is generous: a loaded machine can take long to import and spawn a worker."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.process = subprocess.Popen(
@@ -72,8 +73,12 @@ class GatewayProcess:
             preexec_fn=None if file_size_limit is None else lambda: resource.setrlimit(
                 resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit)),
         )
-        wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"),
-                   timeout_s=60)  # a loaded machine can take this long to import and spawn a worker
+        try:
+            wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"),
+                       timeout_s=start_timeout_s)
+        except AssertionError:
+            self.stop()
+            raise
         if self.process.poll() is not None:
             raise AssertionError(f"gateway exited: {self.process.stdout.read()}")
 

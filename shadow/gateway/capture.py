@@ -25,6 +25,7 @@ from shadow.gateway.metrics import gateway_metrics
 from shadow.records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import write_segment
+from shadow.toolcalls import StreamedToolCalls, ToolCall, tool_calls_of
 
 log = logging.getLogger("shadowzoo.gateway")
 SEGMENT_BYTES = 4 * 1024 * 1024
@@ -50,29 +51,41 @@ class PendingCapture:
     request_bytes: int = 0
 
     def to_record(self) -> TrafficRecord:
-        output, usage = _answer_from_events(self.events) if self.stream else _answer_from_body(self.body)
+        answer = _answer_from_events(self.events) if self.stream else _answer_from_body(self.body)
         return TrafficRecord(
             request_id=self.request_id, client_request_id=self.client_request_id, slot=self.slot,
             received_at=datetime.fromtimestamp(self.received_at, UTC), request=self.request,
-            champion_version=self.champion_version, status=self.status, output=output, usage=usage,
-            latency_ms=self.latency_ms, stream=self.stream, partial=self.partial, error=self.error,
+            champion_version=self.champion_version, status=self.status, output=answer.output,
+            tool_calls=answer.tool_calls, usage=answer.usage, latency_ms=self.latency_ms, stream=self.stream,
+            partial=self.partial, error=self.error,
         )
 
 
-def _answer_from_body(body: bytes | None) -> tuple[str | None, dict[str, Any] | None]:
-    """Output text and usage of a non-streamed chat completion (None when it is not one)."""
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What a capture stores of the champion's answer."""
+
+    output: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    usage: dict[str, Any] | None = None
+
+
+def _answer_from_body(body: bytes | None) -> _Answer:
+    """Output text, tool calls and usage of a non-streamed chat completion (nothing when it is not one)."""
     if not body:
-        return None, None
+        return _Answer()
     try:
         payload = json.loads(body)
-        return payload["choices"][0]["message"].get("content"), payload.get("usage")
+        message = payload["choices"][0]["message"]
+        return _Answer(message.get("content"), tool_calls_of(message), payload.get("usage"))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None, None
+        return _Answer()
 
 
-def _answer_from_events(events: list[bytes]) -> tuple[str | None, dict[str, Any] | None]:
-    """Output text and usage assembled from the SSE events that reached the client."""
+def _answer_from_events(events: list[bytes]) -> _Answer:
+    """Output text, tool calls and usage assembled from the SSE events that reached the client."""
     parts: list[str] = []
+    calls = StreamedToolCalls()
     usage = None
     for event in events:
         for line in event.splitlines():
@@ -84,10 +97,11 @@ def _answer_from_events(events: list[bytes]) -> tuple[str | None, dict[str, Any]
                 continue
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    parts.append(content)
-    return ("".join(parts) if parts else None), usage
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    parts.append(delta["content"])
+                calls.add(delta.get("tool_calls"))
+    return _Answer(("".join(parts) if parts else None), calls.calls(), usage)
 
 
 class CaptureBuffer:

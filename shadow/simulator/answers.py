@@ -25,6 +25,17 @@ surrounding space), else 0; otherwise ``s`` is ``u`` rounded to two decimals. Th
 per call like the faults, never in fast mode) the whole reply is a sentence that is
 not JSON and holds no number, so that judges can be tested on replies they cannot parse.
 
+Tool calls: when a request offers ``tools`` (and ``tool_choice`` is not ``"none"``) and
+its last message is not a ``tool`` result, the answer is tool calls and no text. For a
+demo-task item with ``calls``, they are its calls when right (``u < p``, where ``p`` is the
+model's ``tool_accuracy`` if set, else the category's probability above); a wrong answer
+makes the first call to another offered tool (picked by the hash) with the same
+arguments, or, when only that tool is offered, calls it with no arguments ``{}``. Any
+other request calls the offered tool the hash picks with ``{}``. Arguments are sent as
+compact JSON text; ``completion_tokens`` counts the characters of the names and arguments,
+and ``max_tokens`` does not cut tool calls. The answer to the ``tool`` result of a call
+(the next turn of an agent loop) is text, as for any other request.
+
 Optimizer models (``optimizer: true``) answer the tagged prompts of skill training with
 JSON (see ``shadow.simulator.optimizer``): reflecting on failed demo-task items, they
 propose the ``rule`` sentence of the directive of each failed label.
@@ -107,13 +118,22 @@ def count_prompt_tokens(messages: Sequence[Mapping[str, object]]) -> int:
 
 
 @dataclass(frozen=True)
-class Answer:
-    """A model's deterministic answer to one request, with its usage."""
+class ToolCallAnswer:
+    """One tool call of an answer: the function's name and its arguments as JSON text."""
 
-    content: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A model's deterministic answer to one request (text, or tool calls and no text), with its usage."""
+
+    content: str | None
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: tuple[ToolCallAnswer, ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -317,14 +337,21 @@ class Engine:
         self._explanation = _TextSource(_EXPLANATION_TEXT, longest, ". ")
         self._boosts = functools.lru_cache(maxsize=1024)(self._find_boosts)
 
-    def answer(self, model: str, messages: Sequence[Mapping[str, object]], max_tokens: int | None) -> Answer:
-        """The deterministic answer of ``model`` to a chat request's messages."""
+    def answer(
+        self, model: str, messages: Sequence[Mapping[str, object]], max_tokens: int | None, tools: Sequence[str] = ()
+    ) -> Answer:
+        """The deterministic answer of ``model`` to a chat request's messages; ``tools`` are the
+        names of the functions the request offers the model to call."""
         skill, conversation, last_user = _split(messages)
         # surrogatepass: JSON may carry a lone surrogate escape, which strict UTF-8 cannot encode
         digest = hashlib.sha256("\x00".join((model, skill, conversation)).encode("utf-8", "surrogatepass")).digest()
         ticket = self._tickets.get(last_user) if last_user is not None else None
         simulated = self.models[model]
         settings = simulated.config
+        if tools and not (settings.grader or settings.optimizer) and messages[-1].get("role") != "tool":
+            calls = self._tool_calls(settings, skill, ticket, digest, tools)
+            text = "".join(call.name + call.arguments for call in calls)
+            return Answer(None, "tool_calls", count_prompt_tokens(messages), count_tokens(text), calls)
         if settings.grader:
             full = _GARBAGE_TEXT if simulated.draw_garbage() else self._grade(settings, messages, digest)
         elif settings.optimizer:
@@ -349,6 +376,27 @@ class Engine:
         chars = settings.reasoning_tokens * CHARS_PER_TOKEN
         explanation = self._explanation.piece(_int(digest, 8, 16), chars)
         return f"{category}\n\n{explanation}"
+
+    def _tool_calls(
+        self, settings: ModelConfig, skill: str, ticket: Ticket | None, digest: bytes, tools: Sequence[str]
+    ) -> tuple[ToolCallAnswer, ...]:
+        """The item's calls (right iff u < p), a wrong first call, or a call of the tool the hash picks."""
+        picked = _int(digest, 16, 24)
+        if ticket is None or ticket.calls is None:
+            return (ToolCallAnswer(tools[picked % len(tools)], "{}"),)
+        right = tuple(ToolCallAnswer(call.name, _compact(call.arguments)) for call in ticket.calls)
+        p = settings.tool_accuracy
+        if p is None:
+            p = self._correct_probability(settings, skill, ticket.expected)
+        if _int(digest, 0, 8) / 2**64 < p:
+            return right
+        first = right[0]
+        others = [name for name in tools if name != first.name]
+        if others:
+            wrong = ToolCallAnswer(others[picked % len(others)], first.arguments)
+        else:
+            wrong = ToolCallAnswer(first.name, "{}")
+        return (wrong, *right[1:])
 
     def _grade(self, settings: ModelConfig, messages: Sequence[Mapping[str, object]], digest: bytes) -> str:
         """A judge's JSON verdict: 1 or 0 against the quoted ticket, else a score from the hash."""
@@ -413,6 +461,11 @@ def _graded_answer(prompt: str) -> tuple[str | None, str]:
     if start < 0 or end < start:
         return None, prompt
     return prompt[start + len(_ANSWER_OPEN) : end], prompt[:start] + prompt[end + len(_ANSWER_CLOSE) :]
+
+
+def _compact(value: object) -> str:
+    """JSON text as a model sends tool-call arguments: compact, keys in their given order."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _truncate(text: str, max_tokens: int | None) -> tuple[str, str]:

@@ -119,6 +119,11 @@ class ModelConfig(_Strict):
         description="Streaming only: keep the response open this long after `data: [DONE]` before ending it, "
         "as proxies and load balancers that hold the body open do (never in fast mode).",
     )
+    tool_accuracy: float | None = Field(
+        None, ge=0, le=1,
+        description="Probability of making the right tool calls for a demo-task item that has `calls`, when the "
+        "request offers `tools`; none = the item's probability of the right category (accuracy + boosts).",
+    )
     grader: bool = Field(
         False,
         description="Answer like an LLM judge: reply with JSON {\"score\", \"reason\"} grading the answer "
@@ -238,6 +243,13 @@ class SimulatorConfig(_Strict):
     )
 
 
+class ExpectedCall(_Strict):
+    """A tool call that answers a demo-task item: the function's name and its arguments."""
+
+    name: str = Field(min_length=1, description="The function to call.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="Its arguments, as a JSON object.")
+
+
 class Ticket(_Strict):
     """One labelled item of the demo task's dataset."""
 
@@ -247,6 +259,10 @@ class Ticket(_Strict):
         description="The text a user sends; a request whose last user message equals it is this item.",
     )
     expected: str = Field(description="The correct category.")
+    calls: list[ExpectedCall] | None = Field(
+        None, min_length=1,
+        description="The right tool calls, in order, when a request for this item offers `tools`.",
+    )
 
 
 def load_simulator_config(path: str | Path) -> SimulatorConfig:

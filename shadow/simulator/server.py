@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -58,6 +58,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(False, description="Send a final chunk with empty choices and the usage.")
 
 
+class FunctionSpec(BaseModel):
+    """A function a request offers; its description and parameters are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, description="The function's name.")
+
+
+class ToolSpec(BaseModel):
+    """One item of `tools`: OpenAI's function tool."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = Field(description="Only function tools are offered to chat models.")
+    function: FunctionSpec
+
+
 class ChatRequest(BaseModel):
     """The body of POST /v1/chat/completions; sampling parameters are accepted and ignored."""
 
@@ -70,6 +87,17 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Cap on completion tokens (legacy name).")
     max_completion_tokens: int | None = Field(None, ge=1, description="Cap on completion tokens.")
     n: int = Field(1, ge=1, le=1, description="Number of choices; the simulator supports 1.")
+    tools: list[ToolSpec] | None = Field(None, description="Functions the model may call.")
+    tool_choice: Any = Field(None, description='"none", "auto", "required", or one function to call.')
+
+    def offered_tools(self) -> list[str]:
+        """The names of the functions the model may call now: none with tool_choice "none", the
+        named one when tool_choice names a function."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        if isinstance(self.tool_choice, dict) and isinstance((self.tool_choice.get("function") or {}).get("name"), str):
+            return [self.tool_choice["function"]["name"]]
+        return [tool.function.name for tool in self.tools]
 
     def token_cap(self) -> int | None:
         """The effective completion-token cap: the smaller of the two fields that are set."""
@@ -183,7 +211,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     if model is None:
         message = f"The model '{chat.model}' does not exist in this simulator."
         raise ApiError(404, message, code="model_not_found", param="model")
-    answer = state.engine.answer(model.name, messages, chat.token_cap())
+    answer = state.engine.answer(model.name, messages, chat.token_cap(), chat.offered_tools())
     headers = {"x-request-id": f"req_{secrets.token_hex(8)}", **_admit(model, answer)}
     await _apply_fault(request, model, headers)
     if chat.stream:
@@ -259,7 +287,13 @@ def _reset_connection(request: web.Request) -> None:
 
 def _completion_body(completion_id: str, model: str, answer: Answer) -> dict[str, Any]:
     """OpenAI's chat.completion object."""
-    message = {"role": "assistant", "content": answer.content}
+    message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+    if answer.tool_calls:
+        message["tool_calls"] = [
+            {"id": _call_id(completion_id, index), "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}
+            for index, call in enumerate(answer.tool_calls)
+        ]
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -268,6 +302,11 @@ def _completion_body(completion_id: str, model: str, answer: Answer) -> dict[str
         "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}],
         "usage": _usage(answer),
     }
+
+
+def _call_id(completion_id: str, index: int) -> str:
+    """The id of a completion's index-th tool call."""
+    return f"call_{completion_id.removeprefix('chatcmpl-')}_{index}"
 
 
 def _usage(answer: Answer) -> dict[str, int]:
@@ -310,16 +349,25 @@ async def _send_chunks(
     answer: Answer,
     include_usage: bool,
 ) -> None:
-    """Write the SSE events of one answer, pacing the content chunks by their tokens; hold the end if configured."""
+    """Write the SSE events of one answer, pacing the content chunks by their tokens; tool calls
+    follow as OpenAI streams them: each call's id and name, then its arguments in pieces. The
+    end is held open when the model is configured to."""
 
     async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
         payload = json.dumps({**chunk, "choices": choices, **extra})
         await response.write(f"data: {payload}\n\n".encode())
 
-    await send([_choice({"role": "assistant", "content": ""})])
-    for piece in _pieces(answer.content, model.fast):
+    await send([_choice({"role": "assistant", "content": "" if answer.content is not None else None})])
+    for piece in _pieces(answer.content or "", model.fast):
         await asyncio.sleep(model.token_delay_s(count_tokens(piece)))
         await send([_choice({"content": piece})])
+    for index, call in enumerate(answer.tool_calls):
+        opening = {"index": index, "id": _call_id(chunk["id"], index), "type": "function",
+                   "function": {"name": call.name, "arguments": ""}}
+        await send([_choice({"tool_calls": [opening]})])
+        for piece in _pieces(call.arguments, model.fast):
+            await asyncio.sleep(model.token_delay_s(count_tokens(piece)))
+            await send([_choice({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})])
     await send([_choice({}, answer.finish_reason)])
     if include_usage:
         await send([], usage=_usage(answer))
@@ -329,7 +377,7 @@ async def _send_chunks(
     await response.write_eof()
 
 
-def _choice(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
     """The one choice of a streaming chunk."""
     return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
 
