@@ -95,7 +95,9 @@ def _print_board(board: Leaderboard) -> None:
         ],
     )
     say(f"recommendation: [bold]{board.recommendation}[/bold]" if board.recommendation
-        else "recommendation: none yet (no challenger is ready)")
+        else "recommendation: none yet (no promotable challenger is ready)")
+    if board.latency_guardrail:
+        say(board.latency_guardrail)
 
 
 def _number(value: float | None, places: int) -> str:
