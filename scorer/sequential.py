@@ -71,7 +71,7 @@ disagree: ready at 265 pairs, not at 310, ready again at 337. A confidence seque
 the mean at all n at once, so the intersection of its intervals covers it too (Howard et
 al. 2021): the scorer reports, per challenger and evaluation period, the running
 intersection of the intervals from min_samples pairs on (:func:`running_intersection`),
-and gives its verdict on that. A verdict on the interval, once reached in a period, then
+and gives its verdict on that (:func:`verdict` with ``running``). A verdict on the interval, once reached in a period, then
 stays; the guardrails (error rate, latency) are checked afresh at every look. "Ever
 ready" is the same with or without it (a look that is ready makes the intersection ready
 from then on), so the A/A figures of the benchmark hold for it.
@@ -235,14 +235,19 @@ def verdict(
     min_samples: int,
     min_effect: float = 0.0,
     variance_floor: float = 0.0,
+    *,
+    running: bool = False,
 ) -> Verdict | NDArray[np.str_]:
-    """``ready`` / ``worse`` / ``collecting`` for a challenger with its own share of α, at one look.
+    """``ready`` / ``worse`` / ``collecting`` for a challenger with its own share of α.
 
-    The interval of this look alone (:func:`confidence_interval`, with ``variance_floor``);
-    :func:`bounds_verdict` says what it means. The scorer gives its verdict on the running
-    intersection of the looks instead (:func:`running_intersection`).
+    On the interval of each look alone (:func:`confidence_interval`, with ``variance_floor``),
+    or with ``running`` on the running intersection of the looks along the last axis
+    (:func:`running_intersection`), as the scorer gives it: then ready or worse, once
+    reached, stays. :func:`bounds_verdict` says what an interval means.
     """
     lower, upper = confidence_interval(moments, alpha, min_samples, variance_floor)
+    if running:
+        lower, upper = running_intersection(moments.n, lower, upper, min_samples)
     return bounds_verdict(moments.n, lower, upper, min_samples, min_effect)
 
 
