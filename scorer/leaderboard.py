@@ -206,11 +206,13 @@ def _latency_guardrail(inputs: BoardInputs) -> str:
     if control_p95:
         return (f"p95 latency guardrail applied: each challenger's p95 may be at most {limit:g}× the p95 of the "
                 f"champion's control replays ({control_p95:,.0f} ms), both measured under replay load.")
-    why = ("the champion is not replayed as a control (shadow.champion_control_rate is 0)" if not inputs.control_rate
-           else f"no control replay of the champion has been answered in this period yet "
-                f"(shadow.champion_control_rate {inputs.control_rate:g})")
-    return (f"p95 latency guardrail not applied: {why}, and live latencies are not comparable with replayed ones; "
-            "set shadow.champion_control_rate above 0 to apply it.")
+    if inputs.control_rate:
+        why = (f"no control replay of the champion (shadow.champion_control_rate {inputs.control_rate:g}) has been "
+               "answered in this period yet, and live latencies are not comparable with replayed ones.")
+    else:
+        why = ("the champion is not replayed as a control (shadow.champion_control_rate is 0), and live latencies "
+               "are not comparable with replayed ones; set shadow.champion_control_rate above 0 to apply it.")
+    return f"p95 latency guardrail not applied: {why}"
 
 
 def _status(inputs: BoardInputs, variant: Variant, row: VariantRow) -> tuple[Status, str]:

@@ -407,7 +407,9 @@ def test_latency_guardrail_compares_challengers_with_the_champions_control_repla
     registry, ids = demo_registry(workspace_dir)
     _live_fast_replayed_slow(ids, {ids["careful-large"]: 450.0, ids["cheap-mini"]: 900.0}).write(registry)
     waiting = _board(registry)
-    assert "not applied: no control replay of the champion has been answered" in waiting.latency_guardrail
+    assert waiting.latency_guardrail == ("p95 latency guardrail not applied: no control replay of the champion "
+                                         "(shadow.champion_control_rate 0.2) has been answered in this period yet, "
+                                         "and live latencies are not comparable with replayed ones.")
     control = Answers()
     for i in range(60):
         control.result(f"r{i:06d}", ids["baseline"], "billing", role="control", latency_ms=440.0)
