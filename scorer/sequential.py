@@ -61,8 +61,9 @@ the interval would then be overconfident. Three guards:
   the rare losses cancel (the benchmark's ``skewed_null``: 18% false "ready" at a 1%
   loss rate with min_samples 200, 62% at 0.25%). ``value_per_point² · p`` assumes that a
   fraction p of pairs may differ by a whole quality point; with p = 0.01 those rates
-  fall to 0.1% and 0%, and to 4.6% at a 2% loss rate. It costs samples only when the
-  true variance is below it. The scorer should pass it; the default 0 disables it.
+  fall to 0.13% and 0%, and to 4.6% at a 2% loss rate. It costs samples only when the
+  true variance is below it. The scorer passes ``scoring.variance_floor_fraction``
+  (default 0.01) × value_per_point²; the functions here default to 0, which disables it.
 
 Running intersection
 --------------------
