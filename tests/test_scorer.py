@@ -24,7 +24,7 @@ from scorer.policy import promotion_evidence
 from scorer.report import render_html, render_markdown
 from scorer.service import Scorer
 from shadow.pricing import price_of, workspace_prices
-from tests.scoring_data import Answers, demo_registry, simulate
+from tests.scoring_data import RULES_SPEC, Answers, demo_registry, simulate
 from tests.servers import edit_config
 from zoo import load_zoo, register_specs
 
@@ -505,16 +505,6 @@ def test_an_unknown_metric_type_names_the_file_and_key(workspace_dir: Path) -> N
     edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[{"type": "exact"}]))
     with pytest.raises(ConfigError, match=r"shadowzoo.yaml:\d+:\d+: slots.support-triage.metrics\[0\]: .*'exact_match'"):
         load_workspace(workspace_dir)
-
-
-RULES_SPEC = """slot: support-triage
-name: rules
-kind: python
-base: defaults
-overrides:
-  entrypoint: rules.triage:answer
-  price_per_call_usd: 0.00001
-"""
 
 
 def _board_with_rules(workspace_dir: Path, accuracies: dict[str, float]):
