@@ -82,7 +82,8 @@ COLUMNS: list[tuple[str, bool, str]] = [
     ("net / 1k req", True, "Net value of 1,000 requests: value_per_point × quality − cost − latency cost."),
     ("net Δ / req", True,
      "Mean of (challenger − champion) net value per request on the same requests, with its always-valid "
-     "interval: it stays valid however often the board is re-scored."),
+     "interval: it stays valid however often the board is re-scored. From min_samples pairs on it is the "
+     "running intersection of the period's intervals, so it only narrows and a verdict on it stays."),
     ("pairs", True, "Requests both answered with labels joined, in this period; αᵢ is the challenger's share of α."),
 ]
 
@@ -190,7 +191,8 @@ def _html_charts(board: Leaderboard, history: list[EvidencePoint]) -> str:
         _figure(
             "Cumulative evidence",
             "How each challenger's interval narrowed as pairs accumulated in this period. Early bands are "
-            "clipped at the panel edge; no verdict is given before min_samples pairs (dotted line).",
+            "clipped at the panel edge; no verdict is given before min_samples pairs (dotted line), and from "
+            "there on the band is the running intersection of the intervals, so it never widens again.",
             evidence_chart(board, history),
         ),
     ])
