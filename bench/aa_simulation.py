@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if key in per_distribution:
             seeds = section_seed.spawn(len(DISTRIBUTIONS))
-            result[key] = {name: per_distribution[key](net, s, setup) for (name, net), s in zip(DISTRIBUTIONS.items(), seeds)}
+            scenario = per_distribution[key]
+            result[key] = {name: scenario(net, s, setup) for (name, net), s in zip(DISTRIBUTIONS.items(), seeds)}
         else:
             result[key] = (skewed_null if key == "skewed_null" else rare_disagreements_aa)(section_seed, setup)
     result["seconds"] = round(time.perf_counter() - started, 1)

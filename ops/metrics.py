@@ -100,7 +100,8 @@ class DaemonMetrics:
             if lower is not None:
                 self.delta_lower.labels(board.slot, row.version_id).set(lower)
             if row.role == "challenger":
-                self.ready.labels(board.slot, row.version_id).set(1 if row.status == Status.READY and row.promotable else 0)
+                promotable = row.status == Status.READY and row.promotable
+                self.ready.labels(board.slot, row.version_id).set(1 if promotable else 0)
             if row.role == "champion":
                 self.champion.labels(board.slot, row.version_id).set(1)
             else:

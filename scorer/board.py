@@ -45,7 +45,8 @@ class Comparison(BaseModel):
     quality: Interval = Field(description="Mean quality difference per request.")
     cost: Interval = Field(description="Mean cost difference per request, USD.")
     error_rate_delta: float | None = Field(None, description="Challenger error rate − champion error rate.")
-    p95_latency_ratio: float | None = Field(None, description="Challenger p95 ÷ the p95 of the champion's control replays.")
+    p95_latency_ratio: float | None = Field(None, description="Challenger p95 ÷ the p95 of the champion's control "
+                                                              "replays.")
     latency_baseline: str = Field("none", description="`control` when the champion's control replays gave the "
                                                       "baseline; `none` when there were none (older snapshots "
                                                       "may say `champion`: its live latencies).")

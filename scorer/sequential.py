@@ -72,10 +72,11 @@ disagree: ready at 265 pairs, not at 310, ready again at 337. A confidence seque
 the mean at all n at once, so the intersection of its intervals covers it too (Howard et
 al. 2021): the scorer reports, per challenger and evaluation period, the running
 intersection of the intervals from min_samples pairs on (:func:`running_intersection`),
-and gives its verdict on that (:func:`verdict` with ``running``). A verdict on the interval, once reached in a period, then
-stays; the guardrails (error rate, latency) are checked afresh at every look. "Ever
-ready" is the same with or without it (a look that is ready makes the intersection ready
-from then on), so the A/A figures of the benchmark hold for it.
+and gives its verdict on that (:func:`verdict` with ``running``). A verdict on the
+interval, once reached in a period, then stays; the guardrails (error rate, latency) are
+checked afresh at every look. "Ever ready" is the same with or without it (a look that is
+ready makes the intersection ready from then on), so the A/A figures of the benchmark
+hold for it.
 
 α-spending across challengers
 -----------------------------

@@ -7,8 +7,8 @@ from html import escape
 from scorer.board import EvidencePoint, Interval, Leaderboard, Status, VariantRow
 from scorer.report.text import (
     DASH, challengers, fmt_latency, fmt_percent, fmt_quality, fmt_time, guardrail_facts, interval_parts,
-    latency_caveat, no_recommendation_headline, not_ready_reason, notes, ordered_rows, recommendation_evidence, recommended_row,
-    usd,
+    latency_caveat, no_recommendation_headline, not_ready_reason, notes, ordered_rows, recommendation_evidence,
+    recommended_row, usd,
 )
 from scorer.report.svg import STATUS_COLOURS
 from scorer.report.charts import empty_note, evidence_chart, net_difference_chart, quality_cost_chart
@@ -16,7 +16,8 @@ from scorer.report.charts import empty_note, evidence_chart, net_difference_char
 STATUS_MEANINGS: dict[Status, str] = {
     Status.CHAMPION: "serves real users; every challenger is compared with it.",
     Status.READY: "enough pairs, the interval's lower bound is above min_effect and the guardrails hold; "
-                  "`ready (shadow only)`: a python variant, which answers captured traffic only and cannot be promoted.",
+                  "`ready (shadow only)`: a python variant, which answers captured traffic only and cannot be "
+                  "promoted.",
     Status.COLLECTING: "not enough evidence for a verdict either way yet.",
     Status.WORSE: "the interval's upper bound is below zero: the champion is better net of cost.",
     Status.GUARDRAIL: "a guardrail (error rate, latency) failed, whatever the net value says.",
