@@ -42,8 +42,10 @@ def leaderboard(
 
     Per variant, champion first: n, mean quality, cost per 1k requests, p50/p95 latency,
     error rate, net value per 1k, the paired net difference per request against the
-    champion with its interval, and a status (ready, collecting, worse, guardrail, price
-    unknown, paused). Ready is advice: `shadowzoo promote` acts on it.
+    champion with its interval, and a status (ready, ready (shadow only) for python
+    variants, collecting, worse, guardrail, price unknown, paused). Ready is advice:
+    `shadowzoo promote` acts on it. Below the table: whether the p95 latency guardrail
+    was applied, and why not.
 
     Example: shadowzoo leaderboard --slot support-triage --format md
     """
@@ -95,7 +97,9 @@ def _print_board(board: Leaderboard) -> None:
         ],
     )
     say(f"recommendation: [bold]{board.recommendation}[/bold]" if board.recommendation
-        else "recommendation: none yet (no challenger is ready)")
+        else "recommendation: none yet (no promotable challenger is ready)")
+    if board.latency_guardrail:
+        say(board.latency_guardrail)
     for judge in board.judges:
         if judge.budget_reached or judge.unjudged:
             warn(judge_note(judge))

@@ -242,10 +242,9 @@ def _recommend(ws: list[str], ids: dict[str, str]) -> None:
     board = json.loads(_quiet(ws, "leaderboard", "--slot", SLOT, "--format", "json"))
     rows = {r["version_id"]: r for r in board["rows"]}
     best_quality = max((r for r in board["rows"]), key=lambda r: r["mean_quality"] or 0)
-    ready = [r for r in board["rows"] if r["status"] == "ready"]
-    if ready:
-        best = max(ready, key=lambda r: r["comparison"]["net"]["lower"])
-        say(f"\n[bold green]The evidence supports:[/bold green]  shadowzoo promote {SLOT} {best['version_id']}")
+    if board["recommendation"]:
+        best = rows[board["recommendation"].rsplit(" ", 1)[-1]]
+        say(f"\n[bold green]The evidence supports:[/bold green]  {board['recommendation']}")
         if best["version_id"] != best_quality["version_id"]:
             say(f"Note the trade-off: {best_quality['label']} has the best quality "
                 f"({best_quality['mean_quality']:.3f}) but {best['label']} wins net of cost "

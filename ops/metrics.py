@@ -42,7 +42,7 @@ class DaemonMetrics:
         self.net_per_1k = Gauge("shadowzoo_net_value_per_1k_usd", "Net value per 1k requests.", ["slot", "version"], registry=r)
         self.delta_lower = Gauge("shadowzoo_net_delta_lower_usd", "Lower bound of the paired net difference per request.",
                                  ["slot", "version"], registry=r)
-        self.ready = Gauge("shadowzoo_promotion_ready", "1 when a challenger is ready.", ["slot", "version"], registry=r)
+        self.ready = Gauge("shadowzoo_promotion_ready", "1 when a challenger is ready to promote.", ["slot", "version"], registry=r)
         self.champion = Gauge("shadowzoo_champion_info", "1 for each slot's champion.", ["slot", "version"], registry=r)
         self.budget_left = Gauge("shadowzoo_budget_remaining_usd", "Shadow budget left today.", ["slot"], registry=r)
         self.job_runs = Counter("shadowzoo_job_runs_total", "Daemon job runs.", ["job", "outcome"], registry=r)
@@ -109,7 +109,8 @@ class DaemonMetrics:
             if lower is not None:
                 self.delta_lower.labels(board.slot, row.version_id).set(lower)
             if row.role == "challenger":
-                self.ready.labels(board.slot, row.version_id).set(1 if row.status == Status.READY else 0)
+                promotable = row.status == Status.READY and row.promotable
+                self.ready.labels(board.slot, row.version_id).set(1 if promotable else 0)
             if row.role == "champion":
                 self.champion.labels(board.slot, row.version_id).set(1)
             else:

@@ -130,7 +130,9 @@ class ShadowConfig(Strict):
 
     champion_control_rate: float = Field(
         0.0, ge=0, le=1,
-        description="Share of requests the champion is replayed on, as a latency control measured under replay load.",
+        description="Share of requests the champion is replayed on, as a latency control measured under replay load. "
+                    "The p95 latency guardrail compares challengers only with these replays (live latencies are not "
+                    "comparable), so at 0 it is not applied and the leaderboard says so; e.g. 0.05 turns it on.",
     )
     sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests each challenger answers.")
     rates: dict[str, float] = Field(
@@ -271,7 +273,8 @@ class ScoringConfig(Strict):
         0.02, ge=0, le=1, description="Guardrail: a challenger's error rate may exceed the champion's by this much."
     )
     max_p95_latency_ratio: float | None = Field(
-        1.5, gt=0, description="Guardrail: challenger p95 latency ÷ the champion's (or the control's); none = off."
+        1.5, gt=0, description="Guardrail: challenger p95 latency ÷ the p95 of the champion's control replays "
+                               "(needs shadow.champion_control_rate > 0); none = off."
     )
     auto_promote: bool = Field(False, description="Promote a ready challenger without a human (after a cooldown).")
     auto_promote_cooldown_s: float = Field(

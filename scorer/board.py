@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 
 class Status(StrEnum):
@@ -40,12 +40,16 @@ class Comparison(BaseModel):
 
     pairs: int = Field(0, description="Complete pairs in the evidence.")
     alpha: float = Field(description="This challenger's share of the slot's α.")
-    net: Interval = Field(description="Mean net-value difference per request, USD (challenger − champion).")
+    net: Interval = Field(description="Mean net-value difference per request, USD (challenger − champion); the "
+                                      "bounds are the running intersection of the period's intervals.")
     quality: Interval = Field(description="Mean quality difference per request.")
     cost: Interval = Field(description="Mean cost difference per request, USD.")
     error_rate_delta: float | None = Field(None, description="Challenger error rate − champion error rate.")
-    p95_latency_ratio: float | None = Field(None, description="Challenger p95 ÷ baseline p95 (control or champion).")
-    latency_baseline: str = Field("champion", description="`control` when the champion was replayed as a control.")
+    p95_latency_ratio: float | None = Field(None, description="Challenger p95 ÷ the p95 of the champion's control "
+                                                              "replays.")
+    latency_baseline: str = Field("none", description="`control` when the champion's control replays gave the "
+                                                      "baseline; `none` when there were none (older snapshots "
+                                                      "may say `champion`: its live latencies).")
 
 
 class VariantRow(BaseModel):
@@ -54,6 +58,7 @@ class VariantRow(BaseModel):
     version_id: str
     label: str
     role: str = Field(description="champion or challenger.")
+    kind: str = Field("chat", description="chat, or python: challenger-only, it answers captured traffic, never users.")
     status: Status
     status_detail: str = Field("", description="e.g. `collecting (120/200)`, `guardrail: p95 latency`.")
     n: int = Field(0, description="Scored requests.")
@@ -71,6 +76,11 @@ class VariantRow(BaseModel):
     @property
     def display_status(self) -> str:
         return self.status_detail or self.status.value
+
+    @property
+    def promotable(self) -> bool:
+        """Whether `promote` can make it the champion: only chat variants answer users."""
+        return self.kind == "chat"
 
 
 class JudgeState(BaseModel):
@@ -105,11 +115,16 @@ class Leaderboard(BaseModel):
     )
     since: datetime | None = Field(None, description="Descriptive columns cover traffic from this time on.")
     judges: list[JudgeState] = Field(default_factory=list, description="Each judge metric's budget and backlog.")
+    latency_guardrail: str = Field("", description="Whether the p95 latency guardrail was applied, and against what "
+                                                   "or why not, in one sentence.")
+    latency_guardrail_applied: bool = Field(False, description="Whether challengers' p95 latency was checked at all.")
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def recommendation(self) -> str | None:
-        """The promote command the evidence supports: the ready challenger with the best lower bound."""
-        ready = [r for r in self.rows if r.status == Status.READY and r.comparison and r.comparison.net.lower is not None]
+        """The promote command the evidence supports: the promotable ready challenger with the best lower bound."""
+        ready = [r for r in self.rows if r.status == Status.READY and r.promotable and r.comparison
+                 and r.comparison.net.lower is not None]
         if not ready:
             return None
         best = max(ready, key=lambda r: r.comparison.net.lower)  # type: ignore[union-attr]

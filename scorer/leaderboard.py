@@ -2,10 +2,19 @@
 
 Descriptive columns (quality, cost, latency, errors, net) may cover any window (`since`);
 the comparison and the status always come from the current evaluation period's pairs.
-A challenger is `ready` when its always-valid lower bound on the mean net difference
-exceeds `min_effect_usd` after `min_samples` pairs and its guardrails hold (error rate
-and p95 latency against the champion, or against the champion's control replays when the
-slot has them); `worse` when the upper bound is below zero.
+Each interval is the running intersection of the period's intervals from `min_samples`
+pairs on: this look's, and what the period's latest snapshot said (which holds the
+intersection of the looks before), so a verdict on the interval stays once reached.
+A challenger is `ready` when that lower bound on the mean net difference exceeds
+`min_effect_usd` after `min_samples` pairs and its guardrails hold; `worse` when the
+upper bound is below zero. A python variant can be ready but never promoted (it answers
+captured traffic only): it shows as `ready (shadow only)` and is never recommended.
+
+Guardrails: the error rate against the champion's; p95 latency only against the
+champion's control replays (`shadow.champion_control_rate`), measured under the same
+replay load as the challengers. Live latencies are not comparable with replayed ones
+(≈60 ms live against ≈450 ms replayed held a better challenger back for good), so with no
+control replays the latency guardrail is not applied, and the board says so and why.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from scorer.answers import AnswerQuery
 from scorer.answerstats import metric_error_sql
 from scorer.board import Comparison, Interval, Leaderboard, Status, VariantRow
 from scorer.periods import Period
-from scorer.sequential import PairedMoments, Verdict, confidence_interval, verdict
+from scorer.sequential import PairedMoments, Verdict, bounds_verdict, confidence_interval, running_intersection
 
 STATS = ("n", "mean_quality", "cost_per_1k_usd", "p50_latency_ms", "p95_latency_ms", "error_rate", "net_per_1k_usd",
          "metric_errors")
@@ -82,6 +91,9 @@ class BoardInputs:
     not_run: dict[str, int]
     paused: set[str]
     unpriced: set[str]
+    control_rate: float = 0.0
+    previous: dict[str, Comparison] | None = None
+    """Each challenger's comparison on the period's latest snapshot: the intervals to intersect with."""
     since: datetime | None = None
     eval_spend_usd: float = 0.0
     reactions: dict[str, float] | None = None
@@ -101,7 +113,8 @@ def build_board(inputs: BoardInputs) -> Leaderboard:
         champion=inputs.champion.version_id if inputs.champion else None, value_per_point=scoring.value_per_point,
         min_samples=scoring.min_samples, min_effect_usd=scoring.min_effect_usd, alpha=scoring.alpha,
         rows=rows + challenger_rows, eval_spend_usd=inputs.eval_spend_usd, reactions=inputs.reactions or {},
-        since=inputs.since,
+        since=inputs.since, latency_guardrail=_latency_guardrail(inputs),
+        latency_guardrail_applied=scoring.max_p95_latency_ratio is not None and _control_p95(inputs) is not None,
     )
 
 
@@ -128,8 +141,9 @@ def _champion_row(inputs: BoardInputs) -> VariantRow:
 
 
 def _challenger_row(inputs: BoardInputs, variant: Variant) -> VariantRow:
-    row = VariantRow(version_id=variant.version_id, label=variant.label, role="challenger", status=Status.COLLECTING,
-                     not_run=inputs.not_run.get(variant.version_id, 0), **_stats_row(inputs, variant, "shadow"))
+    row = VariantRow(version_id=variant.version_id, label=variant.label, role="challenger", kind=variant.kind,
+                     status=Status.COLLECTING, not_run=inputs.not_run.get(variant.version_id, 0),
+                     **_stats_row(inputs, variant, "shadow"))
     if inputs.champion is not None and variant.version_id in inputs.alphas:
         row.comparison = _comparison(inputs, variant, row)
     row.status, row.status_detail = _status(inputs, variant, row)
@@ -141,26 +155,64 @@ def _comparison(inputs: BoardInputs, variant: Variant, row: VariantRow) -> Compa
     alpha = inputs.alphas[variant.version_id]
     moments = inputs.moments.get(variant.version_id, {})
     floor = scoring.variance_floor_fraction * scoring.value_per_point ** 2
-    intervals = {m: _interval(moments.get(m), alpha, scoring.min_samples, floor if m == "net" else 0.0)
+    before = (inputs.previous or {}).get(variant.version_id)
+    intervals = {m: _interval(moments.get(m), alpha, scoring.min_samples, floor if m == "net" else 0.0,
+                              (before.pairs, getattr(before, m)) if before else None)
                  for m in ("net", "quality", "cost")}
     champion = _stats_row(inputs, inputs.champion, "live")  # type: ignore[arg-type]
-    control = inputs.stats.get((inputs.champion.version_id, "control"))  # type: ignore[union-attr]
-    baseline = control if control and control.get("p95_latency_ms") else champion
+    control_p95 = _control_p95(inputs)
     return Comparison(
         pairs=int(moments["net"].n) if "net" in moments else 0, alpha=alpha, net=intervals["net"],
         quality=intervals["quality"], cost=intervals["cost"],
         error_rate_delta=_difference(row.error_rate, champion.get("error_rate")),
-        p95_latency_ratio=_ratio(row.p95_latency_ms, baseline.get("p95_latency_ms")),
-        latency_baseline="control" if baseline is control else "champion",
+        p95_latency_ratio=_ratio(row.p95_latency_ms, control_p95),
+        latency_baseline="control" if control_p95 else "none",
     )
 
 
-def _interval(moments: PairedMoments | None, alpha: float, min_samples: int, floor: float) -> Interval:
+def _interval(moments: PairedMoments | None, alpha: float, min_samples: int, floor: float,
+              before: tuple[int, Interval] | None) -> Interval:
+    """This look's interval, intersected with the one `before` (pairs, interval) from min_samples on."""
     if moments is None or moments.n == 0:
         return Interval()
     lower, upper = confidence_interval(moments, alpha, min_samples, floor)
+    if before is not None:
+        pairs, earlier = before
+        lows, highs = running_intersection([pairs, moments.n], [_bound(earlier.lower, -math.inf), lower],
+                                           [_bound(earlier.upper, math.inf), upper], min_samples)
+        lower, upper = lows[-1], highs[-1]
     finite = lambda x: float(x) if math.isfinite(x) else None  # noqa: E731
     return Interval(mean=float(moments.mean), lower=finite(lower), upper=finite(upper))
+
+
+def _bound(value: float | None, missing: float) -> float:
+    """A stored bound, or the infinity it stands for when there is none."""
+    return missing if value is None else value
+
+
+def _control_p95(inputs: BoardInputs) -> float | None:
+    """The p95 latency of the champion's control replays, the only like-for-like latency baseline."""
+    if inputs.champion is None:
+        return None
+    return inputs.stats.get((inputs.champion.version_id, "control"), {}).get("p95_latency_ms") or None
+
+
+def _latency_guardrail(inputs: BoardInputs) -> str:
+    """One sentence: whether the p95 latency guardrail was applied, against what, or why not."""
+    limit = inputs.scoring.max_p95_latency_ratio
+    if limit is None:
+        return "p95 latency guardrail off: scoring.max_p95_latency_ratio is not set."
+    control_p95 = _control_p95(inputs)
+    if control_p95:
+        return (f"p95 latency guardrail applied: each challenger's p95 may be at most {limit:g}× the p95 of the "
+                f"champion's control replays ({control_p95:,.0f} ms), both measured under replay load.")
+    if inputs.control_rate:
+        why = (f"no control replay of the champion (shadow.champion_control_rate {inputs.control_rate:g}) has been "
+               "answered in this period yet, and live latencies are not comparable with replayed ones.")
+    else:
+        why = ("the champion is not replayed as a control (shadow.champion_control_rate is 0), and live latencies "
+               "are not comparable with replayed ones; set shadow.champion_control_rate above 0 to apply it.")
+    return f"p95 latency guardrail not applied: {why}"
 
 
 def _status(inputs: BoardInputs, variant: Variant, row: VariantRow) -> tuple[Status, str]:
@@ -175,16 +227,18 @@ def _status(inputs: BoardInputs, variant: Variant, row: VariantRow) -> tuple[Sta
     comparison = row.comparison
     if comparison is None or comparison.pairs == 0:
         return (Status.NO_DATA, "no data") if row.n == 0 else (Status.COLLECTING, f"collecting (0/{scoring.min_samples})")
-    moments = inputs.moments[variant.version_id]["net"]
-    floor = scoring.variance_floor_fraction * scoring.value_per_point ** 2
-    result = verdict(moments, comparison.alpha, scoring.min_samples, scoring.min_effect_usd, floor)
     if comparison.pairs < scoring.min_samples:
         return Status.COLLECTING, f"collecting ({comparison.pairs}/{scoring.min_samples})"
+    net = comparison.net
+    result = bounds_verdict(comparison.pairs, _bound(net.lower, -math.inf), _bound(net.upper, math.inf),
+                            scoring.min_samples, scoring.min_effect_usd)
     if result == Verdict.WORSE:
         return Status.WORSE, "worse"
     if result == Verdict.READY:
         broken = _broken_guardrail(scoring, comparison)
-        return (Status.GUARDRAIL, f"guardrail: {broken}") if broken else (Status.READY, "ready")
+        if broken:
+            return Status.GUARDRAIL, f"guardrail: {broken}"
+        return Status.READY, "ready" if row.promotable else "ready (shadow only)"
     return Status.COLLECTING, "collecting (inconclusive)"
 
 

@@ -61,8 +61,22 @@ the interval would then be overconfident. Three guards:
   the rare losses cancel (the benchmark's ``skewed_null``: 18% false "ready" at a 1%
   loss rate with min_samples 200, 62% at 0.25%). ``value_per_point² · p`` assumes that a
   fraction p of pairs may differ by a whole quality point; with p = 0.01 those rates
-  fall to 0.1% and 0%, and to 4.6% at a 2% loss rate. It costs samples only when the
-  true variance is below it. The scorer should pass it; the default 0 disables it.
+  fall to 0.13% and 0%, and to 4.6% at a 2% loss rate. It costs samples only when the
+  true variance is below it. The scorer passes ``scoring.variance_floor_fraction``
+  (default 0.01) × value_per_point²; the functions here default to 0, which disables it.
+
+Running intersection
+--------------------
+Each look gives an interval centred on the current mean, so consecutive looks can
+disagree: ready at 265 pairs, not at 310, ready again at 337. A confidence sequence covers
+the mean at all n at once, so the intersection of its intervals covers it too (Howard et
+al. 2021): the scorer reports, per challenger and evaluation period, the running
+intersection of the intervals from min_samples pairs on (:func:`running_intersection`),
+and gives its verdict on that (:func:`verdict` with ``running``). A verdict on the
+interval, once reached in a period, then stays; the guardrails (error rate, latency) are
+checked afresh at every look. "Ever ready" is the same with or without it (a look that is
+ready makes the intersection ready from then on), so the A/A figures of the benchmark
+hold for it.
 
 α-spending across challengers
 -----------------------------
@@ -223,8 +237,26 @@ def verdict(
     min_samples: int,
     min_effect: float = 0.0,
     variance_floor: float = 0.0,
+    *,
+    running: bool = False,
 ) -> Verdict | NDArray[np.str_]:
     """``ready`` / ``worse`` / ``collecting`` for a challenger with its own share of α.
+
+    On the interval of each look alone (:func:`confidence_interval`, with ``variance_floor``),
+    or with ``running`` on the running intersection of the looks along the last axis
+    (:func:`running_intersection`), as the scorer gives it: then ready or worse, once
+    reached, stays. :func:`bounds_verdict` says what an interval means.
+    """
+    lower, upper = confidence_interval(moments, alpha, min_samples, variance_floor)
+    if running:
+        lower, upper = running_intersection(moments.n, lower, upper, min_samples)
+    return bounds_verdict(moments.n, lower, upper, min_samples, min_effect)
+
+
+def bounds_verdict(
+    n: ArrayLike, lower: ArrayLike, upper: ArrayLike, min_samples: int, min_effect: float = 0.0
+) -> Verdict | NDArray[np.str_]:
+    """What an interval on the mean difference says after ``n`` pairs.
 
     * ready: n ≥ min_samples and the lower bound exceeds ``min_effect`` (USD per request);
     * worse: n ≥ min_samples and the upper bound is below zero;
@@ -232,18 +264,39 @@ def verdict(
       (non-inferiority) wins over worse when both hold.
 
     Both verdicts wait for min_samples because the variance estimate behind the interval
-    is unreliable before; ``variance_floor`` is passed to :func:`confidence_interval` (see
-    the module docstring for both). Array moments give an array of the verdicts' string
-    values.
+    is unreliable before (see the module docstring). Arrays give an array of the verdicts'
+    string values.
     """
-    lower, upper = confidence_interval(moments, alpha, min_samples, variance_floor)
-    enough = np.asarray(moments.n) >= min_samples
+    enough = np.asarray(n) >= min_samples
     codes = np.where(
         enough & (np.asarray(lower) > min_effect),
         Verdict.READY.value,
         np.where(enough & (np.asarray(upper) < 0), Verdict.WORSE.value, Verdict.COLLECTING.value),
     )
     return Verdict(codes.item()) if codes.ndim == 0 else codes
+
+
+def running_intersection(
+    n: ArrayLike, lower: ArrayLike, upper: ArrayLike, min_samples: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The running intersection of the intervals of successive looks (the last axis), from min_samples on.
+
+    Each bound is the tightest so far: the highest lower bound, the lowest upper bound.
+    When a confidence sequence covers the mean at every n at once, it covers it at their
+    intersection too, so the intersection is still valid and only ever narrows: a bound
+    that once cleared min_effect (or zero) keeps clearing it, and its verdict stays.
+    Crossed bounds (lower above upper) mean the sequence missed, which it does at most α
+    of the time; they are kept as they are, not hidden.
+
+    Looks before min_samples keep their own bounds: the variance estimate behind them may be
+    far too small (see the module docstring), and one overconfident early look would then
+    pin the intersection for the rest of the period. ``n`` must not decrease along the axis.
+    """
+    enough = np.asarray(n) >= min_samples
+    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    running_lo = np.maximum.accumulate(np.where(enough, lo, -np.inf), axis=-1)
+    running_hi = np.minimum.accumulate(np.where(enough, hi, np.inf), axis=-1)
+    return np.where(enough, running_lo, lo), np.where(enough, running_hi, hi)
 
 
 def alpha_share(k: int) -> float:

@@ -9,7 +9,10 @@ A refresh (run by the daemon every few minutes, and by `shadowzoo leaderboard`):
   3. in one transaction, appends the newly complete pairs, merges their moments, moves the
      watermark, builds the leaderboard and stores it as a snapshot.
 Because step 3 is atomic and keyed, a crash at any point re-does work without counting
-any pair twice.
+any pair twice. Each snapshot holds the running intersection of the period's intervals,
+and the next refresh intersects its own with the latest one's: the intersection lives in
+stored rows, so it survives restarts, and a rebuild of the pairs (which leaves snapshots
+alone) continues it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import duckdb
 from registry import ConfigError, Database, Registry, Variant, Workspace, utcnow
 from registry.db import registered
 from scorer.answers import AnswerQuery, variant_prices
-from scorer.board import EvidencePoint, JudgeState, Leaderboard
+from scorer.board import Comparison, EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
 from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
 from registry.config import JudgeMetric, SlotConfig
@@ -95,12 +98,13 @@ class Scorer:
     def _refresh_in(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period | None,
                     champion: Variant | None, challengers: list[Variant], since: datetime | None) -> Leaderboard:
         config = self.workspace.slot(slot)
-        alphas, moments = {}, {}
+        alphas, moments, previous = {}, {}, {}
         if period is not None:
             alphas = challenger_alphas(db, period, challengers, config.scoring.alpha)
             self._append_pairs(db, slot, plan, period, challengers)
             stored = load_moments(db, period.period_id)
             moments = {v.version_id: stored.get(v.version_id, {}) for v in challengers}
+            previous = _latest_comparisons(db, period)
         window = since or (period.started_at if period else EPOCH)
         if period is not None and since is None:
             stats = period_stats(db, period.period_id)
@@ -110,7 +114,8 @@ class Scorer:
             slot=slot, scoring=config.scoring, period=period, champion=champion, challengers=challengers,
             alphas=alphas, moments=moments, stats=stats, not_run=not_run_counts(db, slot, window),
             paused=self._paused(db, challengers), unpriced=_unpriced(db),
-            since=since, eval_spend_usd=_eval_spend(db, slot, window), reactions=_reactions(db, slot, window),
+            control_rate=config.shadow.champion_control_rate, previous=previous, since=since,
+            eval_spend_usd=_eval_spend(db, slot, window), reactions=_reactions(db, slot, window),
         ))
 
     def _append_pairs(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period,
@@ -180,6 +185,17 @@ def _evidence_query(slot: str, plan: QualityPlan, config: SlotConfig, period: Pe
         return AnswerQuery(slot=slot, since=since, plan=plan, scoring=config.scoring)
     return AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=config.scoring,
                        champion=period.champion_version)
+
+
+def _latest_comparisons(db: duckdb.DuckDBPyConnection, period: Period) -> dict[str, Comparison]:
+    """Each challenger's comparison on the period's latest snapshot (none in a new period)."""
+    row = db.execute(
+        "SELECT board_json FROM leaderboard_snapshots WHERE snapshot_id = (SELECT max(snapshot_id) "
+        "FROM leaderboard_snapshots WHERE slot = ? AND period_id = ?)", [period.slot, period.period_id]).fetchone()
+    if row is None:
+        return {}
+    board = Leaderboard.model_validate_json(row[0])
+    return {r.version_id: r.comparison for r in board.rows if r.comparison is not None}
 
 
 def _unpriced(db: duckdb.DuckDBPyConnection) -> set[str]:

@@ -105,6 +105,28 @@ def cheaper_but_sometimes_wrong(loss_rate: float, model: DemoNetModel = DemoNetM
     return draw
 
 
+def rare_disagreements(rate: float, model: DemoNetModel = DemoNetModel(), cost_spread: float = 0.1) -> DiffSampler:
+    """Identical variants that disagree on quality only on a fraction ``rate`` of requests: an A/A
+    test whose differences are rare jumps of a whole point.
+
+    Both answer alike on most requests; on a fraction ``rate`` one of the two (either, equally
+    likely) is wrong where the other is right, ±value_per_point. Both see the same request,
+    so their costs differ only by a little (the challenger's is the champion's times
+    ``exp(cost_spread·Z)``, its answer a bit longer or shorter). Before the first few
+    disagreements the sample variance holds only those small cost differences, which is
+    what makes rare jumps hard for a CLT-based interval.
+    """
+
+    def draw(rng: np.random.Generator, shape: tuple[int, int, int]) -> NDArray[np.float64]:
+        runs, arms, pairs = shape
+        champion_cost = model.cost_median * np.exp(model.cost_sigma * rng.standard_normal((runs, 1, pairs)))
+        challenger_cost = champion_cost * np.exp(cost_spread * rng.standard_normal(shape))
+        jump = np.where(rng.random(shape) < rate, rng.choice([-1.0, 1.0], size=shape), 0.0)
+        return model.value_per_point * jump - (challenger_cost - champion_cost)
+
+    return draw
+
+
 def monitor(
     diffs: DiffSampler,
     rng: np.random.Generator,
@@ -159,6 +181,12 @@ def monitor(
 def first_look(flags: NDArray[np.bool_]) -> NDArray[np.int64]:
     """Index of the first True along the last axis (the first look that fired), or −1."""
     return np.where(flags.any(axis=-1), flags.argmax(axis=-1), -1)
+
+
+def flipped_back(flags: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Whether a flag set at one look is unset at a later one (along the last axis): a verdict that flipped."""
+    set_for_good = np.logical_and.accumulate(flags[..., ::-1], axis=-1)[..., ::-1]
+    return (flags & ~set_for_good).any(axis=-1)
 
 
 def binomial_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -21,6 +21,15 @@ from tests.servers import edit_config
 from zoo import load_zoo, register_specs
 
 SLOT = "support-triage"
+RULES_SPEC = """slot: support-triage
+name: rules
+kind: python
+base: defaults
+overrides:
+  entrypoint: rules.triage:answer
+  price_per_call_usd: 0.00001
+"""
+"""A python variant (challenger-only): the scorer reads its stored answers and never calls it."""
 
 
 def demo_registry(workspace_dir, **scoring: Any) -> tuple[Registry, dict[str, str]]:

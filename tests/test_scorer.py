@@ -17,11 +17,14 @@ from registry import ConfigError, Refused, Registry, load_workspace
 from registry.migrations import MIGRATIONS
 from registry.config import Metric
 from scorer.board import Status
+from scorer.pairing import load_moments
+from scorer.sequential import confidence_interval
 from scorer.metrics import plan_quality, score_rows
 from scorer.policy import promotion_evidence
+from scorer.report import render_html, render_markdown
 from scorer.service import Scorer
 from shadow.pricing import price_of, workspace_prices
-from tests.scoring_data import Answers, demo_registry, simulate
+from tests.scoring_data import RULES_SPEC, Answers, demo_registry, simulate
 from tests.servers import edit_config
 from zoo import load_zoo, register_specs
 
@@ -106,6 +109,54 @@ def test_the_evidence_stays_the_mean_of_the_stored_pairs_across_rebuild_and_refr
         assert comparison.net.mean == pytest.approx(net, abs=1e-12)
         assert comparison.quality.mean == pytest.approx(quality, abs=1e-12)
         assert comparison.cost.mean == pytest.approx(cost, abs=1e-15)
+
+
+def _this_look(registry: Registry, board, version_id: str) -> tuple[float, float]:
+    """The net interval of this look alone, from the period's stored moments (no intersection)."""
+    comparison, scoring = _row(board, version_id).comparison, registry.workspace.slot(SLOT).scoring
+    with registry.database.reading() as db:
+        moments = load_moments(db, board.period_id)[version_id]["net"]
+    floor = scoring.variance_floor_fraction * scoring.value_per_point ** 2
+    return confidence_interval(moments, comparison.alpha, scoring.min_samples, floor)
+
+
+def test_a_ready_verdict_stays_within_its_period_across_looks_restarts_and_rebuilds(workspace_dir: Path) -> None:
+    registry, ids = demo_registry(workspace_dir)
+    careful = ids["careful-large"]
+    answers = Answers()
+    simulate(answers, ids["baseline"], {careful: 0.8}, n=150, seed=5)
+    answers.write(registry)
+    first = _row(_board(registry), careful)
+    assert first.status == Status.READY
+    simulate(answers, ids["baseline"], {careful: 0.5}, n=60, start=150, seed=6)  # a bad stretch
+    answers.write(registry)
+    board = _board(registry)
+    assert _this_look(registry, board, careful)[0] < 0, "this look alone would not say ready"
+    second = _row(board, careful)
+    assert second.status == Status.READY and second.comparison.pairs == 210
+    assert second.comparison.net.lower == first.comparison.net.lower
+    assert second.comparison.net.upper == pytest.approx(min(first.comparison.net.upper,
+                                                            _this_look(registry, board, careful)[1]))
+    registry.close()
+    registry = Registry.open(load_workspace(workspace_dir))  # the daemon restarts
+    assert _row(_board(registry), careful).comparison.net == second.comparison.net
+    with registry.database.transaction() as db:  # a rebuild of the pairs from scratch
+        for table in ("paired", "answer_stats", "pair_moments", "scoring_watermarks"):
+            db.execute(f"DELETE FROM {table}")
+    rebuilt = _row(_board(registry), careful)
+    assert rebuilt.status == Status.READY and rebuilt.comparison.pairs == 210
+    assert rebuilt.comparison.net.lower == second.comparison.net.lower
+    assert rebuilt.comparison.net.upper == pytest.approx(second.comparison.net.upper, rel=1e-9)
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["scoring"].update(min_effect_usd=0.0001))
+    registry.workspace = load_workspace(workspace_dir)
+    _board(registry)  # opens a new period
+    simulate(answers, ids["baseline"], {careful: 0.5}, n=120, start=210, seed=7)
+    answers.write(registry)
+    fresh = _board(registry)  # its interval is its own
+    assert fresh.period_id == board.period_id + 1 and _row(fresh, careful).comparison.pairs == 120
+    assert (_row(fresh, careful).comparison.net.lower, _row(fresh, careful).comparison.net.upper) == pytest.approx(
+        _this_look(registry, fresh, careful))
+    registry.close()
 
 
 def _late_arrivals(ids: dict[str, str], requests: int, batches: int, seed: int) -> list[Answers]:
@@ -327,22 +378,48 @@ def test_a_challenger_added_mid_period_is_paired_only_on_requests_received_after
     assert _row(board, ids["careful-large"]).comparison.pairs == 50
 
 
-def test_latency_guardrail_uses_the_champion_control_when_there_is_one(scored) -> None:
-    registry, ids = scored
+def _live_fast_replayed_slow(ids: dict[str, str], latencies: dict[str, float]) -> Answers:
+    """A clearly better careful-large; live answers take 60 ms, replayed ones (under replay load) `latencies`."""
     answers = Answers()
-    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.99}, n=300, champion_accuracy=0.6)
+    simulate(answers, ids["baseline"], {version_id: 0.99 for version_id in latencies}, n=300, champion_accuracy=0.6)
     for row in answers.traffic:
-        row["latency_ms"] = 100.0  # live answers are fast ...
+        row["latency_ms"] = 60.0
     for row in answers.results:
-        row["latency_ms"] = 400.0  # ... replayed ones, under replay load, slower
-    answers.write(registry)
-    assert _row(_board(registry), ids["careful-large"]).status_detail == "guardrail: p95 latency"
+        row["latency_ms"] = latencies[row["version_id"]]
+    return answers
+
+
+def test_a_better_challenger_is_not_held_back_by_live_latencies_without_a_control(scored) -> None:
+    registry, ids = scored
+    _live_fast_replayed_slow(ids, {ids["careful-large"]: 450.0}).write(registry)
+    board = _board(registry)
+    careful = _row(board, ids["careful-large"])
+    assert careful.status == Status.READY and careful.comparison.p95_latency_ratio is None
+    assert careful.comparison.latency_baseline == "none"
+    assert board.latency_guardrail.startswith("p95 latency guardrail not applied: the champion is not replayed as "
+                                              "a control (shadow.champion_control_rate is 0)")
+    assert f"**Not checked:** {board.latency_guardrail}" in render_markdown(board)
+    assert f"<strong>Not checked:</strong> {board.latency_guardrail}" in render_html(board, [])
+
+
+def test_latency_guardrail_compares_challengers_with_the_champions_control_replays(workspace_dir: Path) -> None:
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT].setdefault("shadow", {}).update(champion_control_rate=0.2))
+    registry, ids = demo_registry(workspace_dir)
+    _live_fast_replayed_slow(ids, {ids["careful-large"]: 450.0, ids["cheap-mini"]: 900.0}).write(registry)
+    waiting = _board(registry)
+    assert waiting.latency_guardrail == ("p95 latency guardrail not applied: no control replay of the champion "
+                                         "(shadow.champion_control_rate 0.2) has been answered in this period yet, "
+                                         "and live latencies are not comparable with replayed ones.")
     control = Answers()
-    for i in range(50):
-        control.result(f"r{i:06d}", ids["baseline"], "billing", role="control", latency_ms=390.0)
+    for i in range(60):
+        control.result(f"r{i:06d}", ids["baseline"], "billing", role="control", latency_ms=440.0)
     control.write(registry)
-    careful = _row(_board(registry), ids["careful-large"])
+    board = _board(registry)
+    careful, cheap = _row(board, ids["careful-large"]), _row(board, ids["cheap-mini"])
     assert careful.comparison.latency_baseline == "control" and careful.status == Status.READY
+    assert cheap.status_detail == "guardrail: p95 latency"
+    assert board.latency_guardrail.startswith("p95 latency guardrail applied")
+    registry.close()
 
 
 def test_a_slot_with_no_champion_yet_shows_challengers_collecting(workspace_dir: Path) -> None:
@@ -430,6 +507,43 @@ def test_an_unknown_metric_type_names_the_file_and_key(workspace_dir: Path) -> N
         load_workspace(workspace_dir)
 
 
+def _board_with_rules(workspace_dir: Path, accuracies: dict[str, float]):
+    """The demo slot plus the python variant `rules`, scored on 300 requests the named specs answered."""
+    (workspace_dir / "zoo" / "rules.yaml").write_text(RULES_SPEC)
+    registry, ids = demo_registry(workspace_dir)
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids[name]: accuracy for name, accuracy in accuracies.items()}, n=300)
+    answers.write(registry)
+    return registry, ids, _board(registry)
+
+
+def test_a_ready_python_variant_is_shadow_only_and_the_best_promotable_one_is_recommended(workspace_dir: Path) -> None:
+    registry, ids, board = _board_with_rules(workspace_dir, {"rules": 0.99, "careful-large": 0.95})
+    rules, careful = _row(board, ids["rules"]), _row(board, ids["careful-large"])
+    assert rules.status == Status.READY and rules.display_status == "ready (shadow only)"
+    assert rules.comparison.net.lower > careful.comparison.net.lower and careful.status == Status.READY
+    command = f"shadowzoo promote {SLOT} {ids['careful-large']}"
+    assert board.recommendation == command
+    markdown, page = render_markdown(board), render_html(board, [])
+    assert f"**Recommendation:** `{command}`" in markdown and "| ready (shadow only) |" in markdown
+    assert f'<code class="command">{command}</code>' in page
+    move = registry.promote(SLOT, ids["careful-large"], "tester", None,
+                            promotion_evidence(board, ids["careful-large"], force=False))
+    assert move.to_version == ids["careful-large"]
+    registry.close()
+
+
+def test_with_only_a_python_variant_ready_there_is_no_recommendation_and_the_board_says_why(workspace_dir: Path) -> None:
+    registry, ids, board = _board_with_rules(workspace_dir, {"rules": 0.99, "cheap-mini": 0.7})
+    assert _row(board, ids["rules"]).display_status == "ready (shadow only)" and board.recommendation is None
+    markdown = render_markdown(board)
+    assert "**No recommendation.** No promotable challenger is ready." in markdown
+    assert (f"- `{ids['rules']}`: ready (shadow only) — a python variant answers captured traffic only, never users, "
+            "so it cannot be promoted") in markdown
+    assert "No promotable challenger is ready</h2>" in render_html(board, [])
+    registry.close()
+
+
 def test_promoting_a_challenger_that_is_not_ready_is_refused_with_the_evidence(scored) -> None:
     registry, ids = scored
     answers = Answers()
@@ -460,6 +574,7 @@ def test_the_leaderboard_and_report_commands_print_and_write(cli, workspace_dir:
     registry.close()
     table = cli("leaderboard", "--slot", SLOT)
     assert table.code == 0 and f"shadowzoo promote {SLOT} {ids['careful-large']}" in table.out
+    assert "p95 latency guardrail not applied: the champion is not replayed as a control" in table.out
     board = cli("leaderboard", "--slot", SLOT, "--format", "json").json()
     assert [r["role"] for r in board["rows"]][0] == "champion"
     assert "| version |" in cli("leaderboard", "--slot", SLOT, "--format", "md").out

@@ -16,6 +16,7 @@ from scorer.sequential import (
     mixing_parameter,
     mixture_boundary,
     naive_interval,
+    running_intersection,
     verdict,
 )
 from scorer.simulation import (
@@ -24,9 +25,11 @@ from scorer.simulation import (
     binomial_interval,
     cheaper_but_sometimes_wrong,
     demo_like_net,
+    flipped_back,
     gaussian_net,
     independent_variants,
     monitor,
+    rare_disagreements,
 )
 
 ALPHA = 0.05
@@ -156,6 +159,12 @@ def test_verdicts_work_elementwise_on_arrays_of_moments() -> None:
     assert verdict(m, ALPHA, 200).tolist() == ["ready", "worse", "collecting"]
 
 
+def test_the_running_intersection_keeps_the_tightest_bounds_from_min_samples_on() -> None:
+    lower, upper = running_intersection([100, 200, 300, 400], [0.5, -1.0, -0.5, -2.0], [0.6, 2.0, 1.0, 3.0], 200)
+    assert lower.tolist() == [0.5, -1.0, -0.5, -0.5]
+    assert upper.tolist() == [0.6, 2.0, 1.0, 1.0]
+
+
 def test_alpha_shares_sum_to_at_most_one() -> None:
     shares = [alpha_share(k) for k in range(1, 100_001)]
     assert math.fsum(shares) <= 1.0
@@ -230,3 +239,26 @@ def test_a_variance_floor_stops_rare_losses_from_looking_like_a_win() -> None:
     floored = int((verdict(path, ALPHA, 200, variance_floor=floor) == Verdict.READY.value).any(axis=-1).sum())
     assert binomial_interval(plain, AA_RUNS)[0] > ALPHA
     assert binomial_interval(floored, AA_RUNS)[1] <= ALPHA
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.005])
+def test_identical_variants_with_rare_disagreements_are_rarely_ever_given_a_verdict(rate: float) -> None:
+    """An A/A test whose differences are rare whole-point jumps, scored as the scorer does by
+    default (variance floor value_per_point² × 1%, running intersection); same reasoning as above."""
+    path = monitor(rare_disagreements(rate), np.random.default_rng(SEED), runs=AA_RUNS, max_pairs=2000)
+    floor = DemoNetModel().value_per_point ** 2 * 0.01
+    verdicts = verdict(path, ALPHA, 200, variance_floor=floor, running=True)
+    ever_any = int((verdicts != Verdict.COLLECTING.value).any(axis=-1).sum())
+    assert binomial_interval(ever_any, AA_RUNS)[1] <= ALPHA
+
+
+def test_a_verdict_on_the_running_intersection_stays_where_each_looks_own_interval_flips() -> None:
+    """A small true effect sits near the boundary: each look's own interval goes ready, then not."""
+    shift = 0.12  # difference-SDs: gaussian differences have SD 1
+    path = monitor(independent_variants(gaussian_net, shift=shift), np.random.default_rng(SEED), runs=AA_RUNS,
+                   max_pairs=2000)
+    each_look = verdict(path, ALPHA, 200) == Verdict.READY.value
+    intersected = verdict(path, ALPHA, 200, running=True) == Verdict.READY.value
+    assert flipped_back(each_look).sum() > 0, "the per-look interval flips on some runs"
+    assert not flipped_back(intersected).any(), "once ready, always ready"
+    assert (intersected.any(axis=-1) == each_look.any(axis=-1)).all(), "ever ready is the same"

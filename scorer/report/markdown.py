@@ -5,7 +5,7 @@ from __future__ import annotations
 from scorer.board import Leaderboard, VariantRow
 from scorer.report.text import (
     DASH, challengers, fmt_latency, fmt_percent, fmt_quality, fmt_time, format_interval, no_recommendation_headline,
-    not_ready_reason, notes, ordered_rows, recommendation_evidence, recommended_row, usd,
+    latency_caveat, not_ready_reason, notes, ordered_rows, recommendation_evidence, recommended_row, usd,
 )
 
 _MD_HEADER = (
@@ -40,7 +40,8 @@ def _md_row(row: VariantRow) -> str:
 def _md_recommendation(board: Leaderboard) -> list[str]:
     row = recommended_row(board)
     if row is not None:
-        return [f"**Recommendation:** `{board.recommendation}`", "", _md(recommendation_evidence(row, board))]
+        lines = [f"**Recommendation:** `{board.recommendation}`", "", _md(recommendation_evidence(row, board))]
+        return lines + (["", f"**Not checked:** {_md(caveat)}"] if (caveat := latency_caveat(board)) else [])
     lines = [f"**No recommendation.** {no_recommendation_headline(board)}"]
     if challengers(board):
         lines.append("")

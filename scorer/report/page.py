@@ -7,15 +7,17 @@ from html import escape
 from scorer.board import EvidencePoint, Interval, Leaderboard, Status, VariantRow
 from scorer.report.text import (
     DASH, challengers, fmt_latency, fmt_percent, fmt_quality, fmt_time, guardrail_facts, interval_parts,
-    no_recommendation_headline, not_ready_reason, notes, ordered_rows, recommendation_evidence, recommended_row,
-    usd,
+    latency_caveat, no_recommendation_headline, not_ready_reason, notes, ordered_rows, recommendation_evidence,
+    recommended_row, usd,
 )
 from scorer.report.svg import STATUS_COLOURS
 from scorer.report.charts import empty_note, evidence_chart, net_difference_chart, quality_cost_chart
 
 STATUS_MEANINGS: dict[Status, str] = {
     Status.CHAMPION: "serves real users; every challenger is compared with it.",
-    Status.READY: "enough pairs, the interval's lower bound is above min_effect and the guardrails hold.",
+    Status.READY: "enough pairs, the interval's lower bound is above min_effect and the guardrails hold; "
+                  "`ready (shadow only)`: a python variant, which answers captured traffic only and cannot be "
+                  "promoted.",
     Status.COLLECTING: "not enough evidence for a verdict either way yet.",
     Status.WORSE: "the interval's upper bound is below zero: the champion is better net of cost.",
     Status.GUARDRAIL: "a guardrail (error rate, latency) failed, whatever the net value says.",
@@ -71,8 +73,8 @@ COLUMNS: list[tuple[str, bool, str]] = [
     ("version", False, "The variant's label and immutable version id (label-date-fingerprint)."),
     ("status", False,
      "The scorer's verdict (see the list below). Under it, the guardrail measurements: the error-rate "
-     "difference vs the champion in percentage points, and p95 latency as a multiple of the champion's "
-     "(or of its replayed control's, when the slot runs one)."),
+     "difference vs the champion in percentage points, and p95 latency as a multiple of the p95 of the "
+     "champion's control replays (only when the slot replays the champion as a control; the notes say)."),
     ("n", True, "Requests the variant answered and that were scored, in the descriptive window."),
     ("quality", True, "Mean quality in [0, 1] over those requests; an upstream error scores 0."),
     ("cost / 1k req", True, "Model cost of 1,000 requests in USD, from token counts and prices."),
@@ -81,7 +83,8 @@ COLUMNS: list[tuple[str, bool, str]] = [
     ("net / 1k req", True, "Net value of 1,000 requests: value_per_point × quality − cost − latency cost."),
     ("net Δ / req", True,
      "Mean of (challenger − champion) net value per request on the same requests, with its always-valid "
-     "interval: it stays valid however often the board is re-scored."),
+     "interval: it stays valid however often the board is re-scored. From min_samples pairs on it is the "
+     "running intersection of the period's intervals, so it only narrows and a verdict on it stays."),
     ("pairs", True, "Requests both answered with labels joined, in this period; αᵢ is the challenger's share of α."),
 ]
 
@@ -146,18 +149,23 @@ def _html_help() -> str:
 def _html_recommendation(board: Leaderboard) -> str:
     row = recommended_row(board)
     if row is not None:
+        caveat = latency_caveat(board)
         return (
             f'<section class="advice ready"><h2>Ready to promote: {escape(row.label)}</h2>'
             f'<code class="command">{escape(board.recommendation or "")}</code>'
-            f"<p>{escape(recommendation_evidence(row, board))}</p></section>"
+            f"<p>{escape(recommendation_evidence(row, board))}</p>"
+            + (f"<p><strong>Not checked:</strong> {escape(caveat)}</p>" if caveat else "")
+            + "</section>"
         )
     reasons = "".join(
         f"<li><strong>{escape(r.label)}</strong> <span class='mono'>{escape(r.version_id)}</span>: "
         f"{escape(not_ready_reason(r, board))}</li>"
         for r in challengers(board)
     )
-    listing = f"<ul>{reasons}</ul>" if reasons else f"<p>{escape(no_recommendation_headline(board))}</p>"
-    return f'<section class="advice none"><h2>No challenger is ready</h2>{listing}</section>'
+    headline = no_recommendation_headline(board)
+    listing = f"<ul>{reasons}</ul>" if reasons else f"<p>{escape(headline)}</p>"
+    title = headline.rstrip(".") if reasons else "No challenger is ready"
+    return f'<section class="advice none"><h2>{escape(title)}</h2>{listing}</section>'
 
 
 def _figure(title: str, caption: str, body: str) -> str:
@@ -184,7 +192,8 @@ def _html_charts(board: Leaderboard, history: list[EvidencePoint]) -> str:
         _figure(
             "Cumulative evidence",
             "How each challenger's interval narrowed as pairs accumulated in this period. Early bands are "
-            "clipped at the panel edge; no verdict is given before min_samples pairs (dotted line).",
+            "clipped at the panel edge; no verdict is given before min_samples pairs (dotted line), and from "
+            "there on the band is the running intersection of the intervals, so it never widens again.",
             evidence_chart(board, history),
         ),
     ])

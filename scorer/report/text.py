@@ -142,7 +142,7 @@ def recommended_row(board: Leaderboard) -> VariantRow | None:
 def guardrail_facts(row: VariantRow) -> list[str]:
     """The guardrail measurements a comparison carries, e.g. `errors +6.1 pts`, `p95 0.24×`.
 
-    The p95 ratio is against the champion unless the slot replays a control, which is then named.
+    The p95 ratio is against the champion's control replays (older snapshots: its live answers).
     """
     comparison = row.comparison
     if comparison is None:
@@ -179,6 +179,8 @@ def not_ready_reason(row: VariantRow, board: Leaderboard) -> str:
             why = "no new shadow calls are made"
         case Status.NO_DATA:
             why = "no scored requests yet"
+        case Status.READY if not row.promotable:
+            why = f"a {row.kind} variant answers captured traffic only, never users, so it cannot be promoted"
         case Status.READY:
             why = "its interval has no lower bound yet"
         case _:
@@ -196,12 +198,19 @@ def recommendation_evidence(row: VariantRow, board: Leaderboard) -> str:
     )
 
 
+def latency_caveat(board: Leaderboard) -> str:
+    """The board's latency-guardrail sentence when the guardrail was not applied, else nothing."""
+    return "" if board.latency_guardrail_applied else board.latency_guardrail
+
+
 def no_recommendation_headline(board: Leaderboard) -> str:
     """Why there is no promote command, before any per-challenger reasons."""
     if not board.rows:
         return "The slot has no variants yet."
     if not challengers(board):
         return "No challengers are being evaluated yet; `shadowzoo zoo register` adds one from a spec."
+    if any(r.status == Status.READY for r in challengers(board)):
+        return "No promotable challenger is ready."
     return "No challenger is ready."
 
 
@@ -221,6 +230,8 @@ def notes(board: Leaderboard) -> list[str]:
         "net value = value_per_point × quality − cost − latency cost.",
         f"Evaluation (judge) spend: {usd(board.eval_spend_usd)}, never charged to a variant.",
     ]
+    if board.latency_guardrail:
+        lines.append(board.latency_guardrail)
     lines += [judge_note(judge) for judge in board.judges]
     if board.since is not None:
         lines.append(f"Descriptive columns cover traffic since {fmt_time(board.since)}.")
