@@ -6,9 +6,15 @@ headers report less than `min_remaining_fraction` of the limit left, new calls w
 configured requests-per-minute and tokens-per-minute buckets (tokens are estimated from
 the request before the call and corrected from the usage after it), and a concurrency cap.
 
-The SDK's own retries are off: 429, 5xx and connection errors are retried here, with
-exponential back-off and full jitter, honouring `Retry-After`, up to `max_retries`; any
-other 4xx is final. API keys are read from the environment and never logged or stored.
+Attempts follow the champion's path, so errors weigh alike on both sides of a pair: the
+gateway makes one attempt and relays whatever the model's side answered, so a shadow call
+is retried only where its request never reached the model, which the champion's call did
+not suffer: throttling (429, usually the shadow load itself) and a connection that could
+not be opened (nothing was sent). Those are retried with exponential back-off and full
+jitter, honouring `Retry-After`, up to `max_retries`; a 5xx, a timeout, a dropped
+connection or any other 4xx is the answer, as it would have been live, except that a
+refusal of the configuration (401, 403, 404: the key, the permission, the model or URL) is
+marked `refused`: the model never saw the request. The SDK's own retries are off. API keys are read from the environment and never logged or stored.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import openai
 
 from registry.config import ProviderConfig
@@ -42,6 +49,8 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 NO_KEY = "shadowzoo-no-key"
 ERROR_TEXT_CHARS = 500
+REFUSALS = frozenset({401, 403, 404})
+"""Statuses that refuse the call's configuration (key, permission, model or URL), not its content."""
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -148,6 +157,8 @@ class ChatResult:
     latency_ms: float
     attempts: int
     error: str | None
+    refused: bool = False
+    """The upstream refused the configuration (key, permission, model): the model never saw the request."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,7 @@ class _Failure:
     error: str
     retryable: bool
     retry_after_s: float | None = None
+    refused: bool = False
 
 
 class ProviderClient:
@@ -194,7 +206,7 @@ class ProviderClient:
                 return ChatResult(True, outcome.output, outcome.usage, latency_ms, attempts, None)
             delay = self._retry_delay(outcome, attempts)
             if delay is None:
-                return ChatResult(False, None, None, latency_ms, attempts, _final_error(outcome))
+                return ChatResult(False, None, None, latency_ms, attempts, _final_error(outcome), outcome.refused)
             await self._sleep(delay)
 
     async def aclose(self) -> None:
@@ -231,10 +243,8 @@ class ProviderClient:
         except openai.APIStatusError as exc:
             self.headroom.observe(model, exc.response.headers)
             return _status_failure(exc)
-        except openai.APITimeoutError:
-            return _Failure(f"timed out after {self.config.timeout_s:g} s", retryable=True)
         except openai.APIConnectionError as exc:
-            return _Failure(_clip(f"connection error: {exc.__cause__ or exc}"), retryable=True)
+            return _connection_failure(exc, self.config.timeout_s)
         self.headroom.observe(model, raw.headers)
         return _parse_completion(raw.content)
 
@@ -278,10 +288,40 @@ def _api_key(name: str, config: ProviderConfig) -> str:
 
 
 def _status_failure(exc: openai.APIStatusError) -> _Failure:
+    """An HTTP error: only throttling (429) is retried, anything else was the model side's answer."""
     status = exc.status_code
-    retryable = status == 429 or status >= 500
+    retryable = status == 429
     retry_after = _retry_after_s(exc.response.headers) if retryable else None
-    return _Failure(_clip(f"HTTP {status}: {exc.message}"), retryable, retry_after)
+    return _Failure(_clip(f"HTTP {status}: {exc.message}"), retryable, retry_after, status in REFUSALS)
+
+
+def _connection_failure(exc: openai.APIConnectionError, timeout_s: float) -> _Failure:
+    """A transport error: retried only when the connection never opened, so nothing was sent."""
+    if _never_sent(exc):
+        return _Failure(_clip(f"could not connect: {_root_cause(exc)}"), retryable=True)
+    if isinstance(exc, openai.APITimeoutError):
+        return _Failure(f"timed out after {timeout_s:g} s", retryable=False)
+    return _Failure(_clip(f"connection error: {exc.__cause__ or exc}"), retryable=False)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and the chain of causes under it, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the transport failed to connect (refused, unreachable, connect timeout): the request never left."""
+    connect_failures = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, ConnectionRefusedError)
+    return any(isinstance(cause, connect_failures) for cause in _causes(exc))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    return _causes(exc)[-1]
 
 
 def _final_error(failure: _Failure) -> str:

@@ -1,47 +1,95 @@
-"""Python-kind variants: `module:function(request, **params)` called in worker threads."""
+"""Python-kind variants: `module:function(request, **params)` called in worker threads.
+
+A call that never reaches the variant's own code (its module does not import, the function
+is missing, or its params do not fit its signature) is a configuration problem, not the
+variant's answer: it comes back as `not_run`, with the reason, and is never scored.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 
+class EntrypointProblem(Exception):
+    """The entrypoint cannot be called as configured (import, lookup or signature)."""
+
+
+@dataclass(frozen=True)
+class PythonAnswer:
+    """One call's outcome: its output, or the variant's error, or why the call was not made."""
+
+    output: str | None
+    error: str | None
+    latency_ms: float
+    not_run: str | None = None
+
+
 class PythonVariants:
-    """Calls python variants off the event loop; each function is imported once."""
+    """Calls python variants off the event loop; each function is imported once it imports."""
 
     def __init__(self, workers: int) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shadowzoo-python")
         self._functions: dict[str, Callable[..., Any]] = {}
 
-    async def call(self, entrypoint: str, request: dict[str, Any], params: dict[str, Any]) -> tuple[str | None, str | None, float]:
-        """(output, error, latency in ms) of one call; an exception is the variant's error."""
+    async def call(self, entrypoint: str, request: dict[str, Any], params: dict[str, Any]) -> PythonAnswer:
+        """Run one call; an exception raised by the variant's code is its error."""
         started = time.perf_counter()
         try:
             output = await asyncio.get_running_loop().run_in_executor(
                 self._executor, partial(self._invoke, entrypoint, request, params))
+        except EntrypointProblem as exc:
+            return PythonAnswer(None, None, 0.0, not_run=str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of the variant's code is its error
-            output, error = None, f"{type(exc).__name__}: {exc}"
-        else:
-            error = None
-        return output, error, (time.perf_counter() - started) * 1000
+            return PythonAnswer(None, f"{type(exc).__name__}: {exc}", _ms_since(started))
+        return PythonAnswer(output, None, _ms_since(started))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _invoke(self, entrypoint: str, request: dict[str, Any], params: dict[str, Any]) -> str:
-        output = self._function(entrypoint)(request, **params)
+        function = self._function(entrypoint)
+        _check_arguments(entrypoint, function, request, params)
+        output = function(request, **params)
         if not isinstance(output, str):
             raise TypeError(f"{entrypoint} returned {type(output).__name__}, expected str")
         return output
 
     def _function(self, entrypoint: str) -> Callable[..., Any]:
+        """The entrypoint's function; a module that fails to import is tried again next call (it may be fixed)."""
         function = self._functions.get(entrypoint)
-        if function is None:
-            module, _, name = entrypoint.partition(":")
-            function = self._functions[entrypoint] = getattr(importlib.import_module(module), name)
+        if function is not None:
+            return function
+        module, _, name = entrypoint.partition(":")
+        try:
+            function = getattr(importlib.import_module(module), name)
+        except Exception as exc:  # noqa: BLE001 - whatever the import raised, the variant never ran
+            raise EntrypointProblem(f"{entrypoint} could not be loaded: {type(exc).__name__}: {exc}") from exc
+        if not callable(function):
+            raise EntrypointProblem(f"{entrypoint} is a {type(function).__name__}, not a function")
+        self._functions[entrypoint] = function
         return function
+
+
+def _check_arguments(entrypoint: str, function: Callable[..., Any], request: dict[str, Any],
+                     params: dict[str, Any]) -> None:
+    """Refuse a call whose params do not fit the function's signature (when it has one to read)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(request, **params)
+    except TypeError as exc:
+        raise EntrypointProblem(f"{entrypoint} does not take (request, **params) with params {sorted(params)}: {exc}") from exc
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -29,6 +29,7 @@ from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket
 from shadow.runner import RunFilters, RunReport, ShadowRunner
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.config import ErrorConfig, LatencyConfig, ModelConfig
+from tests.servers import edit_config, free_port
 from zoo import load_zoo, register_specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,9 +127,10 @@ def ws(workspace_dir: Path, sim: SimulatorHandle) -> Iterator[SimWorkspace]:
 
 
 def add_traffic(registry: Registry, count: int, start: int = 0) -> list[str]:
-    """Captured requests (as a streaming client sent them) answered by the champion."""
+    """Captured requests (as a streaming client sent them) answered by the champion, received one a
+    second from a second after it took office (in its evaluation period)."""
     champion = registry.champion(SLOT)
-    base = datetime(2026, 1, 1)
+    base = (registry.champion_since(SLOT) or utcnow()) + timedelta(seconds=1)
     rows = []
     for i in range(start, start + count):
         request = {
@@ -250,10 +252,14 @@ def test_sampling_is_deterministic_and_roughly_proportional_to_the_rate(ws: SimW
     assert per_version[ws.ids["flash"]] == 0
 
 
-def test_a_flaky_upstream_is_retried_and_a_dead_one_is_recorded_as_an_error_with_its_attempts(ws: SimWorkspace) -> None:
+def test_a_server_error_is_the_answer_like_on_the_live_path_and_only_an_unopened_connection_is_retried(
+        ws: SimWorkspace) -> None:
+    edit_config(ws.root, lambda c: c["providers"].update(
+        down={"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 2}))
     registry = ws.setup(
-        shadow={"sample_rate": 0.0, "rates": {"flaky": 1.0, "dead": 1.0}},
-        specs={"flaky": spec("flaky", "sim-half"), "dead": spec("dead", "sim-500")},
+        shadow={"sample_rate": 0.0, "rates": {"flaky": 1.0, "dead": 1.0, "unreachable": 1.0}},
+        specs={"flaky": spec("flaky", "sim-half"), "dead": spec("dead", "sim-500"),
+               "unreachable": spec("unreachable", "sim-mini") + "  provider: down\n"},
         max_retries=3,
     )
     add_traffic(registry, 40)
@@ -262,13 +268,14 @@ def test_a_flaky_upstream_is_retried_and_a_dead_one_is_recorded_as_an_error_with
     run(registry, providers=ProviderPool(registry.workspace.config.providers, sleep=sleep))
 
     rows = results(registry)
-    flaky = [r for r in rows if r["version_id"] == ws.ids["flaky"]]
-    dead = [r for r in rows if r["version_id"] == ws.ids["dead"]]
-    assert len(flaky) == len(dead) == 40
-    assert all(r["status"] == "error" and r["attempts"] == 4 and r["error"].startswith("HTTP 500") for r in dead)
-    assert any(r["status"] == "ok" and r["attempts"] > 1 for r in flaky)
-    assert all(r["attempts"] == 4 for r in flaky if r["status"] == "error")
-    assert sum(r["attempts"] - 1 for r in rows) == len(sleep.delays)
+    by_label = {label: [r for r in rows if r["version_id"] == ws.ids[label]] for label in ("flaky", "dead", "unreachable")}
+    assert all(r["status"] == "error" and r["attempts"] == 1 and r["error"].startswith("HTTP 500") for r in by_label["dead"])
+    assert {r["status"] for r in by_label["flaky"]} == {"ok", "error"}
+    assert all(r["attempts"] == 1 for r in by_label["flaky"])
+    assert len(by_label["unreachable"]) == 40
+    assert all(r["status"] == "error" and r["attempts"] == 3 and r["error"].startswith("could not connect")
+               for r in by_label["unreachable"])
+    assert len(sleep.delays) == 40 * 2
     assert all(0 <= delay <= BACKOFF_CAP_S for delay in sleep.delays)
 
 
@@ -395,6 +402,7 @@ def test_a_run_killed_midway_loses_nothing_and_the_next_run_duplicates_nothing(w
 def test_replay_pause_and_resume_commands(ws: SimWorkspace) -> None:
     registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"careful-large": 1.0, "cheap-mini": 1.0}})
     add_traffic(registry, 6)
+    fourth = registry.champion_since(SLOT) + timedelta(seconds=4)
     ws.close()
     app = typer.Typer()
 
@@ -409,7 +417,7 @@ def test_replay_pause_and_resume_commands(ws: SimWorkspace) -> None:
 
     paused = cli.invoke(app, ["pause", ws.ids["cheap-mini"], "--reason", "cost review", "--actor", "carol"])
     assert paused.exit_code == 0, paused.output
-    replayed = cli.invoke(app, ["replay", "--slot", SLOT, "--since", "2026-01-01T00:00:03", "--json"])
+    replayed = cli.invoke(app, ["replay", "--slot", SLOT, "--since", fourth.isoformat(), "--json"])
     assert replayed.exit_code == 0, replayed.output
     report = json.loads(replayed.output)
     assert (report["total"], report["ok"], report["not_run_reasons"]) == (6, 3, {"paused": 3})
