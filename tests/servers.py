@@ -68,7 +68,12 @@ class GatewayProcess:
             cwd=workspace_dir, env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"))
+        try:  # a loaded machine can take a while to import everything
+            wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"),
+                       timeout_s=60)
+        except AssertionError:
+            self.stop()
+            raise
         if self.process.poll() is not None:
             raise AssertionError(f"gateway exited: {self.process.stdout.read()}")
 

@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import typer
 import yaml
@@ -29,13 +32,17 @@ from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket
 from shadow.runner import RunFilters, RunReport, ShadowRunner
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.config import ErrorConfig, LatencyConfig, ModelConfig
-from tests.servers import edit_config, free_port
+from scorer.board import Status
+from scorer.service import Scorer
+from shadow.ingest import ingest_spool
+from tests.servers import GatewayProcess, edit_config, free_port
 from zoo import load_zoo, register_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
 SLOT = "support-triage"
-TICKETS = [json.loads(line)["input"] for line in (DEMO / "tickets.jsonl").read_text().splitlines() if line.strip()]
+LABELLED = [json.loads(line) for line in (DEMO / "tickets.jsonl").read_text().splitlines() if line.strip()]
+TICKETS = [item["input"] for item in LABELLED]
 SIM_MODELS = {
     "sim-large": ModelConfig(accuracy=0.74, output_tokens=64, reasoning_tokens=20),
     "sim-mini": ModelConfig(accuracy=0.6, output_tokens=24),
@@ -44,8 +51,10 @@ SIM_MODELS = {
     "sim-half": ModelConfig(errors=ErrorConfig(http_500=0.5)),
     "sim-500": ModelConfig(errors=ErrorConfig(http_500=1.0)),
     "sim-429": ModelConfig(errors=ErrorConfig(http_429=1.0, retry_after_s=7)),
+    "sim-erratic": ModelConfig(accuracy=0.74, output_tokens=24, errors=ErrorConfig(http_500=0.1)),
 }
 PRICES = {
+    "sim-erratic": {"input_cost_per_token": 1.0e-7, "output_cost_per_token": 4.0e-7},
     "sim-large": {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1.0e-5},
     "sim-flash": {"input_cost_per_token": 1.0e-7, "output_cost_per_token": 4.0e-7},
 }
@@ -277,6 +286,56 @@ def test_a_server_error_is_the_answer_like_on_the_live_path_and_only_an_unopened
                for r in by_label["unreachable"])
     assert len(sleep.delays) == 40 * 2
     assert all(0 <= delay <= BACKOFF_CAP_S for delay in sleep.delays)
+
+
+def _through_the_gateway(gateway: GatewayProcess, count: int) -> int:
+    """`count` labelled tickets sent as a client would; returns how many the champion's upstream failed."""
+    client = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0, timeout=20)
+
+    def one(i: int) -> bool:
+        item = LABELLED[i % len(LABELLED)]
+        try:
+            client.chat.completions.create(model=SLOT, messages=[{"role": "user", "content": item["input"]}],
+                                           extra_headers={"x-shadowzoo-request-id": f"aa{i}"})
+            failed = False
+        except openai.InternalServerError:
+            failed = True
+        feedback = json.dumps({"request_id": f"aa{i}", "label": item["expected"]}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{gateway.base_url}/feedback", data=feedback), timeout=20).read()
+        return failed
+
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(one, range(count)))
+
+
+def test_challengers_identical_to_a_champion_whose_upstream_fails_one_call_in_ten_are_not_marked_ready(
+        ws: SimWorkspace) -> None:
+    copies = [f"copy-{i}" for i in range(8)]
+    specs = {"erratic": spec("erratic", "sim-erratic")}
+    specs.update({name: f"slot: {SLOT}\nname: {name}\nbase: erratic\noverrides:\n  seed: {i}\n"
+                  for i, name in enumerate(copies)})
+    # errors are the question here, not the latency of replayed answers
+    edit_config(ws.root, lambda c: c["slots"][SLOT]["scoring"].update(max_p95_latency_ratio=None))
+    registry = ws.setup(shadow={"sample_rate": 0.0, "rates": dict.fromkeys(copies, 1.0)}, specs=specs, max_retries=3)
+    registry.promote(SLOT, ws.ids["erratic"], "tester", "the A/A champion", None)
+    gateway = GatewayProcess(ws.root, env={"SIM_API_KEY": "sim"})
+    try:
+        live_failures = _through_the_gateway(gateway, 500)
+    finally:
+        gateway.stop()
+    ingest_spool(registry.database, registry.workspace.state_dir / "spool")
+
+    run(registry)
+    board = Scorer(registry.workspace, registry).refresh(SLOT)
+
+    rows = {row.version_id: row for row in board.rows}
+    shadow = [r for r in results(registry) if r["version_id"] in {ws.ids[name] for name in copies}]
+    assert 25 <= live_failures <= 80 and len(shadow) == 500 * len(copies)
+    ready = [name for name in copies if rows[ws.ids[name]].status == Status.READY]
+    assert ready == [], [(name, rows[ws.ids[name]].comparison) for name in ready]
+    assert all(rows[ws.ids[name]].comparison.pairs >= 400 for name in copies)
+    assert 0.05 <= sum(r["status"] == "error" for r in shadow) / len(shadow) <= 0.15
+    assert all(r["attempts"] == 1 for r in shadow)
 
 
 def test_retry_after_is_honoured_before_each_retry(ws: SimWorkspace) -> None:
