@@ -66,6 +66,22 @@ def keyword_triage(request: dict[str, Any], fallback: str = "other") -> str:
     return "billing" if "refund" in text else fallback
 
 
+BROKEN = {"now": True}
+"""Whether `mended_triage` still fails: a test mends it between runs."""
+
+
+def mended_triage(request: dict[str, Any]) -> str:
+    """A python-kind challenger that fails until the test mends it."""
+    if BROKEN["now"]:
+        raise RuntimeError("the keyword table is not loaded yet")
+    return keyword_triage(request)
+
+
+def python_spec(name: str, entrypoint: str, params: str = "{}") -> str:
+    return (f"slot: {SLOT}\nname: {name}\nkind: python\nbase: defaults\noverrides:\n"
+            f"  entrypoint: {entrypoint}\n  params: {params}\n  price_per_call_usd: 0.0001\n")
+
+
 def spec(name: str, model: str) -> str:
     return f"slot: {SLOT}\nname: {name}\nbase: baseline\noverrides:\n  model: {model}\n"
 
@@ -135,11 +151,12 @@ def ws(workspace_dir: Path, sim: SimulatorHandle) -> Iterator[SimWorkspace]:
     workspace.close()
 
 
-def add_traffic(registry: Registry, count: int, start: int = 0) -> list[str]:
-    """Captured requests (as a streaming client sent them) answered by the champion, received one a
-    second from a second after it took office (in its evaluation period)."""
+def add_traffic(registry: Registry, count: int, start: int = 0, after_s: float = 1.0,
+                answered_by: str | None = None) -> list[str]:
+    """Captured requests (as a streaming client sent them) answered by the champion (or `answered_by`),
+    received one a second from `after_s` seconds after the champion took office (negative: before)."""
     champion = registry.champion(SLOT)
-    base = (registry.champion_since(SLOT) or utcnow()) + timedelta(seconds=1)
+    base = (registry.champion_since(SLOT) or utcnow()) + timedelta(seconds=after_s)
     rows = []
     for i in range(start, start + count):
         request = {
@@ -147,7 +164,7 @@ def add_traffic(registry: Registry, count: int, start: int = 0) -> list[str]:
             "messages": [{"role": "user", "content": TICKETS[i % len(TICKETS)]}],
         }
         rows.append([f"szr_test_{i:05d}", SLOT, base + timedelta(seconds=i), json.dumps(request),
-                     champion.version_id if champion else None, "gateway", utcnow()])
+                     answered_by or (champion.version_id if champion else None), "gateway", utcnow()])
     with registry.database.transaction() as db:
         db.executemany(
             "INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, source, ingested_at) "
@@ -155,6 +172,18 @@ def add_traffic(registry: Registry, count: int, start: int = 0) -> list[str]:
             rows,
         )
     return [row[0] for row in rows]
+
+
+def add_labels(registry: Registry, request_ids: list[str]) -> None:
+    """Each request's right category, as feedback would label it."""
+    with registry.database.transaction() as db:
+        for request_id in request_ids:
+            ticket = json.loads(db.execute("SELECT request_json FROM traffic WHERE request_id = ?",
+                                           [request_id]).fetchone()[0])["messages"][-1]["content"]
+            label = next(item["expected"] for item in LABELLED if item["input"] == ticket)
+            db.execute("INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at, "
+                       "request_seq) SELECT ?, request_id, request_id, 'label', ?, ?, seq FROM traffic WHERE request_id = ?",
+                       [f"label-{request_id}", json.dumps(label), utcnow(), request_id])
 
 
 def results(registry: Registry) -> list[dict[str, Any]]:
@@ -338,6 +367,80 @@ def test_challengers_identical_to_a_champion_whose_upstream_fails_one_call_in_te
     assert all(r["attempts"] == 1 for r in shadow)
 
 
+def test_a_python_variant_that_cannot_be_called_as_configured_is_not_run_with_the_reason(ws: SimWorkspace) -> None:
+    registry = ws.setup(
+        shadow={"sample_rate": 0.0, "rates": {"missing": 1.0, "misfit": 1.0, "failing": 1.0}},
+        specs={"missing": python_spec("missing", "tests.no_such_module:triage"),
+               "misfit": python_spec("misfit", "tests.test_runner:keyword_triage", "{colour: red}"),
+               "failing": python_spec("failing", "tests.test_runner:mended_triage")},
+    )
+    add_traffic(registry, 6)
+    BROKEN["now"] = True
+
+    report = run(registry)
+
+    by_label = {label: [r for r in results(registry) if r["version_id"] == ws.ids[label]]
+                for label in ("missing", "misfit", "failing")}
+    assert all(r["status"] == "not_run" and r["error"].startswith("config: tests.no_such_module:triage could not be "
+                                                                    "loaded: ModuleNotFoundError") for r in by_label["missing"])
+    assert all(r["status"] == "not_run" and r["error"].startswith("config: ") and "colour" in r["error"]
+               for r in by_label["misfit"])
+    assert all(r["status"] == "error" and "keyword table" in r["error"] for r in by_label["failing"])
+    assert all(r["cost_usd"] is None for r in by_label["missing"] + by_label["misfit"])
+    assert report.not_run_reasons == {"config": 12} and report.error == 6
+
+
+def test_retry_errors_replaces_errored_results_once_and_the_evidence_is_what_the_new_rows_say(ws: SimWorkspace) -> None:
+    registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"mended": 1.0}},
+                        specs={"mended": python_spec("mended", "tests.test_runner:mended_triage")})
+    requests = add_traffic(registry, 12)
+    add_labels(registry, requests)
+    mended = ws.ids["mended"]
+    scorer = Scorer(registry.workspace, registry)
+    BROKEN["now"] = True
+    run(registry)
+    before = next(r for r in scorer.refresh(SLOT).rows if r.version_id == mended)
+    assert (before.n, before.error_rate, before.comparison.pairs) == (12, 1.0, 12)
+    assert run(registry).total == 0  # an error is a result: a plain run never repeats it
+
+    BROKEN["now"] = False
+    retried = run(registry, RunFilters(slot=SLOT, retry_errors=True))
+    again = run(registry, RunFilters(slot=SLOT, retry_errors=True))
+
+    after = next(r for r in scorer.refresh(SLOT).rows if r.version_id == mended)
+    rows = [r for r in results(registry) if r["version_id"] == mended]
+    assert (retried.total, retried.retried, retried.ok) == (12, 12, 12) and again.total == 0
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+    assert (after.n, after.error_rate, after.comparison.pairs) == (12, 0.0, 12)
+    assert after.mean_quality == pytest.approx(sum(r["output"] == _label(r["request_id"]) for r in rows) / 12)
+
+
+def _label(request_id: str) -> str:
+    index = int(request_id.rsplit("_", 1)[1])
+    return LABELLED[index % len(LABELLED)]["expected"]
+
+
+def test_retry_errors_turns_errors_a_broken_import_left_into_not_run_while_it_stays_broken(ws: SimWorkspace) -> None:
+    registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"missing": 1.0}},
+                        specs={"missing": python_spec("missing", "tests.no_such_module:triage")})
+    requests = add_traffic(registry, 5)
+    missing = ws.ids["missing"]
+    with registry.database.transaction() as db:  # what an earlier shadowzoo recorded for them
+        db.executemany("INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, error, attempts, "
+                       "finished_at) SELECT request_id, seq, ?, 'challenger', 'error', ?, 1, ? FROM traffic "
+                       "WHERE request_id = ?",
+                       [[missing, "ModuleNotFoundError: No module named 'tests.no_such_module'", utcnow(), request]
+                        for request in requests])
+    scorer = Scorer(registry.workspace, registry)
+    assert next(r for r in scorer.refresh(SLOT).rows if r.version_id == missing).error_rate == 1.0
+
+    report = run(registry, RunFilters(slot=SLOT, retry_errors=True))
+
+    row = next(r for r in scorer.refresh(SLOT).rows if r.version_id == missing)
+    assert report.retried == 5 and report.not_run_reasons == {"config": 5}
+    assert (row.n, row.error_rate, row.not_run) == (0, None, 5)
+
+
 def test_retry_after_is_honoured_before_each_retry(ws: SimWorkspace) -> None:
     registry = ws.setup(
         shadow={"sample_rate": 0.0, "rates": {"throttled": 1.0}},
@@ -463,16 +566,9 @@ def test_replay_pause_and_resume_commands(ws: SimWorkspace) -> None:
     add_traffic(registry, 6)
     fourth = registry.champion_since(SLOT) + timedelta(seconds=4)
     ws.close()
-    app = typer.Typer()
-
-    @app.callback()
-    def root(ctx: typer.Context) -> None:
-        ctx.obj = Session(workspace_dir=ws.root)
-
-    for command in (cli_shadow.replay, cli_shadow.pause, cli_shadow.resume):
-        assert "Example: shadowzoo" in (command.__doc__ or "")
-        app.command()(command)
-    cli = CliRunner()
+    app, cli = _cli_app(ws.root)
+    assert all("Example: shadowzoo" in (command.__doc__ or "")
+               for command in (cli_shadow.replay, cli_shadow.pause, cli_shadow.resume))
 
     paused = cli.invoke(app, ["pause", ws.ids["cheap-mini"], "--reason", "cost review", "--actor", "carol"])
     assert paused.exit_code == 0, paused.output
@@ -483,6 +579,63 @@ def test_replay_pause_and_resume_commands(ws: SimWorkspace) -> None:
     resumed = cli.invoke(app, ["resume", ws.ids["cheap-mini"]])
     assert resumed.exit_code == 0 and "resumed" in resumed.output
     assert cli.invoke(app, ["pause"]).exit_code == 2
+
+
+def _cli_app(root: Path) -> tuple[typer.Typer, CliRunner]:
+    app = typer.Typer()
+
+    @app.callback()
+    def main(ctx: typer.Context) -> None:
+        ctx.obj = Session(workspace_dir=root)
+
+    for command in (cli_shadow.replay, cli_shadow.pause, cli_shadow.resume):
+        app.command()(command)
+    return app, CliRunner()
+
+
+def test_replay_runs_only_requests_that_can_count_and_says_up_front_what_it_leaves_out(ws: SimWorkspace) -> None:
+    registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"careful-large": 1.0, "cheap-mini": 1.0}})
+    old = add_traffic(registry, 4, after_s=-3600)
+    foreign = add_traffic(registry, 3, start=4, answered_by=ws.ids["flash"])
+    fresh = add_traffic(registry, 5, start=7)
+    ws.close()
+    app, cli = _cli_app(ws.root)
+
+    counted = cli.invoke(app, ["replay", "--slot", SLOT, "--since", "2d", "--json"])
+    told = cli.invoke(app, ["replay", "--slot", SLOT, "--since", "2d"])
+    replayed = {r["request_id"] for r in results(ws.open())}
+    ws.close()
+    everything = cli.invoke(app, ["replay", "--slot", SLOT, "--since", "2d", "--include-old", "--json"])
+
+    assert counted.exit_code == told.exit_code == everything.exit_code == 0, (counted.output, told.output)
+    report = json.loads(counted.output)
+    assert (report["total"], report["ok"], report["skipped"]) == (10, 10, {"before_period": 4, "other_champion": 3})
+    assert replayed == set(fresh)
+    assert "4 requests predate the current evaluation period" in told.output
+    assert "3 requests were answered by another champion" in told.output and "--include-old" in told.output
+    assert "nothing to replay" in told.output
+    assert (json.loads(everything.output)["total"], json.loads(everything.output)["skipped"]) == (14, {})
+    assert {r["request_id"] for r in results(ws.open())} == set(old + foreign + fresh)
+
+
+def test_traffic_from_before_a_settings_change_is_not_replayed_into_the_new_period(ws: SimWorkspace) -> None:
+    registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"cheap-mini": 1.0}})
+    with registry.database.transaction() as db:  # registered, and the champion in office, an hour ago
+        db.execute("UPDATE aliases SET since = since - INTERVAL 1 HOUR WHERE slot = ?", [SLOT])
+        db.execute("UPDATE variants SET created_at = created_at - INTERVAL 1 HOUR WHERE slot = ?", [SLOT])
+    Scorer(registry.workspace, registry).refresh(SLOT)
+    add_traffic(registry, 3, after_s=60)
+    assert run(registry).ok == 3  # in the period
+    ws.close()
+    edit_config(ws.root, lambda c: c["slots"][SLOT]["scoring"].update(value_per_point=0.02))
+    registry = ws.open()
+    Scorer(registry.workspace, registry).refresh(SLOT)  # opens the new period, starting now
+    add_traffic(registry, 3, start=3, after_s=120)  # received after those, still before the change
+
+    report = run(registry)
+
+    assert (report.total, report.skipped) == (0, {"before_period": 3})
+    assert run(registry, RunFilters(include_old=True)).ok == 3
 
 
 def test_a_per_minute_bucket_waits_for_exactly_the_refill_it_needs() -> None:
