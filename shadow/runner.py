@@ -20,7 +20,7 @@ reached) or that fails before reaching the variant's model or code (a provider m
 the config, a key or model the upstream refuses, a python entrypoint that does not load) is recorded as
 `not_run` with the reason in `error` ("paused: …", "budget: …", "config: …"), and logged
 once per challenger and reason. An upstream failure is an `error`, which the scorer scores
-as 0; calls are attempted as the champion's are (see `shadow.providers`). With
+as 0; calls are attempted as the champion's live call is (`as_live`, see `shadow.providers`). With
 `retry_errors`, pairs whose result is an error or not run for a config reason are run again
 and their new result replaces the old one (a retry that is not made keeps the old row).
 
@@ -424,7 +424,7 @@ class _Run:
     async def _chat(self, work: Work, challenger: Challenger, body: dict[str, Any]) -> Row:
         client = self.runner.providers.get(str(challenger.config["provider"]))
         assert client is not None, "checked before dispatch"
-        result = await client.chat(body)
+        result = await client.chat(body, as_live=True)
         if result.refused:
             reason = f"config: {result.error}"
             self._announce(challenger.version_id, reason)

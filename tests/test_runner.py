@@ -390,6 +390,18 @@ def test_a_python_variant_that_cannot_be_called_as_configured_is_not_run_with_th
     assert report.not_run_reasons == {"config": 12} and report.error == 6
 
 
+def test_a_chat_variant_whose_model_the_upstream_does_not_know_is_not_run_with_the_reason(ws: SimWorkspace) -> None:
+    registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"typo": 1.0}}, specs={"typo": spec("typo", "sim-lareg")})
+    add_traffic(registry, 4)
+
+    report = run(registry)
+
+    rows = results(registry)
+    assert report.not_run_reasons == {"config": 4} and report.error == 0
+    assert all(r["status"] == "not_run" and r["error"].startswith("config: HTTP 404") and "sim-lareg" in r["error"]
+               for r in rows)
+
+
 def test_retry_errors_replaces_errored_results_once_and_the_evidence_is_what_the_new_rows_say(ws: SimWorkspace) -> None:
     registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"mended": 1.0}},
                         specs={"mended": python_spec("mended", "tests.test_runner:mended_triage")})
