@@ -191,6 +191,9 @@ def _print_report(slot: str, report: RunReport) -> None:
     say(f"replayed {slot}: {report.summary()}")
     if report.not_run_reasons.get("paused"):
         warn("paused challengers were not run; see `shadowzoo resume --help`")
+    if report.not_run_reasons.get("config"):
+        warn(f"{report.not_run_reasons['config']} calls could not reach their variant as configured (provider, key, "
+             f"model or python entrypoint); once fixed, `shadowzoo replay --slot {slot} --retry-errors` runs them again")
     if report.not_run_reasons.get("budget"):
         warn(f"the daily shadow budget of slot {slot!r} was reached (slots.{slot}.shadow.daily_budget_usd)")
 

@@ -3,9 +3,10 @@
 Rows are keyed (request_id, version_id) and inserted with INSERT OR IGNORE, so a crash
 loses at most the unwritten batch, which the next run simply does again, and nothing is
 ever written twice. A retried pair (`replay --retry-errors`) replaces its earlier row,
-unless that row is an answer by then, with a new `seq` so the scorer sees it changed. An
-error it replaces had been scored, so the slot's scored evidence is forgotten in the same
-transaction and the scorer's next refresh rebuilds it from the rows.
+unless that row is an answer by then or the retry was not made (paused, budget: the old
+row stays), with a new `seq` so the scorer sees it changed. An error it replaces had been
+scored, so the slot's scored evidence is forgotten in the same transaction and the
+scorer's next refresh rebuilds it from the rows.
 """
 
 from __future__ import annotations
@@ -161,9 +162,21 @@ def _replace(connection: duckdb.DuckDBPyConnection) -> None:
     """Write the retried results of `shadow_retried` over their earlier rows (never over an answer)."""
     scored = [slot for (slot,) in connection.execute(
         "SELECT DISTINCT v.slot FROM shadow_retried r JOIN shadow_results s USING (request_id, version_id) "
-        "JOIN variants v USING (version_id) WHERE s.status = 'error'").fetchall()]
+        f"JOIN variants v USING (version_id) WHERE s.status = 'error' AND {_replaces('s', 'r')}").fetchall()]
     forget_scored_evidence(connection, scored)
     connection.execute(
         f"INSERT INTO shadow_results ({_RESULT_COLUMNS}, seq) SELECT {_RESULT_COLUMNS}, nextval('change_seq') "
-        f"FROM shadow_retried ON CONFLICT (request_id, version_id) DO UPDATE SET {_REPLACED_COLUMNS} "
-        "WHERE shadow_results.status <> 'ok'")
+        f"FROM shadow_retried r ON CONFLICT (request_id, version_id) DO UPDATE SET {_REPLACED_COLUMNS} "
+        f"WHERE {_replaces('shadow_results', 'excluded')}")
+
+
+def replaces_earlier(row: Row) -> bool:
+    """Whether a written row replaced an earlier error or config not-run (the test `_replaces` makes in SQL,
+    the earlier row never being an answer: only those are retried)."""
+    return row["replaces"] is not None and (row["status"] != "not_run" or row["error"].startswith("config:"))
+
+
+def _replaces(old: str, new: str) -> str:
+    """SQL: whether retried result `new` replaces the earlier row `old` of its pair: never an answer,
+    and never with a retry that was not made (paused, budget); a config not-run does replace."""
+    return f"{old}.status <> 'ok' AND ({new}.status <> 'not_run' OR {new}.error LIKE 'config:%')"

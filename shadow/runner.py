@@ -52,7 +52,7 @@ from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
 from shadow.pyvariants import PythonVariants
-from shadow.results import ResultWriter, Row, Work, result_row
+from shadow.results import ResultWriter, Row, Work, replaces_earlier, result_row
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class RunReport(BaseModel):
         description="Requests with pairs left out because they cannot count, by reason: before_period (received "
                     "before the current evaluation period or the challenger's registration), other_champion "
                     "(answered by a champion other than the current one). Known when the run starts.")
-    retried: int = Field(0, description="Pairs run again over an earlier error or config not-run result.")
+    retried: int = Field(0, description="Earlier errors or config not-run results replaced by a retry.")
     cost_usd: float = 0.0
     unpriced: int = Field(0, description="Answers whose cost is unknown (model without a price).")
     elapsed_s: float = 0.0
@@ -120,7 +120,7 @@ class RunReport(BaseModel):
         status, cost = row["status"], row["cost_usd"]
         counts = self.versions.setdefault(row["version_id"], VersionCounts())
         self.done += 1
-        self.retried += row["replaces"] is not None
+        self.retried += replaces_earlier(row)
         setattr(self, status, getattr(self, status) + 1)
         setattr(counts, status, getattr(counts, status) + 1)
         if status == "not_run":
@@ -395,8 +395,7 @@ class _Run:
             reason = await self.budget.reserve(challenger.slot, estimate)
         if reason is not None:
             self._announce(challenger.version_id, reason)
-            if work.replaces is None or reason.startswith("config:"):
-                await self.writer.add(result_row(work, "not_run", error=reason))
+            await self.writer.add(result_row(work, "not_run", error=reason))
             return
         await self.in_flight.acquire()
         task = asyncio.create_task(self._answer(work, challenger, body, estimate))

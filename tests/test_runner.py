@@ -415,6 +415,11 @@ def test_retry_errors_replaces_errored_results_once_and_the_evidence_is_what_the
     assert (before.n, before.error_rate, before.comparison.pairs) == (12, 1.0, 12)
     assert run(registry).total == 0  # an error is a result: a plain run never repeats it
 
+    pauses.pause(registry, mended, "alice", "not yet")
+    while_paused = run(registry, RunFilters(slot=SLOT, retry_errors=True))
+    assert while_paused.not_run_reasons == {"paused": 12} and while_paused.retried == 0
+    assert [r["status"] for r in results(registry)] == ["error"] * 12  # a retry not made keeps the row
+    assert pauses.resume(registry, mended) is not None
     BROKEN["now"] = False
     retried = run(registry, RunFilters(slot=SLOT, retry_errors=True))
     again = run(registry, RunFilters(slot=SLOT, retry_errors=True))
