@@ -16,13 +16,14 @@ request, under a bound on calls in flight, and results are written in batches ke
 batch, which the next run simply does again, and nothing is ever written twice.
 
 A call shadowzoo decides not to make (a paused challenger, the slot's daily budget
-reached) or that fails before reaching the variant's model or code (a provider missing from
-the config, a key or model the upstream refuses, a python entrypoint that does not load) is recorded as
-`not_run` with the reason in `error` ("paused: …", "budget: …", "config: …"), and logged
-once per challenger and reason. An upstream failure is an `error`, which the scorer scores
-as 0; calls are attempted as the champion's live call is (`as_live`, see `shadow.providers`). With
-`retry_errors`, pairs whose result is an error or not run for a config reason are run again
-and their new result replaces the old one (a retry that is not made keeps the old row).
+reached) or that fails before reaching the variant's model or code (a provider missing
+from the config, a key or model the upstream refuses, a python entrypoint that does not
+load) is recorded as `not_run` with the reason in `error` ("paused: …", "budget: …",
+"config: …"), and logged once per challenger and reason. An upstream failure is an
+`error`, which the scorer scores as 0; calls are attempted as the champion's live call is
+(`as_live`, see `shadow.providers`). With `retry_errors`, pairs whose result is an error or
+not run for a config reason are run again and their new result replaces the old one (a
+retry that is not made keeps the old row).
 
 Every database call runs in a worker thread under the `Database` lock, so the event loop
 never waits on DuckDB.
