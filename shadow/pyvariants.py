@@ -88,7 +88,8 @@ def _check_arguments(entrypoint: str, function: Callable[..., Any], request: dic
     try:
         signature.bind(request, **params)
     except TypeError as exc:
-        raise EntrypointProblem(f"{entrypoint} does not take (request, **params) with params {sorted(params)}: {exc}") from exc
+        raise EntrypointProblem(
+            f"{entrypoint} does not take (request, **params) with params {sorted(params)}: {exc}") from exc
 
 
 def _ms_since(started: float) -> float:

@@ -182,7 +182,8 @@ def add_labels(registry: Registry, request_ids: list[str]) -> None:
                                            [request_id]).fetchone()[0])["messages"][-1]["content"]
             label = next(item["expected"] for item in LABELLED if item["input"] == ticket)
             db.execute("INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at, "
-                       "request_seq) SELECT ?, request_id, request_id, 'label', ?, ?, seq FROM traffic WHERE request_id = ?",
+                       "request_seq) SELECT ?, request_id, request_id, 'label', ?, ?, seq FROM traffic "
+                       "WHERE request_id = ?",
                        [f"label-{request_id}", json.dumps(label), utcnow(), request_id])
 
 
@@ -306,8 +307,10 @@ def test_a_server_error_is_the_answer_like_on_the_live_path_and_only_an_unopened
     run(registry, providers=ProviderPool(registry.workspace.config.providers, sleep=sleep))
 
     rows = results(registry)
-    by_label = {label: [r for r in rows if r["version_id"] == ws.ids[label]] for label in ("flaky", "dead", "unreachable")}
-    assert all(r["status"] == "error" and r["attempts"] == 1 and r["error"].startswith("HTTP 500") for r in by_label["dead"])
+    by_label = {label: [r for r in rows if r["version_id"] == ws.ids[label]]
+                for label in ("flaky", "dead", "unreachable")}
+    assert all(r["status"] == "error" and r["attempts"] == 1 and r["error"].startswith("HTTP 500")
+               for r in by_label["dead"])
     assert {r["status"] for r in by_label["flaky"]} == {"ok", "error"}
     assert all(r["attempts"] == 1 for r in by_label["flaky"])
     assert len(by_label["unreachable"]) == 40
@@ -381,8 +384,8 @@ def test_a_python_variant_that_cannot_be_called_as_configured_is_not_run_with_th
 
     by_label = {label: [r for r in results(registry) if r["version_id"] == ws.ids[label]]
                 for label in ("missing", "misfit", "failing")}
-    assert all(r["status"] == "not_run" and r["error"].startswith("config: tests.no_such_module:triage could not be "
-                                                                    "loaded: ModuleNotFoundError") for r in by_label["missing"])
+    unloadable = "config: tests.no_such_module:triage could not be loaded: ModuleNotFoundError"
+    assert all(r["status"] == "not_run" and r["error"].startswith(unloadable) for r in by_label["missing"])
     assert all(r["status"] == "not_run" and r["error"].startswith("config: ") and "colour" in r["error"]
                for r in by_label["misfit"])
     assert all(r["status"] == "error" and "keyword table" in r["error"] for r in by_label["failing"])
