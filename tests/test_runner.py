@@ -342,17 +342,18 @@ def _through_the_gateway(gateway: GatewayProcess, count: int) -> int:
 
 def test_challengers_identical_to_a_champion_whose_upstream_fails_one_call_in_ten_are_not_marked_ready(
         ws: SimWorkspace) -> None:
-    copies = [f"copy-{i}" for i in range(8)]
+    copies = [f"copy-{i}" for i in range(6)]
     specs = {"erratic": spec("erratic", "sim-erratic")}
     specs.update({name: f"slot: {SLOT}\nname: {name}\nbase: erratic\noverrides:\n  seed: {i}\n"
                   for i, name in enumerate(copies)})
-    # errors are the question here, not the latency of replayed answers
-    edit_config(ws.root, lambda c: c["slots"][SLOT]["scoring"].update(max_p95_latency_ratio=None))
+    # errors are the question here, not the latency of replayed answers; a small α keeps a chance
+    # verdict on identical variants (the test's own false alarm) rare
+    edit_config(ws.root, lambda c: c["slots"][SLOT]["scoring"].update(max_p95_latency_ratio=None, alpha=0.01))
     registry = ws.setup(shadow={"sample_rate": 0.0, "rates": dict.fromkeys(copies, 1.0)}, specs=specs, max_retries=3)
     registry.promote(SLOT, ws.ids["erratic"], "tester", "the A/A champion", None)
     gateway = GatewayProcess(ws.root, env={"SIM_API_KEY": "sim"})
     try:
-        live_failures = _through_the_gateway(gateway, 500)
+        live_failures = _through_the_gateway(gateway, 400)
     finally:
         gateway.stop()
     ingest_spool(registry.database, registry.workspace.state_dir / "spool")
@@ -362,10 +363,10 @@ def test_challengers_identical_to_a_champion_whose_upstream_fails_one_call_in_te
 
     rows = {row.version_id: row for row in board.rows}
     shadow = [r for r in results(registry) if r["version_id"] in {ws.ids[name] for name in copies}]
-    assert 25 <= live_failures <= 80 and len(shadow) == 500 * len(copies)
+    assert 20 <= live_failures <= 65 and len(shadow) == 400 * len(copies)
     ready = [name for name in copies if rows[ws.ids[name]].status == Status.READY]
     assert ready == [], [(name, rows[ws.ids[name]].comparison) for name in ready]
-    assert all(rows[ws.ids[name]].comparison.pairs >= 400 for name in copies)
+    assert all(rows[ws.ids[name]].comparison.pairs >= 320 for name in copies)
     assert 0.05 <= sum(r["status"] == "error" for r in shadow) / len(shadow) <= 0.15
     assert all(r["attempts"] == 1 for r in shadow)
 
