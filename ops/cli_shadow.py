@@ -17,7 +17,7 @@ from ops.session import actor_name, session
 from ops.client import RemoteOperations
 from ops.jobs import JobRequest
 from registry import Registry, ShadowzooError, utcnow
-from shadow.runner import RunFilters, RunReport, ShadowRunner, VersionCounts
+from shadow.runner import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION, RunFilters, RunReport, ShadowRunner, VersionCounts
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -34,18 +34,29 @@ def replay(
         str | None, typer.Option("--since", help="Only traffic received since then: ISO time (UTC if no zone) or 14d, 12h, 30m.")
     ] = None,
     version: Annotated[str | None, typer.Option("--version", help="Only this challenger.")] = None,
+    include_old: Annotated[bool, typer.Option(
+        "--include-old", help="Also replay requests that cannot count in the current evaluation period.")] = False,
+    retry_errors: Annotated[bool, typer.Option(
+        "--retry-errors", help="Run errored pairs (and those not run for a config reason) again, replacing them.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Replay captured traffic against the slot's challengers now: a one-shot backfill.
 
-    Every sampled (request, challenger) pair without a result is run once, under the
-    providers' limits and the slot's daily budget. Interrupted, it continues where it
-    stopped when run again, and never answers a pair twice. Calls not made (paused
-    challenger, budget reached) are recorded as not run, with the reason.
+    Every sampled (request, challenger) pair without a result that can count in the slot's
+    current evaluation period is run once, under the providers' limits and the slot's daily
+    budget. Requests received before the period (or before the challenger was registered)
+    and requests answered by another champion are counted and left alone, unless
+    --include-old. Interrupted, it continues where it stopped when run again, and never
+    answers a pair twice. Calls not made (paused challenger, budget reached, configuration)
+    are recorded as not run, with the reason. --retry-errors runs errors and configuration
+    not-runs again and replaces them (the scorer then rebuilds the period's evidence): use it
+    once their cause is fixed; it gives a challenger's own upstream failures a second
+    chance the champion never had.
 
-    Example: shadowzoo replay --slot support-triage --since 14d
+    Example: shadowzoo replay --slot support-triage --since 14d --retry-errors
     """
-    filters = RunFilters(slot=slot, since=_since(since), version=version)
+    filters = RunFilters(slot=slot, since=_since(since), version=version, include_old=include_old,
+                         retry_errors=retry_errors)
     with session(ctx).operations() as operations:
         try:
             if isinstance(operations, RemoteOperations):
@@ -113,7 +124,8 @@ def resume(
 
 def _replay_in_daemon(operations: RemoteOperations, filters: RunFilters, show_progress: bool) -> RunReport:
     """Run the replay as a daemon job (its one runner), following its progress."""
-    request = JobRequest(kind="replay", slot=filters.slot, since=filters.since, version=filters.version)
+    request = JobRequest(kind="replay", slot=filters.slot, since=filters.since, version=filters.version,
+                         include_old=filters.include_old, retry_errors=filters.retry_errors)
     with _progress_bar(show_progress) as update:
         job = operations.run_job(request, progress=lambda j: update(RunReport.model_validate(j.progress)) if j.progress else None)
     if job.state == "failed":
@@ -129,10 +141,12 @@ async def _replay(registry: Registry, filters: RunFilters, show_progress: bool) 
 
 @contextmanager
 def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
-    """A progress callback drawing a bar of done / total with the counts so far (a no-op when hidden)."""
+    """A progress callback that first says what is skipped, then draws a bar of done / total with
+    the counts so far (a no-op when hidden)."""
     if not show:
         yield lambda report: None
         return
+    told = False
     columns = (
         TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
         TimeElapsedColumn(),
@@ -141,15 +155,36 @@ def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
         task = bar.add_task("replay", total=None, counts="")
 
         def update(report: RunReport) -> None:
+            nonlocal told
+            if not told:
+                told = True
+                for line in _skipped_lines(report):
+                    warn(line)
             counts = f"ok {report.ok}  error {report.error}  not run {report.not_run}"
             bar.update(task, total=report.total, completed=report.done, counts=counts)
 
         yield update
 
 
+def _skipped_lines(report: RunReport) -> list[str]:
+    """What the replay leaves out because it cannot count, and how to replay it anyway."""
+    lines = []
+    if before := report.skipped.get(BEFORE_PERIOD):
+        lines.append(f"{before} requests predate the current evaluation period (or the challenger's registration): "
+                     "not replayed, their answers cannot count (--include-old replays them anyway)")
+    if other := report.skipped.get(OTHER_CHAMPION):
+        lines.append(f"{other} requests were answered by another champion than the current one: not replayed, "
+                     "they can never pair (--include-old replays them anyway)")
+    if none := report.skipped.get(NO_CHAMPION):
+        lines.append(f"{none} requests were received when the slot had no champion: not replayed, "
+                     "they can never pair (--include-old replays them anyway)")
+    return lines
+
+
 def _print_report(slot: str, report: RunReport) -> None:
     if not report.total:
-        say(f"nothing to replay for slot {slot!r}: every sampled request has a result from every challenger")
+        say(f"nothing to replay for slot {slot!r}: every sampled request that can count has a result "
+            "from every challenger")
         return
     print_table(
         None,
@@ -159,6 +194,9 @@ def _print_report(slot: str, report: RunReport) -> None:
     say(f"replayed {slot}: {report.summary()}")
     if report.not_run_reasons.get("paused"):
         warn("paused challengers were not run; see `shadowzoo resume --help`")
+    if report.not_run_reasons.get("config"):
+        warn(f"{report.not_run_reasons['config']} calls could not reach their variant as configured (provider, key, "
+             f"model or python entrypoint); once fixed, `shadowzoo replay --slot {slot} --retry-errors` runs them again")
     if report.not_run_reasons.get("budget"):
         warn(f"the daily shadow budget of slot {slot!r} was reached (slots.{slot}.shadow.daily_budget_usd)")
 

@@ -169,7 +169,8 @@ class Daemon:
             job = self.jobs.replays.get_nowait()
             job.state = "running"
             request = job.request
-            filters = RunFilters(slot=request.slot, since=request.since, version=request.version)
+            filters = RunFilters(slot=request.slot, since=request.since, version=request.version,
+                                 include_old=request.include_old, retry_errors=request.retry_errors)
             try:
                 report = await runner.run_once(filters, progress=lambda r: job.progress.update(r.model_dump()))
                 JobBoard.finish(job, result=report.model_dump())

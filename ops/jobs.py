@@ -25,6 +25,8 @@ class JobRequest(BaseModel):
     slot: str | None = Field(None, description="Replay and report: the slot.")
     since: datetime | None = Field(None, description="Replay: only traffic received since then (UTC).")
     version: str | None = Field(None, description="Replay: only this challenger.")
+    include_old: bool = Field(False, description="Replay: also requests that cannot count in the current period.")
+    retry_errors: bool = Field(False, description="Replay: run errored (and config not-run) pairs again, replacing them.")
     out: str | None = Field(None, description="Report: the file to write, relative to the workspace.")
     spec: str | None = Field(None, description="Train: the spec, by name.")
     all_active: bool = Field(False, description="Train: every active spec with a train: block.")

@@ -99,7 +99,10 @@ class ProviderConfig(Strict):
             "than this fraction of the limit left: the champion shares the quota and goes first."
         ),
     )
-    max_retries: int = Field(3, ge=0, description="Shadow-call retries on 429, 5xx and connection errors.")
+    max_retries: int = Field(3, ge=0, description=(
+        "Retries of a call that never reached the model (429, a connection that never opened); a variant's "
+        "shadow call is not retried on 5xx or timeouts, as the champion's live call is not. Judge and "
+        "training calls also retry 5xx, timeouts and dropped connections."))
 
     @field_validator("base_url")
     @classmethod

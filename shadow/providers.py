@@ -6,9 +6,17 @@ headers report less than `min_remaining_fraction` of the limit left, new calls w
 configured requests-per-minute and tokens-per-minute buckets (tokens are estimated from
 the request before the call and corrected from the usage after it), and a concurrency cap.
 
-The SDK's own retries are off: 429, 5xx and connection errors are retried here, with
-exponential back-off and full jitter, honouring `Retry-After`, up to `max_retries`; any
-other 4xx is final. API keys are read from the environment and never logged or stored.
+Transient failures (429, 5xx, timeouts, connection errors) are retried with exponential
+back-off and full jitter, honouring `Retry-After`, up to `max_retries`; any other 4xx is
+final. A call made `as_live` (a variant's scored answer, compared with the champion's)
+follows the champion's path instead, so errors weigh alike on both sides of a pair: the
+gateway makes one attempt and relays whatever the model's side answered, so such a call is
+retried only where its request never reached the model: throttling (429, usually the
+shadow load itself) and a connection that could not be opened (nothing was sent); a 5xx,
+a timeout or a dropped connection is its answer, as it would have been live. A refusal of
+the configuration (401, 403, 404: the key, the permission, the model or URL) is marked
+`refused`: the model never saw the request. The SDK's own retries are off. API keys are
+read from the environment and never logged or stored.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import openai
 
 from registry.config import ProviderConfig
@@ -43,6 +52,8 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 NO_KEY = "shadowzoo-no-key"
 ERROR_TEXT_CHARS = 500
+REFUSALS = frozenset({401, 403, 404})
+"""Statuses that refuse the call's configuration (key, permission, model or URL), not its content."""
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -150,6 +161,8 @@ class ChatResult:
     attempts: int
     error: str | None
     tool_calls: list[ToolCall] | None = None
+    refused: bool = False
+    """The upstream refused the configuration (key, permission, model): the model never saw the request."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +175,12 @@ class _Answer:
 @dataclass(frozen=True)
 class _Failure:
     error: str
-    retryable: bool
+    transient: bool
+    """Worth another attempt: throttling, a server error, a timeout, a connection error."""
+    reached_model: bool = True
+    """False when the request never reached the model (throttled, or the connection never opened)."""
     retry_after_s: float | None = None
+    refused: bool = False
 
 
 class ProviderClient:
@@ -186,8 +203,9 @@ class ProviderClient:
         self._tokens = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
         self.headroom = Headroom(config.min_remaining_fraction)
 
-    async def chat(self, body: dict[str, Any]) -> ChatResult:
-        """Send a non-streaming chat completion, retrying what is worth retrying."""
+    async def chat(self, body: dict[str, Any], as_live: bool = False) -> ChatResult:
+        """Send a non-streaming chat completion, retrying what is worth retrying (`as_live`: only
+        what never reached the model, as the champion's live call would have fared)."""
         estimate = sum(estimate_tokens(body))
         attempts = 0
         while True:
@@ -195,9 +213,10 @@ class ProviderClient:
             outcome, latency_ms = await self._attempt(body, estimate)
             if isinstance(outcome, _Answer):
                 return ChatResult(True, outcome.output, outcome.usage, latency_ms, attempts, None, outcome.tool_calls)
-            delay = self._retry_delay(outcome, attempts)
+            delay = self._retry_delay(outcome, attempts, as_live)
             if delay is None:
-                return ChatResult(False, None, None, latency_ms, attempts, _final_error(outcome))
+                return ChatResult(False, None, None, latency_ms, attempts, _final_error(outcome),
+                                  refused=outcome.refused)
             await self._sleep(delay)
 
     async def aclose(self) -> None:
@@ -234,16 +253,15 @@ class ProviderClient:
         except openai.APIStatusError as exc:
             self.headroom.observe(model, exc.response.headers)
             return _status_failure(exc)
-        except openai.APITimeoutError:
-            return _Failure(f"timed out after {self.config.timeout_s:g} s", retryable=True)
         except openai.APIConnectionError as exc:
-            return _Failure(_clip(f"connection error: {exc.__cause__ or exc}"), retryable=True)
+            return _connection_failure(exc, self.config.timeout_s)
         self.headroom.observe(model, raw.headers)
         return _parse_completion(raw.content)
 
-    def _retry_delay(self, failure: _Failure, attempts: int) -> float | None:
+    def _retry_delay(self, failure: _Failure, attempts: int, as_live: bool) -> float | None:
         """Seconds to wait before the next attempt, or None when this failure is final."""
-        if not failure.retryable or attempts > self.config.max_retries:
+        retryable = failure.transient and not (as_live and failure.reached_model)
+        if not retryable or attempts > self.config.max_retries:
             return None
         if failure.retry_after_s is not None:
             return failure.retry_after_s if failure.retry_after_s <= MAX_RETRY_AFTER_S else None
@@ -281,10 +299,41 @@ def _api_key(name: str, config: ProviderConfig) -> str:
 
 
 def _status_failure(exc: openai.APIStatusError) -> _Failure:
+    """An HTTP error: 429 and 5xx are transient; only a 429 stopped the request before the model."""
     status = exc.status_code
-    retryable = status == 429 or status >= 500
-    retry_after = _retry_after_s(exc.response.headers) if retryable else None
-    return _Failure(_clip(f"HTTP {status}: {exc.message}"), retryable, retry_after)
+    transient = status == 429 or status >= 500
+    retry_after = _retry_after_s(exc.response.headers) if transient else None
+    return _Failure(_clip(f"HTTP {status}: {exc.message}"), transient, reached_model=status != 429,
+                    retry_after_s=retry_after, refused=status in REFUSALS)
+
+
+def _connection_failure(exc: openai.APIConnectionError, timeout_s: float) -> _Failure:
+    """A transport error, transient; it reached the model unless the connection never opened."""
+    if _never_sent(exc):
+        return _Failure(_clip(f"could not connect: {_root_cause(exc)}"), transient=True, reached_model=False)
+    if isinstance(exc, openai.APITimeoutError):
+        return _Failure(f"timed out after {timeout_s:g} s", transient=True)
+    return _Failure(_clip(f"connection error: {exc.__cause__ or exc}"), transient=True)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and the chain of causes under it, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the transport failed to connect (refused, unreachable, connect timeout): the request never left."""
+    connect_failures = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, ConnectionRefusedError)
+    return any(isinstance(cause, connect_failures) for cause in _causes(exc))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    return _causes(exc)[-1]
 
 
 def _final_error(failure: _Failure) -> str:
@@ -310,7 +359,7 @@ def _parse_completion(content: bytes) -> _Answer | _Failure:
         message = data["choices"][0]["message"]
         output = message.get("content")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        return _Failure(_clip(f"malformed response ({type(exc).__name__}): {content[:200]!r}"), retryable=False)
+        return _Failure(_clip(f"malformed response ({type(exc).__name__}): {content[:200]!r}"), transient=False)
     usage = data.get("usage")
     return _Answer(output, usage if isinstance(usage, dict) else None, tool_calls_of(message))
 

@@ -2,13 +2,17 @@
 
 A function answers with its text (a string), or with a whole answer: a dict with
 `content` (a string or None) and `tool_calls` (a list of `{"name", "arguments"}`), like the
-answers of chat variants. Anything else is the variant's error.
+answers of chat variants. Anything else is the variant's error. A call that never reaches
+the variant's own code (its module does not import, the function is missing, or its params
+do not fit its signature) is a configuration problem, not the variant's answer: it comes
+back as `not_run`, with the reason, and is never scored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,14 +25,19 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from shadow.toolcalls import ToolCall
 
 
+class EntrypointProblem(Exception):
+    """The entrypoint cannot be called as configured (import, lookup or signature)."""
+
+
 @dataclass(frozen=True)
 class PythonAnswer:
-    """What one call of a python variant gave: its text and tool calls, or its error."""
+    """One call's outcome: its text and tool calls, or the variant's error, or why the call was not made."""
 
     output: str | None
     tool_calls: list[ToolCall] | None
     error: str | None
     latency_ms: float
+    not_run: str | None = None
 
 
 class _Answer(BaseModel):
@@ -41,29 +50,31 @@ class _Answer(BaseModel):
 
 
 class PythonVariants:
-    """Calls python variants off the event loop; each function is imported once."""
+    """Calls python variants off the event loop; each function is imported once it imports."""
 
     def __init__(self, workers: int) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shadowzoo-python")
         self._functions: dict[str, Callable[..., Any]] = {}
 
     async def call(self, entrypoint: str, request: dict[str, Any], params: dict[str, Any]) -> PythonAnswer:
-        """The answer of one call; an exception is the variant's error."""
+        """Run one call; an exception raised by the variant's code is its error."""
         started = time.perf_counter()
         try:
             answer = await asyncio.get_running_loop().run_in_executor(
                 self._executor, partial(self._invoke, entrypoint, request, params))
+        except EntrypointProblem as exc:
+            return PythonAnswer(None, None, None, 0.0, not_run=str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of the variant's code is its error
-            answer, error = _Answer(), f"{type(exc).__name__}: {exc}"
-        else:
-            error = None
-        return PythonAnswer(answer.content, answer.tool_calls or None, error, (time.perf_counter() - started) * 1000)
+            return PythonAnswer(None, None, f"{type(exc).__name__}: {exc}", _ms_since(started))
+        return PythonAnswer(answer.content, answer.tool_calls or None, None, _ms_since(started))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _invoke(self, entrypoint: str, request: dict[str, Any], params: dict[str, Any]) -> _Answer:
-        output = self._function(entrypoint)(request, **params)
+        function = self._function(entrypoint)
+        _check_arguments(entrypoint, function, request, params)
+        output = function(request, **params)
         if isinstance(output, str):
             return _Answer(content=output)
         if not isinstance(output, dict):
@@ -76,8 +87,34 @@ class PythonVariants:
             raise TypeError(f"{entrypoint} returned an answer dict with {where}: {first['msg']}") from None
 
     def _function(self, entrypoint: str) -> Callable[..., Any]:
+        """The entrypoint's function; a module that fails to import is tried again next call (it may be fixed)."""
         function = self._functions.get(entrypoint)
-        if function is None:
-            module, _, name = entrypoint.partition(":")
-            function = self._functions[entrypoint] = getattr(importlib.import_module(module), name)
+        if function is not None:
+            return function
+        module, _, name = entrypoint.partition(":")
+        try:
+            function = getattr(importlib.import_module(module), name)
+        except Exception as exc:  # noqa: BLE001 - whatever the import raised, the variant never ran
+            raise EntrypointProblem(f"{entrypoint} could not be loaded: {type(exc).__name__}: {exc}") from exc
+        if not callable(function):
+            raise EntrypointProblem(f"{entrypoint} is a {type(function).__name__}, not a function")
+        self._functions[entrypoint] = function
         return function
+
+
+def _check_arguments(entrypoint: str, function: Callable[..., Any], request: dict[str, Any],
+                     params: dict[str, Any]) -> None:
+    """Refuse a call whose params do not fit the function's signature (when it has one to read)."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(request, **params)
+    except TypeError as exc:
+        raise EntrypointProblem(
+            f"{entrypoint} does not take (request, **params) with params {sorted(params)}: {exc}") from exc
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

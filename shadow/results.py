@@ -2,7 +2,11 @@
 
 Rows are keyed (request_id, version_id) and inserted with INSERT OR IGNORE, so a crash
 loses at most the unwritten batch, which the next run simply does again, and nothing is
-ever written twice.
+ever written twice. A retried pair (`replay --retry-errors`) replaces its earlier row,
+unless that row is an answer by then or the retry was not made (paused, budget: the old
+row stays), with a new `seq` so the scorer sees it changed. An error it replaces had been
+scored, so the slot's scored evidence is forgotten in the same transaction and the
+scorer's next refresh rebuilds it from the rows.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from registry import Database, utcnow
 from registry.db import registered
+from registry.evidence import forget_scored_evidence
 from shadow.pricing import detail_tokens
 from shadow.toolcalls import ToolCall, tool_calls_json
 
@@ -41,6 +47,8 @@ RESULT_SCHEMA = {
     "finished_at": pl.Datetime("us"),
 }
 _RESULT_COLUMNS = ", ".join(RESULT_SCHEMA)
+_REPLACED_COLUMNS = ", ".join(f"{column} = excluded.{column}" for column in (*RESULT_SCHEMA, "seq")
+                              if column not in ("request_id", "version_id"))
 
 Row = dict[str, Any]
 
@@ -55,6 +63,8 @@ class Work:
     version_id: str
     role: str
     request: dict[str, Any]
+    replaces: str | None = None
+    """The status of the earlier result a retry replaces (None for a pair without one)."""
 
 
 def result_row(
@@ -89,6 +99,7 @@ def result_row(
         "error": error,
         "attempts": attempts,
         "finished_at": utcnow(),
+        "replaces": work.replaces,
     }
 
 
@@ -121,8 +132,10 @@ class ResultWriter:
             rows, self._rows = self._rows, []
             if not rows:
                 return
-            frame = pl.from_dicts(rows, schema=RESULT_SCHEMA)
-            await asyncio.to_thread(self._insert, frame)
+            fresh = [row for row in rows if row["replaces"] is None]
+            retried = [row for row in rows if row["replaces"] is not None]
+            await asyncio.to_thread(self._insert, pl.from_dicts(fresh, schema=RESULT_SCHEMA),
+                                    pl.from_dicts(retried, schema=RESULT_SCHEMA))
             self._on_written(rows)
 
     async def close(self) -> None:
@@ -138,8 +151,36 @@ class ResultWriter:
             await asyncio.sleep(self._interval_s)
             await self.flush()
 
-    def _insert(self, frame: pl.DataFrame) -> None:
-        with self._database.transaction() as connection, registered(connection, "shadow_batch", frame):
-            connection.execute(
-                f"INSERT OR IGNORE INTO shadow_results ({_RESULT_COLUMNS}) SELECT {_RESULT_COLUMNS} FROM shadow_batch"
-            )
+    def _insert(self, fresh: pl.DataFrame, retried: pl.DataFrame) -> None:
+        with self._database.transaction() as connection:
+            if len(fresh):
+                with registered(connection, "shadow_batch", fresh):
+                    connection.execute(f"INSERT OR IGNORE INTO shadow_results ({_RESULT_COLUMNS}) "
+                                       f"SELECT {_RESULT_COLUMNS} FROM shadow_batch")
+            if len(retried):
+                with registered(connection, "shadow_retried", retried):
+                    _replace(connection)
+
+
+def _replace(connection: duckdb.DuckDBPyConnection) -> None:
+    """Write the retried results of `shadow_retried` over their earlier rows (never over an answer)."""
+    scored = [slot for (slot,) in connection.execute(
+        "SELECT DISTINCT v.slot FROM shadow_retried r JOIN shadow_results s USING (request_id, version_id) "
+        f"JOIN variants v USING (version_id) WHERE s.status = 'error' AND {_replaces('s', 'r')}").fetchall()]
+    forget_scored_evidence(connection, scored)
+    connection.execute(
+        f"INSERT INTO shadow_results ({_RESULT_COLUMNS}, seq) SELECT {_RESULT_COLUMNS}, nextval('change_seq') "
+        f"FROM shadow_retried r ON CONFLICT (request_id, version_id) DO UPDATE SET {_REPLACED_COLUMNS} "
+        f"WHERE {_replaces('shadow_results', 'excluded')}")
+
+
+def replaces_earlier(row: Row) -> bool:
+    """Whether a written row replaced an earlier error or config not-run (the test `_replaces` makes in SQL,
+    the earlier row never being an answer: only those are retried)."""
+    return row["replaces"] is not None and (row["status"] != "not_run" or row["error"].startswith("config:"))
+
+
+def _replaces(old: str, new: str) -> str:
+    """SQL: whether retried result `new` replaces the earlier row `old` of its pair: never an answer,
+    and never with a retry that was not made (paused, budget); a config not-run does replace."""
+    return f"{old}.status <> 'ok' AND ({new}.status <> 'not_run' OR {new}.error LIKE 'config:%')"

@@ -3,7 +3,12 @@
 Work is every (traffic row, active challenger of its slot other than the champion) pair
 that has no result yet and that sampling selects; with `champion_control_rate` set, the
 champion is also replayed on a sample of the requests it answered live (role `control`),
-so latency guardrails can compare answers given under the same replay load. Sampling is
+so latency guardrails can compare answers given under the same replay load. Only pairs that
+can count are run unless a replay says `include_old`: the request was answered by the
+slot's current champion (a pair compares with the champion of the period) and received in
+the current evaluation period, after the challenger was registered (the scorer pairs
+nothing earlier). The others are counted by reason in the report (`skipped`), not run and
+not recorded, so a later replay with `include_old` can still run them. Sampling is
 a deterministic hash of (request_id, version_id) against the rate, so a rerun selects the
 same pairs and a higher rate selects a superset. Work is streamed in pages ordered by
 request, under a bound on calls in flight, and results are written in batches keyed
@@ -11,9 +16,14 @@ request, under a bound on calls in flight, and results are written in batches ke
 batch, which the next run simply does again, and nothing is ever written twice.
 
 A call shadowzoo decides not to make (a paused challenger, the slot's daily budget
-reached, a provider missing from the config) is recorded as `not_run` with the reason in
-`error` ("paused: …", "budget: …", "config: …"), and logged once per challenger and
-reason. An upstream failure is an `error`, which the scorer scores as 0.
+reached) or that fails before reaching the variant's model or code (a provider missing
+from the config, a key or model the upstream refuses, a python entrypoint that does not
+load) is recorded as `not_run` with the reason in `error` ("paused: …", "budget: …",
+"config: …"), and logged once per challenger and reason. An upstream failure is an
+`error`, which the scorer scores as 0; calls are attempted as the champion's live call is
+(`as_live`, see `shadow.providers`). With `retry_errors`, pairs whose result is an error or
+not run for a config reason are run again and their new result replaces the old one (a
+retry that is not made keeps the old row).
 
 Every database call runs in a worker thread under the `Database` lock, so the event loop
 never waits on DuckDB.
@@ -26,7 +36,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -36,31 +46,46 @@ from pydantic import BaseModel, Field
 
 from registry import NotFound, Refused, Registry, Variant, utcnow
 from registry.config import Price, ShadowConfig
+from registry.evidence import period_start
 from shadow.apply import apply_variant
 from shadow.budget import DailyBudget, spent_today
 from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
 from shadow.pyvariants import PythonVariants
-from shadow.results import ResultWriter, Row, Work, result_row
+from shadow.results import ResultWriter, Row, Work, replaces_earlier, result_row
 
 log = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
 CONTROL = "control"
+BEFORE_PERIOD = "before_period"
+OTHER_CHAMPION = "other_champion"
+NO_CHAMPION = "no_champion"
 SAMPLE_SPACE = 16**13
 EPOCH = datetime(1970, 1, 1)
 PAUSES_REFRESH_S = 2.0
 _SAMPLE_POINT = "('0x' || left(sha256(t.request_id || ':' || c.version_id), 13))::BIGINT"
+_COUNTS = "coalesce(t.champion_version = c.champion AND t.received_at >= c.counts_from, false)"
+"""Whether a pair can count in its slot's current period."""
+_SKIP_REASON = (f"CASE WHEN t.champion_version IS NULL THEN '{NO_CHAMPION}' "
+                f"WHEN t.champion_version = c.champion THEN '{BEFORE_PERIOD}' ELSE '{OTHER_CHAMPION}' END")
+_RETRIABLE = "s.status = 'error' OR (s.status = 'not_run' AND s.error LIKE 'config:%')"
+
+
 @dataclass(frozen=True)
 class RunFilters:
     """Which work a run takes on: one slot, traffic received since a time (naive UTC), one challenger,
-    traffic written after a `seq` (the daemon's passes look only at what arrived since the last one)."""
+    traffic written after a `seq` (the daemon's passes look only at what arrived since the last one);
+    `include_old` also runs pairs that cannot count in the current period, `retry_errors` runs
+    errored (and config-not-run) pairs again."""
 
     slot: str | None = None
     since: datetime | None = None
     version: str | None = None
     after_seq: int | None = None
+    include_old: bool = False
+    retry_errors: bool = False
 
 
 class VersionCounts(BaseModel):
@@ -82,6 +107,12 @@ class RunReport(BaseModel):
     error: int = 0
     not_run: int = 0
     not_run_reasons: dict[str, int] = Field(default_factory=dict, description="By reason keyword: paused, budget, config.")
+    skipped: dict[str, int] = Field(
+        default_factory=dict,
+        description="Requests with pairs left out because they cannot count, by reason: before_period (received "
+                    "before the current evaluation period or the challenger's registration), other_champion "
+                    "(answered by a champion other than the current one). Known when the run starts.")
+    retried: int = Field(0, description="Earlier errors or config not-run results replaced by a retry.")
     cost_usd: float = 0.0
     unpriced: int = Field(0, description="Answers whose cost is unknown (model without a price).")
     elapsed_s: float = 0.0
@@ -91,6 +122,7 @@ class RunReport(BaseModel):
         status, cost = row["status"], row["cost_usd"]
         counts = self.versions.setdefault(row["version_id"], VersionCounts())
         self.done += 1
+        self.retried += replaces_earlier(row)
         setattr(self, status, getattr(self, status) + 1)
         setattr(counts, status, getattr(counts, status) + 1)
         if status == "not_run":
@@ -105,10 +137,12 @@ class RunReport(BaseModel):
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {n}" for k, n in sorted(self.not_run_reasons.items()))
+        skipped = ", ".join(f"{k}: {n}" for k, n in sorted(self.skipped.items()))
         return (
             f"{self.done} of {self.total} pending: {self.ok} ok, {self.error} error, {self.not_run} not run"
-            f"{f' ({reasons})' if reasons else ''}; cost ${self.cost_usd:.4f}"
-            f"{f' (+{self.unpriced} unpriced)' if self.unpriced else ''}; {self.elapsed_s:.1f} s"
+            f"{f' ({reasons})' if reasons else ''}{f', {self.retried} retried' if self.retried else ''}; "
+            f"cost ${self.cost_usd:.4f}{f' (+{self.unpriced} unpriced)' if self.unpriced else ''}; "
+            f"{self.elapsed_s:.1f} s{f'; requests skipped ({skipped})' if skipped else ''}"
         )
 
 
@@ -135,6 +169,10 @@ class Challenger:
     skill: str | None
     rate: float
     price: Price | None
+    champion: str | None
+    """The slot's current champion, whose answers this variant's are compared with."""
+    counts_from: datetime
+    """Requests received since then can count: the later of the period's start and the registration."""
 
     def body(self, request: dict[str, Any]) -> dict[str, Any]:
         """The upstream request of a chat variant: applied by `apply_variant`, never streamed."""
@@ -162,6 +200,9 @@ class _Plan:
     since: datetime
     snapshot: datetime
     after_seq: int = 0
+    include_old: bool = False
+    retry_errors: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 class ShadowRunner:
@@ -201,7 +242,7 @@ class ShadowRunner:
         """Do the work pending now (traffic ingested before this call) and report what happened."""
         started = time.monotonic()
         plan = await asyncio.to_thread(self._plan, filters)
-        report = RunReport(total=plan.total)
+        report = RunReport(total=plan.total, skipped=plan.skipped)
         if progress is not None:
             progress(report)
         writer = ResultWriter(self.registry.database, partial(_count, report, progress), self.batch_rows,
@@ -230,33 +271,47 @@ class ShadowRunner:
             since=filters.since or EPOCH,
             snapshot=utcnow(),
             after_seq=filters.after_seq or 0,
+            include_old=filters.include_old,
+            retry_errors=filters.retry_errors,
         )
         if challengers:
             with self.registry.database.reading() as connection:
                 plan.spent_today = spent_today(connection, slots)
                 plan.total = _count_pending(connection, plan)
+                plan.skipped = {} if plan.include_old else _count_skipped(connection, plan)
         return plan
 
     def _challengers(self, slot: str, shadow: ShadowConfig) -> dict[str, Challenger]:
         """The slot's active challengers, and the champion as a control when its rate is set."""
         champion = self.registry.champion(slot)
+        started = self._period_start(slot, champion)
         found = {}
         for variant in self.registry.variants(slot=slot, status="active"):
             if champion is not None and variant.version_id == champion.version_id:
-                rate, role = shadow.champion_control_rate, CONTROL
+                rate, role, counts_from = shadow.champion_control_rate, CONTROL, started
             else:
                 rate = shadow.rates.get(variant.version_id, shadow.rates.get(variant.label, shadow.sample_rate))
-                role = CHALLENGER
+                role, counts_from = CHALLENGER, max(started, variant.created_at)
             if role == CHALLENGER or rate > 0:
-                found[variant.version_id] = self._challenger(variant, role, rate)
+                found[variant.version_id] = self._challenger(variant, role, rate, champion, counts_from)
         return found
 
-    def _challenger(self, variant: Variant, role: str, rate: float) -> Challenger:
+    def _period_start(self, slot: str, champion: Variant | None) -> datetime:
+        """Where the slot's current evaluation period starts (the epoch when it has no champion: nothing pairs)."""
+        since = self.registry.champion_since(slot)
+        if champion is None or since is None:
+            return EPOCH
+        with self.registry.database.reading() as connection:
+            return period_start(connection, slot, champion.version_id, since)
+
+    def _challenger(self, variant: Variant, role: str, rate: float, champion: Variant | None,
+                    counts_from: datetime) -> Challenger:
         prices = workspace_prices(self.registry.workspace)
         return Challenger(
             version_id=variant.version_id, slot=variant.slot, role=role, kind=variant.kind, config=variant.config,
             skill=self.registry.skill_text(variant.skill_sha) if variant.skill_sha else None,
             rate=rate, price=price_of(prices, variant.config.get("model")) if variant.kind == "chat" else None,
+            champion=champion.version_id if champion else None, counts_from=counts_from,
         )
 
     def _chosen(self, challengers: dict[str, Challenger], filters: RunFilters) -> Challenger:
@@ -316,7 +371,8 @@ class _Run:
     def _fetch(self, cursor: tuple[datetime, str, str]) -> list[Work]:
         with self.runner.registry.database.reading() as connection:
             rows = _pending_page(connection, self.plan, cursor, self.runner.page_size)
-        return [Work(at, rid, seq, vid, role, json.loads(request)) for at, rid, seq, vid, role, request in rows]
+        return [Work(at, rid, seq, vid, role, json.loads(request), replaces)
+                for at, rid, seq, vid, role, request, replaces in rows]
 
     async def _refresh_pauses(self) -> None:
         """Re-read the pauses every few seconds, so a pause set during a long run takes effect."""
@@ -369,7 +425,11 @@ class _Run:
     async def _chat(self, work: Work, challenger: Challenger, body: dict[str, Any]) -> Row:
         client = self.runner.providers.get(str(challenger.config["provider"]))
         assert client is not None, "checked before dispatch"
-        result = await client.chat(body)
+        result = await client.chat(body, as_live=True)
+        if result.refused:
+            reason = f"config: {result.error}"
+            self._announce(challenger.version_id, reason)
+            return result_row(work, "not_run", error=reason, attempts=result.attempts)
         status = "ok" if result.ok else "error"
         return result_row(
             work, status, output=result.output, tool_calls=result.tool_calls, usage=result.usage,
@@ -378,9 +438,13 @@ class _Run:
         )
 
     async def _python(self, work: Work, challenger: Challenger) -> Row:
-        """One call of a python variant; each call costs its declared price."""
+        """One call of a python variant; each call that runs costs its declared price."""
         config = challenger.config
         answer = await self.runner.python.call(config["entrypoint"], work.request, config.get("params") or {})
+        if answer.not_run is not None:
+            reason = f"config: {answer.not_run}"
+            self._announce(challenger.version_id, reason)
+            return result_row(work, "not_run", error=reason)
         return result_row(work, "ok" if answer.error is None else "error", output=answer.output,
                           tool_calls=answer.tool_calls, cost=config.get("price_per_call_usd"),
                           latency_ms=answer.latency_ms, error=answer.error, attempts=1)
@@ -403,25 +467,37 @@ class _Run:
             log.warning("not running %s: %s", version_id, reason)
 
 
-def _pending_sql(plan: _Plan, select: str, tail: str) -> tuple[str, list[Any]]:
-    """The pending pairs of a plan: unanswered, sampled; a challenger never replays what it answered live."""
-    values = ", ".join("(?, ?, ?, ?)" for _ in plan.challengers)
-    params: list[Any] = [x for c in plan.challengers.values() for x in (c.slot, c.version_id, c.role, float(c.rate))]
+def _pending_sql(plan: _Plan, select: str, tail: str, counting: str = "can") -> tuple[str, list[Any]]:
+    """The pending pairs of a plan: without a result (or, retrying, with one to retry), sampled; a
+    challenger never replays what it answered live. `counting` says which pairs: those that `can`
+    count in the current period, those that `cannot`, or `any`."""
+    values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in plan.challengers)
+    params: list[Any] = [x for c in plan.challengers.values()
+                         for x in (c.slot, c.version_id, c.role, float(c.rate), c.champion, c.counts_from)]
+    unanswered = "s.request_id IS NULL" + (f" OR {_RETRIABLE}" if plan.retry_errors else "")
+    window = {"can": f"AND {_COUNTS} ", "cannot": f"AND NOT {_COUNTS} ", "any": ""}[counting]
     sql = (
-        f"WITH c(slot, version_id, role, rate) AS (VALUES {values}) "
+        "WITH c(slot, version_id, role, rate, champion, counts_from) AS "
+        f"(SELECT col0, col1, col2, col3, col4::VARCHAR, col5::TIMESTAMP FROM (VALUES {values})) "
         f"SELECT {select} FROM traffic t JOIN c ON c.slot = t.slot "
-        "WHERE t.ingested_at <= ? AND t.received_at >= ? AND t.seq > ? "
+        "LEFT JOIN shadow_results s ON s.request_id = t.request_id AND s.version_id = c.version_id "
+        f"WHERE t.ingested_at <= ? AND t.received_at >= ? AND t.seq > ? AND ({unanswered}) {window}"
         f"AND (c.role = '{CONTROL}' OR t.champion_version IS DISTINCT FROM c.version_id) "
         f"AND {_SAMPLE_POINT} < c.rate * {SAMPLE_SPACE} "
-        "AND NOT EXISTS (SELECT 1 FROM shadow_results s WHERE s.request_id = t.request_id AND s.version_id = c.version_id) "
         + tail
     )
     return sql, [*params, plan.snapshot, plan.since, plan.after_seq]
 
 
 def _count_pending(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> int:
-    sql, params = _pending_sql(plan, "count(*)", "")
+    sql, params = _pending_sql(plan, "count(*)", "", "any" if plan.include_old else "can")
     return connection.execute(sql, params).fetchone()[0]
+
+
+def _count_skipped(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> dict[str, int]:
+    """Requests with pending pairs that cannot count, by reason (a request counts once per reason)."""
+    sql, params = _pending_sql(plan, f"{_SKIP_REASON} AS reason, count(DISTINCT t.request_id)", "GROUP BY 1", "cannot")
+    return dict(connection.execute(sql, params).fetchall())
 
 
 def _pending_page(
@@ -430,8 +506,9 @@ def _pending_page(
     """The next `size` pending pairs after `cursor`, in (received_at, request_id, version_id) order."""
     sql, params = _pending_sql(
         plan,
-        "t.received_at, t.request_id, t.seq, c.version_id, c.role, t.request_json",
+        "t.received_at, t.request_id, t.seq, c.version_id, c.role, t.request_json, s.status",
         "AND t.received_at >= ? AND (t.received_at, t.request_id, c.version_id) > (?, ?, ?) "
         "ORDER BY t.received_at, t.request_id, c.version_id LIMIT ?",
+        "any" if plan.include_old else "can",
     )
     return connection.execute(sql, [*params, cursor[0], *cursor, size]).fetchall()

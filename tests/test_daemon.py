@@ -148,6 +148,31 @@ def test_traffic_flows_to_a_scored_leaderboard_and_the_cli_goes_through_the_daem
 
 
 @pytest.mark.slow
+def test_a_replay_after_a_promotion_pays_for_nothing_that_cannot_pair_and_says_so(workspace, cli) -> None:
+    ws, ids = workspace
+    env = {"SHADOWZOO_ADMIN_TOKEN": TOKEN}
+    served = Served(ws)
+    try:
+        _send(served, 30)
+        wait_until(lambda: _result_count(ws, served) >= 30 * 4, timeout_s=90, interval_s=0.5)
+        promoted = cli("promote", SLOT, ids["careful-large"], "--force", "--reason", "a new champion", cwd=ws, env=env)
+        assert promoted.code == 0, promoted.err
+        (ws / "zoo" / "late.yaml").write_text(f"slot: {SLOT}\nname: late\nbase: cheap-mini\noverrides:\n  temperature: 0.5\n")
+        registered = cli("zoo", "register", "late", cwd=ws, env=env)
+        assert registered.code == 0, registered.err
+        replayed = cli("replay", "--slot", SLOT, "--since", "1h", "--json", cwd=ws, env=env)
+        told = cli("replay", "--slot", SLOT, "--since", "1h", cwd=ws, env=env)
+        everything = cli("replay", "--slot", SLOT, "--since", "1h", "--include-old", "--json", cwd=ws, env=env)
+    finally:
+        served.stop()
+    assert replayed.code == told.code == everything.code == 0, (replayed.err, told.err, everything.err)
+    report = replayed.json()
+    assert (report["total"], report["cost_usd"], report["skipped"]) == (0, 0.0, {"other_champion": 30})
+    assert "30 requests were answered by another champion" in told.out + told.err
+    assert everything.json()["total"] == 30
+
+
+@pytest.mark.slow
 def test_admin_calls_need_the_token_and_promotion_needs_evidence(workspace) -> None:
     ws, ids = workspace
     served = Served(ws)
