@@ -26,7 +26,6 @@ for synchronous callers.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ import polars as pl
 
 from registry import Database, utcnow
 from registry.config import JudgeMetric, Price, ProviderConfig
-from scorer.metrics import sql_literal
+from scorer.metrics import is_sampled, sampled_sql
 from shadow.pricing import price_of
 from scorer.rowmetrics import VALUE_COLUMNS, RowValue, answer_of, value_key
 from shadow.pricing import cost_usd, estimate_usd
@@ -52,7 +51,6 @@ JUDGE_MAX_TOKENS = 256
 PARSE_ATTEMPTS = 3
 CONCURRENCY = 4
 REPLY_CHARS_IN_ERROR = 160
-SAMPLE_HEX_DIGITS = 13
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
 SYSTEM_PROMPT = (
@@ -90,18 +88,6 @@ class Verdict:
     score: float | None
     error: str | None = None
     retry: bool = False
-
-
-def is_sampled(request_id: str, key: str, rate: float) -> bool:
-    """Whether judge `key` grades request `request_id`: a hash draw below `rate`, the same for every version."""
-    point = int(hashlib.sha256(f"{request_id}:{key}".encode()).hexdigest()[:SAMPLE_HEX_DIGITS], 16)
-    return point < rate * 16**SAMPLE_HEX_DIGITS
-
-
-def sampled_sql(key: str, rate: float, request_id: str = "request_id") -> str:
-    """`is_sampled` as a DuckDB predicate on the column `request_id`, to fetch only the answers to judge."""
-    digest = f"sha256({request_id} || {sql_literal(':' + key)})"
-    return f"('0x' || left({digest}, {SAMPLE_HEX_DIGITS}))::BIGINT < {rate!r} * {16**SAMPLE_HEX_DIGITS}"
 
 
 def grader_messages(metric: JudgeMetric, request_json: str, output: str | None,

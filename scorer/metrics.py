@@ -38,10 +38,25 @@ SCALAR_LABEL = (
     + " THEN json_extract_string(label_json, '$') END"
 )
 NUMBER_RE = r"-?[0-9]+(?:\.[0-9]+)?"
+SAMPLE_HEX_DIGITS = 13
 
 
 def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def is_sampled(request_id: str, key: str, rate: float) -> bool:
+    """Whether judge `key` grades request `request_id`: a hash draw below `rate`, the same for every version."""
+    point = int(hashlib.sha256(f"{request_id}:{key}".encode()).hexdigest()[:SAMPLE_HEX_DIGITS], 16)
+    return point < rate * 16**SAMPLE_HEX_DIGITS
+
+
+def sampled_sql(key: str, rate: float, request_id: str = "request_id") -> str:
+    """`is_sampled` as a DuckDB predicate on the column `request_id`."""
+    if rate >= 1:
+        return "true"
+    digest = f"sha256({request_id} || {sql_literal(':' + key)})"
+    return f"('0x' || left({digest}, {SAMPLE_HEX_DIGITS}))::BIGINT < {rate!r} * {16**SAMPLE_HEX_DIGITS}"
 
 
 def row_metric_key(metric: Metric) -> str:
@@ -78,7 +93,8 @@ def label_key_sql(metric: Metric, label_json: str) -> str:
 class QualityPlan:
     """How to compute `quality` for a slot: SQL terms, and which Python-evaluated values to join."""
 
-    terms: list[tuple[str, float, bool]] = field(default_factory=list)
+    terms: list[tuple[str, float, str | None]] = field(default_factory=list)
+    """(SQL, weight, when): a term counts where the SQL condition `when` holds (always when None)."""
     row_metrics: dict[str, Metric] = field(default_factory=dict)
     needs_label: bool = False
     label_columns: dict[str, str] = field(default_factory=dict)
@@ -100,29 +116,32 @@ class QualityPlan:
         return "".join(f', {prefix}"{name}"' for name in self.label_columns)
 
     def quality_sql(self) -> str:
-        """The weighted mean over the terms; an optional term (a sampled judge) counts only when present."""
-        numerator = " + ".join(f"{weight} * ({sql})" if not optional else f"coalesce({weight} * ({sql}), 0)"
-                               for sql, weight, optional in self.terms)
-        denominator = " + ".join(str(weight) if not optional else f"CASE WHEN ({sql}) IS NULL THEN 0 ELSE {weight} END"
-                                 for sql, weight, optional in self.terms)
+        """The weighted mean over the terms; a sampled judge's term counts on the requests it
+        samples, where an answer without its verdict is not scored yet (NULL) rather than
+        scored without it: both answers of a pair are then judged alike."""
+        numerator = " + ".join(f"{weight} * ({sql})" if when is None else f"(CASE WHEN {when} THEN {weight} * ({sql}) ELSE 0 END)"
+                               for sql, weight, when in self.terms)
+        denominator = " + ".join(str(weight) if when is None else f"(CASE WHEN {when} THEN {weight} ELSE 0 END)"
+                                 for _, weight, when in self.terms)
         return f"(({numerator}) / nullif({denominator}, 0))"
 
 
 def plan_quality(metrics: list[Metric], where: str) -> QualityPlan:
     """Compile a slot's metrics; `where` names the config key for errors."""
-    terms: list[tuple[str, float, bool]] = []
+    terms: list[tuple[str, float, str | None]] = []
     row_metrics: dict[str, Metric] = {}
     label_columns: dict[str, str] = {}
     for index, metric in enumerate(metrics):
         if is_row_metric(metric):
             key = row_metric_key(metric)
             row_metrics[key] = metric
-            terms.append((f'"mv:{key}"', metric.weight, isinstance(metric, JudgeMetric)))
+            when = sampled_sql(key, metric.sample_rate) if isinstance(metric, JudgeMetric) else None
+            terms.append((f'"mv:{key}"', metric.weight, when))
             continue
         expected = _expected_sql(metric)
         if expected is not None:
             label_columns[f"label:{index}"] = expected
-        terms.append((_check_sql(metric, f"{where}[{index}]", f'"label:{index}"'), metric.weight, False))
+        terms.append((_check_sql(metric, f"{where}[{index}]", f'"label:{index}"'), metric.weight, None))
     return QualityPlan(terms=terms, row_metrics=row_metrics, needs_label=any(uses_label(m) for m in metrics),
                        label_columns=label_columns)
 

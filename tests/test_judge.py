@@ -14,9 +14,8 @@ import pytest
 
 from registry import utcnow
 from registry.config import JudgeMetric, Price, ProviderConfig
-from scorer.judge import (
-    JudgeRun, grader_messages, is_sampled, judge_spend_today, parse_verdict, run_judge, sampled_sql,
-)
+from scorer.judge import JudgeRun, grader_messages, judge_spend_today, parse_verdict, run_judge
+from scorer.metrics import is_sampled, sampled_sql
 from scorer.rowmetrics import VALUE_COLUMNS, store_values
 from scorer.service import Scorer
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
@@ -231,7 +230,7 @@ def test_judge_errors_count_as_metric_errors_on_the_leaderboard(sim: SimulatorHa
     batch.write(registry)
     board = Scorer(registry.workspace, registry).refresh("support-triage")
     champion = board.rows[0]
-    assert champion.n == 3 and champion.mean_quality == 1.0  # the exact match still scores every answer
+    assert champion.n == 0  # a sampled answer without the judge's verdict is not scored without it
     assert champion.metric_errors == 3 and board.eval_spend_usd > 0
     registry.close()
 
@@ -283,3 +282,17 @@ def test_an_exhausted_judge_budget_and_the_answers_waiting_are_shown(sim: Simula
     registry.close()
     shown = cli("leaderboard", "--slot", "support-triage")
     assert shown.code == 0 and "its daily budget is reached; 3 sampled answers wait for a verdict" in shown.err
+
+
+def test_a_pair_on_a_sampled_request_waits_until_both_answers_are_judged(sim: SimulatorHandle,
+                                                                          workspace_dir: Path) -> None:
+    edit_config(workspace_dir, _judged_by(sim, "judge", daily_budget_usd=0.005))  # room for one call
+    registry, ids = demo_registry(workspace_dir)
+    batch = Answers()
+    batch.request("one", ids["baseline"], "billing", label="billing")
+    batch.result("one", ids["careful-large"], "billing")
+    batch.write(registry)
+    board = Scorer(registry.workspace, registry).refresh("support-triage")
+    challenger = next(row for row in board.rows if row.version_id == ids["careful-large"])
+    assert board.judges[0].unjudged == 1 and challenger.comparison.pairs == 0
+    registry.close()
