@@ -11,7 +11,8 @@ counted and shown, never charged to a variant. So:
 - a call starts only while today's spend, plus the worst case of the calls in flight
   (prompt estimated from its characters, reply at its `max_tokens` cap), leaves room for
   its own worst case; an answer the budget allowed no call gets no value, and is judged
-  another day;
+  another day (until then it is not scored: its pair waits, so both answers of a sampled
+  request are always judged alike);
 - a reply is read leniently (the whole reply as JSON, a ```json block, the span from the
   first `{` to the last `}`, or a bare number); one that does not parse is asked for again
   up to twice, then recorded as that answer's error, as is an upstream failure after the
