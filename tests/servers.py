@@ -1,9 +1,11 @@
-"""Starting real servers for tests: the simulator in a thread, the gateway as its own process."""
+"""Starting real servers for tests: the simulator in a thread; the gateway and `serve` as their own processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import time
@@ -13,9 +15,11 @@ from typing import Any, Callable
 
 import yaml
 
+from registry import load_workspace
 from shadow.simulator import load_simulator_config, start_in_thread
 from tests.conftest import SHADOWZOO
 
+ADMIN_TOKEN = "test-admin-token"
 DEMO_SIM = Path(__file__).resolve().parent.parent / "examples" / "demo" / "simulator.yaml"
 
 
@@ -49,7 +53,7 @@ def edit_config(workspace_dir: Path, change: Callable[[dict], None]) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return response.status == 200
@@ -74,7 +78,7 @@ class GatewayProcess:
                 resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit)),
         )
         try:
-            wait_until(lambda: self.process.poll() is not None or _healthy(f"http://127.0.0.1:{self.port}/healthz"),
+            wait_until(lambda: self.process.poll() is not None or healthy(f"http://127.0.0.1:{self.port}/healthz"),
                        timeout_s=start_timeout_s)
         except AssertionError:
             self.stop()
@@ -87,4 +91,30 @@ class GatewayProcess:
         if self.process.poll() is None:
             self.process.terminate()
         out, _ = self.process.communicate(timeout=timeout_s)
+        return out
+
+
+class Served:
+    """`shadowzoo serve` on free ports, with its gateway and admin URLs."""
+
+    def __init__(self, workspace_dir: Path, workers: int = 1) -> None:
+        self.workspace_dir = workspace_dir
+        config = load_workspace(workspace_dir).config
+        self.gateway = f"http://127.0.0.1:{config.gateway.port}"
+        self.admin = f"http://127.0.0.1:{config.daemon.admin_port}"
+        self.process = subprocess.Popen(
+            [str(SHADOWZOO), "serve", "--workers", str(workers)], cwd=workspace_dir,
+            env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        wait_until(lambda: self.process.poll() is not None or (healthy(f"{self.gateway}/healthz") and healthy(f"{self.admin}/healthz")),
+                   timeout_s=60)
+        assert self.process.poll() is None, self.process.stdout.read()
+
+    def daemon_pid(self) -> int:
+        return json.loads((self.workspace_dir / ".shadowzoo" / "daemon.json").read_text())["pid"]
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=90)
         return out

@@ -19,46 +19,11 @@ import pytest
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
 from tests.conftest import SHADOWZOO
-from tests.servers import edit_config, free_port, start_simulator, wait_until
+from tests.servers import ADMIN_TOKEN as TOKEN, Served, edit_config, free_port, healthy, start_simulator, wait_until
 from zoo import load_zoo, register_specs
 
-TOKEN = "test-admin-token"
 SLOT = "support-triage"
 FAST_SIM = Path(__file__).resolve().parent.parent / "examples" / "demo" / "simulator.yaml"
-
-
-class Served:
-    """`shadowzoo serve` on free ports, with its gateway and admin URLs."""
-
-    def __init__(self, workspace_dir: Path, workers: int = 1) -> None:
-        self.workspace_dir = workspace_dir
-        config = load_workspace(workspace_dir).config
-        self.gateway = f"http://127.0.0.1:{config.gateway.port}"
-        self.admin = f"http://127.0.0.1:{config.daemon.admin_port}"
-        self.process = subprocess.Popen(
-            [str(SHADOWZOO), "serve", "--workers", str(workers)], cwd=workspace_dir,
-            env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": TOKEN, "SIM_API_KEY": "sim"},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        wait_until(lambda: self.process.poll() is not None or (_up(f"{self.gateway}/healthz") and _up(f"{self.admin}/healthz")),
-                   timeout_s=60)
-        assert self.process.poll() is None, self.process.stdout.read()
-
-    def daemon_pid(self) -> int:
-        return json.loads((self.workspace_dir / ".shadowzoo" / "daemon.json").read_text())["pid"]
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=90)
-        return out
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _admin(served: Served, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
@@ -234,7 +199,7 @@ def test_the_champion_keeps_answering_while_the_daemon_is_killed(workspace) -> N
         os.kill(served.daemon_pid(), signal.SIGKILL)
         answered = _send(served, 40, start=10, label=False)
         assert len(answered) == 40, "every champion request must succeed while the daemon is down"
-        wait_until(lambda: _up(f"{served.admin}/healthz"), timeout_s=60)
+        wait_until(lambda: healthy(f"{served.admin}/healthz"), timeout_s=60)
     finally:
         served.stop()
 
@@ -287,7 +252,7 @@ def test_a_daemon_killed_mid_replay_resumes_without_lost_or_duplicated_results(w
         _send(served, 40)
         wait_until(lambda: _result_count(ws, served) > 10, timeout_s=60, interval_s=0.2)
         os.kill(served.daemon_pid(), signal.SIGKILL)
-        wait_until(lambda: _up(f"{served.admin}/healthz"), timeout_s=60)
+        wait_until(lambda: healthy(f"{served.admin}/healthz"), timeout_s=60)
         wait_until(lambda: _result_count(ws, served) >= 40 * 4, timeout_s=120, interval_s=0.5)
     finally:
         served.stop()
