@@ -9,9 +9,9 @@ moves on: the row is not scored, and the error is counted on the leaderboard.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import jsonschema
@@ -20,6 +20,7 @@ import polars as pl
 from registry import ConfigError, Database, utcnow
 from registry.db import frame, registered
 from registry.config import JsonValidMetric, Metric, PythonMetric
+from registry.entrypoints import load_entrypoint
 from scorer.answers import AnswerQuery
 from scorer.metrics import sql_literal
 
@@ -39,21 +40,23 @@ class RowValue:
 RowEvaluator = Callable[[dict[str, Any], str | None, Any], RowValue]
 
 
-def evaluator_for(metric: Metric, where: str) -> RowEvaluator | None:
-    """A function scoring one answer for `metric`, or None when another module handles it (the judge)."""
+def evaluator_for(metric: Metric, where: str, roots: list[Path]) -> RowEvaluator | None:
+    """A function scoring one answer for `metric`, or None when another module handles it (the judge).
+
+    A python metric's module is looked up under `roots` (the workspace and its python_path).
+    """
     if isinstance(metric, PythonMetric):
-        return _python_evaluator(metric, where)
+        return _python_evaluator(metric, where, roots)
     if isinstance(metric, JsonValidMetric) and metric.json_schema is not None:
         return _schema_evaluator(metric)
     return None
 
 
-def _python_evaluator(metric: PythonMetric, where: str) -> RowEvaluator:
-    module_name, _, function_name = metric.entrypoint.partition(":")
+def _python_evaluator(metric: PythonMetric, where: str, roots: list[Path]) -> RowEvaluator:
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}.entrypoint: cannot load {metric.entrypoint!r}: {exc}") from None
+        function = load_entrypoint(metric.entrypoint, roots)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.entrypoint: {exc}") from None
 
     def evaluate(request: dict[str, Any], output: str | None, outcome: Any) -> RowValue:
         try:

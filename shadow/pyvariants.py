@@ -1,20 +1,27 @@
-"""Python-kind variants: `module:function(request, **params)` called in worker threads."""
+"""Python-kind variants: `module:function(request, **params)` called in worker threads.
+
+Only the workspace's own modules (or its `python_path`) are ever imported (see
+`registry.entrypoints`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
+
+from registry.entrypoints import load_entrypoint
 
 
 class PythonVariants:
     """Calls python variants off the event loop; each function is imported once."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, roots: list[Path]) -> None:
+        self._roots = roots
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shadowzoo-python")
         self._functions: dict[str, Callable[..., Any]] = {}
 
@@ -42,6 +49,5 @@ class PythonVariants:
     def _function(self, entrypoint: str) -> Callable[..., Any]:
         function = self._functions.get(entrypoint)
         if function is None:
-            module, _, name = entrypoint.partition(":")
-            function = self._functions[entrypoint] = getattr(importlib.import_module(module), name)
+            function = self._functions[entrypoint] = load_entrypoint(entrypoint, self._roots)
         return function

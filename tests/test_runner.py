@@ -96,6 +96,7 @@ class SimWorkspace:
         config["providers"]["sim"].update(base_url=self.sim.base_url, **provider)
         config["slots"][SLOT]["shadow"] = shadow or {}
         config["prices"] = PRICES
+        config["python_path"] = [str(ROOT)]  # the python variant is a function of this module
         path.write_text(yaml.safe_dump(config))
         for name, text in (specs or {}).items():
             (self.root / "zoo" / f"{name}.yaml").write_text(text)
