@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable
@@ -25,10 +26,12 @@ from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from scorer.board import EvidencePoint, Leaderboard
+from shadow.bearer import bearer_token
 from shadow.pauses import Pause
 
+log = logging.getLogger("shadowzoo.admin")
 ERROR_STATUS = {NotFound: 404, Refused: 409, ConfigError: 400}
-ERROR_KIND = {404: "not_found", 409: "refused", 400: "invalid"}
+ERROR_KIND = {404: "not_found", 405: "method_not_allowed", 409: "refused", 400: "invalid"}
 
 
 class PromoteBody(BaseModel):
@@ -194,7 +197,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 def build_admin_app(api: Api) -> web.Application:
-    app = web.Application(middlewares=[_auth(api.token)])
+    app = web.Application(middlewares=[_errors_as_json, _auth(api.token)])
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _route(api, endpoint))
     app.router.add_get("/metrics", lambda request: _metrics(api))
@@ -203,12 +206,25 @@ def build_admin_app(api: Api) -> web.Application:
     return app
 
 
+@web.middleware
+async def _errors_as_json(request: web.Request, handler):
+    """Routing errors (404, 405 with its `Allow`) leave as JSON, like every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, ERROR_KIND.get(exc.status, "http_error"), exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
 def _auth(token: str | None):
     @web.middleware
     async def middleware(request: web.Request, handler):
         if request.path.startswith("/admin/"):
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
+            given = bearer_token(request.headers.get("Authorization", ""))
             if not token or not hmac.compare_digest(given.encode(), token.encode()):
                 return _error(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer …)")
         return await handler(request)
@@ -224,6 +240,9 @@ def _route(api: Api, endpoint: Endpoint):
         except ShadowzooError as exc:
             status = next((code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind)), 400)
             return _error(status, ERROR_KIND[status], str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer JSON, and the log keeps the traceback
+            log.exception("admin %s %s failed", request.method, request.path)
+            return _error(500, "internal", f"{type(exc).__name__}: {exc}")
         return web.Response(body=TypeAdapter(endpoint.answer).dump_json(answer), content_type="application/json")
 
     return handle
@@ -234,7 +253,8 @@ async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         return model.model_validate_json(await request.read())
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {message}") from None
 
 
 def _required(request: web.Request, name: str) -> str:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
 
 from shadow.apply import apply_variant
+from shadow.bearer import bearer_token
 from shadow.gateway.capture import CaptureBuffer, PendingCapture
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
@@ -80,7 +81,8 @@ async def _errors_as_json(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"))
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"), headers=allow)
 
 
 @web.middleware
@@ -88,8 +90,7 @@ async def _auth(request: web.Request, handler):
     """/v1/* needs one of the configured client keys, when any are configured."""
     keys = request.app[STATE].client_keys
     if keys and request.path.startswith("/v1/"):
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        token = bearer_token(request.headers.get("Authorization", ""))
         if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
             return error_response(401, "missing or wrong API key for this gateway", code="invalid_api_key")
     return await handler(request)
