@@ -281,26 +281,64 @@ async def _openapi() -> web.Response:
 
 
 def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.1 for the admin API, generated from the endpoint table."""
+    """OpenAPI 3.1 for the admin API, generated from the endpoint table.
+
+    Every model lands once under `components/schemas` (pydantic's `$defs` would dangle at the
+    document's root), and every status an endpoint can answer is documented.
+    """
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
+        answer = _component_schema(TypeAdapter(endpoint.answer).json_schema(mode="serialization", ref_template=REF), schemas)
         operation: dict[str, Any] = {
             "summary": endpoint.summary,
             "security": [{"bearer": []}],
             "parameters": [{"name": name, "in": "query", "schema": {"type": "string"}} for name in endpoint.query]
             + [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
                for part in endpoint.path.split("/") if part.startswith("{")],
-            "responses": {"200": {"description": "OK", "content": {"application/json": {
-                "schema": TypeAdapter(endpoint.answer).json_schema(mode="serialization")}}},
-                          "401": {"description": "Missing or wrong token"}},
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": answer}}},
+                          **{code: {"$ref": f"#/components/responses/{name}"} for code, (name, _) in ERROR_RESPONSES.items()}},
         }
         if endpoint.body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": endpoint.body.model_json_schema()}}}
+            body = _component_schema(endpoint.body.model_json_schema(ref_template=REF), schemas)
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "shadowzoo admin API", "version": "1"},
         "paths": paths,
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas,
+            "responses": {name: {"description": description, "content": {"application/json": {
+                "schema": {"$ref": f"{REF_PREFIX}Error"}}}} for name, description in ERROR_RESPONSES.values()},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
+
+
+REF_PREFIX = "#/components/schemas/"
+REF = REF_PREFIX + "{model}"
+ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["type", "message"], "properties": {
+        "type": {"type": "string", "description": "invalid, unauthorized, not_found, method_not_allowed, refused, internal"},
+        "message": {"type": "string", "description": "What went wrong and what was expected, naming the field."}}}},
+}
+ERROR_RESPONSES = {
+    "400": ("Invalid", "A query parameter or body field is missing or invalid; the message names it."),
+    "401": ("Unauthorized", "Missing or wrong admin token."),
+    "404": ("NotFound", "The slot, variant, skill or job does not exist."),
+    "405": ("MethodNotAllowed", "Another method is expected; the Allow header names it."),
+    "409": ("Refused", "Understood but not allowed in the current state (e.g. promotion without evidence)."),
+    "500": ("Internal", "A fault of the daemon; its log has the traceback."),
+}
+
+
+def _component_schema(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with its `$defs` moved into the document's components (or a `$ref` to itself there)."""
+    schemas.update(schema.pop("$defs", {}))
+    title = schema.get("title")
+    if schema.get("type") == "object" and title and "properties" in schema:
+        schemas[title] = schema
+        return {"$ref": f"{REF_PREFIX}{title}"}
+    return schema

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openapi_spec_validator import validate
 
 from ops.workspace_init import init_workspace
 from tests.conftest import SHADOWZOO
@@ -148,3 +149,12 @@ def test_status_names_a_provider_key_missing_from_the_daemon_s_environment(daemo
     shown = subprocess.run([str(SHADOWZOO), "status"], cwd=daemon.workspace_dir, capture_output=True, text=True,
                            env={**daemon.environment(), "SHADOWZOO_ADMIN_TOKEN": TOKEN, "COLUMNS": "200"}, timeout=60)
     assert shown.returncode == 0 and "provider 'sim': SIM_API_KEY is not set" in shown.stderr
+
+
+def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: Daemon) -> None:
+    status, document, _ = daemon.call("GET", "/openapi.json")
+    assert status == 200
+    validate(document)  # raises on a dangling $ref or any other violation of OpenAPI 3.1
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert {"200", "400", "401", "404", "405", "409", "500"} <= set(operation["responses"]), (method, path)
