@@ -26,7 +26,7 @@ from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from scorer.board import EvidencePoint, Leaderboard
-from shadow.bearer import bearer_token
+from shadow.webcommon import bearer_token, json_errors
 from shadow.pauses import Pause
 
 log = logging.getLogger("shadowzoo.admin")
@@ -197,27 +197,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 def build_admin_app(api: Api) -> web.Application:
-    app = web.Application(middlewares=[_errors_as_json, _auth(api.token)])
+    app = web.Application(middlewares=[json_errors(_http_error), _auth(api.token)])
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _route(api, endpoint))
     app.router.add_get("/metrics", lambda request: _metrics(api))
     app.router.add_get("/healthz", lambda request: _healthz())
     app.router.add_get("/openapi.json", lambda request: _openapi())
     return app
-
-
-@web.middleware
-async def _errors_as_json(request: web.Request, handler):
-    """Routing errors (404, 405 with its `Allow`) leave as JSON, like every other error."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = _error(exc.status, ERROR_KIND.get(exc.status, "http_error"), exc.reason)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
 
 
 def _auth(token: str | None):
@@ -262,6 +248,11 @@ def _required(request: web.Request, name: str) -> str:
     if not value:
         raise ConfigError(f"query parameter {name!r} is required")
     return value
+
+
+def _http_error(status: int, reason: str) -> web.Response:
+    """aiohttp's own errors (unknown path, wrong method) in the admin API's error shape."""
+    return _error(status, ERROR_KIND.get(status, "http_error"), reason)
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:

@@ -60,8 +60,8 @@ class GatewayProcess:
     """`shadowzoo gateway` run by its console script, as an operator runs it."""
 
     def __init__(self, workspace_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
-                 host: str = "127.0.0.1") -> None:
-        self.port = free_port()
+                 host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.process = subprocess.Popen(
             [str(SHADOWZOO), "gateway", "--port", str(self.port), "--workers", str(workers), "--host", host],

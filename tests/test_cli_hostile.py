@@ -10,13 +10,12 @@ import os
 import resource
 import socket
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SHADOWZOO
-from tests.servers import edit_config, free_port, wait_until
+from tests.servers import GatewayProcess, edit_config, free_port
 
 SLOT, OTHER = "support-triage", "refund-triage"
 MEMORY_LIMIT_BYTES = 2 * 1024**3  # what the CLI needs with room to spare; a bomb that explodes hits it
@@ -136,22 +135,7 @@ def _leave_time_wait(port: int) -> None:
 def test_the_gateway_restarts_at_once_on_a_port_left_in_time_wait(workspace_dir: Path) -> None:
     port = free_port()
     _leave_time_wait(port)
-    gateway = subprocess.Popen([str(SHADOWZOO), "gateway", "--port", str(port)], cwd=workspace_dir,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: gateway.poll() is not None or _answers(f"http://127.0.0.1:{port}/healthz"), timeout_s=60)
-        assert gateway.poll() is None, gateway.stdout.read()
-    finally:
-        gateway.terminate()
-        gateway.communicate(timeout=30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
+    GatewayProcess(workspace_dir, port=port).stop()  # it fails here if the gateway exits instead of serving
 
 
 def test_the_gateway_refuses_to_start_when_its_champion_s_provider_key_is_unset(cli, workspace_dir: Path) -> None:

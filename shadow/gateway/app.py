@@ -21,13 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
 
 from shadow.apply import apply_variant
-from shadow.bearer import bearer_token
 from shadow.gateway.capture import CaptureBuffer, PendingCapture
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
 from shadow.gateway.metrics import exposition, gateway_metrics
 from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
+from shadow.webcommon import bearer_token, json_errors
 
 CLIENT_ID_HEADER = "x-shadowzoo-request-id"
 
@@ -48,7 +48,7 @@ STATE = web.AppKey("state", GatewayState)
 
 def build_app(state: GatewayState) -> web.Application:
     """The aiohttp application; background tasks start and stop with it."""
-    app = web.Application(client_max_size=state.max_body_bytes, middlewares=[_errors_as_json, _auth])
+    app = web.Application(client_max_size=state.max_body_bytes, middlewares=[json_errors(_http_error), _auth])
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -73,16 +73,9 @@ async def _background(app: web.Application):
     await state.upstream.close()
 
 
-@web.middleware
-async def _errors_as_json(request: web.Request, handler):
+def _http_error(status: int, reason: str) -> web.Response:
     """Every error leaves as a JSON body in the OpenAI shape, never as HTML or a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"), headers=allow)
+    return error_response(status, reason, code=reason.lower().replace(" ", "_"))
 
 
 @web.middleware
