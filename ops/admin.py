@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
@@ -34,7 +34,13 @@ ERROR_STATUS = {NotFound: 404, Refused: 409, ConfigError: 400}
 ERROR_KIND = {404: "not_found", 405: "method_not_allowed", 409: "refused", 400: "invalid"}
 
 
-class PromoteBody(BaseModel):
+class _Body(BaseModel):
+    """A request body: a misspelt or unknown key is an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromoteBody(_Body):
     slot: str
     version_id: str
     actor: str
@@ -42,19 +48,19 @@ class PromoteBody(BaseModel):
     force: bool = False
 
 
-class RollbackBody(BaseModel):
+class RollbackBody(_Body):
     slot: str
     actor: str
     reason: str | None = None
 
 
-class RetireBody(BaseModel):
+class RetireBody(_Body):
     version_id: str
     actor: str
     reason: str | None = None
 
 
-class PauseBody(BaseModel):
+class PauseBody(_Body):
     version_id: str | None = Field(None, description="A challenger, or null for all shadow spend.")
     actor: str = "unknown"
     reason: str | None = None
@@ -166,6 +172,8 @@ async def _evidence(api: Api, request: web.Request, body: None) -> list[Evidence
 
 
 async def _start_job(api: Api, request: web.Request, body: JobRequest) -> JobStatus:
+    if body.slot is not None and body.slot not in api.operations.registry.workspace.config.slots:
+        raise ConfigError(f"slot: {body.slot!r} is not configured in shadowzoo.yaml")
     return api.jobs.start(body)
 
 

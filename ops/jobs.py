@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry import NotFound
 
@@ -23,6 +23,8 @@ REPORT_SUFFIXES = (".html", ".md")
 
 class JobRequest(BaseModel):
     """What to run."""
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["replay", "report", "train"]
     slot: str | None = Field(None, description="Replay and report: the slot.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 VariantKind = Literal["chat", "python"]
 VariantStatus = Literal["active", "retired"]
@@ -14,6 +14,8 @@ MoveAction = Literal["promote", "rollback", "retire"]
 
 class NewVariant(BaseModel):
     """A resolved variant about to be registered: everything but its identity."""
+
+    model_config = ConfigDict(extra="forbid")
 
     slot: str
     label: str

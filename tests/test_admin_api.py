@@ -109,6 +109,7 @@ def test_a_python_variant_of_the_workspace_s_own_module_is_registered(daemon: Da
     (_variant(kind="python", entrypoint="os.path:join;rm"), "config.entrypoint:"),
     ({**_variant(), "kind": "python"}, "config.kind:"),
     ({**_variant(), "source": "backdoor"}, "source:"),
+    ({**_variant(), "version_id": "chosen-by-me"}, "version_id:"),
 ])
 def test_every_field_of_a_registration_is_checked_like_the_cli_checks_it(daemon: Daemon, body: dict, field: str) -> None:
     status, answer, _ = daemon.call("POST", "/admin/variants", body)
@@ -158,3 +159,14 @@ def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: 
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             assert {"200", "400", "401", "404", "405", "409", "500"} <= set(operation["responses"]), (method, path)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/admin/promote", {"slot": SLOT, "version_id": "x", "actor": "t", "forse": True}, "forse:"),
+    ("/admin/pause", {"version_id": None, "actor": "t", "until": "tomorrow"}, "until:"),
+    ("/admin/jobs", {"kind": "replay", "slot": "nowhere"}, "slot:"),
+    ("/admin/jobs", {"kind": "report", "slot": SLOT, "format": "pdf"}, "format:"),
+])
+def test_an_unknown_key_or_slot_in_any_body_is_a_400_naming_it(daemon: Daemon, path: str, body: dict, field: str) -> None:
+    status, answer, _ = daemon.call("POST", path, body)
+    assert status == 400 and answer["error"]["message"].startswith(field), answer
