@@ -8,10 +8,11 @@ always-valid intervals, within the current evaluation period.
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
+
+from registry.records import UtcDatetime
 
 
 class Status(StrEnum):
@@ -77,9 +78,9 @@ class Leaderboard(BaseModel):
     """A slot's leaderboard at one moment."""
 
     slot: str
-    generated_at: datetime
+    generated_at: UtcDatetime
     period_id: int | None
-    period_started_at: datetime | None
+    period_started_at: UtcDatetime | None
     champion: str | None
     value_per_point: float
     min_samples: int
@@ -90,7 +91,7 @@ class Leaderboard(BaseModel):
     reactions: dict[str, float] = Field(
         default_factory=dict, description="Reactions to the champion's answers (shown, never paired)."
     )
-    since: datetime | None = Field(None, description="Descriptive columns cover traffic from this time on.")
+    since: UtcDatetime | None = Field(None, description="Descriptive columns cover traffic from this time on.")
 
     @property
     def recommendation(self) -> str | None:
@@ -105,7 +106,7 @@ class Leaderboard(BaseModel):
 class EvidencePoint(BaseModel):
     """How one challenger's evidence stood at one snapshot: for the cumulative chart."""
 
-    taken_at: datetime
+    taken_at: UtcDatetime
     version_id: str
     pairs: int
     net: Interval

@@ -12,6 +12,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,11 @@ def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: 
 def test_an_unknown_key_or_slot_in_any_body_is_a_400_naming_it(daemon: Daemon, path: str, body: dict, field: str) -> None:
     status, answer, _ = daemon.call("POST", path, body)
     assert status == 400 and answer["error"]["message"].startswith(field), answer
+
+
+def test_timestamps_in_answers_carry_their_utc_offset(daemon: Daemon) -> None:
+    status, registered, _ = daemon.call("POST", "/admin/variants", _variant(label="stamped", model="sim-large"))
+    assert status == 200
+    paused = daemon.call("POST", "/admin/pause", {"version_id": registered["variant"]["version_id"], "actor": "t"})[1]
+    moments = [registered["variant"]["created_at"], paused["since"]]
+    assert all(datetime.fromisoformat(moment).utcoffset() == timedelta(0) for moment in moments), moments
