@@ -26,8 +26,8 @@ from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from scorer.board import EvidencePoint, Leaderboard
-from shadow.webcommon import bearer_token, json_errors
 from shadow.pauses import Pause
+from shadow.webcommon import bearer_token, json_errors
 
 log = logging.getLogger("shadowzoo.admin")
 ERROR_STATUS = {NotFound: 404, Refused: 409, ConfigError: 400}
