@@ -44,6 +44,8 @@ def check_entrypoint(entrypoint: str, roots: Sequence[Path]) -> list[ModuleSpec]
                 f"{entrypoint!r}: no module {name!r} inside the workspace or its python_path ({places}); "
                 "python entrypoints may only name the workspace's own modules"
             )
+        if spec.loader is None:
+            raise ConfigError(f"{entrypoint!r}: {name!r} is a directory without __init__.py; make it a package")
         _require_inside(entrypoint, spec, roots)
         if depth == 1:
             _require_inside(entrypoint, _importable(name) or spec, roots, taken=True)
@@ -102,7 +104,7 @@ def _require_inside(entrypoint: str, spec: ModuleSpec | None, roots: Sequence[Pa
     if spec is not None and not places:
         places = [Path(p) for p in spec.submodule_search_locations or []]
     resolved_roots = [root.resolve() for root in roots]
-    outside = [p for p in places if not any(p.resolve().is_relative_to(root) for root in resolved_roots)]
+    outside = [p.resolve() for p in places if not any(p.resolve().is_relative_to(root) for root in resolved_roots)]
     if outside or not places:
         name = spec.name if spec is not None else entrypoint.partition(":")[0]
         where = outside[0] if outside else "no file"

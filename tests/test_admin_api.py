@@ -95,6 +95,12 @@ def test_a_python_variant_naming_a_module_outside_the_workspace_is_refused(daemo
     assert not marker.exists()
 
 
+def test_a_workspace_module_that_links_to_an_installed_one_is_refused(daemon: Daemon) -> None:
+    (daemon.workspace_dir / "linked.py").symlink_to(subprocess.__file__)
+    status, answer, _ = daemon.call("POST", "/admin/variants", _variant(label="linked", kind="python", entrypoint="linked:run"))
+    assert status == 400 and f"is {Path(subprocess.__file__).resolve()}, outside the workspace" in answer["error"]["message"]
+
+
 def test_a_python_variant_of_the_workspace_s_own_module_is_registered(daemon: Daemon) -> None:
     status, answer, _ = daemon.call("POST", "/admin/variants", _variant(label="rules", kind="python", entrypoint="rules:answer"))
     assert status == 200 and answer["variant"]["config"]["entrypoint"] == "rules:answer"
