@@ -263,7 +263,7 @@ def gateway(workspace: Path, log_dir: Path, cores: str | None, workers: int = 1)
     port = free_port()
     argv = [str(BIN / "shadowzoo"), "gateway", "--port", str(port), "--workers", str(workers)]
     return Server(f"gateway-{workers}w", argv, port, log_dir / f"gateway-{workers}w-{port}.log", cores,
-                  cwd=workspace, env={GATEWAY_KEYS_ENV: GATEWAY_KEY},
+                  cwd=workspace, env={GATEWAY_KEYS_ENV: GATEWAY_KEY, "SIM_API_KEY": "bench"},
                   ready_marker="listening on", ready_count=workers)
 
 

@@ -13,25 +13,34 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from scorer.board import EvidencePoint, Leaderboard
 from shadow.pauses import Pause
+from shadow.webcommon import bearer_token, json_errors
 
+log = logging.getLogger("shadowzoo.admin")
 ERROR_STATUS = {NotFound: 404, Refused: 409, ConfigError: 400}
-ERROR_KIND = {404: "not_found", 409: "refused", 400: "invalid"}
+ERROR_KIND = {404: "not_found", 405: "method_not_allowed", 409: "refused", 400: "invalid"}
 
 
-class PromoteBody(BaseModel):
+class _Body(BaseModel):
+    """A request body: a misspelt or unknown key is an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromoteBody(_Body):
     slot: str
     version_id: str
     actor: str
@@ -39,19 +48,19 @@ class PromoteBody(BaseModel):
     force: bool = False
 
 
-class RollbackBody(BaseModel):
+class RollbackBody(_Body):
     slot: str
     actor: str
     reason: str | None = None
 
 
-class RetireBody(BaseModel):
+class RetireBody(_Body):
     version_id: str
     actor: str
     reason: str | None = None
 
 
-class PauseBody(BaseModel):
+class PauseBody(_Body):
     version_id: str | None = Field(None, description="A challenger, or null for all shadow spend.")
     actor: str = "unknown"
     reason: str | None = None
@@ -163,6 +172,8 @@ async def _evidence(api: Api, request: web.Request, body: None) -> list[Evidence
 
 
 async def _start_job(api: Api, request: web.Request, body: JobRequest) -> JobStatus:
+    if body.slot is not None and body.slot not in api.operations.registry.workspace.config.slots:
+        raise ConfigError(f"slot: {body.slot!r} is not configured in shadowzoo.yaml")
     return api.jobs.start(body)
 
 
@@ -194,7 +205,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 def build_admin_app(api: Api) -> web.Application:
-    app = web.Application(middlewares=[_auth(api.token)])
+    app = web.Application(middlewares=[json_errors(_http_error), _auth(api.token)])
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, _route(api, endpoint))
     app.router.add_get("/metrics", lambda request: _metrics(api))
@@ -207,8 +218,7 @@ def _auth(token: str | None):
     @web.middleware
     async def middleware(request: web.Request, handler):
         if request.path.startswith("/admin/"):
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
+            given = bearer_token(request.headers.get("Authorization", ""))
             if not token or not hmac.compare_digest(given.encode(), token.encode()):
                 return _error(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer …)")
         return await handler(request)
@@ -224,6 +234,9 @@ def _route(api: Api, endpoint: Endpoint):
         except ShadowzooError as exc:
             status = next((code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind)), 400)
             return _error(status, ERROR_KIND[status], str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer JSON, and the log keeps the traceback
+            log.exception("admin %s %s failed", request.method, request.path)
+            return _error(500, "internal", f"{type(exc).__name__}: {exc}")
         return web.Response(body=TypeAdapter(endpoint.answer).dump_json(answer), content_type="application/json")
 
     return handle
@@ -234,7 +247,8 @@ async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         return model.model_validate_json(await request.read())
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {message}") from None
 
 
 def _required(request: web.Request, name: str) -> str:
@@ -242,6 +256,11 @@ def _required(request: web.Request, name: str) -> str:
     if not value:
         raise ConfigError(f"query parameter {name!r} is required")
     return value
+
+
+def _http_error(status: int, reason: str) -> web.Response:
+    """aiohttp's own errors (unknown path, wrong method) in the admin API's error shape."""
+    return _error(status, ERROR_KIND.get(status, "http_error"), reason)
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:
@@ -261,26 +280,64 @@ async def _openapi() -> web.Response:
 
 
 def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.1 for the admin API, generated from the endpoint table."""
+    """OpenAPI 3.1 for the admin API, generated from the endpoint table.
+
+    Every model lands once under `components/schemas` (pydantic's `$defs` would dangle at the
+    document's root), and every status an endpoint can answer is documented.
+    """
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
+        answer = _component_schema(TypeAdapter(endpoint.answer).json_schema(mode="serialization", ref_template=REF), schemas)
         operation: dict[str, Any] = {
             "summary": endpoint.summary,
             "security": [{"bearer": []}],
             "parameters": [{"name": name, "in": "query", "schema": {"type": "string"}} for name in endpoint.query]
             + [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
                for part in endpoint.path.split("/") if part.startswith("{")],
-            "responses": {"200": {"description": "OK", "content": {"application/json": {
-                "schema": TypeAdapter(endpoint.answer).json_schema(mode="serialization")}}},
-                          "401": {"description": "Missing or wrong token"}},
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": answer}}},
+                          **{code: {"$ref": f"#/components/responses/{name}"} for code, (name, _) in ERROR_RESPONSES.items()}},
         }
         if endpoint.body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": endpoint.body.model_json_schema()}}}
+            body = _component_schema(endpoint.body.model_json_schema(ref_template=REF), schemas)
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "shadowzoo admin API", "version": "1"},
         "paths": paths,
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas,
+            "responses": {name: {"description": description, "content": {"application/json": {
+                "schema": {"$ref": f"{REF_PREFIX}Error"}}}} for name, description in ERROR_RESPONSES.values()},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
+
+
+REF_PREFIX = "#/components/schemas/"
+REF = REF_PREFIX + "{model}"
+ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["type", "message"], "properties": {
+        "type": {"type": "string", "description": "invalid, unauthorized, not_found, method_not_allowed, refused, internal"},
+        "message": {"type": "string", "description": "What went wrong and what was expected, naming the field."}}}},
+}
+ERROR_RESPONSES = {
+    "400": ("Invalid", "A query parameter or body field is missing or invalid; the message names it."),
+    "401": ("Unauthorized", "Missing or wrong admin token."),
+    "404": ("NotFound", "The slot, variant, skill or job does not exist."),
+    "405": ("MethodNotAllowed", "Another method is expected; the Allow header names it."),
+    "409": ("Refused", "Understood but not allowed in the current state (e.g. promotion without evidence)."),
+    "500": ("Internal", "A fault of the daemon; its log has the traceback."),
+}
+
+
+def _component_schema(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with its `$defs` moved into the document's components (or a `$ref` to itself there)."""
+    schemas.update(schema.pop("$defs", {}))
+    title = schema.get("title")
+    if schema.get("type") == "object" and title and "properties" in schema:
+        schemas[title] = schema
+        return {"$ref": f"{REF_PREFIX}{title}"}
+    return schema

@@ -14,9 +14,10 @@ from ops.output import print_json, print_table, say, warn
 from ops.session import session
 from ops.state import running_daemon
 from ops.supervise import Child, supervise
-from registry import ShadowzooError
+from registry import ShadowzooError, read_routes
 from shadow.gateway import bind_host, client_keys, worker_main
 from shadow.gateway.metrics import multiprocess_env
+from shadow.providers import missing_api_keys
 
 
 def gateway(
@@ -34,6 +35,7 @@ def gateway(
     """
     workspace = session(ctx).workspace()
     host, port = _gateway_address(workspace, host, port, workers)
+    _check_api_keys(workspace)
     supervise(_gateways(workspace, host, port, workers))
 
 
@@ -76,6 +78,7 @@ def serve(
     daemon_config = workspace.config.daemon
     _check_free(daemon_config.admin_host, daemon_config.admin_port if admin_port is None else admin_port, "daemon")
     host, port = _gateway_address(workspace, host, port, workers)
+    _check_api_keys(workspace)
     supervise(_gateways(workspace, host, port, workers) + [Child("daemon", run_daemon, (workspace.root, admin_port))])
 
 
@@ -111,6 +114,8 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
              "quarantine/ (each has a .reason note; fix and move back into the spool to ingest)")
     for drift in report["routes_drift"]:
         warn(f"routes drift: {drift}")
+    for provider, variable in report["missing_api_keys"].items():
+        warn(f"provider {provider!r}: {variable} is not set in the daemon's environment; its calls fail upstream")
     print_table("last job runs", ["job", "outcome", "at", "duration s", "counts"],
                 [[name, run["outcome"], run["at"], run["duration_s"],
                   ", ".join(f"{k}={v}" for k, v in run.items() if k not in ("job", "outcome", "at", "duration_s"))]
@@ -134,11 +139,34 @@ def _gateway_address(workspace, host: str | None, port: int | None, workers: int
     return host, port
 
 
+def _check_api_keys(workspace) -> None:
+    """A champion's provider without its key stops the start; any other is warned about, once.
+
+    Without the key every user request would get the upstream's 401 while only a log line
+    deep in the daemon said why.
+    """
+    try:
+        served = read_routes(workspace.routes_path).slots
+    except (OSError, ValueError):
+        served = {}
+    for provider, variable in missing_api_keys(workspace.config.providers).items():
+        slots = sorted(slot for slot, route in served.items() if route.provider == provider)
+        if slots:
+            raise ShadowzooError(f"set {variable}: provider {provider!r} serves the champion of {', '.join(slots)}, "
+                                 "and without its key the upstream refuses every request")
+        warn(f"provider {provider!r}: {variable} is not set, so calls to it will fail upstream until it is")
+
+
 def _check_free(host: str, port: int, what: str) -> None:
-    """Fail now, clearly, rather than in a child process restarted forever."""
+    """Fail now, clearly, rather than in a child process restarted forever.
+
+    The probe binds as the servers do, with SO_REUSEADDR: connections of a stopped server
+    left in TIME_WAIT must not keep its restart out for a minute.
+    """
     if port == 0:
         return
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry import NotFound
+
+REPORT_SUFFIXES = (".html", ".md")
 
 
 class JobRequest(BaseModel):
     """What to run."""
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["replay", "report", "train"]
     slot: str | None = Field(None, description="Replay and report: the slot.")
@@ -27,10 +32,24 @@ class JobRequest(BaseModel):
     version: str | None = Field(None, description="Replay: only this challenger.")
     include_old: bool = Field(False, description="Replay: also requests that cannot count in the current period.")
     retry_errors: bool = Field(False, description="Replay: run errored (and config not-run) pairs again, replacing them.")
-    out: str | None = Field(None, description="Report: the file to write, relative to the workspace.")
+    out: str | None = Field(
+        None, description="Report: the file to write (.html or .md), relative to the workspace and inside it.")
     spec: str | None = Field(None, description="Train: the spec, by name.")
     all_active: bool = Field(False, description="Train: every active spec with a train: block.")
     limit: int | None = Field(None, ge=1, description="Train with all_active: at most this many specs.")
+
+    @field_validator("out")
+    @classmethod
+    def _inside_workspace(cls, value: str | None) -> str | None:
+        """A job writes only report files, and only inside the workspace."""
+        if value is None:
+            return value
+        path = PurePosixPath(value.replace("\\", "/"))
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"{value!r} must be a path relative to the workspace, inside it")
+        if path.suffix.lower() not in REPORT_SUFFIXES:
+            raise ValueError(f"{value!r} must end in {' or '.join(REPORT_SUFFIXES)}")
+        return value
 
     @model_validator(mode="after")
     def _complete(self) -> "JobRequest":

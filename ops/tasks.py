@@ -17,13 +17,14 @@ from typing import Any
 
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
-from registry import NotFound, Workspace, read_routes, utcnow
+from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
 from registry.atomic import write_atomic
 from scorer.answerstats import period_stats
 from scorer.report import render_html, render_markdown
 from registry.config import Price
 from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
+from shadow.providers import missing_api_keys
 from shadow.spool import quarantined_records, ready_segments, spool_dir
 from zoo import load_zoo
 from zoo.train.outcome import Register
@@ -220,6 +221,8 @@ def _last_trained(workspace: Workspace, spec: str) -> float:
 def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
     """Render a slot's report to a file in the workspace (HTML, or Markdown for .md)."""
     path = (context.workspace.root / (out or f"report-{slot}.html")).resolve()
+    if not path.is_relative_to(context.workspace.root):
+        raise ConfigError(f"out: {out!r} resolves to {path}, outside the workspace {context.workspace.root}")
     board = context.operations.leaderboard(slot)
     text = render_markdown(board) if path.suffix.lower() == ".md" else render_html(board, context.operations.evidence_history(slot))
     write_atomic(path, text.encode("utf-8"))
@@ -244,6 +247,7 @@ def status(context: TaskContext) -> dict[str, Any]:
         "judges": {slot: [{**judge.model_dump(mode="json"), "budget_reached": judge.budget_reached}
                           for judge in board.judges]
                    for slot, board in context.boards.items() if board.judges},
+        "missing_api_keys": missing_api_keys(context.workspace.config.providers),
         "checked_at": datetime.now(UTC).isoformat(),
     }
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from registry.entrypoints import ENTRYPOINT_RE, check_entrypoint
 from registry.errors import ConfigError
 from registry.yamlfile import load_model
 
@@ -58,23 +59,31 @@ SkillRef = Annotated[
 ]
 
 
-class ChatParams(Strict):
-    """The allowlisted keys a chat variant may set (slot defaults and spec overrides)."""
+class SamplingParams(Strict):
+    """The sampling keys of a chat variant: its resolved config's `params`."""
 
-    provider: str | None = Field(None, description="Name of a provider under `providers:`.")
-    model: str | None = Field(None, description="The upstream model name sent in the request.")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature, 0..2.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass, (0, 1].")
     max_tokens: int | None = Field(None, gt=0, description="Upper bound on output tokens.")
     seed: int | None = Field(None, description="Sampling seed, for upstreams that honour it.")
     stop: list[str] | None = Field(None, max_length=4, description="Up to four stop sequences.")
     response_format: dict[str, Any] | None = Field(None, description="OpenAI `response_format` object.")
-    skill: SkillRef | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+
+CHAT_PARAM_KEYS = tuple(SamplingParams.model_fields)
+
+
+class ChatParams(SamplingParams):
+    """The allowlisted keys a chat variant may set (slot defaults and spec overrides)."""
+
+    provider: str | None = Field(None, description="Name of a provider under `providers:`.")
+    model: str | None = Field(None, description="The upstream model name sent in the request.")
+    skill: SkillRef | None = None
 
     def set_keys(self) -> dict[str, Any]:
         """Only the keys this object sets, so an overlay never erases its base."""
@@ -242,7 +251,9 @@ class PythonMetric(_Metric):
     `answer` keyword also gets the whole answer: `{"content": text or None, "tool_calls": [{name, arguments}]}`."""
 
     type: Literal["python"]
-    entrypoint: str = Field(description="`package.module:function`.")
+    entrypoint: str = Field(
+        pattern=ENTRYPOINT_RE.pattern, description="`package.module:function`, a module of the workspace (or python_path)."
+    )
     uses_label: bool = Field(
         True, description="The function reads `outcome` (the request's label): it is called once the label is "
                           "known, and again when the label is corrected. Set false for a metric of the answer "
@@ -390,6 +401,13 @@ class WorkspaceConfig(Strict):
     prices_file: str | None = Field(
         None, description="LiteLLM's model_prices_and_context_window.json (or one like it), relative to the workspace."
     )
+    python_path: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Directories, besides the workspace itself, whose modules python entrypoints (variants, metrics, "
+            "trainers) may name; relative to the workspace."
+        ),
+    )
 
     @field_validator("slots", "providers")
     @classmethod
@@ -438,6 +456,11 @@ class Workspace:
     def specs_dir(self) -> Path:
         return (self.root / self.config.zoo.specs).resolve()
 
+    @property
+    def python_roots(self) -> list[Path]:
+        """Where python entrypoints may be found: the workspace, then its `python_path`."""
+        return [self.root] + [(self.root / entry).resolve() for entry in self.config.python_path]
+
     def slot(self, name: str) -> SlotConfig:
         """The slot's config, or an error listing the configured slots."""
         try:
@@ -455,4 +478,12 @@ def load_workspace(root: Path) -> Workspace:
             f"no {CONFIG_FILE} in {root.resolve()}: create a workspace with `shadowzoo init DIR`, "
             f"or point at one with --workspace DIR (or SHADOWZOO_WORKSPACE)"
         )
-    return Workspace(root, load_model(path, WorkspaceConfig))
+    workspace = Workspace(root, load_model(path, WorkspaceConfig))
+    for slot_name, slot in workspace.config.slots.items():
+        for index, metric in enumerate(slot.metrics):
+            if isinstance(metric, PythonMetric):
+                try:
+                    check_entrypoint(metric.entrypoint, workspace.python_roots)
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}: slots.{slot_name}.metrics[{index}].entrypoint: {exc}") from None
+    return workspace

@@ -4,7 +4,8 @@ A variant's identity is its resolved configuration. The fingerprint is the sha25
 configuration in canonical JSON (sorted keys, no whitespace); the skill enters it through
 `skill_sha`, the sha256 of the skill text, so a one-character change to a skill is a new
 variant. `status`, the label and any `train:` block are not part of the configuration and
-so never change the fingerprint.
+so never change the fingerprint. The fingerprint is unique within a slot; a version id
+also hashes the slot, so it is unique across slots.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def fingerprint(config: dict[str, Any]) -> str:
     return sha256_text(canonical_json(config))
 
 
-def version_id(label: str, first_registered: datetime, config_fingerprint: str) -> str:
-    """`{label}-{YYYYMMDD}-{fp8}`: readable, dated by first registration, unique by content."""
-    return f"{label}-{first_registered:%Y%m%d}-{config_fingerprint[:8]}"
+def version_id(slot: str, label: str, first_registered: datetime, config_fingerprint: str) -> str:
+    """`{label}-{YYYYMMDD}-{fp8}`: readable, dated by first registration, unique by slot and content.
+
+    `fp8` is the start of the sha256 over the slot and the config's fingerprint, so one label
+    and config registered in two slots on one day still get two ids.
+    """
+    return f"{label}-{first_registered:%Y%m%d}-{sha256_text(f'{slot}:{config_fingerprint}')[:8]}"

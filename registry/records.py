@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _with_offset(moment: datetime) -> str:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+UtcDatetime = Annotated[
+    datetime, AfterValidator(_naive_utc), PlainSerializer(_with_offset, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+"""A UTC moment: naive in Python, as the database stores it; RFC 3339 with its offset in JSON."""
 
 VariantKind = Literal["chat", "python"]
 VariantStatus = Literal["active", "retired"]
@@ -14,6 +30,8 @@ MoveAction = Literal["promote", "rollback", "retire"]
 
 class NewVariant(BaseModel):
     """A resolved variant about to be registered: everything but its identity."""
+
+    model_config = ConfigDict(extra="forbid")
 
     slot: str
     label: str
@@ -41,7 +59,7 @@ class Variant(BaseModel):
     source: str
     spec_path: str | None
     meta: dict[str, Any] | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class Move(BaseModel):
@@ -55,7 +73,7 @@ class Move(BaseModel):
     actor: str
     reason: str | None
     evidence: dict[str, Any] | None
-    at: datetime
+    at: UtcDatetime
 
 
 class Registration(BaseModel):

@@ -14,9 +14,10 @@ from typing import Any
 
 import duckdb
 
+from registry.admission import check_new_variant
 from registry.config import Workspace
 from registry.db import Database, utcnow
-from registry.errors import NotFound, Refused
+from registry.errors import ConfigError, NotFound, Refused
 from registry.identity import fingerprint, sha256_text, version_id
 from registry.records import Move, NewVariant, Registration, Variant
 from registry.routes import build_routes, write_routes
@@ -55,7 +56,11 @@ class Registry:
     # -- variants ---------------------------------------------------------------------
 
     def register(self, new: NewVariant) -> Registration:
-        """Register a resolved variant; an identical config in the slot returns the existing one."""
+        """Register a resolved variant; an identical config in the slot returns the existing one.
+
+        Every field is checked first (`check_new_variant`), whoever sends it.
+        """
+        check_new_variant(new, self.workspace)
         config = dict(new.config)
         skill_sha = None
         if new.skill_text is not None:
@@ -67,9 +72,12 @@ class Registry:
             if existing is not None:
                 return Registration(variant=existing, created=False)
             now = utcnow()
-            vid = version_id(new.label, now, config_fp)
-            if new.parent is not None:
-                self._require_variant(db, new.parent)
+            vid = version_id(new.slot, new.label, now, config_fp)
+            if new.parent is not None and self._require_variant(db, new.parent).slot != new.slot:
+                raise ConfigError(f"parent: {new.parent} is a variant of another slot than {new.slot!r}")
+            if self._exists(db, vid):
+                raise Refused(f"version id {vid} is already taken by another variant (their fingerprints share "
+                              "a prefix); register this one under another label")
             db.execute("INSERT OR IGNORE INTO slots VALUES (?, ?)", [new.slot, now])
             if skill_sha is not None:
                 db.execute("INSERT OR IGNORE INTO skills VALUES (?, ?, ?)", [skill_sha, new.skill_text, now])
@@ -224,6 +232,9 @@ class Registry:
         close = difflib.get_close_matches(version_id, known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `shadowzoo variants list`"
         raise NotFound(f"no variant {version_id!r}{hint}")
+
+    def _exists(self, db: duckdb.DuckDBPyConnection, version_id: str) -> bool:
+        return db.execute("SELECT 1 FROM variants WHERE version_id = ?", [version_id]).fetchone() is not None
 
     def _with_fingerprint(self, db: duckdb.DuckDBPyConnection, slot: str, config_fp: str) -> Variant | None:
         row = db.execute(

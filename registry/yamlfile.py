@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from registry.errors import ConfigError
 
 Loc = tuple[str | int, ...]
+ALIAS_EXPANSION_BUDGET = 10_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -38,6 +39,7 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]]]:
         node = loader.get_single_node()
         if node is None:
             return None, {}
+        _check_expansion(path, node)
         marks: dict[Loc, tuple[int, int]] = {}
         _collect_marks(path, node, (), marks)
         return loader.construct_document(node), marks
@@ -49,6 +51,41 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, tuple[int, int]]]:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     finally:
         loader.dispose()
+
+
+def _check_expansion(path: Path, root: yaml.Node) -> None:
+    """Refuse aliases that expand the document far beyond what is written ("billion laughs").
+
+    An alias shares its anchor's node, so the parsed graph stays small, but everything that
+    walks the data (validation, our own key positions) visits each use. Counting the
+    expanded size once per distinct node keeps this check linear in the file.
+    """
+    expanded: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in expanded:
+            return expanded[key]
+        if key in open_nodes:
+            mark = node.start_mark
+            raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: an alias refers to a node that contains it")
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        expanded[key] = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        return expanded[key]
+
+    total = size(root)
+    if total - len(expanded) > ALIAS_EXPANSION_BUDGET:
+        raise ConfigError(
+            f"{path}: invalid YAML: its aliases expand it to {total:,} nodes from {len(expanded):,} written; "
+            f"at most {ALIAS_EXPANSION_BUDGET:,} nodes may come from aliases"
+        )
 
 
 def _collect_marks(path: Path, node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]]) -> None:

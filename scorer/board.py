@@ -8,10 +8,11 @@ always-valid intervals, within the current evaluation period.
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field, computed_field
+
+from registry.records import UtcDatetime
 
 
 class Status(StrEnum):
@@ -100,9 +101,9 @@ class Leaderboard(BaseModel):
     """A slot's leaderboard at one moment."""
 
     slot: str
-    generated_at: datetime
+    generated_at: UtcDatetime
     period_id: int | None
-    period_started_at: datetime | None
+    period_started_at: UtcDatetime | None
     champion: str | None
     value_per_point: float
     min_samples: int
@@ -113,7 +114,7 @@ class Leaderboard(BaseModel):
     reactions: dict[str, float] = Field(
         default_factory=dict, description="Reactions to the champion's answers (shown, never paired)."
     )
-    since: datetime | None = Field(None, description="Descriptive columns cover traffic from this time on.")
+    since: UtcDatetime | None = Field(None, description="Descriptive columns cover traffic from this time on.")
     judges: list[JudgeState] = Field(default_factory=list, description="Each judge metric's budget and backlog.")
     latency_guardrail: str = Field("", description="Whether the p95 latency guardrail was applied, and against what "
                                                    "or why not, in one sentence.")
@@ -134,7 +135,7 @@ class Leaderboard(BaseModel):
 class EvidencePoint(BaseModel):
     """How one challenger's evidence stood at one snapshot: for the cumulative chart."""
 
-    taken_at: datetime
+    taken_at: UtcDatetime
     version_id: str
     pairs: int
     net: Interval

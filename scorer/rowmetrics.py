@@ -14,10 +14,10 @@ error is counted on the leaderboard.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import jsonschema
@@ -26,6 +26,7 @@ import polars as pl
 from registry import ConfigError, Database, utcnow
 from registry.db import frame, registered
 from registry.config import JsonValidMetric, Metric, PythonMetric
+from registry.entrypoints import load_entrypoint
 from scorer.answers import AnswerQuery
 from scorer.metrics import label_key_sql, sql_literal, uses_label
 
@@ -52,21 +53,23 @@ def answer_of(output: str | None, tool_calls_json: str | None) -> Answer:
     return {"content": output, "tool_calls": json.loads(tool_calls_json) if tool_calls_json else []}
 
 
-def evaluator_for(metric: Metric, where: str) -> RowEvaluator | None:
-    """A function scoring one answer for `metric`, or None when another module handles it (the judge)."""
+def evaluator_for(metric: Metric, where: str, roots: list[Path]) -> RowEvaluator | None:
+    """A function scoring one answer for `metric`, or None when another module handles it (the judge).
+
+    A python metric's module is looked up under `roots` (the workspace and its python_path).
+    """
     if isinstance(metric, PythonMetric):
-        return _python_evaluator(metric, where)
+        return _python_evaluator(metric, where, roots)
     if isinstance(metric, JsonValidMetric) and metric.json_schema is not None:
         return _schema_evaluator(metric)
     return None
 
 
-def _python_evaluator(metric: PythonMetric, where: str) -> RowEvaluator:
-    module_name, _, function_name = metric.entrypoint.partition(":")
+def _python_evaluator(metric: PythonMetric, where: str, roots: list[Path]) -> RowEvaluator:
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}.entrypoint: cannot load {metric.entrypoint!r}: {exc}") from None
+        function = load_entrypoint(metric.entrypoint, roots)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.entrypoint: {exc}") from None
     takes_answer = _takes_answer(function)
 
     def evaluate(request: dict[str, Any], answer: Answer, outcome: Any) -> RowValue:

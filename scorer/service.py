@@ -145,7 +145,7 @@ class Scorer:
             if judged:
                 judges.append(self._judge(slot, key, metric, rows, prices))
                 continue
-            evaluate = evaluator_for(metric, f"slots.{slot}.metrics")
+            evaluate = evaluator_for(metric, f"slots.{slot}.metrics", self.workspace.python_roots)
             if evaluate is None:
                 raise ConfigError(f"slots.{slot}.metrics: {metric.type} metrics are not evaluated by this scorer")
             store_values(self.database, evaluate_rows(rows, key, evaluate))

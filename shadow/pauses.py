@@ -8,12 +8,11 @@ has no answer to a request. Resuming lets new work run; it does not re-run those
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import duckdb
 from pydantic import BaseModel
 
 from registry import Refused, Registry, utcnow
+from registry.records import UtcDatetime
 
 ALL = "all"
 VERSION = "version"
@@ -27,7 +26,7 @@ class Pause(BaseModel):
     target: str
     actor: str
     reason: str | None
-    since: datetime
+    since: UtcDatetime
 
     def describe(self) -> str:
         """E.g. `flash-20261121-9c8d7e6f paused by alice since 2026-11-21 09:00 UTC: provider incident`."""

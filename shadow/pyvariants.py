@@ -5,23 +5,26 @@ A function answers with its text (a string), or with a whole answer: a dict with
 answers of chat variants. Anything else is the variant's error. A call that never reaches
 the variant's own code (its module does not import, the function is missing, or its params
 do not fit its signature) is a configuration problem, not the variant's answer: it comes
-back as `not_run`, with the reason, and is never scored.
+back as `not_run`, with the reason, and is never scored. Only the workspace's own modules
+(or its `python_path`) are ever imported (see `registry.entrypoints`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from registry import ConfigError
+from registry.entrypoints import load_entrypoint
 from shadow.toolcalls import ToolCall
 
 
@@ -52,7 +55,8 @@ class _Answer(BaseModel):
 class PythonVariants:
     """Calls python variants off the event loop; each function is imported once it imports."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, roots: list[Path]) -> None:
+        self._roots = roots
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shadowzoo-python")
         self._functions: dict[str, Callable[..., Any]] = {}
 
@@ -91,13 +95,10 @@ class PythonVariants:
         function = self._functions.get(entrypoint)
         if function is not None:
             return function
-        module, _, name = entrypoint.partition(":")
         try:
-            function = getattr(importlib.import_module(module), name)
-        except Exception as exc:  # noqa: BLE001 - whatever the import raised, the variant never ran
-            raise EntrypointProblem(f"{entrypoint} could not be loaded: {type(exc).__name__}: {exc}") from exc
-        if not callable(function):
-            raise EntrypointProblem(f"{entrypoint} is a {type(function).__name__}, not a function")
+            function = load_entrypoint(entrypoint, self._roots)
+        except ConfigError as exc:
+            raise EntrypointProblem(str(exc)) from exc
         self._functions[entrypoint] = function
         return function
 

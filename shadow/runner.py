@@ -225,7 +225,7 @@ class ShadowRunner:
         self.max_in_flight = max_in_flight
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
-        self.python = PythonVariants(python_workers)
+        self.python = PythonVariants(python_workers, registry.workspace.python_roots)
 
     async def __aenter__(self) -> "ShadowRunner":
         return self

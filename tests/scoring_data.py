@@ -11,6 +11,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -26,10 +27,16 @@ name: rules
 kind: python
 base: defaults
 overrides:
-  entrypoint: rules.triage:answer
+  entrypoint: rules:answer
   price_per_call_usd: 0.00001
 """
-"""A python variant (challenger-only): the scorer reads its stored answers and never calls it."""
+
+
+def add_rules_variant(workspace_dir: Path) -> None:
+    """The python variant `rules` (challenger-only), a module of the workspace: the scorer reads
+    its stored answers and never calls it."""
+    (workspace_dir / "rules.py").write_text("def answer(request):\n    return 'billing'\n")
+    (workspace_dir / "zoo" / "rules.yaml").write_text(RULES_SPEC)
 
 
 def demo_registry(workspace_dir, **scoring: Any) -> tuple[Registry, dict[str, str]]:

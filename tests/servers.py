@@ -65,10 +65,11 @@ class GatewayProcess:
     """`shadowzoo gateway` run by its console script, as an operator runs it."""
 
     def __init__(self, workspace_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
-                 host: str = "127.0.0.1", file_size_limit: int | None = None, start_timeout_s: float = 60.0) -> None:
+                 host: str = "127.0.0.1", file_size_limit: int | None = None, start_timeout_s: float = 60.0,
+                 port: int | None = None) -> None:
         """`file_size_limit` (bytes) makes writing any larger file fail, as a nearly full disk does;
         `start_timeout_s` is generous: a loaded machine can take long to import and spawn a worker."""
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.process = subprocess.Popen(
             [str(SHADOWZOO), "gateway", "--port", str(self.port), "--workers", str(workers), "--host", host],

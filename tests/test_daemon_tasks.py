@@ -12,7 +12,7 @@ from ops.operations import LocalOperations
 from ops.tasks import AUTO_ACTOR, TaskContext, ingest, retention, score, status, watch
 from registry import utcnow
 from shadow.spool import spool_dir, write_segment
-from tests.scoring_data import RULES_SPEC, Answers, demo_registry, simulate
+from tests.scoring_data import Answers, add_rules_variant, demo_registry, simulate
 
 SLOT = "support-triage"
 
@@ -42,7 +42,7 @@ def test_score_publishes_gauges_and_auto_promotes_a_ready_challenger_after_the_c
 
 
 def test_a_ready_python_variant_is_never_auto_promoted_nor_announced_as_ready_to_promote(workspace_dir: Path) -> None:
-    (workspace_dir / "zoo" / "rules.yaml").write_text(RULES_SPEC)
+    add_rules_variant(workspace_dir)
     context, ids = _context(workspace_dir, auto_promote=True, auto_promote_cooldown_s=0)
     answers = Answers()
     simulate(answers, ids["baseline"], {ids["rules"]: 0.99}, n=300, champion_accuracy=0.6)

@@ -199,6 +199,25 @@ def test_a_missing_or_wrong_client_key_is_a_401(served) -> None:
             bad.chat.completions.create(model="support-triage", messages=[{"role": "user", "content": "x"}])
 
 
+def test_the_bearer_scheme_of_a_client_key_is_case_insensitive(served) -> None:
+    _, gateway, _ = served
+    body = json.dumps({"model": "support-triage", "messages": [{"role": "user", "content": _ticket()}]}).encode()
+    for scheme in ("bearer", "BEARER"):
+        status, answer = _post(gateway, "/v1/chat/completions", body, {"Authorization": f"{scheme} {KEY}"})
+        assert status == 200, answer
+
+
+def test_a_wrong_method_is_a_405_that_says_which_methods_are_allowed(served) -> None:
+    _, gateway, _ = served
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+    connection.request("GET", "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"})
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    assert response.status == 405 and response.getheader("Allow") == "POST"
+    assert payload["error"]["code"] == "method_not_allowed"
+
+
 def test_an_unreachable_upstream_is_a_502_with_a_json_error(client) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="dead", messages=[{"role": "user", "content": "x"}])

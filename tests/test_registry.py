@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from registry import DatabaseError, NewVariant, NotFound, Refused, Registry, load_workspace, read_routes
+from registry import DatabaseError, NewVariant, NotFound, Refused, Registry, load_workspace, read_routes, sha256_text
 from registry.migrations import LATEST
 from zoo import load_zoo, register_specs
 
@@ -33,10 +33,10 @@ def _register_demo(registry: Registry) -> dict[str, str]:
     return {o.spec_file.spec.name: o.registration.variant.version_id for o in outcomes}
 
 
-def test_version_id_is_label_date_and_fingerprint_prefix(registry: Registry) -> None:
+def test_version_id_is_label_date_and_a_hash_of_slot_and_fingerprint(registry: Registry) -> None:
     variant = registry.register(_chat(label="baseline")).variant
     assert re.fullmatch(r"baseline-\d{8}-[0-9a-f]{8}", variant.version_id)
-    assert variant.version_id.endswith(variant.fingerprint[:8])
+    assert variant.version_id.endswith(sha256_text(f"support-triage:{variant.fingerprint}")[:8])
     assert variant.version_id.split("-")[1] == f"{variant.created_at:%Y%m%d}"
 
 
@@ -113,7 +113,9 @@ def test_promote_refuses_unknown_retired_and_other_slot_versions(registry: Regis
         registry.promote("other-slot", ids["baseline"], "a", None, None)
 
 
-def test_python_variants_can_never_become_champion(registry: Registry) -> None:
+def test_python_variants_can_never_become_champion(registry: Registry, workspace_dir: Path) -> None:
+    (workspace_dir / "pkg").mkdir()
+    (workspace_dir / "pkg" / "mod.py").write_text("def fn(request):\n    return 'billing'\n")
     variant = registry.register(NewVariant(
         slot="support-triage", label="rules", kind="python",
         config={"kind": "python", "entrypoint": "pkg.mod:fn", "params": {}},

@@ -122,6 +122,7 @@ class SimWorkspace:
         config["providers"]["sim"].update(base_url=self.sim.base_url, **provider)
         config["slots"][SLOT]["shadow"] = shadow or {}
         config["prices"] = PRICES
+        config["python_path"] = [str(ROOT)]  # the python variant is a function of this module
         path.write_text(yaml.safe_dump(config))
         for name, text in (specs or {}).items():
             (self.root / "zoo" / f"{name}.yaml").write_text(text)
@@ -372,9 +373,10 @@ def test_challengers_identical_to_a_champion_whose_upstream_fails_one_call_in_te
 
 
 def test_a_python_variant_that_cannot_be_called_as_configured_is_not_run_with_the_reason(ws: SimWorkspace) -> None:
+    (ws.root / "needs_a_dependency.py").write_text("import no_such_dependency\n\ndef triage(request):\n    return 'x'\n")
     registry = ws.setup(
         shadow={"sample_rate": 0.0, "rates": {"missing": 1.0, "misfit": 1.0, "failing": 1.0}},
-        specs={"missing": python_spec("missing", "tests.no_such_module:triage"),
+        specs={"missing": python_spec("missing", "needs_a_dependency:triage"),
                "misfit": python_spec("misfit", "tests.test_runner:keyword_triage", "{colour: red}"),
                "failing": python_spec("failing", "tests.test_runner:mended_triage")},
     )
@@ -385,7 +387,7 @@ def test_a_python_variant_that_cannot_be_called_as_configured_is_not_run_with_th
 
     by_label = {label: [r for r in results(registry) if r["version_id"] == ws.ids[label]]
                 for label in ("missing", "misfit", "failing")}
-    unloadable = "config: tests.no_such_module:triage could not be loaded: ModuleNotFoundError"
+    unloadable = "config: 'needs_a_dependency:triage' cannot be imported: ModuleNotFoundError"
     assert all(r["status"] == "not_run" and r["error"].startswith(unloadable) for r in by_label["missing"])
     assert all(r["status"] == "not_run" and r["error"].startswith("config: ") and "colour" in r["error"]
                for r in by_label["misfit"])
@@ -442,15 +444,16 @@ def _label(request_id: str) -> str:
 
 
 def test_retry_errors_turns_errors_a_broken_import_left_into_not_run_while_it_stays_broken(ws: SimWorkspace) -> None:
+    (ws.root / "still_needs_a_dependency.py").write_text("import no_such_dependency\n\ndef triage(request):\n    return 'x'\n")
     registry = ws.setup(shadow={"sample_rate": 0.0, "rates": {"missing": 1.0}},
-                        specs={"missing": python_spec("missing", "tests.no_such_module:triage")})
+                        specs={"missing": python_spec("missing", "still_needs_a_dependency:triage")})
     requests = add_traffic(registry, 5)
     missing = ws.ids["missing"]
     with registry.database.transaction() as db:  # what an earlier shadowzoo recorded for them
         db.executemany("INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, error, attempts, "
                        "finished_at) SELECT request_id, seq, ?, 'challenger', 'error', ?, 1, ? FROM traffic "
                        "WHERE request_id = ?",
-                       [[missing, "ModuleNotFoundError: No module named 'tests.no_such_module'", utcnow(), request]
+                       [[missing, "ModuleNotFoundError: No module named 'no_such_dependency'", utcnow(), request]
                         for request in requests])
     scorer = Scorer(registry.workspace, registry)
     assert next(r for r in scorer.refresh(SLOT).rows if r.version_id == missing).error_rate == 1.0

@@ -24,7 +24,7 @@ from scorer.policy import promotion_evidence
 from scorer.report import render_html, render_markdown
 from scorer.service import Scorer
 from shadow.pricing import price_of, workspace_prices
-from tests.scoring_data import RULES_SPEC, Answers, demo_registry, simulate
+from tests.scoring_data import Answers, add_rules_variant, demo_registry, simulate
 from tests.servers import edit_config
 from zoo import load_zoo, register_specs
 
@@ -509,7 +509,7 @@ def test_an_unknown_metric_type_names_the_file_and_key(workspace_dir: Path) -> N
 
 def _board_with_rules(workspace_dir: Path, accuracies: dict[str, float]):
     """The demo slot plus the python variant `rules`, scored on 300 requests the named specs answered."""
-    (workspace_dir / "zoo" / "rules.yaml").write_text(RULES_SPEC)
+    add_rules_variant(workspace_dir)
     registry, ids = demo_registry(workspace_dir)
     answers = Answers()
     simulate(answers, ids["baseline"], {ids[name]: accuracy for name, accuracy in accuracies.items()}, n=300)

@@ -32,6 +32,7 @@ from shadow.toolcalls import ToolCall
 from tests.servers import GatewayProcess, edit_config, start_simulator, wait_until
 
 SLOT = "support-triage"
+REPO = Path(__file__).resolve().parent.parent
 REFUND = {"name": "refund", "arguments": {"order": "A1", "amount": 12.5}}
 TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
          for name in ("refund", "escalate")]
@@ -190,7 +191,7 @@ def refund_variant(request: dict[str, Any], answer: str = "calls") -> Any:
 
 def test_a_python_variant_can_answer_with_tool_calls_and_a_malformed_answer_is_its_error() -> None:
     async def call(params: dict[str, Any]):
-        variants = PythonVariants(1)
+        variants = PythonVariants(1, [REPO])
         try:
             return await variants.call("tests.test_toolcalls:refund_variant", {"messages": []}, params)
         finally:
@@ -244,8 +245,8 @@ def text_only(request: dict[str, Any], output: str | None, outcome: Any) -> floa
 
 
 def test_python_metrics_get_the_whole_answer_when_they_take_it_and_old_ones_keep_working() -> None:
-    reads_answer = evaluator_for(PythonMetric(type="python", entrypoint="tests.test_toolcalls:refund_called"), "m")
-    old = evaluator_for(PythonMetric(type="python", entrypoint="tests.test_toolcalls:text_only"), "m")
+    reads_answer = evaluator_for(PythonMetric(type="python", entrypoint="tests.test_toolcalls:refund_called"), "m", [REPO])
+    old = evaluator_for(PythonMetric(type="python", entrypoint="tests.test_toolcalls:text_only"), "m", [REPO])
     calls = {"content": None, "tool_calls": [REFUND]}
     assert reads_answer({}, calls, REFUND).value == 1.0
     assert reads_answer({}, {"content": "refund", "tool_calls": []}, REFUND).value == 0.0

@@ -55,6 +55,7 @@ def ws(workspace_dir: Path, sim: SimulatorHandle) -> Path:
         config["providers"]["sim"]["base_url"] = sim.base_url
         config["providers"]["impatient"] = {"base_url": sim.base_url, "timeout_s": 0.3, "max_retries": 0}
         config["prices"]["sim-optimizer"] = {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6}
+        config["python_path"] = [str(Path(__file__).resolve().parent.parent)]  # the external trainer is in this module
     edit_config(workspace_dir, change)
     demo_trainee = workspace_dir / "zoo" / "cheap-mini.yaml"  # the demo trains it from traffic; these tests own training
     spec = yaml.safe_load(demo_trainee.read_text())

@@ -27,6 +27,8 @@ def register_specs(spec_files: list[SpecFile], zoo: Zoo, workspace: Workspace, r
             outcomes.append(RegisterOutcome(spec_file, registration=registry.register(resolved.new_variant())))
         except ShadowzooError as exc:
             outcomes.append(RegisterOutcome(spec_file, error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - even an unforeseen failure must not stop the other specs
+            outcomes.append(RegisterOutcome(spec_file, error=f"{spec_file.path}: {type(exc).__name__}: {exc}"))
     return outcomes
 
 

@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from registry import ConfigError, NewVariant, Variant, VariantStore, Workspace, fingerprint, sha256_text, version_id
+from registry.config import CHAT_PARAM_KEYS
+from registry.entrypoints import check_entrypoint
 from zoo.skills import read_skill
 from zoo.spec import SpecFile, Zoo
-
-CHAT_PARAM_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop", "response_format")
+from zoo.train.config import ExternalTrainConfig
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Resolved:
         existing = registry.variant_with_fingerprint(spec.slot, self.fingerprint)
         if existing is not None:
             return existing.version_id
-        return version_id(spec.name, datetime.now(UTC), self.fingerprint)
+        return version_id(spec.slot, spec.name, datetime.now(UTC), self.fingerprint)
 
 
 def resolve_spec(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: VariantStore) -> Resolved:
@@ -69,6 +70,8 @@ class _Resolver:
             raise ConfigError(
                 f"{spec_file.path}: slot: {spec.slot!r} is not configured in {self.workspace.config_path} (slots: {known})"
             )
+        if not chain and isinstance(spec.train, ExternalTrainConfig):
+            self._check_entrypoint(spec_file, "train.entrypoint", spec.train.entrypoint)
         base, parent = self._base(spec_file, chain + (spec.name,))
         overrides = spec.overrides.set_keys()
         if "skill" in overrides:
@@ -152,10 +155,18 @@ class _Resolver:
     def _python_config(self, spec_file: SpecFile, merged: dict[str, Any]) -> tuple[dict[str, Any], None]:
         if merged.get("entrypoint") is None:
             raise ConfigError(f"{spec_file.path}: resolved config has no 'entrypoint': set overrides.entrypoint")
+        self._check_entrypoint(spec_file, "overrides.entrypoint", merged["entrypoint"])
         config = {"kind": "python", "entrypoint": merged["entrypoint"], "params": merged.get("params", {})}
         if merged.get("price_per_call_usd") is not None:
             config["price_per_call_usd"] = merged["price_per_call_usd"]
         return config, None
+
+    def _check_entrypoint(self, spec_file: SpecFile, key: str, entrypoint: str) -> None:
+        """Python entrypoints may only name the workspace's own modules."""
+        try:
+            check_entrypoint(entrypoint, self.workspace.python_roots)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec_file.path}: {key}: {exc}") from None
 
 
 def _flat(config: dict[str, Any], skill: str | None) -> dict[str, Any]:

@@ -7,7 +7,6 @@ and its skill; a python variant (challenger-only) names a callable and its price
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,11 +15,11 @@ from pydantic import Field, ValidationError, field_validator
 
 from registry import ChatParams, ConfigError, check_name
 from registry.config import Strict
+from registry.entrypoints import ENTRYPOINT_RE, ENTRYPOINT_RULE
 from registry.yamlfile import describe_validation_error, read_yaml
 from zoo.train.config import TrainConfig
 
 SPEC_SUFFIXES = (".yaml", ".yml")
-ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class PythonParams(Strict):
@@ -34,7 +33,7 @@ class PythonParams(Strict):
     @classmethod
     def _module_colon_function(cls, value: str | None) -> str | None:
         if value is not None and not ENTRYPOINT_RE.match(value):
-            raise ValueError("expected 'package.module:function'")
+            raise ValueError(ENTRYPOINT_RULE)
         return value
 
     def set_keys(self) -> dict[str, Any]:

@@ -103,12 +103,12 @@ def fmt_pairs(count: int) -> str:
 
 
 def fmt_time(moment: datetime | None) -> str:
-    """Minutes are enough for a report; aware times are shown in UTC, naive ones as given."""
+    """Minutes are enough for a report, in UTC; naive times are UTC already, as the database stores them."""
     if moment is None:
         return DASH
-    if moment.tzinfo is None:
-        return moment.strftime("%Y-%m-%d %H:%M")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 # ── what the board says ──────────────────────────────────────────────────────────────────

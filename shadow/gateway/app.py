@@ -29,6 +29,7 @@ from shadow.gateway.forward import Upstream
 from shadow.gateway.metrics import exposition, gateway_metrics
 from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
+from shadow.webcommon import bearer_token, json_errors
 
 CLIENT_ID_HEADER = "x-shadowzoo-request-id"
 log = logging.getLogger("shadowzoo.gateway")
@@ -50,7 +51,7 @@ STATE = web.AppKey("state", GatewayState)
 
 def build_app(state: GatewayState) -> web.Application:
     """The aiohttp application; background tasks start and stop with it."""
-    app = web.Application(client_max_size=state.max_body_bytes, middlewares=[_errors_as_json, _auth])
+    app = web.Application(client_max_size=state.max_body_bytes, middlewares=[json_errors(_http_error), _auth])
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -75,18 +76,9 @@ async def _background(app: web.Application):
     await state.upstream.close()
 
 
-@web.middleware
-async def _errors_as_json(request: web.Request, handler):
+def _http_error(status: int, reason: str) -> web.Response:
     """Every error leaves as a JSON body in the OpenAI shape, never as HTML or a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(exc.status, exc.reason, code=exc.reason.lower().replace(" ", "_"))
-    except Exception:  # noqa: BLE001 - a bug must still answer in the shape clients parse
-        log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, "internal error in the gateway (logged)", code="internal_error")
+    return error_response(status, reason, code=reason.lower().replace(" ", "_"))
 
 
 @web.middleware
@@ -94,8 +86,7 @@ async def _auth(request: web.Request, handler):
     """/v1/* needs one of the configured client keys, when any are configured."""
     keys = request.app[STATE].client_keys
     if keys and request.path.startswith("/v1/"):
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        token = bearer_token(request.headers.get("Authorization", ""))
         if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
             return error_response(401, "missing or wrong API key for this gateway", code="invalid_api_key")
     return await handler(request)

@@ -17,9 +17,9 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 
 from registry import ConfigError
 from registry.config import Strict
+from registry.entrypoints import ENTRYPOINT_RE, ENTRYPOINT_RULE
 
 OPTIMIZERS = ("skillopt",)
-ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 SPLIT_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -126,7 +126,7 @@ class ExternalTrainConfig(Strict):
     @classmethod
     def _module_colon_function(cls, value: str) -> str:
         if not ENTRYPOINT_RE.match(value):
-            raise ValueError("expected 'package.module:function'")
+            raise ValueError(ENTRYPOINT_RULE)
         return value
 
 

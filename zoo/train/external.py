@@ -8,13 +8,14 @@ The result is registered as a challenger with `source="train"`, never as the cha
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic import ValidationError
 
 from registry import ChatParams, ConfigError, NewVariant, ShadowzooError, Workspace, sha256_text
-from zoo.resolve import CHAT_PARAM_KEYS, resolve_spec
+from registry.config import CHAT_PARAM_KEYS
+from registry.entrypoints import load_entrypoint
+from zoo.resolve import resolve_spec
 from zoo.spec import SpecFile, Zoo
 from zoo.train.config import ExternalTrainConfig
 from zoo.train.outcome import Progress, Register, RunResult, trained_label
@@ -30,7 +31,7 @@ def run_external(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, registry: 
     resolved = resolve_spec(spec_file, zoo, workspace, registry.store)
     base = _overlay_form(resolved.config, resolved.skill_text)
     progress(f"{spec.name}: calling {config.entrypoint}")
-    overrides = _call(config, base, where)
+    overrides = _call(config, base, where, workspace)
     merged = {**base, **_checked(overrides, where)}
     if merged["provider"] not in workspace.config.providers:
         raise ConfigError(f"{where}: returned provider {merged['provider']!r}, which is not configured")
@@ -57,12 +58,11 @@ def _overlay_form(config: dict[str, Any], skill: str | None) -> dict[str, Any]:
     return flat
 
 
-def _call(config: ExternalTrainConfig, base: dict[str, Any], where: str) -> dict[str, Any]:
-    module_name, _, function_name = config.entrypoint.partition(":")
+def _call(config: ExternalTrainConfig, base: dict[str, Any], where: str, workspace: Workspace) -> dict[str, Any]:
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}: cannot be imported: {exc}") from None
+        function = load_entrypoint(config.entrypoint, workspace.python_roots)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     try:
         result = function(dict(base), **config.args)
     except ShadowzooError:
