@@ -110,3 +110,16 @@ def simulate(answers: Answers, champion: str, challengers: dict[str, float], n: 
         answers.request(request_id, champion, truth if rng.random() < champion_accuracy else wrong, label=truth)
         for version_id, accuracy in challengers.items():
             answers.result(request_id, version_id, truth if rng.random() < accuracy else wrong)
+
+
+def stored_evidence(registry: Registry, period_id: int) -> dict[str, list[tuple]]:
+    """The period's stored pairs, sums and moments, in a stable order."""
+    queries = {
+        "paired": "SELECT request_seq, version_id, d_net, d_quality, d_cost FROM paired WHERE period_id = ? ORDER BY 1, 2",
+        "answer_stats": "SELECT version_id, source, latency_bucket, answers, errors, metric_errors, scored, quality_sum, "
+                        "priced, cost_sum, valued, net_sum FROM answer_stats WHERE period_id = ? AND answers <> 0 "
+                        "ORDER BY 1, 2, 3",
+        "pair_moments": "SELECT version_id, measure, n, mean, m2 FROM pair_moments WHERE period_id = ? ORDER BY 1, 2",
+    }
+    with registry.database.reading() as db:
+        return {table: db.execute(sql, [period_id]).fetchall() for table, sql in queries.items()}

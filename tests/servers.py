@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -110,6 +111,17 @@ class Served:
         wait_until(lambda: self.process.poll() is not None or (healthy(f"{self.gateway}/healthz") and healthy(f"{self.admin}/healthz")),
                    timeout_s=60)
         assert self.process.poll() is None, self.process.stdout.read()
+
+    def call(self, path: str, body: dict | None = None, token: str | None = ADMIN_TOKEN) -> tuple[int, dict]:
+        """One admin API call: GET, or POST with a JSON `body`; returns the status and the JSON answer."""
+        request = urllib.request.Request(f"{self.admin}{path}", data=json.dumps(body).encode() if body is not None else None,
+                                         method="POST" if body is not None else "GET",
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
 
     def daemon_pid(self) -> int:
         return json.loads((self.workspace_dir / ".shadowzoo" / "daemon.json").read_text())["pid"]

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,14 +26,7 @@ FAST_SIM = Path(__file__).resolve().parent.parent / "examples" / "demo" / "simul
 
 
 def _admin(served: Served, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{served.admin}{path}", data=json.dumps(body).encode() if body is not None else None,
-                                     method="POST" if body is not None else "GET",
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return served.call(path, body, token)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from scorer.policy import promotion_evidence
 from scorer.report import render_html, render_markdown
 from scorer.service import Scorer
 from shadow.pricing import price_of, workspace_prices
-from tests.scoring_data import Answers, add_rules_variant, demo_registry, simulate
+from tests.scoring_data import Answers, add_rules_variant, demo_registry, simulate, stored_evidence
 from tests.servers import edit_config
 from zoo import load_zoo, register_specs
 
@@ -184,29 +184,16 @@ def _late_arrivals(ids: dict[str, str], requests: int, batches: int, seed: int) 
     return arrivals
 
 
-def _evidence(registry: Registry, period_id: int) -> dict[str, list[tuple]]:
-    """The period's stored pairs, sums and moments, in a stable order."""
-    queries = {
-        "paired": "SELECT request_seq, version_id, d_net, d_quality, d_cost FROM paired WHERE period_id = ? ORDER BY 1, 2",
-        "answer_stats": "SELECT version_id, source, latency_bucket, answers, errors, metric_errors, scored, quality_sum, "
-                        "priced, cost_sum, valued, net_sum FROM answer_stats WHERE period_id = ? AND answers <> 0 "
-                        "ORDER BY 1, 2, 3",
-        "pair_moments": "SELECT version_id, measure, n, mean, m2 FROM pair_moments WHERE period_id = ? ORDER BY 1, 2",
-    }
-    with registry.database.reading() as db:
-        return {table: db.execute(sql, [period_id]).fetchall() for table, sql in queries.items()}
-
-
 def test_refreshing_after_every_write_leaves_the_evidence_one_rebuild_would(scored) -> None:
     registry, ids = scored
     for answers in _late_arrivals(ids, requests=120, batches=6, seed=11):
         answers.write(registry)
         board = _board(registry)
-    incremental = _evidence(registry, board.period_id)
+    incremental = stored_evidence(registry, board.period_id)
     with registry.database.transaction() as db:
         for table in ("paired", "answer_stats", "pair_moments", "scoring_watermarks"):
             db.execute(f"DELETE FROM {table}")
-    rebuilt = _evidence(registry, _board(registry).period_id)
+    rebuilt = stored_evidence(registry, _board(registry).period_id)
     assert len(incremental["paired"]) > 100
     for table, rows in rebuilt.items():
         assert len(incremental[table]) == len(rows), table
