@@ -19,9 +19,10 @@ counted and shown, never charged to a variant. So:
   provider pool's own retries. A score outside 0..1 is an error too: nothing is clamped.
 
 Every call's cost is stored on the answer it was made for, so the day's judge spend can be
-read back from `metric_values` (`judge_spend_today`). `sampled_sql` is the same sample as
-a SQL predicate, so the scorer fetches only the answers to judge; `run_judge` runs a pass
-for synchronous callers.
+read back from `metric_values` (`judge_spend_today`). The sample itself lives with the
+metrics (`scorer.metrics.is_sampled`, and `sampled_sql`, the same draw as a SQL predicate),
+since the quality of every answer depends on it; `run_judge` runs a pass for synchronous
+callers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import polars as pl
 
 from registry import Database, utcnow
 from registry.config import JudgeMetric, Price, ProviderConfig
-from scorer.metrics import is_sampled, sampled_sql
+from scorer.metrics import is_sampled
 from shadow.pricing import price_of
 from scorer.rowmetrics import VALUE_COLUMNS, RowValue, answer_of, value_key
 from shadow.pricing import cost_usd, estimate_usd

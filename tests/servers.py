@@ -41,6 +41,13 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s
     raise AssertionError(f"condition not met within {timeout_s}s")
 
 
+def post_json(url: str, body: Any) -> int:
+    """POST `body` as JSON; returns the status (an HTTP error status raises, as urllib does)."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
+
+
 def start_simulator(config_path: Path = DEMO_SIM, fast: bool = False):
     """The bundled simulator on an ephemeral loopback port (stop it with `.stop()`)."""
     return start_in_thread(load_simulator_config(config_path), port=0, fast=fast)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from registry import NewVariant, Registry, load_workspace
 from scorer.metrics import is_sampled, plan_quality
 from scorer.service import Scorer
 from tests.scoring_data import stored_evidence
-from tests.servers import Served, edit_config, free_port, start_simulator, wait_until
+from tests.servers import Served, edit_config, free_port, post_json, start_simulator, wait_until
 
 TRIAGE, TOOLS = "support-triage", "tools"
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
@@ -91,15 +90,8 @@ def service(tmp_path: Path):
     simulator.stop()
 
 
-def _post(served: Served, path: str, body: dict) -> int:
-    request = urllib.request.Request(f"{served.gateway}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.status
-
-
 def _label(served: Served, client_id: str, value) -> None:
-    assert _post(served, "/v1/feedback", {"request_id": client_id, "label": value}) == 202
+    assert post_json(f"{served.gateway}/v1/feedback", {"request_id": client_id, "label": value}) == 202
 
 
 def _send_traffic(served: Served) -> dict[str, int]:
@@ -130,7 +122,7 @@ def _send_traffic(served: Served) -> dict[str, int]:
             job.result()
     for index, ticket in enumerate(TICKETS[24:32]):  # observed by the application itself
         answer = ticket["expected"] if index % 2 else "other"
-        assert _post(served, "/v1/capture", {
+        assert post_json(f"{served.gateway}/v1/capture", {
             "slot": TRIAGE, "client_request_id": f"o{index}", "latency_ms": 200,
             "request": {"model": "sim-champ", "messages": [{"role": "user", "content": ticket["input"]}]},
             "response": {"choices": [{"message": {"role": "assistant", "content": answer}}],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from shadow.ingest import ingest_spool
 from shadow.records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import read_segment, ready_segments, spool_dir, write_segment
-from tests.servers import GatewayProcess, edit_config, start_simulator, wait_until
+from tests.servers import GatewayProcess, edit_config, post_json, start_simulator, wait_until
 
 SLOT = "support-triage"
 EMAIL = "jane.doe@example.com"
@@ -40,13 +39,6 @@ def gateway(tmp_path_factory):
     simulator.stop()
 
 
-def _post(process: GatewayProcess, path: str, body: dict) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{process.port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=20) as response:
-        return response.status
-
-
 def _spooled(ws: Path, expected: int) -> list:
     def records():
         found = [r for segment in ready_segments(spool_dir(ws / ".shadowzoo")) for r in read_segment(segment)]
@@ -67,8 +59,8 @@ def test_an_address_is_redacted_wherever_a_client_puts_it(gateway) -> None:
             {"role": "user", "content": [{"type": "text", "text": f"reply to {EMAIL}"}]},
         ],
         extra_headers={"x-shadowzoo-request-id": f"ticket-{EMAIL}"})
-    assert _post(process, "/v1/feedback", {"request_id": f"ticket-{EMAIL}", "label": {"contact": EMAIL}}) == 202
-    assert _post(process, "/v1/capture", {
+    assert post_json(f"{process.base_url}/feedback", {"request_id": f"ticket-{EMAIL}", "label": {"contact": EMAIL}}) == 202
+    assert post_json(f"{process.base_url}/capture", {
         "slot": SLOT, "client_request_id": f"observed-{EMAIL}",
         "request": {"messages": [{"role": "user", "content": f"from {EMAIL}"}], "user": EMAIL},
         "response": {"choices": [{"message": {"role": "assistant", "content": f"wrote to {EMAIL}"}}]},

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,9 @@ from shadow.pyvariants import PythonVariants
 from shadow.redaction import Redactor
 from shadow.runner import ShadowRunner
 from shadow.spool import CorruptSegment, read_segment, spool_dir, write_segment
+from shadow.records import TrafficRecord
 from shadow.toolcalls import ToolCall
-from tests.servers import GatewayProcess, edit_config, start_simulator, wait_until
+from tests.servers import GatewayProcess, edit_config, post_json, start_simulator
 
 SLOT = "support-triage"
 REPO = Path(__file__).resolve().parent.parent
@@ -50,12 +49,6 @@ models:
   sim-right: {{tool_accuracy: 1.0}}
   sim-wrong: {{tool_accuracy: 0.0}}
 """
-
-
-def post_json(url: str, body: dict[str, Any]) -> int:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status
 
 
 def sse(*chunks: dict[str, Any]) -> list[bytes]:
