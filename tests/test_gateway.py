@@ -458,3 +458,24 @@ def test_without_client_keys_the_gateway_binds_loopback_and_says_so(tmp_path: Pa
     gateway = GatewayProcess(ws, host="0.0.0.0")
     output = gateway.stop()
     assert "no client keys configured, so binding 127.0.0.1 instead of 0.0.0.0" in output
+
+
+def test_a_burst_of_captures_reaches_the_spool_without_waiting_for_the_flush_interval(tmp_path: Path) -> None:
+    # A kill -9 loses what is not yet on disk: with a minute between timed flushes, only the
+    # count bound (flush_max_records) can write the burst while the gateway runs.
+    ws = init_workspace(tmp_path / "ws")
+    edit_config(ws, lambda config: config.update(gateway={"flush_interval_s": 60, "flush_max_records": 16}))
+    gateway = GatewayProcess(ws)
+    try:
+        sent = [f"burst-{n}" for n in range(40)]
+        for key in sent:
+            status, _ = _post(gateway, "/v1/feedback", json.dumps({"request_id": key, "label": "billing"}).encode())
+            assert status == 202
+
+        def spooled() -> set[str]:
+            return {r.request_key for s in ready_segments(ws / ".shadowzoo" / "spool") for r in read_segment(s)}
+
+        wait_until(lambda: len(spooled()) >= 32, timeout_s=30)
+    finally:
+        gateway.stop()
+    assert spooled() == set(sent)

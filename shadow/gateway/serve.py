@@ -59,7 +59,8 @@ def gateway_state(workspace: Workspace) -> GatewayState:
     config = workspace.config
     captures = CaptureBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
                              config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
-                             max_bytes=config.gateway.capture_buffer_bytes)
+                             max_bytes=config.gateway.capture_buffer_bytes,
+                             flush_max_records=config.gateway.flush_max_records)
     return GatewayState(routes=RouteWatcher(workspace.routes_path), captures=captures, upstream=None,
                         client_keys=client_keys(workspace), max_body_bytes=config.gateway.max_body_bytes)
 
