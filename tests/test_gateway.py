@@ -380,6 +380,30 @@ def test_a_new_champion_is_served_within_a_second_and_a_corrupt_routes_file_is_i
     wait_until(lambda: version().startswith("champ-"), timeout_s=5)
 
 
+def test_a_slot_removed_from_the_config_is_a_404_for_chat_and_capture_though_it_kept_its_champion(
+        served, client) -> None:
+    ws, gateway, _ = served
+    config_file = ws / "shadowzoo.yaml"
+    kept = config_file.read_text()
+
+    def rewrite_routes() -> None:
+        with Registry.open(load_workspace(ws)) as registry:
+            registry.write_routes()
+
+    edit_config(ws, lambda config: config["slots"].pop("broken"))
+    try:
+        rewrite_routes()
+        wait_until(lambda: "broken" not in [m.id for m in client.models.list()], timeout_s=5)
+        with pytest.raises(openai.NotFoundError, match="no slot 'broken'"):
+            client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "x"}])
+        status, body = _post(gateway, "/v1/capture", json.dumps({**_exchange(), "slot": "broken"}).encode())
+        assert status == 404 and body["error"]["param"] == "slot"
+    finally:
+        config_file.write_text(kept)
+        rewrite_routes()
+    wait_until(lambda: "broken" in [m.id for m in client.models.list()], timeout_s=5)
+
+
 def test_the_champion_is_served_while_the_database_is_held_by_another_process(served, client) -> None:
     ws, _, _ = served
     holder = subprocess.Popen(
