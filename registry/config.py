@@ -365,6 +365,13 @@ class GatewayConfig(Strict):
         description="Captures are also written as soon as this many arrived since the last write: a `kill -9` of a "
                     "worker loses at most about twice this many (those held and a batch being written).",
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection whose request headers are not complete this long after they began "
+                                "(or after it opened) gets 408 and is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request whose body stops arriving for this long gets 408 and its connection is closed.",
+    )
 
     @model_validator(mode="after")
     def _flush_before_full(self) -> "GatewayConfig":
