@@ -81,8 +81,9 @@ class LineLimit(logging.Filter):
         name, template, error_type = kind
         summary = logging.makeLogRecord({
             "name": name, "levelno": logging.WARNING, "levelname": "WARNING", "suppressed_summary": True,
-            "msg": "suppressed %d similar line(s) in %.0f s: %s%s",
-            "args": (window.suppressed, time.monotonic() - window.opened, " ".join(template.split())[:200],
+            "msg": "suppressed %d similar line(s) within %.0f s: %s%s",
+            "args": (window.suppressed, min(time.monotonic() - window.opened, self.interval_s),
+                     " ".join(template.split())[:200],
                      f" ({error_type})" if error_type else ""),
         })
         self.handler.handle(summary)

@@ -89,7 +89,7 @@ def worker_main(workspace_dir: str, host: str, port: int, reuse_port: bool) -> N
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     lines = LineLimit(handler)
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     try:
         asyncio.run(serve_worker(load_workspace(Path(workspace_dir)), host, port, reuse_port))
     finally:
