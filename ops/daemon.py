@@ -6,7 +6,8 @@ runs, on APScheduler 3.x (`AsyncIOScheduler`):
   ingest     every `ingest_interval_s`: spool segments into traffic and outcomes
   score      every `score_interval_s`: every slot re-scored and snapshotted; gauges; auto-promote
   watch      every `watch_interval_s`: a freshly promoted champion that breaks a guardrail rolls back
-  retention  daily: raw rows older than each slot's `retention.traffic_days` are deleted
+  retention  daily: raw rows older than each slot's `retention.traffic_days` are deleted (the
+             default window for slots no longer configured and for feedback never joined)
   rotation   at `zoo.schedule` (cron), when set: the stalest specs with a train: block are
              trained, one at a time, never overlapping; each result registers as a challenger
 

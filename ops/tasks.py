@@ -21,7 +21,7 @@ from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
 from registry.atomic import write_atomic
 from scorer.answerstats import period_stats
 from scorer.report import render_html, render_markdown
-from registry.config import Price
+from registry.config import Price, RetentionConfig
 from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
 from shadow.providers import missing_api_keys
@@ -172,17 +172,32 @@ def _live_stats(context: TaskContext, slot: str, version_id: str) -> dict[str, A
 
 
 def retention(context: TaskContext) -> dict[str, Any]:
-    """Delete raw rows past each slot's retention; aggregates (moments, snapshots, audit) stay."""
-    deleted = 0
-    for slot, config in context.workspace.config.slots.items():
-        cutoff = utcnow() - timedelta(days=config.retention.traffic_days)
-        with context.database.transaction() as db:
-            old = "FROM traffic WHERE slot = ? AND received_at < ?"
-            for table in ("shadow_results", "metric_values", "outcomes"):
-                db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
-            db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
-            deleted += db.execute("DELETE FROM traffic WHERE slot = ? AND received_at < ?", [slot, cutoff]).fetchall()[0][0]
-    return {"traffic_deleted": deleted}
+    """Delete raw rows past their retention; aggregates (moments, snapshots, audit) stay.
+
+    A slot's rows go after its `retention.traffic_days`. Rows of a slot no longer configured,
+    and outcomes never joined to a request (feedback names no slot), go after the default
+    window: nothing stays forever because its slot or request is unknown.
+    """
+    default = RetentionConfig().traffic_days
+    windows = {slot: config.retention.traffic_days for slot, config in context.workspace.config.slots.items()}
+    with context.database.reading() as db:
+        stored = [row[0] for row in db.execute("SELECT DISTINCT slot FROM traffic").fetchall()]
+    deleted = sum(_delete_traffic(context, slot, windows.get(slot, default)) for slot in sorted(set(stored) | set(windows)))
+    with context.database.transaction() as db:
+        orphans = db.execute("DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?",
+                             [utcnow() - timedelta(days=default)]).fetchall()[0][0]
+    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans}
+
+
+def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
+    """Delete a slot's traffic older than `days`, with the rows that hang off it; returns how many requests."""
+    cutoff = utcnow() - timedelta(days=days)
+    with context.database.transaction() as db:
+        old = "FROM traffic WHERE slot = ? AND received_at < ?"
+        for table in ("shadow_results", "metric_values", "outcomes"):
+            db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
+        db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
+        return db.execute(f"DELETE {old}", [slot, cutoff]).fetchall()[0][0]
 
 
 TRAINING = threading.Lock()

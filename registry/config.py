@@ -367,7 +367,29 @@ class GatewayConfig(Strict):
         256 * 1024 * 1024, gt=0,
         description="Bytes of captures held in memory (not yet on disk) before new ones are dropped (and counted).",
     )
-    flush_interval_s: float = Field(0.25, gt=0, le=5, description="How often captures are written to the spool.")
+    flush_interval_s: float = Field(
+        0.25, gt=0, le=60,
+        description="How often captures are written to the spool: a `kill -9` of a worker loses at most this long's.",
+    )
+    flush_max_records: int = Field(
+        256, gt=0,
+        description="Captures are also written as soon as this many arrived since the last write: a `kill -9` of a "
+                    "worker loses at most about twice this many (those held and a batch being written).",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection whose request headers are not complete this long after they began "
+                                "(or after it opened) gets 408 and is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request whose body stops arriving for this long gets 408 and its connection is closed.",
+    )
+
+    @model_validator(mode="after")
+    def _flush_before_full(self) -> "GatewayConfig":
+        if self.flush_max_records > self.capture_buffer_records:
+            raise ValueError(f"flush_max_records ({self.flush_max_records}) must not exceed capture_buffer_records "
+                             f"({self.capture_buffer_records}): the buffer would be full before it is written")
+        return self
 
 
 class DaemonConfig(Strict):

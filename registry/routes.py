@@ -45,10 +45,15 @@ class RouteTable(BaseModel):
 
 
 def build_routes(workspace: Workspace, champions: list[Variant], skills: dict[str, str]) -> RouteTable:
-    """The table for these champions, with provider details from the workspace config."""
+    """The table for these champions, with provider details from the workspace config.
+
+    A slot removed from the config is left out, champion or not: the gateway answers it
+    404 (chat and observer captures alike) instead of collecting traffic nobody scores.
+    """
     return RouteTable(
         generated_at=datetime.now(UTC),
-        slots={variant.slot: _route(workspace, variant, skills) for variant in champions},
+        slots={variant.slot: _route(workspace, variant, skills) for variant in champions
+               if variant.slot in workspace.config.slots},
     )
 
 

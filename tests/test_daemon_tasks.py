@@ -101,6 +101,30 @@ def test_retention_deletes_old_raw_rows_and_keeps_recent_ones(workspace_dir: Pat
     registry.close()
 
 
+def test_retention_removes_old_traffic_of_unconfigured_slots_and_old_feedback_that_never_joined(
+        workspace_dir: Path) -> None:
+    context, _ = _context(workspace_dir)
+    spool = spool_dir(context.workspace.state_dir)
+    spool.mkdir(parents=True, exist_ok=True)
+    old, new = (utcnow() - timedelta(days=45)).isoformat() + "Z", utcnow().isoformat() + "Z"
+    traffic = {"type": "traffic", "slot": "removed-slot", "request": {"messages": [{"role": "user", "content": "hi"}]},
+               "status": 200}
+    feedback = {"type": "outcome", "kind": "label", "value": "billing"}
+    write_segment(spool, [json.dumps(line).encode() for line in (
+        {**traffic, "request_id": "gone-old", "received_at": old},
+        {**traffic, "request_id": "gone-new", "received_at": new},
+        {**feedback, "request_key": "never-seen-old", "received_at": old},
+        {**feedback, "request_key": "never-seen-new", "received_at": new},
+        {**feedback, "request_key": "gone-old", "received_at": new},
+    )])
+    assert ingest(context)["traffic"] == 2
+    assert retention(context) == {"traffic_deleted": 1, "unjoined_outcomes_deleted": 1}
+    with context.database.reading() as db:
+        assert db.execute("SELECT request_id FROM traffic").fetchall() == [("gone-new",)]
+        assert sorted(db.execute("SELECT request_key FROM outcomes").fetchall()) == [("never-seen-new",)]
+    context.operations.registry.close()
+
+
 def test_a_retired_versions_gauges_are_removed(workspace_dir: Path) -> None:
     context, ids = _context(workspace_dir)
     registry = context.operations.registry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -399,6 +400,30 @@ def test_a_new_champion_is_served_within_a_second_and_a_corrupt_routes_file_is_i
     wait_until(lambda: version().startswith("champ-"), timeout_s=5)
 
 
+def test_a_slot_removed_from_the_config_is_a_404_for_chat_and_capture_though_it_kept_its_champion(
+        served, client) -> None:
+    ws, gateway, _ = served
+    config_file = ws / "shadowzoo.yaml"
+    kept = config_file.read_text()
+
+    def rewrite_routes() -> None:
+        with Registry.open(load_workspace(ws)) as registry:
+            registry.write_routes()
+
+    edit_config(ws, lambda config: config["slots"].pop("broken"))
+    try:
+        rewrite_routes()
+        wait_until(lambda: "broken" not in [m.id for m in client.models.list()], timeout_s=5)
+        with pytest.raises(openai.NotFoundError, match="no slot 'broken'"):
+            client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "x"}])
+        status, body = _post(gateway, "/v1/capture", json.dumps({**_exchange(), "slot": "broken"}).encode())
+        assert status == 404 and body["error"]["param"] == "slot"
+    finally:
+        config_file.write_text(kept)
+        rewrite_routes()
+    wait_until(lambda: "broken" in [m.id for m in client.models.list()], timeout_s=5)
+
+
 def test_the_champion_is_served_while_the_database_is_held_by_another_process(served, client) -> None:
     ws, _, _ = served
     holder = subprocess.Popen(
@@ -477,3 +502,115 @@ def test_without_client_keys_the_gateway_binds_loopback_and_says_so(tmp_path: Pa
     gateway = GatewayProcess(ws, host="0.0.0.0")
     output = gateway.stop()
     assert "no client keys configured, so binding 127.0.0.1 instead of 0.0.0.0" in output
+
+
+def test_a_burst_of_captures_reaches_the_spool_without_waiting_for_the_flush_interval(tmp_path: Path) -> None:
+    # A kill -9 loses what is not yet on disk: with a minute between timed flushes, only the
+    # count bound (flush_max_records) can write the burst while the gateway runs.
+    ws = init_workspace(tmp_path / "ws")
+    edit_config(ws, lambda config: config.update(gateway={"flush_interval_s": 60, "flush_max_records": 16}))
+    gateway = GatewayProcess(ws)
+    try:
+        sent = [f"burst-{n}" for n in range(40)]
+        for key in sent:
+            status, _ = _post(gateway, "/v1/feedback", json.dumps({"request_id": key, "label": "billing"}).encode())
+            assert status == 202
+
+        def spooled() -> set[str]:
+            return {r.request_key for s in ready_segments(ws / ".shadowzoo" / "spool") for r in read_segment(s)}
+
+        wait_until(lambda: len(spooled()) >= 32, timeout_s=30)
+    finally:
+        gateway.stop()
+    assert spooled() == set(sent)
+
+
+MALFORMED = (
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Many: 1\r\n" * 200 + b"\r\n",
+    b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+)
+ABANDONED = b'POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"request_id": '
+
+
+def _connect(gateway, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+    sock.sendall(data)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a socket timeout fails the test)."""
+    received = b""
+    with sock:
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def _error_of(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+def test_a_flood_of_malformed_and_abandoned_requests_logs_a_few_lines_and_no_traceback(tmp_path: Path) -> None:
+    gateway = GatewayProcess(init_workspace(tmp_path / "ws"))
+    answers = []
+    try:
+        for n in range(300):
+            if n % 5 == 4:
+                _connect(gateway, ABANDONED).close()
+            else:
+                answers.append(_until_closed(_connect(gateway, MALFORMED[n % 5])))
+        assert _until_closed(_connect(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                             ).startswith(b"HTTP/1.1 200")
+    finally:
+        output = gateway.stop()
+    logged = output.split("listening on", 1)[1].splitlines()[1:]
+    assert "Traceback" not in output
+    assert len(logged) <= 50, "\n".join(logged)
+    assert any("malformed request" in line and "suppressed" in line for line in logged), "\n".join(logged)
+    assert {(status, error["code"]) for status, error in map(_error_of, answers)} == {(400, "bad_request")}
+
+
+def _trickled(gateway) -> bytes:
+    """Headers sent a byte every 0.2 s, never idle for long, never complete: what the server answers."""
+    sock = _connect(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    sock.settimeout(0.2)
+    for _ in range(150):
+        try:
+            answer = sock.recv(65536)
+        except TimeoutError:
+            sock.sendall(b"a")
+            continue
+        sock.settimeout(30)
+        return answer + _until_closed(sock)
+    raise AssertionError("the server kept a connection whose headers never ended")
+
+
+def test_slow_clients_get_a_408_and_are_disconnected_while_others_are_served(tmp_path: Path) -> None:
+    simulator = start_simulator()
+    ws = _one_slot_workspace(tmp_path, simulator, {"header_timeout_s": 1, "body_timeout_s": 1})
+    gateway = GatewayProcess(ws, env={"SIM_API_KEY": "sim"})
+    body = b'{"model": "support-triage", "messages": [{"role": "user", "content": "hi"}]}'
+    try:
+        fast = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0, timeout=20)
+        silent = [_connect(gateway) for _ in range(3)]
+        half_headers = [_connect(gateway, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Ty")
+                        for _ in range(3)]
+        half_body = [_connect(gateway, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                                       b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:20])) for _ in range(3)]
+        assert fast.chat.completions.create(model="support-triage", messages=[{"role": "user", "content": "x"}])
+        for sock in silent + half_headers:
+            status, error = _error_of(_until_closed(sock))
+            assert (status, error["code"]) == (408, "header_timeout")
+        for sock in half_body:
+            status, error = _error_of(_until_closed(sock))
+            assert (status, error["code"]) == (408, "body_timeout")
+        status, error = _error_of(_trickled(gateway))
+        assert (status, error["code"]) == (408, "header_timeout")
+        assert fast.chat.completions.create(model="support-triage", messages=[{"role": "user", "content": "y"}])
+    finally:
+        gateway.stop()
+        simulator.stop()

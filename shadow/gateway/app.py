@@ -24,6 +24,7 @@ from pydantic_core import PydanticSerializationError
 from shadow.apply import apply_variant
 from shadow.exchange import Exchange, Id, messages_problem, parse_json
 from shadow.gateway.capture import CaptureBuffer, PendingCapture
+from shadow.gateway.connection import read_body
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
 from shadow.gateway.metrics import exposition, gateway_metrics
@@ -44,6 +45,7 @@ class GatewayState:
     upstream: Upstream | None
     client_keys: tuple[str, ...]
     max_body_bytes: int
+    body_timeout_s: float
 
 
 STATE = web.AppKey("state", GatewayState)
@@ -95,12 +97,9 @@ async def _auth(request: web.Request, handler):
 async def _json_body(request: web.Request) -> Any:
     """The parsed body, or an HTTP error response to return instead."""
     state = request.app[STATE]
-    if request.content_length is not None and request.content_length > state.max_body_bytes:
-        return error_response(413, f"request body is larger than {state.max_body_bytes} bytes", code="body_too_large")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, f"request body is larger than {state.max_body_bytes} bytes", code="body_too_large")
+    raw = await read_body(request, state.max_body_bytes, state.body_timeout_s)
+    if isinstance(raw, web.Response):
+        return raw
     try:
         return parse_json(raw)
     except ValueError as exc:
@@ -143,7 +142,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     pending = PendingCapture(
         request_id=new_request_id(), client_request_id=request.headers.get(CLIENT_ID_HEADER), slot=slot,
         received_at=received_at, request=payload, champion_version=route.version_id, stream=stream,
-        request_bytes=len(await request.read()),
+        request_bytes=request.content.total_bytes,
     )
     try:
         return await state.upstream.forward(request, route, body, pending, wants_usage)

@@ -3,7 +3,9 @@
 The request handler only appends a `PendingCapture` holding references to what it already
 has (the parsed request, the raw upstream bytes). Everything costly — parsing the answer,
 redaction, serialisation, the disk write and its fsync — happens in the flusher, off the
-request's path, at least every `flush_interval_s`. Past the memory cap (records and bytes)
+request's path, at least every `flush_interval_s` and as soon as `flush_max_records` new
+captures are held, so a `kill -9` loses a window bounded in time and in count. Past the
+memory cap (records and bytes)
 new captures are dropped and counted; the champion's response is never affected. A
 capture that cannot be serialised is dropped and counted on its own, so it never holds
 back the others.
@@ -12,6 +14,7 @@ back the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -116,17 +119,20 @@ class CaptureBuffer:
     """
 
     def __init__(self, spool: Path, redactor: Redactor, max_records: int, flush_interval_s: float, *,
-                 max_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> None:
+                 max_bytes: int, flush_max_records: int = 256, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.spool = spool
         self.redactor = redactor
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.flush_interval_s = flush_interval_s
+        self.flush_max_records = flush_max_records
         self.dropped = 0
         self.flushed = 0
         self._items: list[PendingCapture | bytes] = []
         self._bytes = 0
+        self._added = 0
+        self._due = asyncio.Event()
 
     def add(self, item: PendingCapture | bytes) -> bool:
         """Keep a capture (or a record's spool `line`) for the next flush; False (and counted) when full."""
@@ -136,6 +142,9 @@ class CaptureBuffer:
             return False
         self._items.append(item)
         self._bytes += size
+        self._added += 1
+        if self._added >= self.flush_max_records:
+            self._due.set()
         return True
 
     def line(self, record: TrafficRecord | OutcomeRecord) -> bytes:
@@ -146,10 +155,12 @@ class CaptureBuffer:
         return len(self._items)
 
     async def run(self) -> None:
-        """Flush every interval until cancelled; then flush what is left."""
+        """Flush every interval, or sooner once `flush_max_records` captures arrived, until
+        cancelled; then flush what is left."""
         try:
             while True:
-                await asyncio.sleep(self.flush_interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._due.wait(), self.flush_interval_s)
                 await self.flush()
         finally:
             await self.flush()
@@ -159,6 +170,8 @@ class CaptureBuffer:
 
         Lines the disk refused (it is full) stay in memory, already serialised, for the next try.
         """
+        self._due.clear()
+        self._added = 0
         if not self._items:
             return
         items, self._items = self._items, []

@@ -21,6 +21,8 @@ from aiohttp import web
 from registry import Workspace, load_workspace
 from shadow.gateway.app import GatewayState, build_app
 from shadow.gateway.capture import CaptureBuffer
+from shadow.gateway.connection import GatewayRunner
+from shadow.gateway.loglines import LineLimit
 from shadow.redaction import Redactor
 from shadow.gateway.routing import RouteWatcher
 from shadow.spool import spool_dir
@@ -59,15 +61,17 @@ def gateway_state(workspace: Workspace) -> GatewayState:
     config = workspace.config
     captures = CaptureBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
                              config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
-                             max_bytes=config.gateway.capture_buffer_bytes)
+                             max_bytes=config.gateway.capture_buffer_bytes,
+                             flush_max_records=config.gateway.flush_max_records)
     return GatewayState(routes=RouteWatcher(workspace.routes_path), captures=captures, upstream=None,
-                        client_keys=client_keys(workspace), max_body_bytes=config.gateway.max_body_bytes)
+                        client_keys=client_keys(workspace), max_body_bytes=config.gateway.max_body_bytes,
+                        body_timeout_s=config.gateway.body_timeout_s)
 
 
 async def serve_worker(workspace: Workspace, host: str, port: int, reuse_port: bool) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    runner = web.AppRunner(build_app(gateway_state(workspace)), access_log=None,
-                           shutdown_timeout=SHUTDOWN_GRACE_S)
+    runner = GatewayRunner(build_app(gateway_state(workspace)), header_timeout_s=workspace.config.gateway.header_timeout_s,
+                           access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
@@ -81,6 +85,12 @@ async def serve_worker(workspace: Workspace, host: str, port: int, reuse_port: b
 
 
 def worker_main(workspace_dir: str, host: str, port: int, reuse_port: bool) -> None:
-    """Entry point of a gateway worker process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve_worker(load_workspace(Path(workspace_dir)), host, port, reuse_port))
+    """Entry point of a gateway worker process: its log holds one line per event, rate-limited."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    lines = LineLimit(handler)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    try:
+        asyncio.run(serve_worker(load_workspace(Path(workspace_dir)), host, port, reuse_port))
+    finally:
+        lines.flush()
