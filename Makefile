@@ -22,7 +22,7 @@ install: $(STAMP)
 # queries, and systemd-analyze (Debian's systemd package) for the unit file. Each package
 # is installed when its tool is missing (as root, or with sudo), a silent no-op once there.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-TEST_TOOLS := promtool:prometheus systemd-analyze:systemd
+TEST_TOOLS := promtool:prometheus systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
 
 test-tools:
 	@for pair in $(TEST_TOOLS); do \

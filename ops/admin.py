@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ops.console.app import add_console
 from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
@@ -211,6 +212,7 @@ def build_admin_app(api: Api) -> web.Application:
     app.router.add_get("/metrics", lambda request: _metrics(api))
     app.router.add_get("/healthz", lambda request: _healthz())
     app.router.add_get("/openapi.json", lambda request: _openapi())
+    add_console(app, api)
     return app
 
 
