@@ -5,7 +5,8 @@ drives both the routing and `/openapi.json`. Calls run `LocalOperations` in the 
 (off the event loop; the database lock serialises them). `/admin/*` needs the bearer token
 named in the config, compared in constant time; `/metrics`, `/healthz` and
 `/openapi.json` are open (bind the daemon to loopback, the default). Errors keep their
-kind: a refused promotion is 409 with the same message the CLI prints locally.
+kind: a refused promotion is 409 with the same message the CLI prints locally. The web
+console (`ops.console`) is served under `/ui` with its own login and never opens `/admin/*`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 from ops.workspace_init import init_workspace
 from tests.scoring_data import SLOT, Answers, demo_registry, simulate
@@ -70,6 +72,7 @@ def _submit(driver: webdriver.Chrome, form_action: str, **fields: str) -> None:
         else:
             element.send_keys(value)
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(driver, 60).until(staleness_of(form))  # the next page has replaced this one
 
 
 def _severe(driver: webdriver.Chrome) -> list[dict]:
@@ -100,7 +103,8 @@ def test_an_operator_logs_in_reads_every_page_and_promotes_with_a_reason_in_a_re
                           ("status", "Status"), ("jobs", "Jobs")):
         browser.find_element(By.LINK_TEXT, page.capitalize()).click()
         assert browser.find_element(By.TAG_NAME, "h1").text == heading
-        _shoot(browser, page)
+        if page == "status":
+            _shoot(browser, page)
 
     browser.get(f"{daemon.url}/ui/variants/{ids['cheap-mini']}")
     changed = browser.find_elements(By.CSS_SELECTOR, "tr.changed")
@@ -117,6 +121,7 @@ def test_an_operator_logs_in_reads_every_page_and_promotes_with_a_reason_in_a_re
     _submit(browser, "/ui/promote", reason="ready on 300 pairs, checked in the console")
     assert _message(browser) == f"promote: {SLOT} champion {ids['baseline']} -> {ids['careful-large']}"
     assert browser.current_url == f"{daemon.url}/ui/history?slot={SLOT}"
+    _shoot(browser, "history")
 
     status, moves, _ = daemon.call("GET", f"/admin/history?slot={SLOT}")
     assert status == 200

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -56,10 +57,10 @@ ERROR_STATUS = {NotFound: 404, ConfigError: 400}
 def add_console(app: web.Application, api: Api) -> None:
     """Serve the console under /ui on the admin application."""
     sessions = Sessions(api.token)
-    app.router.add_get("/ui", lambda request: _home(sessions, request))
-    app.router.add_get("/ui/login", lambda request: _login_page(sessions, request))
-    app.router.add_post("/ui/login", lambda request: _login(sessions, request))
-    app.router.add_post("/ui/logout", lambda request: _logout(sessions, request))
+    app.router.add_get("/ui", partial(_home, sessions))
+    app.router.add_get("/ui/login", partial(_login_page, sessions))
+    app.router.add_post("/ui/login", partial(_login, sessions))
+    app.router.add_post("/ui/logout", partial(_logout, sessions))
     for page in PAGES:
         app.router.add_get(page.path, _page(api, sessions, page))
     for path, act in ACTIONS.items():
