@@ -121,3 +121,15 @@ def test_a_refused_rollback_shows_the_operation_s_message_and_data_is_escaped(wo
     registry = _run(workspace_dir, scenario)
     assert registry.history(SLOT)[-1].reason == "<script>alert(1)</script>"
     registry.close()
+
+
+def test_an_unknown_variant_or_slot_is_an_html_error_page_naming_it(workspace_dir: Path) -> None:
+    async def scenario(client: TestClient, ids: dict[str, str]) -> None:
+        await _login(client)
+        missing = await client.get("/ui/variants/nope-20260101-00000000")
+        assert missing.status == 404 and "nope-20260101-00000000" in await missing.text()
+        unknown = await client.get("/ui/history?slot=nowhere")
+        text = await unknown.text()
+        assert unknown.status == 400 and "slot &#x27;nowhere&#x27; is not configured" in text and SLOT in text
+
+    _run(workspace_dir, scenario).close()
