@@ -84,7 +84,7 @@ def _message(driver: webdriver.Chrome) -> str:
     return driver.find_element(By.CSS_SELECTOR, "p.msg").text
 
 
-def test_an_operator_logs_in_reads_every_page_and_promotes_with_a_reason_in_a_real_browser(served, browser) -> None:
+def test_an_operator_logs_in_reads_every_page_promotes_and_rolls_back_with_a_reason_in_a_real_browser(served, browser) -> None:
     daemon, ids = served
     browser.get(f"{daemon.url}/ui/leaderboard")
     assert browser.current_url.startswith(f"{daemon.url}/ui/login")
@@ -129,6 +129,11 @@ def test_an_operator_logs_in_reads_every_page_and_promotes_with_a_reason_in_a_re
     assert (move["action"], move["to_version"], move["actor"]) == ("promote", ids["careful-large"], "browser-tester")
     assert move["reason"] == "ready on 300 pairs, checked in the console" and not move["evidence"]["forced"]
     assert len(moves) == 2, "the refused promotions left no audit row"
+
+    _submit(browser, "/ui/rollback", reason="rolling back from the console")
+    assert _message(browser) == f"rollback: {SLOT} champion {ids['careful-large']} -> {ids['baseline']}"
+    status, moves, _ = daemon.call("GET", f"/admin/history?slot={SLOT}")
+    assert (moves[-1]["action"], moves[-1]["reason"]) == ("rollback", "rolling back from the console")
 
     _submit(browser, "/ui/logout")
     browser.get(f"{daemon.url}/ui/history")
