@@ -133,3 +133,15 @@ def test_an_unknown_variant_or_slot_is_an_html_error_page_naming_it(workspace_di
         assert unknown.status == 400 and "slot &#x27;nowhere&#x27; is not configured" in text and SLOT in text
 
     _run(workspace_dir, scenario).close()
+
+
+def test_a_promotion_of_a_mangled_version_id_is_refused_on_the_page_without_breaking_the_redirect(workspace_dir: Path) -> None:
+    async def scenario(client: TestClient, ids: dict[str, str]) -> None:
+        await _login(client)
+        csrf = await _csrf(client, f"/ui/history?slot={SLOT}")
+        for version_id, landing in (("", 200), ("x\r\nSet-Cookie: a=b", 404)):  # 404: back on the variant's page
+            response = await client.post("/ui/promote", data={"csrf": csrf, "slot": SLOT, "version_id": version_id})
+            assert response.status == landing and "Refused: " in await response.text()
+            assert "a" not in client.session.cookie_jar.filter_cookies(client.make_url("/ui/"))
+
+    _run(workspace_dir, scenario).close()

@@ -6,6 +6,8 @@ message, shown on the page the form came from; success is shown on the slot's hi
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from multidict import MultiDictProxy
 
 from ops.console.visit import Visit
@@ -18,7 +20,7 @@ async def promote(visit: Visit, form: MultiDictProxy) -> str:
     """Promote the form's variant; where to go next."""
     slot, version_id = visit.slot(form.get("slot")), form.get("version_id", "")
     reason, force = (form.get("reason") or "").strip() or None, form.get("force") == "1"
-    back = f"/ui/variants/{version_id}"
+    back = f"/ui/variants/{quote(version_id, safe='')}" if version_id else "/ui/variants"
     if force and not reason:
         visit.session.say("error", f"Refused: {FORCE_NEEDS_REASON}.")
         return back

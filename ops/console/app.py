@@ -51,6 +51,7 @@ PAGES: tuple[PageRoute, ...] = (
 )
 ACTIONS: dict[str, Act] = {"/ui/promote": actions.promote, "/ui/rollback": actions.rollback}
 HOME = PAGES[0].path
+SLOT_PAGES = {"/ui/leaderboard", "/ui/variants", "/ui/history"}  # the slot switcher stays on these
 ERROR_STATUS = {NotFound: 404, ConfigError: 400}
 
 
@@ -109,7 +110,7 @@ def _layout(visit: Visit, view: View) -> str:
     current = visit.request.match_info.route.resource.canonical if visit.request.match_info.route.resource else ""
     links = [html.link(page.path, page.nav, "here" if page.path == current else "", slot=slot)
              for page in PAGES if page.nav]
-    switch = " ".join(html.link(current if current in _SLOT_PAGES else HOME, name,
+    switch = " ".join(html.link(current if current in SLOT_PAGES else HOME, name,
                                 "here" if name == (slot or visit.slots[0]) else "", slot=name)
                       for name in visit.slots) if len(visit.slots) > 1 else ""
     logout = html.form("/ui/logout", visit.session.csrf, "", "Log out", css="logout")
@@ -117,9 +118,6 @@ def _layout(visit: Visit, view: View) -> str:
            f'<span class="muted">{("slot: " + switch) if switch else ""}</span>'
            f'<span class="muted">signed in as {html.escape(visit.session.actor)}</span>{logout}</nav>')
     return html.document(view.title, nav + html.messages(visit.session.take_messages()) + view.body, view.refresh_s)
-
-
-_SLOT_PAGES = {"/ui/leaderboard", "/ui/variants", "/ui/history"}
 
 
 async def _home(sessions: Sessions, request: web.Request) -> web.StreamResponse:
