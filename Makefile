@@ -21,8 +21,9 @@ install: $(STAMP)
 # (Debian's prometheus package) for the Prometheus config, alert rules and dashboard
 # queries, and systemd-analyze (Debian's systemd package) for the unit file. Each package
 # is installed when its tool is missing (as root, or with sudo), a silent no-op once there.
+# tests/test_console_browser.py drives the web console in Debian's headless chromium.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-TEST_TOOLS := promtool:prometheus systemd-analyze:systemd
+TEST_TOOLS := promtool:prometheus systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
 
 test-tools:
 	@for pair in $(TEST_TOOLS); do \

@@ -5,7 +5,8 @@ drives both the routing and `/openapi.json`. Calls run `LocalOperations` in the 
 (off the event loop; the database lock serialises them). `/admin/*` needs the bearer token
 named in the config, compared in constant time; `/metrics`, `/healthz` and
 `/openapi.json` are open (bind the daemon to loopback, the default). Errors keep their
-kind: a refused promotion is 409 with the same message the CLI prints locally.
+kind: a refused promotion is 409 with the same message the CLI prints locally. The web
+console (`ops.console`) is served under `/ui` with its own login and never opens `/admin/*`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ops.console.app import add_console
 from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
@@ -211,6 +213,7 @@ def build_admin_app(api: Api) -> web.Application:
     app.router.add_get("/metrics", lambda request: _metrics(api))
     app.router.add_get("/healthz", lambda request: _healthz())
     app.router.add_get("/openapi.json", lambda request: _openapi())
+    add_console(app, api)
     return app
 
 

@@ -95,13 +95,13 @@ def history(
         ["#", "at (UTC)", "action", "from", "to", "actor", "reason", "evidence"],
         [
             [m.id, f"{m.at:%Y-%m-%d %H:%M:%S}", m.action, m.from_version, m.to_version, m.actor, m.reason,
-             _evidence_summary(m)]
+             evidence_summary(m)]
             for m in moves
         ],
     )
 
 
-def _evidence_summary(move: Move) -> str | None:
+def evidence_summary(move: Move) -> str | None:
     """One phrase for the audit table: forced, first champion, or the target's status then."""
     evidence = move.evidence
     if evidence is None:

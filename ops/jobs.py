@@ -94,6 +94,10 @@ class JobBoard:
         except KeyError:
             raise NotFound(f"no job {job_id!r} in this daemon's life") from None
 
+    def all(self) -> list[JobStatus]:
+        """Every job of this daemon's life, newest first."""
+        return sorted(self._jobs.values(), key=lambda job: job.started_at, reverse=True)
+
     @staticmethod
     def finish(job: JobStatus, result: dict[str, Any] | None = None, error: str | None = None) -> None:
         job.state = "failed" if error else "done"

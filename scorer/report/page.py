@@ -199,16 +199,14 @@ def _html_charts(board: Leaderboard, history: list[EvidencePoint]) -> str:
     ])
 
 
-def render_html(board: Leaderboard, history: list[EvidencePoint]) -> str:
-    """The leaderboard as one self-contained HTML page: advice, table, three charts, notes."""
-    title = f"shadowzoo · {board.slot} leaderboard"
+def leaderboard_sections(board: Leaderboard, history: list[EvidencePoint]) -> str:
+    """Everything under the page title: meta line, advice, table, three charts, notes.
+
+    The report wraps it in a standalone page; the daemon's web console in its own layout.
+    """
     champion = board.champion or "none"
     notes_html = "".join(f"<li>{escape(note)}</li>" for note in notes(board))
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
-        f"<h1>{escape(board.slot)} · shadowzoo leaderboard</h1>"
         f'<p class="meta">Generated {escape(fmt_time(board.generated_at))} · champion '
         f'<span class="mono">{escape(champion)}</span> · evaluation period started '
         f"{escape(fmt_time(board.period_started_at))}</p>"
@@ -216,5 +214,17 @@ def render_html(board: Leaderboard, history: list[EvidencePoint]) -> str:
         f"<h2>Leaderboard</h2>{_html_table(board)}{_html_help()}"
         f"{_html_charts(board, history)}"
         f'<h2>Notes</h2><ul class="notes">{notes_html}</ul>'
+    )
+
+
+def render_html(board: Leaderboard, history: list[EvidencePoint]) -> str:
+    """The leaderboard as one self-contained HTML page: advice, table, three charts, notes."""
+    title = f"shadowzoo · {board.slot} leaderboard"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{escape(board.slot)} · shadowzoo leaderboard</h1>"
+        f"{leaderboard_sections(board, history)}"
         "</main></body></html>\n"
     )
