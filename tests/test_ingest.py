@@ -235,6 +235,8 @@ def test_lines_the_bulk_reader_is_unsure_of_are_stored_as_the_record_models_read
         {"received_at": "2025-03-01"}, {"received_at": "2025-03-01T12:00"}, {"received_at": 1740830400},
         {"received_at": "2025-02-30T12:00:00"}, {"received_at": "2025-03-01T12:00:00.5-05:00"},
         {"client_request_id": ["c1"]}, {"output": {"text": "billing"}}, {"error": 500},
+        {"tags": {"team": "billing", "tier": "gold"}}, {"tags": {}}, {"tags": None}, {"tags": {"team": 1}},
+        {"tags": {"team": None}}, {"tags": ["team=billing"]}, {"tags": "team=billing"}, {"tags": {"team": ["a"]}},
     ],
 )
 def test_the_bulk_reader_stores_a_line_exactly_when_the_record_models_accept_it(
@@ -249,11 +251,26 @@ def test_the_bulk_reader_stores_a_line_exactly_when_the_record_models_accept_it(
     report = ingest(registry, spool)
     assert (len(report.quarantined), report.traffic_rows) == ((1, 0) if expected is None else (0, 1))
     if expected is not None:
-        assert rows(registry, "SELECT slot, received_at, status, latency_ms, output, error FROM traffic") == [(
+        assert rows(registry, "SELECT slot, received_at, status, latency_ms, output, error, tags FROM traffic") == [(
             expected.slot, expected.received_at.astimezone(UTC).replace(tzinfo=None)
             if expected.received_at.tzinfo else expected.received_at,
-            expected.status, expected.latency_ms, expected.output, expected.error,
+            expected.status, expected.latency_ms, expected.output, expected.error, expected.tags or None,
         )]
+
+
+def test_a_requests_tags_are_its_own_with_its_user_and_metadata_read_from_the_request(
+    registry: Registry, spool: Path
+) -> None:
+    request = {"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "user": "u-17",
+               "metadata": {"team": "billing", "n": 3, "long": "x" * 513}}
+    sparse = json.loads(traffic("sparse", request=request, tags={"tier": "gold"}).model_dump_json(exclude_defaults=True))
+    sparse["status"] = "200"  # read line by line: both readers store tags alike
+    segment(spool, traffic("bulk", request=request, tags={"tier": "gold"}), traffic("plain"))
+    write_segment(spool, [json.dumps(sparse).encode()])
+    ingest(registry, spool)
+    tags = {"tier": "gold", "user": "u-17", "metadata.team": "billing"}
+    assert rows(registry, "SELECT request_id, tags FROM traffic ORDER BY 1") == [
+        ("bulk", tags), ("plain", None), ("sparse", tags)]
 
 
 def test_feedback_before_its_traffic_is_kept_and_joined_when_the_traffic_arrives(
