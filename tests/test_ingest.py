@@ -380,6 +380,13 @@ def test_a_request_response_log_becomes_traffic_with_output_and_tokens(
     assert derived[8] == "upstream timed out"
 
 
+def test_a_logged_exchange_keeps_its_tags(registry: Registry, spool: Path, tmp_path: Path) -> None:
+    log = jsonl(tmp_path / "calls.jsonl", log_line(request_id="r1", tags={"tier": "gold", "region": "eu-west"}))
+    spool_records(read_traffic_log(log, slots={"support-triage"}), spool)
+    ingest(registry, spool)
+    assert rows(registry, "SELECT tags FROM traffic") == [({"tier": "gold", "region": "eu-west"},)]
+
+
 def test_loading_the_same_log_twice_stores_each_request_once(registry: Registry, spool: Path, tmp_path: Path) -> None:
     log = jsonl(tmp_path / "calls.jsonl", log_line(), log_line(latency_ms=99))
     for _ in range(2):
@@ -401,6 +408,9 @@ def test_loading_the_same_log_twice_stores_each_request_once(registry: Registry,
         (json.dumps(log_line(slot=None)), "line 2: field 'slot': missing (give it in the line or with --slot)"),
         (json.dumps(log_line(slot="unknown")), "line 2: field 'slot': 'unknown' is not configured (slots: support-triage)"),
         ("[1, 2]", "line 2: expected a JSON object, got list"),
+        (json.dumps(log_line(tags={"user": "u-1"})), "line 2: field 'tags': Value error, tag key 'user' is reserved"),
+        (json.dumps(log_line(tags={"tier": 5})), "line 2: field 'tags.tier': Input should be a valid string"),
+        (json.dumps(log_line(tags={f"k{n}": "v" for n in range(17)})), "line 2: field 'tags': Value error, at most 16"),
     ],
 )
 def test_a_log_with_a_bad_line_is_an_error_naming_the_line_and_nothing_is_written(
