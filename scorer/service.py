@@ -7,7 +7,8 @@ A refresh (run by the daemon every few minutes, and by `shadowzoo leaderboard`):
      can enter the evidence: the period's (or a `--since` view's), never older ones, so
      a judge's budget is spent where it counts;
   3. in one transaction, appends the newly complete pairs, merges their moments, moves the
-     watermark, builds the leaderboard and stores it as a snapshot.
+     watermark, builds the leaderboard and stores it as a snapshot (a slice view, `where`,
+     stores none: see `scorer.slices`).
 Because step 3 is atomic and keyed, a crash at any point re-does work without counting
 any pair twice. Each snapshot holds the running intersection of the period's intervals,
 and the next refresh intersects its own with the latest one's: the intersection lives in
@@ -68,7 +69,7 @@ class Scorer:
             with registered(db, "variant_prices", variant_prices(variants, prices).to_arrow()):
                 board = self._refresh_in(db, slot, plan, period, champion, challengers, since, where or {})
             board = board.model_copy(update={"judges": judges})
-            if board.slice is not None:
+            if where:
                 return board
             db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) VALUES (?, ?, ?, ?)",
                        [slot, board.period_id, board.generated_at, board.model_dump_json()])
@@ -104,13 +105,13 @@ class Scorer:
                     champion: Variant | None, challengers: list[Variant], since: datetime | None,
                     where: Where) -> Leaderboard:
         config = self.workspace.slot(slot)
-        alphas, moments, previous, part = {}, {}, {}, None
+        alphas, moments, previous = {}, {}, {}
         tags = tags_sql(where, "t.tags")
+        part = slice_of(db, period, where, config.scoring.alpha) if where else None
         if period is not None:
             alphas = challenger_alphas(db, period, challengers, config.scoring.alpha)
             self._append_pairs(db, slot, plan, period, challengers)
-            if where:
-                part = slice_of(db, period, where, config.scoring.alpha)
+            if part is not None:
                 alphas = slice_alphas(alphas, config.scoring.alpha, part)
                 stored = slice_moments(db, period.period_id, where)
             else:
@@ -124,7 +125,7 @@ class Scorer:
             # a view: the period's requests (its champion's) of the slice, or every request since `since`
             champion_only = period.champion_version if period is not None and since is None else None
             stats = describe(db, AnswerQuery(slot=slot, since=window, plan=plan, scoring=config.scoring,
-                                             champion=champion_only, tags=tags_sql(where)))
+                                             champion=champion_only, tags=tags_sql(where) if where else None))
         return build_board(BoardInputs(
             slot=slot, scoring=config.scoring, period=period, champion=champion, challengers=challengers,
             alphas=alphas, moments=moments, stats=stats, not_run=not_run_counts(db, slot, window, tags),

@@ -34,9 +34,13 @@ def tags_sql(where: Where, column: str = "tags") -> str:
                         for key, value in sorted(where.items())) or "true"
 
 
-def slice_of(db: duckdb.DuckDBPyConnection, period: Period, where: Where, alpha: float) -> Slice:
-    """The slice's α share in the period: assigned the first time it is looked at, then kept."""
+def slice_of(db: duckdb.DuckDBPyConnection, period: Period | None, where: Where, alpha: float) -> Slice:
+    """The slice's α share in the period: assigned the first time it is looked at, then kept (none without
+    a period: without a champion nothing is paired)."""
     text = where_text(where)
+    if period is None:
+        return Slice(where=where, position=0, alpha=0.0, note=f"slice {text}: the descriptive columns cover the "
+                                                              "slice only; without a champion nothing is paired.")
     row = db.execute("SELECT position, alpha FROM period_slices WHERE period_id = ? AND slice = ?",
                      [period.period_id, text]).fetchone()
     if row is None:

@@ -8,8 +8,10 @@ import pytest
 
 from registry import Registry, load_workspace
 from scorer.sequential import PairedMoments, alpha_share, confidence_interval
+from scorer.service import Scorer
 from tests.scoring_data import Answers, demo_registry, simulate
 from tests.test_admin_api import TOKEN, Daemon
+from zoo import load_zoo, register_specs
 
 SLOT = "support-triage"
 
@@ -121,3 +123,15 @@ def test_a_slice_through_the_running_daemon_is_the_same_as_without_it(cli, works
     for version_id in (tagged["baseline"], tagged["careful-large"], tagged["cheap-mini"]):  # the daemon's runner
         assert _row(remote, version_id) == _row(local, version_id)                          # answers the others
     assert status == 400 and body["error"]["message"] == "where: 'tier' is not key=value"
+
+
+def test_a_slice_of_a_slot_without_a_champion_is_described_and_never_stored(workspace_dir: Path) -> None:
+    workspace = load_workspace(workspace_dir)
+    with Registry.open(workspace) as registry:
+        zoo = load_zoo(workspace.specs_dir)
+        register_specs(zoo.specs, zoo, workspace, registry)
+        board = Scorer(workspace, registry).refresh(SLOT, where={"tier": "gold"})
+        with registry.database.reading() as db:
+            assert db.execute("SELECT count(*) FROM leaderboard_snapshots").fetchone() == (0,)
+    assert board.slice is not None and board.slice.alpha == 0.0 and "nothing is paired" in board.slice.note
+    assert board.recommendation is None
