@@ -29,6 +29,7 @@ from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from scorer.board import EvidencePoint, Leaderboard
 from shadow.pauses import Pause
+from shadow.tags import parse_where
 from shadow.webcommon import bearer_token, json_errors
 
 log = logging.getLogger("shadowzoo.admin")
@@ -166,7 +167,11 @@ async def _leaderboard(api: Api, request: web.Request, body: None) -> Leaderboar
         moment = datetime.fromisoformat(since) if since else None
     except ValueError:
         raise ConfigError(f"since: {since!r} is not an ISO date-time") from None
-    return await api.call(api.operations.leaderboard, _required(request, "slot"), moment)
+    try:
+        where = parse_where(request.query.getall("where", []))
+    except ValueError as exc:
+        raise ConfigError(f"where: {exc}") from None
+    return await api.call(api.operations.leaderboard, _required(request, "slot"), moment, where)
 
 
 async def _evidence(api: Api, request: web.Request, body: None) -> list[EvidencePoint]:
@@ -199,7 +204,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/admin/resume", "Resume one challenger, or all.", _resume, PauseBody, Pause | None),
     Endpoint("GET", "/admin/pauses", "Current pauses.", _pauses, answer=list[Pause]),
     Endpoint("GET", "/admin/history", "A slot's audit log.", _history, answer=list[Move], query=("slot",)),
-    Endpoint("GET", "/admin/leaderboard", "A slot's leaderboard, freshly scored.", _leaderboard, answer=Leaderboard, query=("slot", "since")),
+    Endpoint("GET", "/admin/leaderboard", "A slot's leaderboard, freshly scored.", _leaderboard, answer=Leaderboard, query=("slot", "since", "where")),
     Endpoint("GET", "/admin/evidence", "How each challenger's evidence grew.", _evidence, answer=list[EvidencePoint], query=("slot",)),
     Endpoint("POST", "/admin/jobs", "Start long work (replay, report) as a daemon job.", _start_job, JobRequest, JobStatus),
     Endpoint("GET", "/admin/jobs/{job_id}", "A job's progress and result.", _job, answer=JobStatus),

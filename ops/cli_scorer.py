@@ -14,6 +14,7 @@ from ops.session import session
 from registry.atomic import write_atomic
 from scorer.board import Leaderboard, Status
 from scorer.report import format_interval, judge_note, render_html, render_markdown, usd
+from shadow.tags import parse_where, where_text
 
 STATUS_STYLE = {Status.READY: "green", Status.WORSE: "red", Status.GUARDRAIL: "yellow", Status.CHAMPION: "bold"}
 
@@ -30,6 +31,11 @@ SinceOption = Annotated[
     datetime | None,
     typer.Option("--since", help="Descriptive columns from this UTC time on (readiness always uses the current period)."),
 ]
+WhereOption = Annotated[
+    list[str] | None,
+    typer.Option("--where", metavar="KEY=VALUE", help="Only requests with this tag (repeat to require several): "
+                 "a slice, paired on its own α share; e.g. --where user=u-17 --where metadata.team=billing."),
+]
 
 
 def leaderboard(
@@ -37,6 +43,7 @@ def leaderboard(
     slot: SlotOption,
     output_format: Annotated[Format, typer.Option("--format", help="table, json, md or html.")] = Format.table,
     since: SinceOption = None,
+    where: WhereOption = None,
 ) -> None:
     """Rank every variant of a slot, net of cost, with paired always-valid intervals.
 
@@ -45,12 +52,14 @@ def leaderboard(
     champion with its interval, and a status (ready, ready (shadow only) for python
     variants, collecting, worse, guardrail, price unknown, paused). Ready is advice:
     `shadowzoo promote` acts on it. Below the table: whether the p95 latency guardrail
-    was applied, and why not.
+    was applied, and why not. With --where, every number covers the slice: the requests
+    carrying those tags (explicit ones, `user`, `metadata.<key>`), paired at the slice's
+    own α share; a slice view is never stored and recommends nothing.
 
     Example: shadowzoo leaderboard --slot support-triage --format md
     """
     with session(ctx).operations() as operations:
-        board = operations.leaderboard(slot, since=since)
+        board = operations.leaderboard(slot, since=since, where=_where(where))
         history = operations.evidence_history(slot) if output_format == Format.html else []
     if output_format == Format.json:
         print_json(board)
@@ -67,6 +76,7 @@ def report(
     slot: SlotOption,
     out: Annotated[Path, typer.Option("--out", help="File to write (.html or .md).")] = Path("report.html"),
     since: SinceOption = None,
+    where: WhereOption = None,
 ) -> None:
     """Write a self-contained report: leaderboard, quality vs cost with the Pareto frontier,
     net differences with interval bars, and cumulative evidence inside its confidence band.
@@ -74,16 +84,26 @@ def report(
     Example: shadowzoo report --slot support-triage --out report.html
     """
     with session(ctx).operations() as operations:
-        board = operations.leaderboard(slot, since=since)
+        board = operations.leaderboard(slot, since=since, where=_where(where))
         history = operations.evidence_history(slot)
     text = render_markdown(board) if out.suffix.lower() == ".md" else render_html(board, history)
     write_atomic(out, text.encode("utf-8"))
     say(f"wrote {out.resolve()}")
 
 
+def _where(items: list[str] | None) -> dict[str, str] | None:
+    """The --where conditions, or a usage error naming the one that is not KEY=VALUE."""
+    try:
+        return parse_where(items or []) or None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--where") from None
+
+
 def _print_board(board: Leaderboard) -> None:
     since = f"{board.period_started_at:%Y-%m-%d %H:%M} UTC" if board.period_started_at else "-"
     title = f"{board.slot}: evaluation period {board.period_id or '-'}, since {since}"
+    if board.slice is not None:
+        title += f", slice {where_text(board.slice.where)}"
     print_table(
         title,
         ["version", "status", "n", "not run", "quality", "cost/1k", "p50/p95 ms", "errors", "net/1k",
@@ -96,8 +116,11 @@ def _print_board(board: Leaderboard) -> None:
             for r in board.rows
         ],
     )
-    say(f"recommendation: [bold]{board.recommendation}[/bold]" if board.recommendation
-        else "recommendation: none yet (no promotable challenger is ready)")
+    if board.slice is not None:
+        console.print(board.slice.note, markup=False, highlight=False)
+    else:
+        say(f"recommendation: [bold]{board.recommendation}[/bold]" if board.recommendation
+            else "recommendation: none yet (no promotable challenger is ready)")
     if board.latency_guardrail:
         say(board.latency_guardrail)
     for judge in board.judges:

@@ -35,8 +35,8 @@ class RemoteOperations:
         self.token = token
 
     def _call(self, method: str, path: str, answer: Any, body: BaseModel | dict | None = None,
-              **query: str | None) -> Any:
-        params = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+              **query: str | list[str] | None) -> Any:
+        params = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
         url = f"{self.base_url}{path}{'?' + params if params else ''}"
         data = None
         if body is not None:
@@ -94,8 +94,9 @@ class RemoteOperations:
     def pauses(self) -> list[Pause]:
         return self._call("GET", "/admin/pauses", list[Pause])
 
-    def leaderboard(self, slot: str, since: datetime | None = None) -> Leaderboard:
-        return self._call("GET", "/admin/leaderboard", Leaderboard, slot=slot, since=since.isoformat() if since else None)
+    def leaderboard(self, slot: str, since: datetime | None = None, where: dict[str, str] | None = None) -> Leaderboard:
+        return self._call("GET", "/admin/leaderboard", Leaderboard, slot=slot, since=since.isoformat() if since else None,
+                          where=[f"{key}={value}" for key, value in (where or {}).items()])
 
     def evidence_history(self, slot: str) -> list[EvidencePoint]:
         return self._call("GET", "/admin/evidence", list[EvidencePoint], slot=slot)

@@ -73,8 +73,8 @@ class LocalOperations:
         return pauses.list_pauses(self.registry)
 
     # evidence
-    def leaderboard(self, slot: str, since: datetime | None = None) -> Leaderboard:
-        return self.scorer.refresh(slot, since=since)
+    def leaderboard(self, slot: str, since: datetime | None = None, where: dict[str, str] | None = None) -> Leaderboard:
+        return self.scorer.refresh(slot, since=since, where=where)
 
     def evidence_history(self, slot: str) -> list[EvidencePoint]:
         return self.scorer.history(slot)

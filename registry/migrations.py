@@ -357,6 +357,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE shadow_results ADD COLUMN tool_calls_json JSON;
         """,
     ),
+    Migration(
+        9,
+        "request tags and slices",
+        # A request's tags (explicit ones, and `user` / `metadata.<key>` read from the request
+        # at ingest) as a MAP: a slice's condition `tags['k'] = 'v'` reads this small typed
+        # column only, never the request bodies, and parses no JSON per row. Rows stored
+        # before have none. Each slice looked at in a period gets its own share of α, fixed
+        # the first time it is looked at, like a challenger's.
+        """
+        ALTER TABLE traffic ADD COLUMN tags MAP(VARCHAR, VARCHAR);
+        CREATE TABLE period_slices (
+            period_id BIGINT NOT NULL,
+            slice VARCHAR NOT NULL,
+            position INTEGER NOT NULL,
+            alpha DOUBLE NOT NULL,
+            first_seen TIMESTAMP NOT NULL,
+            PRIMARY KEY (period_id, slice)
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

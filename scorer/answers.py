@@ -59,6 +59,8 @@ class AnswerQuery:
     """A SQL condition on traffic's `seq` selecting the only requests to score (all when None)."""
     as_of: int | None = None
     """Score the answers as they stood when `as_of` was the newest seq: later rows are left out."""
+    tags: str | None = None
+    """A SQL condition on traffic's `tags` selecting a slice's requests (`scorer.slices.tags_sql`; all when None)."""
 
     def sql(self) -> str:
         """Every answer, scored: the champion's live ones, then the replayed ones (with the
@@ -113,6 +115,8 @@ class AnswerQuery:
             condition += f" AND champion_version = {sql_literal(self.champion)}"
         if self.requests is not None:
             condition += f" AND ({self.requests})"
+        if self.tags is not None:
+            condition += f" AND ({self.tags})"
         return condition + f" {self._written('seq')}"
 
     def _labels_filter(self) -> str:

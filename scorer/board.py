@@ -97,6 +97,15 @@ class JudgeState(BaseModel):
         return self.spent_today_usd >= self.daily_budget_usd
 
 
+class Slice(BaseModel):
+    """The tags a slice view selects, and the α share its comparisons use."""
+
+    where: dict[str, str] = Field(description="Tag conditions: a request is in the slice when it carries them all.")
+    position: int = Field(description="The slice's order among the slices looked at in the period.")
+    alpha: float = Field(description="The slice's own share of the slot's α, split among its challengers.")
+    note: str = Field(description="What the slice's numbers are, in one paragraph, for the board.")
+
+
 class Leaderboard(BaseModel):
     """A slot's leaderboard at one moment."""
 
@@ -119,11 +128,16 @@ class Leaderboard(BaseModel):
     latency_guardrail: str = Field("", description="Whether the p95 latency guardrail was applied, and against what "
                                                    "or why not, in one sentence.")
     latency_guardrail_applied: bool = Field(False, description="Whether challengers' p95 latency was checked at all.")
+    slice: Slice | None = Field(None, description="Set on a slice view (`--where`): every number covers the slice "
+                                                  "only; never stored, never a recommendation.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def recommendation(self) -> str | None:
-        """The promote command the evidence supports: the promotable ready challenger with the best lower bound."""
+        """The promote command the evidence supports: the promotable ready challenger with the best lower bound
+        (none on a slice view: promotion acts on the whole period's evidence)."""
+        if self.slice is not None:
+            return None
         ready = [r for r in self.rows if r.status == Status.READY and r.promotable and r.comparison
                  and r.comparison.net.lower is not None]
         if not ready:

@@ -30,7 +30,7 @@ from registry import Variant, utcnow
 from registry.config import ScoringConfig
 from scorer.answers import AnswerQuery
 from scorer.answerstats import metric_error_sql
-from scorer.board import Comparison, Interval, Leaderboard, Status, VariantRow
+from scorer.board import Comparison, Interval, Leaderboard, Slice, Status, VariantRow
 from scorer.periods import Period
 from scorer.sequential import PairedMoments, Verdict, bounds_verdict, confidence_interval, running_intersection
 
@@ -60,8 +60,9 @@ def _stats(cursor: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str,
     return {(row[0], row[1]): dict(zip(STATS, row[2:])) for row in cursor.fetchall()}
 
 
-def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> dict[str, int]:
-    """Calls shadowzoo never made, per challenger, for the slot's requests since `since`.
+def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime, tags: str = "true") -> dict[str, int]:
+    """Calls shadowzoo never made, per challenger, for the slot's requests since `since` (of a slice: `tags`,
+    a condition on `t.tags`).
 
     Not-run rows are few and recent (a budget or a pause), so their request range is read
     first: the join then reads only that range of traffic, and nothing when there are none.
@@ -72,7 +73,7 @@ def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) ->
         return {}
     return dict(db.execute(
         "SELECT s.version_id, count(*) FROM shadow_results s JOIN traffic t ON t.seq = s.request_seq "
-        "WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' AND t.seq BETWEEN ? AND ? "
+        f"WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' AND t.seq BETWEEN ? AND ? AND {tags} "
         "GROUP BY s.version_id", [slot, since, low, high]).fetchall())
 
 
@@ -97,6 +98,7 @@ class BoardInputs:
     since: datetime | None = None
     eval_spend_usd: float = 0.0
     reactions: dict[str, float] | None = None
+    slice: Slice | None = None
 
 
 def build_board(inputs: BoardInputs) -> Leaderboard:
@@ -115,6 +117,7 @@ def build_board(inputs: BoardInputs) -> Leaderboard:
         rows=rows + challenger_rows, eval_spend_usd=inputs.eval_spend_usd, reactions=inputs.reactions or {},
         since=inputs.since, latency_guardrail=_latency_guardrail(inputs),
         latency_guardrail_applied=scoring.max_p95_latency_ratio is not None and _control_p95(inputs) is not None,
+        slice=inputs.slice,
     )
 
 

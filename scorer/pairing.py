@@ -93,7 +93,7 @@ def score_changes(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQu
         if len(chunks) > 1:
             log.info("slots.%s: scored %d of %d chunks of the period's requests", period.slot, done, len(chunks))
     # a new period's pairs are all the period has: one pass over them once every chunk is in
-    return _moments(db, f"SELECT * FROM paired WHERE period_id = {period.period_id}") if windows else {}
+    return period_moments(db, period.period_id) if windows else {}
 
 
 def _chunks(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> list[AnswerQuery]:
@@ -165,6 +165,11 @@ def _append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[s
         WHERE ({_in_window('c', period, windows)}) AND {_complete('c', needs_label)} {counted}"""
     db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM ({new_pairs})")
     return new_pairs
+
+
+def period_moments(db: duckdb.DuckDBPyConnection, period_id: int, condition: str = "true") -> Moments:
+    """The moments of the period's stored pairs that meet `condition` (SQL on `paired`'s columns)."""
+    return _moments(db, f"SELECT * FROM paired WHERE period_id = {period_id} AND ({condition})")
 
 
 def _moments(db: duckdb.DuckDBPyConnection, pairs: str) -> Moments:

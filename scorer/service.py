@@ -7,7 +7,8 @@ A refresh (run by the daemon every few minutes, and by `shadowzoo leaderboard`):
      can enter the evidence: the period's (or a `--since` view's), never older ones, so
      a judge's budget is spent where it counts;
   3. in one transaction, appends the newly complete pairs, merges their moments, moves the
-     watermark, builds the leaderboard and stores it as a snapshot.
+     watermark, builds the leaderboard and stores it as a snapshot (a slice view, `where`,
+     stores none: see `scorer.slices`).
 Because step 3 is atomic and keyed, a crash at any point re-does work without counting
 any pair twice. Each snapshot holds the running intersection of the period's intervals,
 and the next refresh intersects its own with the latest one's: the intersection lives in
@@ -37,6 +38,7 @@ from scorer.periods import Period, challenger_alphas, current_period, slot_setti
 from scorer.prices import sync_prices
 from shadow.pricing import price_of
 from scorer.rowmetrics import evaluate_rows, evaluator_for, pending_answers, store_values
+from scorer.slices import Where, slice_alphas, slice_moments, slice_of, tags_sql
 
 EPOCH = datetime(1970, 1, 1)
 log = logging.getLogger("shadowzoo.scorer")
@@ -50,8 +52,10 @@ class Scorer:
         self.registry = registry
         self.database: Database = registry.database
 
-    def refresh(self, slot: str, since: datetime | None = None) -> Leaderboard:
-        """Bring the slot's evidence up to date; return (and store) its leaderboard."""
+    def refresh(self, slot: str, since: datetime | None = None, where: Where | None = None) -> Leaderboard:
+        """Bring the slot's evidence up to date; return (and store) its leaderboard.
+
+        With `where`, the board is a slice view (see `scorer.slices`): it is returned, never stored."""
         config = self.workspace.slot(slot)
         plan = plan_quality(config.metrics, f"slots.{slot}.metrics")
         champion = self.registry.champion(slot)
@@ -63,8 +67,10 @@ class Scorer:
         judges = self._fill_row_metrics(slot, plan, variants, prices, _evidence_query(slot, plan, config, period, since))
         with self.database.transaction() as db:
             with registered(db, "variant_prices", variant_prices(variants, prices).to_arrow()):
-                board = self._refresh_in(db, slot, plan, period, champion, challengers, since)
+                board = self._refresh_in(db, slot, plan, period, champion, challengers, since, where or {})
             board = board.model_copy(update={"judges": judges})
+            if where:
+                return board
             db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) VALUES (?, ?, ?, ?)",
                        [slot, board.period_id, board.generated_at, board.model_dump_json()])
         return board
@@ -96,26 +102,36 @@ class Scorer:
         return points
 
     def _refresh_in(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period | None,
-                    champion: Variant | None, challengers: list[Variant], since: datetime | None) -> Leaderboard:
+                    champion: Variant | None, challengers: list[Variant], since: datetime | None,
+                    where: Where) -> Leaderboard:
         config = self.workspace.slot(slot)
         alphas, moments, previous = {}, {}, {}
+        tags = tags_sql(where, "t.tags")
+        part = slice_of(db, period, where, config.scoring.alpha) if where else None
         if period is not None:
             alphas = challenger_alphas(db, period, challengers, config.scoring.alpha)
             self._append_pairs(db, slot, plan, period, challengers)
-            stored = load_moments(db, period.period_id)
+            if part is not None:
+                alphas = slice_alphas(alphas, config.scoring.alpha, part)
+                stored = slice_moments(db, period.period_id, where)
+            else:
+                stored = load_moments(db, period.period_id)
+                previous = _latest_comparisons(db, period)
             moments = {v.version_id: stored.get(v.version_id, {}) for v in challengers}
-            previous = _latest_comparisons(db, period)
         window = since or (period.started_at if period else EPOCH)
-        if period is not None and since is None:
+        if period is not None and since is None and not where:
             stats = period_stats(db, period.period_id)
         else:
-            stats = describe(db, AnswerQuery(slot=slot, since=window, plan=plan, scoring=config.scoring))
+            # a view: the period's requests (its champion's) of the slice, or every request since `since`
+            champion_only = period.champion_version if period is not None and since is None else None
+            stats = describe(db, AnswerQuery(slot=slot, since=window, plan=plan, scoring=config.scoring,
+                                             champion=champion_only, tags=tags_sql(where) if where else None))
         return build_board(BoardInputs(
             slot=slot, scoring=config.scoring, period=period, champion=champion, challengers=challengers,
-            alphas=alphas, moments=moments, stats=stats, not_run=not_run_counts(db, slot, window),
+            alphas=alphas, moments=moments, stats=stats, not_run=not_run_counts(db, slot, window, tags),
             paused=self._paused(db, challengers), unpriced=_unpriced(db),
             control_rate=config.shadow.champion_control_rate, previous=previous, since=since,
-            eval_spend_usd=_eval_spend(db, slot, window), reactions=_reactions(db, slot, window),
+            eval_spend_usd=_eval_spend(db, slot, window, tags), reactions=_reactions(db, slot, window, tags), slice=part,
         ))
 
     def _append_pairs(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period,
@@ -202,17 +218,18 @@ def _unpriced(db: duckdb.DuckDBPyConnection) -> set[str]:
     return {row[0] for row in db.execute("SELECT version_id FROM variant_prices WHERE NOT priced").fetchall()}
 
 
-def _eval_spend(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> float:
+def _eval_spend(db: duckdb.DuckDBPyConnection, slot: str, since: datetime, tags: str) -> float:
     row = db.execute("SELECT sum(m.cost_usd) FROM metric_values m JOIN traffic t USING (request_id) "
-                     "WHERE t.slot = ? AND m.computed_at >= ?", [slot, since]).fetchone()
+                     f"WHERE t.slot = ? AND m.computed_at >= ? AND {tags}", [slot, since]).fetchone()
     return float(row[0] or 0.0)
 
 
-def _reactions(db: duckdb.DuckDBPyConnection, slot: str, since: datetime) -> dict[str, float]:
+def _reactions(db: duckdb.DuckDBPyConnection, slot: str, since: datetime, tags: str) -> dict[str, float]:
     """Count and mean of numeric reactions to the champion's answers (shown, never paired)."""
     count, mean = db.execute(
         "SELECT count(*), avg(TRY_CAST(json_extract_string(o.value_json, '$') AS DOUBLE)) FROM outcomes o "
-        "JOIN traffic t ON t.request_id = o.request_id WHERE o.kind = 'reaction' AND t.slot = ? AND t.received_at >= ?",
+        f"JOIN traffic t ON t.request_id = o.request_id WHERE o.kind = 'reaction' AND t.slot = ? AND t.received_at >= ? "
+        f"AND {tags}",
         [slot, since]).fetchone()
     return {"count": float(count), "mean": float(mean)} if count else {}
 

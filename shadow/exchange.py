@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from registry import canonical_json
 from shadow.records import STATUS_MAX, STATUS_MIN, TrafficRecord
+from shadow.tags import Tags
 from shadow.toolcalls import ToolCall, parsed_arguments
 
 MAX_ID_CHARS = 256
@@ -103,6 +104,7 @@ class Exchange(BaseModel):
     error: Annotated[str, StringConstraints(max_length=MAX_ERROR_CHARS)] | dict[str, Any] | None = None
     champion_version: Id | None = Field(
         None, description="The registered version that answered; by default the slot's champion when it was received.")
+    tags: Tags | None = Field(None, description="Explicit tags, bounded as the `x-shadowzoo-tags` header is.")
 
     @field_validator("request")
     @classmethod
@@ -136,6 +138,7 @@ class Exchange(BaseModel):
             error=_error_text(self.error),
             source=source,
             champion_version=self.champion_version,
+            tags=self.tags or None,
         )
 
 

@@ -42,6 +42,7 @@ from shadow.spool import (
     read_lines,
     ready_segments,
 )
+from shadow.tags import MAX_KEY_CHARS, MAX_TAGS, MAX_VALUE_CHARS, RESERVED_PREFIX
 from shadow.toolcalls import calls_sql, tool_calls_json
 
 DEFAULT_BATCH_BYTES = 256 * 1024 * 1024
@@ -323,7 +324,7 @@ def _staging_row(segment: str, record: SpoolRecord) -> dict:
             status=record.status, output=record.output, tool_calls_json=tool_calls_json(record.tool_calls),
             usage_json=None if record.usage is None else _json(record.usage),
             latency_ms=record.latency_ms, stream=record.stream, partial=record.partial,
-            error=record.error, source=record.source,
+            error=record.error, source=record.source, tags_json=None if record.tags is None else _json(record.tags),
         )
     else:
         row.update(request_key=record.request_key, kind=record.kind, value_json=_json(record.value))
@@ -408,7 +409,7 @@ def _dispose(path: Path, archive_dir: Path | None) -> None:
 _RAW_FIELDS = (
     "type", "request_id", "client_request_id", "slot", "received_at", "request", "champion_version", "status",
     "output", "tool_calls", "usage", "latency_ms", "stream", "partial", "error", "source", "request_key", "kind",
-    "value",
+    "value", "tags",
 )
 _STAGING_SCHEMA = pa.schema([
     ("segment", pa.string()), ("type", pa.string()), ("clean", pa.bool_()),
@@ -417,7 +418,7 @@ _STAGING_SCHEMA = pa.schema([
     ("status", pa.int32()), ("output", pa.string()), ("tool_calls_json", pa.string()), ("usage_json", pa.string()),
     ("latency_ms", pa.float64()),
     ("stream", pa.bool_()), ("partial", pa.bool_()), ("error", pa.string()), ("source", pa.string()),
-    ("request_key", pa.string()), ("kind", pa.string()), ("value_json", pa.string()),
+    ("request_key", pa.string()), ("kind", pa.string()), ("value_json", pa.string()), ("tags_json", pa.string()),
 ])
 _OUTCOME_SCHEMA = pa.schema([
     ("outcome_id", pa.string()), ("request_key", pa.string()), ("kind", pa.string()),
@@ -429,7 +430,7 @@ CREATE OR REPLACE TEMP TABLE {STAGING} (
     slot VARCHAR, received_at TIMESTAMP, request_json JSON, champion_version VARCHAR, status INTEGER,
     output VARCHAR, tool_calls_json JSON, usage_json JSON, latency_ms DOUBLE, stream BOOLEAN, partial BOOLEAN,
     error VARCHAR,
-    source VARCHAR, request_key VARCHAR, kind VARCHAR, value_json JSON
+    source VARCHAR, request_key VARCHAR, kind VARCHAR, value_json JSON, tags_json JSON
 )"""
 
 
@@ -458,6 +459,10 @@ _TRAFFIC_CLEAN = " AND ".join([
     "(latency_ms IS NULL OR json_type(latency_ms) IN ('UBIGINT', 'BIGINT', 'DOUBLE'))",
     _boolean("stream"), _boolean("partial"),
     _string("error", True), _one_of("source", "gateway", "capture", "file"),
+    # an object of strings (a duplicate key, which the cast refuses, is for the models to decide)
+    "(tags IS NULL OR coalesce(TRY_CAST(tags AS MAP(VARCHAR, JSON)) IS NOT NULL AND list_bool_and(list_transform("
+    "map_values(TRY_CAST(tags AS MAP(VARCHAR, JSON))), lambda v: coalesce(json_type(v) = 'VARCHAR', false))) "
+    "IS NOT false, false))",
 ])
 _OUTCOME_CLEAN = " AND ".join([_string("request_key"), _one_of("kind", "label", "reaction"), "value IS NOT NULL"])
 _RAW_COLUMNS = "{" + ", ".join(f"'{name}': 'JSON'" for name in _RAW_FIELDS) + "}"
@@ -487,12 +492,26 @@ SELECT
     champion_version->>'$', TRY_CAST(status AS INTEGER), output->>'$', tool_calls, usage,
     TRY_CAST(latency_ms AS DOUBLE),
     TRY_CAST(stream AS BOOLEAN), TRY_CAST(partial AS BOOLEAN), error->>'$', source->>'$',
-    request_key->>'$', kind->>'$', value
+    request_key->>'$', kind->>'$', value, tags
 FROM timed
 """
 # The token counts the scorer prices, read from the usage object once, at ingest.
 _USAGE_TOKENS = ("json_extract_string(usage_json, ['$.prompt_tokens', '$.completion_tokens', "
                 "'$.prompt_tokens_details.cached_tokens', '$.completion_tokens_details.reasoning_tokens'])")
+# A request's tags: its explicit ones, then `user` and `metadata.<key>` read from the stored
+# request (strings only, within OpenAI's own bounds: a user of at most 256 characters, the
+# first 16 metadata entries with keys of at most 64 and values of at most 512), which win;
+# NULL when it has none. Slices filter on this column alone, never on the request bodies.
+# (No braces: `_APPEND_TRAFFIC` is formatted once more.)
+_DERIVED_TAGS = f"""map_concat(
+    TRY_CAST(tags_json AS MAP(VARCHAR, VARCHAR)),
+    CASE WHEN json_type(request_json, '$.user') = 'VARCHAR' AND length(request_json->>'$.user') <= {MAX_VALUE_CHARS}
+         THEN map(['user'], [request_json->>'$.user']) END,
+    map_from_entries(list_slice(list_transform(list_filter(
+        map_entries(TRY_CAST(request_json->'$.metadata' AS MAP(VARCHAR, JSON))),
+        lambda e: coalesce(json_type(e.value) = 'VARCHAR', false) AND length(e.key) <= {MAX_KEY_CHARS}
+                  AND length(e.value->>'$') <= {2 * MAX_VALUE_CHARS}),
+        lambda e: struct_pack(key := '{RESERVED_PREFIX}' || e.key, value := e.value->>'$')), 1, {MAX_TAGS})))"""
 # An observed exchange (posted to /v1/capture or loaded from a file) that names no version
 # is the answer of the slot's champion when it was received: the target of the slot's last
 # promotion or rollback at `received_at` (none before the first promotion).
@@ -500,15 +519,16 @@ _APPEND_TRAFFIC = f"""
 INSERT {{conflict}} INTO traffic (
     request_id, client_request_id, slot, received_at, request_json, champion_version, status, output, tool_calls_json,
     prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms, stream, partial,
-    error, source, ingested_at
+    error, source, ingested_at, tags
 )
 SELECT
     request_id, client_request_id, slot, received_at, request_json,
     CASE WHEN champion_version IS NULL AND source <> 'gateway' THEN champion_then ELSE champion_version END,
     status, output, tool_calls_json, TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT),
     TRY_CAST(tokens[3] AS BIGINT),
-    TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?
-FROM (SELECT *, {_USAGE_TOKENS} AS tokens FROM {STAGING} WHERE type = 'traffic') staged
+    TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?,
+    CASE WHEN cardinality(tags) > 0 THEN tags END
+FROM (SELECT *, {_USAGE_TOKENS} AS tokens, {_DERIVED_TAGS} AS tags FROM {STAGING} WHERE type = 'traffic') staged
 ASOF LEFT JOIN (
     SELECT slot AS champion_slot, moved_at, to_version AS champion_then
     FROM promotions WHERE action IN ('promote', 'rollback')

@@ -47,6 +47,10 @@ class TrafficRecord(BaseModel):
     partial: bool = Field(False, description="The client went away before the answer was complete.")
     error: str | None = None
     source: Literal["gateway", "capture", "file"] = "gateway"
+    tags: dict[str, str] | None = Field(
+        None, description="The client's explicit tags (see `shadow.tags`); `user` and `metadata.*` tags are derived "
+                          "from the request at ingest, not repeated here."
+    )
 
 
 class OutcomeRecord(BaseModel):

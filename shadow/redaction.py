@@ -3,7 +3,7 @@
 Applied by the gateway's capture flusher (chat requests, `/v1/capture` bodies, feedback) and
 by `shadowzoo ingest` (traffic and outcomes files), to every string a record holds: each
 value anywhere in the request (message contents and names, tool-call arguments, `user`,
-`metadata`, …), the answer (text, tool calls, error), the client's request id and an
+`metadata`, …), its tags, the answer (text, tool calls, error), the client's request id and an
 outcome's value. Only what shadowzoo itself needs to find a record is left alone: its own
 request id, the slot, the version, timestamps, status and token counts.
 

@@ -18,6 +18,7 @@ from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
 from shadow.apply import apply_variant
 from shadow.gateway.capture import SEGMENT_BYTES
+from shadow.ingest import ingest_spool
 from shadow.spool import read_segment, ready_segments
 from tests.servers import GatewayProcess, edit_config, free_port, start_simulator, wait_until
 
@@ -163,6 +164,40 @@ def test_redaction_runs_before_captures_reach_disk(served, client) -> None:
     assert record.request["messages"][0]["content"] == "card [CARD] was charged twice"
     spooled = b"".join(p.read_bytes() for p in ready_segments(ws / ".shadowzoo" / "spool"))
     assert b"1234-5678-9012-3456" not in spooled
+
+
+def test_a_tagged_request_reaches_the_database_with_its_tags_user_and_metadata_redacted(served, client) -> None:
+    ws, _, _ = served
+    raw = client.chat.completions.with_raw_response.create(
+        model="support-triage", messages=[{"role": "user", "content": _ticket(2)}], user="u-1234-5678-9012-3456",
+        metadata={"team": "billing"}, extra_headers={"x-shadowzoo-tags": "tier=gold, card=1234-5678-9012-3456"})
+    request_id = raw.headers["x-shadowzoo-request-id"]
+    _captured(ws, request_id)
+    with Registry.open(load_workspace(ws)) as registry:
+        ingest_spool(registry.database, ws / ".shadowzoo" / "spool", archive_dir=ws / "spool-archive")
+        with registry.database.reading() as db:
+            tags = db.execute("SELECT tags FROM traffic WHERE request_id = ?", [request_id]).fetchone()[0]
+    assert tags == {"tier": "gold", "card": "[CARD]", "user": "u-[CARD]", "metadata.team": "billing"}
+
+
+@pytest.mark.parametrize("header", [
+    "tier", "tier=gold,tier=silver", "user=u-1", "metadata.team=billing", "bad key=1", "tier=" + "x" * 257,
+    ",".join(f"k{n}=v" for n in range(17)),
+])
+def test_a_bad_tags_header_is_a_400_naming_the_header(served, header) -> None:
+    _, gateway, _ = served
+    body = json.dumps({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, answer = _post(gateway, "/v1/chat/completions", body, {"x-shadowzoo-tags": header})
+    assert status == 400 and answer["error"]["param"] == "x-shadowzoo-tags", answer
+    assert answer["error"]["message"].startswith("header x-shadowzoo-tags: ")
+
+
+def test_an_observed_exchange_keeps_its_tags_and_bad_ones_are_a_400(served) -> None:
+    ws, gateway, _ = served
+    status, body = _post(gateway, "/v1/capture", json.dumps({**_exchange(), "tags": {"tier": "gold"}}).encode())
+    assert status == 202 and _captured(ws, body["request_id"]).tags == {"tier": "gold"}
+    status, body = _post(gateway, "/v1/capture", json.dumps({**_exchange(), "tags": {"metadata.x": "1"}}).encode())
+    assert status == 400 and body["error"]["param"] == "tags" and "reserved" in body["error"]["message"]
 
 
 def test_invalid_json_is_a_400_in_the_openai_error_shape(served) -> None:

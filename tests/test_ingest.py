@@ -235,6 +235,8 @@ def test_lines_the_bulk_reader_is_unsure_of_are_stored_as_the_record_models_read
         {"received_at": "2025-03-01"}, {"received_at": "2025-03-01T12:00"}, {"received_at": 1740830400},
         {"received_at": "2025-02-30T12:00:00"}, {"received_at": "2025-03-01T12:00:00.5-05:00"},
         {"client_request_id": ["c1"]}, {"output": {"text": "billing"}}, {"error": 500},
+        {"tags": {"team": "billing", "tier": "gold"}}, {"tags": {}}, {"tags": None}, {"tags": {"team": 1}},
+        {"tags": {"team": None}}, {"tags": ["team=billing"]}, {"tags": "team=billing"}, {"tags": {"team": ["a"]}},
     ],
 )
 def test_the_bulk_reader_stores_a_line_exactly_when_the_record_models_accept_it(
@@ -249,11 +251,26 @@ def test_the_bulk_reader_stores_a_line_exactly_when_the_record_models_accept_it(
     report = ingest(registry, spool)
     assert (len(report.quarantined), report.traffic_rows) == ((1, 0) if expected is None else (0, 1))
     if expected is not None:
-        assert rows(registry, "SELECT slot, received_at, status, latency_ms, output, error FROM traffic") == [(
+        assert rows(registry, "SELECT slot, received_at, status, latency_ms, output, error, tags FROM traffic") == [(
             expected.slot, expected.received_at.astimezone(UTC).replace(tzinfo=None)
             if expected.received_at.tzinfo else expected.received_at,
-            expected.status, expected.latency_ms, expected.output, expected.error,
+            expected.status, expected.latency_ms, expected.output, expected.error, expected.tags or None,
         )]
+
+
+def test_a_requests_tags_are_its_own_with_its_user_and_metadata_read_from_the_request(
+    registry: Registry, spool: Path
+) -> None:
+    request = {"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "user": "u-17",
+               "metadata": {"team": "billing", "n": 3, "long": "x" * 513}}
+    sparse = json.loads(traffic("sparse", request=request, tags={"tier": "gold"}).model_dump_json(exclude_defaults=True))
+    sparse["status"] = "200"  # read line by line: both readers store tags alike
+    segment(spool, traffic("bulk", request=request, tags={"tier": "gold"}), traffic("plain"))
+    write_segment(spool, [json.dumps(sparse).encode()])
+    ingest(registry, spool)
+    tags = {"tier": "gold", "user": "u-17", "metadata.team": "billing"}
+    assert rows(registry, "SELECT request_id, tags FROM traffic ORDER BY 1") == [
+        ("bulk", tags), ("plain", None), ("sparse", tags)]
 
 
 def test_feedback_before_its_traffic_is_kept_and_joined_when_the_traffic_arrives(
@@ -363,6 +380,13 @@ def test_a_request_response_log_becomes_traffic_with_output_and_tokens(
     assert derived[8] == "upstream timed out"
 
 
+def test_a_logged_exchange_keeps_its_tags(registry: Registry, spool: Path, tmp_path: Path) -> None:
+    log = jsonl(tmp_path / "calls.jsonl", log_line(request_id="r1", tags={"tier": "gold", "region": "eu-west"}))
+    spool_records(read_traffic_log(log, slots={"support-triage"}), spool)
+    ingest(registry, spool)
+    assert rows(registry, "SELECT tags FROM traffic") == [({"tier": "gold", "region": "eu-west"},)]
+
+
 def test_loading_the_same_log_twice_stores_each_request_once(registry: Registry, spool: Path, tmp_path: Path) -> None:
     log = jsonl(tmp_path / "calls.jsonl", log_line(), log_line(latency_ms=99))
     for _ in range(2):
@@ -384,6 +408,9 @@ def test_loading_the_same_log_twice_stores_each_request_once(registry: Registry,
         (json.dumps(log_line(slot=None)), "line 2: field 'slot': missing (give it in the line or with --slot)"),
         (json.dumps(log_line(slot="unknown")), "line 2: field 'slot': 'unknown' is not configured (slots: support-triage)"),
         ("[1, 2]", "line 2: expected a JSON object, got list"),
+        (json.dumps(log_line(tags={"user": "u-1"})), "line 2: field 'tags': Value error, tag key 'user' is reserved"),
+        (json.dumps(log_line(tags={"tier": 5})), "line 2: field 'tags.tier': Input should be a valid string"),
+        (json.dumps(log_line(tags={f"k{n}": "v" for n in range(17)})), "line 2: field 'tags': Value error, at most 16"),
     ],
 )
 def test_a_log_with_a_bad_line_is_an_error_naming_the_line_and_nothing_is_written(

@@ -205,6 +205,8 @@ def latency_caveat(board: Leaderboard) -> str:
 
 def no_recommendation_headline(board: Leaderboard) -> str:
     """Why there is no promote command, before any per-challenger reasons."""
+    if board.slice is not None:
+        return "A slice view recommends nothing: promotion acts on the whole period's evidence."
     if not board.rows:
         return "The slot has no variants yet."
     if not challengers(board):
@@ -230,6 +232,8 @@ def notes(board: Leaderboard) -> list[str]:
         "net value = value_per_point × quality − cost − latency cost.",
         f"Evaluation (judge) spend: {usd(board.eval_spend_usd)}, never charged to a variant.",
     ]
+    if board.slice is not None:
+        lines.insert(0, board.slice.note)
     if board.latency_guardrail:
         lines.append(board.latency_guardrail)
     lines += [judge_note(judge) for judge in board.judges]

@@ -30,6 +30,7 @@ from shadow.gateway.forward import Upstream
 from shadow.gateway.metrics import exposition, gateway_metrics
 from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
+from shadow.tags import TAGS_HEADER, parse_tags_header
 from shadow.webcommon import bearer_token, json_errors
 
 CLIENT_ID_HEADER = "x-shadowzoo-request-id"
@@ -125,6 +126,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if problem:
         param = "model" if "'model'" in problem else "messages"
         return error_response(400, problem, code="invalid_request", param=param)
+    try:
+        tags = parse_tags_header(request.headers.get(TAGS_HEADER, ""))
+    except ValueError as exc:
+        return error_response(400, f"header {TAGS_HEADER}: {exc}", code="invalid_request", param=TAGS_HEADER)
     state = request.app[STATE]
     slot = payload["model"]
     route = state.routes.route(slot)
@@ -142,7 +147,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     pending = PendingCapture(
         request_id=new_request_id(), client_request_id=request.headers.get(CLIENT_ID_HEADER), slot=slot,
         received_at=received_at, request=payload, champion_version=route.version_id, stream=stream,
-        request_bytes=request.content.total_bytes,
+        request_bytes=request.content.total_bytes, tags=tags or None,
     )
     try:
         return await state.upstream.forward(request, route, body, pending, wants_usage)

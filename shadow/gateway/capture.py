@@ -52,6 +52,7 @@ class PendingCapture:
     partial: bool = False
     error: str | None = None
     request_bytes: int = 0
+    tags: dict[str, str] | None = None
 
     def to_record(self) -> TrafficRecord:
         answer = _answer_from_events(self.events) if self.stream else _answer_from_body(self.body)
@@ -60,7 +61,7 @@ class PendingCapture:
             received_at=datetime.fromtimestamp(self.received_at, UTC), request=self.request,
             champion_version=self.champion_version, status=self.status, output=answer.output,
             tool_calls=answer.tool_calls, usage=answer.usage, latency_ms=self.latency_ms, stream=self.stream,
-            partial=self.partial, error=self.error,
+            partial=self.partial, error=self.error, tags=self.tags,
         )
 
 
