@@ -115,6 +115,7 @@ def test_promote_refuses_unknown_retired_and_other_slot_versions(registry: Regis
 
 def test_python_variants_can_never_become_champion(registry: Registry, workspace_dir: Path) -> None:
     (workspace_dir / "pkg").mkdir()
+    (workspace_dir / "pkg" / "__init__.py").write_text("")
     (workspace_dir / "pkg" / "mod.py").write_text("def fn(request):\n    return 'billing'\n")
     variant = registry.register(NewVariant(
         slot="support-triage", label="rules", kind="python",
