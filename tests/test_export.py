@@ -201,3 +201,23 @@ def test_a_bad_argument_is_refused_naming_the_option(workspace_dir, cli, args, n
     done = cli("export", *[part for pair in base.items() for part in pair])
     assert done.code in (1, 2) and named in done.err, done.err
     assert "Traceback" not in done.err and not (workspace_dir / "x.jsonl").exists()
+
+
+def test_while_the_daemon_runs_it_writes_the_export_inside_the_workspace(stored, workspace_dir, cli) -> None:
+    from tests.test_admin_api import TOKEN, Daemon
+
+    assert cli("export", "--slot", SLOT, "--format", "parquet", "--out", "local.parquet").code == 0
+    assert cli("pause", "--all").code == 0  # the daemon's runner then adds no answer of its own
+    daemon = Daemon(workspace_dir)
+    try:
+        env = {"SHADOWZOO_ADMIN_TOKEN": TOKEN}
+        done = cli("export", "--slot", SLOT, "--format", "parquet", "--out", "exports/served.parquet", "--json", env=env)
+        assert done.code == 0, done.err
+        assert done.json()["rows"] == 7 and Path(done.json()["path"]) == (workspace_dir / "exports" / "served.parquet").resolve()
+        served = pq.read_table(workspace_dir / "exports" / "served.parquet")
+        assert served.equals(pq.read_table(workspace_dir / "local.parquet"))
+        outside = cli("export", "--slot", SLOT, "--out", str(workspace_dir.parent / "escaped.jsonl"), env=env)
+        assert outside.code == 2 and "--out" in outside.err and "outside the workspace" in outside.err
+        assert not (workspace_dir.parent / "escaped.jsonl").exists()
+    finally:
+        daemon.stop()
