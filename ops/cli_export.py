@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ops.cli_shadow import _since
+from ops.cli_shadow import parse_since
 from ops.client import RemoteOperations
 from ops.jobs import JobRequest
 from ops.output import console, print_json, say
@@ -54,8 +54,11 @@ def export(
 
     Example: shadowzoo export --slot support-triage --since 14d --labelled --format parquet --out answers.parquet
     """
-    options = _options(slot=slot, format=output_format, since=_since(since), version=version, labelled=labelled,
-                       answer=answer)
+    try:
+        moment = parse_since(since)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(exc.message, param_hint="--since") from None
+    options = _options(slot=slot, format=output_format, since=moment, version=version, labelled=labelled, answer=answer)
     with session(ctx).operations() as operations, _progress_bar(not as_json) as update:
         if isinstance(operations, RemoteOperations):
             summary = _export_in_daemon(operations, options, _inside_workspace(out, session(ctx).workspace().root), update)

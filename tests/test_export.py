@@ -190,7 +190,7 @@ def test_an_export_in_small_ranges_writes_the_same_file_and_reports_progress(sto
     (["--format", "openai-chat"], "--version"),
     (["--answer", "label"], "--answer label"),
     (["--format", "openai-chat", "--answer", "best"], "--answer"),
-    (["--since", "yesterday"], "yesterday"),
+    (["--since", "yesterday"], "--since"),
     (["--version", "nobody-20260101-00000000"], "--version"),
     (["--slot", "nowhere"], "nowhere"),
 ])
@@ -218,6 +218,9 @@ def test_while_the_daemon_runs_it_writes_the_export_inside_the_workspace(stored,
         assert served.equals(pq.read_table(workspace_dir / "local.parquet"))
         outside = cli("export", "--slot", SLOT, "--out", str(workspace_dir.parent / "escaped.jsonl"), env=env)
         assert outside.code == 2 and "--out" in outside.err and "outside the workspace" in outside.err
+        body = {"kind": "export", "slot": SLOT, "out": "../escaped.jsonl", "export": {"slot": SLOT}}
+        status, answer, _ = daemon.call("POST", "/admin/jobs", body)
+        assert status == 400 and answer["error"]["message"].startswith("out:"), answer
         assert not (workspace_dir.parent / "escaped.jsonl").exists()
     finally:
         daemon.stop()
