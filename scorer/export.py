@@ -13,7 +13,9 @@ successful answer (its text and tool calls) or, with `answer="label"`, the reque
 Rows stream: the requests are split into ranges of `traffic.seq`, each range is scored
 and written on its own (DuckDB's `COPY … TO` for the text formats, Arrow batches into one
 Parquet writer for `parquet`), so memory is bounded by a range, not by the export, and
-progress is reported per range. The file is written beside its path and renamed into
+progress is reported per range. The database is held for one range at a time, so the
+daemon's own work goes on between them, and every range is read as the database stood
+when the export began (`AnswerQuery.as_of`): rows written meanwhile are left out. The file is written beside its path and renamed into
 place when complete: a failed export leaves no partial file.
 """
 
@@ -36,6 +38,7 @@ from registry import NotFound, Registry, Workspace
 from registry.db import registered
 from scorer.answers import AnswerQuery, variant_prices
 from scorer.metrics import plan_quality, sql_literal
+from scorer.pairing import latest_seq
 from shadow.pricing import workspace_prices
 
 EPOCH = datetime(1970, 1, 1)
@@ -96,30 +99,31 @@ def export_answers(registry: Registry, options: ExportOptions, path: Path,
                    chunk_requests: int = CHUNK_REQUESTS) -> ExportSummary:
     """Write the slot's answers selected by `options` to `path` (replaced when complete),
     `chunk_requests` requests at a time, calling `progress` after each range."""
-    rows = ExportRows(registry.workspace, options)
     variants = registry.variants(slot=options.slot)  # every status: old answers came from variants retired since
     if options.version is not None and options.version not in {v.version_id for v in variants}:
         raise NotFound(f"--version: {options.version!r} is not a version of slot {options.slot!r}")
     prices = variant_prices(variants, workspace_prices(registry.workspace)).to_arrow()
-    done = ExportProgress()
-    with _staged(path) as staging, registry.database.reading() as db:
+    with registry.database.reading() as db:
         # with no request, one empty range still gives the file its header or schema
         chunks = request_chunks(db, options.slot, options.since or EPOCH, chunk_requests) or [(0, -1, 0)]
-        done.requests_total = sum(count for _, _, count in chunks)
-        progress(done)
-        with registered(db, "variant_prices", prices), _writer(options.format, staging) as write:
-            for low, high, count in chunks:
+        rows = ExportRows(registry.workspace, options, as_of=latest_seq(db))
+    done = ExportProgress(requests_total=sum(count for _, _, count in chunks))
+    progress(done)
+    with _staged(path) as staging, _writer(options.format, staging) as write:
+        for low, high, count in chunks:
+            with registry.database.reading() as db, registered(db, "variant_prices", prices):
                 done.rows += write(db, rows.sql(f"seq BETWEEN {low} AND {high}"))
-                done.requests_done += count
-                progress(done)
+            done.requests_done += count
+            progress(done)
     return ExportSummary(**done.model_dump(), path=str(path), format=options.format, bytes=path.stat().st_size)
 
 
 class ExportRows:
     """The SQL of the exported rows, for one range of requests at a time."""
 
-    def __init__(self, workspace: Workspace, options: ExportOptions) -> None:
+    def __init__(self, workspace: Workspace, options: ExportOptions, as_of: int | None = None) -> None:
         self.options = options
+        self.as_of = as_of  # read the rows as they stood when this seq was the newest
         config = workspace.slot(options.slot)
         self.metrics = config.metrics
         self.plan = plan_quality(config.metrics, f"slots.{options.slot}.metrics")
@@ -128,7 +132,7 @@ class ExportRows:
     def sql(self, requests: str) -> str:
         """The rows of the requests whose traffic `seq` satisfies the SQL condition `requests`."""
         query = AnswerQuery(slot=self.options.slot, since=self.options.since or EPOCH, plan=self.plan,
-                            scoring=self.scoring, requests=requests)
+                            scoring=self.scoring, requests=requests, as_of=self.as_of)
         answers = (f"WITH live AS MATERIALIZED ({query.live_sql()}) "
                    f"SELECT * FROM live UNION ALL BY NAME SELECT * FROM ({query.replayed_sql('live')})")
         scored = f"SELECT *{self._metric_columns()} FROM ({answers})"

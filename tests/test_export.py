@@ -185,6 +185,27 @@ def test_an_export_in_small_ranges_writes_the_same_file_and_reports_progress(sto
             assert [p.requests_done for p in seen] == [0, 1, 2, 3] and seen[-1].requests_total == 3
 
 
+def test_rows_written_while_an_export_runs_are_left_out(stored, workspace_dir) -> None:
+    from registry import Registry
+
+    with Registry.open(load_workspace(workspace_dir)) as registry:
+        late = Answers()
+
+        def write_between_ranges(progress) -> None:
+            if progress.requests_done == 1:  # the first range is written, the lock released
+                late.result("r3", stored["flash"], "account")
+                late.label("r3", "account")
+                late.write(registry)
+
+        summary = export_answers(registry, ExportOptions(slot=SLOT), workspace_dir / "during.jsonl",
+                                 progress=write_between_ranges, chunk_requests=1)
+        rows = [json.loads(line) for line in (workspace_dir / "during.jsonl").read_text().splitlines()]
+        assert summary.rows == 7 and ("r3", stored["flash"]) not in {(r["request_id"], r["version_id"]) for r in rows}
+        assert all(r["label"] is None for r in rows if r["request_id"] == "r3")
+        after = export_answers(registry, ExportOptions(slot=SLOT), workspace_dir / "after.jsonl")
+        assert after.rows == 8
+
+
 @pytest.mark.parametrize(("args", "named"), [
     (["--format", "xml"], "--format"),
     (["--format", "openai-chat"], "--version"),
