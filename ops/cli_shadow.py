@@ -55,7 +55,7 @@ def replay(
 
     Example: shadowzoo replay --slot support-triage --since 14d --retry-errors
     """
-    filters = RunFilters(slot=slot, since=_since(since), version=version, include_old=include_old,
+    filters = RunFilters(slot=slot, since=parse_since(since), version=version, include_old=include_old,
                          retry_errors=retry_errors)
     with session(ctx).operations() as operations:
         try:
@@ -215,7 +215,7 @@ def _target(version_id: str | None, all_: bool) -> str | None:
     return version_id
 
 
-def _since(value: str | None) -> datetime | None:
+def parse_since(value: str | None) -> datetime | None:
     """A naive UTC time from ISO text or a relative span such as 14d."""
     if value is None:
         return None

@@ -190,7 +190,7 @@ class Daemon:
                 pass
 
     async def _serve_jobs(self) -> None:
-        """Reports and training, one at a time, in a worker thread."""
+        """Reports, exports and training, one at a time, in a worker thread."""
         while True:
             job = await self.jobs.others.get()
             job.state = "running"
@@ -199,6 +199,10 @@ class Daemon:
                 if request.kind == "report":
                     path = await asyncio.to_thread(tasks.write_report, self.context, request.slot, request.out)
                     JobBoard.finish(job, result={"path": str(path)})
+                elif request.kind == "export":
+                    summary = await asyncio.to_thread(tasks.write_export, self.context, request.export, request.out,
+                                                      lambda p: job.progress.update(p.model_dump()))
+                    JobBoard.finish(job, result=summary.model_dump(mode="json"))
                 else:
                     result = await asyncio.to_thread(tasks.train, self.context, request.spec, request.limit,
                                                      lambda line: job.progress.update(last=line))

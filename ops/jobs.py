@@ -1,9 +1,9 @@
-"""Long work an operator starts while the daemon runs: replays, reports, training; followed by id.
+"""Long work an operator starts while the daemon runs: replays, reports, exports, training; followed by id.
 
 The CLI posts a `JobRequest`, gets a `JobStatus` back, and polls it for progress until it
 is done. Replays are queued for the daemon's one shadow runner (two runners on the same
-traffic would pay twice for the same answers); reports and training run one at a time in
-a worker thread.
+traffic would pay twice for the same answers); reports, exports and training run one at a
+time in a worker thread.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from registry import NotFound
+from scorer.export import ExportOptions
 
 REPORT_SUFFIXES = (".html", ".md")
 
@@ -26,35 +27,38 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["replay", "report", "train"]
-    slot: str | None = Field(None, description="Replay and report: the slot.")
+    kind: Literal["replay", "report", "train", "export"]
+    slot: str | None = Field(None, description="Replay, report and export: the slot.")
     since: datetime | None = Field(None, description="Replay: only traffic received since then (UTC).")
     version: str | None = Field(None, description="Replay: only this challenger.")
     include_old: bool = Field(False, description="Replay: also requests that cannot count in the current period.")
     retry_errors: bool = Field(False, description="Replay: run errored (and config not-run) pairs again, replacing them.")
     out: str | None = Field(
-        None, description="Report: the file to write (.html or .md), relative to the workspace and inside it.")
+        None, description="Report (.html or .md) and export: the file to write, relative to the workspace and inside it.")
     spec: str | None = Field(None, description="Train: the spec, by name.")
     all_active: bool = Field(False, description="Train: every active spec with a train: block.")
     limit: int | None = Field(None, ge=1, description="Train with all_active: at most this many specs.")
+    export: ExportOptions | None = Field(None, description="Export: what to export (its slot is the job's).")
 
     @field_validator("out")
     @classmethod
-    def _inside_workspace(cls, value: str | None) -> str | None:
-        """A job writes only report files, and only inside the workspace."""
+    def _inside_workspace(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A job writes only inside the workspace, and a report only as .html or .md."""
         if value is None:
             return value
         path = PurePosixPath(value.replace("\\", "/"))
         if path.is_absolute() or ".." in path.parts:
             raise ValueError(f"{value!r} must be a path relative to the workspace, inside it")
-        if path.suffix.lower() not in REPORT_SUFFIXES:
+        if info.data.get("kind") == "report" and path.suffix.lower() not in REPORT_SUFFIXES:
             raise ValueError(f"{value!r} must end in {' or '.join(REPORT_SUFFIXES)}")
         return value
 
     @model_validator(mode="after")
     def _complete(self) -> "JobRequest":
-        if self.kind in ("replay", "report") and not self.slot:
+        if self.kind in ("replay", "report", "export") and not self.slot:
             raise ValueError(f"a {self.kind} job needs a slot")
+        if self.kind == "export" and (self.export is None or self.out is None or self.export.slot != self.slot):
+            raise ValueError("an export job needs out and export, whose slot is the job's")
         if self.kind == "train" and (self.spec is None) == (not self.all_active):
             raise ValueError("a train job needs a spec or all_active (one of them)")
         return self

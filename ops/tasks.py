@@ -20,6 +20,7 @@ from ops.operations import LocalOperations
 from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
 from registry.atomic import write_atomic
 from scorer.answerstats import period_stats
+from scorer.export import ExportOptions, ExportProgress, ExportSummary, export_answers
 from scorer.report import render_html, render_markdown
 from registry.config import Price, RetentionConfig
 from shadow.ingest import ingest_spool
@@ -233,15 +234,27 @@ def _last_trained(workspace: Workspace, spec: str) -> float:
     return max((p.stat().st_mtime for p in states), default=0.0)
 
 
-def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
-    """Render a slot's report to a file in the workspace (HTML, or Markdown for .md)."""
-    path = (context.workspace.root / (out or f"report-{slot}.html")).resolve()
+def _workspace_file(context: TaskContext, out: str) -> Path:
+    """Where a job writes `out`: inside the workspace, or nowhere."""
+    path = (context.workspace.root / out).resolve()
     if not path.is_relative_to(context.workspace.root):
         raise ConfigError(f"out: {out!r} resolves to {path}, outside the workspace {context.workspace.root}")
+    return path
+
+
+def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
+    """Render a slot's report to a file in the workspace (HTML, or Markdown for .md)."""
+    path = _workspace_file(context, out or f"report-{slot}.html")
     board = context.operations.leaderboard(slot)
     text = render_markdown(board) if path.suffix.lower() == ".md" else render_html(board, context.operations.evidence_history(slot))
     write_atomic(path, text.encode("utf-8"))
     return path
+
+
+def write_export(context: TaskContext, options: ExportOptions, out: str,
+                 progress: Callable[[ExportProgress], None]) -> ExportSummary:
+    """Export a slot's answers to a file in the workspace (see `scorer.export`)."""
+    return export_answers(context.operations.registry, options, _workspace_file(context, out), progress)
 
 
 def status(context: TaskContext) -> dict[str, Any]:

@@ -1,0 +1,112 @@
+"""`shadowzoo export`: a slot's requests, answers, metric values and labels, as a file.
+
+Without a daemon the command opens the database and writes the file itself; while the
+daemon runs it asks the daemon for an export job, which writes the file inside the
+workspace (the daemon writes nowhere else), and follows its progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ops.cli_shadow import parse_since
+from ops.client import RemoteOperations
+from ops.jobs import JobRequest
+from ops.output import console, print_json, say
+from ops.session import session
+from registry import ShadowzooError
+from scorer.export import ExportFormat, ExportOptions, ExportProgress, ExportSummary, export_answers
+
+
+def export(
+    ctx: typer.Context,
+    slot: Annotated[str, typer.Option("--slot", help="The slot whose answers to export.")],
+    out: Annotated[Path, typer.Option("--out", help="The file to write (replaced when complete).", dir_okay=False)],
+    output_format: Annotated[ExportFormat, typer.Option(
+        "--format", help="jsonl, parquet or csv (one row per answer), or openai-chat (fine-tuning examples).")
+    ] = ExportFormat.jsonl,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Only requests received since then: ISO time (UTC if no zone) or 14d, 12h, 30m.")] = None,
+    version: Annotated[str | None, typer.Option(
+        "--version", help="Only this version's answers (openai-chat: the answers to train on).")] = None,
+    labelled: Annotated[bool, typer.Option("--labelled", help="Only requests with a label.")] = False,
+    answer: Annotated[str, typer.Option(
+        "--answer", help="openai-chat: the assistant's turn is the version's answer (version) or the label (label).")
+    ] = "version",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of text.")] = False,
+) -> None:
+    """Export a slot's answers for offline evaluation, analysis and fine-tuning.
+
+    One row per (request, answer): the champion's live answer and every replayed one, with
+    the request as captured (redacted), its latest label, each metric's value, and the
+    answer's quality, cost_usd, latency_cost and net as the leaderboard scores them.
+    openai-chat writes one chat fine-tuning example per request: the request's messages
+    and, as the assistant's turn, the --version's successful answer (text and tool calls)
+    or, with --answer label, the label. Rows stream, so memory stays bounded at any size.
+    While the daemon runs, it writes the file, which must then lie inside the workspace.
+
+    Example: shadowzoo export --slot support-triage --since 14d --labelled --format parquet --out answers.parquet
+    """
+    try:
+        moment = parse_since(since)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(exc.message, param_hint="--since") from None
+    options = _options(slot=slot, format=output_format, since=moment, version=version, labelled=labelled, answer=answer)
+    with session(ctx).operations() as operations, _progress_bar(not as_json) as update:
+        if isinstance(operations, RemoteOperations):
+            summary = _export_in_daemon(operations, options, _inside_workspace(out, session(ctx).workspace().root), update)
+        else:
+            summary = export_answers(operations.registry, options, out, update)
+    if as_json:
+        print_json(summary)
+    else:
+        say(f"wrote {summary.rows:,} rows of {summary.requests_total:,} requests to {Path(summary.path).resolve()} "
+            f"({summary.format}, {summary.bytes:,} bytes)")
+
+
+def _options(**fields: object) -> ExportOptions:
+    """The options, or a usage error naming the option at fault."""
+    if fields["answer"] not in ("version", "label"):
+        raise typer.BadParameter(f"{fields['answer']!r}: expected version or label", param_hint="--answer")
+    try:
+        return ExportOptions(**fields)
+    except ValidationError as exc:
+        raise typer.BadParameter(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+
+
+def _inside_workspace(out: Path, root: Path) -> str:
+    """`out` relative to the workspace: the daemon writes only inside it."""
+    path = out.resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise typer.BadParameter(f"{out} is outside the workspace {root.resolve()}; while the daemon runs it writes "
+                                 "the export, and only inside the workspace", param_hint="--out")
+    return path.relative_to(root.resolve()).as_posix()
+
+
+def _export_in_daemon(operations: RemoteOperations, options: ExportOptions, out: str,
+                      update: Callable[[ExportProgress], None]) -> ExportSummary:
+    job = operations.run_job(JobRequest(kind="export", slot=options.slot, out=out, export=options),
+                             progress=lambda j: update(ExportProgress.model_validate(j.progress)) if j.progress else None)
+    if job.state == "failed":
+        raise ShadowzooError(f"export failed in the daemon: {job.error}")
+    return ExportSummary.model_validate(job.result)
+
+
+@contextmanager
+def _progress_bar(show: bool) -> Iterator[Callable[[ExportProgress], None]]:
+    """A bar of requests exported / all, with the rows so far (a no-op when hidden)."""
+    if not show:
+        yield lambda progress: None
+        return
+    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("requests, {task.fields[rows]} rows"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("export", total=None, rows="0")
+        yield lambda p: bar.update(task, total=p.requests_total, completed=p.requests_done, rows=f"{p.rows:,}")
