@@ -45,6 +45,12 @@ CHAT_MESSAGES_SCHEMA: dict[str, Any] = {
 """The JSON schema of the `messages` that `messages_problem` accepts, for the OpenAPI documents."""
 
 
+def one_of_given(*fields: str) -> dict[str, Any]:
+    """The JSON schema of "at least one of `fields` is given, and not null", for a model whose
+    validator (or handler) checks that, so its OpenAPI document promises no more than it takes."""
+    return {"anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in fields]}
+
+
 def messages_problem(request: dict[str, Any]) -> str | None:
     """What makes a request body not a chat request (its `messages`), or None."""
     messages = request.get("messages")
@@ -97,6 +103,8 @@ class Completion(BaseModel):
 
 class Exchange(BaseModel):
     """One request and its answer (or its error), as an application logged or posted it."""
+
+    model_config = ConfigDict(json_schema_extra=one_of_given("response", "error"))
 
     slot: Id | None = None
     request: dict[str, Any] = Field(
