@@ -55,11 +55,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def fuzz(base_url: str, headers: dict[str, str], modes: tuple[GenerationMode, ...], checks: list = CHECKS,
-         pick_slot: bool = False) -> Counter:
+         pick_slot: bool = False, examples: int = FUZZ.max_examples) -> Counter:
     """Every operation of `base_url`'s `/openapi.json`, `FUZZ`-bounded per mode; returns counts
     of requests and 5xx answers. A failing check fails the test with hypothesis's minimal example.
 
-    `pick_slot` sends half the chat requests to the served slot, so they reach the champion."""
+    `pick_slot` sends half the chat requests to the served slot, so they reach the champion
+    (half of those streamed);
+    `examples` bounds the requests per operation and mode (fewer where all answers are alike)."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", timeout=REQUEST_TIMEOUT_S)
     tally: Counter = Counter()
     with requests.Session() as session:
@@ -67,11 +69,11 @@ def fuzz(base_url: str, headers: dict[str, str], modes: tuple[GenerationMode, ..
             operation = result.ok()
             takes_input = bool(operation.body) or any(True for _ in operation.iter_parameters())
             for mode in modes if takes_input else (GenerationMode.POSITIVE,):
-                @FUZZ
-                @given(case=operation.as_strategy(generation_mode=mode), to_slot=st.booleans())
-                def check(case, to_slot: bool) -> None:
+                @settings(FUZZ, max_examples=examples)
+                @given(case=operation.as_strategy(generation_mode=mode), to_slot=st.booleans(), stream=st.booleans())
+                def check(case, to_slot: bool, stream: bool) -> None:
                     if pick_slot and to_slot and isinstance(case.body, dict) and "model" in case.body:
-                        case.body["model"] = SLOT
+                        case.body.update(model=SLOT, stream=stream)
                     response = case.call(base_url=base_url, session=session, headers=headers, timeout=REQUEST_TIMEOUT_S)
                     tally["requests"] += 1
                     tally["5xx"] += response.status_code >= 500
@@ -89,7 +91,7 @@ def test_the_admin_api_answers_fuzzed_requests_with_documented_answers_and_never
 
 
 def test_the_admin_api_refuses_fuzzed_requests_without_the_token_with_documented_401s(served: Served) -> None:
-    tally = fuzz(served.admin, {}, (GenerationMode.POSITIVE,))
+    tally = fuzz(served.admin, {}, (GenerationMode.POSITIVE,), examples=3)
     print(f"admin API without token: {tally['requests']} requests fuzzed, {tally['5xx']} 5xx")
     assert tally["requests"] > 0 and tally["5xx"] == 0
 
@@ -102,6 +104,6 @@ def test_the_gateway_answers_fuzzed_requests_with_documented_answers_and_never_a
 
 
 def test_the_gateway_refuses_fuzzed_requests_without_a_client_key_with_documented_401s(served: Served) -> None:
-    tally = fuzz(served.gateway, {}, (GenerationMode.POSITIVE,), EXACT)
+    tally = fuzz(served.gateway, {}, (GenerationMode.POSITIVE,), EXACT, examples=3)
     print(f"gateway without key: {tally['requests']} requests fuzzed, {tally['5xx']} 5xx")
     assert tally["requests"] > 0 and tally["5xx"] == 0

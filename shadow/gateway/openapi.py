@@ -112,7 +112,9 @@ def _open(summary: str, answer: dict[str, Any], more: dict[str, Any] | None = No
 def _json(description: str, schema: dict[str, Any], stream: bool = False) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": schema}}
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string", "description": "With `stream: true`: SSE."}}
+        content["text/event-stream"] = {"schema": {
+            "description": "With `stream: true`, server-sent events: each a `chat.completion.chunk`, then `[DONE]`.",
+            "anyOf": [{"type": "object"}, {"const": "[DONE]"}]}}
     return {"description": description, "content": content}
 
 
