@@ -35,9 +35,9 @@ EXACT = [*CHECKS, positive_data_acceptance]
 """And nothing the document allows is refused as invalid: for the gateway, whose bodies the
 document describes whole. The admin API also refuses what depends on the workspace (a slot
 or provider not configured, a module outside it) with a documented 400."""
-FUZZ = settings(max_examples=8, deadline=None, database=None, derandomize=True,
+FUZZ = settings(max_examples=6, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
-"""Bounded: eight requests per operation and mode. `derandomize` makes a failure found once
+"""Bounded: six requests per operation and mode. `derandomize` makes a failure found once
 recur on every run (and stay fixed once fixed); `deadline=None` because a loaded machine may be slow."""
 REQUEST_TIMEOUT_S = 30
 
