@@ -30,6 +30,7 @@ from tests.servers import ADMIN_TOKEN, DEMO_SIM, Served, champion_workspace, sta
 
 SLOT = "support-triage"
 NORMAL, LATER, HOSTILE_ROUNDS, SLOWLORIS = 200, 20, 3, 4
+REQUEST_TIMEOUT_S = 60
 TICKETS = [json.loads(line) for line in DEMO_SIM.with_name("tickets.jsonl").read_text().splitlines()]
 
 
@@ -70,24 +71,24 @@ class Traffic:
 
 def _post(base: str, path: str, body: str | bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """(status, body) of one POST, sent as raw bytes so the body can be anything."""
-    host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    try:
-        connection.request("POST", path, body=body.encode() if isinstance(body, str) else body,
-                           headers={"Content-Type": "application/json", **(headers or {})})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return _request(base, "POST", path, body.encode() if isinstance(body, str) else body,
+                    {"Content-Type": "application/json", **(headers or {})})
 
 
 def _get(base: str, path: str, authorization: str = f"Bearer {ADMIN_TOKEN}") -> tuple[int, bytes]:
+    return _request(base, "GET", path, None, {"Authorization": authorization})
+
+
+def _request(base: str, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+    """(status, body) of one request; a server that never answers fails the test naming the request."""
     host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
     try:
-        connection.request("GET", path, headers={"Authorization": authorization})
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, response.read()
+    except TimeoutError:
+        raise AssertionError(f"{method} {base}{path} ({len(body or b'')} bytes) got no answer") from None
     finally:
         connection.close()
 
