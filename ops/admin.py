@@ -30,7 +30,7 @@ from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registrat
 from scorer.board import EvidencePoint, Leaderboard
 from shadow.pauses import Pause
 from shadow.tags import parse_where
-from shadow.webcommon import bearer_token, json_errors
+from shadow.webcommon import SCHEMA_REF, SCHEMA_REF_PREFIX, bearer_token, component_schema, json_errors
 
 log = logging.getLogger("shadowzoo.admin")
 ERROR_STATUS = {NotFound: 404, Refused: 409, ConfigError: 400}
@@ -290,13 +290,13 @@ async def _openapi() -> web.Response:
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the admin API, generated from the endpoint table.
 
-    Every model lands once under `components/schemas` (pydantic's `$defs` would dangle at the
-    document's root), and every status an endpoint can answer is documented.
+    Every model lands once under `components/schemas`, and every status an endpoint can
+    answer is documented.
     """
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
-        answer = _component_schema(TypeAdapter(endpoint.answer).json_schema(mode="serialization", ref_template=REF), schemas)
+        answer = component_schema(TypeAdapter(endpoint.answer).json_schema(mode="serialization", ref_template=SCHEMA_REF), schemas)
         operation: dict[str, Any] = {
             "summary": endpoint.summary,
             "security": [{"bearer": []}],
@@ -307,7 +307,7 @@ def openapi_document() -> dict[str, Any]:
                           **{code: {"$ref": f"#/components/responses/{name}"} for code, (name, _) in ERROR_RESPONSES.items()}},
         }
         if endpoint.body is not None:
-            body = _component_schema(endpoint.body.model_json_schema(ref_template=REF), schemas)
+            body = component_schema(endpoint.body.model_json_schema(ref_template=SCHEMA_REF), schemas)
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
@@ -317,14 +317,12 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "responses": {name: {"description": description, "content": {"application/json": {
-                "schema": {"$ref": f"{REF_PREFIX}Error"}}}} for name, description in ERROR_RESPONSES.values()},
+                "schema": {"$ref": f"{SCHEMA_REF_PREFIX}Error"}}}} for name, description in ERROR_RESPONSES.values()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
 
 
-REF_PREFIX = "#/components/schemas/"
-REF = REF_PREFIX + "{model}"
 ERROR_SCHEMA = {
     "type": "object", "required": ["error"],
     "properties": {"error": {"type": "object", "required": ["type", "message"], "properties": {
@@ -339,13 +337,3 @@ ERROR_RESPONSES = {
     "409": ("Refused", "Understood but not allowed in the current state (e.g. promotion without evidence)."),
     "500": ("Internal", "A fault of the daemon; its log has the traceback."),
 }
-
-
-def _component_schema(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with its `$defs` moved into the document's components (or a `$ref` to itself there)."""
-    schemas.update(schema.pop("$defs", {}))
-    title = schema.get("title")
-    if schema.get("type") == "object" and title and "properties" in schema:
-        schemas[title] = schema
-        return {"$ref": f"{REF_PREFIX}{title}"}
-    return schema

@@ -39,6 +39,19 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not a JSON number")
 
 
+CHAT_MESSAGES_SCHEMA: dict[str, Any] = {
+    "type": "array", "minItems": 1, "description": "The conversation; each message is passed through as sent.",
+    "items": {"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}}},
+}
+"""The JSON schema of the `messages` that `messages_problem` accepts, for the OpenAPI documents."""
+
+
+def one_of_given(*fields: str) -> dict[str, Any]:
+    """The JSON schema of "at least one of `fields` is given, and not null", for a model whose
+    validator (or handler) checks that, so its OpenAPI document promises no more than it takes."""
+    return {"anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in fields]}
+
+
 def messages_problem(request: dict[str, Any]) -> str | None:
     """What makes a request body not a chat request (its `messages`), or None."""
     messages = request.get("messages")
@@ -92,8 +105,12 @@ class Completion(BaseModel):
 class Exchange(BaseModel):
     """One request and its answer (or its error), as an application logged or posted it."""
 
+    model_config = ConfigDict(json_schema_extra=one_of_given("response", "error"))
+
     slot: Id | None = None
-    request: dict[str, Any]
+    request: dict[str, Any] = Field(
+        description="The chat request as the application sent it.",
+        json_schema_extra={"required": ["messages"], "properties": {"messages": CHAT_MESSAGES_SCHEMA}})
     response: Completion | None = None
     usage: Usage | None = Field(None, description="Wins over the response's own usage.")
     latency_ms: float | None = Field(None, ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)

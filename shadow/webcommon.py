@@ -1,9 +1,10 @@
-"""What the gateway and the admin API share at the HTTP level: bearer tokens and JSON errors."""
+"""What the gateway and the admin API share at the HTTP level: bearer tokens, JSON errors, OpenAPI schemas."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -41,3 +42,22 @@ def json_errors(respond: Callable[[int, str], web.Response]):
             return respond(500, "Internal Server Error")
 
     return middleware
+
+
+SCHEMA_REF_PREFIX = "#/components/schemas/"
+SCHEMA_REF = SCHEMA_REF_PREFIX + "{model}"
+"""The `ref_template` for pydantic's JSON schemas that go into an OpenAPI document."""
+
+
+def component_schema(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with its `$defs` moved into the document's components (or a `$ref` to itself there).
+
+    pydantic's `$defs` would dangle at an OpenAPI document's root, so every model lands once
+    under `components/schemas`; build `schema` with `ref_template=SCHEMA_REF`.
+    """
+    schemas.update(schema.pop("$defs", {}))
+    title = schema.get("title")
+    if schema.get("type") == "object" and title and "properties" in schema:
+        schemas[title] = schema
+        return {"$ref": f"{SCHEMA_REF_PREFIX}{title}"}
+    return schema

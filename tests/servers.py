@@ -16,9 +16,11 @@ from typing import Any, Callable
 
 import yaml
 
-from registry import load_workspace
+from ops.workspace_init import init_workspace
+from registry import Registry, load_workspace
 from shadow.simulator import load_simulator_config, start_in_thread
 from tests.conftest import SHADOWZOO
+from zoo import load_zoo, register_specs
 
 ADMIN_TOKEN = "test-admin-token"
 DEMO_SIM = Path(__file__).resolve().parent.parent / "examples" / "demo" / "simulator.yaml"
@@ -59,6 +61,27 @@ def edit_config(workspace_dir: Path, change: Callable[[dict], None]) -> None:
     config = yaml.safe_load(path.read_text())
     change(config)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def champion_workspace(directory: Path, simulator_url: str, gateway: dict | None = None,
+                       daemon: dict | None = None) -> Path:
+    """The demo workspace on the simulator and free ports, its specs registered and `baseline`
+    the champion of support-triage; `gateway` and `daemon` update those config sections."""
+    workspace_dir = init_workspace(directory)
+
+    def configure(config: dict) -> None:
+        config["providers"]["sim"]["base_url"] = simulator_url
+        config["gateway"].update(port=free_port(), **(gateway or {}))
+        config["daemon"].update(admin_port=free_port(), **(daemon or {}))
+
+    edit_config(workspace_dir, configure)
+    workspace = load_workspace(workspace_dir)
+    with Registry.open(workspace) as registry:
+        zoo = load_zoo(workspace.specs_dir)
+        ids = {o.spec_file.spec.name: o.registration.variant.version_id
+               for o in register_specs(zoo.specs, zoo, workspace, registry)}
+        registry.promote("support-triage", ids["baseline"], "tester", "first", None)
+    return workspace_dir
 
 
 def healthy(url: str) -> bool:
@@ -106,14 +129,14 @@ class GatewayProcess:
 class Served:
     """`shadowzoo serve` on free ports, with its gateway and admin URLs."""
 
-    def __init__(self, workspace_dir: Path, workers: int = 1) -> None:
+    def __init__(self, workspace_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
         self.workspace_dir = workspace_dir
         config = load_workspace(workspace_dir).config
         self.gateway = f"http://127.0.0.1:{config.gateway.port}"
         self.admin = f"http://127.0.0.1:{config.daemon.admin_port}"
         self.process = subprocess.Popen(
             [str(SHADOWZOO), "serve", "--workers", str(workers)], cwd=workspace_dir,
-            env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim"},
+            env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim", **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         wait_until(lambda: self.process.poll() is not None or (healthy(f"{self.gateway}/healthz") and healthy(f"{self.admin}/healthz")),
                    timeout_s=60)

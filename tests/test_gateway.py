@@ -7,12 +7,14 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
 import pytest
+from openapi_spec_validator import validate
 
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
@@ -252,6 +254,21 @@ def test_a_wrong_method_is_a_405_that_says_which_methods_are_allowed(served) -> 
     connection.close()
     assert response.status == 405 and response.getheader("Allow") == "POST"
     assert payload["error"]["code"] == "method_not_allowed"
+
+
+def test_the_openapi_document_is_valid_and_describes_the_bodies_the_handlers_check(served) -> None:
+    _, gateway, _ = served
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/openapi.json", timeout=20) as response:
+        document = json.loads(response.read())
+    validate(document)  # raises on a dangling $ref or any other violation of OpenAPI 3.1
+    assert {"/v1/chat/completions", "/v1/capture", "/v1/feedback", "/v1/models", "/healthz", "/readyz"} <= set(document["paths"])
+    schemas = document["components"]["schemas"]
+    assert schemas["CaptureBody"]["properties"]["status"]["anyOf"][0]["maximum"] == 999
+    assert schemas["FeedbackBody"]["required"] == ["request_id"]
+    assert schemas["ChatRequest"]["required"] == ["model", "messages"]
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            assert ("401" in operation["responses"]) == path.startswith("/v1/"), path
 
 
 def test_an_unreachable_upstream_is_a_502_with_a_json_error(client) -> None:

@@ -18,22 +18,23 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from shadow.apply import apply_variant
-from shadow.exchange import Exchange, Id, messages_problem, parse_json
+from shadow.exchange import messages_problem, parse_json
+from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody, FeedbackBody
 from shadow.gateway.capture import CaptureBuffer, PendingCapture
 from shadow.gateway.connection import read_body
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
 from shadow.gateway.metrics import exposition, gateway_metrics
+from shadow.gateway.openapi import openapi_document
 from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
 from shadow.tags import TAGS_HEADER, parse_tags_header
 from shadow.webcommon import bearer_token, json_errors
 
-CLIENT_ID_HEADER = "x-shadowzoo-request-id"
 log = logging.getLogger("shadowzoo.gateway")
 
 
@@ -63,6 +64,7 @@ def build_app(state: GatewayState) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     app.cleanup_ctx.append(_background)
     return app
 
@@ -177,21 +179,6 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-class CaptureBody(Exchange):
-    """Observer mode: an application that calls its model itself reports one exchange."""
-
-    slot: Id
-
-
-class FeedbackBody(BaseModel):
-    """An outcome for a request, by shadowzoo's request id or the client's own id."""
-
-    request_id: Id
-    kind: str = Field("label", pattern="^(label|reaction)$")
-    value: Any = None
-    label: Any = None
-
-
 async def capture(request: web.Request) -> web.Response:
     """Store an exchange the gateway did not serve, exactly like one it did."""
     body = await _validated(request, CaptureBody)
@@ -243,6 +230,10 @@ def _accepted(request: web.Request, record: TrafficRecord | OutcomeRecord, answe
 
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 async def healthz(request: web.Request) -> web.Response:
