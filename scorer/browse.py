@@ -1,0 +1,193 @@
+"""Browsing a slot's requests: where a challenger disagrees with the champion, errs, or loses most.
+
+A page lists requests newest first (by traffic `seq`), or, for `worst`, by the challenger's
+paired net difference in the slot's current evaluation period, most negative first. The
+cursor of the next page carries the last row's position and the newest seq of the first
+page, so paging on while traffic arrives never repeats a request nor skips one that was
+there when the first page was read.
+
+Newest first is read in windows of seq that double until the page is full: a page of recent
+requests reads only the recent rows of each table (DuckDB skips row groups by their seq
+range), whatever the size of the slot's history.
+
+Two answers disagree when what the slot's metrics read of them differs, trimmed and
+lower-cased (the first line when every metric reads only the first line, else the whole
+text), or when their tool calls differ; an error (or a call not run) is not a disagreement
+(see `errors`).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import duckdb
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry import ConfigError
+from scorer.metrics import sql_literal
+
+FIRST_WINDOW = 4096
+"""Seqs read by the first window of a newest-first page (each next window doubles)."""
+MAX_LIMIT = 1000
+
+
+class RequestFilter(BaseModel):
+    """Which requests of a slot to list, and where the page starts (an unknown field is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slot: str
+    since: datetime | None = None
+    version: str | None = Field(None, description="Only requests this variant answered (or was called on).")
+    disagree: str | None = Field(None, description="Only requests where this challenger's answer differs from the champion's.")
+    errors: bool = Field(False, description="Only requests where the variant (else the champion or any challenger) errored.")
+    worst: str | None = Field(None, description="Order by this challenger's paired net difference, most negative first.")
+    limit: int = Field(20, ge=1, le=MAX_LIMIT)
+    cursor: str | None = Field(None, description="The `next_cursor` of the previous page.")
+
+    def focus(self) -> str | None:
+        """The one challenger the filter is about (named by --version, --disagree or --worst)."""
+        named = {v for v in (self.version, self.disagree, self.worst) if v is not None}
+        if len(named) > 1:
+            raise ConfigError(f"version, disagree and worst must name the same variant, got {', '.join(sorted(named))}")
+        return next(iter(named), None)
+
+
+class RequestRow(BaseModel):
+    """One request of a page: the champion's answer and the focused variant's."""
+
+    request_id: str
+    client_request_id: str | None
+    received_at: datetime
+    champion_version: str | None
+    champion_status: str
+    champion_output: str | None
+    version_id: str | None = None
+    status: str | None = None
+    output: str | None = None
+    error: str | None = None
+    d_net: float | None = Field(None, description="The variant's paired net difference in the current period.")
+
+
+class RequestPage(BaseModel):
+    requests: list[RequestRow]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
+
+
+def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first_line: bool = False) -> RequestPage:
+    """One page of the slot's requests that match `request`; `first_line`: answers disagree
+    by their first lines only (every metric of the slot reads only that)."""
+    focus = request.focus()
+    disagreement = _disagreement(first_line)
+    if request.worst is not None:
+        return _worst_page(db, request, focus, disagreement)
+    newest, after = _newest_cursor(db, request.cursor)
+    rows: list[tuple] = []
+    low, window = min(newest, after - 1), FIRST_WINDOW
+    while len(rows) <= request.limit and low > 0:
+        high, low = low, max(0, low - window)
+        rows += _rows(db, request, focus, disagreement, (low, high), "t.seq DESC", request.limit - len(rows))
+        window *= 2
+    return _page(rows, request.limit, lambda row: f"seq:{newest}:{row[0]}")
+
+
+def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str, disagreement: str) -> RequestPage:
+    """Requests ordered by the challenger's paired net difference, most negative first."""
+    period = db.execute("SELECT max(period_id) FROM evaluation_periods WHERE slot = ?", [request.slot]).fetchone()[0]
+    after = "true"
+    if request.cursor is not None:
+        d_net, seq = _worst_cursor(request.cursor)
+        after = f"(p.d_net > CAST('{d_net!r}' AS DOUBLE) OR (p.d_net = CAST('{d_net!r}' AS DOUBLE) AND t.seq < {seq}))"
+    rows = _rows(db, request, focus, disagreement, None, "p.d_net, t.seq DESC", request.limit, period=period,
+                 after=after)
+    return _page(rows, request.limit, lambda row: f"net:{row[-1]!r}:{row[0]}")
+
+
+def _rows(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | None, disagreement: str,
+          window: tuple[int, int] | None, order: str, limit: int, period: int | None = None, after: str = "true") -> list[tuple]:
+    """Up to `limit` + 1 matching rows in `order`: those with a seq in `window` (low, high], when
+    given (the bounds are repeated on every table read, so each skips the row groups outside
+    them), and past the condition `after`."""
+    def within(column: str) -> str:
+        return f"{column} > {window[0]} AND {column} <= {window[1]}" if window else "true"
+
+    conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), after, *_filters(request, focus, disagreement, within)]
+    if request.since is not None:
+        conditions.append(f"t.received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))}")
+    if focus is None:
+        joins, columns = "", "NULL, NULL, NULL, NULL, NULL"
+    else:
+        version = sql_literal(focus)
+        answered = "JOIN" if request.version or request.disagree or request.errors else "LEFT JOIN"
+        paired = "JOIN" if request.worst else "LEFT JOIN"
+        in_period = (f"{period}" if period is not None
+                     else "(SELECT max(period_id) FROM evaluation_periods e WHERE e.slot = t.slot)")
+        joins = (f" {answered} (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
+                 f"AND {within('request_seq')}) s ON s.request_seq = t.seq"
+                 f" {paired} (SELECT * FROM paired WHERE version_id = {version} AND {within('request_seq')}) p "
+                 f"ON p.request_seq = t.seq AND p.period_id = {in_period}")
+        columns = f"{version}, s.status, s.output, s.error, p.d_net"
+    return db.execute(f"""
+        SELECT t.seq, t.request_id, t.client_request_id, t.received_at, t.champion_version,
+               CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END, t.output, {columns}
+        FROM traffic t{joins}
+        WHERE {' AND '.join(conditions)}
+        ORDER BY {order} LIMIT {limit + 1}""").fetchall()
+
+
+def _disagreement(first_line: bool) -> str:
+    """SQL: the challenger's answer `s` differs from the champion's `t` (see the module's docstring)."""
+    def read(answer: str) -> str:
+        text = f"coalesce({answer}.output, '')"
+        return f"lower(trim(split_part({text}, chr(10), 1)))" if first_line else f"lower(trim({text}))"
+
+    return (f"s.status = 'ok' AND ({read('s')} <> {read('t')} "
+            "OR coalesce(s.tool_calls_json::VARCHAR, '') <> coalesce(t.tool_calls_json::VARCHAR, ''))")
+
+
+def _filters(request: RequestFilter, focus: str | None, disagreement: str, within) -> list[str]:
+    """The conditions of --disagree and --errors."""
+    conditions = []
+    if request.disagree is not None:
+        conditions.append(disagreement)
+    if request.errors and focus is not None:
+        conditions.append("s.status = 'error'")
+    elif request.errors:
+        conditions.append("(t.status <> 200 OR t.error IS NOT NULL OR EXISTS (SELECT 1 FROM shadow_results e "
+                          f"WHERE e.request_seq = t.seq AND e.status = 'error' AND {within('e.request_seq')}))")
+    return conditions
+
+
+def _page(rows: list[tuple], limit: int, cursor_of) -> RequestPage:
+    shown = rows[:limit]
+    return RequestPage(
+        requests=[RequestRow(request_id=r[1], client_request_id=r[2], received_at=r[3], champion_version=r[4],
+                             champion_status=r[5], champion_output=r[6], version_id=r[7], status=r[8], output=r[9],
+                             error=r[10], d_net=r[11]) for r in shown],
+        next_cursor=cursor_of(shown[-1]) if len(rows) > limit else None)
+
+
+def _newest_cursor(db: duckdb.DuckDBPyConnection, cursor: str | None) -> tuple[int, int]:
+    """(the newest seq the listing covers, the seq the page starts below) for a newest-first page."""
+    if cursor is None:
+        newest = db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchone()[0]
+        return newest, newest + 1
+    parts = cursor.split(":")
+    if len(parts) != 3 or parts[0] != "seq" or not all(p.isdigit() for p in parts[1:]):
+        raise ConfigError(f"cursor: {cursor!r} is not a cursor of a newest-first page (expected the next_cursor it gave)")
+    return int(parts[1]), int(parts[2])
+
+
+def _worst_cursor(cursor: str) -> tuple[float, int]:
+    kind, _, rest = cursor.partition(":")
+    d_net, _, seq = rest.rpartition(":")
+    try:
+        if kind != "net":
+            raise ValueError(kind)
+        value = float(d_net)
+        if not math.isfinite(value):
+            raise ValueError(d_net)
+        return value, int(seq)
+    except ValueError:
+        raise ConfigError(f"cursor: {cursor!r} is not a cursor of a --worst page (expected the next_cursor it gave)") from None

@@ -1,0 +1,174 @@
+"""Looking inside single requests: `shadowzoo trace` and `shadowzoo requests`, locally and through the daemon.
+
+The answers are written into a real database and scored by the real scorer; the commands
+run as a user runs them (the console script), once with the database here and once
+through a running daemon's admin API, which must print the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry import Registry, load_workspace
+from scorer.service import Scorer
+from tests.scoring_data import SLOT, Answers, demo_registry
+from tests.test_admin_api import Daemon
+
+BUDGET = "budget: daily shadow budget of 10.00 USD reached"
+
+
+def _write(registry: Registry, answers: Answers) -> None:
+    """Write the answers (every traffic row with a client request id column) and score them."""
+    for row in answers.traffic:
+        row.setdefault("client_request_id", None)
+    answers.write(registry)
+    Scorer(registry.workspace, registry).refresh(SLOT)
+
+
+@pytest.fixture
+def ids(workspace_dir: Path) -> dict[str, str]:
+    """A labelled request every challenger answered (or was not run on), and a later unlabelled one."""
+    registry, ids = demo_registry(workspace_dir)
+    answers = Answers()
+    answers.request("r-right", ids["baseline"], "billing", label="billing")
+    answers.traffic[-1]["client_request_id"] = "client-7"
+    answers.result("r-right", ids["careful-large"], "Billing\nThe customer was charged twice.")
+    answers.result("r-right", ids["cheap-mini"], "technical")
+    answers.result("r-right", ids["flash"], None, status="error")
+    answers.result("r-right", ids["careful-mini"], None, status="not_run")
+    answers.results[-1]["error"] = BUDGET
+    answers.request("r-later", ids["baseline"], "account")
+    answers.result("r-later", ids["cheap-mini"], "technical")
+    _write(registry, answers)
+    registry.close()
+    return ids
+
+
+def _answer(traced: dict, version_id: str) -> dict:
+    return next(a for a in traced["challengers"] if a["version_id"] == version_id)
+
+
+def test_a_trace_shows_every_answer_its_metrics_net_value_and_pair(cli, ids) -> None:
+    result = cli("trace", "client-7", "--json")
+    assert result.code == 0, result.err
+    traced = result.json()
+    assert traced["request_id"] == "r-right" and traced["request"] == {"messages": [{"role": "user", "content": "r-right"}]}
+    champion = traced["champion"]
+    assert champion["version_id"] == ids["baseline"] and champion["output"] == "billing"
+    assert champion["metrics"] == [{"metric": "exact_match", "weight": 1.0, "value": 1.0, "counted": True}]
+    # sim-large: 100 input tokens at 5e-6 and 20 output tokens at 2e-5; 400 ms is inside the SLO
+    assert champion["cost_usd"] == pytest.approx(0.0009) and champion["latency_cost_usd"] == 0
+    assert champion["net"] == pytest.approx(0.01 * 1.0 - 0.0009)
+    cheap = _answer(traced, ids["cheap-mini"])
+    assert cheap["metrics"][0]["value"] == 0.0 and cheap["quality"] == 0.0
+    assert cheap["pair"]["entered"], cheap["pair"]
+    assert cheap["pair"]["d_net"] == pytest.approx(cheap["net"] - champion["net"])
+    assert cheap["pair"]["period_id"] == traced["period"]["period_id"]
+    careful = _answer(traced, ids["careful-large"])
+    assert careful["metrics"][0]["value"] == 1.0 and careful["pair"]["d_quality"] == 0.0
+    failed = _answer(traced, ids["flash"])
+    assert failed["status"] == "error" and failed["reason"] == "upstream returned 500" and failed["quality"] == 0.0
+    assert failed["pair"]["entered"]
+    skipped = _answer(traced, ids["careful-mini"])
+    assert skipped["status"] == "not_run" and skipped["reason"] == BUDGET
+    assert skipped["pair"] == {**skipped["pair"], "entered": False, "reason": "no answer: nothing to pair"}
+    assert [(o["kind"], o["value"], o["used"]) for o in traced["outcomes"]] == [("label", "billing", True)]
+
+
+def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_answered(cli, ids) -> None:
+    traced = cli("trace", "r-later", "--json").json()
+    assert _answer(traced, ids["cheap-mini"])["pair"] == {
+        "entered": False, "period_id": traced["period"]["period_id"], "d_net": None, "d_quality": None, "d_cost": None,
+        "reason": "waits for the request's label"}
+    assert _answer(traced, ids["careful-large"])["status"] == "missing"
+    assert "not sampled, or still waiting" in _answer(traced, ids["careful-large"])["reason"]
+    text = cli("trace", "r-later")
+    assert text.code == 0 and "waits for the request's label" in text.out and ids["cheap-mini"] in text.out
+
+
+def test_tracing_an_unknown_request_fails_with_a_message(cli, ids) -> None:
+    result = cli("trace", "nobody")
+    assert result.code == 1 and "no request with request id or client request id 'nobody'" in result.err
+
+
+def _listed(cli, *args: str) -> list[str]:
+    result = cli("requests", "--slot", SLOT, *args, "--json")
+    assert result.code == 0, result.err
+    return [row["request_id"] for row in result.json()["requests"]]
+
+
+def test_browsing_finds_disagreements_errors_and_the_biggest_losses(cli, ids) -> None:
+    assert _listed(cli) == ["r-later", "r-right"]
+    # careful-large's first line agrees with the champion (the slot's metric reads only that)
+    assert _listed(cli, "--disagree", ids["careful-large"]) == []
+    assert _listed(cli, "--disagree", ids["cheap-mini"]) == ["r-later", "r-right"]
+    assert _listed(cli, "--errors") == ["r-right"]
+    assert _listed(cli, "--errors", "--version", ids["cheap-mini"]) == []
+    assert _listed(cli, "--version", ids["careful-mini"]) == ["r-right"]
+    worst = cli("requests", "--slot", SLOT, "--worst", ids["cheap-mini"], "--json").json()["requests"]
+    assert [(r["request_id"], r["output"]) for r in worst] == [("r-right", "technical")] and worst[0]["d_net"] < 0
+    clash = cli("requests", "--slot", SLOT, "--worst", ids["cheap-mini"], "--disagree", ids["flash"])
+    assert clash.code == 1 and "must name the same variant" in clash.err
+
+
+def test_pages_cover_every_request_once_while_new_traffic_arrives(cli, workspace_dir: Path, ids) -> None:
+    with Registry.open(load_workspace(workspace_dir)) as registry:
+        answers = Answers()
+        for i in range(11):
+            answers.request(f"p{i:02d}", ids["baseline"], "billing", label="billing")
+            answers.result(f"p{i:02d}", ids["cheap-mini"], "other" if i % 2 else "billing")
+        _write(registry, answers)
+    seen, cursor, pages = [], None, 0
+    while pages < 10:
+        page = cli("requests", "--slot", SLOT, "--limit", "3", "--json", *(["--cursor", cursor] if cursor else [])).json()
+        seen += [row["request_id"] for row in page["requests"]]
+        cursor, pages = page["next_cursor"], pages + 1
+        if cursor is None:
+            break
+        with Registry.open(load_workspace(workspace_dir)) as registry:
+            late = Answers()
+            late.request(f"late{pages}", ids["baseline"], "billing")
+            _write(registry, late)
+    assert seen == [f"p{i:02d}" for i in reversed(range(11))] + ["r-later", "r-right"]
+    worst, cursor = [], None
+    for _ in range(10):
+        page = cli("requests", "--slot", SLOT, "--worst", ids["cheap-mini"], "--limit", "2", "--json",
+                   *(["--cursor", cursor] if cursor else [])).json()
+        worst += [(row["request_id"], row["d_net"]) for row in page["requests"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert len(worst) == len({r for r, _ in worst}) == 12 and [d for _, d in worst] == sorted(d for _, d in worst)
+
+
+def test_a_cursor_from_elsewhere_is_refused_naming_it(cli, ids) -> None:
+    result = cli("requests", "--slot", SLOT, "--cursor", "seq:1:x")
+    assert result.code == 1 and "cursor: 'seq:1:x' is not a cursor" in result.err
+
+
+def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, workspace_dir: Path) -> None:
+    registry, ids = demo_registry(workspace_dir)
+    answers = Answers()
+    answers.request("r-all", ids["baseline"], "billing", label="billing")
+    for name in ("careful-large", "careful-mini", "cheap-mini", "flash"):  # nothing left to replay
+        answers.result("r-all", ids[name], "technical" if name == "flash" else "billing")
+    _write(registry, answers)
+    registry.close()
+    local_trace = cli("trace", "r-all", "--json").json()
+    local_page = cli("requests", "--slot", SLOT, "--disagree", ids["flash"], "--json").json()
+    daemon = Daemon(workspace_dir)
+    try:
+        env = {"SHADOWZOO_ADMIN_TOKEN": "admin-api-test-token"}
+        assert cli("trace", "r-all", "--json", env=env).json() == local_trace
+        assert cli("requests", "--slot", SLOT, "--disagree", ids["flash"], "--json", env=env).json() == local_page
+        status, answer, _ = daemon.call("GET", "/admin/requests/r-all")
+        assert status == 200 and answer == local_trace
+        status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&limit=0")
+        assert status == 400 and answer["error"]["message"].startswith("limit:")
+        status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&worts=x")
+        assert status == 400 and answer["error"]["message"].startswith("worts:")
+        status, answer, _ = daemon.call("GET", "/admin/requests/nobody")
+        assert status == 404 and answer["error"]["type"] == "not_found"
+    finally:
+        daemon.stop()
