@@ -7,14 +7,17 @@ through a running daemon's admin API, which must print the same.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from registry import Registry, load_workspace
+from ops.operations import LocalOperations
+from registry import ConfigError, Registry, load_workspace
+from scorer.browse import RequestFilter
 from scorer.service import Scorer
 from tests.scoring_data import SLOT, Answers, demo_registry
-from tests.test_admin_api import Daemon
+from tests.test_admin_api import TOKEN, Daemon
 
 BUDGET = "budget: daily shadow budget of 10.00 USD reached"
 
@@ -77,8 +80,15 @@ def test_a_trace_shows_every_answer_its_metrics_net_value_and_pair(cli, ids) -> 
     assert [(o["kind"], o["value"], o["used"]) for o in traced["outcomes"]] == [("label", "billing", True)]
 
 
-def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_answered(cli, ids) -> None:
-    traced = cli("trace", "r-later", "--json").json()
+def _local(workspace_dir: Path):
+    """The operations on the workspace's database, in this process."""
+    return LocalOperations(Registry.open(load_workspace(workspace_dir)))
+
+
+def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_answered(cli, workspace_dir, ids) -> None:
+    operations = _local(workspace_dir)
+    with operations.registry:
+        traced = operations.trace("r-later").model_dump(mode="json")
     assert _answer(traced, ids["cheap-mini"])["pair"] == {
         "entered": False, "period_id": traced["period"]["period_id"], "d_net": None, "d_quality": None, "d_cost": None,
         "reason": "waits for the request's label"}
@@ -88,63 +98,67 @@ def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_ans
     assert text.code == 0 and "waits for the request's label" in text.out and ids["cheap-mini"] in text.out
 
 
-def test_tracing_an_unknown_request_fails_with_a_message(cli, ids) -> None:
+def test_an_unknown_request_or_a_foreign_cursor_fails_with_a_message_naming_it(cli, ids) -> None:
     result = cli("trace", "nobody")
     assert result.code == 1 and "no request with request id or client request id 'nobody'" in result.err
+    result = cli("requests", "--slot", SLOT, "--cursor", "seq:1:x")
+    assert result.code == 1 and "cursor: 'seq:1:x' is not a cursor" in result.err
 
 
-def _listed(cli, *args: str) -> list[str]:
-    result = cli("requests", "--slot", SLOT, *args, "--json")
-    assert result.code == 0, result.err
-    return [row["request_id"] for row in result.json()["requests"]]
+def _listed(operations: LocalOperations, **filters) -> list[str]:
+    return [row.request_id for row in operations.requests(RequestFilter(slot=SLOT, **filters)).requests]
 
 
-def test_browsing_finds_disagreements_errors_and_the_biggest_losses(cli, ids) -> None:
-    assert _listed(cli) == ["r-later", "r-right"]
-    # careful-large's first line agrees with the champion (the slot's metric reads only that)
-    assert _listed(cli, "--disagree", ids["careful-large"]) == []
-    assert _listed(cli, "--disagree", ids["cheap-mini"]) == ["r-later", "r-right"]
-    assert _listed(cli, "--errors") == ["r-right"]
-    assert _listed(cli, "--errors", "--version", ids["cheap-mini"]) == []
-    assert _listed(cli, "--version", ids["careful-mini"]) == ["r-right"]
-    worst = cli("requests", "--slot", SLOT, "--worst", ids["cheap-mini"], "--json").json()["requests"]
-    assert [(r["request_id"], r["output"]) for r in worst] == [("r-right", "technical")] and worst[0]["d_net"] < 0
-    clash = cli("requests", "--slot", SLOT, "--worst", ids["cheap-mini"], "--disagree", ids["flash"])
-    assert clash.code == 1 and "must name the same variant" in clash.err
+def test_browsing_finds_disagreements_errors_and_the_biggest_losses(cli, workspace_dir, ids) -> None:
+    shown = cli("requests", "--slot", SLOT, "--disagree", ids["cheap-mini"])
+    assert shown.code == 0 and "r-later" in shown.out and "technical" in shown.out
+    operations = _local(workspace_dir)
+    with operations.registry:
+        assert _listed(operations) == ["r-later", "r-right"]
+        # careful-large's first line agrees with the champion (the slot's metric reads only that)
+        assert _listed(operations, disagree=ids["careful-large"]) == []
+        assert _listed(operations, disagree=ids["cheap-mini"]) == ["r-later", "r-right"]
+        assert _listed(operations, errors=True) == ["r-right"]
+        assert _listed(operations, errors=True, version=ids["cheap-mini"]) == []
+        assert _listed(operations, version=ids["careful-mini"]) == ["r-right"]
+        worst = operations.requests(RequestFilter(slot=SLOT, worst=ids["cheap-mini"])).requests
+        assert [(r.request_id, r.output) for r in worst] == [("r-right", "technical")] and worst[0].d_net < 0
+        with pytest.raises(ConfigError, match="must name the same variant"):
+            operations.requests(RequestFilter(slot=SLOT, worst=ids["cheap-mini"], disagree=ids["flash"]))
 
 
-def test_pages_cover_every_request_once_while_new_traffic_arrives(cli, workspace_dir: Path, ids) -> None:
-    with Registry.open(load_workspace(workspace_dir)) as registry:
+def _pages(operations: LocalOperations, between=lambda: None, **filters) -> list:
+    """Every row of every page, calling `between` after each page."""
+    rows, cursor = [], None
+    for _ in range(20):
+        page = operations.requests(RequestFilter(slot=SLOT, limit=3, cursor=cursor, **filters))
+        rows += page.requests
+        if (cursor := page.next_cursor) is None:
+            return rows
+        between()
+    raise AssertionError("more pages than requests")
+
+
+def test_pages_cover_every_request_once_while_new_traffic_arrives(workspace_dir: Path, ids) -> None:
+    operations = _local(workspace_dir)
+    with operations.registry as registry:
         answers = Answers()
         for i in range(11):
             answers.request(f"p{i:02d}", ids["baseline"], "billing", label="billing")
             answers.result(f"p{i:02d}", ids["cheap-mini"], "other" if i % 2 else "billing")
         _write(registry, answers)
-    seen, cursor, pages = [], None, 0
-    while pages < 10:
-        page = cli("requests", "--slot", SLOT, "--limit", "3", "--json", *(["--cursor", cursor] if cursor else [])).json()
-        seen += [row["request_id"] for row in page["requests"]]
-        cursor, pages = page["next_cursor"], pages + 1
-        if cursor is None:
-            break
-        with Registry.open(load_workspace(workspace_dir)) as registry:
+
+        arrivals = iter(range(20))
+
+        def arrive() -> None:
             late = Answers()
-            late.request(f"late{pages}", ids["baseline"], "billing")
+            late.request(f"late{next(arrivals)}", ids["baseline"], "billing")
             _write(registry, late)
-    assert seen == [f"p{i:02d}" for i in reversed(range(11))] + ["r-later", "r-right"]
-    worst, cursor = [], None
-    for _ in range(10):
-        page = cli("requests", "--slot", SLOT, "--worst", ids["cheap-mini"], "--limit", "2", "--json",
-                   *(["--cursor", cursor] if cursor else [])).json()
-        worst += [(row["request_id"], row["d_net"]) for row in page["requests"]]
-        if (cursor := page["next_cursor"]) is None:
-            break
-    assert len(worst) == len({r for r, _ in worst}) == 12 and [d for _, d in worst] == sorted(d for _, d in worst)
 
-
-def test_a_cursor_from_elsewhere_is_refused_naming_it(cli, ids) -> None:
-    result = cli("requests", "--slot", SLOT, "--cursor", "seq:1:x")
-    assert result.code == 1 and "cursor: 'seq:1:x' is not a cursor" in result.err
+        listed = [row.request_id for row in _pages(operations, arrive)]
+        assert listed == [f"p{i:02d}" for i in reversed(range(11))] + ["r-later", "r-right"]
+        worst = [(row.request_id, row.d_net) for row in _pages(operations, worst=ids["cheap-mini"])]
+        assert len(worst) == len({r for r, _ in worst}) == 12 and [d for _, d in worst] == sorted(d for _, d in worst)
 
 
 def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, workspace_dir: Path) -> None:
@@ -154,14 +168,16 @@ def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, worksp
     for name in ("careful-large", "careful-mini", "cheap-mini", "flash"):  # nothing left to replay
         answers.result("r-all", ids[name], "technical" if name == "flash" else "billing")
     _write(registry, answers)
+    operations = LocalOperations(registry)
+    local_trace = json.loads(operations.trace("r-all").model_dump_json())
+    local_page = json.loads(operations.requests(RequestFilter(slot=SLOT, disagree=ids["flash"])).model_dump_json())
     registry.close()
-    local_trace = cli("trace", "r-all", "--json").json()
-    local_page = cli("requests", "--slot", SLOT, "--disagree", ids["flash"], "--json").json()
     daemon = Daemon(workspace_dir)
     try:
-        env = {"SHADOWZOO_ADMIN_TOKEN": "admin-api-test-token"}
+        env = {"SHADOWZOO_ADMIN_TOKEN": TOKEN}
         assert cli("trace", "r-all", "--json", env=env).json() == local_trace
         assert cli("requests", "--slot", SLOT, "--disagree", ids["flash"], "--json", env=env).json() == local_page
+        assert local_page["requests"][0]["output"] == "technical"
         status, answer, _ = daemon.call("GET", "/admin/requests/r-all")
         assert status == 200 and answer == local_trace
         status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&limit=0")
