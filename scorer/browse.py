@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Callable
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,32 +88,42 @@ def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first
     low, window = min(newest, after - 1), FIRST_WINDOW
     while len(rows) <= request.limit and low > 0:
         high, low = low, max(0, low - window)
-        rows += _rows(db, request, focus, disagreement, (low, high), "t.seq DESC", request.limit - len(rows))
+        rows += _rows(db, request, focus, disagreement, _between(low, high), "t.seq DESC", request.limit - len(rows))
         window *= 2
     return _page(rows, request.limit, lambda row: f"seq:{newest}:{row[0]}")
 
 
 def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str, disagreement: str) -> RequestPage:
-    """Requests ordered by the challenger's paired net difference, most negative first."""
+    """Requests ordered by the challenger's paired net difference, most negative first: the
+    page's pairs are found in `paired` alone, then their requests and answers are read."""
     period = db.execute("SELECT max(period_id) FROM evaluation_periods WHERE slot = ?", [request.slot]).fetchone()[0]
     after = "true"
     if request.cursor is not None:
         d_net, seq = _worst_cursor(request.cursor)
-        after = f"(p.d_net > CAST('{d_net!r}' AS DOUBLE) OR (p.d_net = CAST('{d_net!r}' AS DOUBLE) AND t.seq < {seq}))"
-    rows = _rows(db, request, focus, disagreement, None, "p.d_net, t.seq DESC", request.limit, period=period,
-                 after=after)
+        after = f"(d_net > CAST('{d_net!r}' AS DOUBLE) OR (d_net = CAST('{d_net!r}' AS DOUBLE) AND request_seq < {seq}))"
+    since = ""
+    if request.since is not None:
+        since = (f"AND request_seq IN (SELECT seq FROM traffic WHERE slot = {sql_literal(request.slot)} "
+                 f"AND received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))})")
+    seqs = [row[0] for row in db.execute(
+        f"SELECT request_seq FROM paired WHERE period_id = {period or 0} AND version_id = {sql_literal(focus)} "
+        f"AND {after} {since} ORDER BY d_net, request_seq DESC LIMIT {request.limit + 1}").fetchall()]
+    listed = ", ".join(str(seq) for seq in seqs) or "NULL"
+    rows = _rows(db, request, focus, disagreement, lambda column: f"{column} IN ({listed})", "p.d_net, t.seq DESC",
+                 request.limit, period=period)
     return _page(rows, request.limit, lambda row: f"net:{row[-1]!r}:{row[0]}")
 
 
-def _rows(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | None, disagreement: str,
-          window: tuple[int, int] | None, order: str, limit: int, period: int | None = None, after: str = "true") -> list[tuple]:
-    """Up to `limit` + 1 matching rows in `order`: those with a seq in `window` (low, high], when
-    given (the bounds are repeated on every table read, so each skips the row groups outside
-    them), and past the condition `after`."""
-    def within(column: str) -> str:
-        return f"{column} > {window[0]} AND {column} <= {window[1]}" if window else "true"
+def _between(low: int, high: int) -> Callable[[str], str]:
+    return lambda column: f"{column} > {low} AND {column} <= {high}"
 
-    conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), after, *_filters(request, focus, disagreement, within)]
+
+def _rows(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | None, disagreement: str,
+          within: Callable[[str], str], order: str, limit: int, period: int | None = None) -> list[tuple]:
+    """Up to `limit` + 1 matching rows in `order`, of the requests whose seq meets `within`
+    (a condition on a seq column, put on every table read, so each skips the row groups
+    outside it)."""
+    conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), *_filters(request, focus, disagreement, within)]
     if request.since is not None:
         conditions.append(f"t.received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))}")
     if focus is None:
@@ -146,7 +157,7 @@ def _disagreement(first_line: bool) -> str:
             "OR coalesce(s.tool_calls_json::VARCHAR, '') <> coalesce(t.tool_calls_json::VARCHAR, ''))")
 
 
-def _filters(request: RequestFilter, focus: str | None, disagreement: str, within) -> list[str]:
+def _filters(request: RequestFilter, focus: str | None, disagreement: str, within: Callable[[str], str]) -> list[str]:
     """The conditions of --disagree and --errors."""
     conditions = []
     if request.disagree is not None:
