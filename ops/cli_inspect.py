@@ -83,10 +83,10 @@ def _print_trace(traced: RequestTrace) -> None:
         say(f"{outcome.kind}: {escape(json.dumps(outcome.value))} at {outcome.received_at:%Y-%m-%d %H:%M:%S}"
             f"{' (scored against)' if outcome.used else ''}")
     answers = [traced.champion, *traced.challengers]
-    metric_names = [m.metric for m in traced.champion.metrics]
+    metric_names = max(([m.metric for m in a.metrics] for a in answers), key=len)
     print_table(None, ["version", "role", "status", "answer", *metric_names, "quality", "cost $", "latency ms", "net $",
                        "pair"],
-                [[a.version_id, a.role, a.status, _answer_text(a), *[_metric(a, name) for name in metric_names],
+                [[a.version_id, a.role, a.status, _answer_text(a), *[_metric(a, i) for i in range(len(metric_names))],
                   _number(a.quality), _number(a.cost_usd, 6), _number(a.latency_ms, 0), _number(a.net, 6), _pair(a)]
                  for a in answers])
 
@@ -99,10 +99,11 @@ def _answer_text(answer: AnswerTrace) -> str:
     return escape(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…")
 
 
-def _metric(answer: AnswerTrace, name: str) -> str:
-    value = next((m for m in answer.metrics if m.metric == name), None)
-    if value is None:
+def _metric(answer: AnswerTrace, index: int) -> str:
+    """The answer's value of the slot's `index`-th metric (an answer that was not scored has none)."""
+    if index >= len(answer.metrics):
         return "-"
+    value = answer.metrics[index]
     if not value.counted:
         return "not sampled"
     return _number(value.value)

@@ -8,6 +8,7 @@ through a running daemon's admin API, which must print the same.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from registry import ConfigError, Registry, load_workspace
 from scorer.browse import RequestFilter
 from scorer.service import Scorer
 from tests.scoring_data import SLOT, Answers, demo_registry
+from tests.servers import edit_config
 from tests.test_admin_api import TOKEN, Daemon
 
 BUDGET = "budget: daily shadow budget of 10.00 USD reached"
@@ -188,3 +190,28 @@ def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, worksp
         assert status == 404 and answer["error"]["type"] == "not_found"
     finally:
         daemon.stop()
+
+
+def test_a_trace_shows_each_metric_of_a_weighted_mix_against_the_latest_label(workspace_dir: Path, monkeypatch) -> None:
+    (workspace_dir / "whole_answer.py").write_text(
+        "def equals_label(request, output, outcome):\n    return 1.0 if output == outcome else 0.0\n")
+    monkeypatch.syspath_prepend(str(workspace_dir))
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[
+        {"type": "exact_match", "first_line": True},
+        {"type": "python", "name": "whole", "entrypoint": "whole_answer:equals_label", "weight": 3}]))
+    registry, ids = demo_registry(workspace_dir)
+    try:
+        answers = Answers()
+        answers.request("c1", ids["baseline"], "billing\nrefund the second charge", label="billing")
+        _write(registry, answers)
+        champion = LocalOperations(registry).trace("c1").champion
+        assert [(m.metric, m.weight, m.value) for m in champion.metrics] == [("exact_match", 1.0, 1.0), ("whole", 3.0, 0.0)]
+        assert champion.quality == pytest.approx(0.25)
+        answers.label("c1", "technical")  # a corrected label: every metric reads it
+        _write(registry, answers)
+        traced = LocalOperations(registry).trace("c1")
+        assert [m.value for m in traced.champion.metrics] == [0.0, 0.0] and traced.champion.quality == 0.0
+        assert [(o.value, o.used) for o in traced.outcomes] == [("billing", False), ("technical", True)]
+    finally:
+        registry.close()
+        sys.modules.pop("whole_answer", None)
