@@ -81,22 +81,23 @@ def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first
     by their first lines only (every metric of the slot reads only that)."""
     focus = request.focus()
     disagreement = _disagreement(first_line)
+    period = db.execute("SELECT max(period_id) FROM evaluation_periods WHERE slot = ?", [request.slot]).fetchone()[0]
     if request.worst is not None:
-        return _worst_page(db, request, focus, disagreement)
+        return _worst_page(db, request, focus, disagreement, period)
     newest, after = _newest_cursor(db, request.cursor)
     rows: list[tuple] = []
     low, window = min(newest, after - 1), FIRST_WINDOW
     while len(rows) <= request.limit and low > 0:
         high, low = low, max(0, low - window)
-        rows += _rows(db, request, focus, disagreement, _between(low, high), "t.seq DESC", request.limit - len(rows))
+        rows += _rows(db, request, focus, disagreement, _between(low, high), "t.seq DESC", request.limit - len(rows), period)
         window *= 2
     return _page(rows, request.limit, lambda row: f"seq:{newest}:{row[0]}")
 
 
-def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str, disagreement: str) -> RequestPage:
-    """Requests ordered by the challenger's paired net difference, most negative first: the
-    page's pairs are found in `paired` alone, then their requests and answers are read."""
-    period = db.execute("SELECT max(period_id) FROM evaluation_periods WHERE slot = ?", [request.slot]).fetchone()[0]
+def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str, disagreement: str,
+                period: int | None) -> RequestPage:
+    """Requests ordered by the challenger's paired net difference in `period`, most negative
+    first: the page's pairs are found in `paired` alone, then their requests and answers are read."""
     after = "true"
     if request.cursor is not None:
         d_net, seq = _worst_cursor(request.cursor)
@@ -119,7 +120,7 @@ def _between(low: int, high: int) -> Callable[[str], str]:
 
 
 def _rows(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | None, disagreement: str,
-          within: Callable[[str], str], order: str, limit: int, period: int | None = None) -> list[tuple]:
+          within: Callable[[str], str], order: str, limit: int, period: int | None) -> list[tuple]:
     """Up to `limit` + 1 matching rows in `order`, of the requests whose seq meets `within`
     (a condition on a seq column, put on every table read, so each skips the row groups
     outside it)."""
@@ -132,12 +133,10 @@ def _rows(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | No
         version = sql_literal(focus)
         answered = "JOIN" if request.version or request.disagree or request.errors else "LEFT JOIN"
         paired = "JOIN" if request.worst else "LEFT JOIN"
-        in_period = (f"{period}" if period is not None
-                     else "(SELECT max(period_id) FROM evaluation_periods e WHERE e.slot = t.slot)")
         joins = (f" {answered} (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
                  f"AND {within('request_seq')}) s ON s.request_seq = t.seq"
                  f" {paired} (SELECT * FROM paired WHERE version_id = {version} AND {within('request_seq')}) p "
-                 f"ON p.request_seq = t.seq AND p.period_id = {in_period}")
+                 f"ON p.request_seq = t.seq AND p.period_id = {period or 0}")
         columns = f"{version}, s.status, s.output, s.error, p.d_net"
     return db.execute(f"""
         SELECT t.seq, t.request_id, t.client_request_id, t.received_at, t.champion_version,
