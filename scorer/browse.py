@@ -97,18 +97,21 @@ def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first
 def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str, disagreement: str,
                 period: int | None) -> RequestPage:
     """Requests ordered by the challenger's paired net difference in `period`, most negative
-    first: the page's pairs are found in `paired` alone, then their requests and answers are read."""
-    after = "true"
+    first: the page's pairs are found first (in `paired` alone when nothing else filters
+    them), then their requests and answers are read."""
+    conditions = [f"p.period_id = {period or 0}", f"p.version_id = {sql_literal(focus)}"]
     if request.cursor is not None:
         d_net, seq = _worst_cursor(request.cursor)
-        after = f"(d_net > CAST('{d_net!r}' AS DOUBLE) OR (d_net = CAST('{d_net!r}' AS DOUBLE) AND request_seq < {seq}))"
-    since = ""
-    if request.since is not None:
-        since = (f"AND request_seq IN (SELECT seq FROM traffic WHERE slot = {sql_literal(request.slot)} "
-                 f"AND received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))})")
+        conditions.append(f"(p.d_net > CAST('{d_net!r}' AS DOUBLE) OR (p.d_net = CAST('{d_net!r}' AS DOUBLE) "
+                          f"AND p.request_seq < {seq}))")
+    joins = ""
+    if request.since is not None or request.disagree is not None or request.errors:
+        joins = (" JOIN traffic t ON t.seq = p.request_seq JOIN shadow_results s ON s.request_seq = p.request_seq "
+                 f"AND s.version_id = {sql_literal(focus)} AND s.role <> 'control'")
+        conditions += [*_filters(request, focus, disagreement, lambda column: "true"), _since(request)]
     seqs = [row[0] for row in db.execute(
-        f"SELECT request_seq FROM paired WHERE period_id = {period or 0} AND version_id = {sql_literal(focus)} "
-        f"AND {after} {since} ORDER BY d_net, request_seq DESC LIMIT {request.limit + 1}").fetchall()]
+        f"SELECT p.request_seq FROM paired p{joins} WHERE {' AND '.join(conditions)} "
+        f"ORDER BY p.d_net, p.request_seq DESC LIMIT {request.limit + 1}").fetchall()]
     listed = ", ".join(str(seq) for seq in seqs) or "NULL"
     rows = _rows(db, request, focus, disagreement, lambda column: f"{column} IN ({listed})", "p.d_net, t.seq DESC",
                  request.limit, period=period)
@@ -125,8 +128,7 @@ def _rows(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | No
     (a condition on a seq column, put on every table read, so each skips the row groups
     outside it)."""
     conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), *_filters(request, focus, disagreement, within)]
-    if request.since is not None:
-        conditions.append(f"t.received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))}")
+    conditions.append(_since(request))
     if focus is None:
         joins, columns = "", "NULL, NULL, NULL, NULL, NULL"
     else:
@@ -154,6 +156,13 @@ def _disagreement(first_line: bool) -> str:
 
     return (f"s.status = 'ok' AND ({read('s')} <> {read('t')} "
             "OR coalesce(s.tool_calls_json::VARCHAR, '') <> coalesce(t.tool_calls_json::VARCHAR, ''))")
+
+
+def _since(request: RequestFilter) -> str:
+    """The condition of --since on the traffic row `t`."""
+    if request.since is None:
+        return "true"
+    return f"t.received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))}"
 
 
 def _filters(request: RequestFilter, focus: str | None, disagreement: str, within: Callable[[str], str]) -> list[str]:

@@ -125,6 +125,9 @@ def test_browsing_finds_disagreements_errors_and_the_biggest_losses(cli, workspa
         assert _listed(operations, version=ids["careful-mini"]) == ["r-right"]
         worst = operations.requests(RequestFilter(slot=SLOT, worst=ids["cheap-mini"])).requests
         assert [(r.request_id, r.output) for r in worst] == [("r-right", "technical")] and worst[0].d_net < 0
+        assert _listed(operations, worst=ids["flash"], errors=True) == ["r-right"]
+        assert _listed(operations, worst=ids["cheap-mini"], errors=True) == []
+        assert _listed(operations, worst=ids["cheap-mini"], disagree=ids["cheap-mini"]) == ["r-right"]
         with pytest.raises(ConfigError, match="must name the same variant"):
             operations.requests(RequestFilter(slot=SLOT, worst=ids["cheap-mini"], disagree=ids["flash"]))
 
