@@ -85,12 +85,13 @@ def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first
     if request.worst is not None:
         return _worst_page(db, request, focus, disagreement, period)
     newest, after = _newest_cursor(db, request.cursor)
-    rows: list[tuple] = []
+    seqs: list[int] = []
     low, window = min(newest, after - 1), FIRST_WINDOW
-    while len(rows) <= request.limit and low > 0:
+    while len(seqs) <= request.limit and low > 0:
         high, low = low, max(0, low - window)
-        rows += _rows(db, request, focus, disagreement, _between(low, high), "t.seq DESC", request.limit - len(rows), period)
+        seqs += _matching(db, request, focus, disagreement, _between(low, high), request.limit - len(seqs))
         window *= 2
+    rows = _rows(db, focus, seqs, "t.seq DESC", period)
     return _page(rows, request.limit, lambda row: f"seq:{newest}:{row[0]}")
 
 
@@ -112,9 +113,7 @@ def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: st
     seqs = [row[0] for row in db.execute(
         f"SELECT p.request_seq FROM paired p{joins} WHERE {' AND '.join(conditions)} "
         f"ORDER BY p.d_net, p.request_seq DESC LIMIT {request.limit + 1}").fetchall()]
-    listed = ", ".join(str(seq) for seq in seqs) or "NULL"
-    rows = _rows(db, request, focus, disagreement, lambda column: f"{column} IN ({listed})", "p.d_net, t.seq DESC",
-                 request.limit, period=period)
+    rows = _rows(db, focus, seqs, "p.d_net, t.seq DESC", period)
     return _page(rows, request.limit, lambda row: f"net:{row[-1]!r}:{row[0]}")
 
 
@@ -122,30 +121,40 @@ def _between(low: int, high: int) -> Callable[[str], str]:
     return lambda column: f"{column} > {low} AND {column} <= {high}"
 
 
-def _rows(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | None, disagreement: str,
-          within: Callable[[str], str], order: str, limit: int, period: int | None) -> list[tuple]:
-    """Up to `limit` + 1 matching rows in `order`, of the requests whose seq meets `within`
-    (a condition on a seq column, put on every table read, so each skips the row groups
-    outside it)."""
-    conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), *_filters(request, focus, disagreement, within)]
-    conditions.append(_since(request))
-    if focus is None:
-        joins, columns = "", "NULL, NULL, NULL, NULL, NULL"
-    else:
+def _matching(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | None, disagreement: str,
+              within: Callable[[str], str], limit: int) -> list[int]:
+    """The seqs of up to `limit` + 1 matching requests whose seq meets `within` (a condition on
+    a seq column, put on every table read, so each skips the row groups outside it), newest
+    first. Only the columns the filters need are read."""
+    joins = ""
+    if focus is not None and (request.version or request.disagree or request.errors):
+        joins = (f" JOIN shadow_results s ON s.request_seq = t.seq AND s.version_id = {sql_literal(focus)} "
+                 f"AND s.role <> 'control' AND {within('s.request_seq')}")
+    conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), _since(request),
+                  *_filters(request, focus, disagreement, within)]
+    return [row[0] for row in db.execute(
+        f"SELECT t.seq FROM traffic t{joins} WHERE {' AND '.join(conditions)} ORDER BY t.seq DESC LIMIT {limit + 1}"
+    ).fetchall()]
+
+
+def _rows(db: duckdb.DuckDBPyConnection, focus: str | None, seqs: list[int], order: str, period: int | None) -> list[tuple]:
+    """The requests `seqs` in `order`, with the champion's answer and the focused variant's
+    (and its pair in `period`)."""
+    listed = ", ".join(str(seq) for seq in seqs) or "NULL"
+    joins, columns = "", "NULL, NULL, NULL, NULL, NULL"
+    if focus is not None:
         version = sql_literal(focus)
-        answered = "JOIN" if request.version or request.disagree or request.errors else "LEFT JOIN"
-        paired = "JOIN" if request.worst else "LEFT JOIN"
-        joins = (f" {answered} (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
-                 f"AND {within('request_seq')}) s ON s.request_seq = t.seq"
-                 f" {paired} (SELECT * FROM paired WHERE version_id = {version} AND {within('request_seq')}) p "
-                 f"ON p.request_seq = t.seq AND p.period_id = {period or 0}")
+        joins = (f" LEFT JOIN (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
+                 f"AND request_seq IN ({listed})) s ON s.request_seq = t.seq"
+                 f" LEFT JOIN (SELECT * FROM paired WHERE version_id = {version} AND period_id = {period or 0} "
+                 f"AND request_seq IN ({listed})) p ON p.request_seq = t.seq")
         columns = f"{version}, s.status, s.output, s.error, p.d_net"
     return db.execute(f"""
         SELECT t.seq, t.request_id, t.client_request_id, t.received_at, t.champion_version,
                CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END, t.output, {columns}
         FROM traffic t{joins}
-        WHERE {' AND '.join(conditions)}
-        ORDER BY {order} LIMIT {limit + 1}""").fetchall()
+        WHERE t.seq IN ({listed})
+        ORDER BY {order}""").fetchall()
 
 
 def _disagreement(first_line: bool) -> str:
