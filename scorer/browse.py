@@ -140,20 +140,26 @@ def _matching(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str 
 def _rows(db: duckdb.DuckDBPyConnection, focus: str | None, seqs: list[int], order: str, period: int | None) -> list[tuple]:
     """The requests `seqs` in `order`, with the champion's answer and the focused variant's
     (and its pair in `period`)."""
-    listed = ", ".join(str(seq) for seq in seqs) or "NULL"
+    if not seqs:
+        return []
+
+    def among(column: str) -> str:
+        # the range lets each scan skip the row groups outside it; the list alone does not
+        return f"{column} BETWEEN {min(seqs)} AND {max(seqs)} AND {column} IN ({', '.join(map(str, seqs))})"
+
     joins, columns = "", "NULL, NULL, NULL, NULL, NULL"
     if focus is not None:
         version = sql_literal(focus)
         joins = (f" LEFT JOIN (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
-                 f"AND request_seq IN ({listed})) s ON s.request_seq = t.seq"
+                 f"AND {among('request_seq')}) s ON s.request_seq = t.seq"
                  f" LEFT JOIN (SELECT * FROM paired WHERE version_id = {version} AND period_id = {period or 0} "
-                 f"AND request_seq IN ({listed})) p ON p.request_seq = t.seq")
+                 f"AND {among('request_seq')}) p ON p.request_seq = t.seq")
         columns = f"{version}, s.status, s.output, s.error, p.d_net"
     return db.execute(f"""
         SELECT t.seq, t.request_id, t.client_request_id, t.received_at, t.champion_version,
                CASE WHEN t.status = 200 AND t.error IS NULL THEN 'ok' ELSE 'error' END, t.output, {columns}
         FROM traffic t{joins}
-        WHERE t.seq IN ({listed})
+        WHERE {among('t.seq')}
         ORDER BY {order}""").fetchall()
 
 
