@@ -4,15 +4,15 @@ The data are `bench/scorer.py`'s (one slot, a champion and five challengers, N l
 requests, so 5·N shadow results, scored once so that `paired` holds every pair). Every
 figure is a ratio to one indexed point lookup in the same run (`SELECT * FROM traffic
 WHERE request_id = ?`), and is also given in seconds; each is the median of `--runs`
-runs over different requests or pages, with the daemon's DuckDB limits:
+runs (traces of different requests), with the daemon's DuckDB limits:
 
 - trace: `trace_request` of a request picked at random (scored answers, metrics, labels,
   pairs, period);
 - newest: the first page of the slot's requests, newest first;
-- disagree / disagree_next: the first and the fifth page of a challenger's disagreements;
+- disagree / disagree_next: the first and the sixth page of a challenger's disagreements;
 - errors: the first page of a challenger's errors, when it has none (the filter then reads
   every answer: the worst case of a sparse filter);
-- worst / worst_next: the first and the fifth page of a challenger's biggest losses.
+- worst / worst_next: the first and the sixth page of a challenger's biggest losses.
 
 Target (issue 15): trace and browse answer within 50 ms at 10 M shadow results.
 Named `inspect_requests.py`, not `inspect.py`: a file `inspect.py` next to a script run
@@ -40,7 +40,7 @@ from scorer.service import Scorer  # noqa: E402
 from scorer.trace import trace_request  # noqa: E402
 
 PAGES = 5
-"""The `_next` figures time the page after this many."""
+"""The `_next` figures time the page after this many (the sixth)."""
 
 
 def median_s(action: Callable[[int], object], runs: int) -> float:
