@@ -28,6 +28,8 @@ from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from scorer.board import EvidencePoint, Leaderboard
+from scorer.browse import RequestFilter, RequestPage
+from scorer.trace import RequestTrace
 from shadow.pauses import Pause
 from shadow.tags import parse_where
 from shadow.webcommon import SCHEMA_REF, SCHEMA_REF_PREFIX, bearer_token, component_schema, json_errors
@@ -178,6 +180,14 @@ async def _evidence(api: Api, request: web.Request, body: None) -> list[Evidence
     return await api.call(api.operations.evidence_history, _required(request, "slot"))
 
 
+async def _trace(api: Api, request: web.Request, body: None) -> RequestTrace:
+    return await api.call(api.operations.trace, request.match_info["request_id"], request.query.get("slot"))
+
+
+async def _requests(api: Api, request: web.Request, body: None) -> RequestPage:
+    return await api.call(api.operations.requests, _validated(RequestFilter, dict(request.query), "query parameter"))
+
+
 async def _start_job(api: Api, request: web.Request, body: JobRequest) -> JobStatus:
     if body.slot is not None and body.slot not in api.operations.registry.workspace.config.slots:
         raise ConfigError(f"slot: {body.slot!r} is not configured in shadowzoo.yaml")
@@ -206,6 +216,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/admin/history", "A slot's audit log.", _history, answer=list[Move], query=("slot",)),
     Endpoint("GET", "/admin/leaderboard", "A slot's leaderboard, freshly scored.", _leaderboard, answer=Leaderboard, query=("slot", "since", "where")),
     Endpoint("GET", "/admin/evidence", "How each challenger's evidence grew.", _evidence, answer=list[EvidencePoint], query=("slot",)),
+    Endpoint("GET", "/admin/requests/{request_id}", "One request traced: every answer, its metrics, net value and pair (by request id or client request id).",
+             _trace, answer=RequestTrace, query=("slot",)),
+    Endpoint("GET", "/admin/requests", "A page of a slot's requests: disagreements, errors, or the worst paired net differences.",
+             _requests, answer=RequestPage, query=tuple(RequestFilter.model_fields)),
     Endpoint("POST", "/admin/jobs", "Start long work (replay, report) as a daemon job.", _start_job, JobRequest, JobStatus),
     Endpoint("GET", "/admin/jobs/{job_id}", "A job's progress and result.", _job, answer=JobStatus),
 )
@@ -251,12 +265,17 @@ def _route(api: Api, endpoint: Endpoint):
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    return _validated(model, await request.read(), "body")
+
+
+def _validated(model: type[BaseModel], data: bytes | dict[str, str], what: str) -> BaseModel:
+    """`data` (a JSON body, or query parameters) as `model`; an error names the field."""
     try:
-        return model.model_validate_json(await request.read())
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {message}") from None
+        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or what}: {message}") from None
 
 
 def _required(request: web.Request, name: str) -> str:

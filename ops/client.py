@@ -20,6 +20,8 @@ from pydantic import BaseModel, TypeAdapter
 from ops.jobs import JobRequest, JobStatus
 from registry import ConfigError, DatabaseError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from scorer.board import EvidencePoint, Leaderboard
+from scorer.browse import RequestFilter, RequestPage
+from scorer.trace import RequestTrace
 from shadow.pauses import Pause
 
 ERRORS = {404: NotFound, 409: Refused, 400: ConfigError}
@@ -100,6 +102,14 @@ class RemoteOperations:
 
     def evidence_history(self, slot: str) -> list[EvidencePoint]:
         return self._call("GET", "/admin/evidence", list[EvidencePoint], slot=slot)
+
+    def trace(self, key: str, slot: str | None = None) -> RequestTrace:
+        return self._call("GET", f"/admin/requests/{urllib.parse.quote(key, safe='')}", RequestTrace, slot=slot)
+
+    def requests(self, request: RequestFilter) -> RequestPage:
+        query = {name: str(value).lower() if isinstance(value, bool) else str(value)
+                 for name, value in request.model_dump(mode="json", exclude_none=True, exclude_defaults=True).items()}
+        return self._call("GET", "/admin/requests", RequestPage, **query)
 
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/admin/status", dict)

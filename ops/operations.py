@@ -12,8 +12,10 @@ from datetime import datetime
 
 from registry import Move, NewVariant, Registration, Registry, Variant
 from scorer.board import EvidencePoint, Leaderboard
+from scorer.browse import RequestFilter, RequestPage, browse_requests
 from scorer.policy import promotion_evidence
 from scorer.service import Scorer
+from scorer.trace import RequestTrace, trace_request
 from shadow import pauses
 from shadow.pauses import Pause
 
@@ -78,3 +80,17 @@ class LocalOperations:
 
     def evidence_history(self, slot: str) -> list[EvidencePoint]:
         return self.scorer.history(slot)
+
+    # single requests
+    def trace(self, key: str, slot: str | None = None) -> RequestTrace:
+        """One request by its id or client request id: every answer, its scores and its pair."""
+        if slot is not None:
+            self.registry.workspace.slot(slot)
+        return trace_request(self.registry, key, slot)
+
+    def requests(self, request: RequestFilter) -> RequestPage:
+        """One page of a slot's requests that match the filter."""
+        metrics = self.registry.workspace.slot(request.slot).metrics
+        first_line = bool(metrics) and all(metric.first_line for metric in metrics)
+        with self.registry.database.reading() as db:
+            return browse_requests(db, request, first_line)

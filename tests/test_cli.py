@@ -14,7 +14,7 @@ COMMANDS = [
     ["variants", "show"], ["variants", "diff"], ["promote"], ["rollback"], ["retire"], ["history"],
     ["leaderboard"], ["report"], ["replay"], ["pause"], ["resume"], ["serve"], ["daemon"], ["gateway"],
     ["status"], ["sim"], ["demo"], ["ingest", "traffic"], ["ingest", "outcomes"],
-    ["zoo", "train"], ["zoo", "runs"], ["export"],
+    ["zoo", "train"], ["zoo", "runs"], ["export"], ["trace"], ["requests"],
 ]
 
 

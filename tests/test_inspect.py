@@ -1,0 +1,220 @@
+"""Looking inside single requests: `shadowzoo trace` and `shadowzoo requests`, locally and through the daemon.
+
+The answers are written into a real database and scored by the real scorer; the commands
+run as a user runs them (the console script), once with the database here and once
+through a running daemon's admin API, which must print the same.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.operations import LocalOperations
+from registry import ConfigError, Registry, load_workspace
+from scorer.browse import RequestFilter
+from scorer.service import Scorer
+from tests.scoring_data import SLOT, Answers, demo_registry
+from tests.servers import edit_config
+from tests.test_admin_api import TOKEN, Daemon
+
+BUDGET = "budget: daily shadow budget of 10.00 USD reached"
+
+
+def _write(registry: Registry, answers: Answers) -> None:
+    """Write the answers (every traffic row with a client request id column) and score them."""
+    for row in answers.traffic:
+        row.setdefault("client_request_id", None)
+    answers.write(registry)
+    Scorer(registry.workspace, registry).refresh(SLOT)
+
+
+@pytest.fixture
+def ids(workspace_dir: Path) -> dict[str, str]:
+    """A labelled request every challenger answered (or was not run on), and a later unlabelled one."""
+    registry, ids = demo_registry(workspace_dir)
+    answers = Answers()
+    answers.request("r-right", ids["baseline"], "billing", label="billing")
+    answers.traffic[-1]["client_request_id"] = "client-7"
+    answers.result("r-right", ids["careful-large"], "Billing\nThe customer was charged twice.")
+    answers.result("r-right", ids["cheap-mini"], "technical")
+    answers.result("r-right", ids["flash"], None, status="error")
+    answers.result("r-right", ids["careful-mini"], None, status="not_run")
+    answers.results[-1]["error"] = BUDGET
+    answers.request("r-later", ids["baseline"], "account")
+    answers.result("r-later", ids["cheap-mini"], "technical")
+    _write(registry, answers)
+    registry.close()
+    return ids
+
+
+def _answer(traced: dict, version_id: str) -> dict:
+    return next(a for a in traced["challengers"] if a["version_id"] == version_id)
+
+
+def test_a_trace_shows_every_answer_its_metrics_net_value_and_pair(cli, ids) -> None:
+    result = cli("trace", "client-7", "--json")
+    assert result.code == 0, result.err
+    traced = result.json()
+    assert traced["request_id"] == "r-right" and traced["request"] == {"messages": [{"role": "user", "content": "r-right"}]}
+    champion = traced["champion"]
+    assert champion["version_id"] == ids["baseline"] and champion["output"] == "billing"
+    assert champion["metrics"] == [{"metric": "exact_match", "weight": 1.0, "value": 1.0, "counted": True}]
+    # sim-large: 100 input tokens at 5e-6 and 20 output tokens at 2e-5; 400 ms is inside the SLO
+    assert champion["cost_usd"] == pytest.approx(0.0009) and champion["latency_cost_usd"] == 0
+    assert champion["net"] == pytest.approx(0.01 * 1.0 - 0.0009)
+    cheap = _answer(traced, ids["cheap-mini"])
+    assert cheap["metrics"][0]["value"] == 0.0 and cheap["quality"] == 0.0
+    assert cheap["pair"]["entered"], cheap["pair"]
+    assert cheap["pair"]["d_net"] == pytest.approx(cheap["net"] - champion["net"])
+    assert cheap["pair"]["period_id"] == traced["period"]["period_id"]
+    careful = _answer(traced, ids["careful-large"])
+    assert careful["metrics"][0]["value"] == 1.0 and careful["pair"]["d_quality"] == 0.0
+    failed = _answer(traced, ids["flash"])
+    assert failed["status"] == "error" and failed["reason"] == "upstream returned 500" and failed["quality"] == 0.0
+    assert failed["pair"]["entered"]
+    skipped = _answer(traced, ids["careful-mini"])
+    assert skipped["status"] == "not_run" and skipped["reason"] == BUDGET
+    assert skipped["pair"] == {**skipped["pair"], "entered": False, "reason": "no answer: nothing to pair"}
+    assert [(o["kind"], o["value"], o["used"]) for o in traced["outcomes"]] == [("label", "billing", True)]
+
+
+def _local(workspace_dir: Path):
+    """The operations on the workspace's database, in this process."""
+    return LocalOperations(Registry.open(load_workspace(workspace_dir)))
+
+
+def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_answered(cli, workspace_dir, ids) -> None:
+    operations = _local(workspace_dir)
+    with operations.registry:
+        traced = operations.trace("r-later").model_dump(mode="json")
+    assert _answer(traced, ids["cheap-mini"])["pair"] == {
+        "entered": False, "period_id": traced["period"]["period_id"], "d_net": None, "d_quality": None, "d_cost": None,
+        "reason": "waits for the request's label"}
+    assert _answer(traced, ids["careful-large"])["status"] == "missing"
+    assert "not sampled, or still waiting" in _answer(traced, ids["careful-large"])["reason"]
+    text = cli("trace", "r-later")
+    assert text.code == 0 and "waits for the request's label" in text.out and ids["cheap-mini"] in text.out
+
+
+def test_an_unknown_request_or_a_foreign_cursor_fails_with_a_message_naming_it(cli, ids) -> None:
+    result = cli("trace", "nobody")
+    assert result.code == 1 and "no request with request id or client request id 'nobody'" in result.err
+    result = cli("requests", "--slot", SLOT, "--cursor", "seq:1:x")
+    assert result.code == 1 and "cursor: 'seq:1:x' is not a cursor" in result.err
+
+
+def _listed(operations: LocalOperations, **filters) -> list[str]:
+    return [row.request_id for row in operations.requests(RequestFilter(slot=SLOT, **filters)).requests]
+
+
+def test_browsing_finds_disagreements_errors_and_the_biggest_losses(cli, workspace_dir, ids) -> None:
+    shown = cli("requests", "--slot", SLOT, "--disagree", ids["cheap-mini"])
+    assert shown.code == 0 and "r-later" in shown.out and "technical" in shown.out
+    operations = _local(workspace_dir)
+    with operations.registry:
+        assert _listed(operations) == ["r-later", "r-right"]
+        # careful-large's first line agrees with the champion (the slot's metric reads only that)
+        assert _listed(operations, disagree=ids["careful-large"]) == []
+        assert _listed(operations, disagree=ids["cheap-mini"]) == ["r-later", "r-right"]
+        assert _listed(operations, errors=True) == ["r-right"]
+        assert _listed(operations, errors=True, version=ids["cheap-mini"]) == []
+        assert _listed(operations, version=ids["careful-mini"]) == ["r-right"]
+        worst = operations.requests(RequestFilter(slot=SLOT, worst=ids["cheap-mini"])).requests
+        assert [(r.request_id, r.output) for r in worst] == [("r-right", "technical")] and worst[0].d_net < 0
+        assert _listed(operations, worst=ids["flash"], errors=True) == ["r-right"]
+        assert _listed(operations, worst=ids["cheap-mini"], errors=True) == []
+        assert _listed(operations, worst=ids["cheap-mini"], disagree=ids["cheap-mini"]) == ["r-right"]
+        with pytest.raises(ConfigError, match="must name the same variant"):
+            operations.requests(RequestFilter(slot=SLOT, worst=ids["cheap-mini"], disagree=ids["flash"]))
+
+
+def _pages(operations: LocalOperations, between=lambda: None, **filters) -> list:
+    """Every row of every page, calling `between` after each page."""
+    rows, cursor = [], None
+    for _ in range(20):
+        page = operations.requests(RequestFilter(slot=SLOT, limit=3, cursor=cursor, **filters))
+        rows += page.requests
+        if (cursor := page.next_cursor) is None:
+            return rows
+        between()
+    raise AssertionError("more pages than requests")
+
+
+def test_pages_cover_every_request_once_while_new_traffic_arrives(workspace_dir: Path, ids) -> None:
+    operations = _local(workspace_dir)
+    with operations.registry as registry:
+        answers = Answers()
+        for i in range(11):
+            answers.request(f"p{i:02d}", ids["baseline"], "billing", label="billing")
+            answers.result(f"p{i:02d}", ids["cheap-mini"], "other" if i % 2 else "billing")
+        _write(registry, answers)
+
+        arrivals = iter(range(20))
+
+        def arrive() -> None:
+            late = Answers()
+            late.request(f"late{next(arrivals)}", ids["baseline"], "billing")
+            _write(registry, late)
+
+        listed = [row.request_id for row in _pages(operations, arrive)]
+        assert listed == [f"p{i:02d}" for i in reversed(range(11))] + ["r-later", "r-right"]
+        worst = [(row.request_id, row.d_net) for row in _pages(operations, worst=ids["cheap-mini"])]
+        assert len(worst) == len({r for r, _ in worst}) == 12 and [d for _, d in worst] == sorted(d for _, d in worst)
+
+
+def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, workspace_dir: Path) -> None:
+    registry, ids = demo_registry(workspace_dir)
+    answers = Answers()
+    answers.request("r-all", ids["baseline"], "billing", label="billing")
+    for name in ("careful-large", "careful-mini", "cheap-mini", "flash"):  # nothing left to replay
+        answers.result("r-all", ids[name], "technical" if name == "flash" else "billing")
+    _write(registry, answers)
+    operations = LocalOperations(registry)
+    local_trace = json.loads(operations.trace("r-all").model_dump_json())
+    local_page = json.loads(operations.requests(RequestFilter(slot=SLOT, disagree=ids["flash"])).model_dump_json())
+    registry.close()
+    daemon = Daemon(workspace_dir)
+    try:
+        env = {"SHADOWZOO_ADMIN_TOKEN": TOKEN}
+        assert cli("trace", "r-all", "--json", env=env).json() == local_trace
+        assert cli("requests", "--slot", SLOT, "--disagree", ids["flash"], "--json", env=env).json() == local_page
+        assert local_page["requests"][0]["output"] == "technical"
+        status, answer, _ = daemon.call("GET", "/admin/requests/r-all")
+        assert status == 200 and answer == local_trace
+        status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&limit=0")
+        assert status == 400 and answer["error"]["message"].startswith("limit:")
+        status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&worts=x")
+        assert status == 400 and answer["error"]["message"].startswith("worts:")
+        status, answer, _ = daemon.call("GET", "/admin/requests/nobody")
+        assert status == 404 and answer["error"]["type"] == "not_found"
+    finally:
+        daemon.stop()
+
+
+def test_a_trace_shows_each_metric_of_a_weighted_mix_against_the_latest_label(workspace_dir: Path, monkeypatch) -> None:
+    (workspace_dir / "whole_answer.py").write_text(
+        "def equals_label(request, output, outcome):\n    return 1.0 if output == outcome else 0.0\n")
+    monkeypatch.syspath_prepend(str(workspace_dir))
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT].update(metrics=[
+        {"type": "exact_match", "first_line": True},
+        {"type": "python", "name": "whole", "entrypoint": "whole_answer:equals_label", "weight": 3}]))
+    registry, ids = demo_registry(workspace_dir)
+    try:
+        answers = Answers()
+        answers.request("c1", ids["baseline"], "billing\nrefund the second charge", label="billing")
+        _write(registry, answers)
+        champion = LocalOperations(registry).trace("c1").champion
+        assert [(m.metric, m.weight, m.value) for m in champion.metrics] == [("exact_match", 1.0, 1.0), ("whole", 3.0, 0.0)]
+        assert champion.quality == pytest.approx(0.25)
+        answers.label("c1", "technical")  # a corrected label: every metric reads it
+        _write(registry, answers)
+        traced = LocalOperations(registry).trace("c1")
+        assert [m.value for m in traced.champion.metrics] == [0.0, 0.0] and traced.champion.quality == 0.0
+        assert [(o.value, o.used) for o in traced.outcomes] == [("billing", False), ("technical", True)]
+    finally:
+        registry.close()
+        sys.modules.pop("whole_answer", None)
