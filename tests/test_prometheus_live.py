@@ -66,6 +66,7 @@ DAEMON_METRICS = {
     "shadowzoo_eval_cost_usd_total", "shadowzoo_net_value_per_1k_usd", "shadowzoo_net_delta_lower_usd",
     "shadowzoo_promotion_ready", "shadowzoo_champion_info", "shadowzoo_budget_remaining_usd",
     "shadowzoo_job_runs_total", "shadowzoo_job_duration_seconds", "shadowzoo_spool_lag_seconds",
+    "shadowzoo_spool_quarantined_records_total", "shadowzoo_judge_unjudged_answers", "shadowzoo_judge_budget_reached",
 }
 MIN_SAMPLES = 20
 SCORE_INTERVAL_S = 2.0
