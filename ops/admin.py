@@ -185,7 +185,15 @@ async def _trace(api: Api, request: web.Request, body: None) -> RequestTrace:
 
 
 async def _requests(api: Api, request: web.Request, body: None) -> RequestPage:
-    return await api.call(api.operations.requests, _validated(RequestFilter, dict(request.query), "query parameter"))
+    """The page the query asks for; each `tag=k=v` keeps only requests carrying that tag."""
+    try:
+        tags = parse_where(request.query.getall("tag", []), option="tag")
+    except ValueError as exc:
+        raise ConfigError(f"tag: {exc}") from None
+    query = {name: value for name, value in request.query.items() if name != "tag"}
+    if "tags" in query:
+        raise ConfigError("tags: not a query parameter; give each tag as tag=key=value")
+    return await api.call(api.operations.requests, _validated(RequestFilter, {**query, "tags": tags}, "query parameter"))
 
 
 async def _start_job(api: Api, request: web.Request, body: JobRequest) -> JobStatus:
@@ -219,7 +227,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/admin/requests/{request_id}", "One request traced: every answer, its metrics, net value and pair (by request id or client request id).",
              _trace, answer=RequestTrace, query=("slot",)),
     Endpoint("GET", "/admin/requests", "A page of a slot's requests: disagreements, errors, or the worst paired net differences.",
-             _requests, answer=RequestPage, query=tuple(RequestFilter.model_fields)),
+             _requests, answer=RequestPage, query=tuple(name if name != "tags" else "tag" for name in RequestFilter.model_fields)),
     Endpoint("POST", "/admin/jobs", "Start long work (replay, report) as a daemon job.", _start_job, JobRequest, JobStatus),
     Endpoint("GET", "/admin/jobs/{job_id}", "A job's progress and result.", _job, answer=JobStatus),
 )
