@@ -21,14 +21,15 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ops.console.app import add_console
 from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
+from registry.errors import validated
 from scorer.board import EvidencePoint, Leaderboard
-from scorer.browse import RequestFilter, RequestPage
+from scorer.browse import RequestFilter, RequestPage, filter_of_query
 from scorer.trace import RequestTrace
 from shadow.pauses import Pause
 from shadow.tags import parse_where
@@ -186,14 +187,8 @@ async def _trace(api: Api, request: web.Request, body: None) -> RequestTrace:
 
 async def _requests(api: Api, request: web.Request, body: None) -> RequestPage:
     """The page the query asks for; each `tag=k=v` keeps only requests carrying that tag."""
-    try:
-        tags = parse_where(request.query.getall("tag", []), option="tag")
-    except ValueError as exc:
-        raise ConfigError(f"tag: {exc}") from None
     query = {name: value for name, value in request.query.items() if name != "tag"}
-    if "tags" in query:
-        raise ConfigError("tags: not a query parameter; give each tag as tag=key=value")
-    return await api.call(api.operations.requests, _validated(RequestFilter, {**query, "tags": tags}, "query parameter"))
+    return await api.call(api.operations.requests, filter_of_query(query, request.query.getall("tag", [])))
 
 
 async def _start_job(api: Api, request: web.Request, body: JobRequest) -> JobStatus:
@@ -273,17 +268,7 @@ def _route(api: Api, endpoint: Endpoint):
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    return _validated(model, await request.read(), "body")
-
-
-def _validated(model: type[BaseModel], data: bytes | dict[str, str], what: str) -> BaseModel:
-    """`data` (a JSON body, or query parameters) as `model`; an error names the field."""
-    try:
-        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or what}: {message}") from None
+    return validated(model, await request.read(), "body")
 
 
 def _required(request: web.Request, name: str) -> str:

@@ -29,8 +29,10 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry import ConfigError
+from registry.errors import validated
 from scorer.metrics import sql_literal
 from scorer.slices import tags_sql
+from shadow.tags import parse_where
 
 FIRST_WINDOW = 4096
 """Seqs read by the first window of a newest-first page (each next window doubles)."""
@@ -79,6 +81,18 @@ class RequestRow(BaseModel):
 class RequestPage(BaseModel):
     requests: list[RequestRow]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
+
+
+def filter_of_query(query: dict[str, str], tags: list[str]) -> RequestFilter:
+    """The filter that query parameters (or a form's fields) ask for, each of `tags` a `key=value` condition;
+    else a `ConfigError` naming the parameter (`tag` for a bad condition)."""
+    try:
+        where = parse_where(tags, option="tag")
+    except ValueError as exc:
+        raise ConfigError(f"tag: {exc}") from None
+    if "tags" in query:
+        raise ConfigError("tags: not a parameter; give each tag as tag=key=value")
+    return validated(RequestFilter, {**query, "tags": where}, "query parameter")
 
 
 def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first_line: bool = False) -> RequestPage:
