@@ -34,7 +34,7 @@ pre{background:#f6f8fa;border:1px solid #d8dee4;border-radius:6px;padding:10px;o
 pre.diff span{display:block}pre.diff .add{background:#dafbe1}pre.diff .del{background:#ffebe9}
 pre.diff .hunk{color:#8250df}tr.changed td{background:#fff8c5}.muted{color:#57606a}
 form.filters{display:flex;flex-wrap:wrap;gap:4px 12px;align-items:end;margin:0 0 12px}
-form.filters label{margin:0;font-size:12px}form.filters input[type=text]{width:190px}
+form.filters label{margin:0;font-size:12px}form.filters input[type=text]{width:170px}
 .answers{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:12px}
 .answer{border:1px solid #d0d7de;border-radius:8px;padding:8px 12px;min-width:0}
 .answer h3{margin:4px 0}.answer.differs{border-color:#bf8700}

@@ -47,7 +47,7 @@ async def requests(visit: Visit) -> View:
 def _filter_form(slot: str, asked: dict[str, str]) -> str:
     labels = {"version": "Called on variant", "disagree": "Disagrees with the champion", "worst": "Worst Δnet of",
               "tag": "Tags (k=v,k2=v2)", "since": "Since (UTC, ISO)", "limit": "Per page"}
-    fields = "".join(html.text_field(name, labels[name], value=asked.get(name, "")) for name in FILTERS)
+    fields = "".join(f"<div>{html.text_field(name, labels[name], value=asked.get(name, ''))}</div>" for name in FILTERS)
     return html.filters("/ui/requests", html.hidden("slot", slot) + fields
                         + html.checkbox("errors", "Errors only", "errors" in asked))
 
@@ -57,7 +57,8 @@ def _row(row: RequestRow, slot: str, focused: bool) -> list[str]:
              + (f"<span class='sub'>client id {escape(row.client_request_id)}</span>" if row.client_request_id else ""),
              escape(fmt_time(row.received_at)), _clip(row.champion_output, row.champion_status)]
     if focused:
-        cells += [html.link(f"/ui/variants/{row.version_id}", row.version_id or ""),
+        cells += [_clip(row.output or row.error, row.status)
+                  + f"<span class='sub'>{html.link(f'/ui/variants/{row.version_id}', row.version_id or '')}</span>",
                   escape(row.status or "missing"), _number(row.d_net, 6)]
     return cells
 
