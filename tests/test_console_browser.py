@@ -2,7 +2,8 @@
 
 The workspace has evidence before the daemon starts (careful-large clearly better than the
 champion, cheap-mini worse), so the console shows a ready challenger, refuses
-what the CLI refuses, and promotes with a reason into the audit log. Set
+what the CLI refuses, promotes with a reason into the audit log, and leads from the
+requests where cheap-mini disagrees to one request's trace. Set
 SHADOWZOO_CONSOLE_SCREENSHOTS to a directory (e.g. docs) to keep the main pages' screenshots.
 """
 
