@@ -21,14 +21,15 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ops.console.app import add_console
 from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
+from registry.errors import validated
 from scorer.board import EvidencePoint, Leaderboard
-from scorer.browse import RequestFilter, RequestPage
+from scorer.browse import RequestFilter, RequestPage, filter_of_query
 from scorer.trace import RequestTrace
 from shadow.pauses import Pause
 from shadow.tags import parse_where
@@ -185,7 +186,9 @@ async def _trace(api: Api, request: web.Request, body: None) -> RequestTrace:
 
 
 async def _requests(api: Api, request: web.Request, body: None) -> RequestPage:
-    return await api.call(api.operations.requests, _validated(RequestFilter, dict(request.query), "query parameter"))
+    """The page the query asks for; each `tag=k=v` keeps only requests carrying that tag."""
+    query = {name: value for name, value in request.query.items() if name != "tag"}
+    return await api.call(api.operations.requests, filter_of_query(query, request.query.getall("tag", [])))
 
 
 async def _start_job(api: Api, request: web.Request, body: JobRequest) -> JobStatus:
@@ -219,7 +222,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/admin/requests/{request_id}", "One request traced: every answer, its metrics, net value and pair (by request id or client request id).",
              _trace, answer=RequestTrace, query=("slot",)),
     Endpoint("GET", "/admin/requests", "A page of a slot's requests: disagreements, errors, or the worst paired net differences.",
-             _requests, answer=RequestPage, query=tuple(RequestFilter.model_fields)),
+             _requests, answer=RequestPage, query=tuple(name if name != "tags" else "tag" for name in RequestFilter.model_fields)),
     Endpoint("POST", "/admin/jobs", "Start long work (replay, report) as a daemon job.", _start_job, JobRequest, JobStatus),
     Endpoint("GET", "/admin/jobs/{job_id}", "A job's progress and result.", _job, answer=JobStatus),
 )
@@ -265,17 +268,7 @@ def _route(api: Api, endpoint: Endpoint):
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    return _validated(model, await request.read(), "body")
-
-
-def _validated(model: type[BaseModel], data: bytes | dict[str, str], what: str) -> BaseModel:
-    """`data` (a JSON body, or query parameters) as `model`; an error names the field."""
-    try:
-        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or what}: {message}") from None
+    return validated(model, await request.read(), "body")
 
 
 def _required(request: web.Request, name: str) -> str:

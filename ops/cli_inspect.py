@@ -13,6 +13,7 @@ from ops.output import print_json, print_table, say
 from ops.session import session
 from scorer.browse import MAX_LIMIT, RequestFilter, RequestPage
 from scorer.trace import AnswerTrace, RequestTrace
+from shadow.tags import parse_where
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 SHOWN_CHARS = 60
@@ -50,19 +51,25 @@ def requests(
     disagree: Annotated[str | None, typer.Option("--disagree", help="Only requests where this challenger's answer differs from the champion's.")] = None,
     errors: Annotated[bool, typer.Option("--errors", help="Only requests where the variant (else the champion or any challenger) errored.")] = False,
     worst: Annotated[str | None, typer.Option("--worst", help="Order by this challenger's paired net difference, biggest loss first.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Only requests with this tag (repeat to require several), as `leaderboard --where`.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_LIMIT, help="Requests per page.")] = 20,
     cursor: Annotated[str | None, typer.Option("--cursor", help="Start after the page that printed this cursor.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List a slot's requests, newest first: where a challenger disagrees, errs, or loses most.
 
-    --worst orders by the paired net difference in the current evaluation period. A page
+    --worst orders by the paired net difference in the current evaluation period; --tag
+    keeps the requests of a leaderboard slice (`leaderboard --where`). A page
     ends with the cursor of the next one; `shadowzoo trace` shows any request in full.
 
     Example: shadowzoo requests --slot support-triage --disagree concise-20261121-1a2b3c4d --limit 10
     """
+    try:
+        tags = parse_where(tag or [], option="--tag")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tag") from None
     request = RequestFilter(slot=slot, since=since, version=version, disagree=disagree, errors=errors, worst=worst,
-                            limit=limit, cursor=cursor)
+                            tags=tags, limit=limit, cursor=cursor)
     with session(ctx).operations() as operations:
         page = operations.requests(request)
     if as_json:

@@ -108,8 +108,10 @@ class RemoteOperations:
 
     def requests(self, request: RequestFilter) -> RequestPage:
         query = {name: str(value).lower() if isinstance(value, bool) else str(value)
-                 for name, value in request.model_dump(mode="json", exclude_none=True, exclude_defaults=True).items()}
-        return self._call("GET", "/admin/requests", RequestPage, **query)
+                 for name, value in request.model_dump(mode="json", exclude_none=True, exclude_defaults=True,
+                                                       exclude={"tags"}).items()}
+        return self._call("GET", "/admin/requests", RequestPage, **query,
+                          tag=[f"{key}={value}" for key, value in request.tags.items()])
 
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/admin/status", dict)

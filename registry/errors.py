@@ -7,6 +7,12 @@ so the CLI and the APIs can show it as is, without a traceback.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
+
 
 class ShadowzooError(Exception):
     """A failure caused by input or state the user can fix; the message says how."""
@@ -26,3 +32,14 @@ class Refused(ShadowzooError):
 
 class DatabaseError(ShadowzooError):
     """The database cannot be opened or used (locked, too new, corrupt)."""
+
+
+def validated(model: type[Model], data: bytes | dict[str, object], what: str) -> Model:
+    """`data` (a JSON body, or query or form fields) as `model`; else a `ConfigError` naming the first bad field
+    (`what` when the whole of it is wrong)."""
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{'.'.join(str(p) for p in first['loc']) or what}: {message}") from None

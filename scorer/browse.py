@@ -14,6 +14,9 @@ Two answers disagree when what the slot's metrics read of them differs, trimmed 
 lower-cased (the first line when every metric reads only the first line, else the whole
 text), or when their tool calls differ; an error (or a call not run) is not a disagreement
 (see `errors`).
+
+`tags` keeps the requests carrying every given tag, by the condition a leaderboard slice
+selects its requests with (`scorer.slices.tags_sql`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry import ConfigError
+from registry.errors import validated
 from scorer.metrics import sql_literal
+from scorer.slices import tags_sql
+from shadow.tags import parse_where
 
 FIRST_WINDOW = 4096
 """Seqs read by the first window of a newest-first page (each next window doubles)."""
@@ -44,6 +50,7 @@ class RequestFilter(BaseModel):
     disagree: str | None = Field(None, description="Only requests where this challenger's answer differs from the champion's.")
     errors: bool = Field(False, description="Only requests where the variant (else the champion or any challenger) errored.")
     worst: str | None = Field(None, description="Order by this challenger's paired net difference, most negative first.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Only requests carrying every one of these tags.")
     limit: int = Field(20, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(None, description="The `next_cursor` of the previous page.")
 
@@ -76,6 +83,18 @@ class RequestPage(BaseModel):
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last.")
 
 
+def filter_of_query(query: dict[str, str], tags: list[str]) -> RequestFilter:
+    """The filter that query parameters (or a form's fields) ask for, each of `tags` a `key=value` condition;
+    else a `ConfigError` naming the parameter (`tag` for a bad condition)."""
+    try:
+        where = parse_where(tags, option="tag")
+    except ValueError as exc:
+        raise ConfigError(f"tag: {exc}") from None
+    if "tags" in query:
+        raise ConfigError("tags: not a parameter; give each tag as tag=key=value")
+    return validated(RequestFilter, {**query, "tags": where}, "query parameter")
+
+
 def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first_line: bool = False) -> RequestPage:
     """One page of the slot's requests that match `request`; `first_line`: answers disagree
     by their first lines only (every metric of the slot reads only that)."""
@@ -106,10 +125,10 @@ def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: st
         conditions.append(f"(p.d_net > CAST('{d_net!r}' AS DOUBLE) OR (p.d_net = CAST('{d_net!r}' AS DOUBLE) "
                           f"AND p.request_seq < {seq}))")
     joins = ""
-    if request.since is not None or request.disagree is not None or request.errors:
+    if request.since is not None or request.tags or request.disagree is not None or request.errors:
         joins = (" JOIN traffic t ON t.seq = p.request_seq JOIN shadow_results s ON s.request_seq = p.request_seq "
                  f"AND s.version_id = {sql_literal(focus)} AND s.role <> 'control'")
-        conditions += [*_filters(request, focus, disagreement, lambda column: "true"), _since(request)]
+        conditions += [*_filters(request, focus, disagreement, lambda column: "true"), _on_traffic(request)]
     seqs = [row[0] for row in db.execute(
         f"SELECT p.request_seq FROM paired p{joins} WHERE {' AND '.join(conditions)} "
         f"ORDER BY p.d_net, p.request_seq DESC LIMIT {request.limit + 1}").fetchall()]
@@ -130,7 +149,7 @@ def _matching(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str 
     if focus is not None and (request.version or request.disagree or request.errors):
         joins = (f" JOIN shadow_results s ON s.request_seq = t.seq AND s.version_id = {sql_literal(focus)} "
                  f"AND s.role <> 'control' AND {within('s.request_seq')}")
-    conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), _since(request),
+    conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), _on_traffic(request),
                   *_filters(request, focus, disagreement, within)]
     return [row[0] for row in db.execute(
         f"SELECT t.seq FROM traffic t{joins} WHERE {' AND '.join(conditions)} ORDER BY t.seq DESC LIMIT {limit + 1}"
@@ -173,11 +192,11 @@ def _disagreement(first_line: bool) -> str:
             "OR coalesce(s.tool_calls_json::VARCHAR, '') <> coalesce(t.tool_calls_json::VARCHAR, ''))")
 
 
-def _since(request: RequestFilter) -> str:
-    """The condition of --since on the traffic row `t`."""
-    if request.since is None:
-        return "true"
-    return f"t.received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))}"
+def _on_traffic(request: RequestFilter) -> str:
+    """The conditions of --since and --tag on the traffic row `t`."""
+    since = "true" if request.since is None else \
+        f"t.received_at >= TIMESTAMP {sql_literal(request.since.isoformat(sep=' '))}"
+    return f"{since} AND {tags_sql(request.tags, 't.tags')}"
 
 
 def _filters(request: RequestFilter, focus: str | None, disagreement: str, within: Callable[[str], str]) -> list[str]:

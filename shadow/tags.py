@@ -58,14 +58,15 @@ def parse_tags_header(text: str) -> dict[str, str]:
     return check_tags(tags)
 
 
-def parse_where(items: list[str]) -> dict[str, str]:
+def parse_where(items: list[str], option: str = "--where") -> dict[str, str]:
     """Slice conditions `k=v` (any stored tag key: explicit, `user` or `metadata.<key>`); a `ValueError` naming
-    the one that is not `key=value`. A key given twice must have one value (a request has one value per key)."""
+    the one that is not `key=value`. A key given twice must have one value (a request has one value per key);
+    `option` names the conditions' option in that error."""
     where: dict[str, str] = {}
     for item in items:
         key, value = _pair(item.strip())
         if where.get(key, value) != value:
-            raise ValueError(f"--where {key}: given twice with different values; a request has one value per key")
+            raise ValueError(f"{option} {key}: given twice with different values; a request has one value per key")
         where[key] = value
     return where
 

@@ -19,7 +19,8 @@ from ops.console.session import COOKIE
 from ops.jobs import JobBoard
 from ops.operations import LocalOperations
 from registry import Registry, load_workspace
-from tests.scoring_data import SLOT, demo_registry
+from scorer.service import Scorer
+from tests.scoring_data import SLOT, Answers, demo_registry
 
 TOKEN = "console-test-token"
 Scenario = Callable[[TestClient, dict[str, str]], Awaitable[None]]
@@ -29,9 +30,12 @@ def _no_status() -> dict:
     raise AssertionError("these tests never open the status page")
 
 
-def _run(workspace_dir: Path, scenario: Scenario) -> Registry:
-    """`scenario(client, variant ids)` against the admin app on loopback; returns the registry to inspect."""
+def _run(workspace_dir: Path, scenario: Scenario,
+         setup: Callable[[Registry, dict[str, str]], None] = lambda registry, ids: None) -> Registry:
+    """`scenario(client, variant ids)` against the admin app on loopback, after `setup` wrote into the registry;
+    returns the registry to inspect."""
     registry, ids = demo_registry(workspace_dir)
+    setup(registry, ids)
     api = Api(LocalOperations(registry), JobBoard(), CollectorRegistry(), TOKEN, _no_status)
 
     async def main() -> None:
@@ -145,3 +149,64 @@ def test_a_promotion_of_a_mangled_version_id_is_refused_on_the_page_without_brea
             assert "a" not in client.session.cookie_jar.filter_cookies(client.make_url("/ui/"))
 
     _run(workspace_dir, scenario).close()
+
+
+def test_the_requests_page_lists_and_filters_a_slot_s_requests_and_pages_on(workspace_dir: Path) -> None:
+    async def scenario(client: TestClient, ids: dict[str, str]) -> None:
+        await _login(client)
+        page = await client.get(f"/ui/requests?slot={SLOT}&limit=2")
+        text = await page.text()
+        assert page.status == 200 and text.index("r-3") < text.index("r-2") and "r-1" not in text
+        assert f'href="/ui/requests/r-3?slot={SLOT}"' in text and f'href="/ui/requests?slot={SLOT}" class=\'here\'' in text  # the nav
+        following = re.search(r'href="(/ui/requests\?[^"]*cursor=[^"]+)"', text).group(1).replace("&amp;", "&")
+        assert "r-1" in await (await client.get(following)).text()
+        tagged = await (await client.get(f"/ui/requests?slot={SLOT}&tag=tier%3Dgold&disagree={ids['cheap-mini']}")).text()
+        assert "r-2" in tagged and "r-3" not in tagged and "r-1" not in tagged
+        assert 'value="tier=gold"' in tagged  # the form keeps the filter
+        worst = await (await client.get(f"/ui/requests?slot={SLOT}&worst={ids['cheap-mini']}&errors=1")).text()
+        assert "No request matches." in worst and 'name="errors" value="1" checked' in worst
+        bad = await client.get(f"/ui/requests?slot={SLOT}&tag=tier")
+        assert bad.status == 400 and "tag: &#x27;tier&#x27; is not key=value" in await bad.text()
+
+    _three_requests(workspace_dir, scenario)
+
+
+def test_a_trace_page_shows_the_messages_every_answer_its_diff_scores_pair_and_escapes_hostile_text(
+        workspace_dir: Path) -> None:
+    async def scenario(client: TestClient, ids: dict[str, str]) -> None:
+        await _login(client)
+        page = await client.get(f"/ui/requests/r-2?slot={SLOT}")
+        text = await page.text()
+        assert page.status == 200
+        assert "<h3>user</h3><pre>r-2</pre>" in text  # the request's message
+        champion, cheap, skipped = (text.index(f"/ui/variants/{ids[n]}") for n in ("baseline", "cheap-mini", "careful-mini"))
+        assert champion < min(cheap, skipped)  # the champion's answer first
+        assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text and "<script>" not in text
+        assert '<span class="del">-billing</span>' in text and '<span class="add">+&lt;script&gt;' in text
+        assert "pair (period 1): Δnet -0.0" in text and "<td>exact_match</td>" in text
+        assert "daily shadow budget" in text  # why careful-mini was not run
+        assert "scored against" in text and "&quot;billing&quot;" in text  # the label
+        missing = await client.get("/ui/requests/nobody")
+        assert missing.status == 404 and "nobody" in await missing.text()
+
+    _three_requests(workspace_dir, scenario)
+
+
+def _three_requests(workspace_dir: Path, scenario: Scenario) -> None:
+    """Run `scenario` on three labelled requests r-1..r-3 (r-2 tagged tier=gold), each answered by cheap-mini,
+    r-2 with hostile text, and r-2 not run on careful-mini."""
+    def setup(registry: Registry, ids: dict[str, str]) -> None:
+        answers = Answers()
+        for n in (1, 2, 3):
+            answers.request(f"r-{n}", ids["baseline"], "billing", label="billing")
+            answers.result(f"r-{n}", ids["cheap-mini"], '<script>alert("x")</script>' if n == 2 else "technical")
+        answers.result("r-2", ids["careful-mini"], None, status="not_run")
+        answers.results[-1]["error"] = "budget: daily shadow budget of 10.00 USD reached"
+        for row in answers.traffic:
+            row["client_request_id"] = None
+        answers.write(registry)
+        with registry.database.transaction() as db:
+            db.execute("UPDATE traffic SET tags = MAP {'tier': 'gold'} WHERE request_id = 'r-2'")
+        Scorer(registry.workspace, registry).refresh(SLOT)
+
+    _run(workspace_dir, scenario, setup).close()

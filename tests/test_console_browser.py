@@ -2,7 +2,8 @@
 
 The workspace has evidence before the daemon starts (careful-large clearly better than the
 champion, cheap-mini worse), so the console shows a ready challenger, refuses
-what the CLI refuses, and promotes with a reason into the audit log. Set
+what the CLI refuses, promotes with a reason into the audit log, and leads from the
+requests where cheap-mini disagrees to one request's trace. Set
 SHADOWZOO_CONSOLE_SCREENSHOTS to a directory (e.g. docs) to keep the main pages' screenshots.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
@@ -138,4 +140,30 @@ def test_an_operator_logs_in_reads_every_page_promotes_and_rolls_back_with_a_rea
     _submit(browser, "/ui/logout")
     browser.get(f"{daemon.url}/ui/history")
     assert browser.current_url.startswith(f"{daemon.url}/ui/login")
+    assert not _severe(browser)
+
+
+def test_an_operator_finds_a_disagreement_on_the_requests_page_and_reads_its_trace_in_a_real_browser(served, browser) -> None:
+    daemon, ids = served
+    browser.get(f"{daemon.url}/ui/requests?slot={SLOT}")
+    if browser.current_url.startswith(f"{daemon.url}/ui/login"):  # alone, or after the other test logged out
+        _submit(browser, "/ui/login", token=TOKEN, actor="browser-tester")
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"{SLOT} · requests"
+    _submit(browser, "/ui/requests", disagree=ids["cheap-mini"], limit="8")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 8 and all(ids["cheap-mini"] in row.text for row in rows)
+    assert browser.find_element(By.LINK_TEXT, "Next page →")
+    _shoot(browser, "requests")
+
+    request_id = rows[0].find_element(By.TAG_NAME, "a").text
+    rows[0].find_element(By.TAG_NAME, "a").click()
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Request {request_id}"
+    answers = {card.find_element(By.TAG_NAME, "h3").text: card for card in browser.find_elements(By.CSS_SELECTOR, ".answer")}
+    assert ids["baseline"] in answers and ids["cheap-mini"] in answers
+    assert "champion · ok" in answers[ids["baseline"]].text and "challenger · ok" in answers[ids["cheap-mini"]].text
+    cheap = answers[ids["cheap-mini"]]
+    assert cheap.find_elements(By.CSS_SELECTOR, "pre.diff .add") and cheap.find_elements(By.CSS_SELECTOR, "pre.diff .del")
+    assert "exact_match" in cheap.text and "net" in cheap.text
+    ActionChains(browser).scroll_by_amount(0, answers[ids["baseline"]].location["y"] - 60).perform()  # answers on top
+    _shoot(browser, "trace")
     assert not _severe(browser)

@@ -132,6 +132,33 @@ def test_browsing_finds_disagreements_errors_and_the_biggest_losses(cli, workspa
             operations.requests(RequestFilter(slot=SLOT, worst=ids["cheap-mini"], disagree=ids["flash"]))
 
 
+def _tag(registry: Registry, request_id: str, tags: dict[str, str]) -> None:
+    with registry.database.transaction() as db:
+        db.execute("UPDATE traffic SET tags = MAP(?, ?) WHERE request_id = ?", [list(tags), list(tags.values()), request_id])
+
+
+def test_requests_with_tags_are_those_carrying_every_given_tag(cli, workspace_dir, ids) -> None:
+    operations = _local(workspace_dir)
+    with operations.registry as registry:
+        _tag(registry, "r-right", {"tier": "gold", "team": "billing"})
+        _tag(registry, "r-later", {"tier": "gold", "team": "sales"})
+
+    def listed(*args: str) -> list[str]:
+        result = cli("requests", "--slot", SLOT, *args, "--json")
+        assert result.code == 0, result.err
+        return [row["request_id"] for row in result.json()["requests"]]
+
+    assert listed("--tag", "tier=gold") == ["r-later", "r-right"]
+    assert listed("--tag", "tier=gold", "--tag", "team=billing") == ["r-right"]
+    assert listed("--tag", "tier=silver") == []
+    assert listed("--tag", "team=sales", "--disagree", ids["cheap-mini"]) == ["r-later"]
+    assert listed("--tag", "team=billing", "--worst", ids["cheap-mini"]) == ["r-right"]
+    assert listed("--tag", "team=sales", "--worst", ids["cheap-mini"]) == []
+    for bad in ("tier", "team=billing --tag team=sales"):
+        result = cli("requests", "--slot", SLOT, *f"--tag {bad}".split())
+        assert result.code == 2 and "--tag" in result.err, result.err
+
+
 def _pages(operations: LocalOperations, between=lambda: None, **filters) -> list:
     """Every row of every page, calling `between` after each page."""
     rows, cursor = [], None
@@ -172,10 +199,13 @@ def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, worksp
     answers.request("r-all", ids["baseline"], "billing", label="billing")
     for name in ("careful-large", "careful-mini", "cheap-mini", "flash"):  # nothing left to replay
         answers.result("r-all", ids[name], "technical" if name == "flash" else "billing")
+    answers.request("r-other", ids["baseline"], "billing")
     _write(registry, answers)
+    _tag(registry, "r-all", {"tier": "gold"})
     operations = LocalOperations(registry)
     local_trace = json.loads(operations.trace("r-all").model_dump_json())
     local_page = json.loads(operations.requests(RequestFilter(slot=SLOT, disagree=ids["flash"])).model_dump_json())
+    gold_page = json.loads(operations.requests(RequestFilter(slot=SLOT, tags={"tier": "gold"})).model_dump_json())
     registry.close()
     daemon = Daemon(workspace_dir)
     try:
@@ -183,6 +213,12 @@ def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, worksp
         assert cli("trace", "r-all", "--json", env=env).json() == local_trace
         assert cli("requests", "--slot", SLOT, "--disagree", ids["flash"], "--json", env=env).json() == local_page
         assert local_page["requests"][0]["output"] == "technical"
+        assert cli("requests", "--slot", SLOT, "--tag", "tier=gold", "--json", env=env).json() == gold_page
+        assert [row["request_id"] for row in gold_page["requests"]] == ["r-all"]
+        status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&tag=tier=gold&tag=tier=gold")
+        assert status == 200 and answer == gold_page
+        status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&tag=tier")
+        assert status == 400 and answer["error"]["message"].startswith("tag: 'tier' is not key=value"), answer
         status, answer, _ = daemon.call("GET", "/admin/requests/r-all")
         assert status == 200 and answer == local_trace
         status, answer, _ = daemon.call("GET", f"/admin/requests?slot={SLOT}&limit=0")

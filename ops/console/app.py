@@ -4,7 +4,7 @@ Every page and action needs a session (else: to the login page); every POST need
 session's CSRF token (else: 403). `/admin/*` keeps its own bearer auth, untouched: a
 console session never authorises an API call, and the API token is never put in a cookie.
 
-To add a page (e.g. the request browser and trace view), write its render function
+To add a page, write its render function
 `async def name(visit: Visit) -> View` (see `ops.console.pages`) and add one `PageRoute`
 to `PAGES`; a `nav` label puts it in the navigation bar.
 """
@@ -20,7 +20,7 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from ops.console import actions, html, pages
+from ops.console import actions, html, inspect, pages
 from ops.console.session import COOKIE, COOKIE_PATH, LIFETIME_S, Session, Sessions
 from ops.console.visit import View, Visit
 from registry import ConfigError, NotFound
@@ -45,13 +45,15 @@ PAGES: tuple[PageRoute, ...] = (
     PageRoute("/ui/leaderboard", "Leaderboard", pages.leaderboard),
     PageRoute("/ui/variants", "Variants", pages.variants),
     PageRoute("/ui/variants/{version_id}", None, pages.variant),
+    PageRoute("/ui/requests", "Requests", inspect.requests),
+    PageRoute("/ui/requests/{request_id}", None, inspect.trace),
     PageRoute("/ui/history", "History", pages.history),
     PageRoute("/ui/status", "Status", pages.status),
     PageRoute("/ui/jobs", "Jobs", pages.jobs),
 )
 ACTIONS: dict[str, Act] = {"/ui/promote": actions.promote, "/ui/rollback": actions.rollback}
 HOME = PAGES[0].path
-SLOT_PAGES = {"/ui/leaderboard", "/ui/variants", "/ui/history"}  # the slot switcher stays on these
+SLOT_PAGES = {"/ui/leaderboard", "/ui/variants", "/ui/requests", "/ui/history"}  # the slot switcher stays on these
 ERROR_STATUS = {NotFound: 404, ConfigError: 400}
 
 

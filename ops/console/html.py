@@ -7,6 +7,7 @@ the console's leaderboard looks exactly like the report's.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable, Sequence
 from html import escape
@@ -32,6 +33,11 @@ pre{background:#f6f8fa;border:1px solid #d8dee4;border-radius:6px;padding:10px;o
  font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;white-space:pre-wrap}
 pre.diff span{display:block}pre.diff .add{background:#dafbe1}pre.diff .del{background:#ffebe9}
 pre.diff .hunk{color:#8250df}tr.changed td{background:#fff8c5}.muted{color:#57606a}
+form.filters{display:flex;flex-wrap:wrap;gap:4px 12px;align-items:end;margin:0 0 12px}
+form.filters label{margin:0;font-size:12px}form.filters input[type=text]{width:170px}
+.answers{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:12px}
+.answer{border:1px solid #d0d7de;border-radius:8px;padding:8px 12px;min-width:0}
+.answer h3{margin:4px 0}.answer.differs{border-color:#bf8700}
 """
 
 SECURITY_HEADERS = {
@@ -74,6 +80,11 @@ def form(action: str, csrf: str, fields: str, button: str, css: str = "action", 
             f"<button type=\"submit\">{escape(button)}</button></form>")
 
 
+def filters(action: str, fields: str, button: str = "Show") -> str:
+    """A GET form (a search: nothing changes, so no CSRF token) whose fields become the page's query."""
+    return f'<form method="get" action="{escape(action)}" class="filters">{fields}<button type="submit">{escape(button)}</button></form>'
+
+
 def hidden(name: str, value: str) -> str:
     return f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
 
@@ -84,8 +95,9 @@ def text_field(name: str, label: str, multiline: bool = False, password: bool = 
     return f'<label for="{name}">{escape(label)}</label>{control}'
 
 
-def checkbox(name: str, label: str) -> str:
-    return f'<label class="check"><input type="checkbox" name="{name}" value="1"> {escape(label)}</label>'
+def checkbox(name: str, label: str, checked: bool = False) -> str:
+    mark = " checked" if checked else ""
+    return f'<label class="check"><input type="checkbox" name="{name}" value="1"{mark}> {escape(label)}</label>'
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], empty: str, row_css: Sequence[str] = ()) -> str:
@@ -106,3 +118,13 @@ def mono(value: Any) -> str:
 
 def pretty_json(value: Any) -> str:
     return f"<pre>{escape(json.dumps(value, indent=2, sort_keys=True, default=str))}</pre>"
+
+
+def line_diff(before: str, after: str, before_name: str, after_name: str, same: str) -> str:
+    """A unified diff of two texts, added and removed lines highlighted; `same` when they do not differ."""
+    lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(), before_name, after_name, lineterm=""))
+    if not lines:
+        return f"<p class='empty'>{escape(same)}</p>"
+    css = {"+": "add", "-": "del", "@": "hunk"}
+    spans = "".join(f'<span class="{css.get(line[:1], "")}">{escape(line) or " "}</span>' for line in lines)
+    return f'<pre class="diff">{spans}</pre>'

@@ -7,7 +7,6 @@ daemon's `status()` answer.
 
 from __future__ import annotations
 
-import difflib
 import json
 from datetime import datetime
 from html import escape
@@ -35,7 +34,9 @@ async def leaderboard(visit: Visit) -> View:
         return View("Leaderboard", '<p class="empty">No slot is configured in shadowzoo.yaml.</p>')
     board = await visit.call(visit.api.operations.leaderboard, slot)
     history = await visit.call(visit.api.operations.evidence_history, slot)
-    links = "".join(f"<li>{html.link(f'/ui/variants/{row.version_id}', f'{row.label} · {row.display_status}')}</li>"
+    links = "".join(f"<li>{html.link(f'/ui/variants/{row.version_id}', f'{row.label} · {row.display_status}')}"
+                    + (f" · {html.link('/ui/requests', 'requests where it disagrees', slot=slot, disagree=row.version_id)}"
+                       if row.role != "champion" else "") + "</li>"
                     for row in board.rows)
     body = (f"<h1>{escape(slot)} · leaderboard</h1>{leaderboard_sections(board, history)}"
             f"<h2>Variants on this board</h2><p class='note'>Open one for its config, skill, diff to the champion "
@@ -109,13 +110,7 @@ def config_diff(champion: dict[str, Any], challenger: dict[str, Any]) -> str:
 
 def skill_diff(champion: str, challenger: str) -> str:
     """A unified diff of the two skill documents, added and removed lines highlighted."""
-    lines = list(difflib.unified_diff(champion.splitlines(), challenger.splitlines(), "champion", "this variant",
-                                      lineterm=""))
-    if not lines:
-        return "<p class='empty'>Same skill document.</p>"
-    css = {"+": "add", "-": "del", "@": "hunk"}
-    spans = "".join(f'<span class="{css.get(line[:1], "")}">{escape(line) or " "}</span>' for line in lines)
-    return f'<pre class="diff">{spans}</pre>'
+    return html.line_diff(champion, challenger, "champion", "this variant", "Same skill document.")
 
 
 def _promote_form(visit: Visit, found: Variant, champion: Variant | None) -> str:
