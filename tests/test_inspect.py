@@ -100,6 +100,20 @@ def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_ans
     assert text.code == 0 and "waits for the request's label" in text.out and ids["cheap-mini"] in text.out
 
 
+def test_a_trace_leaves_the_databases_optimizer_settings_as_it_found_them(workspace_dir, ids) -> None:
+    operations = _local(workspace_dir)
+    with operations.registry as registry:
+        with registry.database.reading() as db:
+            db.execute("SET disabled_optimizers = 'join_order'")
+        before = operations.trace("r-right").model_dump(mode="json")
+        with registry.database.reading() as db:
+            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == "join_order"
+            db.execute("RESET disabled_optimizers")
+        assert operations.trace("r-right").model_dump(mode="json") == before
+        with registry.database.reading() as db:
+            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
+
+
 def test_an_unknown_request_or_a_foreign_cursor_fails_with_a_message_naming_it(cli, ids) -> None:
     result = cli("trace", "nobody")
     assert result.code == 1 and "no request with request id or client request id 'nobody'" in result.err
