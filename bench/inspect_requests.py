@@ -10,8 +10,8 @@ runs (traces of different requests), with the daemon's DuckDB limits:
   pairs, period);
 - newest: the first page of the slot's requests, newest first;
 - disagree / disagree_next: the first and the sixth page of a challenger's disagreements;
-- errors: the first page of a challenger's errors, when it has none (the filter then reads
-  every answer: the worst case of a sparse filter);
+- errors: the first page of a challenger's errors, when it has none (the page looks for the
+  newest error first: with none, the statuses' min and max rule out every row group);
 - worst / worst_next: the first and the sixth page of a challenger's biggest losses.
 
 Target (issue 15): trace and browse answer within 50 ms at 10 M shadow results.

@@ -8,7 +8,8 @@ there when the first page was read.
 
 Newest first is read in windows of seq that double until the page is full: a page of recent
 requests reads only the recent rows of each table (DuckDB skips row groups by their seq
-range), whatever the size of the slot's history.
+range), whatever the size of the slot's history. An `errors` page starts its windows at the newest
+error, found first from the errors alone (none: the page is empty without reading further).
 
 Two answers disagree when what the slot's metrics read of them differs, trimmed and
 lower-cased (the first line when every metric reads only the first line, else the whole
@@ -105,7 +106,7 @@ def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first
         return _worst_page(db, request, focus, disagreement, period)
     newest, after = _newest_cursor(db, request.cursor)
     seqs: list[int] = []
-    low, window = min(newest, after - 1), FIRST_WINDOW
+    low, window = _first_candidate(db, request, focus, min(newest, after - 1)), FIRST_WINDOW
     while len(seqs) <= request.limit and low > 0:
         high, low = low, max(0, low - window)
         seqs += _matching(db, request, focus, disagreement, _between(low, high), request.limit - len(seqs))
@@ -134,6 +135,22 @@ def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: st
         f"ORDER BY p.d_net, p.request_seq DESC LIMIT {request.limit + 1}").fetchall()]
     rows = _rows(db, focus, seqs, "p.d_net, t.seq DESC", period)
     return _page(rows, request.limit, lambda row: f"net:{row[-1]!r}:{row[0]}")
+
+
+def _first_candidate(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str | None, start: int) -> int:
+    """The newest seq at or below `start` that can match: for --errors, the newest error's
+    request (0 when there is none), found by the errors alone. Errors are rare, so `status`
+    rules out most row groups by its min and max without reading them, where the windows
+    would read every answer of the slot down to the first request."""
+    if not request.errors:
+        return start
+    errored = f"SELECT max(request_seq) FROM shadow_results WHERE status = 'error' AND request_seq <= {start}"
+    if focus is not None:
+        errored += f" AND version_id = {sql_literal(focus)} AND role <> 'control'"
+    else:
+        errored = (f"SELECT greatest(({errored}), (SELECT max(seq) FROM traffic WHERE slot = {sql_literal(request.slot)} "
+                   f"AND seq <= {start} AND (status <> 200 OR error IS NOT NULL)))")
+    return db.execute(errored).fetchone()[0] or 0
 
 
 def _between(low: int, high: int) -> Callable[[str], str]:

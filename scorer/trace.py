@@ -12,8 +12,9 @@ challenger answer the pair it entered (`paired`, with its differences) or why it
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 from pydantic import BaseModel, Field
@@ -21,10 +22,15 @@ from pydantic import BaseModel, Field
 from registry import ConfigError, NotFound, Registry, Variant
 from registry.db import registered
 from scorer.answers import AnswerQuery, variant_prices
-from scorer.metrics import plan_quality
+from scorer.metrics import plan_quality, sql_literal
 from shadow.pricing import effective_prices
 
 EPOCH = datetime(1970, 1, 1)
+SKIPPED_OPTIMIZERS = ("common_subexpressions",)
+"""DuckDB optimizer passes a trace's scoring query goes without: on one request's rows it
+saves nothing, while over the scoring SQL's metric expressions it takes about 13 ms, most of
+the optimizer's time (the pushdown of the request's seq into every scan, which does matter,
+stays on)."""
 _TRAFFIC = ("seq, request_id, client_request_id, slot, received_at, request_json, champion_version, source, status, "
             "error")
 
@@ -109,7 +115,8 @@ def trace_request(registry: Registry, key: str, slot: str | None = None) -> Requ
         prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
         query = AnswerQuery(slot=traffic["slot"], since=EPOCH, plan=plan_quality(config.metrics, f"slots.{traffic['slot']}.metrics"),
                             scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}")
-        with registered(db, "variant_prices", variant_prices(variants, prices).to_arrow()):
+        prices_table = variant_prices(variants, prices).to_arrow()
+        with registered(db, "variant_prices", prices_table), _skipping(db, SKIPPED_OPTIMIZERS):
             scored = _scored(db, query, [m.key for m in config.metrics])
         period = _period(db, traffic)
         pairs = _pairs(db, traffic["seq"])
@@ -126,6 +133,18 @@ def trace_request(registry: Registry, key: str, slot: str | None = None) -> Requ
         received_at=traffic["received_at"], source=traffic["source"], request=json.loads(traffic["request_json"]),
         champion=champion, challengers=[a for a in answers if a.role != "champion"], outcomes=outcomes,
         period=period)
+
+
+@contextmanager
+def _skipping(db: duckdb.DuckDBPyConnection, optimizers: tuple[str, ...]) -> Iterator[None]:
+    """The connection with `optimizers` disabled as well, restored afterwards (the caller
+    holds the database's lock, so no other query runs without them)."""
+    previous = db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
+    db.execute(f"SET disabled_optimizers = {sql_literal(','.join(filter(None, [previous, *optimizers])))}")
+    try:
+        yield
+    finally:
+        db.execute(f"SET disabled_optimizers = {sql_literal(previous)}")
 
 
 def _find(db: duckdb.DuckDBPyConnection, key: str, slot: str | None) -> dict[str, Any]:

@@ -100,6 +100,20 @@ def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_ans
     assert text.code == 0 and "waits for the request's label" in text.out and ids["cheap-mini"] in text.out
 
 
+def test_a_trace_leaves_the_databases_optimizer_settings_as_it_found_them(workspace_dir, ids) -> None:
+    operations = _local(workspace_dir)
+    with operations.registry as registry:
+        with registry.database.reading() as db:
+            db.execute("SET disabled_optimizers = 'join_order'")
+        before = operations.trace("r-right").model_dump(mode="json")
+        with registry.database.reading() as db:
+            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == "join_order"
+            db.execute("RESET disabled_optimizers")
+        assert operations.trace("r-right").model_dump(mode="json") == before
+        with registry.database.reading() as db:
+            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
+
+
 def test_an_unknown_request_or_a_foreign_cursor_fails_with_a_message_naming_it(cli, ids) -> None:
     result = cli("trace", "nobody")
     assert result.code == 1 and "no request with request id or client request id 'nobody'" in result.err
@@ -191,6 +205,27 @@ def test_pages_cover_every_request_once_while_new_traffic_arrives(workspace_dir:
         assert listed == [f"p{i:02d}" for i in reversed(range(11))] + ["r-later", "r-right"]
         worst = [(row.request_id, row.d_net) for row in _pages(operations, worst=ids["cheap-mini"])]
         assert len(worst) == len({r for r, _ in worst}) == 12 and [d for _, d in worst] == sorted(d for _, d in worst)
+
+
+def test_error_pages_find_sparse_errors_far_below_the_newest_requests(workspace_dir: Path, ids, monkeypatch) -> None:
+    """Errors a few among many (a champion's live one, challengers', a control's), paged in
+    windows much smaller than the gaps between them: each page lists them newest first, none
+    twice, none skipped."""
+    monkeypatch.setattr("scorer.browse.FIRST_WINDOW", 1)
+    operations = _local(workspace_dir)
+    with operations.registry as registry:
+        answers = Answers()
+        for i in range(30):
+            answers.request(f"s{i:02d}", ids["baseline"], "billing", label="billing", status=500 if i == 28 else 200)
+            answers.result(f"s{i:02d}", ids["cheap-mini"], None if i in (2, 17, 25) else "billing",
+                           status="error" if i in (2, 17, 25) else "ok")
+            if i == 9:
+                answers.result(f"s{i:02d}", ids["baseline"], None, status="error", role="control")
+        _write(registry, answers)
+        mini = [row.request_id for row in _pages(operations, errors=True, version=ids["cheap-mini"])]
+        assert mini == ["s25", "s17", "s02"]
+        assert [row.request_id for row in _pages(operations, errors=True)] == ["s28", "s25", "s17", "s09", "s02", "r-right"]
+        assert _listed(operations, errors=True, version=ids["careful-large"]) == []
 
 
 def test_the_daemon_traces_and_browses_exactly_as_the_local_database(cli, workspace_dir: Path) -> None:
