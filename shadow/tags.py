@@ -15,13 +15,15 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 
 TAGS_HEADER = "x-shadowzoo-tags"
 MAX_TAGS = 16
 MAX_KEY_CHARS = 64
 MAX_VALUE_CHARS = 256
 _KEY = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_KEY_CHARS}}}")
+_VALUE = re.compile(rf"[^,\x00-\x1f\x7f-\x9f]{{1,{MAX_VALUE_CHARS}}}")
+"""A value: no comma (the header's separator) and no control character."""
 RESERVED_KEY = "user"
 RESERVED_PREFIX = "metadata."
 
@@ -36,13 +38,18 @@ def check_tags(tags: dict[str, str]) -> dict[str, str]:
         if key == RESERVED_KEY or key.startswith(RESERVED_PREFIX):
             raise ValueError(f"tag key {key!r} is reserved: 'user' and 'metadata.*' tags come from the request's own "
                              "'user' and 'metadata' fields")
-        if not value or len(value) > MAX_VALUE_CHARS or "," in value or not value.isprintable():
-            raise ValueError(f"tag {key!r}: its value must be 1 to {MAX_VALUE_CHARS} printable characters without "
-                             "a comma")
+        if not _VALUE.fullmatch(value):
+            raise ValueError(f"tag {key!r}: its value must be 1 to {MAX_VALUE_CHARS} characters, without a comma "
+                             "or a control character")
     return tags
 
 
-Tags = Annotated[dict[str, str], AfterValidator(check_tags)]
+_TAGS_SCHEMA = {
+    "type": "object", "maxProperties": MAX_TAGS,
+    "propertyNames": {"pattern": f"^{_KEY.pattern}$", "not": {"pattern": f"^({RESERVED_KEY}$|{re.escape(RESERVED_PREFIX)})"}},
+    "additionalProperties": {"type": "string", "pattern": f"^{_VALUE.pattern}$"},
+}
+Tags = Annotated[dict[str, str], AfterValidator(check_tags), WithJsonSchema(_TAGS_SCHEMA)]
 """A field of explicit tags, checked as the header is."""
 
 
