@@ -232,4 +232,5 @@ def run_daemon(workspace_dir: Path, port: int | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # not one line per shadow or judge call
     asyncio.run(Daemon(load_workspace(workspace_dir), port).run())

@@ -134,13 +134,16 @@ class Served:
         config = load_workspace(workspace_dir).config
         self.gateway = f"http://127.0.0.1:{config.gateway.port}"
         self.admin = f"http://127.0.0.1:{config.daemon.admin_port}"
-        self.process = subprocess.Popen(
-            [str(SHADOWZOO), "serve", "--workers", str(workers)], cwd=workspace_dir,
-            env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim", **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        # its output goes to a file: a pipe nobody reads fills up and blocks whoever logs next
+        self.log_path = workspace_dir / "serve.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(SHADOWZOO), "serve", "--workers", str(workers)], cwd=workspace_dir,
+                env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim", **(env or {})},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: self.process.poll() is not None or (healthy(f"{self.gateway}/healthz") and healthy(f"{self.admin}/healthz")),
                    timeout_s=60)
-        assert self.process.poll() is None, self.process.stdout.read()
+        assert self.process.poll() is None, self.log_path.read_text(errors="replace")
 
     def call(self, path: str, body: dict | None = None, token: str | None = ADMIN_TOKEN) -> tuple[int, dict]:
         """One admin API call: GET, or POST with a JSON `body`; returns the status and the JSON answer."""
@@ -159,5 +162,5 @@ class Served:
     def stop(self) -> str:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=90)
-        return out
+        self.process.wait(timeout=90)
+        return self.log_path.read_text(errors="replace")

@@ -33,11 +33,13 @@ class Daemon:
         self.workspace_dir = workspace_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [str(SHADOWZOO), "daemon", "--port", str(self.port)], cwd=workspace_dir,
-            env={**self.environment(), "SHADOWZOO_ADMIN_TOKEN": TOKEN}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log_path = workspace_dir / "daemon.log"  # a file, not a pipe nobody reads (it would block the daemon)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(SHADOWZOO), "daemon", "--port", str(self.port)], cwd=workspace_dir,
+                env={**self.environment(), "SHADOWZOO_ADMIN_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: self.process.poll() is not None or self.call("GET", "/healthz")[0] == 200, timeout_s=60)
-        assert self.process.poll() is None, self.process.stdout.read()
+        assert self.process.poll() is None, self.log_path.read_text(errors="replace")
 
     @staticmethod
     def environment() -> dict[str, str]:
@@ -59,7 +61,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.communicate(timeout=60)
+        self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
