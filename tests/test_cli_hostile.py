@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHADOWZOO
-from tests.servers import GatewayProcess, edit_config, free_port
+from tests.servers import GatewayProcess, edit_config, free_port, healthy
 
 SLOT, OTHER = "support-triage", "refund-triage"
 MEMORY_LIMIT_BYTES = 2 * 1024**3  # what the CLI needs with room to spare; a bomb that explodes hits it
@@ -135,7 +135,11 @@ def _leave_time_wait(port: int) -> None:
 def test_the_gateway_restarts_at_once_on_a_port_left_in_time_wait(workspace_dir: Path) -> None:
     port = free_port()
     _leave_time_wait(port)
-    GatewayProcess(workspace_dir, port=port).stop()  # it fails here if the gateway exits instead of serving
+    gateway = GatewayProcess(workspace_dir, port=port)
+    try:
+        assert gateway.process.poll() is None and healthy(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        gateway.stop()
 
 
 def test_the_gateway_refuses_to_start_when_its_champion_s_provider_key_is_unset(cli, workspace_dir: Path) -> None:

@@ -547,6 +547,9 @@ def test_a_backlog_too_large_for_one_file_is_written_in_segments_that_fit(tmp_pa
     finally:
         gateway.stop()
         simulator.stop()
+    segments = ready_segments(ws / ".shadowzoo" / "spool")
+    assert all_spooled() and len(segments) > 1
+    assert all(segment.stat().st_size <= SEGMENT_BYTES + 512 * 1024 for segment in segments)
 
 
 def test_without_client_keys_the_gateway_binds_loopback_and_says_so(tmp_path: Path) -> None:
