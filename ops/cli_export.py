@@ -1,8 +1,8 @@
 """`shadowzoo export`: a slot's requests, answers, metric values and labels, as a file.
 
 Without a daemon the command opens the database and writes the file itself; while the
-daemon runs it asks the daemon for an export job, which writes the file inside the
-workspace (the daemon writes nowhere else), and follows its progress.
+daemon runs, the same operation is a daemon job that writes the file, only inside the
+workspace (the daemon writes nowhere else), and the command follows its progress.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.cli_shadow import parse_since
-from ops.client import RemoteOperations
-from ops.jobs import JobRequest
 from ops.output import console, print_json, say
 from ops.session import session
-from registry import ShadowzooError
-from scorer.export import ExportFormat, ExportOptions, ExportProgress, ExportSummary, export_answers
+from scorer.export import ExportFormat, ExportOptions, ExportProgress
 
 
 def export(
@@ -60,10 +57,7 @@ def export(
         raise typer.BadParameter(exc.message, param_hint="--since") from None
     options = _options(slot=slot, format=output_format, since=moment, version=version, labelled=labelled, answer=answer)
     with session(ctx).operations() as operations, _progress_bar(not as_json) as update:
-        if isinstance(operations, RemoteOperations):
-            summary = _export_in_daemon(operations, options, _inside_workspace(out, session(ctx).workspace().root), update)
-        else:
-            summary = export_answers(operations.registry, options, out, update)
+        summary = operations.export(options, str(out.resolve()), progress=update)
     if as_json:
         print_json(summary)
     else:
@@ -79,24 +73,6 @@ def _options(**fields: object) -> ExportOptions:
         return ExportOptions(**fields)
     except ValidationError as exc:
         raise typer.BadParameter(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
-
-
-def _inside_workspace(out: Path, root: Path) -> str:
-    """`out` relative to the workspace: the daemon writes only inside it."""
-    path = out.resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise typer.BadParameter(f"{out} is outside the workspace {root.resolve()}; while the daemon runs it writes "
-                                 "the export, and only inside the workspace", param_hint="--out")
-    return path.relative_to(root.resolve()).as_posix()
-
-
-def _export_in_daemon(operations: RemoteOperations, options: ExportOptions, out: str,
-                      update: Callable[[ExportProgress], None]) -> ExportSummary:
-    job = operations.run_job(JobRequest(kind="export", slot=options.slot, out=out, export=options),
-                             progress=lambda j: update(ExportProgress.model_validate(j.progress)) if j.progress else None)
-    if job.state == "failed":
-        raise ShadowzooError(f"export failed in the daemon: {job.error}")
-    return ExportSummary.model_validate(job.result)
 
 
 @contextmanager

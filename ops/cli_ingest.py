@@ -1,9 +1,8 @@
 """`shadowzoo ingest traffic|outcomes FILE`: load JSONL an application logged itself.
 
-The file's records go into the spool as segments, exactly as captures do, so the same
-path works whether or not the daemon runs: a running daemon ingests them with its next
-ingest; without one, the command ingests the spool into the database itself and prints
-what it did.
+The file's records go into the spool as segments, exactly as captures do; then the
+`ingest` operation takes the spool into the database (a running daemon's job, or here
+when none runs) and the command prints what it did, the same either way.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from ops.output import error_console, print_json, say, warn
 from ops.session import session
-from ops.state import running_daemon
-from registry import Registry, Workspace
-from shadow.ingest import IngestReport, ingest_spool
+from shadow.ingest import IngestReport
 from shadow.redaction import Redactor
 from shadow.logfile import LineProgress, read_outcome_log, read_traffic_log, spool_records
 from shadow.records import SpoolRecord
@@ -52,9 +49,8 @@ def traffic(
 
     Example: shadowzoo ingest traffic calls.jsonl --slot support-triage
     """
-    workspace = session(ctx).workspace()
-    slots = workspace.config.slots
-    _load(workspace, file, lambda progress: read_traffic_log(file, slot, slots, progress=progress), as_json)
+    slots = session(ctx).workspace().config.slots
+    _load(ctx, file, lambda progress: read_traffic_log(file, slot, slots, progress=progress), as_json)
 
 
 @app.command()
@@ -66,38 +62,28 @@ def outcomes(ctx: typer.Context, file: FileArgument, as_json: JsonOption = False
 
     Example: shadowzoo ingest outcomes labels.jsonl
     """
-    _load(session(ctx).workspace(), file, lambda progress: read_outcome_log(file, progress=progress), as_json)
+    _load(ctx, file, lambda progress: read_outcome_log(file, progress=progress), as_json)
 
 
-def _load(workspace: Workspace, file: Path, read: Reader, as_json: bool) -> None:
-    """Spool the file's records (all or none); ingest the spool here unless the daemon runs; say what happened."""
-    spool = spool_dir(workspace.state_dir)
-    daemon = running_daemon(workspace)
+def _load(ctx: typer.Context, file: Path, read: Reader, as_json: bool) -> None:
+    """Spool the file's records (all or none), ingest the spool, and say what happened."""
+    workspace = session(ctx).workspace()
     with _progress() as bars:
         reading = bars.add_task(f"reading {file.name}", total=file.stat().st_size)
         records = Redactor.for_workspace(workspace).apply_all(read(lambda size: bars.advance(reading, size)))
-        spooled = spool_records(records, spool)
+        spooled = spool_records(records, spool_dir(workspace.state_dir))
         bars.remove_task(reading)
-        report = None if daemon else _ingest_here(workspace, spool, bars)
+        ingesting = bars.add_task("ingesting", total=None)
+        with session(ctx).operations() as operations:
+            report = operations.ingest(progress=lambda p: bars.update(ingesting, completed=p.done, total=p.total))
     if as_json:
-        print_json({
-            "file": str(file), "records": spooled.records, "segments_written": len(spooled.segments),
-            "daemon_pid": daemon.pid if daemon else None, "ingest": asdict(report) if report else None,
-        })
+        print_json({"file": str(file), "records": spooled.records, "segments_written": len(spooled.segments),
+                    "ingest": asdict(report)})
     else:
         say(f"read {spooled.records} record(s) from {file} into {len(spooled.segments)} spool segment(s)")
-        say(_summary(report) if report else f"the running daemon (pid {daemon.pid}) ingests them")
-    for name, reason in report.quarantined if report else []:
+        say(_summary(report))
+    for name, reason in report.quarantined:
         warn(f"spool segment {name} quarantined: {reason}")
-
-
-def _ingest_here(workspace: Workspace, spool: Path, bars: Progress) -> IngestReport:
-    """Ingest the whole spool in this process (no daemon owns the database)."""
-    ingesting = bars.add_task("ingesting", total=None)
-    with Registry.open(workspace) as registry:
-        return ingest_spool(
-            registry.database, spool, progress=lambda done, total: bars.update(ingesting, completed=done, total=total)
-        )
 
 
 def _progress() -> Progress:

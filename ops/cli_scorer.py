@@ -59,7 +59,7 @@ def leaderboard(
     Example: shadowzoo leaderboard --slot support-triage --format md
     """
     with session(ctx).operations() as operations:
-        board = operations.leaderboard(slot, since=since, where=_where(where))
+        board = operations.score(slot, since=since, where=_where(where))
         history = operations.evidence_history(slot) if output_format == Format.html else []
     if output_format == Format.json:
         print_json(board)
@@ -84,10 +84,8 @@ def report(
     Example: shadowzoo report --slot support-triage --out report.html
     """
     with session(ctx).operations() as operations:
-        board = operations.leaderboard(slot, since=since, where=_where(where))
-        history = operations.evidence_history(slot)
-    text = render_markdown(board) if out.suffix.lower() == ".md" else render_html(board, history)
-    write_atomic(out, text.encode("utf-8"))
+        report = operations.report(slot, "md" if out.suffix.lower() == ".md" else "html", since, _where(where))
+    write_atomic(out, report.text.encode("utf-8"))
     say(f"wrote {out.resolve()}")
 
 

@@ -87,11 +87,8 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
     Example: shadowzoo status
     """
-    workspace = session(ctx).workspace()
-    remote = session(ctx).remote(workspace)
-    if remote is None:
-        raise ShadowzooError(f"no daemon is running for {workspace.root} (start one with `shadowzoo serve`)")
-    report = remote.status()
+    with session(ctx).operations() as operations:
+        report = operations.status()
     if as_json:
         print_json(report)
         return

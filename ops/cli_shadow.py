@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,10 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ops.output import console, print_json, print_table, say, warn
 from ops.session import actor_name, session
-from ops.client import RemoteOperations
-from ops.jobs import JobRequest
-from registry import Registry, ShadowzooError, utcnow
-from shadow.runner import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION, RunFilters, RunReport, ShadowRunner, VersionCounts
+from registry import utcnow
+from shadow.runner import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION, RunReport, VersionCounts
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -55,14 +52,10 @@ def replay(
 
     Example: shadowzoo replay --slot support-triage --since 14d --retry-errors
     """
-    filters = RunFilters(slot=slot, since=parse_since(since), version=version, include_old=include_old,
-                         retry_errors=retry_errors)
-    with session(ctx).operations() as operations:
+    moment = parse_since(since)
+    with session(ctx).operations() as operations, _progress_bar(not as_json) as update:
         try:
-            if isinstance(operations, RemoteOperations):
-                report = _replay_in_daemon(operations, filters, show_progress=not as_json)
-            else:
-                report = asyncio.run(_replay(operations.registry, filters, show_progress=not as_json))
+            report = operations.replay(slot, moment, version, include_old, retry_errors, progress=update)
         except KeyboardInterrupt:
             warn("interrupted: the results so far are saved; run the same command again to continue")
             raise typer.Exit(130) from None
@@ -120,23 +113,6 @@ def resume(
     say(f"resumed {what}" if lifted else f"{what} was not paused")
     for still in remaining:
         say(f"still paused: {still.describe()}")
-
-
-def _replay_in_daemon(operations: RemoteOperations, filters: RunFilters, show_progress: bool) -> RunReport:
-    """Run the replay as a daemon job (its one runner), following its progress."""
-    request = JobRequest(kind="replay", slot=filters.slot, since=filters.since, version=filters.version,
-                         include_old=filters.include_old, retry_errors=filters.retry_errors)
-    with _progress_bar(show_progress) as update:
-        job = operations.run_job(request, progress=lambda j: update(RunReport.model_validate(j.progress)) if j.progress else None)
-    if job.state == "failed":
-        raise ShadowzooError(f"replay failed in the daemon: {job.error}")
-    return RunReport.model_validate(job.result)
-
-
-async def _replay(registry: Registry, filters: RunFilters, show_progress: bool) -> RunReport:
-    async with ShadowRunner(registry) as runner:
-        with _progress_bar(show_progress) as update:
-            return await runner.run_once(filters, progress=update)
 
 
 @contextmanager

@@ -7,18 +7,13 @@ any failed. A trained skill is registered as a challenger: the champion never ch
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
-from ops.client import RemoteOperations
-from ops.jobs import JobRequest
 from ops.output import fail, print_table, say
 from ops.session import session
-from registry import ShadowzooError
-from zoo import SpecFile, Zoo, load_zoo
-from zoo.train.outcome import Register
-from zoo.train.run import train_spec
 
 SpecOption = Annotated[str | None, typer.Option("--spec", help="The spec to train, by name.")]
 
@@ -27,7 +22,8 @@ def train(
     ctx: typer.Context,
     spec: SpecOption = None,
     all_active: Annotated[bool, typer.Option("--all-active", help="Train every active spec with a train: block.")] = False,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="With --all-active: at most this many specs.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="With --all-active: at most this many specs, the least recently trained first.")] = None,
 ) -> None:
     """Train a spec's skill and register the best one as a challenger; resumes an interrupted run.
 
@@ -35,33 +31,21 @@ def train(
     """
     if (spec is None) == (not all_active):
         raise typer.BadParameter("pass --spec NAME or --all-active (one of them)")
-    workspace = session(ctx).workspace()
-    zoo = load_zoo(workspace.specs_dir)
-    chosen = _trainable(zoo)[:limit] if all_active else _named(zoo, spec or "")
-    with session(ctx).operations() as store:
-        if isinstance(store, RemoteOperations):
-            _train_in_daemon(store, JobRequest(kind="train", spec=spec, all_active=all_active, limit=limit))
-            return
-        registry = Register(store, store.register)
-        results = [train_spec(spec_file, zoo, workspace, registry, store.registry.database, say) for spec_file in chosen]
-    _report([f"{r.spec}: {r.status}" + (f", registered {r.version_id}" if r.version_id else "") for r in results if r.ok],
-            [f"{r.spec}: {r.reason}" for r in results if not r.ok])
+    with session(ctx).operations() as operations:
+        result = operations.train(spec, all_active, limit, progress=_new_lines())
+    _report(result.trained, result.failed)
 
 
-def _train_in_daemon(store: RemoteOperations, request: JobRequest) -> None:
-    """The daemon owns the database: it trains, and this follows the job's progress lines."""
-    shown: list[str] = []
+def _new_lines() -> Callable[[str], None]:
+    """Say each progress line once (a followed daemon job reports its latest line at every look)."""
+    last: list[str] = []
 
-    def follow(job) -> None:
-        line = job.progress.get("last")
-        if line and (not shown or shown[-1] != line):
-            shown.append(line)
+    def show(line: str) -> None:
+        if line and last != [line]:
+            last[:] = [line]
             say(line)
 
-    job = store.run_job(request, progress=follow)
-    if job.state == "failed":
-        raise ShadowzooError(f"training failed in the daemon: {job.error}")
-    _report(job.result["trained"], job.result["failed"])
+    return show
 
 
 def runs(ctx: typer.Context, spec: SpecOption = None) -> None:
@@ -79,18 +63,6 @@ def runs(ctx: typer.Context, spec: SpecOption = None) -> None:
                      state.get("done"), state.get("base_score"), state.get("best_score"),
                      state.get("version_id"), state.get("reason") or None])
     print_table(None, ["spec", "run", "status", "units", "base", "best", "registered", "reason"], rows)
-
-
-def _trainable(zoo: Zoo) -> list[SpecFile]:
-    return [s for s in zoo.specs if s.spec.status == "active" and s.spec.train is not None]
-
-
-def _named(zoo: Zoo, name: str) -> list[SpecFile]:
-    matches = zoo.named(name)
-    if not matches:
-        known = ", ".join(sorted(s.spec.name for s in zoo.specs)) or "none"
-        raise ShadowzooError(f"no spec named {name!r} in the zoo (specs: {known})")
-    return matches
 
 
 def _report(trained: list[str], failed: list[str]) -> None:

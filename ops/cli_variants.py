@@ -10,7 +10,7 @@ import typer
 
 from ops.output import console, print_json, print_table, say
 from ops.session import session
-from ops.operations import LocalOperations
+from ops.operations import Operations
 from registry import Variant
 
 app = typer.Typer(help="Registered variants: immutable, versioned configurations of a slot.", no_args_is_help=True)
@@ -119,5 +119,5 @@ def _show(value: Any) -> str:
     return "(unset)" if value is None else json.dumps(value)
 
 
-def _skill(operations: LocalOperations, variant: Variant) -> str | None:
+def _skill(operations: Operations, variant: Variant) -> str | None:
     return operations.skill_text(variant.skill_sha) if variant.skill_sha else None

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,16 +37,38 @@ from apscheduler.triggers.cron import CronTrigger
 
 from ops import tasks
 from ops.admin import Api, build_admin_app
-from ops.jobs import JobBoard
+from ops.jobs import Job, JobBoard, workspace_file
 from ops.metrics import DaemonMetrics
-from ops.operations import LocalOperations
+from ops.operations import JobStatus, LocalOperations
 from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, ShadowzooError, Workspace
+from scorer.export import ExportOptions, ExportProgress, ExportSummary
 from shadow.runner import RunFilters, ShadowRunner
 
 log = logging.getLogger("shadowzoo.daemon")
 RUNNER_IDLE_S = 1.0
 RUNNER_MAX_BACKOFF_S = 30.0
+
+
+class DaemonOperations(LocalOperations):
+    """The operations as the daemon does them: with its status and jobs, and files written only inside the workspace."""
+
+    def __init__(self, registry: Registry, daemon: "Daemon") -> None:
+        super().__init__(registry)
+        self.daemon = daemon
+
+    def status(self) -> dict:
+        return self.daemon.status()
+
+    def jobs(self) -> list[JobStatus]:
+        return self.daemon.jobs.all()
+
+    def job(self, job_id: str) -> JobStatus:
+        return self.daemon.jobs.status(job_id)
+
+    def export(self, options: ExportOptions, out: str,
+               progress: Callable[[ExportProgress], None] | None = None) -> ExportSummary:
+        return super().export(options, str(workspace_file(self.workspace, out)), progress)
 
 
 class Daemon:
@@ -80,24 +103,24 @@ class Daemon:
         try:
             registry.database.limit(self.config.duckdb_threads, self.config.duckdb_memory_limit)
             registry.write_routes()
-            self.context = tasks.TaskContext(self.workspace, LocalOperations(registry), self.metrics)
+            self.context = tasks.TaskContext(self.workspace, DaemonOperations(registry, self), self.metrics)
             await asyncio.to_thread(self.context.start_metrics)
-            runner = web.AppRunner(build_admin_app(Api(self.context.operations, self.jobs, self.metrics.registry,
-                                                       token, self.status)), access_log=None)
+            runner = web.AppRunner(build_admin_app(Api(self.context.operations, self.jobs, self.metrics.registry, token)),
+                                   access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, self.config.admin_host, self.port)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self._publish()
+            self._publish(token)
             await self._run_until_stopped(registry)
             await runner.cleanup()
         finally:
             await asyncio.to_thread(_checkpoint_and_close, registry)
 
-    def _publish(self) -> None:
+    def _publish(self, token: str) -> None:
         base = f"http://{self.config.admin_host}:{self.port}"
         self.lock.publish(DaemonInfo(pid=os.getpid(), admin_url=base, metrics_url=f"{base}/metrics",
-                                     started_at=datetime.now(UTC).isoformat()))
+                                     started_at=datetime.now(UTC).isoformat()), token)
         print(f"shadowzoo daemon {os.getpid()}: admin API {base}/admin, metrics {base}/metrics", flush=True)
 
     async def _run_until_stopped(self, registry: Registry) -> None:
@@ -168,15 +191,11 @@ class Daemon:
         """One pass of the runner: a queued replay, or the traffic that arrived since the last pass."""
         if not self.jobs.replays.empty():
             job = self.jobs.replays.get_nowait()
-            job.state = "running"
-            request = job.request
-            filters = RunFilters(slot=request.slot, since=request.since, version=request.version,
-                                 include_old=request.include_old, retry_errors=request.retry_errors)
+            job.status.state = "running"
             try:
-                report = await runner.run_once(filters, progress=lambda r: job.progress.update(r.model_dump()))
-                JobBoard.finish(job, result=report.model_dump())
+                job.finish(await runner.run_once(RunFilters(**job.arguments.model_dump()), progress=job.report))
             except Exception as exc:  # noqa: BLE001 - the job fails, the runner goes on
-                JobBoard.finish(job, error=f"{type(exc).__name__}: {exc}")
+                job.finish(error=exc)
             return
         mark = await asyncio.to_thread(self.context.traffic_seq)
         report = await runner.run_once(RunFilters(after_seq=self.runner_mark),
@@ -190,25 +209,15 @@ class Daemon:
                 pass
 
     async def _serve_jobs(self) -> None:
-        """Reports, exports and training, one at a time, in a worker thread."""
+        """The other jobs (reports, exports, training, ingest), one at a time, each its operation in a worker thread."""
         while True:
-            job = await self.jobs.others.get()
-            job.state = "running"
-            request = job.request
+            job: Job = await self.jobs.others.get()
+            job.status.state = "running"
             try:
-                if request.kind == "report":
-                    path = await asyncio.to_thread(tasks.write_report, self.context, request.slot, request.out)
-                    JobBoard.finish(job, result={"path": str(path)})
-                elif request.kind == "export":
-                    summary = await asyncio.to_thread(tasks.write_export, self.context, request.export, request.out,
-                                                      lambda p: job.progress.update(p.model_dump()))
-                    JobBoard.finish(job, result=summary.model_dump(mode="json"))
-                else:
-                    result = await asyncio.to_thread(tasks.train, self.context, request.spec, request.limit,
-                                                     lambda line: job.progress.update(last=line))
-                    JobBoard.finish(job, result=result)
+                job.finish(await asyncio.to_thread(job.operation.invoke, self.context.operations, job.arguments,
+                                                   job.report))
             except Exception as exc:  # noqa: BLE001 - the job fails, the daemon goes on
-                JobBoard.finish(job, error=f"{type(exc).__name__}: {exc}")
+                job.finish(error=exc)
 
     def status(self) -> dict:
         """What `shadowzoo status` shows (runs in a worker thread)."""

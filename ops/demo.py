@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import ExitStack, redirect_stdout
 from io import StringIO
@@ -208,7 +209,7 @@ def _catch_up(admin: str) -> None:
     with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("pairs scored: 0")
         while time.monotonic() < deadline:
-            board = _admin_get(admin, f"/admin/leaderboard?slot={SLOT}", token)
+            board = _admin_get(admin, f"/admin/leaderboard?slot={SLOT}", token) or {"rows": []}  # None: not scored yet
             status = _admin_get(admin, "/admin/status", token)
             pairs = sum(r["comparison"]["pairs"] for r in board["rows"] if r.get("comparison"))
             idle = not status["queue_depth"] and not status["spool_segments"]
@@ -232,10 +233,16 @@ def _train(ws: list[str]) -> bool:
     return False
 
 
-def _admin_get(admin: str, path: str, token: str) -> dict[str, Any]:
+def _admin_get(admin: str, path: str, token: str) -> dict[str, Any] | None:
+    """The admin API's answer, or None when it has nothing there yet (404)."""
     request = urllib.request.Request(f"{admin}{path}", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        return None
 
 
 def _recommend(ws: list[str], ids: dict[str, str]) -> None:

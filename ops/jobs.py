@@ -1,9 +1,9 @@
-"""Long work an operator starts while the daemon runs: replays, reports, exports, training; followed by id.
+"""Long work an operator starts while the daemon runs (replay, report, training, export, ingest), followed by id.
 
-The CLI posts a `JobRequest`, gets a `JobStatus` back, and polls it for progress until it
-is done. Replays are queued for the daemon's one shadow runner (two runners on the same
-traffic would pay twice for the same answers); reports, exports and training run one at a
-time in a worker thread.
+An operation the table marks as a job answers its POST with a `JobStatus` at once; the
+client polls it for progress until it is done. Replays are queued for the daemon's one
+shadow runner (two runners on the same traffic would pay twice for the same answers); the
+others run one at a time in a worker thread.
 """
 
 from __future__ import annotations
@@ -11,99 +11,81 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel
 
-from registry import NotFound
-from scorer.export import ExportOptions
-
-REPORT_SUFFIXES = (".html", ".md")
-
-
-class JobRequest(BaseModel):
-    """What to run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["replay", "report", "train", "export"]
-    slot: str | None = Field(None, description="Replay, report and export: the slot.")
-    since: datetime | None = Field(None, description="Replay: only traffic received since then (UTC).")
-    version: str | None = Field(None, description="Replay: only this challenger.")
-    include_old: bool = Field(False, description="Replay: also requests that cannot count in the current period.")
-    retry_errors: bool = Field(False, description="Replay: run errored (and config not-run) pairs again, replacing them.")
-    out: str | None = Field(
-        None, description="Report (.html or .md) and export: the file to write, relative to the workspace and inside it.")
-    spec: str | None = Field(None, description="Train: the spec, by name.")
-    all_active: bool = Field(False, description="Train: every active spec with a train: block.")
-    limit: int | None = Field(None, ge=1, description="Train with all_active: at most this many specs.")
-    export: ExportOptions | None = Field(None, description="Export: what to export (its slot is the job's).")
-
-    @field_validator("out")
-    @classmethod
-    def _inside_workspace(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """A job writes only inside the workspace, and a report only as .html or .md."""
-        if value is None:
-            return value
-        path = PurePosixPath(value.replace("\\", "/"))
-        if path.is_absolute() or ".." in path.parts:
-            raise ValueError(f"{value!r} must be a path relative to the workspace, inside it")
-        if info.data.get("kind") == "report" and path.suffix.lower() not in REPORT_SUFFIXES:
-            raise ValueError(f"{value!r} must end in {' or '.join(REPORT_SUFFIXES)}")
-        return value
-
-    @model_validator(mode="after")
-    def _complete(self) -> "JobRequest":
-        if self.kind in ("replay", "report", "export") and not self.slot:
-            raise ValueError(f"a {self.kind} job needs a slot")
-        if self.kind == "export" and (self.export is None or self.out is None or self.export.slot != self.slot):
-            raise ValueError("an export job needs out and export, whose slot is the job's")
-        if self.kind == "train" and (self.spec is None) == (not self.all_active):
-            raise ValueError("a train job needs a spec or all_active (one of them)")
-        return self
+from ops.operations import JobStatus
+from ops.optable import Operation, error_status
+from registry import ConfigError, NotFound, ShadowzooError, Workspace
 
 
-class JobStatus(BaseModel):
-    """Where a job stands."""
+class Job:
+    """A started job: its public status, and the operation and arguments it runs."""
 
-    id: str
-    request: JobRequest
-    state: Literal["queued", "running", "done", "failed"] = "queued"
-    progress: dict[str, Any] = Field(default_factory=dict)
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    finished_at: datetime | None = None
+    def __init__(self, status: JobStatus, operation: Operation, arguments: BaseModel) -> None:
+        self.status = status
+        self.operation = operation
+        self.arguments = arguments
+
+    def report(self, progress: Any) -> None:
+        """Progress callback: what the client shows next."""
+        self.status.progress = progress.model_dump(mode="json") if isinstance(progress, BaseModel) else progress
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        status = self.status
+        status.state = "failed" if error else "done"
+        status.result = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+        if isinstance(error, ShadowzooError):
+            status.error, status.error_type = str(error), error_status(error)[1]
+        elif error is not None:
+            status.error, status.error_type = f"{type(error).__name__}: {error}", "internal"
+        status.finished_at = datetime.now(UTC)
 
 
 class JobBoard:
-    """The jobs of this daemon's life, and the queue of replays waiting for the runner."""
+    """The jobs of this daemon's life, and the queues of those waiting to run."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, JobStatus] = {}
+        self._jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
-        self.replays: asyncio.Queue[JobStatus] = asyncio.Queue()
-        self.others: asyncio.Queue[JobStatus] = asyncio.Queue()
+        self.replays: asyncio.Queue[Job] = asyncio.Queue()
+        self.others: asyncio.Queue[Job] = asyncio.Queue()
 
-    def start(self, request: JobRequest) -> JobStatus:
-        job = JobStatus(id=f"job-{next(self._ids)}", request=request)
-        self._jobs[job.id] = job
-        (self.replays if request.kind == "replay" else self.others).put_nowait(job)
-        return job
+    def start(self, operation: Operation, arguments: BaseModel) -> JobStatus:
+        status = JobStatus(id=f"job-{next(self._ids)}", operation=operation.name,
+                           arguments=arguments.model_dump(mode="json"), started_at=datetime.now(UTC))
+        job = Job(status, operation, arguments)
+        self._jobs[status.id] = job
+        (self.replays if operation.name == "replay" else self.others).put_nowait(job)
+        return status
 
     def status(self, job_id: str) -> JobStatus:
         try:
-            return self._jobs[job_id]
+            return self._jobs[job_id].status
         except KeyError:
             raise NotFound(f"no job {job_id!r} in this daemon's life") from None
 
     def all(self) -> list[JobStatus]:
         """Every job of this daemon's life, newest first."""
-        return sorted(self._jobs.values(), key=lambda job: job.started_at, reverse=True)
+        return sorted((job.status for job in self._jobs.values()), key=lambda status: status.started_at, reverse=True)
 
-    @staticmethod
-    def finish(job: JobStatus, result: dict[str, Any] | None = None, error: str | None = None) -> None:
-        job.state = "failed" if error else "done"
-        job.result, job.error = result, error
-        job.finished_at = datetime.now(UTC)
+
+def check_job(workspace: Workspace, arguments: BaseModel) -> None:
+    """Refuse at once, naming the field, a job for a slot not configured or writing outside the workspace."""
+    slot = getattr(arguments, "slot", None)
+    if slot is not None and slot not in workspace.config.slots:
+        raise ConfigError(f"slot: {slot!r} is not configured in shadowzoo.yaml")
+    out = getattr(arguments, "out", None)
+    if out is not None:
+        workspace_file(workspace, out)
+
+
+def workspace_file(workspace: Workspace, out: str) -> Path:
+    """Where a job writes `out` (relative to the workspace, or absolute): inside the workspace, or nowhere."""
+    root = workspace.root.resolve()
+    path = (root / out).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"out: {out!r} is outside the workspace {root}; the daemon writes only inside it")
+    return path

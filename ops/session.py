@@ -1,7 +1,7 @@
 """What a CLI command works on: the workspace it was pointed at, and the operations on it.
 
 Commands stay thin over `ops.operations`: whether those run on the database here or
-through the daemon's admin API is decided here, not in every command.
+through the daemon's admin API is decided here, and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Iterator
 import typer
 
 from ops.client import RemoteOperations
-from ops.operations import LocalOperations
-from ops.state import running_daemon
+from ops.operations import LocalOperations, Operations
+from ops.state import read_token, running_daemon
 from registry import Registry, Workspace, load_workspace
 
 
@@ -31,22 +31,20 @@ class Session:
         return load_workspace(self.workspace_dir)
 
     @contextmanager
-    def operations(self) -> Iterator[LocalOperations | RemoteOperations]:
+    def operations(self) -> Iterator[Operations]:
         """The workspace's operations for one command: through the daemon when one runs, else here."""
         workspace = self.workspace()
-        remote = self.remote(workspace)
-        if remote is not None:
-            yield remote
+        info = running_daemon(workspace)
+        if info is not None:
+            yield RemoteOperations(info.admin_url, admin_token(workspace))  # type: ignore[misc]  (methods from the table)
             return
         with Registry.open(workspace) as registry:
             yield LocalOperations(registry)
 
-    def remote(self, workspace: Workspace) -> RemoteOperations | None:
-        """A client of the workspace's running daemon, or None when no daemon runs."""
-        info = running_daemon(workspace)
-        if info is None:
-            return None
-        return RemoteOperations(info.admin_url, os.environ.get(workspace.config.daemon.admin_token_env))
+
+def admin_token(workspace: Workspace) -> str | None:
+    """The admin token: from the variable the config names, else from the running daemon's token file."""
+    return os.environ.get(workspace.config.daemon.admin_token_env) or read_token(workspace.state_dir)
 
 
 def session(ctx: typer.Context) -> Session:

@@ -2,8 +2,10 @@
 
 One daemon per `state_dir`: it holds an exclusive lock on `daemon.lock` for its whole life
 (the kernel drops it if the process dies, so a crash never leaves a stale lock), and
-writes `daemon.json` with its pid and URLs. The CLI asks the lock, not the file, whether a
-daemon is running, and then talks to the URLs in the file.
+writes `daemon.json` with its pid and URLs, and `admin-token` with its admin token,
+readable by its user only. The CLI asks the lock, not the files, whether a daemon is
+running, then talks to the URLs in `daemon.json`, with the token from the environment or,
+when none is set there, from `admin-token` (so the daemon's own user needs none exported).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from registry.atomic import write_atomic
 
 LOCK_FILE = "daemon.lock"
 INFO_FILE = "daemon.json"
+TOKEN_FILE = "admin-token"
 
 
 @dataclass(frozen=True)
@@ -54,17 +57,43 @@ class DaemonLock:
             ) from None
         self._handle = handle
 
-    def publish(self, info: DaemonInfo) -> None:
+    def publish(self, info: DaemonInfo, token: str) -> None:
+        """Write the token file (first, so a CLI that finds daemon.json finds the token too), then daemon.json."""
+        _write_private(self.state_dir / TOKEN_FILE, token.encode())
         write_atomic(self.state_dir / INFO_FILE, json.dumps(asdict(info), indent=2).encode())
 
     def release(self) -> None:
-        """Remove daemon.json and drop the lock."""
+        """Remove daemon.json and the token file, and drop the lock."""
         if self._handle is None:
             return
         (self.state_dir / INFO_FILE).unlink(missing_ok=True)
+        (self.state_dir / TOKEN_FILE).unlink(missing_ok=True)
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with a file only its owner can read: created 0600 (never
+    readable by others, not even for a moment), written, synced, then renamed over the old one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # the umask can only narrow the mode; this states it whatever it is
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+
+
+def read_token(state_dir: Path) -> str | None:
+    """The running daemon's admin token from its file, or None when it cannot be read (absent, another user's)."""
+    try:
+        return (state_dir / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def read_info(state_dir: Path) -> DaemonInfo | None:

@@ -7,9 +7,7 @@ registry's `Database`, whose lock makes the daemon's writes one at a time.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,19 +15,12 @@ from typing import Any
 
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
-from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
-from registry.atomic import write_atomic
+from registry import Workspace, read_routes, utcnow
 from scorer.answerstats import period_stats
-from scorer.export import ExportOptions, ExportProgress, ExportSummary, export_answers
-from scorer.report import render_html, render_markdown
 from registry.config import Price, RetentionConfig
-from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
 from shadow.providers import missing_api_keys
 from shadow.spool import quarantined_records, ready_segments, spool_dir
-from zoo import load_zoo
-from zoo.train.outcome import Register
-from zoo.train.run import train_spec
 
 log = logging.getLogger("shadowzoo.daemon")
 AUTO_ACTOR = "shadowzoo-auto"
@@ -68,7 +59,7 @@ def ingest(context: TaskContext) -> dict[str, Any]:
     spool = spool_dir(context.workspace.state_dir)
     segments = ready_segments(spool)
     context.metrics.spool_lag.set(_age_s(segments[0]) if segments else 0.0)
-    report = ingest_spool(context.database, spool)
+    report = context.operations.ingest()
     context.metrics.quarantined.inc(report.quarantined_records)
     with context.database.reading() as db:
         context.metrics_seq = context.metrics.count_new_rows(db, context.metrics_seq, _champion_prices(context))
@@ -95,7 +86,7 @@ def score(context: TaskContext) -> dict[str, Any]:
     operations = context.operations
     scored, promoted = 0, []
     for slot in _served_slots(context):
-        board = operations.leaderboard(slot)
+        board = operations.score(slot)
         context.boards[slot] = board
         context.metrics.show_board(board)
         scored += 1
@@ -201,60 +192,11 @@ def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
         return db.execute(f"DELETE {old}", [slot, cutoff]).fetchall()[0][0]
 
 
-TRAINING = threading.Lock()
-
-
 def rotate(context: TaskContext) -> dict[str, Any]:
     """Train the `zoo.rotation_limit` stalest active specs that have a train: block."""
-    return train(context, None, context.workspace.config.zoo.rotation_limit, log.info)
-
-
-def train(context: TaskContext, spec: str | None, limit: int | None, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Train one spec by name, or the `limit` stalest trainable ones; one run at a time, ever."""
-    workspace = context.workspace
-    zoo = load_zoo(workspace.specs_dir)
-    if spec is not None:
-        chosen = zoo.named(spec)
-        if not chosen:
-            raise NotFound(f"no spec named {spec!r} in the zoo")
-    else:
-        trainable = [s for s in zoo.specs if s.spec.status == "active" and s.spec.train is not None]
-        chosen = sorted(trainable, key=lambda s: _last_trained(workspace, s.spec.name))[:limit]
-    register = Register(context.operations, context.operations.register)
-    with TRAINING:
-        results = [train_spec(s, zoo, workspace, register, context.database, progress) for s in chosen]
-    return {"trained": [f"{r.spec}: {r.status}" + (f", registered {r.version_id}" if r.version_id else "")
-                        for r in results if r.ok],
-            "failed": [f"{r.spec}: {r.reason}" for r in results if not r.ok]}
-
-
-def _last_trained(workspace: Workspace, spec: str) -> float:
-    """When the spec's newest training run last wrote its state (0 when never trained)."""
-    states = list((workspace.state_dir / "train" / spec).glob("*/state.json"))
-    return max((p.stat().st_mtime for p in states), default=0.0)
-
-
-def _workspace_file(context: TaskContext, out: str) -> Path:
-    """Where a job writes `out`: inside the workspace, or nowhere."""
-    path = (context.workspace.root / out).resolve()
-    if not path.is_relative_to(context.workspace.root):
-        raise ConfigError(f"out: {out!r} resolves to {path}, outside the workspace {context.workspace.root}")
-    return path
-
-
-def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
-    """Render a slot's report to a file in the workspace (HTML, or Markdown for .md)."""
-    path = _workspace_file(context, out or f"report-{slot}.html")
-    board = context.operations.leaderboard(slot)
-    text = render_markdown(board) if path.suffix.lower() == ".md" else render_html(board, context.operations.evidence_history(slot))
-    write_atomic(path, text.encode("utf-8"))
-    return path
-
-
-def write_export(context: TaskContext, options: ExportOptions, out: str,
-                 progress: Callable[[ExportProgress], None]) -> ExportSummary:
-    """Export a slot's answers to a file in the workspace (see `scorer.export`)."""
-    return export_answers(context.operations.registry, options, _workspace_file(context, out), progress)
+    result = context.operations.train(all_active=True, limit=context.workspace.config.zoo.rotation_limit,
+                                      progress=log.info)
+    return result.model_dump()
 
 
 def status(context: TaskContext) -> dict[str, Any]:

@@ -43,7 +43,7 @@ MAX_LIMIT = 1000
 class RequestFilter(BaseModel):
     """Which requests of a slot to list, and where the page starts (an unknown field is an error)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     slot: str
     since: datetime | None = None
@@ -51,7 +51,8 @@ class RequestFilter(BaseModel):
     disagree: str | None = Field(None, description="Only requests where this challenger's answer differs from the champion's.")
     errors: bool = Field(False, description="Only requests where the variant (else the champion or any challenger) errored.")
     worst: str | None = Field(None, description="Order by this challenger's paired net difference, most negative first.")
-    tags: dict[str, str] = Field(default_factory=dict, description="Only requests carrying every one of these tags.")
+    tags: dict[str, str] = Field(default_factory=dict, alias="tag",
+                                 description="Only requests carrying every one of these tags (`tag=key=value` in a query).")
     limit: int = Field(20, ge=1, le=MAX_LIMIT)
     cursor: str | None = Field(None, description="The `next_cursor` of the previous page.")
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from openapi_spec_validator import validate
 
+from ops.optable import OPERATIONS
+from ops.state import TOKEN_FILE
 from ops.workspace_init import init_workspace
 from tests.conftest import SHADOWZOO
 from tests.servers import edit_config, free_port, wait_until
@@ -125,12 +127,15 @@ def test_every_field_of_a_registration_is_checked_like_the_cli_checks_it(daemon:
     assert status == 400 and answer["error"]["message"].startswith(field), answer
 
 
-@pytest.mark.parametrize("out", ["../escaped.html", "reports/../../escaped.html", "{outside}/escaped.html", "report.py"])
-def test_a_report_job_refuses_to_write_outside_the_workspace(daemon: Daemon, out: str) -> None:
-    outside = daemon.workspace_dir.parent
-    status, answer, _ = daemon.call("POST", "/admin/jobs", {"kind": "report", "slot": SLOT, "out": out.format(outside=outside)})
+def test_a_report_job_writes_no_file_the_cli_writes_it_where_asked(daemon: Daemon, cli, tmp_path: Path) -> None:
+    status, answer, _ = daemon.call("POST", "/admin/jobs/report", {"slot": SLOT, "out": "../escaped.html"})
     assert status == 400 and answer["error"]["message"].startswith("out:"), answer
-    assert not (outside / "escaped.html").exists()
+    out = tmp_path / "elsewhere" / "report.md"
+    out.parent.mkdir()
+    written = cli("report", "--slot", SLOT, "--out", str(out), cwd=daemon.workspace_dir, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+    assert written.code == 0, written.err
+    assert f"wrote {out}" in written.out and out.read_text().startswith(f"### shadowzoo leaderboard: `{SLOT}`")
+    assert not list(daemon.workspace_dir.glob("report*"))
 
 
 def test_the_same_label_and_config_in_two_slots_get_two_version_ids(daemon: Daemon) -> None:
@@ -165,6 +170,8 @@ def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: 
     status, document, _ = daemon.call("GET", "/openapi.json")
     assert status == 200
     validate(document)  # raises on a dangling $ref or any other violation of OpenAPI 3.1
+    documented = {(method.upper(), path) for path, operations in document["paths"].items() for method in operations}
+    assert documented == {(operation.method, operation.path) for operation in OPERATIONS}
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             assert {"200", "400", "401", "404", "405", "409", "500"} <= set(operation["responses"]), (method, path)
@@ -173,8 +180,9 @@ def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: 
 @pytest.mark.parametrize(("path", "body", "field"), [
     ("/admin/promote", {"slot": SLOT, "version_id": "x", "actor": "t", "forse": True}, "forse:"),
     ("/admin/pause", {"version_id": None, "actor": "t", "until": "tomorrow"}, "until:"),
-    ("/admin/jobs", {"kind": "replay", "slot": "nowhere"}, "slot:"),
-    ("/admin/jobs", {"kind": "report", "slot": SLOT, "format": "pdf"}, "format:"),
+    ("/admin/jobs/replay", {"slot": "nowhere"}, "slot:"),
+    ("/admin/jobs/report", {"slot": SLOT, "format": "pdf"}, "format:"),
+    ("/admin/leaderboard", {"slot": SLOT, "where": "tier"}, "where:"),
 ])
 def test_an_unknown_key_or_slot_in_any_body_is_a_400_naming_it(daemon: Daemon, path: str, body: dict, field: str) -> None:
     status, answer, _ = daemon.call("POST", path, body)
@@ -187,3 +195,29 @@ def test_timestamps_in_answers_carry_their_utc_offset(daemon: Daemon) -> None:
     paused = daemon.call("POST", "/admin/pause", {"version_id": registered["variant"]["version_id"], "actor": "t"})[1]
     moments = [registered["variant"]["created_at"], paused["since"]]
     assert all(datetime.fromisoformat(moment).utcoffset() == timedelta(0) for moment in moments), moments
+
+
+def test_a_get_of_the_leaderboard_answers_the_stored_board_and_scores_nothing(daemon: Daemon) -> None:
+    status, scored, _ = daemon.call("POST", "/admin/leaderboard", {"slot": SLOT})
+    assert status == 200
+    looks = [daemon.call("GET", f"/admin/leaderboard?slot={SLOT}")[:2] for _ in range(2)]
+    assert looks == [(200, scored), (200, scored)]  # a refresh would have stored a new board, generated now
+
+
+def test_a_cli_user_without_an_exported_token_promotes_with_the_daemon_s_token_file(daemon: Daemon, cli) -> None:
+    token_file = daemon.workspace_dir / ".shadowzoo" / TOKEN_FILE
+    assert token_file.read_text() == TOKEN and token_file.stat().st_mode & 0o777 == 0o600
+    status, registered, _ = daemon.call("POST", "/admin/variants", _variant(OTHER, "first-champion", model="sim-mini"))
+    assert status == 200
+    version_id = registered["variant"]["version_id"]
+    promoted = cli("promote", OTHER, version_id, "--reason", "first", cwd=daemon.workspace_dir,
+                   env={"SHADOWZOO_ADMIN_TOKEN": ""})
+    assert promoted.code == 0, promoted.err
+    assert daemon.call("GET", f"/admin/champion?slot={OTHER}")[1]["version_id"] == version_id
+
+
+def test_an_error_in_a_daemon_job_is_the_error_the_cli_prints_without_a_daemon(daemon: Daemon, cli, workspace_dir) -> None:
+    local = cli("zoo", "train", "--spec", "nobody")
+    remote = cli("zoo", "train", "--spec", "nobody", cwd=daemon.workspace_dir, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+    assert (remote.code, remote.err) == (local.code, local.err) == (1, remote.err)
+    assert "no spec named 'nobody' in the zoo" in remote.err

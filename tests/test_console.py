@@ -26,17 +26,13 @@ TOKEN = "console-test-token"
 Scenario = Callable[[TestClient, dict[str, str]], Awaitable[None]]
 
 
-def _no_status() -> dict:
-    raise AssertionError("these tests never open the status page")
-
-
 def _run(workspace_dir: Path, scenario: Scenario,
          setup: Callable[[Registry, dict[str, str]], None] = lambda registry, ids: None) -> Registry:
     """`scenario(client, variant ids)` against the admin app on loopback, after `setup` wrote into the registry;
     returns the registry to inspect."""
     registry, ids = demo_registry(workspace_dir)
     setup(registry, ids)
-    api = Api(LocalOperations(registry), JobBoard(), CollectorRegistry(), TOKEN, _no_status)
+    api = Api(LocalOperations(registry), JobBoard(), CollectorRegistry(), TOKEN)
 
     async def main() -> None:
         async with TestClient(TestServer(build_admin_app(api), host="127.0.0.1")) as client:

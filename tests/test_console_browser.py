@@ -24,6 +24,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from ops.workspace_init import init_workspace
 from tests.scoring_data import SLOT, Answers, demo_registry, simulate
+from tests.servers import wait_until
 from tests.test_admin_api import TOKEN, Daemon
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -39,6 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, d
     answers.write(registry)
     registry.close()
     daemon = Daemon(workspace_dir)
+    wait_until(lambda: daemon.call("GET", f"/admin/leaderboard?slot={SLOT}")[0] == 200, timeout_s=60)  # first scoring
     yield daemon, ids
     daemon.stop()
 

@@ -238,9 +238,9 @@ def test_while_the_daemon_runs_it_writes_the_export_inside_the_workspace(stored,
         served = pq.read_table(workspace_dir / "exports" / "served.parquet")
         assert served.equals(pq.read_table(workspace_dir / "local.parquet"))
         outside = cli("export", "--slot", SLOT, "--out", str(workspace_dir.parent / "escaped.jsonl"), env=env)
-        assert outside.code == 2 and "--out" in outside.err and "outside the workspace" in outside.err
-        body = {"kind": "export", "slot": SLOT, "out": "../escaped.jsonl", "export": {"slot": SLOT}}
-        status, answer, _ = daemon.call("POST", "/admin/jobs", body)
+        assert outside.code == 1 and "out: " in outside.err and "outside the workspace" in outside.err
+        body = {"options": {"slot": SLOT}, "out": "../escaped.jsonl"}
+        status, answer, _ = daemon.call("POST", "/admin/jobs/export", body)
         assert status == 400 and answer["error"]["message"].startswith("out:"), answer
         assert not (workspace_dir.parent / "escaped.jsonl").exists()
     finally:

@@ -12,12 +12,12 @@ import typer
 
 import shadow.ingest as ingest_module
 from ops.session import Session
-from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, load_workspace
 from shadow.ingest import IngestReport, ingest_spool
 from shadow.logfile import LogFileError, read_outcome_log, read_traffic_log, spool_records
 from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import QUARANTINE, CorruptSegment, read_segment, ready_segments, spool_dir, write_segment
+from tests.servers import edit_config
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -494,19 +494,24 @@ def test_the_ingest_command_reports_a_bad_line_and_writes_nothing(workspace_dir:
         run_ingest_command(workspace_dir, "traffic", str(calls))
 
 
-def test_with_a_daemon_running_the_ingest_command_only_spools_the_file(
-    workspace_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_with_a_daemon_running_the_ingest_command_says_what_it_ingested_as_without_one(
+    workspace_dir: Path, tmp_path: Path, cli
 ) -> None:
-    workspace = load_workspace(workspace_dir)
-    lock = DaemonLock(workspace)
-    lock.acquire()
-    lock.publish(DaemonInfo(pid=4242, admin_url="http://127.0.0.1:1", metrics_url="http://127.0.0.1:2", started_at="-"))
+    from tests.test_admin_api import TOKEN, Daemon
+
+    edit_config(workspace_dir, lambda c: c["daemon"].update(ingest_interval_s=3600))  # only the command ingests
+    local = cli("ingest", "traffic", str(jsonl(tmp_path / "first.jsonl", log_line(request_id="r1"))))
+    daemon = Daemon(workspace_dir)
     try:
-        run_ingest_command(workspace_dir, "traffic", str(jsonl(tmp_path / "calls.jsonl", log_line())))
+        served = cli("ingest", "traffic", str(jsonl(tmp_path / "second.jsonl", log_line(request_id="r2"))),
+                     env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
     finally:
-        lock.release()
-    assert "the running daemon (pid 4242) ingests them" in capsys.readouterr().out
-    assert len(ready_segments(spool_dir(workspace.state_dir))) == 1
+        daemon.stop()
+    assert local.code == served.code == 0, served.err
+    summary = "ingested 1 segment(s): 1 traffic row(s), 0 outcome row(s), 0 duplicate(s) ignored"
+    assert summary in local.out and summary in served.out
+    with Registry.open(load_workspace(workspace_dir)) as registry:
+        assert rows(registry, "SELECT request_id FROM traffic ORDER BY request_id") == [("r1",), ("r2",)]
 
 
 def test_the_slot_redaction_rules_apply_to_ingested_files(workspace_dir: Path, tmp_path: Path) -> None:

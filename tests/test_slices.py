@@ -116,13 +116,13 @@ def test_a_slice_through_the_running_daemon_is_the_same_as_without_it(cli, works
     try:
         remote = cli("leaderboard", "--slot", SLOT, "--where", "tier=gold", "--format", "json",
                      env={"SHADOWZOO_ADMIN_TOKEN": TOKEN}).json()
-        status, body, _ = daemon.call("GET", f"/admin/leaderboard?slot={SLOT}&where=tier")
+        status, body, _ = daemon.call("POST", "/admin/leaderboard", {"slot": SLOT, "where": "tier=gold"})
     finally:
         daemon.stop()
     assert remote["slice"] == local["slice"]
     for version_id in (tagged["baseline"], tagged["careful-large"], tagged["cheap-mini"]):  # the daemon's runner
         assert _row(remote, version_id) == _row(local, version_id)                          # answers the others
-    assert status == 400 and body["error"]["message"] == "where: 'tier' is not key=value"
+    assert status == 400 and body["error"]["message"].startswith("where: "), body
 
 
 def test_a_slice_of_a_slot_without_a_champion_is_described_and_never_stored(workspace_dir: Path) -> None:

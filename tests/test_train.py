@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,18 @@ def test_all_active_trains_one_at_a_time_and_reports_failures(ws: Path) -> None:
     assert outcome.exit_code == 1
     assert "1 succeeded, 1 failed (bad)" in outcome.output
     assert CliRunner().invoke(app, ["runs"]).exit_code == 0
+
+
+def test_train_all_active_with_a_limit_trains_the_least_recently_trained_specs(ws: Path, cli) -> None:
+    """As the daemon's job and its rotation pick them (the command once took the first N in the zoo)."""
+    quick = skillopt(num_epochs=1, steps_per_epoch=1)
+    write_spec(ws, "first", quick)
+    write_spec(ws, "second", quick)
+    assert cli("zoo", "train", "--spec", "first").code == 0
+    picked = cli("zoo", "train", "--all-active", "--limit", "1")
+    assert picked.code == 0, picked.err
+    trained = re.findall(r"^(\w+): (?:finished|no_improvement|budget_exhausted)", picked.out, re.MULTILINE)
+    assert trained == ["second"] and "1 succeeded, 0 failed" in picked.out
 
 
 def test_edits_skip_absent_targets_and_the_protected_region() -> None:

@@ -23,6 +23,7 @@ from multidict import MultiDictProxy
 from ops.console import actions, html, inspect, pages
 from ops.console.session import COOKIE, COOKIE_PATH, LIFETIME_S, Session, Sessions
 from ops.console.visit import View, Visit
+from ops.optable import error_status
 from registry import ConfigError, NotFound
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ PAGES: tuple[PageRoute, ...] = (
 ACTIONS: dict[str, Act] = {"/ui/promote": actions.promote, "/ui/rollback": actions.rollback}
 HOME = PAGES[0].path
 SLOT_PAGES = {"/ui/leaderboard", "/ui/variants", "/ui/requests", "/ui/history"}  # the slot switcher stays on these
-ERROR_STATUS = {NotFound: 404, ConfigError: 400}
 
 
 def add_console(app: web.Application, api: Api) -> None:
@@ -80,7 +80,7 @@ def _page(api: Api, sessions: Sessions, page: PageRoute):
             view = await page.render(visit)
             status = 200
         except (NotFound, ConfigError) as exc:
-            status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
+            status = error_status(exc)[0]
             view = View("Not found" if status == 404 else "Invalid request", f'<p class="msg error">{_text(exc)}</p>')
         return _html(_layout(visit, view), status)
 

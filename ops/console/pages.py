@@ -1,7 +1,8 @@
 """The console's pages, each a function of a visit: it calls the operations and renders what they return.
 
-Pages never compute evidence themselves: the leaderboard is `operations.leaderboard` drawn
-by the report's own sections and charts, history is the audit log as stored, status is the
+Pages never compute evidence themselves, and never write: the leaderboard is the one the
+daemon last scored and stored (`operations.leaderboard`), drawn by the report's own
+sections and charts, history is the audit log as stored, status is the
 daemon's `status()` answer.
 """
 
@@ -16,6 +17,7 @@ from ops.cli_champion import evidence_summary
 from ops.cli_variants import config_changes
 from ops.console import html
 from ops.console.visit import View, Visit
+from ops.operations import JobStatus
 from registry import Move, NotFound, Variant
 from scorer.report.page import leaderboard_sections
 from scorer.report.text import fmt_time, usd
@@ -28,11 +30,15 @@ def _when(moment: datetime | None) -> str:
 
 
 async def leaderboard(visit: Visit) -> View:
-    """The slot's leaderboard, freshly scored, with its intervals and the report's charts; reloads itself."""
+    """The slot's leaderboard as the daemon last scored it, with its intervals and the report's charts; reloads itself."""
     slot = visit.slot()
     if not slot:
         return View("Leaderboard", '<p class="empty">No slot is configured in shadowzoo.yaml.</p>')
-    board = await visit.call(visit.api.operations.leaderboard, slot)
+    try:
+        board = await visit.call(visit.api.operations.leaderboard, slot)
+    except NotFound as exc:
+        return View(f"{slot} leaderboard", f'<h1>{escape(slot)} · leaderboard</h1><p class="empty">{escape(str(exc))}</p>',
+                    REFRESH_S)
     history = await visit.call(visit.api.operations.evidence_history, slot)
     links = "".join(f"<li>{html.link(f'/ui/variants/{row.version_id}', f'{row.label} · {row.display_status}')}"
                     + (f" · {html.link('/ui/requests', 'requests where it disagrees', slot=slot, disagree=row.version_id)}"
@@ -150,7 +156,7 @@ def _evidence(move: Move) -> str:
 
 async def status(visit: Visit) -> View:
     """The daemon's status: spend and budgets, judges, pauses, champions, spool and queue, last task runs."""
-    state: dict[str, Any] = await visit.call(visit.api.status)
+    state: dict[str, Any] = await visit.call(visit.api.operations.status)
     slots = visit.api.operations.registry.workspace.config.slots
     budgets = [[escape(slot), usd(slots[slot].shadow.daily_budget_usd), usd(slots[slot].shadow.daily_budget_usd - left),
                 usd(left)] for slot, left in state["budgets_left_usd"].items() if slot in slots]
@@ -180,11 +186,17 @@ async def status(visit: Visit) -> View:
 
 async def jobs(visit: Visit) -> View:
     """Jobs started in this daemon's life (replays, reports, training), newest first; reloads itself."""
-    rows = [[html.mono(job.id), escape(job.request.kind), escape(job.request.slot or job.request.spec or "–"),
+    rows = [[html.mono(job.id), escape(job.operation), escape(_subject(job)),
              escape(job.state), _when(job.started_at), _when(job.finished_at),
              html.mono(json.dumps(job.progress, default=str)) if job.progress else "–",
              escape(job.error) if job.error else html.mono(json.dumps(job.result, default=str)) if job.result else "–"]
-            for job in visit.api.jobs.all()]
+            for job in await visit.call(visit.api.operations.jobs)]
     body = "<h1>Jobs</h1>" + html.table(["id", "kind", "slot / spec", "state", "started", "finished", "progress",
                                          "result"], rows, "No job started since the daemon started.")
     return View("Jobs", body, REFRESH_S)
+
+
+def _subject(job: JobStatus) -> str:
+    """What a job works on: its slot or spec."""
+    arguments = job.arguments
+    return arguments.get("slot") or arguments.get("spec") or (arguments.get("options") or {}).get("slot") or "–"
