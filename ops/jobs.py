@@ -85,7 +85,10 @@ def check_job(workspace: Workspace, arguments: BaseModel) -> None:
 def workspace_file(workspace: Workspace, out: str) -> Path:
     """Where a job writes `out` (relative to the workspace, or absolute): inside the workspace, or nowhere."""
     root = workspace.root.resolve()
-    path = (root / out).resolve()
+    try:
+        path = (root / out).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a loop of links
+        raise ConfigError(f"out: {out!r} is not a usable path ({exc})") from None
     if not path.is_relative_to(root):
         raise ConfigError(f"out: {out!r} is outside the workspace {root}; the daemon writes only inside it")
     return path

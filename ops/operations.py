@@ -245,6 +245,8 @@ class LocalOperations:
         """Train one spec by name, or (all_active) the `limit` stalest active specs with a train: block."""
         if (spec is None) == (not all_active):
             raise ConfigError("train: name a spec, or all_active (one of them)")
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit: {limit} is not a number of specs (at least 1)")
         zoo = load_zoo(self.workspace.specs_dir)
         chosen = stalest(self.workspace, zoo.specs)[:limit] if all_active else _named(zoo.named(spec or ""), spec, zoo.specs)
         register = Register(self, self.register)
