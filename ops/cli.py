@@ -19,11 +19,9 @@ from ops import (
     cli_champion, cli_export, cli_ingest, cli_inspect, cli_scorer, cli_services, cli_shadow, cli_train, cli_variants,
     cli_zoo,
 )
-from ops.demo import run_demo
 from ops.output import fail, say
 from ops.session import Session
-from ops.workspace_init import init_workspace
-from registry import ShadowzooError
+from registry.errors import ShadowzooError
 
 app = typer.Typer(
     name="shadowzoo",
@@ -71,6 +69,8 @@ def init(directory: Annotated[Path, typer.Argument(help="New or empty directory 
 
     Example: shadowzoo init demo-ws && cd demo-ws && shadowzoo zoo list
     """
+    from ops.workspace_init import init_workspace
+
     root_dir = init_workspace(directory)
     say(f"created workspace {root_dir}")
     say(f"next: cd {directory} && shadowzoo zoo validate && shadowzoo zoo register --all-active")
@@ -91,6 +91,8 @@ def demo(
 
     Example: shadowzoo demo --dir /tmp/demo-ws --keep-running
     """
+    from ops.demo import run_demo
+
     run_demo(directory, requests, keep_running)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ops.output import print_json, print_table, say
 from ops.session import actor_name, session
-from registry import Move
+
+if TYPE_CHECKING:
+    from registry import Move
 
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who is acting, for the audit log (default: $USER).")

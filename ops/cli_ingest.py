@@ -11,20 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from ops.output import error_console, print_json, say, warn
 from ops.session import session
-from ops.state import running_daemon
-from registry import Registry, Workspace
-from shadow.ingest import IngestReport, ingest_spool
-from shadow.redaction import Redactor
-from shadow.logfile import LineProgress, read_outcome_log, read_traffic_log, spool_records
-from shadow.records import SpoolRecord
-from shadow.spool import spool_dir
+
+if TYPE_CHECKING:
+    from registry import Workspace
+    from shadow.ingest import IngestReport
+    from shadow.logfile import LineProgress
+    from shadow.records import SpoolRecord
+
+    Reader = Callable[[LineProgress], Iterator[SpoolRecord]]
 
 app = typer.Typer(
     help="Load JSONL files into the spool and ingest them: request/response logs and outcomes.",
@@ -35,7 +36,6 @@ FileArgument = Annotated[
     Path, typer.Argument(help="A JSON Lines file.", exists=True, dir_okay=False, readable=True)
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")]
-Reader = Callable[[LineProgress], Iterator[SpoolRecord]]
 
 
 @app.command()
@@ -52,6 +52,8 @@ def traffic(
 
     Example: shadowzoo ingest traffic calls.jsonl --slot support-triage
     """
+    from shadow.logfile import read_traffic_log
+
     workspace = session(ctx).workspace()
     slots = workspace.config.slots
     _load(workspace, file, lambda progress: read_traffic_log(file, slot, slots, progress=progress), as_json)
@@ -66,11 +68,18 @@ def outcomes(ctx: typer.Context, file: FileArgument, as_json: JsonOption = False
 
     Example: shadowzoo ingest outcomes labels.jsonl
     """
+    from shadow.logfile import read_outcome_log
+
     _load(session(ctx).workspace(), file, lambda progress: read_outcome_log(file, progress=progress), as_json)
 
 
 def _load(workspace: Workspace, file: Path, read: Reader, as_json: bool) -> None:
     """Spool the file's records (all or none); ingest the spool here unless the daemon runs; say what happened."""
+    from ops.state import running_daemon
+    from shadow.logfile import spool_records
+    from shadow.redaction import Redactor
+    from shadow.spool import spool_dir
+
     spool = spool_dir(workspace.state_dir)
     daemon = running_daemon(workspace)
     with _progress() as bars:
@@ -93,6 +102,9 @@ def _load(workspace: Workspace, file: Path, read: Reader, as_json: bool) -> None
 
 def _ingest_here(workspace: Workspace, spool: Path, bars: Progress) -> IngestReport:
     """Ingest the whole spool in this process (no daemon owns the database)."""
+    from registry.store import Registry
+    from shadow.ingest import ingest_spool
+
     ingesting = bars.add_task("ingesting", total=None)
     with Registry.open(workspace) as registry:
         return ingest_spool(

@@ -7,18 +7,17 @@ any failed. A trained skill is registered as a challenger: the champion never ch
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ops.client import RemoteOperations
-from ops.jobs import JobRequest
 from ops.output import fail, print_table, say
 from ops.session import session
 from registry import ShadowzooError
-from zoo import SpecFile, Zoo, load_zoo
-from zoo.train.outcome import Register
-from zoo.train.run import train_spec
+
+if TYPE_CHECKING:
+    from zoo import SpecFile, Zoo
+    from ops.client import RemoteOperations
 
 SpecOption = Annotated[str | None, typer.Option("--spec", help="The spec to train, by name.")]
 
@@ -35,6 +34,12 @@ def train(
     """
     if (spec is None) == (not all_active):
         raise typer.BadParameter("pass --spec NAME or --all-active (one of them)")
+    from ops.client import RemoteOperations
+    from ops.jobs import JobRequest
+    from zoo.train.outcome import Register
+    from zoo import load_zoo
+    from zoo.train.run import train_spec
+
     workspace = session(ctx).workspace()
     zoo = load_zoo(workspace.specs_dir)
     chosen = _trainable(zoo)[:limit] if all_active else _named(zoo, spec or "")

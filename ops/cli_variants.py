@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ops.output import console, print_json, print_table, say
 from ops.session import session
-from ops.operations import LocalOperations
-from registry import Variant
+if TYPE_CHECKING:
+    from registry import Variant
+    from ops.operations import LocalOperations
 
 app = typer.Typer(help="Registered variants: immutable, versioned configurations of a slot.", no_args_is_help=True)
 

@@ -4,20 +4,26 @@ The CLI calls these operations. When no daemon runs, `LocalOperations` does them
 database directly; while the daemon runs, the CLI gets `ops.client.RemoteOperations`
 instead, which sends the same calls to the daemon's admin API, where they run here, in
 the process that owns the database. So a command's output is the same either way.
+
+The scorer and the request browser are imported by the operations that use them: listing
+variants must not load the statistics (`shadowzoo variants list` answers at once).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from registry import Move, NewVariant, Registration, Registry, Variant
-from scorer.board import EvidencePoint, Leaderboard
-from scorer.browse import RequestFilter, RequestPage, browse_requests
-from scorer.policy import promotion_evidence
-from scorer.service import Scorer
-from scorer.trace import RequestTrace, trace_request
 from shadow import pauses
 from shadow.pauses import Pause
+
+if TYPE_CHECKING:
+    from scorer.board import EvidencePoint, Leaderboard
+    from scorer.browse import RequestFilter, RequestPage
+    from scorer.service import Scorer
+    from scorer.trace import RequestTrace
 
 
 class LocalOperations:
@@ -25,7 +31,12 @@ class LocalOperations:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.scorer = Scorer(registry.workspace, registry)
+
+    @cached_property
+    def scorer(self) -> Scorer:
+        from scorer.service import Scorer
+
+        return Scorer(self.registry.workspace, self.registry)
 
     # reads the zoo's resolver needs (the same names as `Registry`)
     def champion(self, slot: str) -> Variant | None:
@@ -55,6 +66,8 @@ class LocalOperations:
 
     def promote(self, slot: str, version_id: str, actor: str, reason: str | None, force: bool) -> Move:
         """Promote on the evidence of a fresh leaderboard (see `scorer.policy`)."""
+        from scorer.policy import promotion_evidence
+
         self.registry.workspace.slot(slot)
         evidence = promotion_evidence(self.scorer.refresh(slot), version_id, force)
         return self.registry.promote(slot, version_id, actor, reason, evidence)
@@ -84,12 +97,16 @@ class LocalOperations:
     # single requests
     def trace(self, key: str, slot: str | None = None) -> RequestTrace:
         """One request by its id or client request id: every answer, its scores and its pair."""
+        from scorer.trace import trace_request
+
         if slot is not None:
             self.registry.workspace.slot(slot)
         return trace_request(self.registry, key, slot)
 
     def requests(self, request: RequestFilter) -> RequestPage:
         """One page of a slot's requests that match the filter."""
+        from scorer.browse import browse_requests
+
         metrics = self.registry.workspace.slot(request.slot).metrics
         first_line = bool(metrics) and all(metric.first_line for metric in metrics)
         with self.registry.database.reading() as db:

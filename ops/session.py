@@ -1,7 +1,8 @@
 """What a CLI command works on: the workspace it was pointed at, and the operations on it.
 
 Commands stay thin over `ops.operations`: whether those run on the database here or
-through the daemon's admin API is decided here, not in every command.
+through the daemon's admin API is decided here, not in every command. The operations and
+the client are imported when a command first asks for them, so `--help` loads neither.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import typer
 
-from ops.client import RemoteOperations
-from ops.operations import LocalOperations
-from ops.state import running_daemon
-from registry import Registry, Workspace, load_workspace
+if TYPE_CHECKING:
+    from ops.client import RemoteOperations
+    from ops.operations import LocalOperations
+    from registry import Workspace
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Session:
     workspace_dir: Path
 
     def workspace(self) -> Workspace:
+        from registry.config import load_workspace
+
         return load_workspace(self.workspace_dir)
 
     @contextmanager
@@ -38,14 +41,21 @@ class Session:
         if remote is not None:
             yield remote
             return
+        from ops.operations import LocalOperations
+        from registry.store import Registry
+
         with Registry.open(workspace) as registry:
             yield LocalOperations(registry)
 
     def remote(self, workspace: Workspace) -> RemoteOperations | None:
         """A client of the workspace's running daemon, or None when no daemon runs."""
+        from ops.state import running_daemon
+
         info = running_daemon(workspace)
         if info is None:
             return None
+        from ops.client import RemoteOperations
+
         return RemoteOperations(info.admin_url, os.environ.get(workspace.config.daemon.admin_token_env))
 
 

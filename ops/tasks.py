@@ -18,10 +18,9 @@ from typing import Any
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
-from registry.atomic import write_atomic
 from scorer.answerstats import period_stats
 from scorer.export import ExportOptions, ExportProgress, ExportSummary, export_answers
-from scorer.report import render_html, render_markdown
+from scorer.report.files import report_format, write_report
 from registry.config import Price, RetentionConfig
 from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
@@ -245,9 +244,9 @@ def _workspace_file(context: TaskContext, out: str) -> Path:
 def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
     """Render a slot's report to a file in the workspace (HTML, or Markdown for .md)."""
     path = _workspace_file(context, out or f"report-{slot}.html")
+    html = report_format(path) == "html"
     board = context.operations.leaderboard(slot)
-    text = render_markdown(board) if path.suffix.lower() == ".md" else render_html(board, context.operations.evidence_history(slot))
-    write_atomic(path, text.encode("utf-8"))
+    write_report(path, board, context.operations.evidence_history(slot) if html else [])
     return path
 
 
