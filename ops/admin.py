@@ -57,13 +57,17 @@ class PromoteBody(_Body):
 class RollbackBody(_Body):
     slot: str
     actor: str
-    reason: str | None = None
+    reason: str = Field(min_length=1, description="Why, for the audit log (required).")
 
 
 class RetireBody(_Body):
     version_id: str
     actor: str
-    reason: str | None = None
+    reason: str = Field(min_length=1, description="Why, for the audit log (required).")
+
+
+class ReactivateBody(RetireBody):
+    """A retired variant to make a challenger again."""
 
 
 class PauseBody(_Body):
@@ -148,6 +152,10 @@ async def _retire(api: Api, request: web.Request, body: RetireBody) -> Move:
     return await api.call(api.operations.retire, body.version_id, body.actor, body.reason)
 
 
+async def _reactivate(api: Api, request: web.Request, body: ReactivateBody) -> Move:
+    return await api.call(api.operations.reactivate, body.version_id, body.actor, body.reason)
+
+
 async def _pause(api: Api, request: web.Request, body: PauseBody) -> Pause:
     return await api.call(api.operations.pause, body.version_id, body.actor, body.reason)
 
@@ -213,6 +221,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/admin/promote", "Promote on evidence (or by force, with a reason).", _promote, PromoteBody, Move),
     Endpoint("POST", "/admin/rollback", "Move the champion back one promotion.", _rollback, RollbackBody, Move),
     Endpoint("POST", "/admin/retire", "Retire a challenger.", _retire, RetireBody, Move),
+    Endpoint("POST", "/admin/reactivate", "Make a retired variant a challenger again.", _reactivate, ReactivateBody, Move),
     Endpoint("POST", "/admin/pause", "Pause one challenger's shadow calls, or all.", _pause, PauseBody, Pause),
     Endpoint("POST", "/admin/resume", "Resume one challenger, or all.", _resume, PauseBody, Pause | None),
     Endpoint("GET", "/admin/pauses", "Current pauses.", _pauses, answer=list[Pause]),

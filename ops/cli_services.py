@@ -38,21 +38,32 @@ def gateway(
     supervise(_gateways(workspace, host, port, workers))
 
 
+AdminPortOption = Annotated[int | None, typer.Option(
+    "--admin-port", help="The daemon's admin API and /metrics port (default: daemon.admin_port).")]
+
+
 def daemon(
     ctx: typer.Context,
-    port: Annotated[int | None, typer.Option("--port", help="Admin API and /metrics port (default: daemon.admin_port).")] = None,
+    admin_port: AdminPortOption = None,
+    port: Annotated[int | None, typer.Option("--port", hidden=True, help="Deprecated: --admin-port.")] = None,
 ) -> None:
     """Run the daemon alone: ingest, shadow runner, scoring, watch, retention, admin API, /metrics.
 
     It is the only process that opens the database. Its admin API needs the token named by
     daemon.admin_token_env (default SHADOWZOO_ADMIN_TOKEN). Usually started by `serve`.
 
-    Example: shadowzoo daemon --port 8900   (with SHADOWZOO_ADMIN_TOKEN set)
+    Example: shadowzoo daemon --admin-port 8900   (with SHADOWZOO_ADMIN_TOKEN set)
     """
     from ops.daemon import run_daemon
 
+    if port is not None:
+        if admin_port is not None:
+            raise typer.BadParameter("give --admin-port only (--port is its old name)", param_hint="--port")
+        warn("daemon --port is deprecated: it is called --admin-port, as in `serve`")
+        admin_port = port
     workspace = session(ctx).workspace()
-    _serving(lambda: run_daemon(workspace.root, port), f"daemon admin API on port {port or workspace.config.daemon.admin_port}")
+    shown = workspace.config.daemon.admin_port if admin_port is None else admin_port
+    _serving(lambda: run_daemon(workspace.root, admin_port), f"daemon admin API on port {shown}")
 
 
 def serve(
@@ -60,7 +71,7 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Gateway worker processes sharing the port.")] = 1,
     host: Annotated[str | None, typer.Option("--host", help="Gateway address (default: gateway.host).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Gateway port (default: gateway.port).")] = None,
-    admin_port: Annotated[int | None, typer.Option("--admin-port", help="Daemon port (default: daemon.admin_port).")] = None,
+    admin_port: AdminPortOption = None,
 ) -> None:
     """Run shadowzoo as a service: gateway workers and the daemon, each restarted if it dies.
 

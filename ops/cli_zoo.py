@@ -49,8 +49,10 @@ def list_specs(ctx: typer.Context, slot: SlotOption = None, as_json: JsonOption 
 
 
 @app.command()
-def validate(ctx: typer.Context, slot: SlotOption = None) -> None:
+def validate(ctx: typer.Context, slot: SlotOption = None, as_json: JsonOption = False) -> None:
     """Check every spec: its YAML, its keys, its skill file and its base. Exit 1 on any error.
+
+    With --json: {"checked": specs checked, "errors": [one message per error]}.
 
     Example: shadowzoo zoo validate
     """
@@ -64,12 +66,14 @@ def validate(ctx: typer.Context, slot: SlotOption = None) -> None:
                 _resolve(spec_file, zoo, workspace, store)
             except ShadowzooError as exc:
                 errors.append(str(exc))
-    for error in errors:
-        fail(error)
+    if as_json:
+        print_json({"checked": checked, "errors": errors})
+    else:
+        for error in errors:
+            fail(error)
+        say(f"{len(errors)} error(s) in the zoo at {workspace.specs_dir}" if errors else f"all {checked} spec(s) are valid")
     if errors:
-        say(f"{len(errors)} error(s) in the zoo at {workspace.specs_dir}")
         raise typer.Exit(1)
-    say(f"all {checked} spec(s) are valid")
 
 
 @app.command()

@@ -81,11 +81,14 @@ class RemoteOperations:
         return self._call("POST", "/admin/promote", Move, {"slot": slot, "version_id": version_id, "actor": actor,
                                                            "reason": reason, "force": force})
 
-    def rollback(self, slot: str, actor: str, reason: str | None) -> Move:
+    def rollback(self, slot: str, actor: str, reason: str) -> Move:
         return self._call("POST", "/admin/rollback", Move, {"slot": slot, "actor": actor, "reason": reason})
 
-    def retire(self, version_id: str, actor: str, reason: str | None) -> Move:
+    def retire(self, version_id: str, actor: str, reason: str) -> Move:
         return self._call("POST", "/admin/retire", Move, {"version_id": version_id, "actor": actor, "reason": reason})
+
+    def reactivate(self, version_id: str, actor: str, reason: str) -> Move:
+        return self._call("POST", "/admin/reactivate", Move, {"version_id": version_id, "actor": actor, "reason": reason})
 
     def pause(self, version_id: str | None, actor: str, reason: str | None) -> Pause:
         return self._call("POST", "/admin/pause", Pause, {"version_id": version_id, "actor": actor, "reason": reason})

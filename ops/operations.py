@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from registry import Move, NewVariant, Registration, Registry, Variant
+from registry import ConfigError, Move, NewVariant, Registration, Registry, Variant
 from shadow import pauses
 from shadow.pauses import Pause
 
@@ -72,11 +72,14 @@ class LocalOperations:
         evidence = promotion_evidence(self.scorer.refresh(slot), version_id, force)
         return self.registry.promote(slot, version_id, actor, reason, evidence)
 
-    def rollback(self, slot: str, actor: str, reason: str | None) -> Move:
-        return self.registry.rollback(slot, actor, reason)
+    def rollback(self, slot: str, actor: str, reason: str) -> Move:
+        return self.registry.rollback(slot, actor, _required(reason, "a rollback"))
 
-    def retire(self, version_id: str, actor: str, reason: str | None) -> Move:
-        return self.registry.retire(version_id, actor, reason)
+    def retire(self, version_id: str, actor: str, reason: str) -> Move:
+        return self.registry.retire(version_id, actor, _required(reason, "a retirement"))
+
+    def reactivate(self, version_id: str, actor: str, reason: str) -> Move:
+        return self.registry.reactivate(version_id, actor, _required(reason, "a reactivation"))
 
     def pause(self, version_id: str | None, actor: str, reason: str | None) -> Pause:
         return pauses.pause(self.registry, version_id, actor, reason)
@@ -111,3 +114,10 @@ class LocalOperations:
         first_line = bool(metrics) and all(metric.first_line for metric in metrics)
         with self.registry.database.reading() as db:
             return browse_requests(db, request, first_line)
+
+
+def _required(reason: str | None, move: str) -> str:
+    """The reason for a move the audit log must explain; none (or only spaces) is an error."""
+    if reason is None or not reason.strip():
+        raise ConfigError(f"reason: {move} needs a reason, so the audit log says why")
+    return reason
