@@ -59,39 +59,33 @@ def rollback(
     _report(move, as_json)
 
 
-def retire(
-    ctx: typer.Context,
-    version_id: VersionArgument,
-    reason: ReasonOption,
-    actor: ActorOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def retire(ctx: typer.Context, version_id: VersionArgument, reason: ReasonOption, actor: ActorOption = None,
+           as_json: JsonOption = False) -> None:
     """Stop a challenger from receiving shadow traffic. The champion cannot be retired.
 
     `shadowzoo variants reactivate` undoes it.
 
     Example: shadowzoo retire flash-20261121-9c8d7e6f --reason "too many errors"
     """
-    with session(ctx).operations() as operations:
-        move = operations.retire(named_version(operations, version_id), actor_name(actor), reason)
-    _report(move, as_json)
+    _version_move(ctx, "retire", version_id, reason, actor, as_json)
 
 
-def reactivate(
-    ctx: typer.Context,
-    version_id: VersionArgument,
-    reason: ReasonOption,
-    actor: ActorOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def reactivate(ctx: typer.Context, version_id: VersionArgument, reason: ReasonOption, actor: ActorOption = None,
+               as_json: JsonOption = False) -> None:
     """Make a retired variant a challenger again; it receives shadow traffic from now on.
 
     Only a retired variant can be reactivated. The move is written to the slot's history.
 
     Example: shadowzoo variants reactivate flash-20261121-9c8d7e6f --reason "provider fixed"
     """
+    _version_move(ctx, "reactivate", version_id, reason, actor, as_json)
+
+
+def _version_move(ctx: typer.Context, action: str, version_id: str, reason: str, actor: str | None,
+                  as_json: bool) -> None:
+    """Retire or reactivate the variant `version_id` names, and say so."""
     with session(ctx).operations() as operations:
-        move = operations.reactivate(named_version(operations, version_id), actor_name(actor), reason)
+        move = getattr(operations, action)(named_version(operations, version_id), actor_name(actor), reason)
     _report(move, as_json)
 
 
