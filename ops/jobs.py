@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from registry import NotFound
 from scorer.export import ExportOptions
-
-REPORT_SUFFIXES = (".html", ".md")
+from scorer.report.files import FORMATS as REPORT_FORMATS
 
 
 class JobRequest(BaseModel):
@@ -34,7 +33,7 @@ class JobRequest(BaseModel):
     include_old: bool = Field(False, description="Replay: also requests that cannot count in the current period.")
     retry_errors: bool = Field(False, description="Replay: run errored (and config not-run) pairs again, replacing them.")
     out: str | None = Field(
-        None, description="Report (.html or .md) and export: the file to write, relative to the workspace and inside it.")
+        None, description="Report (.html, .htm or .md) and export: the file to write, relative to the workspace and inside it.")
     spec: str | None = Field(None, description="Train: the spec, by name.")
     all_active: bool = Field(False, description="Train: every active spec with a train: block.")
     limit: int | None = Field(None, ge=1, description="Train with all_active: at most this many specs.")
@@ -43,14 +42,14 @@ class JobRequest(BaseModel):
     @field_validator("out")
     @classmethod
     def _inside_workspace(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """A job writes only inside the workspace, and a report only as .html or .md."""
+        """A job writes only inside the workspace, and a report only as .html, .htm or .md."""
         if value is None:
             return value
         path = PurePosixPath(value.replace("\\", "/"))
         if path.is_absolute() or ".." in path.parts:
             raise ValueError(f"{value!r} must be a path relative to the workspace, inside it")
-        if info.data.get("kind") == "report" and path.suffix.lower() not in REPORT_SUFFIXES:
-            raise ValueError(f"{value!r} must end in {' or '.join(REPORT_SUFFIXES)}")
+        if info.data.get("kind") == "report" and path.suffix.lower() not in REPORT_FORMATS:
+            raise ValueError(f"{value!r} must end in {' or '.join(REPORT_FORMATS)}")
         return value
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ from ops.operations import LocalOperations
 from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
 from scorer.answerstats import period_stats
 from scorer.export import ExportOptions, ExportProgress, ExportSummary, export_answers
-from scorer.report.files import report_format, write_report
+from scorer.report import files as report_files
 from registry.config import Price, RetentionConfig
 from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices
@@ -244,9 +244,9 @@ def _workspace_file(context: TaskContext, out: str) -> Path:
 def write_report(context: TaskContext, slot: str, out: str | None) -> Path:
     """Render a slot's report to a file in the workspace (HTML, or Markdown for .md)."""
     path = _workspace_file(context, out or f"report-{slot}.html")
-    html = report_format(path) == "html"
+    html = report_files.report_format(path) == "html"
     board = context.operations.leaderboard(slot)
-    write_report(path, board, context.operations.evidence_history(slot) if html else [])
+    report_files.write_report(path, board, context.operations.evidence_history(slot) if html else [])
     return path
 
 

@@ -191,3 +191,21 @@ def test_timestamps_in_answers_carry_their_utc_offset(daemon: Daemon) -> None:
     paused = daemon.call("POST", "/admin/pause", {"version_id": registered["variant"]["version_id"], "actor": "t"})[1]
     moments = [registered["variant"]["created_at"], paused["since"]]
     assert all(datetime.fromisoformat(moment).utcoffset() == timedelta(0) for moment in moments), moments
+
+
+def test_a_report_job_writes_markdown_for_md_readable_by_others(daemon: Daemon) -> None:
+    status, job, _ = daemon.call("POST", "/admin/jobs", {"kind": "report", "slot": SLOT, "out": "reports/board.md"})
+    assert status == 200, job
+    finished: dict = {}
+
+    def done() -> bool:
+        finished.update(daemon.call("GET", f"/admin/jobs/{job['id']}")[1])
+        return finished.get("state") in ("done", "failed")
+
+    wait_until(done, timeout_s=60)
+    assert finished["state"] == "done", finished
+    written = daemon.workspace_dir / "reports" / "board.md"
+    assert written.read_text().startswith("#") and "<html" not in written.read_text()
+    umask = os.umask(0o022)
+    os.umask(umask)  # the daemon inherited this process's umask
+    assert written.stat().st_mode & 0o777 == 0o644 & ~umask  # a report is for sharing, not 0600
