@@ -60,7 +60,7 @@ def export(
 
     with session(ctx).operations() as operations, _progress_bar(not as_json) as update:
         options = _options(slot=slot, format=output_format, since=since, labelled=labelled, answer=answer,
-                           version=version and named_version(operations, version, slot))
+                           version=version and named_version(operations, version, slot, "--version"))
         if isinstance(operations, RemoteOperations):
             summary = _export_in_daemon(operations, options, _inside_workspace(out, session(ctx).workspace().root), update)
         else:

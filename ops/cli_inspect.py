@@ -74,7 +74,7 @@ def requests(
     if limit > MAX_LIMIT:
         raise typer.BadParameter(f"{limit} is more than {MAX_LIMIT} requests a page", param_hint="--limit")
     with session(ctx).operations() as operations:
-        named = {key: value and named_version(operations, value, slot)
+        named = {key: value and named_version(operations, value, slot, f"--{key}")
                  for key, value in (("version", version), ("disagree", disagree), ("worst", worst))}
         request = RequestFilter(slot=slot, since=since, errors=errors, tags=tags, limit=limit, cursor=cursor, **named)
         page = operations.requests(request)

@@ -48,12 +48,14 @@ def since_option(what: str) -> Any:
     ]
 
 
-def version_id(operations: Any, text: str, slot: str | None = None) -> str:
+def version_id(operations: Any, text: str, slot: str | None = None, option: str | None = None) -> str:
     """The version id `text` names: an id, or a label only one variant (of `slot`, if given) has.
 
     `operations` is local or the daemon's client: anything with `variants(slot=...)`. An
-    ambiguous label lists its variants; an unknown name says where it was looked for.
+    ambiguous label lists its variants; an unknown name says where it was looked for. The
+    message starts with the `option` that gave `text`, when there is one.
     """
+    prefix = f"{option}: " if option else ""
     known: list[Variant] = operations.variants(slot=slot)
     if any(v.version_id == text for v in known):
         return text
@@ -62,8 +64,8 @@ def version_id(operations: Any, text: str, slot: str | None = None) -> str:
         return matches[0].version_id
     if matches:
         listed = ", ".join(f"{v.version_id} ({v.slot}, {v.status})" for v in matches)
-        raise ShadowzooError(f"label {text!r} names {len(matches)} variants: {listed}; give the version id")
-    raise NotFound(_unknown(text, slot, known))
+        raise ShadowzooError(f"{prefix}label {text!r} names {len(matches)} variants: {listed}; give the version id")
+    raise NotFound(prefix + _unknown(text, slot, known))
 
 
 def _unknown(text: str, slot: str | None, known: list[Variant]) -> str:

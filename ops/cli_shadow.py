@@ -55,7 +55,7 @@ def replay(
     from shadow.runner import RunFilters
 
     with session(ctx).operations() as operations:
-        filters = RunFilters(slot=slot, since=since, version=version and named_version(operations, version, slot),
+        filters = RunFilters(slot=slot, since=since, version=version and named_version(operations, version, slot, "--version"),
                              include_old=include_old, retry_errors=retry_errors)
         try:
             if isinstance(operations, RemoteOperations):
