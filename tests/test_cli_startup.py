@@ -2,6 +2,8 @@
 
 Each check runs in a fresh interpreter (this test process has imported everything already),
 renders the command's output through the real entry point, then lists what got imported.
+`-P` keeps the working directory off sys.path, as for the console script: a workspace's
+`zoo/` directory must not shadow the `zoo` package.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def imported_after(commands: list[list[str]], cwd: Path) -> set[str]:
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands)], cwd=cwd, capture_output=True,
+    done = subprocess.run([sys.executable, "-P", "-c", PROBE, json.dumps(commands)], cwd=cwd, capture_output=True,
                           text=True, timeout=120, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     return set(json.loads(done.stdout.splitlines()[-1]))
