@@ -23,7 +23,8 @@ from pydantic import BaseModel, TypeAdapter
 
 from ops.console.app import add_console
 from ops.jobs import JobBoard, check_job
-from ops.operations import JobStatus, LocalOperations
+from ops.operations import LocalOperations
+from ops.protocol import JobStatus
 from ops.optable import OPERATIONS, Operation, arguments_of_query, error_status, query_shape
 from registry import ShadowzooError
 from registry.errors import validated

@@ -7,6 +7,7 @@ an unexpected failure.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import traceback
@@ -19,11 +20,9 @@ from ops import (
     cli_champion, cli_export, cli_ingest, cli_inspect, cli_scorer, cli_services, cli_shadow, cli_train, cli_variants,
     cli_zoo,
 )
-from ops.demo import run_demo
 from ops.output import fail, say
 from ops.session import Session
-from ops.workspace_init import init_workspace
-from registry import ShadowzooError
+from registry.errors import ShadowzooError
 
 app = typer.Typer(
     name="shadowzoo",
@@ -38,6 +37,7 @@ app = typer.Typer(
 cli_zoo.app.command("train")(cli_train.train)
 cli_zoo.app.command("runs")(cli_train.runs)
 app.add_typer(cli_zoo.app, name="zoo")
+cli_variants.app.command("reactivate")(cli_champion.reactivate)
 app.add_typer(cli_variants.app, name="variants")
 app.add_typer(cli_ingest.app, name="ingest")
 for command in (
@@ -71,6 +71,8 @@ def init(directory: Annotated[Path, typer.Argument(help="New or empty directory 
 
     Example: shadowzoo init demo-ws && cd demo-ws && shadowzoo zoo list
     """
+    from ops.workspace_init import init_workspace
+
     root_dir = init_workspace(directory)
     say(f"created workspace {root_dir}")
     say(f"next: cd {directory} && shadowzoo zoo validate && shadowzoo zoo register --all-active")
@@ -91,7 +93,34 @@ def demo(
 
     Example: shadowzoo demo --dir /tmp/demo-ws --keep-running
     """
+    from ops.demo import run_demo
+
     run_demo(directory, requests, keep_running)
+
+
+def reflow_help(app: typer.Typer) -> None:
+    """Join each help paragraph's lines, so the terminal wraps the text once.
+
+    Docstrings are wrapped for the source; typer keeps their line breaks and rich then
+    wraps every line again, leaving ragged half-lines at any width. Paragraphs (blank-line
+    separated) stay apart; one starting with \\b is kept verbatim, as click does.
+    """
+    for info in app.registered_commands:
+        if info.help is None and info.callback is not None:
+            info.help = _reflowed(inspect.getdoc(info.callback) or "")
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+
+
+def _reflowed(text: str) -> str:
+    return "\n\n".join(
+        paragraph if paragraph.startswith("\b") else " ".join(line.strip() for line in paragraph.splitlines())
+        for paragraph in text.split("\n\n")
+    )
+
+
+reflow_help(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,27 +1,29 @@
-"""`shadowzoo promote | rollback | retire | history`: moving the champion alias, with an audit trail."""
+"""`shadowzoo promote | rollback | retire | history` and `variants reactivate`: moves, with an audit trail."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ops.cli_options import JsonOption, ReasonOption, version_id as named_version
 from ops.output import print_json, print_table, say
 from ops.session import actor_name, session
-from registry import Move
+
+if TYPE_CHECKING:
+    from registry import Move
 
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who is acting, for the audit log (default: $USER).")
 ]
-ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why, for the audit log.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+VersionArgument = Annotated[str, typer.Argument(help="A version id, or a label only one variant has.")]
 
 
 def promote(
     ctx: typer.Context,
     slot: Annotated[str, typer.Argument(help="The slot whose champion changes.")],
-    version_id: Annotated[str, typer.Argument(help="An active chat variant of that slot.")],
-    reason: ReasonOption = None,
+    version_id: Annotated[str, typer.Argument(help="An active chat variant of that slot: version id or unique label.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, for the audit log.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Promote without evidence of readiness (needs --reason).")] = False,
     actor: ActorOption = None,
     as_json: JsonOption = False,
@@ -37,14 +39,14 @@ def promote(
     if force and not reason:
         raise typer.BadParameter("--force needs --reason, so the audit log says why", param_hint="--force")
     with session(ctx).operations() as operations:
-        move = operations.promote(slot, version_id, actor_name(actor), reason, force)
+        move = operations.promote(slot, named_version(operations, version_id, slot), actor_name(actor), reason, force)
     _report(move, as_json)
 
 
 def rollback(
     ctx: typer.Context,
     slot: Annotated[str, typer.Argument(help="The slot to roll back.")],
-    reason: ReasonOption = None,
+    reason: ReasonOption,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -57,19 +59,33 @@ def rollback(
     _report(move, as_json)
 
 
-def retire(
-    ctx: typer.Context,
-    version_id: Annotated[str, typer.Argument(help="The variant to retire.")],
-    reason: ReasonOption = None,
-    actor: ActorOption = None,
-    as_json: JsonOption = False,
-) -> None:
+def retire(ctx: typer.Context, version_id: VersionArgument, reason: ReasonOption, actor: ActorOption = None,
+           as_json: JsonOption = False) -> None:
     """Stop a challenger from receiving shadow traffic. The champion cannot be retired.
+
+    `shadowzoo variants reactivate` undoes it.
 
     Example: shadowzoo retire flash-20261121-9c8d7e6f --reason "too many errors"
     """
+    _version_move(ctx, "retire", version_id, reason, actor, as_json)
+
+
+def reactivate(ctx: typer.Context, version_id: VersionArgument, reason: ReasonOption, actor: ActorOption = None,
+               as_json: JsonOption = False) -> None:
+    """Make a retired variant a challenger again; it receives shadow traffic from now on.
+
+    Only a retired variant can be reactivated. The move is written to the slot's history.
+
+    Example: shadowzoo variants reactivate flash-20261121-9c8d7e6f --reason "provider fixed"
+    """
+    _version_move(ctx, "reactivate", version_id, reason, actor, as_json)
+
+
+def _version_move(ctx: typer.Context, action: str, version_id: str, reason: str, actor: str | None,
+                  as_json: bool) -> None:
+    """Retire or reactivate the variant `version_id` names, and say so."""
     with session(ctx).operations() as operations:
-        move = operations.retire(version_id, actor_name(actor), reason)
+        move = getattr(operations, action)(named_version(operations, version_id), actor_name(actor), reason)
     _report(move, as_json)
 
 
@@ -78,7 +94,7 @@ def history(
     slot: Annotated[str, typer.Argument(help="The slot whose audit log to show.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Every champion move and retirement of a slot: when, who, why, from what to what, evidence.
+    """Every champion move, retirement and reactivation of a slot: when, who, why, from what to what, evidence.
 
     Example: shadowzoo history support-triage
     """
@@ -122,7 +138,7 @@ def _report(move: Move, as_json: bool) -> None:
     if as_json:
         print_json(move)
         return
-    if move.action == "retire":
-        say(f"retired {move.to_version}")
+    if move.action in ("retire", "reactivate"):
+        say(f"{move.action}d {move.to_version}")
     else:
         say(f"{move.action}: {move.slot} champion {move.from_version or '(none)'} -> {move.to_version}")

@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ops.cli_shadow import parse_since
+from ops.cli_options import since_option, version_id as named_version
 from ops.output import console, print_json, say
 from ops.session import session
-from scorer.export import ExportFormat, ExportOptions, ExportProgress
+from scorer.exportformat import ExportFormat
+
+if TYPE_CHECKING:
+    from scorer.export import ExportOptions, ExportProgress
 
 
 def export(
@@ -29,10 +31,10 @@ def export(
     output_format: Annotated[ExportFormat, typer.Option(
         "--format", help="jsonl, parquet or csv (one row per answer), or openai-chat (fine-tuning examples).")
     ] = ExportFormat.jsonl,
-    since: Annotated[str | None, typer.Option(
-        "--since", help="Only requests received since then: ISO time (UTC if no zone) or 14d, 12h, 30m.")] = None,
+    since: since_option("Only requests received since then") = None,
     version: Annotated[str | None, typer.Option(
-        "--version", help="Only this version's answers (openai-chat: the answers to train on).")] = None,
+        "--version", help="Only this version's answers, by id or unique label (openai-chat: the answers to train on).")
+    ] = None,
     labelled: Annotated[bool, typer.Option("--labelled", help="Only requests with a label.")] = False,
     answer: Annotated[str, typer.Option(
         "--answer", help="openai-chat: the assistant's turn is the version's answer (version) or the label (label).")
@@ -51,12 +53,9 @@ def export(
 
     Example: shadowzoo export --slot support-triage --since 14d --labelled --format parquet --out answers.parquet
     """
-    try:
-        moment = parse_since(since)
-    except typer.BadParameter as exc:
-        raise typer.BadParameter(exc.message, param_hint="--since") from None
-    options = _options(slot=slot, format=output_format, since=moment, version=version, labelled=labelled, answer=answer)
     with session(ctx).operations() as operations, _progress_bar(not as_json) as update:
+        options = _options(slot=slot, format=output_format, since=since, labelled=labelled, answer=answer,
+                           version=version and named_version(operations, version, slot, "--version"))
         summary = operations.export(options, str(out.resolve()), progress=update)
     if as_json:
         print_json(summary)
@@ -67,6 +66,10 @@ def export(
 
 def _options(**fields: object) -> ExportOptions:
     """The options, or a usage error naming the option at fault."""
+    from pydantic import ValidationError
+
+    from scorer.export import ExportOptions
+
     if fields["answer"] not in ("version", "label"):
         raise typer.BadParameter(f"{fields['answer']!r}: expected version or label", param_hint="--answer")
     try:

@@ -10,18 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from ops.output import error_console, print_json, say, warn
 from ops.session import session
-from shadow.ingest import IngestReport
-from shadow.redaction import Redactor
-from shadow.logfile import LineProgress, read_outcome_log, read_traffic_log, spool_records
-from shadow.records import SpoolRecord
-from shadow.spool import spool_dir
+
+if TYPE_CHECKING:
+    from shadow.ingest import IngestReport
+    from shadow.logfile import LineProgress
+    from shadow.records import SpoolRecord
+
+    Reader = Callable[[LineProgress], Iterator[SpoolRecord]]
 
 app = typer.Typer(
     help="Load JSONL files into the spool and ingest them: request/response logs and outcomes.",
@@ -32,7 +34,6 @@ FileArgument = Annotated[
     Path, typer.Argument(help="A JSON Lines file.", exists=True, dir_okay=False, readable=True)
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")]
-Reader = Callable[[LineProgress], Iterator[SpoolRecord]]
 
 
 @app.command()
@@ -49,6 +50,8 @@ def traffic(
 
     Example: shadowzoo ingest traffic calls.jsonl --slot support-triage
     """
+    from shadow.logfile import read_traffic_log
+
     slots = session(ctx).workspace().config.slots
     _load(ctx, file, lambda progress: read_traffic_log(file, slot, slots, progress=progress), as_json)
 
@@ -62,11 +65,17 @@ def outcomes(ctx: typer.Context, file: FileArgument, as_json: JsonOption = False
 
     Example: shadowzoo ingest outcomes labels.jsonl
     """
+    from shadow.logfile import read_outcome_log
+
     _load(ctx, file, lambda progress: read_outcome_log(file, progress=progress), as_json)
 
 
 def _load(ctx: typer.Context, file: Path, read: Reader, as_json: bool) -> None:
     """Spool the file's records (all or none), ingest the spool, and say what happened."""
+    from shadow.logfile import spool_records
+    from shadow.redaction import Redactor
+    from shadow.spool import spool_dir
+
     workspace = session(ctx).workspace()
     with _progress() as bars:
         reading = bars.add_task(f"reading {file.name}", total=file.stat().st_size)

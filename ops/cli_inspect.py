@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
+from ops.cli_options import JsonOption, since_option, version_id as named_version
 from ops.output import print_json, print_table, say
 from ops.session import session
-from scorer.browse import MAX_LIMIT, RequestFilter, RequestPage
-from scorer.trace import AnswerTrace, RequestTrace
-from shadow.tags import parse_where
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+if TYPE_CHECKING:
+    from scorer.browse import RequestPage
+    from scorer.trace import AnswerTrace, RequestTrace
 SHOWN_CHARS = 60
 """How much of an answer a table cell shows (the JSON has all of it)."""
 
@@ -46,13 +45,13 @@ def trace(
 def requests(
     ctx: typer.Context,
     slot: Annotated[str, typer.Option("--slot", help="The slot whose requests to list.")],
-    since: Annotated[datetime | None, typer.Option("--since", help="Only requests received from this UTC time on.")] = None,
+    since: since_option("Only requests received from then on") = None,
     version: Annotated[str | None, typer.Option("--version", help="Only requests this challenger was called on.")] = None,
     disagree: Annotated[str | None, typer.Option("--disagree", help="Only requests where this challenger's answer differs from the champion's.")] = None,
     errors: Annotated[bool, typer.Option("--errors", help="Only requests where the variant (else the champion or any challenger) errored.")] = False,
     worst: Annotated[str | None, typer.Option("--worst", help="Order by this challenger's paired net difference, biggest loss first.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Only requests with this tag (repeat to require several), as `leaderboard --where`.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_LIMIT, help="Requests per page.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Requests per page.")] = 20,
     cursor: Annotated[str | None, typer.Option("--cursor", help="Start after the page that printed this cursor.")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -64,13 +63,20 @@ def requests(
 
     Example: shadowzoo requests --slot support-triage --disagree concise-20261121-1a2b3c4d --limit 10
     """
+    from shadow.tags import parse_where
+
     try:
         tags = parse_where(tag or [], option="--tag")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--tag") from None
-    request = RequestFilter(slot=slot, since=since, version=version, disagree=disagree, errors=errors, worst=worst,
-                            tags=tags, limit=limit, cursor=cursor)
+    from scorer.browse import MAX_LIMIT, RequestFilter
+
+    if limit > MAX_LIMIT:
+        raise typer.BadParameter(f"{limit} is more than {MAX_LIMIT} requests a page", param_hint="--limit")
     with session(ctx).operations() as operations:
+        named = {key: value and named_version(operations, value, slot, f"--{key}")
+                 for key, value in (("version", version), ("disagree", disagree), ("worst", worst))}
+        request = RequestFilter(slot=slot, since=since, errors=errors, tags=tags, limit=limit, cursor=cursor, **named)
         page = operations.requests(request)
     if as_json:
         print_json(page)

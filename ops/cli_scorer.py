@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ops.cli_options import since_option
 from ops.output import console, print_json, print_table, say, warn
 from ops.session import session
-from registry.atomic import write_atomic
-from scorer.board import Leaderboard, Status
-from scorer.report import format_interval, judge_note, render_html, render_markdown, usd
-from shadow.tags import parse_where, where_text
 
-STATUS_STYLE = {Status.READY: "green", Status.WORSE: "red", Status.GUARDRAIL: "yellow", Status.CHAMPION: "bold"}
+if TYPE_CHECKING:
+    from scorer.board import Leaderboard
+
+STATUS_STYLE = {"ready": "green", "worse": "red", "guardrail": "yellow", "champion": "bold"}
+"""Rich styles of the statuses an operator should notice (keys are `scorer.board.Status` values)."""
 
 
 class Format(StrEnum):
@@ -27,10 +27,7 @@ class Format(StrEnum):
 
 
 SlotOption = Annotated[str, typer.Option("--slot", help="The slot to score.")]
-SinceOption = Annotated[
-    datetime | None,
-    typer.Option("--since", help="Descriptive columns from this UTC time on (readiness always uses the current period)."),
-]
+SinceOption = since_option("Descriptive columns from then on (readiness always uses the current period)")
 WhereOption = Annotated[
     list[str] | None,
     typer.Option("--where", metavar="KEY=VALUE", help="Only requests with this tag (repeat to require several): "
@@ -44,6 +41,7 @@ def leaderboard(
     output_format: Annotated[Format, typer.Option("--format", help="table, json, md or html.")] = Format.table,
     since: SinceOption = None,
     where: WhereOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the same as --format json).")] = False,
 ) -> None:
     """Rank every variant of a slot, net of cost, with paired always-valid intervals.
 
@@ -58,6 +56,11 @@ def leaderboard(
 
     Example: shadowzoo leaderboard --slot support-triage --format md
     """
+    from scorer.report import render_html, render_markdown
+
+    if as_json and output_format not in (Format.table, Format.json):
+        raise typer.BadParameter(f"--json prints JSON; it cannot go with --format {output_format}", param_hint="--json")
+    output_format = Format.json if as_json else output_format
     with session(ctx).operations() as operations:
         board = operations.score(slot, since=since, where=_where(where))
         history = operations.evidence_history(slot) if output_format == Format.html else []
@@ -74,7 +77,8 @@ def leaderboard(
 def report(
     ctx: typer.Context,
     slot: SlotOption,
-    out: Annotated[Path, typer.Option("--out", help="File to write (.html or .md).")] = Path("report.html"),
+    out: Annotated[Path, typer.Option("--out", help="File to write: .html or .htm for the page, .md for Markdown.",
+                                      dir_okay=False)] = Path("report.html"),
     since: SinceOption = None,
     where: WhereOption = None,
 ) -> None:
@@ -83,14 +87,23 @@ def report(
 
     Example: shadowzoo report --slot support-triage --out report.html
     """
+    from registry.errors import ConfigError
+    from scorer.report.files import report_format, write_report
+
+    try:
+        chosen = report_format(out)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
     with session(ctx).operations() as operations:
-        report = operations.report(slot, "md" if out.suffix.lower() == ".md" else "html", since, _where(where))
-    write_atomic(out, report.text.encode("utf-8"))
+        report = operations.report(slot, chosen, since, _where(where))
+    write_report(out, report.text)
     say(f"wrote {out.resolve()}")
 
 
 def _where(items: list[str] | None) -> dict[str, str] | None:
     """The --where conditions, or a usage error naming the one that is not KEY=VALUE."""
+    from shadow.tags import parse_where
+
     try:
         return parse_where(items or []) or None
     except ValueError as exc:
@@ -98,6 +111,9 @@ def _where(items: list[str] | None) -> dict[str, str] | None:
 
 
 def _print_board(board: Leaderboard) -> None:
+    from scorer.report import format_interval, judge_note, usd
+    from shadow.tags import where_text
+
     since = f"{board.period_started_at:%Y-%m-%d %H:%M} UTC" if board.period_started_at else "-"
     title = f"{board.slot}: evaluation period {board.period_id or '-'}, since {since}"
     if board.slice is not None:

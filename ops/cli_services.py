@@ -1,4 +1,8 @@
-"""`shadowzoo serve | daemon | gateway | sim | status`: the long-running processes."""
+"""`shadowzoo serve | daemon | gateway | sim | status`: the long-running processes.
+
+The servers' modules (aiohttp, the daemon, the providers) are imported by the command
+that starts them, so `shadowzoo --help` does not load them.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,10 @@ from typing import Annotated
 
 import typer
 
-from ops.daemon import run_daemon
 from ops.output import print_json, print_table, say, warn
 from ops.session import session
-from ops.state import running_daemon
 from ops.supervise import Child, supervise
-from registry import ShadowzooError, read_routes
-from shadow.gateway import bind_host, client_keys, worker_main
-from shadow.gateway.metrics import multiprocess_env
-from shadow.providers import missing_api_keys
+from registry import ShadowzooError
 
 
 def gateway(
@@ -39,19 +38,32 @@ def gateway(
     supervise(_gateways(workspace, host, port, workers))
 
 
+AdminPortOption = Annotated[int | None, typer.Option(
+    "--admin-port", help="The daemon's admin API and /metrics port (default: daemon.admin_port).")]
+
+
 def daemon(
     ctx: typer.Context,
-    port: Annotated[int | None, typer.Option("--port", help="Admin API and /metrics port (default: daemon.admin_port).")] = None,
+    admin_port: AdminPortOption = None,
+    port: Annotated[int | None, typer.Option("--port", hidden=True, help="Deprecated: --admin-port.")] = None,
 ) -> None:
     """Run the daemon alone: ingest, shadow runner, scoring, watch, retention, admin API, /metrics.
 
     It is the only process that opens the database. Its admin API needs the token named by
     daemon.admin_token_env (default SHADOWZOO_ADMIN_TOKEN). Usually started by `serve`.
 
-    Example: shadowzoo daemon --port 8900   (with SHADOWZOO_ADMIN_TOKEN set)
+    Example: shadowzoo daemon --admin-port 8900   (with SHADOWZOO_ADMIN_TOKEN set)
     """
+    from ops.daemon import run_daemon
+
+    if port is not None:
+        if admin_port is not None:
+            raise typer.BadParameter("give --admin-port only (--port is its old name)", param_hint="--port")
+        warn("daemon --port is deprecated: it is called --admin-port, as in `serve`")
+        admin_port = port
     workspace = session(ctx).workspace()
-    _serving(lambda: run_daemon(workspace.root, port), f"daemon admin API on port {port or workspace.config.daemon.admin_port}")
+    shown = workspace.config.daemon.admin_port if admin_port is None else admin_port
+    _serving(lambda: run_daemon(workspace.root, admin_port), f"daemon admin API on port {shown}")
 
 
 def serve(
@@ -59,7 +71,7 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Gateway worker processes sharing the port.")] = 1,
     host: Annotated[str | None, typer.Option("--host", help="Gateway address (default: gateway.host).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Gateway port (default: gateway.port).")] = None,
-    admin_port: Annotated[int | None, typer.Option("--admin-port", help="Daemon port (default: daemon.admin_port).")] = None,
+    admin_port: AdminPortOption = None,
 ) -> None:
     """Run shadowzoo as a service: gateway workers and the daemon, each restarted if it dies.
 
@@ -72,6 +84,8 @@ def serve(
     workspace = session(ctx).workspace()
     if not os.environ.get(workspace.config.daemon.admin_token_env):
         raise ShadowzooError(f"set {workspace.config.daemon.admin_token_env}: the daemon's admin API needs a token")
+    from ops.state import running_daemon
+
     running = running_daemon(workspace)
     if running is not None:
         raise ShadowzooError(f"a daemon already runs for {workspace.root} (pid {running.pid}, {running.admin_url})")
@@ -79,6 +93,8 @@ def serve(
     _check_free(daemon_config.admin_host, daemon_config.admin_port if admin_port is None else admin_port, "daemon")
     host, port = _gateway_address(workspace, host, port, workers)
     _check_api_keys(workspace)
+    from ops.daemon import run_daemon
+
     supervise(_gateways(workspace, host, port, workers) + [Child("daemon", run_daemon, (workspace.root, admin_port))])
 
 
@@ -121,12 +137,17 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
     """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
+    from shadow.gateway import worker_main
+    from shadow.gateway.metrics import multiprocess_env
+
     env = multiprocess_env(workspace.state_dir)
     return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
             for i in range(workers)]
 
 
 def _gateway_address(workspace, host: str | None, port: int | None, workers: int) -> tuple[str, int]:
+    from shadow.gateway import bind_host, client_keys
+
     config = workspace.config.gateway
     host = bind_host(host or config.host, client_keys(workspace))
     port = config.port if port is None else port
@@ -142,6 +163,9 @@ def _check_api_keys(workspace) -> None:
     Without the key every user request would get the upstream's 401 while only a log line
     deep in the daemon said why.
     """
+    from registry.routes import read_routes
+    from shadow.providers import missing_api_keys
+
     try:
         served = read_routes(workspace.routes_path).slots
     except (OSError, ValueError):

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ops.cli_options import JsonOption, since_option, version_id as named_version
 from ops.output import console, print_json, print_table, say, warn
 from ops.session import actor_name, session
-from registry import utcnow
-from shadow.runner import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION, RunReport, VersionCounts
 
-_RELATIVE = re.compile(r"^(\d+)([dhm])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+if TYPE_CHECKING:
+    from shadow.runner import RunReport, VersionCounts
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-VersionArgument = Annotated[str | None, typer.Argument(help="The challenger's version id.")]
+VersionArgument = Annotated[str | None, typer.Argument(help="The challenger's version id or unique label.")]
 AllOption = Annotated[bool, typer.Option("--all", help="All shadow spend, every slot and challenger.")]
 
 
 def replay(
     ctx: typer.Context,
     slot: Annotated[str, typer.Option("--slot", help="The slot whose traffic to replay.")],
-    since: Annotated[
-        str | None, typer.Option("--since", help="Only traffic received since then: ISO time (UTC if no zone) or 14d, 12h, 30m.")
-    ] = None,
-    version: Annotated[str | None, typer.Option("--version", help="Only this challenger.")] = None,
+    since: since_option("Only traffic received since then") = None,
+    version: Annotated[str | None, typer.Option("--version", help="Only this challenger (version id or unique label).")] = None,
     include_old: Annotated[bool, typer.Option(
         "--include-old", help="Also replay requests that cannot count in the current evaluation period.")] = False,
     retry_errors: Annotated[bool, typer.Option(
@@ -52,10 +46,10 @@ def replay(
 
     Example: shadowzoo replay --slot support-triage --since 14d --retry-errors
     """
-    moment = parse_since(since)
     with session(ctx).operations() as operations, _progress_bar(not as_json) as update:
+        version = version and named_version(operations, version, slot, "--version")
         try:
-            report = operations.replay(slot, moment, version, include_old, retry_errors, progress=update)
+            report = operations.replay(slot, since, version, include_old, retry_errors, progress=update)
         except KeyboardInterrupt:
             warn("interrupted: the results so far are saved; run the same command again to continue")
             raise typer.Exit(130) from None
@@ -80,8 +74,9 @@ def pause(
 
     Example: shadowzoo pause flash-20261121-9c8d7e6f --reason "provider incident"
     """
-    target = _target(version_id, all_)
+    _check_target(version_id, all_)
     with session(ctx).operations() as operations:
+        target = version_id and named_version(operations, version_id)
         made = operations.pause(target, actor_name(actor), reason)
     if as_json:
         print_json(made)
@@ -102,8 +97,9 @@ def resume(
 
     Example: shadowzoo resume flash-20261121-9c8d7e6f
     """
-    target = _target(version_id, all_)
+    _check_target(version_id, all_)
     with session(ctx).operations() as operations:
+        target = version_id and named_version(operations, version_id)
         lifted = operations.resume(target)
         remaining = operations.pauses()
     if as_json:
@@ -144,6 +140,8 @@ def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
 
 def _skipped_lines(report: RunReport) -> list[str]:
     """What the replay leaves out because it cannot count, and how to replay it anyway."""
+    from shadow.runner import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION
+
     lines = []
     if before := report.skipped.get(BEFORE_PERIOD):
         lines.append(f"{before} requests predate the current evaluation period (or the challenger's registration): "
@@ -184,23 +182,8 @@ def _cost(counts: VersionCounts) -> str:
     return f"{counts.cost_usd:.4f}" + (f" (+{counts.unpriced} unpriced)" if counts.unpriced else "")
 
 
-def _target(version_id: str | None, all_: bool) -> str | None:
-    """The version id, or None for --all; exactly one of the two must be given."""
+def _check_target(version_id: str | None, all_: bool) -> None:
+    """Exactly one of a version and --all must be given."""
     if (version_id is None) == (not all_):
-        raise typer.BadParameter("name one challenger's version id, or pass --all (not both)")
-    return version_id
+        raise typer.BadParameter("name one challenger's version id or label, or pass --all (not both)")
 
-
-def parse_since(value: str | None) -> datetime | None:
-    """A naive UTC time from ISO text or a relative span such as 14d."""
-    if value is None:
-        return None
-    relative = _RELATIVE.match(value.strip())
-    if relative:
-        amount, unit = relative.groups()
-        return utcnow() - timedelta(**{_UNITS[unit]: int(amount)})
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: expected an ISO time (2026-01-31T12:00) or a span (14d, 12h, 30m)") from None
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from ops.output import fail, print_table, say
+from ops.cli_options import JsonOption
+from ops.output import fail, print_json, print_table, say
 from ops.session import session
 
 SpecOption = Annotated[str | None, typer.Option("--spec", help="The spec to train, by name.")]
@@ -48,8 +49,15 @@ def _new_lines() -> Callable[[str], None]:
     return show
 
 
-def runs(ctx: typer.Context, spec: SpecOption = None) -> None:
+RUN_FIELDS = {"spec": "spec", "run": "run", "status": "status", "units": "done", "base": "base_score",
+              "best": "best_score", "registered": "version_id", "reason": "reason"}
+"""`zoo runs` columns (and --json keys), and the run state's key each shows."""
+
+
+def runs(ctx: typer.Context, spec: SpecOption = None, as_json: JsonOption = False) -> None:
     """List training runs, newest first, with their status and result.
+
+    With --json: a list of {"spec", "run", "status", "units", "base", "best", "registered", "reason"}.
 
     Example: shadowzoo zoo runs --spec careful-mini
     """
@@ -58,11 +66,12 @@ def runs(ctx: typer.Context, spec: SpecOption = None) -> None:
     for state_path in sorted(root.glob("*/*/state.json"), key=lambda p: p.parent.name, reverse=True):
         if spec is not None and state_path.parent.parent.name != spec:
             continue
-        state = json.loads(state_path.read_text())
-        rows.append([state_path.parent.parent.name, state_path.parent.name, state.get("status"),
-                     state.get("done"), state.get("base_score"), state.get("best_score"),
-                     state.get("version_id"), state.get("reason") or None])
-    print_table(None, ["spec", "run", "status", "units", "base", "best", "registered", "reason"], rows)
+        state = {**json.loads(state_path.read_text()), "spec": state_path.parent.parent.name, "run": state_path.parent.name}
+        rows.append({column: state.get(key) for column, key in RUN_FIELDS.items()} | {"reason": state.get("reason") or None})
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(None, list(RUN_FIELDS), [list(row.values()) for row in rows])
 
 
 def _report(trained: list[str], failed: list[str]) -> None:

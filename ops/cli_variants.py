@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ops.cli_options import JsonOption, version_id as named_version
 from ops.output import console, print_json, print_table, say
 from ops.session import session
-from ops.operations import Operations
-from registry import Variant
+
+if TYPE_CHECKING:
+    from ops.protocol import Operations
+    from registry import Variant
 
 app = typer.Typer(help="Registered variants: immutable, versioned configurations of a slot.", no_args_is_help=True)
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+VersionArgument = Annotated[str, typer.Argument(help="A version id, or a label only one variant has.")]
 
 
 @app.command("list")
@@ -51,13 +54,13 @@ def list_variants(
 
 
 @app.command()
-def show(ctx: typer.Context, version_id: str, as_json: JsonOption = False) -> None:
+def show(ctx: typer.Context, version_id: VersionArgument, as_json: JsonOption = False) -> None:
     """Show a variant's resolved config and its skill text.
 
     Example: shadowzoo variants show baseline-20261121-1a2b3c4d
     """
     with session(ctx).operations() as operations:
-        variant = operations.variant(version_id)
+        variant = operations.variant(named_version(operations, version_id))
         skill = _skill(operations, variant)
     if as_json:
         print_json({**variant.model_dump(mode="json"), "skill": skill})
@@ -73,25 +76,34 @@ def show(ctx: typer.Context, version_id: str, as_json: JsonOption = False) -> No
 
 
 @app.command()
-def diff(ctx: typer.Context, a: str, b: str) -> None:
+def diff(ctx: typer.Context, a: VersionArgument, b: VersionArgument, as_json: JsonOption = False) -> None:
     """Show how variant B differs from variant A: config keys, then a unified diff of skills.
 
-    Example: shadowzoo variants diff baseline-20261121-1a2b3c4d careful-large-20261121-5e6f7a8b
+    With --json: {"a", "b", "config": [{"key", "a", "b"}, ...], "skill_diff"} where a key's
+    value is null when unset and skill_diff is null when the skills are the same.
+
+    Example: shadowzoo variants diff baseline-20261121-1a2b3c4d careful-large
     """
     with session(ctx).operations() as operations:
-        left, right = operations.variant(a), operations.variant(b)
+        left, right = operations.variant(named_version(operations, a)), operations.variant(named_version(operations, b))
         left_skill, right_skill = _skill(operations, left), _skill(operations, right)
+    a, b = left.version_id, right.version_id
     changes = config_changes(left.config, right.config)
+    skill_diff = None if left_skill == right_skill else "".join(difflib.unified_diff(
+        (left_skill or "").splitlines(keepends=True), (right_skill or "").splitlines(keepends=True),
+        fromfile=f"{a}/skill", tofile=f"{b}/skill",
+    ))
+    if as_json:
+        flat_left, flat_right = _flatten(left.config), _flatten(right.config)
+        print_json({"a": a, "b": b, "skill_diff": skill_diff,
+                    "config": [{"key": key, "a": flat_left.get(key), "b": flat_right.get(key)} for key, _, _ in changes]})
+        return
     if changes:
         print_table("config", ["key", a, b], changes)
     else:
-        say("config: identical apart from the skill" if left_skill != right_skill else "config: identical")
-    if left_skill != right_skill:
-        lines = difflib.unified_diff(
-            (left_skill or "").splitlines(keepends=True), (right_skill or "").splitlines(keepends=True),
-            fromfile=f"{a}/skill", tofile=f"{b}/skill",
-        )
-        console.print("".join(lines), markup=False, end="")
+        say("config: identical apart from the skill" if skill_diff else "config: identical")
+    if skill_diff:
+        console.print(skill_diff, markup=False, end="")
 
 
 def config_changes(left: dict[str, Any], right: dict[str, Any]) -> list[list[str]]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ops.output import fail, print_json, print_table, say
 from ops.session import session
-from registry import ShadowzooError, VariantStore, Workspace
-from zoo import SpecFile, Zoo, load_zoo, register_specs, resolve_spec
+from registry import ShadowzooError
+
+if TYPE_CHECKING:
+    from registry import VariantStore, Workspace
+    from zoo import SpecFile, Zoo
 
 app = typer.Typer(help="Variant specs: the YAML files under the workspace's zoo directory.", no_args_is_help=True)
 
@@ -24,8 +27,7 @@ def list_specs(ctx: typer.Context, slot: SlotOption = None, as_json: JsonOption 
 
     Example: shadowzoo zoo list --slot support-triage
     """
-    workspace = session(ctx).workspace()
-    zoo = load_zoo(workspace.specs_dir)
+    workspace, zoo = _workspace_zoo(ctx)
     with session(ctx).operations() as store:
         rows = [_describe(spec_file, zoo, workspace, store) for spec_file in _selected(zoo, slot)]
     if as_json:
@@ -47,28 +49,31 @@ def list_specs(ctx: typer.Context, slot: SlotOption = None, as_json: JsonOption 
 
 
 @app.command()
-def validate(ctx: typer.Context, slot: SlotOption = None) -> None:
+def validate(ctx: typer.Context, slot: SlotOption = None, as_json: JsonOption = False) -> None:
     """Check every spec: its YAML, its keys, its skill file and its base. Exit 1 on any error.
+
+    With --json: {"checked": specs checked, "errors": [one message per error]}.
 
     Example: shadowzoo zoo validate
     """
-    workspace = session(ctx).workspace()
-    zoo = load_zoo(workspace.specs_dir)
+    workspace, zoo = _workspace_zoo(ctx)
     errors = list(zoo.errors)
     checked = 0
     with session(ctx).operations() as store:
         for spec_file in _selected(zoo, slot):
             checked += 1
             try:
-                resolve_spec(spec_file, zoo, workspace, store)
+                _resolve(spec_file, zoo, workspace, store)
             except ShadowzooError as exc:
                 errors.append(str(exc))
-    for error in errors:
-        fail(error)
+    if as_json:
+        print_json({"checked": checked, "errors": errors})
+    else:
+        for error in errors:
+            fail(error)
+        say(f"{len(errors)} error(s) in the zoo at {workspace.specs_dir}" if errors else f"all {checked} spec(s) are valid")
     if errors:
-        say(f"{len(errors)} error(s) in the zoo at {workspace.specs_dir}")
         raise typer.Exit(1)
-    say(f"all {checked} spec(s) are valid")
 
 
 @app.command()
@@ -88,10 +93,11 @@ def register(
     """
     if bool(names) == all_active:
         raise typer.BadParameter("name one or more specs, or pass --all-active (not both)")
-    workspace = session(ctx).workspace()
-    zoo = load_zoo(workspace.specs_dir)
+    workspace, zoo = _workspace_zoo(ctx)
     chosen = [s for s in _selected(zoo, slot) if s.spec.status == "active"] if all_active else _by_names(zoo, names or [])
     with session(ctx).operations() as store:
+        from zoo import register_specs
+
         outcomes = register_specs(chosen, zoo, workspace, store)
     load_errors = zoo.errors if all_active else []
     failed = sum(1 for o in outcomes if o.error) + len(load_errors)
@@ -121,6 +127,20 @@ def register(
         raise typer.Exit(1)
 
 
+def _workspace_zoo(ctx: typer.Context) -> tuple[Workspace, Zoo]:
+    """The workspace and its zoo (the zoo's modules load here, not for `--help`)."""
+    from zoo import load_zoo
+
+    workspace = session(ctx).workspace()
+    return workspace, load_zoo(workspace.specs_dir)
+
+
+def _resolve(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, store: VariantStore):
+    from zoo import resolve_spec
+
+    return resolve_spec(spec_file, zoo, workspace, store)
+
+
 def _selected(zoo: Zoo, slot: str | None) -> list[SpecFile]:
     return [s for s in zoo.specs if slot is None or s.spec.slot == slot]
 
@@ -145,7 +165,7 @@ def _describe(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, store: Varian
         "version_id": None, "registered": False, "error": None,
     }
     try:
-        resolved = resolve_spec(spec_file, zoo, workspace, store)
+        resolved = _resolve(spec_file, zoo, workspace, store)
     except ShadowzooError as exc:
         row["error"] = str(exc)
         return row

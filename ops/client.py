@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from ops.operations import JobStatus
+from ops.protocol import JobStatus
 from ops.optable import OPERATIONS, Operation, error_of, query_pairs
 from registry import DatabaseError, ShadowzooError
 

@@ -39,7 +39,8 @@ from ops import tasks
 from ops.admin import Api, build_admin_app
 from ops.jobs import Job, JobBoard, workspace_file
 from ops.metrics import DaemonMetrics
-from ops.operations import JobStatus, LocalOperations
+from ops.operations import LocalOperations
+from ops.protocol import JobStatus
 from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, ShadowzooError, Workspace
 from scorer.export import ExportOptions, ExportProgress, ExportSummary

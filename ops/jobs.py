@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ops.operations import JobStatus
+from ops.protocol import JobStatus
 from ops.optable import Operation, error_status
 from registry import ConfigError, NotFound, ShadowzooError, Workspace
 

@@ -1,125 +1,39 @@
-"""What an operator can do to a workspace, in one place, whoever holds the database.
+"""What an operator can do to a workspace, done on the database this process has open.
 
-`Operations` lists every operator operation with its typed arguments and result. The CLI
-and the web console call them and never ask which side does the work: without a daemon,
-`LocalOperations` does them on the database here (long work inline, with progress); while
-the daemon runs, `ops.client.RemoteOperations` sends the same calls to its admin API
+`ops.protocol.Operations` lists every operator operation with its typed arguments and
+result. The CLI and the web console call them and never ask which side does the work:
+without a daemon, `LocalOperations` does them here (long work inline, with progress);
+while the daemon runs, `ops.client.RemoteOperations` sends the same calls to its admin API
 (long work as a job it follows), where they run here, in the process that owns the
 database. `ops.optable` derives the admin routes, the OpenAPI document and the client from
-this protocol, so a command's output is the same either way.
+the protocol, so a command's output is the same either way.
+
+The scorer, the runner and the trainer are imported by the operations that use them:
+listing variants must not load the statistics (`shadowzoo variants list` answers at once).
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Literal, Protocol
-
-from pydantic import BaseModel
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from registry import ConfigError, Move, NewVariant, NotFound, Registration, Registry, ShadowzooError, Variant, Workspace
-from scorer.board import EvidencePoint, Leaderboard
-from scorer.browse import RequestFilter, RequestPage, browse_requests
-from scorer.export import ExportOptions, ExportProgress, ExportSummary, export_answers
-from scorer.policy import promotion_evidence
-from scorer.report import render_html, render_markdown
-from scorer.service import Scorer
-from scorer.trace import RequestTrace, trace_request
 from shadow import pauses
-from shadow.ingest import IngestReport, ingest_spool
 from shadow.pauses import Pause
-from shadow.runner import RunFilters, RunReport, ShadowRunner
-from shadow.spool import spool_dir
-from zoo import SpecFile, load_zoo
-from zoo.train.outcome import Register
-from zoo.train.run import train_spec
 
-ReportFormat = Literal["html", "md"]
-
-
-class TrainResult(BaseModel):
-    """How each chosen spec's training ended: one line per spec."""
-
-    trained: list[str]
-    failed: list[str]
-
-
-class Report(BaseModel):
-    """A slot's report, rendered: the caller writes it where it wants."""
-
-    slot: str
-    format: ReportFormat
-    text: str
-
-
-class IngestProgress(BaseModel):
-    """Spool bytes ingested so far, of all."""
-
-    done: int
-    total: int
-
-
-class JobStatus(BaseModel):
-    """Where a daemon job (an operation's long work) stands."""
-
-    id: str
-    operation: str
-    arguments: dict[str, Any]
-    state: Literal["queued", "running", "done", "failed"] = "queued"
-    progress: Any = None
-    result: Any = None
-    error: str | None = None
-    error_type: str | None = None
-    started_at: datetime
-    finished_at: datetime | None = None
-
-
-class Operations(Protocol):
-    """Every operator operation. `ops.optable` says which are long work (jobs) and their HTTP routes."""
-
-    def status(self) -> dict[str, Any]:
-        """Daemon health, spool lag, queue, budgets, pauses, last jobs, routes drift."""
-
-    def variants(self, slot: str | None = None, status: str | None = None) -> list[Variant]: ...
-    def variant(self, version_id: str) -> Variant: ...
-    def champion(self, slot: str) -> Variant | None: ...
-    def latest_with_label(self, slot: str, label: str) -> Variant | None: ...
-    def variant_with_fingerprint(self, slot: str, fingerprint: str) -> Variant | None: ...
-    def skill_text(self, sha: str) -> str: ...
-    def history(self, slot: str) -> list[Move]: ...
-    def pauses(self) -> list[Pause]: ...
-    def leaderboard(self, slot: str) -> Leaderboard:
-        """The slot's leaderboard as last scored and stored; writes nothing."""
-
-    def evidence_history(self, slot: str) -> list[EvidencePoint]: ...
-    def trace(self, request_id: str, slot: str | None = None) -> RequestTrace: ...
-    def requests(self, request: RequestFilter) -> RequestPage: ...
-    def jobs(self) -> list[JobStatus]: ...
-    def job(self, job_id: str) -> JobStatus: ...
-
-    def register(self, new: NewVariant) -> Registration: ...
-    def promote(self, slot: str, version_id: str, actor: str, reason: str | None = None, force: bool = False) -> Move: ...
-    def rollback(self, slot: str, actor: str, reason: str | None = None) -> Move: ...
-    def retire(self, version_id: str, actor: str, reason: str | None = None) -> Move: ...
-    def pause(self, version_id: str | None = None, actor: str = "unknown", reason: str | None = None) -> Pause: ...
-    def resume(self, version_id: str | None = None) -> Pause | None: ...
-    def score(self, slot: str, since: datetime | None = None, where: dict[str, str] | None = None) -> Leaderboard:
-        """Bring the slot's evidence up to date (judge calls included) and return its leaderboard;
-        stores a snapshot unless `where` makes it a slice view."""
-
-    def ingest(self, progress: Callable[[IngestProgress], None] | None = None) -> IngestReport: ...
-    def replay(self, slot: str, since: datetime | None = None, version: str | None = None, include_old: bool = False,
-               retry_errors: bool = False, progress: Callable[[RunReport], None] | None = None) -> RunReport: ...
-    def train(self, spec: str | None = None, all_active: bool = False, limit: int | None = None,
-              progress: Callable[[str], None] | None = None) -> TrainResult: ...
-    def report(self, slot: str, format: ReportFormat = "html", since: datetime | None = None,
-               where: dict[str, str] | None = None, progress: Callable[[str], None] | None = None) -> Report: ...
-    def export(self, options: ExportOptions, out: str,
-               progress: Callable[[ExportProgress], None] | None = None) -> ExportSummary: ...
-
+if TYPE_CHECKING:
+    from ops.protocol import IngestProgress, JobStatus, Report, ReportFormat, TrainResult
+    from scorer.board import EvidencePoint, Leaderboard
+    from scorer.browse import RequestFilter, RequestPage
+    from scorer.export import ExportOptions, ExportProgress, ExportSummary
+    from scorer.service import Scorer
+    from scorer.trace import RequestTrace
+    from shadow.ingest import IngestReport
+    from shadow.runner import RunFilters, RunReport
+    from zoo import SpecFile
 
 TRAINING = threading.Lock()
 """One training run at a time in a process, whoever starts it (a command, a job, the rotation)."""
@@ -133,7 +47,12 @@ class LocalOperations:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.workspace: Workspace = registry.workspace
-        self.scorer = Scorer(registry.workspace, registry)
+
+    @cached_property
+    def scorer(self) -> Scorer:
+        from scorer.service import Scorer
+
+        return Scorer(self.workspace, self.registry)
 
     def status(self) -> dict[str, Any]:
         raise ShadowzooError(f"no daemon is running for {self.workspace.root} (start one with `shadowzoo serve`)")
@@ -172,15 +91,20 @@ class LocalOperations:
 
     def promote(self, slot: str, version_id: str, actor: str, reason: str | None = None, force: bool = False) -> Move:
         """Promote on the evidence of a fresh leaderboard (see `scorer.policy`)."""
+        from scorer.policy import promotion_evidence
+
         self.workspace.slot(slot)
         evidence = promotion_evidence(self.scorer.refresh(slot), version_id, force)
         return self.registry.promote(slot, version_id, actor, reason, evidence)
 
-    def rollback(self, slot: str, actor: str, reason: str | None = None) -> Move:
-        return self.registry.rollback(slot, actor, reason)
+    def rollback(self, slot: str, actor: str, reason: str) -> Move:
+        return self.registry.rollback(slot, actor, _required(reason, "a rollback"))
 
-    def retire(self, version_id: str, actor: str, reason: str | None = None) -> Move:
-        return self.registry.retire(version_id, actor, reason)
+    def retire(self, version_id: str, actor: str, reason: str) -> Move:
+        return self.registry.retire(version_id, actor, _required(reason, "a retirement"))
+
+    def reactivate(self, version_id: str, actor: str, reason: str) -> Move:
+        return self.registry.reactivate(version_id, actor, _required(reason, "a reactivation"))
 
     def pause(self, version_id: str | None = None, actor: str = "unknown", reason: str | None = None) -> Pause:
         return pauses.pause(self.registry, version_id, actor, reason)
@@ -193,6 +117,8 @@ class LocalOperations:
 
     # evidence
     def leaderboard(self, slot: str) -> Leaderboard:
+        from scorer.board import Leaderboard
+
         self.workspace.slot(slot)
         with self.registry.database.reading() as db:
             row = db.execute("SELECT board_json FROM leaderboard_snapshots WHERE slot = ? "
@@ -211,12 +137,16 @@ class LocalOperations:
     # single requests
     def trace(self, request_id: str, slot: str | None = None) -> RequestTrace:
         """One request by its id or client request id: every answer, its scores and its pair."""
+        from scorer.trace import trace_request
+
         if slot is not None:
             self.workspace.slot(slot)
         return trace_request(self.registry, request_id, slot)
 
     def requests(self, request: RequestFilter) -> RequestPage:
         """One page of a slot's requests that match the filter."""
+        from scorer.browse import browse_requests
+
         metrics = self.workspace.slot(request.slot).metrics
         first_line = bool(metrics) and all(metric.first_line for metric in metrics)
         with self.registry.database.reading() as db:
@@ -225,6 +155,10 @@ class LocalOperations:
     # long work
     def ingest(self, progress: Callable[[IngestProgress], None] | None = None) -> IngestReport:
         """Ingest the whole spool now (captures, and files `shadowzoo ingest` spooled)."""
+        from ops.protocol import IngestProgress
+        from shadow.ingest import ingest_spool
+        from shadow.spool import spool_dir
+
         report = (lambda done, total: progress(IngestProgress(done=done, total=total))) if progress else None
         with INGESTING:
             return ingest_spool(self.registry.database, spool_dir(self.workspace.state_dir), progress=report)
@@ -232,17 +166,28 @@ class LocalOperations:
     def replay(self, slot: str, since: datetime | None = None, version: str | None = None, include_old: bool = False,
                retry_errors: bool = False, progress: Callable[[RunReport], None] | None = None) -> RunReport:
         """Replay the slot's captured traffic against its challengers now (see `shadow.runner`)."""
+        import asyncio
+
+        from shadow.runner import RunFilters
+
         self.workspace.slot(slot)
         filters = RunFilters(slot=slot, since=since, version=version, include_old=include_old, retry_errors=retry_errors)
         return asyncio.run(self._replay(filters, progress))
 
     async def _replay(self, filters: RunFilters, progress: Callable[[RunReport], None] | None) -> RunReport:
+        from shadow.runner import ShadowRunner
+
         async with ShadowRunner(self.registry) as runner:
             return await runner.run_once(filters, progress=progress)
 
     def train(self, spec: str | None = None, all_active: bool = False, limit: int | None = None,
               progress: Callable[[str], None] | None = None) -> TrainResult:
         """Train one spec by name, or (all_active) the `limit` stalest active specs with a train: block."""
+        from ops.protocol import TrainResult
+        from zoo import load_zoo
+        from zoo.train.outcome import Register
+        from zoo.train.run import train_spec
+
         if (spec is None) == (not all_active):
             raise ConfigError("train: name a spec, or all_active (one of them)")
         if limit is not None and limit < 1:
@@ -260,6 +205,9 @@ class LocalOperations:
     def report(self, slot: str, format: ReportFormat = "html", since: datetime | None = None,
                where: dict[str, str] | None = None, progress: Callable[[str], None] | None = None) -> Report:
         """Score the slot now and render its report (HTML with charts, or Markdown)."""
+        from ops.protocol import Report
+        from scorer.report import render_html, render_markdown
+
         say = progress or (lambda line: None)
         say(f"scoring {slot}")
         board = self.score(slot, since=since, where=where)
@@ -270,6 +218,10 @@ class LocalOperations:
     def export(self, options: ExportOptions, out: str,
                progress: Callable[[ExportProgress], None] | None = None) -> ExportSummary:
         """Export the slot's answers to the file `out` (see `scorer.export`)."""
+        from pathlib import Path
+
+        from scorer.export import export_answers
+
         return export_answers(self.registry, options, Path(out), progress or (lambda p: None))
 
 
@@ -290,3 +242,10 @@ def _named(matches: list[SpecFile], name: str | None, specs: list[SpecFile]) -> 
         known = ", ".join(sorted(s.spec.name for s in specs)) or "none"
         raise NotFound(f"no spec named {name!r} in the zoo (specs: {known})")
     return matches
+
+
+def _required(reason: str | None, move: str) -> str:
+    """The reason for a move the audit log must explain; none (or only spaces) is an error."""
+    if reason is None or not reason.strip():
+        raise ConfigError(f"reason: {move} needs a reason, so the audit log says why")
+    return reason

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from ops.operations import Operations
+from ops.protocol import Operations
 from registry import ConfigError, NotFound, Refused, ShadowzooError
 from registry.errors import validated
 from shadow.tags import parse_where
@@ -142,6 +142,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("promote", "POST", "/admin/promote", "Promote on evidence (or by force, with a reason)."),
     Operation("rollback", "POST", "/admin/rollback", "Move the champion back one promotion."),
     Operation("retire", "POST", "/admin/retire", "Retire a challenger."),
+    Operation("reactivate", "POST", "/admin/reactivate", "Make a retired variant a challenger again."),
     Operation("pause", "POST", "/admin/pause", "Pause one challenger's shadow calls, or all."),
     Operation("resume", "POST", "/admin/resume", "Resume one challenger, or all."),
     Operation("score", "POST", "/admin/leaderboard",

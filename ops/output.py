@@ -6,7 +6,6 @@ import json
 import sys
 from typing import Any, Iterable, Sequence
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +19,8 @@ def print_json(value: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (list, tuple)):

@@ -1,7 +1,8 @@
 """What a CLI command works on: the workspace it was pointed at, and the operations on it.
 
-Commands stay thin over `ops.operations`: whether those run on the database here or
-through the daemon's admin API is decided here, and nowhere else.
+Commands stay thin over `ops.protocol.Operations`: whether those run on the database here
+or through the daemon's admin API is decided here, and nowhere else. The operations and
+the client are imported when a command first asks for them, so `--help` loads neither.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import typer
 
-from ops.client import RemoteOperations
-from ops.operations import LocalOperations, Operations
 from ops.state import read_token, running_daemon
-from registry import Registry, Workspace, load_workspace
+
+if TYPE_CHECKING:
+    from ops.protocol import Operations
+    from registry import Workspace
 
 
 @dataclass
@@ -28,6 +30,8 @@ class Session:
     workspace_dir: Path
 
     def workspace(self) -> Workspace:
+        from registry.config import load_workspace
+
         return load_workspace(self.workspace_dir)
 
     @contextmanager
@@ -36,8 +40,13 @@ class Session:
         workspace = self.workspace()
         info = running_daemon(workspace)
         if info is not None:
+            from ops.client import RemoteOperations
+
             yield RemoteOperations(info.admin_url, admin_token(workspace))  # type: ignore[misc]  (methods from the table)
             return
+        from ops.operations import LocalOperations
+        from registry.store import Registry
+
         with Registry.open(workspace) as registry:
             yield LocalOperations(registry)
 

@@ -14,13 +14,15 @@ import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import duckdb
-import polars as pl
 
 from registry.errors import DatabaseError
 from registry.migrations import LATEST, MIGRATIONS
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DEFAULT_LOCK_WAIT_S = 10.0
 _PID_RE = re.compile(r"PID (\d+)")

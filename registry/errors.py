@@ -7,11 +7,12 @@ so the CLI and the APIs can show it as is, without a traceback.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound="BaseModel")
 
 
 class ShadowzooError(Exception):
@@ -37,6 +38,8 @@ class DatabaseError(ShadowzooError):
 def validated(model: type[Model], data: bytes | dict[str, object], what: str) -> Model:
     """`data` (a JSON body, or query or form fields) as `model`; else a `ConfigError` naming the first bad field
     (`what` when the whole of it is wrong)."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
     except ValidationError as exc:

@@ -25,7 +25,7 @@ UtcDatetime = Annotated[
 
 VariantKind = Literal["chat", "python"]
 VariantStatus = Literal["active", "retired"]
-MoveAction = Literal["promote", "rollback", "retire"]
+MoveAction = Literal["promote", "rollback", "retire", "reactivate"]
 
 
 class NewVariant(BaseModel):
@@ -63,7 +63,7 @@ class Variant(BaseModel):
 
 
 class Move(BaseModel):
-    """One row of a slot's audit log: an alias move (promote, rollback) or a retirement."""
+    """One row of a slot's audit log: an alias move (promote, rollback), a retirement or a reactivation."""
 
     id: int
     slot: str

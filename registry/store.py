@@ -198,6 +198,16 @@ class Registry:
             db.execute("UPDATE variants SET status = 'retired' WHERE version_id = ?", [version_id])
             return self._insert_move(db, target.slot, None, version_id, "retire", actor, reason, None)
 
+    def reactivate(self, version_id: str, actor: str, reason: str | None) -> Move:
+        """Make a retired variant a challenger again; only a retired one can be."""
+        with self._transaction() as db:
+            target = self._require_variant(db, version_id)
+            if target.status != "retired":
+                raise Refused(f"{version_id} is not retired (it is {target.status}); only a retired variant "
+                              "can be reactivated")
+            db.execute("UPDATE variants SET status = 'active' WHERE version_id = ?", [version_id])
+            return self._insert_move(db, target.slot, None, version_id, "reactivate", actor, reason, None)
+
     def history(self, slot: str) -> list[Move]:
         """Every audit row of the slot, oldest first."""
         with self._lock:

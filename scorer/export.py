@@ -26,7 +26,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from registry import NotFound, Registry, Workspace
 from registry.db import registered
 from scorer.answers import AnswerQuery, variant_prices
+from scorer.exportformat import ExportFormat
 from scorer.metrics import plan_quality, sql_literal
 from scorer.pairing import latest_seq
 from shadow.pricing import workspace_prices
@@ -45,13 +45,6 @@ EPOCH = datetime(1970, 1, 1)
 CHUNK_REQUESTS = 50_000
 """Requests scored and written at a time: bounds memory, and sets the progress steps."""
 BATCH_ROWS = 65_536
-
-
-class ExportFormat(StrEnum):
-    jsonl = "jsonl"
-    parquet = "parquet"
-    csv = "csv"
-    openai_chat = "openai-chat"
 
 
 class ExportOptions(BaseModel):

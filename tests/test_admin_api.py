@@ -38,7 +38,7 @@ class Daemon:
         self.log_path = workspace_dir / "daemon.log"  # a file, not a pipe nobody reads (it would block the daemon)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(SHADOWZOO), "daemon", "--port", str(self.port)], cwd=workspace_dir,
+                [str(SHADOWZOO), "daemon", "--admin-port", str(self.port)], cwd=workspace_dir,
                 env={**self.environment(), "SHADOWZOO_ADMIN_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: self.process.poll() is not None or self.call("GET", "/healthz")[0] == 200, timeout_s=60)
         assert self.process.poll() is None, self.log_path.read_text(errors="replace")
@@ -183,6 +183,10 @@ def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: 
     ("/admin/jobs/replay", {"slot": "nowhere"}, "slot:"),
     ("/admin/jobs/report", {"slot": SLOT, "format": "pdf"}, "format:"),
     ("/admin/leaderboard", {"slot": SLOT, "where": "tier"}, "where:"),
+    ("/admin/rollback", {"slot": SLOT, "actor": "t"}, "reason:"),
+    ("/admin/retire", {"version_id": "x", "actor": "t"}, "reason:"),
+    ("/admin/retire", {"version_id": "x", "actor": "t", "reason": ""}, "reason:"),
+    ("/admin/reactivate", {"version_id": "x", "actor": "t"}, "reason:"),
 ])
 def test_an_unknown_key_or_slot_in_any_body_is_a_400_naming_it(daemon: Daemon, path: str, body: dict, field: str) -> None:
     status, answer, _ = daemon.call("POST", path, body)

@@ -78,8 +78,8 @@ def test_failures_exit_1_with_a_message_and_no_traceback(cli) -> None:
     ids = _ids(cli)
     for args in (
         ["promote", "support-triage", "no-such-version"],
-        ["rollback", "support-triage"],
-        ["retire", "no-such-version"],
+        ["rollback", "support-triage", "--reason", "no previous champion"],
+        ["retire", "no-such-version", "--reason", "unknown"],
         ["promote", "other-slot", ids["baseline"]],
     ):
         result = cli(*args)

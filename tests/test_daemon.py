@@ -148,7 +148,7 @@ def test_a_second_daemon_on_the_same_state_dir_refuses_and_names_the_first(works
     ws, _ = workspace
     served = Served(ws)
     try:
-        second = cli("daemon", "--port", str(free_port()), cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+        second = cli("daemon", "--admin-port", str(free_port()), cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
         assert second.code == 1
         assert "another shadowzoo daemon already owns" in second.err and f"pid {served.daemon_pid()}" in second.err
         again = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})

@@ -358,3 +358,45 @@ def test_bounds_not_yet_known_are_shown_as_such():
     page = render_html(*edge_boards()["one pair, infinite bounds"])
     assert "+$0.010 [-∞, +∞]" in page and "1 pair ·" in page
     assert "no estimate yet" in render_html(*edge_boards()["intervals None"])
+
+
+# ── chart geometry ──────────────────────────────────────────────────────────────────────
+
+TEXT = re.compile(r'<text x="([-\d.]+)" y="([-\d.]+)" text-anchor="(\w+)" class="([\w-]+)">([^<]*)</text>')
+
+
+def text_boxes(svg: str) -> dict[str, Box]:
+    """Every text element's box, by its text, with the 2 px margin the report's label layout keeps."""
+    boxes = {}
+    for x, y, anchor, _, content in TEXT.findall(svg):
+        width = len(content) * 6.8
+        left = {"start": float(x), "middle": float(x) - width / 2, "end": float(x) - width}[anchor]
+        boxes[content] = Box(left - 2, float(y) - 12, left + width + 2, float(y) + 4)
+    return boxes
+
+
+def chart(page: str, label: str) -> str:
+    start = page.index(f'aria-label="{label}')
+    return page[start: page.index("</svg>", start)]
+
+
+@pytest.mark.parametrize("min_effect", [0.00001, 0.0, -0.02])
+def test_the_min_effect_label_keeps_off_the_zero_label_near_it_or_left_of_it(min_effect):
+    board = demo_board(min_effect_usd=min_effect)
+    board.rows[1].comparison.net = Interval(mean=0.4, lower=0.2, upper=0.6)  # a wide axis: the lines nearly meet
+    boxes = text_boxes(chart(render_html(board, []), "net value difference per request"))
+    effect = next(box for text, box in boxes.items() if text.startswith("min effect"))
+    assert not effect.overlaps(boxes["0"])
+
+
+def test_a_free_variant_of_quality_zero_is_drawn_clear_of_the_axes_and_their_corner():
+    board = demo_board()
+    board.rows[2].cost_per_1k_usd, board.rows[2].mean_quality = 0.0, 0.0
+    svg = chart(render_html(board, []), "mean quality against cost")
+    axes = re.findall(r'<line x1="([-\d.]+)" y1="([-\d.]+)" x2="([-\d.]+)" y2="([-\d.]+)" class="axis"/>', svg)
+    (x_axis_y,) = {float(y1) for _, y1, _, y2 in axes if y1 == y2}
+    (y_axis_x,) = {float(x1) for x1, _, x2, _ in axes if x1 == x2}
+    tip = re.escape(board.rows[2].version_id)
+    cx, cy = map(float, re.search(rf'<circle cx="([-\d.]+)" cy="([-\d.]+)"[^>]*><title>{tip}', svg).groups())
+    assert cx - y_axis_x >= 10 and x_axis_y - cy >= 10  # the marker (radius 6.5 + stroke) touches neither axis
+    assert {(float(x1), float(y1)) for x1, y1, _, _ in axes} == {(y_axis_x, x_axis_y)}  # the axes still meet

@@ -17,7 +17,7 @@ from ops.cli_champion import evidence_summary
 from ops.cli_variants import config_changes
 from ops.console import html
 from ops.console.visit import View, Visit
-from ops.operations import JobStatus
+from ops.protocol import JobStatus
 from registry import Move, NotFound, Variant
 from scorer.report.page import leaderboard_sections
 from scorer.report.text import fmt_time, usd

@@ -119,6 +119,11 @@ def _quality_scale(qualities: Sequence[float], top: float, bottom: float) -> Sca
     return Scale(clamped_lo, clamped_hi, bottom, top) if clamped_lo < clamped_hi else Scale(lo, hi, bottom, top)
 
 
+PLOT_INSET = 14
+"""Pixels between the axes and the nearest point a scatter plots, so no marker sits on an
+axis or its corner (a free variant of quality 0 would otherwise)."""
+
+
 def quality_cost_chart(board: Leaderboard) -> str:
     """Scatter of mean quality against cost per 1k requests, with the Pareto frontier dashed."""
     rows = [r for r in ordered_rows(board) if is_finite(r.cost_per_1k_usd) and is_finite(r.mean_quality)]
@@ -126,12 +131,12 @@ def quality_cost_chart(board: Leaderboard) -> str:
         return empty_note("No variant has both a cost and a quality yet, so there is nothing to plot.")
     width, height, left, right, top, bottom = 960, 450, 90, 930, 60, 390
     x_lo, x_hi = nice_domain([0.0] + [r.cost_per_1k_usd for r in rows], pad=0.1)
-    x = Scale(max(0.0, x_lo), x_hi, left, right)  # costs are never negative
-    y = _quality_scale([r.mean_quality for r in rows], top, bottom)
+    x = Scale(max(0.0, x_lo), x_hi, left + PLOT_INSET, right)  # costs are never negative
+    y = _quality_scale([r.mean_quality for r in rows], top, bottom - PLOT_INSET)
     frontier = {r.version_id for r in pareto_frontier(rows)}
     names = short_names(board.rows)
-    parts = x_axis(x, bottom, top, "cost per 1,000 requests (USD) →", lambda v: money_tick(v, x.step))
-    parts += y_axis(y, left, right, "mean quality (0–1) →", lambda v: number_tick(v, y.step))
+    parts = x_axis(x, bottom, top, "cost per 1,000 requests (USD) →", lambda v: money_tick(v, x.step), axis_from=left)
+    parts += y_axis(y, left, right, "mean quality (0–1) →", lambda v: number_tick(v, y.step), axis_from=bottom)
     line = [(x(r.cost_per_1k_usd), y(r.mean_quality)) for r in pareto_frontier(rows)]
     parts.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in line)}" class="frontier"/>')
     points = [(x(r.cost_per_1k_usd), y(r.mean_quality), r) for r in rows]
@@ -195,9 +200,10 @@ def net_difference_chart(board: Leaderboard) -> str:
     parts = x_axis(x, bottom, top - 10, title, lambda v: money_tick(v, x.step, signed=True))
     parts += [svg_line(x(0), top - 10, x(0), bottom, "zero"), svg_text(x(0), top - 16, "0", "tick", "middle")]
     effect_x = x(board.min_effect_usd)
+    effect_text = f"min effect {usd(board.min_effect_usd, signed=True)}"
     parts += [
         f'<line x1="{effect_x:.1f}" y1="{top - 10}" x2="{effect_x:.1f}" y2="{bottom}" class="effect"/>',
-        svg_text(effect_x + 4, top - 16, f"min effect {usd(board.min_effect_usd, signed=True)}", "effect-label"),
+        svg_text(*_effect_label_at(x(0), effect_x, top - 16), effect_text, "effect-label", _effect_anchor(board)),
     ]
     for index, row in enumerate(rows):
         parts += _net_row(board, row, names[row.version_id], x, top + row_height * (index + 0.5), right)
@@ -205,6 +211,23 @@ def net_difference_chart(board: Leaderboard) -> str:
     chart = svg_document(width, bottom + 52, "net value difference per request against the champion", parts)
     missing = [names[r.version_id] for r in challengers(board) if r.comparison is None]
     return chart + (small_note(f"Not shown (no comparison yet): {', '.join(missing)}.") if missing else "")
+
+
+def _effect_anchor(board: Leaderboard) -> str:
+    """The min-effect label reads away from zero: to the right of a positive one, the left of a negative one."""
+    return "end" if board.min_effect_usd < 0 else "start"
+
+
+def _effect_label_at(zero_x: float, effect_x: float, y: float) -> tuple[float, float]:
+    """Where the min-effect label starts (or ends, left of zero): beside its line, but clear of the `0` label.
+
+    With a min effect close to zero the two lines nearly coincide, and the label beside
+    its line would sit on the `0`; it is moved out along the same line of text instead.
+    """
+    clear = CHAR_WIDTH / 2 + 6  # half the "0", and a gap
+    if effect_x >= zero_x:
+        return max(effect_x + 4, zero_x + clear), y
+    return min(effect_x - 4, zero_x - clear), y
 
 
 def _net_row(board: Leaderboard, row: VariantRow, name: str, x: Scale, y: float, right: float) -> list[str]:

@@ -108,9 +108,15 @@ def svg_line(x1: float, y1: float, x2: float, y2: float, cls: str) -> str:
     return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" class="{cls}"/>'
 
 
-def x_axis(scale: Scale, y: float, top: float, title: str, label: Callable[[float], str]) -> list[str]:
-    """Grid lines, tick labels under `y`, and the axis title (which carries the unit)."""
-    parts = [svg_line(scale.start, y, scale.end, y, "axis")]
+def x_axis(
+    scale: Scale, y: float, top: float, title: str, label: Callable[[float], str], axis_from: float | None = None
+) -> list[str]:
+    """Grid lines, tick labels under `y`, and the axis title (which carries the unit).
+
+    The axis line runs from `axis_from` (default: the scale's start), so that it still meets
+    the other axis when the plotted range is inset from it.
+    """
+    parts = [svg_line(scale.start if axis_from is None else axis_from, y, scale.end, y, "axis")]
     for tick in scale.ticks():
         x = scale(tick)
         parts += [svg_line(x, top, x, y, "grid"), svg_text(x, y + 16, label(tick), "tick", "middle")]
@@ -119,10 +125,14 @@ def x_axis(scale: Scale, y: float, top: float, title: str, label: Callable[[floa
 
 
 def y_axis(
-    scale: Scale, x: float, right: float, title: str, label: Callable[[float], str], gap: float = 52
+    scale: Scale, x: float, right: float, title: str, label: Callable[[float], str], gap: float = 52,
+    axis_from: float | None = None,
 ) -> list[str]:
-    """Grid lines, tick labels left of `x`, and the rotated axis title (which carries the unit)."""
-    parts = [svg_line(x, scale.start, x, scale.end, "axis")]
+    """Grid lines, tick labels left of `x`, and the rotated axis title (which carries the unit).
+
+    The axis line runs from `axis_from` (default: the scale's start), as in `x_axis`.
+    """
+    parts = [svg_line(x, scale.start if axis_from is None else axis_from, x, scale.end, "axis")]
     for tick in scale.ticks():
         y = scale(tick)
         parts += [svg_line(x, y, right, y, "grid"), svg_text(x - 6, y + 4, label(tick), "tick", "end")]

@@ -1,0 +1,64 @@
+"""`shadowzoo --help` and `variants list` answer at once: they load none of the heavy libraries.
+
+Each check runs in a fresh interpreter (this test process has imported everything already),
+renders the command's output through the real entry point, then lists what got imported.
+`-P` keeps the working directory off sys.path, as for the console script: a workspace's
+`zoo/` directory must not shadow the `zoo` package.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("scipy", "polars", "numpy", "pyarrow", "openai", "aiohttp", "apscheduler", "prometheus_client", "jsonschema",
+         "scorer.sequential", "scorer.service", "shadow.runner", "ops.daemon")
+"""Modules only a command that computes, serves or calls a model needs."""
+NOT_FOR_HELP = ("duckdb",)
+"""Help opens no database either."""
+
+PROBE = """
+import contextlib, io, json, sys
+from ops.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    for argv in json.loads(sys.argv[1]):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def imported_after(commands: list[list[str]], cwd: Path) -> set[str]:
+    done = subprocess.run([sys.executable, "-P", "-c", PROBE, json.dumps(commands)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if name in modules]
+
+
+HELP_COMMANDS = [
+    [], ["--help"], ["leaderboard", "--help"], ["report", "--help"], ["replay", "--help"], ["export", "--help"],
+    ["requests", "--help"], ["serve", "--help"], ["daemon", "--help"], ["zoo", "train", "--help"],
+    ["zoo", "runs", "--help"], ["variants", "--help"], ["ingest", "traffic", "--help"], ["demo", "--help"],
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "(none)")
+def test_help_loads_no_heavy_library_and_no_database(command: list[str], tmp_path: Path) -> None:
+    assert loaded(imported_after([command], tmp_path), HEAVY + NOT_FOR_HELP) == []
+
+
+def test_listing_variants_loads_no_heavy_library(cli, workspace_dir: Path) -> None:
+    assert cli("zoo", "register", "--all-active").code == 0
+    modules = imported_after([["variants", "list"], ["variants", "list", "--json"]], workspace_dir)
+    assert "duckdb" in modules  # it did read the registry
+    assert loaded(modules, HEAVY) == []
