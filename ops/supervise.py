@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ops.affinity import CpuSet, run_pinned
+
 POLL_S = 0.2
 MAX_BACKOFF_S = 30.0
 STOP_GRACE_S = 20.0
@@ -29,6 +31,8 @@ class Child:
     target: Callable[..., None]
     args: tuple[Any, ...]
     env: dict[str, str] = field(default_factory=dict)
+    cpus: CpuSet | None = None
+    """The CPUs it may run on (`serve --gateway-cpus/--daemon-cpus`); all when None."""
     process: multiprocessing.Process | None = None
     backoff_s: float = 1.0
     restart_at: float = 0.0
@@ -61,7 +65,8 @@ def _start(context: Any, child: Child) -> None:
     saved = {key: os.environ.get(key) for key in child.env}
     os.environ.update(child.env)
     try:
-        child.process = context.Process(target=child.target, args=child.args, name=child.name)
+        target, args = (child.target, child.args) if child.cpus is None else (run_pinned, (child.cpus, child.target, *child.args))
+        child.process = context.Process(target=target, args=args, name=child.name)
         child.process.start()
     finally:
         for key, value in saved.items():
