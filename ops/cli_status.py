@@ -14,14 +14,17 @@ import time
 from typing import Annotated, Any
 
 import typer
+import yaml
+from pydantic import ValidationError
 
 from ops import tasks
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.output import print_fields, print_json, print_table, say, warn
-from ops.session import session
+from ops.session import Session, session
 from ops.state import DAEMON, SERVE, running_daemon
-from registry import Registry, ShadowzooError, Workspace
+from registry import ConfigError, Registry, ShadowzooError, Workspace
+from registry.config import CONFIG_FILE, DaemonConfig, WorkspaceConfig
 
 FAILING_RUNS = 3
 """A job whose last this many runs failed keeps failing: `status` exits 1."""
@@ -35,8 +38,10 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
     Example: shadowzoo status
     """
-    workspace = session(ctx).workspace()
+    workspace = _workspace(session(ctx))
     remote = session(ctx).remote(workspace)
+    if remote is None:
+        workspace = session(ctx).workspace()  # an invalid file is an error, now that no daemon runs on it
     report = remote.status() if remote is not None else stored_status(workspace)
     failing = failing_jobs(report)
     if as_json:
@@ -46,6 +51,22 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
     if failing:
         raise ShadowzooError("; ".join(f"job {name} keeps failing (its last {FAILING_RUNS} runs): {error}"
                                        for name, error in failing.items()))
+
+
+def _workspace(current: Session) -> Workspace:
+    """The workspace; when its file does not load, enough of it (state_dir, the admin token's variable)
+    to find a daemon still running on an earlier version of the file: its `status` says why the edit
+    was refused."""
+    try:
+        return current.workspace()
+    except ConfigError:
+        try:
+            raw = yaml.safe_load((current.workspace_dir / CONFIG_FILE).read_text())
+            token_env = (raw.get("daemon") or {}).get("admin_token_env", DaemonConfig().admin_token_env)
+            return Workspace(current.workspace_dir, WorkspaceConfig(
+                state_dir=raw.get("state_dir", ".shadowzoo"), daemon=DaemonConfig(admin_token_env=token_env)))
+        except (OSError, ValueError, AttributeError, ValidationError, yaml.YAMLError):
+            return current.workspace()  # raises the file's own error again
 
 
 def stored_status(workspace: Workspace) -> dict[str, Any]:

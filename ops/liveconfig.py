@@ -27,7 +27,7 @@ from registry.config import WorkspaceConfig
 log = logging.getLogger("shadowzoo.daemon")
 POLL_S = 1.0
 RESTART_ONLY = (
-    "state_dir", "python_path", "gateway", "zoo.schedule",
+    "state_dir", "python_path", "gateway.*", "zoo.schedule",
     "daemon.admin_host", "daemon.admin_port", "daemon.admin_token_env", "daemon.duckdb_threads",
     "daemon.duckdb_memory_limit", "daemon.ingest_interval_s", "daemon.score_interval_s", "daemon.watch_interval_s",
     "slots.*.redact",
@@ -119,17 +119,15 @@ def _keep_restart_only(running: WorkspaceConfig, edited: WorkspaceConfig) -> tup
 
 
 def _expand(patterns: tuple[str, ...], tree: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Dotted patterns as key paths; a `*` stands for every key found there in `tree` (a removed slot
-    needs nothing)."""
-    paths: list[tuple[str, ...]] = []
+    """Dotted patterns as key paths; a `*` stands for every key found there in `tree` (the edited
+    config: a removed slot needs nothing)."""
+    found: list[tuple[str, ...]] = []
     for pattern in patterns:
-        head, _, tail = pattern.partition(".*.")
-        if not tail:
-            paths.append(tuple(pattern.split(".")))
-            continue
-        names = sorted(_get(tree, tuple(head.split("."))) or {})
-        paths += [(*head.split("."), name, *tail.split(".")) for name in names]
-    return paths
+        paths: list[tuple[str, ...]] = [()]
+        for part in pattern.split("."):
+            paths = [(*path, key) for path in paths for key in (sorted(_get(tree, path) or {}) if part == "*" else [part])]
+        found += paths
+    return found
 
 
 def _get(tree: Any, path: tuple[str, ...]) -> Any:
@@ -141,10 +139,8 @@ def _get(tree: Any, path: tuple[str, ...]) -> Any:
 
 
 def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    """Set a path that exists in `tree`; a slot missing from it has nothing to keep."""
+    """Set (None: remove, back to its default) the value at a path of `tree`."""
     for key in path[:-1]:
-        if not isinstance(tree.get(key), dict):
-            return
         tree = tree[key]
     if value is None:
         tree.pop(path[-1], None)

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from ops.affinity import format_cpus
-from tests.servers import Served, champion_workspace, edit_config, start_simulator, wait_until
+from tests.servers import ADMIN_TOKEN, Served, champion_workspace, edit_config, start_simulator, wait_until
 
 SLOT = "support-triage"
 
@@ -32,8 +32,8 @@ def served_ws(tmp_path: Path, simulator) -> Path:
 
 @pytest.fixture
 def ws_cli(cli, served_ws: Path):
-    """The CLI, run in the served workspace."""
-    return lambda *args, env=None: cli(*args, cwd=served_ws, env=env)
+    """The CLI, run in the served workspace, with the admin token of `Served`."""
+    return lambda *args, env=None: cli(*args, cwd=served_ws, env={"SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})})
 
 
 def _ask(served: Served, client_id: str) -> None:
@@ -47,7 +47,7 @@ def _challenger_answers(cli, client_id: str) -> list[dict]:
     done = cli("trace", client_id, "--json")
     if done.code != 0:
         return []
-    answers = [a for a in done.json()["answers"] if a["role"] == "challenger"]
+    answers = done.json()["challengers"]
     return answers if answers and all(a["status"] != "missing" for a in answers) else []
 
 
@@ -64,12 +64,14 @@ def test_an_edited_provider_url_is_used_after_sighup_without_a_restart(served_ws
         assert all(a["status"] == "ok" for a in wait_until(lambda: _challenger_answers(ws_cli, "before"), 60))
         loaded = _config_status(ws_cli)["loaded_at"]
         edit_config(served_ws, lambda c: c["providers"]["sim"].update(base_url=second.base_url))
-        os.kill(served.daemon_pid(), signal.SIGHUP)
+        daemon = served.daemon_pid()
+        os.kill(daemon, signal.SIGHUP)
         wait_until(lambda: _config_status(ws_cli)["loaded_at"] != loaded, 30)
         simulator.stop()  # the first upstream is gone: only the second can answer now
         _ask(served, "after")  # the champion too: the gateways follow the rewritten routes.json
         answers = wait_until(lambda: _challenger_answers(ws_cli, "after"), 60)
         assert [a["reason"] for a in answers if a["status"] != "ok"] == []
+        assert served.daemon_pid() == daemon  # applied live, not by a restart
     finally:
         log = served.stop()
         second.stop()
