@@ -97,7 +97,7 @@ def serve(
     try:
         lock.publish(DaemonInfo(pid=os.getpid(), admin_url=f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}",
                                 metrics_url=f"http://{host}:{port}/metrics", started_at=datetime.now(UTC).isoformat()))
-        supervise(gateways + [Child("daemon", run_daemon, (workspace.root, admin_port), cpus=daemon_set)])
+        supervise(gateways + [Child("daemon", run_daemon, (workspace.root, admin_port), cpus=daemon_set, reloads=True)])
     finally:
         lock.release()
 

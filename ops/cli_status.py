@@ -88,20 +88,24 @@ def _print_report(report: dict[str, Any]) -> None:
     else:
         print_fields("daemon", [("state", "running"), ("pid", report["pid"]), ("up", _duration(report["uptime_s"]))])
         _print_config(report["config"])
+    say("")
     print_fields("spool and queue", [
         ("spool", f"{report['spool_segments']} segment(s) waiting, oldest {report['spool_lag_s']:g} s"),
         ("quarantined", f"{report['spool_quarantined_records']} record(s)"),
-        ("shadow queue", "-" if report["queue_depth"] is None else f"{report['queue_depth']:.0f} pair(s) pending"),
+        ("shadow queue", "unknown (no daemon)" if report["queue_depth"] is None else f"{report['queue_depth']:.0f} pair(s) pending"),
     ])
     budgets = report["budgets_left_usd"]
+    say("")
     print_table("slots", ["slot", "champion", "shadow budget left today"],
                 [[slot, champion or "(none)", f"${budgets.get(slot, 0):.2f}"] for slot, champion in report["champions"].items()])
     _print_judges(report.get("judges", {}))
     if report["pauses"]:
+        say("")
         print_table("pauses", ["paused", "by", "since", "reason"],
                     [[p["target"] if p["scope"] == "version" else "all shadow spend", p["actor"], p["since"], p["reason"]]
                      for p in report["pauses"]])
     if report.get("last_runs"):
+        say("")
         print_table("last job runs", ["job", "outcome", "at", "duration s", "failed in a row", "counts"],
                     [[name, run["outcome"], run["at"], run["duration_s"], run.get("failures_in_a_row", 0), _counts(run)]
                      for name, run in sorted(report["last_runs"].items())])
@@ -109,10 +113,12 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def _print_config(config: dict[str, Any]) -> None:
+    say("")
     print_fields("config", [("file", config["path"]), ("loaded", config["loaded_at"])])
     if config["error"]:
         warn(f"the last edit of shadowzoo.yaml was refused; the daemon runs the config loaded before: {config['error']}")
     if config["needs_restart"]:
+        say("")
         print_table("needs restart (edited, still running the old value)", ["setting", "running", "edited"],
                     [[p["key"], p["running"], p["edited"]] for p in config["needs_restart"]])
 
@@ -122,6 +128,7 @@ def _print_judges(judges: dict[str, list[dict[str, Any]]]) -> None:
              "reached" if j["budget_reached"] else "", j["unjudged"]]
             for slot, slot_judges in judges.items() for j in slot_judges]
     if rows:
+        say("")
         print_table("judges", ["slot", "judge", "spent today", "budget", "answers waiting"], rows)
 
 

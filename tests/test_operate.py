@@ -65,7 +65,7 @@ def test_an_edited_provider_url_is_used_after_sighup_without_a_restart(served_ws
         loaded = _config_status(ws_cli)["loaded_at"]
         edit_config(served_ws, lambda c: c["providers"]["sim"].update(base_url=second.base_url))
         daemon = served.daemon_pid()
-        os.kill(daemon, signal.SIGHUP)
+        os.kill(served.process.pid, signal.SIGHUP)  # to `serve`, as `systemctl reload` does: it passes it on
         wait_until(lambda: _config_status(ws_cli)["loaded_at"] != loaded, 30)
         simulator.stop()  # the first upstream is gone: only the second can answer now
         _ask(served, "after")  # the champion too: the gateways follow the rewritten routes.json
