@@ -181,6 +181,9 @@ def stop(
             os.kill(info.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        except PermissionError:
+            raise ShadowzooError(f"not allowed to signal pid {info.pid}: run `shadowzoo stop` as the user "
+                                 "that started it (or `systemctl stop shadowzoo`)") from None
         deadline = time.monotonic() + wait_s
         while running_daemon(workspace, role) is not None:
             if time.monotonic() > deadline:

@@ -66,6 +66,7 @@ class Daemon:
         self.last_runs: dict[str, dict] = {}
         self.runner_mark: int | None = None  # None: the first pass after start looks at all traffic
         self.runner: ShadowRunner | None = None
+        self.reloading = asyncio.Lock()  # SIGHUP and the poll never apply a file twice at once
         self.started = time.time()
 
     @property
@@ -150,11 +151,12 @@ class Daemon:
 
     async def _reload_config(self, registry: Registry, force: bool = False) -> None:
         """Apply an edited `shadowzoo.yaml` (see `ops.liveconfig`): routes rewritten, runner's providers updated."""
-        reload = await asyncio.to_thread(self.live.check, force)
-        if reload is None:
-            return
-        self.workspace.config = reload.config
-        await asyncio.to_thread(registry.write_routes)
+        async with self.reloading:
+            reload = await asyncio.to_thread(self.live.check, force)
+            if reload is None:
+                return
+            self.workspace.config = reload.config
+            await asyncio.to_thread(registry.write_routes)
         if self.runner is not None:
             self.runner.providers.update(reload.config.providers)
 

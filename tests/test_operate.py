@@ -76,6 +76,8 @@ def test_an_edited_provider_url_is_used_after_sighup_without_a_restart(served_ws
         log = served.stop()
         second.stop()
     assert '"config": "reloaded", "changed": ["providers"]' in log
+    batches = [line for line in log.splitlines() if "shadow run:" in line]
+    assert 1 <= len(batches) <= 2 and "HTTP Request" not in log  # two requests, 8 calls: a line per batch
 
 
 @pytest.mark.slow

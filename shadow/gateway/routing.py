@@ -1,7 +1,8 @@
 """The gateway's view of `routes.json`: reloaded within a second of a change, never torn.
 
 The registry replaces the file atomically. A file that is missing or does not parse keeps
-the last good table in service, and the problem is logged once per distinct change.
+the last good table in service, and the problem is logged once per distinct change; a
+table is logged when what it serves changes, not each time the file is rewritten.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ class RouteWatcher:
             return
         self._seen = signature
         try:
-            self.table = read_routes(self.path)
+            table, self.table = self.table, read_routes(self.path)
         except (OSError, ValueError) as exc:
             log.error("routes file %s is unreadable (%s); still serving the last good table", self.path,
                       str(exc).splitlines()[0])
             return
+        if table is not None and table.slots == self.table.slots:
+            return  # rewritten as it was (a daemon start, a config reload): nothing to say
         log.info("routes loaded: %s", ", ".join(f"{s}={r.version_id}" for s, r in self.table.slots.items()) or "none")
 
     async def watch(self) -> None:
