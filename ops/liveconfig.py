@@ -30,10 +30,10 @@ RESTART_ONLY = (
     "state_dir", "python_path", "gateway.*", "zoo.schedule",
     "daemon.admin_host", "daemon.admin_port", "daemon.admin_token_env", "daemon.duckdb_threads",
     "daemon.duckdb_memory_limit", "daemon.ingest_interval_s", "daemon.score_interval_s", "daemon.watch_interval_s",
-    "slots.*.redact",
 )
-"""Settings read once by a process at its start (`*`: every slot). Gateways read all of `gateway` and
-every slot's `redact` rules at their start; the daemon binds its port and schedules its jobs once."""
+"""Settings read once by a process at its start (`*`: every key there). Gateways read all of `gateway` at
+their start (redaction rules reach them in `routes.json`); the daemon binds its port and schedules its jobs
+once."""
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,25 @@ def test_status_without_a_daemon_shows_the_stored_state_as_plain_text(served_ws:
 def test_stop_says_so_when_nothing_runs(cli) -> None:
     done = cli("stop")
     assert done.code == 0 and "nothing to stop" in done.out
+
+
+
+def test_an_edited_redaction_rule_reaches_a_running_gateway_through_routes_json(served_ws: Path) -> None:
+    from ops.liveconfig import LiveConfig
+    from registry import Registry, load_workspace
+    from shadow.gateway.serve import gateway_state
+    from shadow.records import TrafficRecord
+
+    workspace = load_workspace(served_ws)
+    gateway = gateway_state(load_workspace(served_ws))  # a worker's state, read at its start
+    live = LiveConfig(workspace)
+    edit_config(served_ws, lambda c: c["slots"][SLOT].update(redact=[{"pattern": r"\d{16}", "replacement": "[CARD]"}]))
+    reload = live.check(force=True)
+    assert reload is not None and reload.changed == ["slots"] and live.pending == []
+    workspace.config = reload.config
+    with Registry.open(workspace) as registry:
+        registry.write_routes()  # as the daemon does after a reload
+    gateway.routes.reload()
+    record = TrafficRecord(request_id="szr_1", slot=SLOT, received_at="2026-12-05T00:00:00Z",
+                           request={"messages": [{"role": "user", "content": "card 4111111111111111"}]}, status=200)
+    assert "[CARD]" in gateway.captures.line(record).decode()
