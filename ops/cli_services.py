@@ -92,12 +92,19 @@ def serve(
     gateways = _gateways(workspace, host, port, workers)
     for child in gateways:
         child.cpus = gateway_set
+    daemon = Child("daemon", run_daemon, (workspace.root, admin_port), cpus=daemon_set, reloads=True)
+    _supervise_as_serve(workspace, gateways + [daemon], DaemonInfo(
+        pid=os.getpid(), admin_url=f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}",
+        metrics_url=f"http://{host}:{port}/metrics", started_at=datetime.now(UTC).isoformat()))
+
+
+def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> None:
+    """Supervise the children holding the workspace's serve lock, so that `shadowzoo stop` finds this process."""
     lock = DaemonLock(workspace, SERVE)
     lock.acquire()
     try:
-        lock.publish(DaemonInfo(pid=os.getpid(), admin_url=f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}",
-                                metrics_url=f"http://{host}:{port}/metrics", started_at=datetime.now(UTC).isoformat()))
-        supervise(gateways + [Child("daemon", run_daemon, (workspace.root, admin_port), cpus=daemon_set, reloads=True)])
+        lock.publish(info)
+        supervise(children)
     finally:
         lock.release()
 
