@@ -23,6 +23,12 @@ gateway's core (the worst case: the OS scheduler alone protects the gateway), th
 nice 19 and under SCHED_IDLE (what a deployment can do about it), and on the other core
 (with the load generator, the champion's upstream and the challenger simulator).
 
+`--pinning` measures what `serve --gateway-cpus/--daemon-cpus` buys instead, in one run: the
+healthy scenario with the gateway and the shadow driver both unpinned (the OS places them,
+as `serve` without the options), then both pinned to disjoint cores (the gateway on the
+first, the driver on the second, as `serve --gateway-cpus 0 --daemon-cpus 1`), each busy
+run against an adjacent alone run on the same gateway (target: pinned p99 ratio <= 1.1).
+
 Run from the repository root: ``.venv/bin/python -m bench.isolation [--rate 200 --seconds 5 --pairs 3]``."""
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ SDK_IN_FLIGHT = 64
 SDK_QUEUE = 2000
 POLL_S = 0.25
 TARGET_RATIO = 1.05
+PINNED_TARGET_RATIO = 1.1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=20.0,
                         help="before each pair, wait up to this many seconds for other processes to go quiet")
     parser.add_argument("--keep", action="store_true", help="keep the workspace and server logs")
+    parser.add_argument("--pinning", action="store_true",
+                        help="only compare unpinned with pinned gateway and shadow driver (serve --gateway-cpus/--daemon-cpus)")
     return parser.parse_args(argv)
 
 
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     work = scratch_dir("isolation-")
     try:
-        result = measure(args, layout, work)
+        result = (measure_pinning if args.pinning else measure)(args, layout, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -138,6 +147,45 @@ def measure(args: argparse.Namespace, layout: Placement, work: Path) -> dict[str
                        for scenario in SCENARIOS}
                 for name, (cores, wrapper) in placements.items()}
     return _figures(args, layout, control, busy)
+
+
+def measure_pinning(args: argparse.Namespace, layout: Placement, work: Path) -> dict[str, Any]:
+    """The healthy scenario, unpinned and pinned, in alternating alone/busy pairs on two gateways."""
+    if layout.server_cores is None:
+        raise SystemExit("--pinning needs two cores and taskset")
+    with contextlib.ExitStack() as stack:
+        upstream = started(stack, responder(work, None))
+        challengers = started(stack, simulator(work, None, _challenger_yaml(), fast=False, name="challenger-sim"))
+        workspace = make_workspace(work, upstream.base_url, {CHALLENGER_PROVIDER: challengers.base_url})
+        version = _register_challengers(workspace)["healthy"]
+        free = started(stack, gateway(workspace, work, None))
+        pinned = started(stack, gateway(workspace, work, layout.server_cores))
+        servers = [free, pinned, upstream, challengers]
+        benches = {name: _Bench(args, Target.of("gateway", proxy.port, CLIENT_REQUEST),
+                                Target.of("direct", upstream.port, upstream_request()), proxy, servers, workspace, work)
+                   for name, proxy in (("unpinned", free), ("pinned", pinned))}
+        for bench in benches.values():
+            asyncio.run(open_loop(bench.champion, args.rate, 2.0))
+        runs: dict[str, list[tuple[_Run, _Run]]] = {"unpinned": [], "pinned": []}
+        for _ in range(args.pairs):  # interleaved, so both see the same background load
+            runs["unpinned"].append((benches["unpinned"].run(None, None, ()), benches["unpinned"].run(version, None, ())))
+            runs["pinned"].append((benches["pinned"].run(None, None, ()),
+                                   benches["pinned"].run(version, layout.client_cores, ())))
+    figures = {name: _scenario_figures(pairs) for name, pairs in runs.items()}
+    return {
+        "bench": "isolation --pinning",
+        "placement": {"unpinned": "gateway and shadow driver on any core (the OS places them; serve without options)",
+                      "pinned": f"gateway on core {layout.server_cores}, shadow driver on core {layout.client_cores} "
+                                f"(serve --gateway-cpus {layout.server_cores} --daemon-cpus {layout.client_cores})",
+                      "upstream_challenger_sim_and_load_generator": f"load generator on core {layout.client_cores}, "
+                                                                   "upstream and challenger simulator unpinned"},
+        "champion_load": f"open loop, {args.rate:g} req/s, {args.seconds:g}s per run, {args.pairs} alone/busy pairs "
+                         "each, interleaved; challenger: healthy (20 ms)",
+        "p99_ratio_busy_vs_alone": {name: f["p99_ratio"] for name, f in figures.items()},
+        "p99_pinned_vs_unpinned_busy": ratio(figures["pinned"]["busy_ms"]["p99"], figures["unpinned"]["busy_ms"]["p99"]),
+        "figures": figures,
+        "targets": {"pinned.p99": target_check(figures["pinned"]["p99_ratio"], PINNED_TARGET_RATIO, at_most=True)},
+    }
 
 
 def _challenger_yaml() -> str:

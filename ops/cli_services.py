@@ -1,4 +1,4 @@
-"""`shadowzoo serve | daemon | gateway | sim | status`: the long-running processes.
+"""`shadowzoo serve | daemon | gateway | sim`: the long-running processes.
 
 The servers' modules (aiohttp, the daemon, the providers) are imported by the command
 that starts them, so `shadowzoo --help` does not load them.
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ops.output import print_json, print_table, say, warn
+from ops.affinity import parse_cpus
+from ops.output import warn
 from ops.session import session
+from ops.state import SERVE, DaemonInfo, DaemonLock
 from ops.supervise import Child, supervise
 from registry import ShadowzooError
 
@@ -72,16 +75,24 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Gateway address (default: gateway.host).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Gateway port (default: gateway.port).")] = None,
     admin_port: AdminPortOption = None,
+    gateway_cpus: Annotated[str | None, typer.Option(
+        "--gateway-cpus", help="CPUs the gateway workers run on, e.g. 0 or 0-1,3 (default: all).")] = None,
+    daemon_cpus: Annotated[str | None, typer.Option(
+        "--daemon-cpus", help="CPUs the daemon (shadow calls, scoring) runs on, e.g. 1 (default: all).")] = None,
 ) -> None:
     """Run shadowzoo as a service: gateway workers and the daemon, each restarted if it dies.
 
     The gateways serve champions from routes.json and never wait for the daemon, so a
     daemon restart never interrupts champion traffic. SIGTERM stops the gateways first
-    (they flush their captures), then the daemon (it ingests them).
+    (they flush their captures), then the daemon (it ingests them); `shadowzoo stop` sends
+    it. SIGHUP, or editing shadowzoo.yaml, reloads the config (see `status`).
+    --gateway-cpus and --daemon-cpus keep the shadow side off the champion's cores.
 
-    Example: shadowzoo serve --workers 2   (with SHADOWZOO_ADMIN_TOKEN set)
+    Example: shadowzoo serve --workers 2 --gateway-cpus 0 --daemon-cpus 1   (with SHADOWZOO_ADMIN_TOKEN set)
     """
     workspace = session(ctx).workspace()
+    gateway_set = parse_cpus(gateway_cpus, "--gateway-cpus") if gateway_cpus else None
+    daemon_set = parse_cpus(daemon_cpus, "--daemon-cpus") if daemon_cpus else None
     if not os.environ.get(workspace.config.daemon.admin_token_env):
         raise ShadowzooError(f"set {workspace.config.daemon.admin_token_env}: the daemon's admin API needs a token")
     from ops.state import running_daemon
@@ -95,44 +106,24 @@ def serve(
     _check_api_keys(workspace)
     from ops.daemon import run_daemon
 
-    supervise(_gateways(workspace, host, port, workers) + [Child("daemon", run_daemon, (workspace.root, admin_port))])
+    gateways = _gateways(workspace, host, port, workers)
+    for child in gateways:
+        child.cpus = gateway_set
+    daemon = Child("daemon", run_daemon, (workspace.root, admin_port), cpus=daemon_set, reloads=True)
+    _supervise_as_serve(workspace, gateways + [daemon], DaemonInfo(
+        pid=os.getpid(), admin_url=f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}",
+        metrics_url=f"http://{host}:{port}/metrics", started_at=datetime.now(UTC).isoformat()))
 
 
-def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Daemon health, spool lag, queue depth, budgets left, pauses, last job runs, routes drift.
-
-    Example: shadowzoo status
-    """
-    with session(ctx).operations() as operations:
-        report = operations.status()
-    if as_json:
-        print_json(report)
-        return
-    say(f"daemon pid {report['pid']}, up {report['uptime_s']:.0f}s; spool {report['spool_segments']} segment(s), "
-        f"lag {report['spool_lag_s']}s; shadow queue {report['queue_depth']:.0f}")
-    for slot, champion in report["champions"].items():
-        say(f"  {slot}: champion {champion or '(none)'}, budget left ${report['budgets_left_usd'].get(slot, 0):.2f}")
-    for slot, judges in report.get("judges", {}).items():
-        for judge in judges:
-            line = (f"  {slot}: judge {judge['metric_key']} spent ${judge['spent_today_usd']:.4f} of "
-                    f"${judge['daily_budget_usd']:.2f} today, {judge['unjudged']} answers wait for a verdict")
-            if judge["budget_reached"]:
-                warn(line + " (daily budget reached)")
-            else:
-                say(line)
-    for pause in report["pauses"]:
-        say(f"  paused: {pause}")
-    if report["spool_quarantined_records"]:
-        warn(f"{report['spool_quarantined_records']} spool record(s) could not be stored: see the spool's "
-             "quarantine/ (each has a .reason note; fix and move back into the spool to ingest)")
-    for drift in report["routes_drift"]:
-        warn(f"routes drift: {drift}")
-    for provider, variable in report["missing_api_keys"].items():
-        warn(f"provider {provider!r}: {variable} is not set in the daemon's environment; its calls fail upstream")
-    print_table("last job runs", ["job", "outcome", "at", "duration s", "counts"],
-                [[name, run["outcome"], run["at"], run["duration_s"],
-                  ", ".join(f"{k}={v}" for k, v in run.items() if k not in ("job", "outcome", "at", "duration_s"))]
-                 for name, run in sorted(report["last_runs"].items())])
+def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> None:
+    """Supervise the children holding the workspace's serve lock, so that `shadowzoo stop` finds this process."""
+    lock = DaemonLock(workspace, SERVE)
+    lock.acquire()
+    try:
+        lock.publish(info)
+        supervise(children)
+    finally:
+        lock.release()
 
 
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:

@@ -10,10 +10,12 @@ runs, on APScheduler 3.x (`AsyncIOScheduler`):
              default window for slots no longer configured and for feedback never joined)
   rotation   at `zoo.schedule` (cron), when set: the stalest specs with a train: block are
              trained, one at a time, never overlapping; each result registers as a challenger
+  config     every second, and on SIGHUP: an edited `shadowzoo.yaml` is applied (`ops.liveconfig`)
 
 Every job has `coalesce=True` and `max_instances=1` (a slow run is never stacked with the
 next: the next one simply sees more work), and a misfire grace of one interval (a run late
-by less is still worth doing; later, the next run covers it). Each run logs one JSON line.
+by less is still worth doing; later, the next run covers it). A run that did something or
+failed logs one JSON line; an idle daemon logs nothing.
 The shadow runner is a supervised asyncio task, restarted with back-off if it dies. The
 admin API and /metrics share one port. SIGTERM/SIGINT: stop scheduling, give in-flight
 shadow calls `shutdown_grace_s`, ingest what the spool holds, checkpoint, close.
@@ -38,11 +40,13 @@ from apscheduler.triggers.cron import CronTrigger
 from ops import tasks
 from ops.admin import Api, build_admin_app
 from ops.jobs import Job, JobBoard, workspace_file
+from ops.liveconfig import POLL_S, LiveConfig
 from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.protocol import JobStatus
 from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, ShadowzooError, Workspace
+from registry.config import DaemonConfig
 from scorer.export import ExportOptions, ExportProgress, ExportSummary
 from shadow.runner import RunFilters, ShadowRunner
 
@@ -77,7 +81,7 @@ class Daemon:
 
     def __init__(self, workspace: Workspace, port: int | None = None) -> None:
         self.workspace = workspace
-        self.config = workspace.config.daemon
+        self.live = LiveConfig(workspace)
         self.port = self.config.admin_port if port is None else port
         self.lock = DaemonLock(workspace)
         self.metrics = DaemonMetrics()
@@ -85,7 +89,14 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.last_runs: dict[str, dict] = {}
         self.runner_mark: int | None = None  # None: the first pass after start looks at all traffic
+        self.runner: ShadowRunner | None = None
+        self.reloading = asyncio.Lock()  # SIGHUP and the poll never apply a file twice at once
         self.started = time.time()
+
+    @property
+    def config(self) -> DaemonConfig:
+        """The daemon's settings as they run now (a reload changes the live ones)."""
+        return self.workspace.config.daemon
 
     async def run(self) -> None:
         """Serve until a signal arrives; then shut down in order."""
@@ -128,7 +139,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        scheduler = self._scheduler()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_config(registry, force=True)))
+        scheduler = self._scheduler(registry)
         scheduler.start()
         shadow = asyncio.create_task(self._supervise_runner(registry))
         others = asyncio.create_task(self._serve_jobs())
@@ -142,8 +154,10 @@ class Daemon:
                      self.config.shutdown_grace_s)
         await self._job("ingest", tasks.ingest)
 
-    def _scheduler(self) -> AsyncIOScheduler:
+    def _scheduler(self, registry: Registry) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(self._reload_config, "interval", args=[registry], seconds=POLL_S, id="config",
+                          coalesce=True, max_instances=1, misfire_grace_time=1)
         for name, function, seconds in (
             ("ingest", tasks.ingest, self.config.ingest_interval_s),
             ("score", tasks.score, self.config.score_interval_s),
@@ -159,8 +173,22 @@ class Daemon:
                               id="rotation", coalesce=True, max_instances=1, misfire_grace_time=3600)
         return scheduler
 
+    async def _reload_config(self, registry: Registry, force: bool = False) -> None:
+        """Apply an edited `shadowzoo.yaml` (see `ops.liveconfig`): routes rewritten, runner's providers updated."""
+        async with self.reloading:
+            reload = await asyncio.to_thread(self.live.check, force)
+            if reload is None:
+                return
+            self.workspace.config = reload.config
+            await asyncio.to_thread(registry.write_routes)
+        if self.runner is not None:
+            self.runner.providers.update(reload.config.providers)
+
     async def _job(self, name: str, function) -> None:
-        """Run one job in a worker thread; log one structured line; count it."""
+        """Run one job in a worker thread; count it; log one structured line when it did something or failed.
+
+        An idle daemon writes nothing: a run whose counts are all zero or empty is not logged.
+        """
         started = time.perf_counter()
         outcome, counts = "ok", {}
         try:
@@ -171,8 +199,10 @@ class Daemon:
         self.metrics.job_runs.labels(name, outcome).inc()
         self.metrics.job_duration.labels(name).observe(duration)
         line = {"job": name, "outcome": outcome, "duration_s": round(duration, 4), **counts}
-        self.last_runs[name] = {**line, "at": datetime.now(UTC).isoformat()}
-        log.info(json.dumps(line, default=str))
+        failures = self.last_runs.get(name, {}).get("failures_in_a_row", 0) + 1 if outcome == "error" else 0
+        self.last_runs[name] = {**line, "at": datetime.now(UTC).isoformat(), "failures_in_a_row": failures}
+        if outcome == "error" or tasks.did_work(counts):
+            log.info(json.dumps(line, default=str))
 
     async def _supervise_runner(self, registry: Registry) -> None:
         """Keep the shadow runner going: queued replays first, else whatever is pending."""
@@ -180,7 +210,7 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 async with ShadowRunner(registry) as runner:
-                    backoff = 1.0
+                    self.runner, backoff = runner, 1.0
                     while not self.stopping.is_set():
                         await self._runner_turn(runner)
             except Exception:  # noqa: BLE001 - the runner is restarted; the traceback goes to the log
@@ -226,6 +256,7 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "last_runs": self.last_runs,
+            "config": self.live.status(),
             **tasks.status(self.context),
         }
 

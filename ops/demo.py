@@ -55,7 +55,7 @@ def run_demo(directory: Path, requests: int = 2000, keep_running: bool = False) 
     os.environ.setdefault("SIM_API_KEY", "demo")
     ws = ["-w", str(directory)]
     with ExitStack() as stack:
-        stack.enter_context(_process("simulator", [_cli(), "sim", "--config", "simulator.yaml", "--port", str(ports["sim"])],
+        sim = stack.enter_context(_process("simulator", [_cli(), "sim", "--config", "simulator.yaml", "--port", str(ports["sim"])],
                                      directory, f"http://127.0.0.1:{ports['sim']}/healthz", keep_running))
         _step(ws, "zoo", "register", "--all-active")
         ids = {v["label"]: v["version_id"] for v in json.loads(_quiet(ws, "variants", "list", "--json"))}
@@ -77,7 +77,7 @@ def run_demo(directory: Path, requests: int = 2000, keep_running: bool = False) 
         _step(ws, "report", "--slot", SLOT, "--out", str(directory / "report.html"))
         _recommend(ws, ids)
         if keep_running:
-            _print_urls(ports)
+            _print_urls(directory, ports, sim.process.pid)
             stack.pop_all()
 
 
@@ -260,8 +260,8 @@ def _recommend(ws: list[str], ids: dict[str, str]) -> None:
         say("\nNo challenger is ready yet; run `shadowzoo leaderboard --slot support-triage` again later.")
 
 
-def _print_urls(ports: dict[str, int]) -> None:
-    say("\n[bold]still running[/bold] (stop with `pkill -f 'shadowzoo serve'` and `pkill -f 'shadowzoo sim'`):")
+def _print_urls(directory: Path, ports: dict[str, int], sim_pid: int) -> None:
+    say(f"\n[bold]still running[/bold] (stop with `shadowzoo -w {directory} stop` and `kill {sim_pid}` for the simulator):")
     say(f"  gateway   http://127.0.0.1:{ports['gateway']}/v1   (OpenAI SDK: model='{SLOT}')")
     say(f"  metrics   http://127.0.0.1:{ports['gateway']}/metrics and http://127.0.0.1:{ports['admin']}/metrics")
     say(f"  admin API http://127.0.0.1:{ports['admin']}/admin   (token: $SHADOWZOO_ADMIN_TOKEN = {os.environ['SHADOWZOO_ADMIN_TOKEN']})")

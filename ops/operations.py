@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from registry import ConfigError, Move, NewVariant, NotFound, Registration, Registry, ShadowzooError, Variant, Workspace
+from registry import ConfigError, Move, NewVariant, NotFound, Registration, Registry, Variant, Workspace
 from shadow import pauses
 from shadow.pauses import Pause
 
@@ -55,7 +55,12 @@ class LocalOperations:
         return Scorer(self.workspace, self.registry)
 
     def status(self) -> dict[str, Any]:
-        raise ShadowzooError(f"no daemon is running for {self.workspace.root} (start one with `shadowzoo serve`)")
+        """What the database and the state directory say while no daemon runs (no pid, no queue)."""
+        from ops import tasks
+        from ops.metrics import DaemonMetrics
+
+        context = tasks.TaskContext(self.workspace, self, DaemonMetrics())
+        return {"database": str(self.workspace.db_path), **tasks.status(context), "queue_depth": None}
 
     # reads the zoo's resolver needs (the same names as `Registry`)
     def champion(self, slot: str) -> Variant | None:

@@ -40,6 +40,17 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     console.print(table)
 
 
+def print_fields(title: str, fields: Sequence[tuple[str, Any]]) -> None:
+    """A titled section of `name  value` lines, the names aligned."""
+    table = Table.grid(padding=(0, 2))
+    table.title, table.title_justify, table.title_style = title, "left", "bold"
+    table.add_column(style="dim")
+    table.add_column(overflow="fold")
+    for name, value in fields:
+        table.add_row(name, "-" if value is None else str(value))
+    console.print(table)
+
+
 def say(message: str) -> None:
     """A line of normal output (rich markup allowed)."""
     console.print(message)

@@ -38,17 +38,24 @@ class Session:
     def operations(self) -> Iterator[Operations]:
         """The workspace's operations for one command: through the daemon when one runs, else here."""
         workspace = self.workspace()
-        info = running_daemon(workspace)
-        if info is not None:
-            from ops.client import RemoteOperations
-
-            yield RemoteOperations(info.admin_url, admin_token(workspace))  # type: ignore[misc]  (methods from the table)
+        remote = self.remote(workspace)
+        if remote is not None:
+            yield remote
             return
         from ops.operations import LocalOperations
         from registry.store import Registry
 
         with Registry.open(workspace) as registry:
             yield LocalOperations(registry)
+
+    def remote(self, workspace: Workspace) -> Operations | None:
+        """The running daemon's operations, or None when no daemon runs for the workspace."""
+        info = running_daemon(workspace)
+        if info is None:
+            return None
+        from ops.client import RemoteOperations
+
+        return RemoteOperations(info.admin_url, admin_token(workspace))  # type: ignore[return-value]  (methods from the table)
 
 
 def admin_token(workspace: Workspace) -> str | None:

@@ -1,4 +1,4 @@
-"""Who owns a workspace's state: the daemon's lock and its `daemon.json`.
+"""Who owns a workspace's state: the daemon's lock and its `daemon.json`, and `serve`'s.
 
 One daemon per `state_dir`: it holds an exclusive lock on `daemon.lock` for its whole life
 (the kernel drops it if the process dies, so a crash never leaves a stale lock), and
@@ -6,6 +6,8 @@ writes `daemon.json` with its pid and URLs, and `admin-token` with its admin tok
 readable by its user only. The CLI asks the lock, not the files, whether a daemon is
 running, then talks to the URLs in `daemon.json`, with the token from the environment or,
 when none is set there, from `admin-token` (so the daemon's own user needs none exported).
+`shadowzoo serve`, the supervisor of the gateways and the daemon, holds `serve.lock` and
+writes `serve.json` the same way, so `shadowzoo stop` finds the process to signal.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 from registry import ShadowzooError, Workspace
 from registry.atomic import write_atomic
 
-LOCK_FILE = "daemon.lock"
-INFO_FILE = "daemon.json"
+DAEMON = "daemon"
+SERVE = "serve"
 TOKEN_FILE = "admin-token"
 
 
@@ -35,39 +37,44 @@ class DaemonInfo:
 
 
 class DaemonLock:
-    """The exclusive claim of one daemon on a state directory."""
+    """The exclusive claim of one daemon (or one `serve`: `role`) on a state directory."""
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, role: str = DAEMON) -> None:
         self.state_dir = workspace.state_dir
+        self.role = role
         self._handle = None
 
     def acquire(self) -> None:
-        """Take the lock, or say which daemon holds it."""
+        """Take the lock, or say which process holds it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.state_dir / LOCK_FILE, "a+")
+        handle = open(self.state_dir / f"{self.role}.lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            info = read_info(self.state_dir)
-            holder = f"pid {info.pid}, admin API {info.admin_url}" if info else "a process that has not written daemon.json yet"
+            info = read_info(self.state_dir, self.role)
+            holder = (f"pid {info.pid}, admin API {info.admin_url}" if info
+                      else f"a process that has not written {self.role}.json yet")
             raise ShadowzooError(
-                f"another shadowzoo daemon already owns {self.state_dir} ({holder}); stop it first, "
-                "or point this one at another workspace"
+                f"another shadowzoo {self.role} already owns {self.state_dir} ({holder}); stop it first "
+                "(`shadowzoo stop`), or point this one at another workspace"
             ) from None
         self._handle = handle
 
-    def publish(self, info: DaemonInfo, token: str) -> None:
-        """Write the token file (first, so a CLI that finds daemon.json finds the token too), then daemon.json."""
-        _write_private(self.state_dir / TOKEN_FILE, token.encode())
-        write_atomic(self.state_dir / INFO_FILE, json.dumps(asdict(info), indent=2).encode())
+    def publish(self, info: DaemonInfo, token: str | None = None) -> None:
+        """Write the token file when given (first, so a CLI that finds the info file finds the token
+        too), then the info file."""
+        if token is not None:
+            _write_private(self.state_dir / TOKEN_FILE, token.encode())
+        write_atomic(self.state_dir / f"{self.role}.json", json.dumps(asdict(info), indent=2).encode())
 
     def release(self) -> None:
-        """Remove daemon.json and the token file, and drop the lock."""
+        """Remove the info file (and the daemon's token file), and drop the lock."""
         if self._handle is None:
             return
-        (self.state_dir / INFO_FILE).unlink(missing_ok=True)
-        (self.state_dir / TOKEN_FILE).unlink(missing_ok=True)
+        (self.state_dir / f"{self.role}.json").unlink(missing_ok=True)
+        if self.role == DAEMON:
+            (self.state_dir / TOKEN_FILE).unlink(missing_ok=True)
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
@@ -96,23 +103,23 @@ def read_token(state_dir: Path) -> str | None:
         return None
 
 
-def read_info(state_dir: Path) -> DaemonInfo | None:
+def read_info(state_dir: Path, role: str = DAEMON) -> DaemonInfo | None:
     try:
-        return DaemonInfo(**json.loads((state_dir / INFO_FILE).read_text()))
+        return DaemonInfo(**json.loads((state_dir / f"{role}.json").read_text()))
     except (OSError, ValueError, TypeError):
         return None
 
 
-def running_daemon(workspace: Workspace) -> DaemonInfo | None:
-    """The daemon that owns this workspace, if one is running (its lock is held)."""
-    lock_path = workspace.state_dir / LOCK_FILE
+def running_daemon(workspace: Workspace, role: str = DAEMON) -> DaemonInfo | None:
+    """The daemon (or `serve`: `role`) that owns this workspace, if one is running (its lock is held)."""
+    lock_path = workspace.state_dir / f"{role}.lock"
     if not lock_path.exists():
         return None
     with open(lock_path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return read_info(workspace.state_dir)
+            return read_info(workspace.state_dir, role)
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
 

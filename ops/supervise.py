@@ -3,7 +3,8 @@
 Each child is a spawned process; one that dies is restarted after a back-off that grows
 while it keeps dying. On SIGTERM or SIGINT children are stopped in the order given (the
 gateways first, so they flush their captures to the spool, then the daemon, so it ingests
-them), each with SIGTERM and a grace period.
+them), each with SIGTERM and a grace period. SIGHUP is passed on to the children that reload
+their config on it (the daemon), so `systemctl reload` reaches it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from ops.affinity import CpuSet, run_pinned
 
 POLL_S = 0.2
 MAX_BACKOFF_S = 30.0
@@ -29,6 +32,10 @@ class Child:
     target: Callable[..., None]
     args: tuple[Any, ...]
     env: dict[str, str] = field(default_factory=dict)
+    cpus: CpuSet | None = None
+    """The CPUs it may run on (`serve --gateway-cpus/--daemon-cpus`); all when None."""
+    reloads: bool = False
+    """It reloads its config on SIGHUP, so the supervisor passes SIGHUP on to it."""
     process: multiprocessing.Process | None = None
     backoff_s: float = 1.0
     restart_at: float = 0.0
@@ -44,8 +51,14 @@ def supervise(children: list[Child]) -> None:
         nonlocal stopping
         stopping = True
 
+    def reload(signum: int, frame: object) -> None:
+        for child in children:
+            if child.reloads and child.process is not None and child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     for child in children:
         _start(context, child)
     while not stopping:
@@ -61,7 +74,8 @@ def _start(context: Any, child: Child) -> None:
     saved = {key: os.environ.get(key) for key in child.env}
     os.environ.update(child.env)
     try:
-        child.process = context.Process(target=child.target, args=child.args, name=child.name)
+        target, args = (child.target, child.args) if child.cpus is None else (run_pinned, (child.cpus, child.target, *child.args))
+        child.process = context.Process(target=target, args=args, name=child.name)
         child.process.start()
     finally:
         for key, value in saved.items():

@@ -1,6 +1,7 @@
 """The daemon's periodic work, as plain functions of a `TaskContext`, each run in a worker thread.
 
-Each returns a few counts for its log line. They touch the database only through the
+Each returns a few counts for its log line; a run whose counts are all zero or empty did
+nothing, and is not logged (`did_work`). They touch the database only through the
 registry's `Database`, whose lock makes the daemon's writes one at a time.
 """
 
@@ -24,6 +25,8 @@ from shadow.spool import quarantined_records, ready_segments, spool_dir
 
 log = logging.getLogger("shadowzoo.daemon")
 AUTO_ACTOR = "shadowzoo-auto"
+CONTEXT_COUNTS = frozenset({"slots"})
+"""Counts that describe the setting, not work done: a run with only these is idle."""
 WATCH_MIN_REQUESTS = 50
 
 
@@ -84,9 +87,11 @@ def _age_s(path: Path) -> float:
 def score(context: TaskContext) -> dict[str, Any]:
     """Re-score every slot with a champion; publish gauges; auto-promote where a slot allows it."""
     operations = context.operations
-    scored, promoted = 0, []
+    scored, newly_scored, promoted = 0, 0, []
     for slot in _served_slots(context):
         board = operations.score(slot)
+        before = context.boards.get(slot)
+        newly_scored += _scored(board) - (_scored(before) if before and before.period_id == board.period_id else 0)
         context.boards[slot] = board
         context.metrics.show_board(board)
         scored += 1
@@ -95,7 +100,17 @@ def score(context: TaskContext) -> dict[str, Any]:
             operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
             promoted.append(row.version_id)
     context.metrics.show_budgets(_budgets_left(context))
-    return {"slots": scored, "auto_promoted": promoted}
+    return {"slots": scored, "newly_scored": newly_scored, "auto_promoted": promoted}
+
+
+def did_work(counts: dict[str, Any]) -> bool:
+    """Whether a job run changed anything (its log line is then worth writing)."""
+    return any(value for key, value in counts.items() if key not in CONTEXT_COUNTS)
+
+
+def _scored(board) -> int:
+    """Answers scored on a board, every variant together."""
+    return sum(row.n for row in board.rows)
 
 
 def _served_slots(context: TaskContext) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from registry.atomic import write_atomic
-from registry.config import Workspace
+from registry.config import RedactionRule, Workspace
 from registry.records import Variant
 
 ROUTES_FORMAT = 1
@@ -42,6 +42,10 @@ class RouteTable(BaseModel):
     format: int = ROUTES_FORMAT
     generated_at: datetime
     slots: dict[str, Route]
+    redact: dict[str, list[RedactionRule]] | None = Field(
+        None, description="Every configured slot's redaction rules: the gateways apply them to captures, so an edit "
+                          "reaches them without a restart (absent from files of older versions: the gateways then "
+                          "keep the rules they read at start).")
 
 
 def build_routes(workspace: Workspace, champions: list[Variant], skills: dict[str, str]) -> RouteTable:
@@ -54,6 +58,7 @@ def build_routes(workspace: Workspace, champions: list[Variant], skills: dict[st
         generated_at=datetime.now(UTC),
         slots={variant.slot: _route(workspace, variant, skills) for variant in champions
                if variant.slot in workspace.config.slots},
+        redact={slot: config.redact for slot, config in workspace.config.slots.items()},
     )
 
 

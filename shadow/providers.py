@@ -275,6 +275,22 @@ class ProviderPool:
         self._configs = dict(providers)
         self._sleep = sleep
         self._clients: dict[str, ProviderClient] = {}
+        self._retired: list[ProviderClient] = []
+
+    def update(self, providers: Mapping[str, ProviderConfig]) -> None:
+        """Take a reloaded config: the next calls to a changed or removed provider use new settings.
+
+        Calls in flight finish on their old client; it is closed by `close_retired`, once none can be.
+        """
+        self._configs = dict(providers)
+        for name, client in list(self._clients.items()):
+            if self._configs.get(name) != client.config:
+                self._retired.append(self._clients.pop(name))
+
+    async def close_retired(self) -> None:
+        """Close the clients replaced by `update` (call it when no call is in flight)."""
+        retired, self._retired = self._retired, []
+        await asyncio.gather(*(client.aclose() for client in retired), return_exceptions=True)
 
     def get(self, name: str) -> ProviderClient | None:
         """The client of provider `name`, or None when it is not configured."""
@@ -285,8 +301,9 @@ class ProviderPool:
 
     async def aclose(self) -> None:
         """Close every client's connections."""
-        clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+        self._retired += self._clients.values()
+        self._clients = {}
+        await self.close_retired()
 
 
 def missing_api_keys(providers: dict[str, ProviderConfig]) -> dict[str, str]:

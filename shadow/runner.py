@@ -241,6 +241,7 @@ class ShadowRunner:
     async def run_once(self, filters: RunFilters = RunFilters(), progress: Progress | None = None) -> RunReport:
         """Do the work pending now (traffic ingested before this call) and report what happened."""
         started = time.monotonic()
+        await self.providers.close_retired()  # passes run one at a time: no call of an earlier one is in flight
         plan = await asyncio.to_thread(self._plan, filters)
         report = RunReport(total=plan.total, skipped=plan.skipped)
         if progress is not None:

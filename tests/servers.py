@@ -129,7 +129,9 @@ class GatewayProcess:
 class Served:
     """`shadowzoo serve` on free ports, with its gateway and admin URLs."""
 
-    def __init__(self, workspace_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workspace_dir: Path, workers: int = 1, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        """`args`: more options of `serve`."""
         self.workspace_dir = workspace_dir
         config = load_workspace(workspace_dir).config
         self.gateway = f"http://127.0.0.1:{config.gateway.port}"
@@ -138,7 +140,7 @@ class Served:
         self.log_path = workspace_dir / "serve.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(SHADOWZOO), "serve", "--workers", str(workers)], cwd=workspace_dir,
+                [str(SHADOWZOO), "serve", "--workers", str(workers), *(args or [])], cwd=workspace_dir,
                 env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim", **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: self.process.poll() is not None or (healthy(f"{self.gateway}/healthz") and healthy(f"{self.admin}/healthz")),

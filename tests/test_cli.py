@@ -165,7 +165,3 @@ def test_a_database_held_by_another_process_is_explained(cli, workspace_dir: Pat
         holder.wait(timeout=10)
 
 
-def test_status_without_a_daemon_says_how_to_start_one(cli, workspace_dir: Path) -> None:
-    result = cli("status")
-    assert result.code == 1 and f"no daemon is running for {workspace_dir}" in result.err
-    assert "shadowzoo serve" in result.err

@@ -173,6 +173,12 @@ async def status(visit: Visit) -> View:
               ["routes drift", escape("; ".join(state["routes_drift"]) or "none")],
               ["missing API keys", escape(", ".join(map(str, state["missing_api_keys"])) or "none")],
               ["checked", escape(state["checked_at"])]]
+    config = state.get("config")
+    if config:
+        daemon += [["config", escape(f"edit refused, running the earlier config: {config['error']}" if config["error"]
+                                     else f"loaded {config['loaded_at']}")],
+                   ["needs restart", escape("; ".join(f"{p['key']}: {p['running']} → {p['edited']}"
+                                                      for p in config["needs_restart"]) or "nothing")]]
     runs = [[escape(name), html.mono(json.dumps(run, sort_keys=True, default=str))]
             for name, run in state["last_runs"].items()]
     body = ("<h1>Status</h1>"

@@ -1,8 +1,9 @@
 """Running a gateway worker: one process each, several sharing a port (see `ops.supervise`).
 
-Each worker reads `shadowzoo.yaml` once at start and `routes.json` continuously; it never
-opens the database. With no client keys configured the gateway is not an open proxy: it
-binds to loopback only, and says so. On SIGTERM or SIGINT a worker stops accepting,
+Each worker reads `shadowzoo.yaml` once at start and `routes.json` continuously (champions,
+and every slot's redaction rules once the file is rewritten); it never opens the database.
+With no client keys configured the gateway is not an open proxy: it binds to loopback only,
+and says so. On SIGTERM or SIGINT a worker stops accepting,
 finishes the requests in flight, and flushes every accepted capture to the spool.
 """
 
@@ -14,11 +15,12 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
 
-from registry import Workspace, load_workspace
+from registry import RouteTable, Workspace, load_workspace
 from shadow.gateway.app import GatewayState, build_app
 from shadow.gateway.capture import CaptureBuffer
 from shadow.gateway.connection import GatewayRunner
@@ -63,9 +65,16 @@ def gateway_state(workspace: Workspace) -> GatewayState:
                              config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
                              max_bytes=config.gateway.capture_buffer_bytes,
                              flush_max_records=config.gateway.flush_max_records)
-    return GatewayState(routes=RouteWatcher(workspace.routes_path), captures=captures, upstream=None,
+    return GatewayState(routes=RouteWatcher(workspace.routes_path, partial(_follow_redaction, captures)),
+                        captures=captures, upstream=None,
                         client_keys=client_keys(workspace), max_body_bytes=config.gateway.max_body_bytes,
                         body_timeout_s=config.gateway.body_timeout_s)
+
+
+def _follow_redaction(captures: CaptureBuffer, table: RouteTable) -> None:
+    """Redact captures with the rules `routes.json` carries: a config reload reaches the gateways."""
+    if table.redact is not None:
+        captures.redactor = Redactor(table.redact)
 
 
 async def serve_worker(workspace: Workspace, host: str, port: int, reuse_port: bool) -> None:

@@ -1,0 +1,187 @@
+"""`shadowzoo status | stop`: how a running service is doing, and stopping it.
+
+`status` asks the daemon when one runs; when none does, it reads the stored state itself
+(champions, budgets, pauses, spool, routes drift) and says so. It prints aligned sections
+of plain text (`--json`: the same data as JSON) and exits 1 when a job keeps failing: its
+last `FAILING_RUNS` runs all failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from ops.output import print_fields, print_json, print_table, say, warn
+from ops.session import Session, session
+from ops.state import DAEMON, SERVE, running_daemon
+from registry import ConfigError, ShadowzooError, Workspace
+from registry.config import CONFIG_FILE, DaemonConfig, WorkspaceConfig
+
+FAILING_RUNS = 3
+"""A job whose last this many runs failed keeps failing: `status` exits 1."""
+STOP_WAIT_S = 90.0
+
+
+def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Daemon health, config reloads, spool lag, queue depth, budgets left, pauses, last job runs, routes drift.
+
+    Without a running daemon it shows the stored state. Exits 1 when a job's last 3 runs failed.
+
+    Example: shadowzoo status
+    """
+    current = session(ctx)
+    remote = current.remote(_workspace(current))
+    if remote is not None:
+        report = remote.status()
+    else:
+        with current.operations() as operations:  # an invalid file is an error, now that no daemon runs on it
+            report = operations.status()
+    failing = failing_jobs(report)
+    if as_json:
+        print_json(report)
+    else:
+        _print_report(report)
+    if failing:
+        raise ShadowzooError("; ".join(f"job {name} keeps failing (its last {FAILING_RUNS} runs): {error}"
+                                       for name, error in failing.items()))
+
+
+def _workspace(current: Session) -> Workspace:
+    """The workspace; when its file does not load, enough of it (state_dir, the admin token's variable)
+    to find a daemon still running on an earlier version of the file: its `status` says why the edit
+    was refused."""
+    try:
+        return current.workspace()
+    except ConfigError:
+        try:
+            raw = yaml.safe_load((current.workspace_dir / CONFIG_FILE).read_text())
+            token_env = (raw.get("daemon") or {}).get("admin_token_env", DaemonConfig().admin_token_env)
+            return Workspace(current.workspace_dir, WorkspaceConfig(
+                state_dir=raw.get("state_dir", ".shadowzoo"), daemon=DaemonConfig(admin_token_env=token_env)))
+        except (OSError, ValueError, AttributeError, ValidationError, yaml.YAMLError):
+            return current.workspace()  # raises the file's own error again
+
+
+def failing_jobs(report: dict[str, Any]) -> dict[str, str]:
+    """The jobs whose last `FAILING_RUNS` runs all failed, with their last error."""
+    return {name: run.get("error", "") for name, run in sorted(report.get("last_runs", {}).items())
+            if run.get("failures_in_a_row", 0) >= FAILING_RUNS}
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    if report.get("pid") is None:
+        print_fields("daemon", [("state", "not running: stored state from the database"), ("database", report["database"])])
+    else:
+        print_fields("daemon", [("state", "running"), ("pid", report["pid"]), ("up", _duration(report["uptime_s"]))])
+        _print_config(report["config"])
+    say("")
+    print_fields("spool and queue", [
+        ("spool", f"{report['spool_segments']} segment(s) waiting, oldest {report['spool_lag_s']:g} s"),
+        ("quarantined", f"{report['spool_quarantined_records']} record(s)"),
+        ("shadow queue", "unknown (no daemon)" if report["queue_depth"] is None else f"{report['queue_depth']:.0f} pair(s) pending"),
+    ])
+    budgets = report["budgets_left_usd"]
+    say("")
+    print_table("slots", ["slot", "champion", "shadow budget left today"],
+                [[slot, champion or "(none)", f"${budgets.get(slot, 0):.2f}"] for slot, champion in report["champions"].items()])
+    _print_judges(report.get("judges", {}))
+    if report["pauses"]:
+        say("")
+        print_table("pauses", ["paused", "by", "since", "reason"],
+                    [[p["target"] if p["scope"] == "version" else "all shadow spend", p["actor"], p["since"], p["reason"]]
+                     for p in report["pauses"]])
+    if report.get("last_runs"):
+        say("")
+        print_table("last job runs", ["job", "outcome", "at", "duration s", "failed in a row", "counts"],
+                    [[name, run["outcome"], run["at"], run["duration_s"], run.get("failures_in_a_row", 0), _counts(run)]
+                     for name, run in sorted(report["last_runs"].items())])
+    _print_warnings(report)
+
+
+def _print_config(config: dict[str, Any]) -> None:
+    say("")
+    print_fields("config", [("file", config["path"]), ("loaded", config["loaded_at"])])
+    if config["error"]:
+        warn(f"the last edit of shadowzoo.yaml was refused; the daemon runs the config loaded before: {config['error']}")
+    if config["needs_restart"]:
+        say("")
+        print_table("needs restart (edited, still running the old value)", ["setting", "running", "edited"],
+                    [[p["key"], p["running"], p["edited"]] for p in config["needs_restart"]])
+
+
+def _print_judges(judges: dict[str, list[dict[str, Any]]]) -> None:
+    rows = [[slot, j["metric_key"], f"${j['spent_today_usd']:.4f} of ${j['daily_budget_usd']:.2f}",
+             "reached" if j["budget_reached"] else "", j["unjudged"]]
+            for slot, slot_judges in judges.items() for j in slot_judges]
+    if rows:
+        say("")
+        print_table("judges", ["slot", "judge", "spent today", "budget", "answers waiting"], rows)
+
+
+def _print_warnings(report: dict[str, Any]) -> None:
+    if report["spool_quarantined_records"]:
+        warn(f"{report['spool_quarantined_records']} spool record(s) could not be stored: see the spool's "
+             "quarantine/ (each has a .reason note; fix and move back into the spool to ingest)")
+    for drift in report["routes_drift"]:
+        warn(f"routes drift: {drift}")
+    for provider, variable in report["missing_api_keys"].items():
+        warn(f"provider {provider!r}: {variable} is not set in the daemon's environment; its calls fail upstream")
+
+
+def _counts(run: dict[str, Any]) -> str:
+    """A job run's counts as `key=value`, lists joined by commas."""
+    shown = []
+    for key, value in run.items():
+        if key in ("job", "outcome", "at", "duration_s", "failures_in_a_row"):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value)) or "none"
+        shown.append(f"{key}={value}")
+    return "; ".join(shown)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def stop(
+    ctx: typer.Context,
+    wait_s: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for it to stop.")] = STOP_WAIT_S,
+) -> None:
+    """Stop the `shadowzoo serve` (or lone daemon) running for this workspace.
+
+    Sends SIGTERM: the gateways flush their captures, then the daemon ingests them. Waits
+    up to --wait seconds and says whether it stopped; nothing running is not an error.
+
+    Example: shadowzoo stop
+    """
+    workspace = session(ctx).workspace()
+    for role in (SERVE, DAEMON):
+        info = running_daemon(workspace, role)
+        if info is None:
+            continue
+        say(f"stopping shadowzoo {role} (pid {info.pid}) for {workspace.root} ...")
+        try:
+            os.kill(info.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise ShadowzooError(f"not allowed to signal pid {info.pid}: run `shadowzoo stop` as the user "
+                                 "that started it (or `systemctl stop shadowzoo`)") from None
+        deadline = time.monotonic() + wait_s
+        while running_daemon(workspace, role) is not None:
+            if time.monotonic() > deadline:
+                raise ShadowzooError(f"shadowzoo {role} (pid {info.pid}) still runs {wait_s:g} s after SIGTERM; "
+                                     f"look at its log, or `kill -9 {info.pid}`")
+            time.sleep(0.2)
+        say(f"stopped shadowzoo {role} (pid {info.pid})")
+        return
+    say(f"no shadowzoo serve or daemon runs for {workspace.root}: nothing to stop")
