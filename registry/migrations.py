@@ -377,6 +377,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        10,
+        "each challenger's worst pairs",
+        # `requests --worst` pages through a challenger's pairs of a period by their net
+        # difference, most negative first: the first 1000 of that order (d_net, then the newer
+        # request first) are kept apart, per period and challenger, so a page among them reads
+        # a few thousand rows instead of sorting every pair. The scorer keeps them as pairs
+        # enter (`scorer.pairing.WORST_DEPTH`, the same 1000); here they are read off `paired`.
+        """
+        CREATE TABLE worst_pairs (
+            period_id BIGINT NOT NULL,
+            version_id VARCHAR NOT NULL,
+            request_seq BIGINT NOT NULL,
+            d_net DOUBLE NOT NULL
+        );
+        INSERT INTO worst_pairs
+            SELECT period_id, version_id, request_seq, d_net FROM paired
+            QUALIFY row_number() OVER (PARTITION BY period_id, version_id ORDER BY d_net, request_seq DESC) <= 1000;
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -13,7 +13,9 @@ and add the first. A pair (a request answered by the champion live and by a chal
 replayed, both scored, label joined) is appended to `paired` when it is complete now and
 was not at the watermark: it enters the evidence exactly once, and a corrected label
 never moves a pair already counted. So nothing is kept per answer; a new period scores
-its requests in chunks of `seq`, to bound memory and report progress.
+its requests in chunks of `seq`, to bound memory and report progress. Each challenger's
+most negative pairs are kept apart as well (`worst_pairs`, for `requests --worst`), merged
+with the new pairs as they enter.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ Moments = dict[str, dict[str, PairedMoments]]
 """Paired moments per challenger, then per measure."""
 CHUNK_REQUESTS = 500_000
 """Requests scored at once when a period is scored from the start."""
+WORST_DEPTH = 1000
+"""How many of each challenger's pairs in a period `worst_pairs` keeps: always exactly the first
+`WORST_DEPTH` of its pairs in `paired` by `WORST_ORDER` (migration 10 read off as many), so a
+`requests --worst` page among them reads them alone (`scorer.browse`)."""
+WORST_ORDER = "d_net, request_seq DESC"
+"""The order of a challenger's pairs on a --worst page: most negative net difference first, then the newer request."""
 _ANSWER_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
                    "net, received_at")
 _LIVE_COLUMNS = f"{_ANSWER_COLUMNS}, known_variant, label_json"
@@ -93,6 +101,7 @@ def score_changes(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQu
         if len(chunks) > 1:
             log.info("slots.%s: scored %d of %d chunks of the period's requests", period.slot, done, len(chunks))
     # a new period's pairs are all the period has: one pass over them once every chunk is in
+    rebuild_worst(db, str(period.period_id))
     return period_moments(db, period.period_id) if windows else {}
 
 
@@ -120,7 +129,10 @@ def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQue
         if not windows:
             return {}
         new_pairs = _append_pairs(db, period, windows, query.plan.needs_label, dedupe=existed)
-        return _moments(db, new_pairs) if seen else {}
+        if not seen:
+            return {}
+        _keep_worst(db, period.period_id, new_pairs)
+        return _moments(db, new_pairs)
     finally:
         for table in ("live_now", "replayed_now", "live_before", "replayed_before"):
             db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -165,6 +177,27 @@ def _append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[s
         WHERE ({_in_window('c', period, windows)}) AND {_complete('c', needs_label)} {counted}"""
     db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM ({new_pairs})")
     return new_pairs
+
+
+def _keep_worst(db: duckdb.DuckDBPyConnection, period_id: int, pairs: str) -> None:
+    """Merge the new pairs the `pairs` query selects into the period's worst pairs, keeping each
+    challenger's first `WORST_DEPTH` (the first of the stored and the new together are the first
+    of the new ones' and the stored first: pairs only ever enter)."""
+    first = f"QUALIFY row_number() OVER (PARTITION BY version_id ORDER BY {WORST_ORDER})"
+    db.execute(f"INSERT INTO worst_pairs SELECT {period_id}, version_id, request_seq, d_net FROM ({pairs}) "
+               f"{first} <= {WORST_DEPTH}")
+    db.execute(f"DELETE FROM worst_pairs w USING (SELECT version_id, request_seq FROM worst_pairs "
+               f"WHERE period_id = {period_id} {first} > {WORST_DEPTH}) x "
+               f"WHERE w.period_id = {period_id} AND w.version_id = x.version_id AND w.request_seq = x.request_seq")
+
+
+def rebuild_worst(db: duckdb.DuckDBPyConnection, periods: str) -> None:
+    """Read the worst pairs of the periods `periods` (SQL selecting period ids) off their pairs
+    in `paired` again: after they were all scored anew, or some of them deleted."""
+    db.execute(f"DELETE FROM worst_pairs WHERE period_id IN ({periods})")
+    db.execute(f"INSERT INTO worst_pairs SELECT period_id, version_id, request_seq, d_net FROM paired "
+               f"WHERE period_id IN ({periods}) "
+               f"QUALIFY row_number() OVER (PARTITION BY period_id, version_id ORDER BY {WORST_ORDER}) <= {WORST_DEPTH}")
 
 
 def period_moments(db: duckdb.DuckDBPyConnection, period_id: int, condition: str = "true") -> Moments:
