@@ -21,8 +21,7 @@ from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
 from registry.atomic import write_atomic
 from scorer.answerstats import period_stats
 from scorer.export import ExportOptions, ExportProgress, ExportSummary, export_answers
-from scorer.metrics import sql_literal
-from scorer.pairing import rebuild_worst
+from scorer.pairing import reread_slot_worst
 from scorer.report import render_html, render_markdown
 from registry.config import Price, RetentionConfig
 from shadow.ingest import ingest_spool
@@ -200,7 +199,7 @@ def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
         for table in ("shadow_results", "metric_values", "outcomes"):
             db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
         db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
-        rebuild_worst(db, f"SELECT period_id FROM evaluation_periods WHERE slot = {sql_literal(slot)}")
+        reread_slot_worst(db, slot)
         return db.execute(f"DELETE {old}", [slot, cutoff]).fetchall()[0][0]
 
 

@@ -298,19 +298,21 @@ def test_a_trace_shows_each_metric_of_a_weighted_mix_against_the_latest_label(wo
 
 
 def _seeded(workspace_dir: Path, monkeypatch) -> tuple[Registry, dict[str, str]]:
-    """A seeded slot scored over three refreshes: answers that tie, errors, a control replay,
+    """A seeded slot scored over four refreshes: answers that tie, errors, a control replay,
     labels that come late and labels corrected after their pairs entered, and unlabelled requests."""
     monkeypatch.setattr("scorer.pairing.WORST_DEPTH", 4)  # pages run past the kept worst pairs
     registry, ids = demo_registry(workspace_dir)
     rng, labels = random.Random(15), ["billing", "technical", "account"]
     challengers = [ids["careful-large"], ids["cheap-mini"], ids["flash"]]
     late: list[str] = []
-    for round_ in range(3):
+    for round_ in range(4):
         answers = Answers()
         for request_id in late:
             answers.label(request_id, rng.choice(labels))
+        if round_:  # after its pairs entered: they do not move
+            answers.label(f"q{round_ - 1}-00", "other")
         late = []
-        for i in range(12):
+        for i in range(10 if round_ < 3 else 0):
             request_id, truth = f"q{round_}-{i:02d}", rng.choice(labels)
             labelled = rng.random() < 0.7
             answers.request(request_id, ids["baseline"], rng.choice(labels), label=truth if labelled else None,
@@ -323,9 +325,6 @@ def _seeded(workspace_dir: Path, monkeypatch) -> tuple[Registry, dict[str, str]]
             if i == 3:
                 answers.result(request_id, ids["baseline"], "billing", role="control")
         _write(registry, answers)
-        corrected = Answers()
-        corrected.label(f"q{round_}-00", "other")  # after its pairs entered: they do not move
-        _write(registry, corrected)
     return registry, ids
 
 
@@ -363,7 +362,7 @@ def test_a_trace_scores_every_answer_exactly_as_the_scorers_own_query_and_its_pa
                     assert answer.pair.d_net == stored[(request_id, answer.version_id)]
                     if not request_id.endswith("-00"):  # a corrected label leaves its pairs as they entered
                         assert answer.pair.d_net == answer.net - traced.champion.net, (request_id, answer.version_id)
-        assert entered == len(stored) > 50
+        assert entered == len(stored) > 40
 
 
 def _reference_worst(registry: Registry, version_id: str) -> list[tuple[str, float]]:
