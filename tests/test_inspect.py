@@ -20,6 +20,7 @@ from registry.db import registered
 from scorer.answers import AnswerQuery, variant_prices
 from scorer.browse import RequestFilter, browse_requests
 from scorer.metrics import plan_quality
+from scorer.pairing import reread_slot_worst
 from scorer.service import Scorer
 from scorer.trace import EPOCH, trace_request
 from shadow.pricing import effective_prices
@@ -384,20 +385,29 @@ def _worst_pages(registry: Registry, version_id: str, limit: int) -> list[tuple[
     raise AssertionError("more pages than pairs")
 
 
+def _assert_worst_pages_are_the_reference(registry: Registry, version_ids: list[str]) -> None:
+    for version_id in version_ids:
+        reference = _reference_worst(registry, version_id)
+        assert len(reference) > 10 and len({d for _, d in reference}) < len(reference)  # ties among them
+        with registry.database.reading() as db:
+            kept = db.execute("SELECT request_seq, d_net FROM worst_pairs WHERE version_id = ? "
+                              "ORDER BY d_net, request_seq DESC", [version_id]).fetchall()
+            first = db.execute("SELECT request_seq, d_net FROM paired WHERE version_id = ? "
+                               "ORDER BY d_net, request_seq DESC LIMIT 4", [version_id]).fetchall()
+        assert kept == first  # merged refresh after refresh, still exactly the first pairs
+        for limit in (1, 2, 3, 5):
+            assert _worst_pages(registry, version_id, limit) == reference, (version_id, limit)
+
+
 def test_worst_pages_follow_every_pair_in_order_within_and_past_the_kept_worst_pairs(workspace_dir, monkeypatch):
     registry, ids = _seeded(workspace_dir, monkeypatch)
     with registry:
-        for version_id in (ids["careful-large"], ids["cheap-mini"], ids["flash"]):
-            reference = _reference_worst(registry, version_id)
-            assert len(reference) > 10 and len({d for _, d in reference}) < len(reference)  # ties among them
-            with registry.database.reading() as db:
-                kept = db.execute("SELECT request_seq, d_net FROM worst_pairs WHERE version_id = ? "
-                                  "ORDER BY d_net, request_seq DESC", [version_id]).fetchall()
-                first = db.execute("SELECT request_seq, d_net FROM paired WHERE version_id = ? "
-                                   "ORDER BY d_net, request_seq DESC LIMIT 4", [version_id]).fetchall()
-            assert kept == first  # merged refresh after refresh, still exactly the first pairs
-            for limit in (1, 2, 3, 5):
-                assert _worst_pages(registry, version_id, limit) == reference, (version_id, limit)
+        challengers = [ids["careful-large"], ids["cheap-mini"], ids["flash"]]
+        _assert_worst_pages_are_the_reference(registry, challengers)
+        with registry.database.transaction() as db:  # retention deletes the oldest requests' pairs
+            db.execute("DELETE FROM paired WHERE request_seq IN (SELECT seq FROM traffic ORDER BY seq LIMIT 8)")
+            reread_slot_worst(db, SLOT)
+        _assert_worst_pages_are_the_reference(registry, challengers)
 
 
 def test_an_upgraded_database_keeps_its_worst_pairs_and_pages_them_as_before(workspace_dir, monkeypatch):
