@@ -18,6 +18,7 @@ from ops.metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
 from scorer.answerstats import period_stats
+from scorer.pairing import reread_slot_worst
 from registry.config import Price, RetentionConfig
 from shadow.pricing import price_of, workspace_prices
 from shadow.providers import missing_api_keys
@@ -204,6 +205,7 @@ def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
         for table in ("shadow_results", "metric_values", "outcomes"):
             db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
         db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
+        reread_slot_worst(db, slot)
         return db.execute(f"DELETE {old}", [slot, cutoff]).fetchall()[0][0]
 
 

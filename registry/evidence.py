@@ -13,7 +13,7 @@ from datetime import datetime
 
 import duckdb
 
-SCORED_TABLES = ("paired", "pair_moments", "answer_stats")
+SCORED_TABLES = ("paired", "worst_pairs", "pair_moments", "answer_stats")
 """The per-period tables the scorer derives from the rows (rebuilt when forgotten)."""
 
 

@@ -377,6 +377,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        10,
+        "each challenger's worst pairs",
+        # `requests --worst` pages through a challenger's pairs of a period by their net
+        # difference, most negative first: the first 1000 of that order (d_net, then the newer
+        # request first) are kept apart, per period and challenger, so a page among them reads
+        # a few thousand rows instead of sorting every pair. The scorer keeps them as pairs
+        # enter (`scorer.pairing.WORST_DEPTH`, the same 1000); here they are read off `paired`
+        # by a top-k per challenger (a window over every pair sorts them all: half a minute at 10 M).
+        """
+        CREATE TABLE worst_pairs (
+            period_id BIGINT NOT NULL,
+            version_id VARCHAR NOT NULL,
+            request_seq BIGINT NOT NULL,
+            d_net DOUBLE NOT NULL
+        );
+        INSERT INTO worst_pairs
+            SELECT period_id, version_id, p.request_seq, p.d_net FROM (
+                SELECT period_id, version_id, unnest(min_by({'request_seq': request_seq, 'd_net': d_net},
+                                                            {'d_net': d_net, 'newer': -request_seq}, 1000)) AS p
+                FROM paired GROUP BY 1, 2);
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -69,12 +69,25 @@ class AnswerQuery:
         return (f"WITH live AS MATERIALIZED ({self.live_sql()}) "
                 f"SELECT * FROM live WHERE known_variant UNION ALL BY NAME SELECT * FROM ({self.replayed_sql('live')})")
 
+    def answers_sql(self) -> str:
+        """Every answer, scored exactly as `sql()` scores it, in one pass: the live and the
+        replayed answers go through the scoring together, so the query is about a third of
+        `sql()` to plan (on one request's rows planning is most of the time). The replayed
+        rows do not carry the champion's scores (`champion_net`, …): read them off the live row."""
+        answers = (f"WITH live AS MATERIALIZED ({self._live_answers()}) "
+                   f"SELECT * FROM live UNION ALL BY NAME {self._replayed_answers('live', champion_scores=False)}")
+        return f"SELECT * FROM ({self._scored(answers, 'LEFT JOIN')}) WHERE known_variant"
+
     def live_sql(self) -> str:
         """The champion's live answers (from `traffic`), scored, with their request's latest label.
 
         A request whose champion has no price row is kept (`known_variant` false), so its
         replayed answers can still join it."""
-        answers = f"""
+        return self._scored(self._live_answers(), "LEFT JOIN")
+
+    def _live_answers(self) -> str:
+        """The champion's live answers with their request's latest label, not yet scored."""
+        return f"""
             WITH t AS (SELECT * FROM traffic WHERE {self.traffic_filter()}),
             latest_labels AS (
                 SELECT seq AS request_seq, arg_max(value_json, latest) AS label_json FROM (
@@ -91,22 +104,26 @@ class AnswerQuery:
                        t.latency_ms, t.received_at, l.label_json,
                        {SCALAR_LABEL} AS label, l.label_json IS NOT NULL AS labelled
                 FROM t LEFT JOIN latest_labels l ON l.request_seq = t.seq)"""
-        return self._scored(answers, "LEFT JOIN")
 
     def replayed_sql(self, live: str) -> str:
         """The replayed answers (challengers, and the champion replayed as a control) to the
         requests of `live` (the relation `live_sql` gives), scored; each row carries the label
         from its request and the champion's live scores (`champion_net`, …) for pairing."""
-        answers = f"""
+        return self._scored(self._replayed_answers(live, champion_scores=True), "JOIN")
+
+    def _replayed_answers(self, live: str, champion_scores: bool) -> str:
+        """The replayed answers to the requests of `live`, with their request's label (and,
+        with `champion_scores`, the champion's scores from the scored `live`), not yet scored."""
+        champion = ", l.net AS champion_net, l.quality AS champion_quality, l.cost_usd AS champion_cost" \
+            if champion_scores else ""
+        return f"""
             SELECT s.request_id, s.request_seq, s.version_id,
                    CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,
                    s.tool_calls_json,
                    s.prompt_tokens, s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.latency_ms,
-                   l.received_at, l.label_json{self.plan.label_column_refs('l')}, l.labelled, l.net AS champion_net,
-                   l.quality AS champion_quality, l.cost_usd AS champion_cost
+                   l.received_at, l.label_json{self.plan.label_column_refs('l')}, l.labelled{champion}
             FROM shadow_results s JOIN {live} l ON l.request_seq = s.request_seq
             WHERE s.status IN ('ok', 'error') {self._written('s.seq')}"""
-        return self._scored(answers, "JOIN")
 
     def traffic_filter(self) -> str:
         """The SQL condition on `traffic` selecting the query's requests (those written by `as_of`)."""

@@ -1,7 +1,9 @@
 """Browsing a slot's requests: where a challenger disagrees with the champion, errs, or loses most.
 
 A page lists requests newest first (by traffic `seq`), or, for `worst`, by the challenger's
-paired net difference in the slot's current evaluation period, most negative first. The
+paired net difference in the slot's current evaluation period, most negative first (a page
+within the first `scorer.pairing.WORST_DEPTH` pairs, filtered by nothing else, reads them
+alone from `worst_pairs`). The
 cursor of the next page carries the last row's position and the newest seq of the first
 page, so paging on while traffic arrives never repeats a request nor skips one that was
 there when the first page was read.
@@ -119,8 +121,8 @@ def browse_requests(db: duckdb.DuckDBPyConnection, request: RequestFilter, first
 def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str, disagreement: str,
                 period: int | None) -> RequestPage:
     """Requests ordered by the challenger's paired net difference in `period`, most negative
-    first: the page's pairs are found first (in `paired` alone when nothing else filters
-    them), then their requests and answers are read."""
+    first: the page's pairs are found first (in `worst_pairs` or `paired` alone when nothing
+    else filters them), then their requests and answers are read."""
     conditions = [f"p.period_id = {period or 0}", f"p.version_id = {sql_literal(focus)}"]
     if request.cursor is not None:
         d_net, seq = _worst_cursor(request.cursor)
@@ -131,10 +133,19 @@ def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: st
         joins = (" JOIN traffic t ON t.seq = p.request_seq JOIN shadow_results s ON s.request_seq = p.request_seq "
                  f"AND s.version_id = {sql_literal(focus)} AND s.role <> 'control'")
         conditions += [*_filters(request, focus, disagreement, lambda column: "true"), _on_traffic(request)]
-    seqs = [row[0] for row in db.execute(
-        f"SELECT p.request_seq FROM paired p{joins} WHERE {' AND '.join(conditions)} "
-        f"ORDER BY p.d_net, p.request_seq DESC LIMIT {request.limit + 1}").fetchall()]
-    rows = _rows(db, focus, seqs, "p.d_net, t.seq DESC", period)
+
+    def first(table: str) -> list[int]:
+        return [row[0] for row in db.execute(
+            f"SELECT p.request_seq FROM {table} p{joins} WHERE {' AND '.join(conditions)} "
+            f"ORDER BY p.d_net, p.request_seq DESC LIMIT {request.limit + 1}").fetchall()]
+
+    # `worst_pairs` holds the first pairs of this very order: when it has the page (and one
+    # more row, for the cursor), those are the page; else the page lies past it, in `paired`
+    pairs = "paired" if joins else "worst_pairs"
+    seqs = first(pairs)
+    if len(seqs) <= request.limit and pairs != "paired":
+        pairs, seqs = "paired", first("paired")
+    rows = _rows(db, focus, seqs, "p.d_net, t.seq DESC", period, pairs)
     return _page(rows, request.limit, lambda row: f"net:{row[-1]!r}:{row[0]}")
 
 
@@ -174,9 +185,10 @@ def _matching(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str 
     ).fetchall()]
 
 
-def _rows(db: duckdb.DuckDBPyConnection, focus: str | None, seqs: list[int], order: str, period: int | None) -> list[tuple]:
+def _rows(db: duckdb.DuckDBPyConnection, focus: str | None, seqs: list[int], order: str, period: int | None,
+          pairs: str = "paired") -> list[tuple]:
     """The requests `seqs` in `order`, with the champion's answer and the focused variant's
-    (and its pair in `period`)."""
+    (and its pair in `period`, read from `pairs`: `worst_pairs` when it holds them all)."""
     if not seqs:
         return []
 
@@ -189,7 +201,7 @@ def _rows(db: duckdb.DuckDBPyConnection, focus: str | None, seqs: list[int], ord
         version = sql_literal(focus)
         joins = (f" LEFT JOIN (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
                  f"AND {among('request_seq')}) s ON s.request_seq = t.seq"
-                 f" LEFT JOIN (SELECT * FROM paired WHERE version_id = {version} AND period_id = {period or 0} "
+                 f" LEFT JOIN (SELECT * FROM {pairs} WHERE version_id = {version} AND period_id = {period or 0} "
                  f"AND {among('request_seq')}) p ON p.request_seq = t.seq")
         columns = f"{version}, s.status, s.output, s.error, p.d_net"
     return db.execute(f"""

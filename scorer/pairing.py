@@ -13,7 +13,9 @@ and add the first. A pair (a request answered by the champion live and by a chal
 replayed, both scored, label joined) is appended to `paired` when it is complete now and
 was not at the watermark: it enters the evidence exactly once, and a corrected label
 never moves a pair already counted. So nothing is kept per answer; a new period scores
-its requests in chunks of `seq`, to bound memory and report progress.
+its requests in chunks of `seq`, to bound memory and report progress. Each challenger's
+most negative pairs are kept apart as well (`worst_pairs`, for `requests --worst`), merged
+with the new pairs as they enter.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ Moments = dict[str, dict[str, PairedMoments]]
 """Paired moments per challenger, then per measure."""
 CHUNK_REQUESTS = 500_000
 """Requests scored at once when a period is scored from the start."""
+WORST_DEPTH = 1000
+"""How many of each challenger's pairs in a period `worst_pairs` keeps: always exactly the first
+`WORST_DEPTH` of its pairs in `paired` by `WORST_ORDER` (migration 10 read off as many), so a
+`requests --worst` page among them reads them alone (`scorer.browse`)."""
+WORST_ORDER = "d_net, request_seq DESC"
+"""The order of a challenger's pairs on a --worst page: most negative net difference first, then the newer request."""
 _ANSWER_COLUMNS = ("request_seq, version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, "
                    "net, received_at")
 _LIVE_COLUMNS = f"{_ANSWER_COLUMNS}, known_variant, label_json"
@@ -93,6 +101,7 @@ def score_changes(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQu
         if len(chunks) > 1:
             log.info("slots.%s: scored %d of %d chunks of the period's requests", period.slot, done, len(chunks))
     # a new period's pairs are all the period has: one pass over them once every chunk is in
+    reread_worst(db, period.period_id, list(windows))
     return period_moments(db, period.period_id) if windows else {}
 
 
@@ -119,10 +128,17 @@ def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQue
             add_answers(db, period.period_id, _answers("before"), query.plan.needs_label, sign=-1)
         if not windows:
             return {}
-        new_pairs = _append_pairs(db, period, windows, query.plan.needs_label, dedupe=existed)
-        return _moments(db, new_pairs) if seen else {}
+        new_pairs = _new_pairs(period, windows, query.plan.needs_label, dedupe=existed)
+        if not seen:
+            db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM ({new_pairs})")
+            return {}
+        # a few new pairs: kept once, then appended, merged into the worst pairs and summed
+        db.execute(f"CREATE OR REPLACE TEMP TABLE new_pairs AS {new_pairs}")
+        db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM new_pairs")
+        _merge_worst(db, period.period_id, list(windows), "new_pairs")
+        return _moments(db, "SELECT * FROM new_pairs")
     finally:
-        for table in ("live_now", "replayed_now", "live_before", "replayed_before"):
+        for table in ("live_now", "replayed_now", "live_before", "replayed_before", "new_pairs"):
             db.execute(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -150,21 +166,52 @@ def _complete(answer: str, needs_label: bool) -> str:
     return f"NOT {answer}.control AND {answer}.net IS NOT NULL AND {answer}.champion_net IS NOT NULL {labelled}"
 
 
-def _append_pairs(db: duckdb.DuckDBPyConnection, period: Period, windows: dict[str, datetime], needs_label: bool,
-                  dedupe: bool) -> str:
-    """Append the pairs complete now (within their challenger's window) and return the SQL
-    selecting them; with `dedupe`, leave out those already complete before."""
+def _new_pairs(period: Period, windows: dict[str, datetime], needs_label: bool, dedupe: bool) -> str:
+    """SQL selecting the pairs complete now (within their challenger's window); with `dedupe`,
+    leaving out those already complete before."""
     counted = ""
     if dedupe:
         counted = ("AND NOT EXISTS (SELECT 1 FROM replayed_before b WHERE b.request_seq = c.request_seq "
                    f"AND b.version_id = c.version_id AND {_complete('b', needs_label)})")
-    new_pairs = f"""
+    return f"""
         SELECT c.request_seq, c.version_id, c.net - c.champion_net AS d_net, c.quality - c.champion_quality AS d_quality,
                c.cost_usd - c.champion_cost AS d_cost
         FROM replayed_now c
         WHERE ({_in_window('c', period, windows)}) AND {_complete('c', needs_label)} {counted}"""
-    db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM ({new_pairs})")
-    return new_pairs
+
+
+def _merge_worst(db: duckdb.DuckDBPyConnection, period_id: int, version_ids: list[str], pairs: str) -> None:
+    """Make the period's worst pairs each challenger's first `WORST_DEPTH` of them and of the
+    relation `pairs` together (the first of the old pairs and the new are among the old first
+    and the new: pairs only ever enter). One top-k per challenger: a window over all of them
+    sorts every pair."""
+    both = (f"(SELECT version_id, request_seq, d_net FROM worst_pairs WHERE period_id = {period_id} "
+            f"UNION ALL SELECT version_id, request_seq, d_net FROM {pairs})")
+    first = " UNION ALL ".join(
+        f"(SELECT version_id, request_seq, d_net FROM {both} WHERE version_id = {sql_literal(version_id)} "
+        f"ORDER BY {WORST_ORDER} LIMIT {WORST_DEPTH})" for version_id in version_ids)
+    if not first:
+        return
+    try:
+        db.execute(f"CREATE OR REPLACE TEMP TABLE first_pairs AS {first}")
+        db.execute(f"DELETE FROM worst_pairs WHERE period_id = {period_id}")
+        db.execute(f"INSERT INTO worst_pairs SELECT {period_id}, version_id, request_seq, d_net FROM first_pairs")
+    finally:
+        db.execute("DROP TABLE IF EXISTS first_pairs")
+
+
+def reread_worst(db: duckdb.DuckDBPyConnection, period_id: int, version_ids: list[str]) -> None:
+    """Read the period's worst pairs of the challengers `version_ids` off its pairs in `paired` again."""
+    db.execute(f"DELETE FROM worst_pairs WHERE period_id = {period_id}")
+    _merge_worst(db, period_id, version_ids, f"(SELECT * FROM paired WHERE period_id = {period_id})")
+
+
+def reread_slot_worst(db: duckdb.DuckDBPyConnection, slot: str) -> None:
+    """Read the worst pairs of each of the slot's periods off `paired` again, after some of its pairs were deleted."""
+    for period_id, version_ids in db.execute(
+            "SELECT w.period_id, list(DISTINCT w.version_id) FROM worst_pairs w JOIN evaluation_periods e "
+            "USING (period_id) WHERE e.slot = ? GROUP BY 1", [slot]).fetchall():
+        reread_worst(db, period_id, version_ids)
 
 
 def period_moments(db: duckdb.DuckDBPyConnection, period_id: int, condition: str = "true") -> Moments:

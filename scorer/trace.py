@@ -1,8 +1,9 @@
 """One request, traced: what each variant answered, how each answer scored, and whether it paired.
 
 A trace reads the stored rows of one request and scores its answers with the scorer's own
-SQL (`AnswerQuery` restricted to the request's traffic `seq`), so every number it shows is
-the number the leaderboard used. Each metric's value comes from the same check expression
+SQL (`AnswerQuery.answers_sql`, restricted to the request's traffic `seq`: the scoring of
+`sql()` in one pass, a third of its planning), so every number it shows is the number the
+leaderboard used. Each metric's value comes from the same check expression
 the quality is the weighted mean of (`QualityPlan.terms`). Next to the scores: the labels
 and reactions in `outcomes`, the calls that were not run (their reason is in
 `shadow_results.error`), the active challengers that have no answer at all, and for every
@@ -178,10 +179,12 @@ def _scored(db: duckdb.DuckDBPyConnection, query: AnswerQuery, names: list[str])
     metric_columns = "".join(
         f', CASE WHEN status = \'error\' THEN NULL ELSE {sql} END AS "metric:{i}", {when or "true"} AS "counted:{i}"'
         for i, (sql, _, when) in enumerate(query.plan.terms))
-    rows = _rows(db, f"SELECT *{metric_columns} FROM ({query.sql()})", [])
+    rows = _rows(db, f"SELECT *{metric_columns} FROM ({query.answers_sql()})", [])
+    live = next((row for row in rows if row["source"] == "live"), {})
     for row in rows:
         row["metrics"] = [MetricValue(metric=name, weight=weight, value=row[f"metric:{i}"], counted=row[f"counted:{i}"])
                           for i, (name, (_, weight, _)) in enumerate(zip(names, query.plan.terms))]
+        row["champion_net"] = live.get("net")
     return {(f"control:{row['version_id']}" if row["source"] == "control" else row["version_id"]): row for row in rows}
 
 

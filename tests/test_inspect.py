@@ -8,6 +8,7 @@ through a running daemon's admin API, which must print the same.
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -15,8 +16,14 @@ import pytest
 
 from ops.operations import LocalOperations
 from registry import ConfigError, Registry, load_workspace
-from scorer.browse import RequestFilter
+from registry.db import registered
+from scorer.answers import AnswerQuery, variant_prices
+from scorer.browse import RequestFilter, browse_requests
+from scorer.metrics import plan_quality
+from scorer.pairing import reread_slot_worst
 from scorer.service import Scorer
+from scorer.trace import EPOCH, trace_request
+from shadow.pricing import effective_prices
 from tests.scoring_data import SLOT, Answers, demo_registry
 from tests.servers import edit_config
 from tests.test_admin_api import TOKEN, Daemon
@@ -289,3 +296,130 @@ def test_a_trace_shows_each_metric_of_a_weighted_mix_against_the_latest_label(wo
     finally:
         registry.close()
         sys.modules.pop("whole_answer", None)
+
+
+def _seeded(workspace_dir: Path, monkeypatch) -> tuple[Registry, dict[str, str]]:
+    """A seeded slot scored over four refreshes: answers that tie, errors, a control replay,
+    labels that come late and labels corrected after their pairs entered, and unlabelled requests."""
+    monkeypatch.setattr("scorer.pairing.WORST_DEPTH", 4)  # pages run past the kept worst pairs
+    registry, ids = demo_registry(workspace_dir)
+    rng, labels = random.Random(15), ["billing", "technical", "account"]
+    challengers = [ids["careful-large"], ids["cheap-mini"], ids["flash"]]
+    late: list[str] = []
+    for round_ in range(4):
+        answers = Answers()
+        for request_id in late:
+            answers.label(request_id, rng.choice(labels))
+        if round_:  # after its pairs entered: they do not move
+            answers.label(f"q{round_ - 1}-00", "other")
+        late = []
+        for i in range(10 if round_ < 3 else 0):
+            request_id, truth = f"q{round_}-{i:02d}", rng.choice(labels)
+            labelled = rng.random() < 0.7
+            answers.request(request_id, ids["baseline"], rng.choice(labels), label=truth if labelled else None,
+                            tokens=(100, rng.choice([10, 20])))
+            late += [] if labelled or rng.random() < 0.3 else [request_id]
+            for version in challengers:
+                failed = rng.random() < 0.15
+                answers.result(request_id, version, None if failed else rng.choice(labels),
+                               status="error" if failed else "ok", tokens=(120, rng.choice([10, 20])))
+            if i == 3:
+                answers.result(request_id, ids["baseline"], "billing", role="control")
+        _write(registry, answers)
+    return registry, ids
+
+
+def _reference_answers(registry: Registry) -> dict[tuple[str, str], dict]:
+    """Every answer of the slot, scored by the scorer's two-pass query (`AnswerQuery.sql`)."""
+    config = registry.workspace.slot(SLOT)
+    query = AnswerQuery(slot=SLOT, since=EPOCH, plan=plan_quality(config.metrics, "metrics"), scoring=config.scoring)
+    prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
+    with registry.database.reading() as db, registered(db, "variant_prices",
+                                                       variant_prices(registry.variants(slot=SLOT), prices).to_arrow()):
+        cursor = db.execute(f"SELECT request_id, version_id, source, quality, cost_usd, latency_cost, net FROM ({query.sql()})")
+        return {(row[0], f"{row[2]}:{row[1]}"): dict(zip(("quality", "cost_usd", "latency_cost_usd", "net"), row[3:]))
+                for row in cursor.fetchall()}
+
+
+def test_a_trace_scores_every_answer_exactly_as_the_scorers_own_query_and_its_pairs_as_stored(workspace_dir, monkeypatch):
+    registry, ids = _seeded(workspace_dir, monkeypatch)
+    with registry:
+        reference = _reference_answers(registry)
+        with registry.database.reading() as db:
+            stored = {(r, v): d for r, v, d in db.execute(
+                "SELECT t.request_id, p.version_id, p.d_net FROM paired p JOIN traffic t ON t.seq = p.request_seq").fetchall()}
+            request_ids = [row[0] for row in db.execute("SELECT request_id FROM traffic ORDER BY seq").fetchall()]
+        entered = 0
+        for request_id in request_ids:
+            traced = trace_request(registry, request_id)
+            for answer in [traced.champion, *traced.challengers]:
+                source = {"champion": "live", "challenger": "shadow", "control": "control"}[answer.role]
+                expected = reference.get((request_id, f"{source}:{answer.version_id}"))
+                shown = {"quality": answer.quality, "cost_usd": answer.cost_usd,
+                         "latency_cost_usd": answer.latency_cost_usd, "net": answer.net}
+                assert shown == (expected or dict.fromkeys(shown)), (request_id, answer.version_id)
+                if answer.role == "challenger" and answer.pair.entered:
+                    entered += 1
+                    assert answer.pair.d_net == stored[(request_id, answer.version_id)]
+                    if not request_id.endswith("-00"):  # a corrected label leaves its pairs as they entered
+                        assert answer.pair.d_net == answer.net - traced.champion.net, (request_id, answer.version_id)
+        assert entered == len(stored) > 40
+
+
+def _reference_worst(registry: Registry, version_id: str) -> list[tuple[str, float]]:
+    with registry.database.reading() as db:
+        return db.execute(
+            "SELECT t.request_id, p.d_net FROM paired p JOIN traffic t ON t.seq = p.request_seq WHERE p.version_id = ? "
+            "AND p.period_id = (SELECT max(period_id) FROM evaluation_periods) ORDER BY p.d_net, p.request_seq DESC",
+            [version_id]).fetchall()
+
+
+def _worst_pages(registry: Registry, version_id: str, limit: int) -> list[tuple[str, float]]:
+    rows, cursor = [], None
+    for _ in range(100):
+        with registry.database.reading() as db:
+            page = browse_requests(db, RequestFilter(slot=SLOT, worst=version_id, limit=limit, cursor=cursor))
+        rows += [(row.request_id, row.d_net) for row in page.requests]
+        if (cursor := page.next_cursor) is None:
+            return rows
+    raise AssertionError("more pages than pairs")
+
+
+def _assert_worst_pages_are_the_reference(registry: Registry, version_ids: list[str]) -> None:
+    for version_id in version_ids:
+        reference = _reference_worst(registry, version_id)
+        assert len(reference) > 10 and len({d for _, d in reference}) < len(reference)  # ties among them
+        with registry.database.reading() as db:
+            kept = db.execute("SELECT request_seq, d_net FROM worst_pairs WHERE version_id = ? "
+                              "ORDER BY d_net, request_seq DESC", [version_id]).fetchall()
+            first = db.execute("SELECT request_seq, d_net FROM paired WHERE version_id = ? "
+                               "ORDER BY d_net, request_seq DESC LIMIT 4", [version_id]).fetchall()
+        assert kept == first  # merged refresh after refresh, still exactly the first pairs
+        for limit in (1, 2, 3, 5):
+            assert _worst_pages(registry, version_id, limit) == reference, (version_id, limit)
+
+
+def test_worst_pages_follow_every_pair_in_order_within_and_past_the_kept_worst_pairs(workspace_dir, monkeypatch):
+    registry, ids = _seeded(workspace_dir, monkeypatch)
+    with registry:
+        challengers = [ids["careful-large"], ids["cheap-mini"], ids["flash"]]
+        _assert_worst_pages_are_the_reference(registry, challengers)
+        with registry.database.transaction() as db:  # retention deletes the oldest requests' pairs
+            db.execute("DELETE FROM paired WHERE request_seq IN (SELECT seq FROM traffic ORDER BY seq LIMIT 8)")
+            reread_slot_worst(db, SLOT)
+        _assert_worst_pages_are_the_reference(registry, challengers)
+
+
+def test_an_upgraded_database_keeps_its_worst_pairs_and_pages_them_as_before(workspace_dir, monkeypatch):
+    registry, ids = _seeded(workspace_dir, monkeypatch)
+    version_id = ids["cheap-mini"]
+    before = _worst_pages(registry, version_id, 2)
+    with registry.database.transaction() as db:  # as the database stood before migration 10
+        db.execute("DROP TABLE worst_pairs")
+        db.execute("DELETE FROM schema_migrations WHERE version = 10")
+    registry.close()
+    with Registry.open(load_workspace(workspace_dir)) as registry:
+        with registry.database.reading() as db:
+            assert db.execute("SELECT count(*) FROM worst_pairs").fetchone()[0] == \
+                db.execute("SELECT count(*) FROM paired").fetchone()[0]  # fewer than 1000 per challenger: all
+        assert _worst_pages(registry, version_id, 2) == before == _reference_worst(registry, version_id)
