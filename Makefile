@@ -34,8 +34,10 @@ test-tools:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null || exit 1; \
 	done
 
+# Two workers: many tests wait on servers and processes, so two keep both cores busy. Tests
+# that share a module-scoped server form one group and stay on one worker (tests/README.md).
 test: $(STAMP) test-tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 demo: $(STAMP)
 	$(BIN)/shadowzoo demo

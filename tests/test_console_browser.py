@@ -77,6 +77,13 @@ def _submit(driver: webdriver.Chrome, form_action: str, **fields: str) -> None:
     WebDriverWait(driver, 60).until(staleness_of(form))  # the next page has replaced this one
 
 
+def _follow(driver: webdriver.Chrome, link) -> None:
+    """Click a link and wait until its page has replaced this one: a click need not wait for the navigation."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    link.click()
+    WebDriverWait(driver, 60).until(staleness_of(page))
+
+
 def _severe(driver: webdriver.Chrome) -> list[dict]:
     """The browser's severe console entries since the last look (reading the log empties it)."""
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
@@ -103,7 +110,7 @@ def test_an_operator_logs_in_reads_every_page_promotes_and_rolls_back_with_a_rea
 
     for page, heading in (("variants", f"{SLOT} · variants"), ("history", f"{SLOT} · promotion history"),
                           ("status", "Status"), ("jobs", "Jobs")):
-        browser.find_element(By.LINK_TEXT, page.capitalize()).click()
+        _follow(browser, browser.find_element(By.LINK_TEXT, page.capitalize()))
         assert browser.find_element(By.TAG_NAME, "h1").text == heading
         if page == "status":
             _shoot(browser, page)
@@ -159,7 +166,7 @@ def test_an_operator_finds_a_disagreement_on_the_requests_page_and_reads_its_tra
     _shoot(browser, "requests")
 
     request_id = rows[0].find_element(By.TAG_NAME, "a").text
-    rows[0].find_element(By.TAG_NAME, "a").click()
+    _follow(browser, rows[0].find_element(By.TAG_NAME, "a"))
     assert browser.find_element(By.TAG_NAME, "h1").text == f"Request {request_id}"
     answers = {card.find_element(By.TAG_NAME, "h3").text: card for card in browser.find_elements(By.CSS_SELECTOR, ".answer")}
     assert ids["baseline"] in answers and ids["cheap-mini"] in answers
