@@ -56,7 +56,11 @@ def workspace(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory):
-    """One `serve` for the tests that send traffic and read, but neither stop, promote nor register."""
+    """One `serve` for the tests that send traffic and read, but neither stop it, promote nor register.
+
+    Two tests change it, so they come after the others that use it (tests run in file order,
+    on one worker under xdist): one kills the daemon and waits until `serve` has restarted
+    it, the last trains a new spec."""
     simulator = start_simulator(FAST_SIM, fast=True)
     ws, ids = _served_workspace(tmp_path_factory.mktemp("shared") / "served-ws", simulator.base_url)
     served = Served(ws)
@@ -186,17 +190,14 @@ def test_serve_without_an_admin_token_says_which_variable_to_set(workspace, cli_
 
 
 @pytest.mark.slow
-def test_the_champion_keeps_answering_while_the_daemon_is_killed(workspace) -> None:
-    ws, _ = workspace
-    served = Served(ws)
-    try:
-        _send(served, 10, label=False)
-        os.kill(served.daemon_pid(), signal.SIGKILL)
-        answered = _send(served, 40, start=10, label=False)
-        assert len(answered) == 40, "every champion request must succeed while the daemon is down"
-        wait_until(lambda: healthy(f"{served.admin}/healthz"), timeout_s=60)
-    finally:
-        served.stop()
+def test_the_champion_keeps_answering_while_the_daemon_is_killed(shared) -> None:
+    served, _ = shared
+    _send(served, 10, label=False)
+    killed = served.daemon_pid()
+    os.kill(killed, signal.SIGKILL)
+    answered = _send(served, 40, start=10, label=False)
+    assert len(answered) == 40, "every champion request must succeed while the daemon is down"
+    wait_until(lambda: healthy(f"{served.admin}/healthz") and served.daemon_pid() != killed, timeout_s=60)
 
 
 @pytest.mark.slow
@@ -289,18 +290,15 @@ def test_champion_requests_succeed_while_every_challenger_upstream_is_down(works
 
 
 @pytest.mark.slow
-def test_zoo_train_runs_as_a_daemon_job_while_serve_runs(workspace, cli) -> None:
-    ws, _ = workspace
+def test_zoo_train_runs_as_a_daemon_job_while_serve_runs(shared, cli) -> None:
+    served, _ = shared
+    ws = served.workspace_dir
     (ws / "zoo" / "tuned.yaml").write_text(
         "slot: support-triage\nname: tuned\nbase: cheap-mini\ntrain:\n"
         "  optimizer_model: {provider: sim, model: sim-optimizer}\n"
         "  dataset: {from: file, path: tickets.jsonl}\n"
         "  num_epochs: 1\n  steps_per_epoch: 1\n  batch_size: 16\n  split: '1:2:1'\n")
-    served = Served(ws)
-    try:
-        result = cli("zoo", "train", "--spec", "tuned", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN, "SIM_API_KEY": "sim"})
-        assert result.code == 0, result.err
-        assert "tuned: " in result.out and "1 succeeded, 0 failed" in result.out
-        assert list((ws / ".shadowzoo" / "train" / "tuned").glob("*/state.json"))
-    finally:
-        served.stop()
+    result = cli("zoo", "train", "--spec", "tuned", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN, "SIM_API_KEY": "sim"})
+    assert result.code == 0, result.err
+    assert "tuned: " in result.out and "1 succeeded, 0 failed" in result.out
+    assert list((ws / ".shadowzoo" / "train" / "tuned").glob("*/state.json"))
