@@ -8,8 +8,8 @@ Conventions that keep the suite fast (tests/README.md says more):
   process shows (exit status of the real entry point, concurrency between processes).
 - Servers live in tests/servers.py; share one per module (a module-scoped fixture) wherever
   the tests only read from it or write what no other test looks at. `make test` runs two
-  pytest-xdist workers (`--dist loadgroup`): the tests that use a module-scoped fixture are
-  put in one group, so they run on one worker and the fixture starts once.
+  pytest-xdist workers with `--dist loadfile`: a file's tests run on one worker, in file
+  order, so a module-scoped fixture starts once.
 """
 
 from __future__ import annotations
@@ -23,15 +23,6 @@ from registry import Registry, load_workspace
 from tests.clirun import SHADOWZOO, CliResult, Env, run_in_process, run_script
 
 __all__ = ["SHADOWZOO", "CliResult"]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests that share a module-scoped fixture (xdist's loadgroup keeps a group on one worker)."""
-    for item in items:
-        definitions = item._fixtureinfo.name2fixturedefs.values()
-        if any(chain[-1].scope == "module" for chain in definitions):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture

@@ -150,9 +150,6 @@ def test_an_operator_logs_in_reads_every_page_promotes_and_rolls_back_with_a_rea
     assert not _severe(browser)
 
 
-# Failed once in the full suite, never on its own; likely the daemon blocked on its unread output
-# pipe (fixed in the harness), not confirmed: retried, never skipped. Remove once runs show it.
-@pytest.mark.flaky(reruns=2, reruns_delay=2)
 def test_an_operator_finds_a_disagreement_on_the_requests_page_and_reads_its_trace_in_a_real_browser(served, browser) -> None:
     daemon, ids = served
     browser.get(f"{daemon.url}/ui/requests?slot={SLOT}")
