@@ -1,20 +1,28 @@
-"""Shared fixtures: a fresh workspace copied from the demo, and the real CLI entry point."""
+"""Shared fixtures: a fresh workspace copied from the demo, and the CLI run on it.
+
+Conventions that keep the suite fast (tests/README.md says more):
+- `cli(*args, cwd=..., env=...)` runs a CLI command in this process (see tests/clirun.py):
+  use it for every command that ends by itself. `env` values of None unset a variable.
+- `cli_script(...)`, same signature and result, spawns the installed console script: for the
+  long-running commands (serve, daemon, gateway, sim, demo) and for what only a separate
+  process shows (exit status of the real entry point, concurrency between processes).
+- Servers live in tests/servers.py; share one per module (a module-scoped fixture) wherever
+  the tests only read from it or write what no other test looks at. `make test` runs two
+  pytest-xdist workers with `--dist loadfile`: a file's tests run on one worker, in file
+  order, so a module-scoped fixture starts once.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ops.workspace_init import init_workspace
 from registry import Registry, load_workspace
+from tests.clirun import SHADOWZOO, CliResult, Env, run_in_process, run_script
 
-SHADOWZOO = Path(sys.executable).parent / "shadowzoo"
+__all__ = ["SHADOWZOO", "CliResult"]
 
 
 @pytest.fixture
@@ -30,28 +38,21 @@ def registry(workspace_dir: Path):
         yield reg
 
 
-@dataclass
-class CliResult:
-    """What one run of the `shadowzoo` console script did."""
+@pytest.fixture
+def cli(workspace_dir: Path):
+    """Run a `shadowzoo` command in this process, in the workspace unless `cwd` says otherwise."""
 
-    code: int
-    out: str
-    err: str
+    def run(*args: str, cwd: Path | None = None, env: Env | None = None) -> CliResult:
+        return run_in_process(args, cwd or workspace_dir, env)
 
-    def json(self):
-        return json.loads(self.out)
+    return run
 
 
 @pytest.fixture
-def cli(workspace_dir: Path):
-    """Run the installed `shadowzoo` console script in the workspace, as a user would."""
+def cli_script(workspace_dir: Path):
+    """Run the installed `shadowzoo` console script, as a user would, in the workspace unless `cwd` says otherwise."""
 
-    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
-        full_env = {**os.environ, "COLUMNS": "200", "USER": "tester", **(env or {})}
-        done = subprocess.run(
-            [str(SHADOWZOO), *args], cwd=cwd or workspace_dir, env=full_env,
-            capture_output=True, text=True, timeout=60,
-        )
-        return CliResult(done.returncode, done.stdout, done.stderr)
+    def run(*args: str, cwd: Path | None = None, env: Env | None = None) -> CliResult:
+        return run_script(args, cwd or workspace_dir, env)
 
     return run

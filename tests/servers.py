@@ -102,13 +102,15 @@ class GatewayProcess:
         `start_timeout_s` is generous: a loaded machine can take long to import and spawn a worker."""
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.process = subprocess.Popen(
-            [str(SHADOWZOO), "gateway", "--port", str(self.port), "--workers", str(workers), "--host", host],
-            cwd=workspace_dir, env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=None if file_size_limit is None else lambda: resource.setrlimit(
-                resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit)),
-        )
+        # its output goes to a file: a pipe nobody reads fills up and blocks whoever logs next
+        self.log_path = workspace_dir / f"gateway-{self.port}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(SHADOWZOO), "gateway", "--port", str(self.port), "--workers", str(workers), "--host", host],
+                cwd=workspace_dir, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=None if file_size_limit is None else lambda: resource.setrlimit(
+                    resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit)),
+            )
         try:
             wait_until(lambda: self.process.poll() is not None or healthy(f"http://127.0.0.1:{self.port}/healthz"),
                        timeout_s=start_timeout_s)
@@ -116,14 +118,18 @@ class GatewayProcess:
             self.stop()
             raise
         if self.process.poll() is not None:
-            raise AssertionError(f"gateway exited: {self.process.stdout.read()}")
+            raise AssertionError(f"gateway exited: {self.output()}")
+
+    def output(self) -> str:
+        """Everything it has printed so far."""
+        return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout_s: float = 20) -> str:
         """SIGTERM, wait, and return everything it printed."""
         if self.process.poll() is None:
             self.process.terminate()
-        out, _ = self.process.communicate(timeout=timeout_s)
-        return out
+        self.process.wait(timeout=timeout_s)
+        return self.output()
 
 
 class Served:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
-from tests.conftest import SHADOWZOO
 from tests.servers import ADMIN_TOKEN as TOKEN, Served, edit_config, free_port, healthy, start_simulator, wait_until
 from zoo import load_zoo, register_specs
 
@@ -29,14 +27,12 @@ def _admin(served: Served, path: str, body: dict | None = None, token: str | Non
     return served.call(path, body, token)
 
 
-@pytest.fixture
-def workspace(tmp_path: Path):
+def _served_workspace(directory: Path, simulator_url: str) -> tuple[Path, dict[str, str]]:
     """The demo workspace on the simulator, free ports, fast jobs; specs registered, baseline champion."""
-    simulator = start_simulator(FAST_SIM, fast=True)
-    ws = init_workspace(tmp_path / "served-ws")
+    ws = init_workspace(directory)
 
     def configure(config: dict) -> None:
-        config["providers"]["sim"]["base_url"] = simulator.base_url
+        config["providers"]["sim"]["base_url"] = simulator_url
         config["gateway"]["port"] = free_port()
         config["daemon"].update(admin_port=free_port(), score_interval_s=1, ingest_interval_s=0.3)
         config["slots"][SLOT]["scoring"]["min_samples"] = 20
@@ -47,7 +43,29 @@ def workspace(tmp_path: Path):
         zoo = load_zoo(workspace.specs_dir)
         ids = {o.spec_file.spec.name: o.registration.variant.version_id for o in register_specs(zoo.specs, zoo, workspace, registry)}
         registry.promote(SLOT, ids["baseline"], "tester", "first", None)
-    yield ws, ids
+    return ws, ids
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    """A served workspace of the test's own, on a simulator of its own (not started)."""
+    simulator = start_simulator(FAST_SIM, fast=True)
+    yield _served_workspace(tmp_path / "served-ws", simulator.base_url)
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory):
+    """One `serve` for the tests that send traffic and read, but neither stop it, promote nor register.
+
+    Two tests change it, so they come after the others that use it (tests run in file order,
+    on one worker under xdist): one kills the daemon and waits until `serve` has restarted
+    it, the last trains a new spec."""
+    simulator = start_simulator(FAST_SIM, fast=True)
+    ws, ids = _served_workspace(tmp_path_factory.mktemp("shared") / "served-ws", simulator.base_url)
+    served = Served(ws)
+    yield served, ids
+    served.stop()
     simulator.stop()
 
 
@@ -76,32 +94,29 @@ def _rows(workspace_dir: Path, query: str) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_traffic_flows_to_a_scored_leaderboard_and_the_cli_goes_through_the_daemon(workspace, cli) -> None:
-    ws, ids = workspace
-    served = Served(ws)
-    try:
-        _send(served, 60)
+def test_traffic_flows_to_a_scored_leaderboard_and_the_cli_goes_through_the_daemon(shared, cli) -> None:
+    served, ids = shared
+    ws = served.workspace_dir
+    _send(served, 60)
 
-        def paired() -> bool:
-            status, board = _admin(served, f"/admin/leaderboard?slot={SLOT}")
-            return status == 200 and all(r["comparison"]["pairs"] >= 50 for r in board["rows"] if r["comparison"])
+    def paired() -> bool:
+        status, board = _admin(served, f"/admin/leaderboard?slot={SLOT}")
+        return status == 200 and all(r["comparison"]["pairs"] >= 50 for r in board["rows"] if r["comparison"])
 
-        wait_until(paired, timeout_s=60, interval_s=0.5)
-        env = {"SHADOWZOO_ADMIN_TOKEN": TOKEN}
-        listing = cli("variants", "list", "--json", cwd=ws, env=env)
-        assert listing.code == 0 and {v["label"] for v in listing.json()} >= {"baseline", "careful-mini"}
-        board = cli("leaderboard", "--slot", SLOT, "--format", "json", cwd=ws, env=env).json()
-        assert board["champion"] == ids["baseline"] and len(board["rows"]) == 5
-        status = cli("status", "--json", cwd=ws, env=env).json()
-        assert status["champions"][SLOT] == ids["baseline"] and status["routes_drift"] == []
-        assert {"ingest", "score", "watch", "retention"} <= set(status["last_runs"])
-        metrics = urllib.request.urlopen(f"{served.admin}/metrics").read().decode()
-        assert f'shadowzoo_champion_info{{slot="{SLOT}",version="{ids["baseline"]}"}} 1.0' in metrics
-        assert "shadowzoo_shadow_calls_total{" in metrics and "shadowzoo_job_runs_total{" in metrics
-        gateway_metrics = urllib.request.urlopen(f"{served.gateway}/metrics").read().decode()
-        assert f'shadowzoo_gateway_requests_total{{code="200",slot="{SLOT}"}}' in gateway_metrics
-    finally:
-        served.stop()
+    wait_until(paired, timeout_s=60, interval_s=0.5)
+    env = {"SHADOWZOO_ADMIN_TOKEN": TOKEN}
+    listing = cli("variants", "list", "--json", cwd=ws, env=env)
+    assert listing.code == 0 and {v["label"] for v in listing.json()} >= {"baseline", "careful-mini"}
+    board = cli("leaderboard", "--slot", SLOT, "--format", "json", cwd=ws, env=env).json()
+    assert board["champion"] == ids["baseline"] and len(board["rows"]) == 5
+    status = cli("status", "--json", cwd=ws, env=env).json()
+    assert status["champions"][SLOT] == ids["baseline"] and status["routes_drift"] == []
+    assert {"ingest", "score", "watch", "retention"} <= set(status["last_runs"])
+    metrics = urllib.request.urlopen(f"{served.admin}/metrics").read().decode()
+    assert f'shadowzoo_champion_info{{slot="{SLOT}",version="{ids["baseline"]}"}} 1.0' in metrics
+    assert "shadowzoo_shadow_calls_total{" in metrics and "shadowzoo_job_runs_total{" in metrics
+    gateway_metrics = urllib.request.urlopen(f"{served.gateway}/metrics").read().decode()
+    assert f'shadowzoo_gateway_requests_total{{code="200",slot="{SLOT}"}}' in gateway_metrics
 
 
 @pytest.mark.slow
@@ -130,70 +145,59 @@ def test_a_replay_after_a_promotion_pays_for_nothing_that_cannot_pair_and_says_s
 
 
 @pytest.mark.slow
-def test_admin_calls_need_the_token_and_promotion_needs_evidence(workspace) -> None:
-    ws, ids = workspace
-    served = Served(ws)
-    try:
-        assert _admin(served, "/admin/status", token=None)[0] == 401
-        assert _admin(served, "/admin/status", token="wrong")[0] == 401
-        status, body = _admin(served, "/admin/promote", {"slot": SLOT, "version_id": ids["flash"], "actor": "t"})
-        assert status == 409 and "not ready to promote" in body["error"]["message"]
-        assert "openapi" in json.loads(urllib.request.urlopen(f"{served.admin}/openapi.json").read())
-    finally:
-        served.stop()
+def test_admin_calls_need_the_token_and_promotion_needs_evidence(shared) -> None:
+    served, ids = shared
+    assert _admin(served, "/admin/status", token=None)[0] == 401
+    assert _admin(served, "/admin/status", token="wrong")[0] == 401
+    status, body = _admin(served, "/admin/promote", {"slot": SLOT, "version_id": ids["flash"], "actor": "t"})
+    assert status == 409 and "not ready to promote" in body["error"]["message"]
+    assert "openapi" in json.loads(urllib.request.urlopen(f"{served.admin}/openapi.json").read())
 
 
 @pytest.mark.slow
-def test_a_second_daemon_on_the_same_state_dir_refuses_and_names_the_first(workspace, cli) -> None:
-    ws, _ = workspace
-    served = Served(ws)
-    try:
-        second = cli("daemon", "--admin-port", str(free_port()), cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
-        assert second.code == 1
-        assert "another shadowzoo daemon already owns" in second.err and f"pid {served.daemon_pid()}" in second.err
-        again = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
-        assert again.code == 1 and "a daemon already runs" in again.err
-    finally:
-        served.stop()
+def test_a_second_daemon_on_the_same_state_dir_refuses_and_names_the_first(shared, cli_script) -> None:
+    served, _ = shared
+    ws = served.workspace_dir
+    second = cli_script("daemon", "--admin-port", str(free_port()), cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+    assert second.code == 1
+    assert "another shadowzoo daemon already owns" in second.err and f"pid {served.daemon_pid()}" in second.err
+    again = cli_script("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+    assert again.code == 1 and "a daemon already runs" in again.err
 
 
-def test_a_config_error_at_start_names_file_and_key_and_starts_nothing(workspace, cli) -> None:
+def test_a_config_error_at_start_names_file_and_key_and_starts_nothing(workspace, cli_script) -> None:
     ws, _ = workspace
     edit_config(ws, lambda c: c["daemon"].update(score_every="1m"))
-    result = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+    result = cli_script("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
     assert result.code == 1 and "daemon.score_every: unknown key" in result.err
     assert not (ws / ".shadowzoo" / "daemon.json").exists()
 
 
-def test_a_port_in_use_is_a_clear_error(workspace, cli) -> None:
+def test_a_port_in_use_is_a_clear_error(workspace, cli_script) -> None:
     ws, _ = workspace
     port = load_workspace(ws).config.gateway.port
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        result = cli("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
+        result = cli_script("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN})
     assert result.code == 1 and f"cannot start the gateway on 127.0.0.1:{port}" in result.err
 
 
-def test_serve_without_an_admin_token_says_which_variable_to_set(workspace, cli) -> None:
+def test_serve_without_an_admin_token_says_which_variable_to_set(workspace, cli_script) -> None:
     ws, _ = workspace
-    env = {k: v for k, v in os.environ.items() if k != "SHADOWZOO_ADMIN_TOKEN"}
-    result = subprocess.run([str(SHADOWZOO), "serve"], cwd=ws, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "set SHADOWZOO_ADMIN_TOKEN" in result.stderr
+    result = cli_script("serve", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": None})
+    assert result.code == 1 and "set SHADOWZOO_ADMIN_TOKEN" in result.err
 
 
 @pytest.mark.slow
-def test_the_champion_keeps_answering_while_the_daemon_is_killed(workspace) -> None:
-    ws, _ = workspace
-    served = Served(ws)
-    try:
-        _send(served, 10, label=False)
-        os.kill(served.daemon_pid(), signal.SIGKILL)
-        answered = _send(served, 40, start=10, label=False)
-        assert len(answered) == 40, "every champion request must succeed while the daemon is down"
-        wait_until(lambda: healthy(f"{served.admin}/healthz"), timeout_s=60)
-    finally:
-        served.stop()
+def test_the_champion_keeps_answering_while_the_daemon_is_killed(shared) -> None:
+    served, _ = shared
+    _send(served, 10, label=False)
+    killed = served.daemon_pid()
+    os.kill(killed, signal.SIGKILL)
+    answered = _send(served, 40, start=10, label=False)
+    assert len(answered) == 40, "every champion request must succeed while the daemon is down"
+    wait_until(lambda: healthy(f"{served.admin}/healthz") and served.daemon_pid() != killed, timeout_s=60)
 
 
 @pytest.mark.slow
@@ -286,18 +290,15 @@ def test_champion_requests_succeed_while_every_challenger_upstream_is_down(works
 
 
 @pytest.mark.slow
-def test_zoo_train_runs_as_a_daemon_job_while_serve_runs(workspace, cli) -> None:
-    ws, _ = workspace
+def test_zoo_train_runs_as_a_daemon_job_while_serve_runs(shared, cli) -> None:
+    served, _ = shared
+    ws = served.workspace_dir
     (ws / "zoo" / "tuned.yaml").write_text(
         "slot: support-triage\nname: tuned\nbase: cheap-mini\ntrain:\n"
         "  optimizer_model: {provider: sim, model: sim-optimizer}\n"
         "  dataset: {from: file, path: tickets.jsonl}\n"
         "  num_epochs: 1\n  steps_per_epoch: 1\n  batch_size: 16\n  split: '1:2:1'\n")
-    served = Served(ws)
-    try:
-        result = cli("zoo", "train", "--spec", "tuned", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN, "SIM_API_KEY": "sim"})
-        assert result.code == 0, result.err
-        assert "tuned: " in result.out and "1 succeeded, 0 failed" in result.out
-        assert list((ws / ".shadowzoo" / "train" / "tuned").glob("*/state.json"))
-    finally:
-        served.stop()
+    result = cli("zoo", "train", "--spec", "tuned", cwd=ws, env={"SHADOWZOO_ADMIN_TOKEN": TOKEN, "SIM_API_KEY": "sim"})
+    assert result.code == 0, result.err
+    assert "tuned: " in result.out and "1 succeeded, 0 failed" in result.out
+    assert list((ws / ".shadowzoo" / "train" / "tuned").glob("*/state.json"))
