@@ -16,7 +16,7 @@ from registry.config import (
     check_name,
     load_workspace,
 )
-from registry.db import Database, utcnow
+from registry.db import Database, utc_day_start, utcnow
 from registry.errors import ConfigError, DatabaseError, NotFound, Refused, ShadowzooError
 from registry.identity import canonical_json, fingerprint, sha256_text, version_id
 from registry.records import Move, NewVariant, Registration, Variant
@@ -49,6 +49,7 @@ __all__ = [
     "WorkspaceConfig",
     "canonical_json",
     "check_name",
+    "utc_day_start",
     "utcnow",
     "fingerprint",
     "load_workspace",

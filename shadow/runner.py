@@ -276,7 +276,7 @@ class ShadowRunner:
         )
         if challengers:
             with self.registry.database.reading() as connection:
-                plan.spent_today = spent_today(connection, slots)
+                plan.spent_today = spent_today(connection)
                 plan.total = _count_pending(connection, plan)
                 plan.skipped = {} if plan.include_old else _count_skipped(connection, plan)
         return plan
