@@ -36,6 +36,7 @@ from scorer.metrics import QualityPlan, plan_quality, sampled_sql
 from scorer.pairing import latest_seq, load_moments, merge_moments, save_watermark, score_changes, watermark
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings
 from scorer.prices import sync_prices
+from shadow.pauses import PauseSet, read_pauses
 from shadow.pricing import price_of
 from scorer.rowmetrics import evaluate_rows, evaluator_for, pending_answers, store_values
 from scorer.slices import Where, slice_alphas, slice_moments, slice_of, tags_sql
@@ -186,10 +187,7 @@ class Scorer:
                                         "unjudged": rows.height - run.values.height})
 
     def _paused(self, db: duckdb.DuckDBPyConnection, challengers: list[Variant]) -> set[str]:
-        rows = db.execute("SELECT scope, target FROM pauses").fetchall()
-        if any(scope == "all" for scope, _ in rows):
-            return {v.version_id for v in challengers}
-        return {target for scope, target in rows}
+        return PauseSet(read_pauses(db)).paused(v.version_id for v in challengers)
 
 
 def _evidence_query(slot: str, plan: QualityPlan, config: SlotConfig, period: Period | None, since: datetime | None) -> AnswerQuery:
