@@ -22,6 +22,7 @@ from ops.jobs import JobRequest
 from ops.output import console, print_json, say
 from ops.session import session
 from registry import ShadowzooError
+from registry.errors import first_problem
 from scorer.export import ExportFormat, ExportOptions, ExportProgress, ExportSummary, export_answers
 
 
@@ -78,7 +79,7 @@ def _options(**fields: object) -> ExportOptions:
     try:
         return ExportOptions(**fields)
     except ValidationError as exc:
-        raise typer.BadParameter(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+        raise typer.BadParameter(first_problem(exc).expected) from None
 
 
 def _inside_workspace(out: Path, root: Path) -> str:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
+from registry.errors import first_problem
 from shadow.apply import apply_variant
 from shadow.exchange import messages_problem, parse_json
 from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody, FeedbackBody
@@ -210,9 +211,8 @@ async def _validated(request: web.Request, model: type[BaseModel]) -> BaseModel 
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(body)"
-        return error_response(400, f"{field}: {first['msg']}", code="invalid_request", param=field)
+        problem = first_problem(exc)
+        return error_response(400, problem.text("(body)"), code="invalid_request", param=problem.path or "(body)")
 
 
 def _accepted(request: web.Request, record: TrafficRecord | OutcomeRecord, answer: dict[str, Any]) -> web.Response:

@@ -28,8 +28,10 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from registry.errors import first_problem
 from shadow.simulator.answers import Answer, Engine, Fault, SimulatedModel, count_tokens
 from shadow.simulator.config import SimulatorConfig
+from shadow.webcommon import bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +173,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require a bearer token on /v1/*: any token, or one of the configured api_keys."""
     if request.path.startswith("/v1/"):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = bearer_token(request.headers.get("Authorization", ""))
         keys = request.app[STATE].api_keys
-        if scheme.lower() != "bearer" or not token.strip():
+        if not token:
             message = "You didn't provide an API key (Authorization: Bearer ...)."
             raise ApiError(401, message, code="invalid_api_key")
-        if keys and token.strip() not in keys:
+        if keys and token not in keys:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
     return await handler(request)
 
@@ -231,9 +233,8 @@ def _parse_chat(raw: bytes) -> tuple[ChatRequest, list[dict[str, Any]]]:
     try:
         chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        param = ".".join(str(part) for part in error["loc"])
-        raise ApiError(400, f"Invalid request: {param}: {error['msg']}", param=param) from exc
+        problem = first_problem(exc)
+        raise ApiError(400, f"Invalid request: {problem.text()}", param=problem.path) from exc
     return chat, body["messages"]
 
 
