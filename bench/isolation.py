@@ -43,32 +43,12 @@ from typing import Any
 
 import yaml
 
-from bench._harness import (
-    CLIENT_REQUEST,
-    CpuUse,
-    SKILL,
-    SLOT,
-    LoadResult,
-    Placement,
-    Server,
-    Target,
-    cpu_window,
-    emit,
-    gateway,
-    make_workspace,
-    open_loop,
-    pin_self,
-    placement,
-    ratio,
-    responder,
-    scratch_dir,
-    simulator,
-    started,
-    summary,
-    target_check,
-    upstream_request,
-    wait_for_quiet,
-)
+from bench.harness.cpu import CpuUse, cpu_window, wait_for_quiet
+from bench.harness.figures import emit, ratio, summary, target_check
+from bench.harness.load import LoadResult, Target, open_loop
+from bench.harness.placement import Placement, pin_self, placement
+from bench.harness.scenario import CLIENT_REQUEST, SKILL, SLOT, make_workspace, upstream_request
+from bench.harness.servers import Server, gateway, responder, scratch_dir, simulator, started
 
 CHALLENGER_PROVIDER = "challengers"
 SCENARIOS = {
