@@ -17,7 +17,8 @@ from ops.session import actor_name, session
 from ops.client import RemoteOperations
 from ops.jobs import JobRequest
 from registry import Registry, ShadowzooError, utcnow
-from shadow.runner import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION, RunFilters, RunReport, ShadowRunner, VersionCounts
+from shadow.pending import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION
+from shadow.runner import RunFilters, RunReport, ShadowRunner, VersionCounts
 
 _RELATIVE = re.compile(r"^(\d+)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}

@@ -41,7 +41,6 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-import duckdb
 from pydantic import BaseModel, Field
 
 from registry import NotFound, Refused, Registry, Variant, utcnow
@@ -49,6 +48,7 @@ from registry.config import Price, ShadowConfig
 from registry.evidence import period_start
 from shadow.apply import apply_variant
 from shadow.budget import DailyBudget, spent_today
+from shadow.pending import CHALLENGER, CONTROL, count_pending, count_skipped, pending_page
 from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
@@ -57,20 +57,9 @@ from shadow.results import ResultWriter, Row, Work, replaces_earlier, result_row
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
-CONTROL = "control"
-BEFORE_PERIOD = "before_period"
-OTHER_CHAMPION = "other_champion"
-NO_CHAMPION = "no_champion"
-SAMPLE_SPACE = 16**13
 EPOCH = datetime(1970, 1, 1)
 PAUSES_REFRESH_S = 2.0
-_SAMPLE_POINT = "('0x' || left(sha256(t.request_id || ':' || c.version_id), 13))::BIGINT"
-_COUNTS = "coalesce(t.champion_version = c.champion AND t.received_at >= c.counts_from, false)"
-"""Whether a pair can count in its slot's current period."""
-_SKIP_REASON = (f"CASE WHEN t.champion_version IS NULL THEN '{NO_CHAMPION}' "
-                f"WHEN t.champion_version = c.champion THEN '{BEFORE_PERIOD}' ELSE '{OTHER_CHAMPION}' END")
-_RETRIABLE = "s.status = 'error' OR (s.status = 'not_run' AND s.error LIKE 'config:%')"
+
 
 
 @dataclass(frozen=True)
@@ -190,7 +179,7 @@ class Challenger:
 
 
 @dataclass
-class _Plan:
+class RunPlan:
     """Everything a run needs from the database, read once at its start."""
 
     challengers: dict[str, Challenger]
@@ -254,7 +243,7 @@ class ShadowRunner:
             log.info("shadow run: %s", report.summary())
         return report
 
-    def _plan(self, filters: RunFilters) -> _Plan:
+    def _plan(self, filters: RunFilters) -> RunPlan:
         """Challengers, budgets, today's spend and the pending count (runs in a worker thread)."""
         workspace = self.registry.workspace
         slots = [filters.slot] if filters.slot else sorted(workspace.config.slots)
@@ -263,7 +252,7 @@ class ShadowRunner:
             challengers.update(self._challengers(slot, workspace.slot(slot).shadow))
         if filters.version is not None:
             challengers = {filters.version: self._chosen(challengers, filters)}
-        plan = _Plan(
+        plan = RunPlan(
             challengers=challengers,
             budgets={slot: workspace.slot(slot).shadow.daily_budget_usd for slot in slots},
             spent_today={},
@@ -277,8 +266,8 @@ class ShadowRunner:
         if challengers:
             with self.registry.database.reading() as connection:
                 plan.spent_today = spent_today(connection)
-                plan.total = _count_pending(connection, plan)
-                plan.skipped = {} if plan.include_old else _count_skipped(connection, plan)
+                plan.total = count_pending(connection, plan)
+                plan.skipped = {} if plan.include_old else count_skipped(connection, plan)
         return plan
 
     def _challengers(self, slot: str, shadow: ShadowConfig) -> dict[str, Challenger]:
@@ -332,7 +321,7 @@ class ShadowRunner:
 class _Run:
     """One pass over the pending work: dispatch, limits on what runs, and the budget."""
 
-    def __init__(self, runner: ShadowRunner, plan: _Plan, writer: ResultWriter) -> None:
+    def __init__(self, runner: ShadowRunner, plan: RunPlan, writer: ResultWriter) -> None:
         self.runner = runner
         self.plan = plan
         self.writer = writer
@@ -370,7 +359,7 @@ class _Run:
 
     def _fetch(self, cursor: tuple[datetime, str, str]) -> list[Work]:
         with self.runner.registry.database.reading() as connection:
-            rows = _pending_page(connection, self.plan, cursor, self.runner.page_size)
+            rows = pending_page(connection, self.plan, cursor, self.runner.page_size)
         return [Work(at, rid, seq, vid, role, json.loads(request), replaces)
                 for at, rid, seq, vid, role, request, replaces in rows]
 
@@ -465,50 +454,3 @@ class _Run:
         if key not in self.announced:
             self.announced.add(key)
             log.warning("not running %s: %s", version_id, reason)
-
-
-def _pending_sql(plan: _Plan, select: str, tail: str, counting: str = "can") -> tuple[str, list[Any]]:
-    """The pending pairs of a plan: without a result (or, retrying, with one to retry), sampled; a
-    challenger never replays what it answered live. `counting` says which pairs: those that `can`
-    count in the current period, those that `cannot`, or `any`."""
-    values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in plan.challengers)
-    params: list[Any] = [x for c in plan.challengers.values()
-                         for x in (c.slot, c.version_id, c.role, float(c.rate), c.champion, c.counts_from)]
-    unanswered = "s.request_id IS NULL" + (f" OR {_RETRIABLE}" if plan.retry_errors else "")
-    window = {"can": f"AND {_COUNTS} ", "cannot": f"AND NOT {_COUNTS} ", "any": ""}[counting]
-    sql = (
-        "WITH c(slot, version_id, role, rate, champion, counts_from) AS "
-        f"(SELECT col0, col1, col2, col3, col4::VARCHAR, col5::TIMESTAMP FROM (VALUES {values})) "
-        f"SELECT {select} FROM traffic t JOIN c ON c.slot = t.slot "
-        "LEFT JOIN shadow_results s ON s.request_id = t.request_id AND s.version_id = c.version_id "
-        f"WHERE t.ingested_at <= ? AND t.received_at >= ? AND t.seq > ? AND ({unanswered}) {window}"
-        f"AND (c.role = '{CONTROL}' OR t.champion_version IS DISTINCT FROM c.version_id) "
-        f"AND {_SAMPLE_POINT} < c.rate * {SAMPLE_SPACE} "
-        + tail
-    )
-    return sql, [*params, plan.snapshot, plan.since, plan.after_seq]
-
-
-def _count_pending(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> int:
-    sql, params = _pending_sql(plan, "count(*)", "", "any" if plan.include_old else "can")
-    return connection.execute(sql, params).fetchone()[0]
-
-
-def _count_skipped(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> dict[str, int]:
-    """Requests with pending pairs that cannot count, by reason (a request counts once per reason)."""
-    sql, params = _pending_sql(plan, f"{_SKIP_REASON} AS reason, count(DISTINCT t.request_id)", "GROUP BY 1", "cannot")
-    return dict(connection.execute(sql, params).fetchall())
-
-
-def _pending_page(
-    connection: duckdb.DuckDBPyConnection, plan: _Plan, cursor: tuple[datetime, str, str], size: int
-) -> list[tuple]:
-    """The next `size` pending pairs after `cursor`, in (received_at, request_id, version_id) order."""
-    sql, params = _pending_sql(
-        plan,
-        "t.received_at, t.request_id, t.seq, c.version_id, c.role, t.request_json, s.status",
-        "AND t.received_at >= ? AND (t.received_at, t.request_id, c.version_id) > (?, ?, ?) "
-        "ORDER BY t.received_at, t.request_id, c.version_id LIMIT ?",
-        "any" if plan.include_old else "can",
-    )
-    return connection.execute(sql, [*params, cursor[0], *cursor, size]).fetchall()
