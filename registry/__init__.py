@@ -11,10 +11,8 @@ from registry.config import (
     RedactionRule,
     SkillSource,
     SlotConfig,
-    Workspace,
     WorkspaceConfig,
     check_name,
-    load_workspace,
 )
 from registry.db import Database, utc_day_start, utcnow
 from registry.errors import ConfigError, DatabaseError, NotFound, Refused, ShadowzooError
@@ -23,6 +21,7 @@ from registry.records import Move, NewVariant, Registration, Variant
 from registry.routes import Route, RouteTable, read_routes
 from registry.protocols import VariantStore
 from registry.store import Registry
+from registry.workspace import Workspace, load_workspace
 
 __all__ = [
     "CONFIG_FILE",

@@ -12,11 +12,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from registry.config import SamplingParams, Strict, Workspace, check_name
+from registry.config import SamplingParams, Strict, check_name
 from registry.entrypoints import check_entrypoint
 from registry.errors import ConfigError, field_path, first_problem
 from registry.identity import sha256_text
 from registry.records import NewVariant
+from registry.workspace import Workspace
 
 SOURCES = ("spec", "api", "train")
 
