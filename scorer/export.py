@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from registry import NotFound, Registry, Workspace
 from registry.db import registered
-from scorer.answers import AnswerQuery, variant_prices
+from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.metrics import plan_quality, sql_literal
 from scorer.pairing import latest_seq
 from shadow.pricing import workspace_prices

@@ -28,7 +28,7 @@ import duckdb
 
 from registry import Variant, utcnow
 from registry.config import ScoringConfig
-from scorer.answers import AnswerQuery
+from scorer.answer_query import AnswerQuery
 from scorer.answerstats import metric_error_sql
 from scorer.guardrails import broken_guardrail, error_rate_delta, latency_ratio
 from scorer.board import Comparison, Interval, Leaderboard, Slice, Status, VariantRow

@@ -27,7 +27,7 @@ from registry import ConfigError, Database, utcnow
 from registry.db import frame, registered
 from registry.config import JsonValidMetric, Metric, PythonMetric
 from registry.entrypoints import load_entrypoint
-from scorer.answers import AnswerQuery
+from scorer.answer_query import AnswerQuery
 from scorer.metrics import label_key_sql, sql_literal, uses_label
 
 VALUE_COLUMNS = {"request_id": pl.Utf8, "version_id": pl.Utf8, "metric_key": pl.Utf8, "label_key": pl.Utf8,
