@@ -3,7 +3,7 @@
 It serves ``POST /v1/chat/completions`` (JSON and SSE streaming), ``GET /v1/models``
 and ``GET /healthz`` with aiohttp, so the real ``openai`` client, its retries, timeouts
 and usage accounting are what tests and demos exercise. What to answer and when to fail
-is decided by :class:`shadow.simulator.answers.Engine`; this module only speaks the
+is decided by :class:`shadow.simulator.engine.Engine`; this module only speaks the
 protocol: response and error shapes, status codes, headers, delays and SSE framing.
 """
 
@@ -29,7 +29,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from registry.errors import first_problem
-from shadow.simulator.answers import Answer, Engine, Fault, SimulatedModel, count_tokens
+from shadow.simulator.engine import Answer, Engine, Fault, SimulatedModel, count_tokens
 from shadow.simulator.config import SimulatorConfig
 from shadow.webcommon import bearer_token
 
