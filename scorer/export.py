@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from registry import NotFound, Registry, Workspace
 from registry.db import registered
 from scorer.answer_query import AnswerQuery, variant_prices
-from scorer.metrics import plan_quality, sql_literal
+from scorer.quality_metrics import plan_quality, sql_literal
 from scorer.pairing import latest_seq
 from shadow.pricing import workspace_prices
 

@@ -20,7 +20,7 @@ counted and shown, never charged to a variant. So:
 
 Every call's cost is stored on the answer it was made for, so the day's judge spend can be
 read back from `metric_values` (`judge_spend_today`). The sample itself lives with the
-metrics (`scorer.metrics.is_sampled`, and `sampled_sql`, the same draw as a SQL predicate),
+metrics (`scorer.quality_metrics.is_sampled`, and `sampled_sql`, the same draw as a SQL predicate),
 since the quality of every answer depends on it; `run_judge` runs a pass for synchronous
 callers.
 """
@@ -40,7 +40,7 @@ import polars as pl
 
 from registry import Database, utc_day_start
 from registry.config import JudgeMetric, Price, ProviderConfig
-from scorer.metrics import is_sampled
+from scorer.quality_metrics import is_sampled
 from shadow.pricing import price_of
 from scorer.rowmetrics import VALUE_COLUMNS, RowValue, answer_of, value_key
 from shadow.budget import DailyCap

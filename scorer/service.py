@@ -32,7 +32,7 @@ from scorer.answerstats import period_stats
 from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
 from registry.config import JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge
-from scorer.metrics import QualityPlan, plan_quality, sampled_sql
+from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
 from scorer.pairing import latest_seq, load_moments, merge_moments, save_watermark, score_changes, watermark
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings
 from scorer.prices import sync_prices

@@ -18,7 +18,7 @@ import duckdb
 
 from registry import utcnow
 from scorer.board import Slice
-from scorer.metrics import sql_literal
+from scorer.quality_metrics import sql_literal
 from scorer.pairing import Moments, period_moments
 from scorer.periods import Period
 from scorer.sequential import alpha_share

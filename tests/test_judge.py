@@ -15,7 +15,7 @@ import pytest
 from registry import utcnow
 from registry.config import JudgeMetric, Price, ProviderConfig
 from scorer.judge import JudgeRun, grader_messages, judge_spend_today, parse_verdict, run_judge
-from scorer.metrics import is_sampled, sampled_sql
+from scorer.quality_metrics import is_sampled, sampled_sql
 from scorer.rowmetrics import VALUE_COLUMNS, store_values
 from scorer.service import Scorer
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread

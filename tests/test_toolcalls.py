@@ -16,7 +16,7 @@ from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
 from registry.config import JudgeMetric, Metric, PythonMetric, RedactionRule
 from scorer.judge import grader_messages
-from scorer.metrics import plan_quality, score_rows
+from scorer.quality_metrics import plan_quality, score_rows
 from scorer.rowmetrics import evaluator_for
 from scorer.service import Scorer
 from shadow.gateway.capture import PendingCapture
