@@ -37,7 +37,7 @@ from apscheduler.triggers.cron import CronTrigger
 from ops import tasks
 from ops.admin import Api, build_admin_app
 from ops.jobs import JobBoard
-from ops.metrics import DaemonMetrics
+from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, ShadowzooError, Workspace

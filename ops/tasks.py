@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ops.metrics import DaemonMetrics
+from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import ConfigError, NotFound, Workspace, read_routes, utcnow
 from registry.atomic import write_atomic

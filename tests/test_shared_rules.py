@@ -8,7 +8,7 @@ import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ops.metrics import DaemonMetrics
+from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.tasks import AUTO_ACTOR, TaskContext, score, watch
 from registry import utc_day_start

@@ -261,7 +261,7 @@ def test_lenient_json_gate_schedule_and_split() -> None:
 
 
 def test_daemon_rotation_trains_the_stalest_spec_each_time(ws: Path) -> None:
-    from ops.metrics import DaemonMetrics
+    from ops.prometheus_metrics import DaemonMetrics
     from ops.operations import LocalOperations
     from ops.tasks import TaskContext, rotate
 
