@@ -16,7 +16,7 @@ from ops.state import running_daemon
 from ops.supervise import Child, supervise
 from registry import ShadowzooError, read_routes
 from shadow.gateway import bind_host, client_keys, worker_main
-from shadow.gateway.metrics import multiprocess_env
+from shadow.gateway.prometheus_metrics import multiprocess_env
 from shadow.providers import missing_api_keys
 
 

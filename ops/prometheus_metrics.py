@@ -5,7 +5,7 @@ they land (everything with a `seq` above the last one counted), so they agree wi
 the leaderboard reads. Gauges come from each scoring run; a retired variant's series are
 removed. Labels stay bounded: slots and versions come from the registry, outcomes and
 roles from short fixed lists. (Gateway workers keep their own per-slot series; see
-`shadow.gateway.metrics`.)
+`shadow.gateway.prometheus_metrics`.)
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from shadow.gateway.capture import CaptureBuffer, PendingCapture
 from shadow.gateway.connection import read_body
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
-from shadow.gateway.metrics import exposition, gateway_metrics
+from shadow.gateway.prometheus_metrics import exposition, gateway_metrics
 from shadow.gateway.openapi import openapi_document
 from shadow.gateway.routing import RouteWatcher
 from shadow.records import OutcomeRecord, TrafficRecord, new_request_id

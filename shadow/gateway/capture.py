@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from pydantic_core import PydanticSerializationError
 
-from shadow.gateway.metrics import gateway_metrics
+from shadow.gateway.prometheus_metrics import gateway_metrics
 from shadow.records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import write_segment
