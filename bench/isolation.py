@@ -330,7 +330,7 @@ async def _drive_sdk(workspace_dir: Path, version: str, seconds: float) -> dict[
 
     from registry import Registry, load_workspace
     from shadow.apply import apply_variant
-    from shadow.records import TrafficRecord
+    from shadow.spool_records import TrafficRecord
     from shadow.spool import read_segment, ready_segments, spool_dir
 
     workspace = load_workspace(workspace_dir)

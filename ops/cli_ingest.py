@@ -23,7 +23,7 @@ from registry import Registry, Workspace
 from shadow.ingest import IngestReport, ingest_spool
 from shadow.redaction import Redactor
 from shadow.logfile import LineProgress, read_outcome_log, read_traffic_log, spool_records
-from shadow.records import SpoolRecord
+from shadow.spool_records import SpoolRecord
 from shadow.spool import spool_dir
 
 app = typer.Typer(

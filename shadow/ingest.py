@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from registry import Database, canonical_json, sha256_text, utcnow
 from registry.db import registered
-from shadow.records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
+from shadow.spool_records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
 from shadow.spool import (
     CorruptSegment,
     RejectedLine,

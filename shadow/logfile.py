@@ -40,7 +40,7 @@ from pydantic import BaseModel, ValidationError, model_validator
 from registry import ShadowzooError, canonical_json, sha256_text
 from registry.errors import first_problem
 from shadow.exchange import Exchange, parse_json
-from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
+from shadow.spool_records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import write_segment
 
 SEGMENT_LINES = 10_000

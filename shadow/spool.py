@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from registry.atomic import write_atomic
 from registry.errors import field_problems
 from shadow.exchange import parse_json
-from shadow.records import SpoolRecord
+from shadow.spool_records import SpoolRecord
 
 SEGMENT_SUFFIX = ".jsonl"
 QUARANTINE = "quarantine"

@@ -16,7 +16,7 @@ from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, load_workspace
 from shadow.ingest import IngestReport, ingest_spool
 from shadow.logfile import LogFileError, read_outcome_log, read_traffic_log, spool_records
-from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
+from shadow.spool_records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import QUARANTINE, CorruptSegment, read_segment, ready_segments, spool_dir, write_segment
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

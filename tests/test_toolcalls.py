@@ -26,7 +26,7 @@ from shadow.pyvariants import PythonVariants
 from shadow.redaction import Redactor
 from shadow.runner import ShadowRunner
 from shadow.spool import CorruptSegment, read_segment, spool_dir, write_segment
-from shadow.records import TrafficRecord
+from shadow.spool_records import TrafficRecord
 from shadow.toolcalls import ToolCall
 from tests.servers import GatewayProcess, edit_config, post_json, start_simulator
 

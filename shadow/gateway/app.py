@@ -32,7 +32,7 @@ from shadow.gateway.forward import Upstream
 from shadow.gateway.prometheus_metrics import exposition, gateway_metrics
 from shadow.gateway.openapi import openapi_document
 from shadow.gateway.routing import RouteWatcher
-from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
+from shadow.spool_records import OutcomeRecord, TrafficRecord, new_request_id
 from shadow.tags import TAGS_HEADER, parse_tags_header
 from shadow.webcommon import bearer_token, json_errors
 

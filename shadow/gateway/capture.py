@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from pydantic_core import PydanticSerializationError
 
 from shadow.gateway.prometheus_metrics import gateway_metrics
-from shadow.records import OutcomeRecord, TrafficRecord
+from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import write_segment
 from shadow.toolcalls import StreamedToolCalls, ToolCall, tool_calls_of
