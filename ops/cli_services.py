@@ -198,7 +198,7 @@ def sim(
     Example: shadowzoo sim --config simulator.yaml --port 8700
     """
     from shadow.simulator import load_simulator_config, serve
-    from shadow.simulator.config import SimulatorConfigError
+    from shadow.simulator.simulator_config import SimulatorConfigError
 
     try:
         serve(load_simulator_config(config), host=host, port=port, fast=fast)

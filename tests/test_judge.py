@@ -19,7 +19,7 @@ from scorer.quality_metrics import is_sampled, sampled_sql
 from scorer.rowmetrics import VALUE_COLUMNS, store_values
 from scorer.service import Scorer
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
-from shadow.simulator.config import ErrorConfig, ModelConfig, Ticket, load_tickets
+from shadow.simulator.simulator_config import ErrorConfig, ModelConfig, Ticket, load_tickets
 from tests.scoring_data import Answers, demo_registry
 from tests.servers import edit_config
 

@@ -31,7 +31,7 @@ from shadow.pricing import cost_usd, detail_tokens
 from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket
 from shadow.runner import RunFilters, RunReport, ShadowRunner
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
-from shadow.simulator.config import ErrorConfig, LatencyConfig, ModelConfig
+from shadow.simulator.simulator_config import ErrorConfig, LatencyConfig, ModelConfig
 from scorer.board import Status
 from scorer.service import Scorer
 from shadow.ingest import ingest_spool

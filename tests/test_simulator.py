@@ -27,7 +27,7 @@ from shadow.simulator import (
     start_in_thread,
 )
 from shadow.simulator.engine import RateLimiter
-from shadow.simulator.config import Directive, ErrorConfig, LimitsConfig, ModelConfig, Ticket, load_tickets
+from shadow.simulator.simulator_config import Directive, ErrorConfig, LimitsConfig, ModelConfig, Ticket, load_tickets
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 LABELS = ["billing", "technical", "account", "shipping", "other"]

@@ -16,7 +16,7 @@ from ops.cli_train import runs, train
 from ops.session import Session
 from registry import Registry, load_workspace, utcnow
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
-from shadow.simulator.config import ErrorConfig, ModelConfig
+from shadow.simulator.simulator_config import ErrorConfig, ModelConfig
 from tests.servers import DEMO_SIM, edit_config
 from zoo import load_zoo, register_specs
 from zoo.train.dataset import Item, split_items

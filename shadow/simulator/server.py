@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from registry.errors import first_problem
 from shadow.simulator.engine import Answer, Engine, Fault, SimulatedModel, count_tokens
-from shadow.simulator.config import SimulatorConfig
+from shadow.simulator.simulator_config import SimulatorConfig
 from shadow.webcommon import bearer_token
 
 log = logging.getLogger(__name__)
