@@ -17,7 +17,7 @@ from registry.config import CHAT_PARAM_KEYS
 from registry.entrypoints import check_entrypoint
 from zoo.skills import read_skill
 from zoo.spec import SpecFile, Zoo
-from zoo.train.config import ExternalTrainConfig
+from zoo.train.train_config import ExternalTrainConfig
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from registry.entrypoints import load_entrypoint
 from registry.errors import first_problem
 from zoo.resolve import resolve_spec
 from zoo.spec import SpecFile, Zoo
-from zoo.train.config import ExternalTrainConfig
+from zoo.train.train_config import ExternalTrainConfig
 from zoo.train.outcome import Progress, Register, RunResult, trained_label
 
 ALLOWED_KEYS = tuple(ChatParams.model_fields)
