@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 import duckdb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from registry.config import Price
+from registry.workspace_config import Price
 from scorer.board import Leaderboard, Status
 from shadow.pricing import cost_usd
 

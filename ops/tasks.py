@@ -23,7 +23,7 @@ from scorer.answerstats import period_stats
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.export import ExportOptions, ExportProgress, ExportSummary, export_answers
 from scorer.report import render_html, render_markdown
-from registry.config import Price, RetentionConfig
+from registry.workspace_config import Price, RetentionConfig
 from shadow.budget import budget_left
 from shadow.ingest import ingest_spool
 from shadow.pricing import price_of, workspace_prices

@@ -4,7 +4,7 @@ It also holds what every other package shares: the workspace config models, the 
 user can act on, and the `routes.json` format the gateway serves from.
 """
 
-from registry.config import (
+from registry.workspace_config import (
     CONFIG_FILE,
     ChatParams,
     ProviderConfig,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from registry.config import SamplingParams, Strict, check_name
+from registry.workspace_config import SamplingParams, Strict, check_name
 from registry.entrypoints import check_entrypoint
 from registry.errors import ConfigError, field_path, first_problem
 from registry.identity import sha256_text

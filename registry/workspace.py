@@ -1,12 +1,12 @@
 """A workspace: the directory holding `shadowzoo.yaml`, the zoo of specs and the state directory,
-and loading it (the config checked against `registry.config`'s schema, then what the schema
+and loading it (the config checked against `registry.workspace_config`'s schema, then what the schema
 alone cannot check: that python metrics' entrypoints can be found)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from registry.config import CONFIG_FILE, PythonMetric, SlotConfig, WorkspaceConfig
+from registry.workspace_config import CONFIG_FILE, PythonMetric, SlotConfig, WorkspaceConfig
 from registry.entrypoints import check_entrypoint
 from registry.errors import ConfigError
 from registry.yamlfile import load_model

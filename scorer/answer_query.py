@@ -19,7 +19,7 @@ from datetime import datetime
 import polars as pl
 
 from registry import Variant
-from registry.config import Price, ScoringConfig
+from registry.workspace_config import Price, ScoringConfig
 from scorer.quality_metrics import SCALAR_LABEL, QualityPlan, label_key_sql, sql_literal
 from shadow.pricing import price_of
 

@@ -7,7 +7,7 @@ ask here, so the two can never disagree on what breaks a guardrail.
 
 from __future__ import annotations
 
-from registry.config import ScoringConfig
+from registry.workspace_config import ScoringConfig
 
 ERROR_RATE = "error rate"
 P95_LATENCY = "p95 latency"

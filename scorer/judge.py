@@ -39,7 +39,7 @@ from typing import Any
 import polars as pl
 
 from registry import Database, utc_day_start
-from registry.config import JudgeMetric, Price, ProviderConfig
+from registry.workspace_config import JudgeMetric, Price, ProviderConfig
 from scorer.quality_metrics import is_sampled
 from shadow.pricing import price_of
 from scorer.rowmetrics import VALUE_COLUMNS, RowValue, answer_of, value_key

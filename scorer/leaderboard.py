@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 
 from registry import Variant, utcnow
-from registry.config import ScoringConfig
+from registry.workspace_config import ScoringConfig
 from scorer.answer_query import AnswerQuery
 from scorer.answerstats import metric_error_sql
 from scorer.guardrails import broken_guardrail, error_rate_delta, latency_ratio

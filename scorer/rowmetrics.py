@@ -25,7 +25,7 @@ import polars as pl
 
 from registry import ConfigError, Database, utcnow
 from registry.db import frame, registered
-from registry.config import JsonValidMetric, Metric, PythonMetric
+from registry.workspace_config import JsonValidMetric, Metric, PythonMetric
 from registry.entrypoints import load_entrypoint
 from scorer.answer_query import AnswerQuery
 from scorer.quality_metrics import label_key_sql, sql_literal, uses_label

@@ -30,7 +30,7 @@ from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.board import Comparison, EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
 from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
-from registry.config import JudgeMetric, SlotConfig
+from registry.workspace_config import JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge
 from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
 from scorer.pairing import latest_seq, load_moments, merge_moments, save_watermark, score_changes, watermark

@@ -44,7 +44,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from registry import NotFound, Refused, Registry, Variant, utcnow
-from registry.config import Price, ShadowConfig
+from registry.workspace_config import Price, ShadowConfig
 from registry.evidence import period_start
 from shadow.apply import apply_variant
 from shadow.budget import DailyBudget, spent_today

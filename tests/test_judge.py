@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from registry import utcnow
-from registry.config import JudgeMetric, Price, ProviderConfig
+from registry.workspace_config import JudgeMetric, Price, ProviderConfig
 from scorer.judge import JudgeRun, grader_messages, judge_spend_today, parse_verdict, run_judge
 from scorer.quality_metrics import is_sampled, sampled_sql
 from scorer.rowmetrics import VALUE_COLUMNS, store_values

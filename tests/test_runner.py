@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from ops import cli_shadow
 from ops.session import Session
 from registry import Refused, Registry, load_workspace, utcnow
-from registry.config import Price
+from registry.workspace_config import Price
 from shadow import pauses
 from shadow.pricing import cost_usd, detail_tokens
 from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket

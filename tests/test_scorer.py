@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 import registry.db as registry_db
 from registry import ConfigError, Refused, Registry, load_workspace
 from registry.migrations import MIGRATIONS
-from registry.config import Metric
+from registry.workspace_config import Metric
 from scorer.board import Status
 from scorer.pairing import load_moments
 from scorer.sequential import confidence_interval

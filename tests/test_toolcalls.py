@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
-from registry.config import JudgeMetric, Metric, PythonMetric, RedactionRule
+from registry.workspace_config import JudgeMetric, Metric, PythonMetric, RedactionRule
 from scorer.judge import grader_messages
 from scorer.quality_metrics import plan_quality, score_rows
 from scorer.rowmetrics import evaluator_for

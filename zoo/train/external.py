@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from registry import ChatParams, ConfigError, NewVariant, ShadowzooError, Workspace, sha256_text
-from registry.config import CHAT_PARAM_KEYS
+from registry.workspace_config import CHAT_PARAM_KEYS
 from registry.entrypoints import load_entrypoint
 from registry.errors import first_problem
 from zoo.resolve import resolve_spec

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from registry import ConfigError
-from registry.config import Strict
+from registry.workspace_config import Strict
 from registry.entrypoints import ENTRYPOINT_RE, ENTRYPOINT_RULE
 from registry.errors import field_problems
 
