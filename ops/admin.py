@@ -28,7 +28,7 @@ from ops.jobs import JobBoard, JobRequest, JobStatus
 from ops.operations import LocalOperations
 from registry import ConfigError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
 from registry.errors import validated
-from scorer.board import EvidencePoint, Leaderboard
+from scorer.leaderboard_model import EvidencePoint, Leaderboard
 from scorer.browse import RequestFilter, RequestPage, filter_of_query
 from scorer.trace import RequestTrace
 from shadow.pauses import Pause

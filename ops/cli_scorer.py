@@ -12,7 +12,7 @@ import typer
 from ops.output import console, print_json, print_table, say, warn
 from ops.session import session
 from registry.atomic import write_atomic
-from scorer.board import Leaderboard, Status
+from scorer.leaderboard_model import Leaderboard, Status
 from scorer.report import format_interval, judge_note, render_html, render_markdown, usd
 from shadow.tags import parse_where, where_text
 

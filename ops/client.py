@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from ops.jobs import JobRequest, JobStatus
 from registry import ConfigError, DatabaseError, Move, NewVariant, NotFound, Refused, Registration, ShadowzooError, Variant
-from scorer.board import EvidencePoint, Leaderboard
+from scorer.leaderboard_model import EvidencePoint, Leaderboard
 from scorer.browse import RequestFilter, RequestPage
 from scorer.trace import RequestTrace
 from shadow.pauses import Pause

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from registry import Move, NewVariant, Registration, Registry, Variant
-from scorer.board import EvidencePoint, Leaderboard
+from scorer.leaderboard_model import EvidencePoint, Leaderboard
 from scorer.browse import RequestFilter, RequestPage, browse_requests
 from scorer.policy import promotion_evidence
 from scorer.service import Scorer

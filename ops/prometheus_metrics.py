@@ -17,7 +17,7 @@ import duckdb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from registry.workspace_config import Price
-from scorer.board import Leaderboard, Status
+from scorer.leaderboard_model import Leaderboard, Status
 from shadow.pricing import cost_usd
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)

@@ -31,7 +31,7 @@ from registry.workspace_config import ScoringConfig
 from scorer.answer_query import AnswerQuery
 from scorer.answerstats import metric_error_sql
 from scorer.guardrails import broken_guardrail, error_rate_delta, latency_ratio
-from scorer.board import Comparison, Interval, Leaderboard, Slice, Status, VariantRow
+from scorer.leaderboard_model import Comparison, Interval, Leaderboard, Slice, Status, VariantRow
 from scorer.periods import Period
 from scorer.sequential import PairedMoments, Verdict, bounds_verdict, confidence_interval, running_intersection
 

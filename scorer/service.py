@@ -27,7 +27,7 @@ import duckdb
 from registry import ConfigError, Database, Registry, Variant, Workspace, utcnow
 from registry.db import registered
 from scorer.answer_query import AnswerQuery, variant_prices
-from scorer.board import Comparison, EvidencePoint, JudgeState, Leaderboard
+from scorer.leaderboard_model import Comparison, EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
 from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
 from registry.workspace_config import JudgeMetric, SlotConfig

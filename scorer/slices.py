@@ -17,7 +17,7 @@ from __future__ import annotations
 import duckdb
 
 from registry import utcnow
-from scorer.board import Slice
+from scorer.leaderboard_model import Slice
 from scorer.quality_metrics import sql_literal
 from scorer.pairing import Moments, period_moments
 from scorer.periods import Period

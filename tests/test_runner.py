@@ -32,7 +32,7 @@ from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket
 from shadow.runner import RunFilters, RunReport, ShadowRunner
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.simulator_config import ErrorConfig, LatencyConfig, ModelConfig
-from scorer.board import Status
+from scorer.leaderboard_model import Status
 from scorer.service import Scorer
 from shadow.ingest import ingest_spool
 from tests.servers import GatewayProcess, edit_config, free_port

@@ -16,7 +16,7 @@ import registry.db as registry_db
 from registry import ConfigError, Refused, Registry, load_workspace
 from registry.migrations import MIGRATIONS
 from registry.workspace_config import Metric
-from scorer.board import Status
+from scorer.leaderboard_model import Status
 from scorer.pairing import load_moments
 from scorer.sequential import confidence_interval
 from scorer.quality_metrics import plan_quality, score_rows
