@@ -29,7 +29,7 @@ from registry.db import registered
 from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.leaderboard_model import Comparison, EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
-from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
+from scorer.leaderboard_builder import BoardInputs, build_board, describe, not_run_counts
 from registry.workspace_config import JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge
 from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
