@@ -25,7 +25,7 @@ from registry.errors import first_problem
 from shadow.apply import apply_variant
 from shadow.exchange import messages_problem, parse_json
 from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody, FeedbackBody
-from shadow.gateway.capture import CaptureBuffer, PendingCapture
+from shadow.gateway.capture import PendingCapture, SpoolBuffer
 from shadow.gateway.connection import read_body
 from shadow.gateway.errors import error_response
 from shadow.gateway.forward import Upstream
@@ -44,7 +44,7 @@ class GatewayState:
     """Everything a gateway worker holds: routes, capture buffer, upstream pool, client keys."""
 
     routes: RouteWatcher
-    captures: CaptureBuffer
+    captures: SpoolBuffer
     upstream: Upstream | None
     client_keys: tuple[str, ...]
     max_body_bytes: int

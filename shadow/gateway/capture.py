@@ -108,8 +108,9 @@ def _answer_from_events(events: list[bytes]) -> _Answer:
     return _Answer(("".join(parts) if parts else None), calls.calls(), usage)
 
 
-class CaptureBuffer:
-    """Captures in memory, flushed to spool segments by a background task.
+class SpoolBuffer:
+    """Records bound for the spool (captured exchanges and feedback), in memory, flushed to
+    spool segments by a background task.
 
     Memory is capped by count and by bytes (estimated until a capture is serialised, in
     flight included); past either cap new captures are dropped and counted. Each capture

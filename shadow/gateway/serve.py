@@ -20,7 +20,7 @@ from aiohttp import web
 
 from registry import Workspace, load_workspace
 from shadow.gateway.app import GatewayState, build_app
-from shadow.gateway.capture import CaptureBuffer
+from shadow.gateway.capture import SpoolBuffer
 from shadow.gateway.connection import GatewayRunner
 from shadow.gateway.loglines import LineLimit
 from shadow.redaction import Redactor
@@ -59,7 +59,7 @@ def _is_loopback(host: str) -> bool:
 def gateway_state(workspace: Workspace) -> GatewayState:
     """A worker's state, built from the workspace config."""
     config = workspace.config
-    captures = CaptureBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
+    captures = SpoolBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
                              config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
                              max_bytes=config.gateway.capture_buffer_bytes,
                              flush_max_records=config.gateway.flush_max_records)
