@@ -147,8 +147,9 @@ def _count(report: RunReport, progress: Progress | None, rows: list[Row]) -> Non
 
 
 @dataclass(frozen=True)
-class Challenger:
-    """A variant as the runner uses it: how to build its calls, its sample rate and its price."""
+class ReplayedVariant:
+    """A variant the runner replays traffic to (a challenger, or the champion as a control): how to
+    build its calls, its sample rate and its price."""
 
     version_id: str
     slot: str
@@ -182,7 +183,7 @@ class Challenger:
 class RunPlan:
     """Everything a run needs from the database, read once at its start."""
 
-    challengers: dict[str, Challenger]
+    challengers: dict[str, ReplayedVariant]
     budgets: dict[str, float]
     spent_today: dict[str, float]
     total: int
@@ -247,7 +248,7 @@ class ShadowRunner:
         """Challengers, budgets, today's spend and the pending count (runs in a worker thread)."""
         workspace = self.registry.workspace
         slots = [filters.slot] if filters.slot else sorted(workspace.config.slots)
-        challengers: dict[str, Challenger] = {}
+        challengers: dict[str, ReplayedVariant] = {}
         for slot in slots:
             challengers.update(self._challengers(slot, workspace.slot(slot).shadow))
         if filters.version is not None:
@@ -270,7 +271,7 @@ class ShadowRunner:
                 plan.skipped = {} if plan.include_old else count_skipped(connection, plan)
         return plan
 
-    def _challengers(self, slot: str, shadow: ShadowConfig) -> dict[str, Challenger]:
+    def _challengers(self, slot: str, shadow: ShadowConfig) -> dict[str, ReplayedVariant]:
         """The slot's active challengers, and the champion as a control when its rate is set."""
         champion = self.registry.champion(slot)
         started = self._period_start(slot, champion)
@@ -294,16 +295,16 @@ class ShadowRunner:
             return period_start(connection, slot, champion.version_id, since)
 
     def _challenger(self, variant: Variant, role: str, rate: float, champion: Variant | None,
-                    counts_from: datetime) -> Challenger:
+                    counts_from: datetime) -> ReplayedVariant:
         prices = workspace_prices(self.registry.workspace)
-        return Challenger(
+        return ReplayedVariant(
             version_id=variant.version_id, slot=variant.slot, role=role, kind=variant.kind, config=variant.config,
             skill=self.registry.skill_text(variant.skill_sha) if variant.skill_sha else None,
             rate=rate, price=price_of(prices, variant.config.get("model")) if variant.kind == "chat" else None,
             champion=champion.version_id if champion else None, counts_from=counts_from,
         )
 
-    def _chosen(self, challengers: dict[str, Challenger], filters: RunFilters) -> Challenger:
+    def _chosen(self, challengers: dict[str, ReplayedVariant], filters: RunFilters) -> ReplayedVariant:
         """The one challenger `--version` names, or an error saying why it is not one."""
         if filters.version in challengers:
             return challengers[filters.version]
@@ -393,13 +394,13 @@ class _Run:
         self.tasks.add(task)
         task.add_done_callback(self._finished)
 
-    def _config_problem(self, challenger: Challenger) -> str | None:
+    def _config_problem(self, challenger: ReplayedVariant) -> str | None:
         provider = challenger.config.get("provider")
         if challenger.kind == "chat" and self.runner.providers.get(str(provider)) is None:
             return f"config: provider {provider!r} of {challenger.version_id} is not configured"
         return None
 
-    async def _answer(self, work: Work, challenger: Challenger, body: dict[str, Any] | None, estimate: float) -> None:
+    async def _answer(self, work: Work, challenger: ReplayedVariant, body: dict[str, Any] | None, estimate: float) -> None:
         cost = None
         try:
             if body is not None:
@@ -411,7 +412,7 @@ class _Run:
             self.budget.settle(challenger.slot, challenger.version_id, estimate, cost)
         await self.writer.add(row)
 
-    async def _chat(self, work: Work, challenger: Challenger, body: dict[str, Any]) -> Row:
+    async def _chat(self, work: Work, challenger: ReplayedVariant, body: dict[str, Any]) -> Row:
         client = self.runner.providers.get(str(challenger.config["provider"]))
         assert client is not None, "checked before dispatch"
         result = await client.chat(body, as_live=True)
@@ -426,7 +427,7 @@ class _Run:
             attempts=result.attempts,
         )
 
-    async def _python(self, work: Work, challenger: Challenger) -> Row:
+    async def _python(self, work: Work, challenger: ReplayedVariant) -> Row:
         """One call of a python variant; each call that runs costs its declared price."""
         config = challenger.config
         answer = await self.runner.python.call(config["entrypoint"], work.request, config.get("params") or {})
