@@ -27,7 +27,7 @@ from shadow.exchange import messages_problem, parse_json
 from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody, FeedbackBody
 from shadow.gateway.capture import PendingCapture, SpoolBuffer
 from shadow.gateway.connection import read_body
-from shadow.gateway.errors import error_response
+from shadow.gateway.error_responses import error_response
 from shadow.gateway.forward import Upstream
 from shadow.gateway.prometheus_metrics import exposition, gateway_metrics
 from shadow.gateway.openapi import openapi_document
