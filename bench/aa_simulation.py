@@ -37,7 +37,7 @@ from scipy.stats import norm
 
 from registry.workspace_config import ScoringConfig
 from scorer.sequential import PairedMoments, Verdict, alpha_share, naive_interval, verdict
-from scorer.simulation import (
+from scorer.sequential_simulation import (
     DemoNetModel,
     DiffSampler,
     NetSampler,
