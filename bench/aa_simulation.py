@@ -35,9 +35,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import norm
 
-from registry.config import ScoringConfig
+from registry.workspace_config import ScoringConfig
 from scorer.sequential import PairedMoments, Verdict, alpha_share, naive_interval, verdict
-from scorer.simulation import (
+from scorer.sequential_simulation import (
     DemoNetModel,
     DiffSampler,
     NetSampler,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.scorer import SLOT, generate, register, workspace  # noqa: E402
 from registry import Registry, load_workspace  # noqa: E402
 from registry.db import registered  # noqa: E402
-from scorer.answers import variant_prices  # noqa: E402
+from scorer.answer_query import variant_prices  # noqa: E402
 from scorer.export import CHUNK_REQUESTS, ExportFormat, ExportOptions, ExportRows, export_answers  # noqa: E402
 from shadow.pricing import workspace_prices  # noqa: E402
 

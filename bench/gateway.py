@@ -44,36 +44,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._harness import (
-    CLIENT_REQUEST,
-    GATEWAY_KEY,
-    QUIET_CORES,
-    BenchError,
-    Placement,
-    Server,
-    Target,
-    closed_loop,
-    cpu_window,
-    emit,
-    find_litellm,
-    gateway,
-    litellm_proxy,
-    litellm_version,
-    make_workspace,
-    pin_self,
-    placement,
-    ratio,
-    responder,
-    round3,
-    scratch_dir,
-    sequential_latencies,
-    simulator,
-    started,
-    summary,
-    target_check,
-    upstream_request,
-    wait_for_quiet,
-)
+from bench.harness import BenchError
+from bench.harness.cpu import QUIET_CORES, cpu_window, wait_for_quiet
+from bench.harness.figures import emit, ratio, round3, summary, target_check
+from bench.harness.litellm import find_litellm, litellm_proxy, litellm_version
+from bench.harness.load import Target, closed_loop, sequential_latencies
+from bench.harness.placement import Placement, pin_self, placement
+from bench.harness.scenario import CLIENT_REQUEST, GATEWAY_KEY, make_workspace, upstream_request
+from bench.harness.servers import Server, gateway, responder, scratch_dir, simulator, started
 
 UPSTREAMS = ("responder", "simulator")
 REPORTED_UPSTREAM = "responder"

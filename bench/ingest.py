@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registry import Database  # noqa: E402
 from shadow.ingest import ingest_spool  # noqa: E402
-from shadow.records import OutcomeRecord, TrafficRecord  # noqa: E402
+from shadow.spool_records import OutcomeRecord, TrafficRecord  # noqa: E402
 from shadow.spool import read_segment, ready_segments, write_segment  # noqa: E402
 
 TARGET_RECORDS_PER_S = 100_000

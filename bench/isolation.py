@@ -49,32 +49,12 @@ from typing import Any
 
 import yaml
 
-from bench._harness import (
-    CLIENT_REQUEST,
-    CpuUse,
-    SKILL,
-    SLOT,
-    LoadResult,
-    Placement,
-    Server,
-    Target,
-    cpu_window,
-    emit,
-    gateway,
-    make_workspace,
-    open_loop,
-    pin_self,
-    placement,
-    ratio,
-    responder,
-    scratch_dir,
-    simulator,
-    started,
-    summary,
-    target_check,
-    upstream_request,
-    wait_for_quiet,
-)
+from bench.harness.cpu import CpuUse, cpu_window, wait_for_quiet
+from bench.harness.figures import emit, ratio, summary, target_check
+from bench.harness.load import LoadResult, Target, open_loop
+from bench.harness.placement import Placement, pin_self, placement
+from bench.harness.scenario import CLIENT_REQUEST, SKILL, SLOT, make_workspace, upstream_request
+from bench.harness.servers import Server, gateway, responder, scratch_dir, simulator, started
 
 CHALLENGER_PROVIDER = "challengers"
 SCENARIOS = {
@@ -398,7 +378,7 @@ async def _drive_sdk(workspace_dir: Path, version: str, seconds: float) -> dict[
 
     from registry import Registry, load_workspace
     from shadow.apply import apply_variant
-    from shadow.records import TrafficRecord
+    from shadow.spool_records import TrafficRecord
     from shadow.spool import read_segment, ready_segments, spool_dir
 
     workspace = load_workspace(workspace_dir)

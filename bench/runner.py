@@ -40,6 +40,7 @@ import yaml
 
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace, utcnow
+from registry.db import registered
 from shadow.providers import ProviderPool
 from shadow.runner import RunFilters, ShadowRunner
 
@@ -232,14 +233,12 @@ def add_traffic(registry: Registry, count: int) -> datetime:
         "received_at": [base + timedelta(milliseconds=i) for i in range(count)],
         "request_json": [json.dumps({"model": SLOT, "messages": messages(i)[1:]}) for i in range(first, first + count)],
     })
-    with registry.database.transaction() as db:
-        db.register("new_traffic", frame)
+    with registry.database.transaction() as db, registered(db, "new_traffic", frame):
         db.execute(
             "INSERT INTO traffic (request_id, slot, received_at, request_json, source, ingested_at) "
             "SELECT request_id, ?, received_at, request_json, 'gateway', ? FROM new_traffic",
             [SLOT, utcnow()],
         )
-        db.unregister("new_traffic")
     return base
 
 

@@ -68,6 +68,7 @@ def _options(**fields: object) -> ExportOptions:
     """The options, or a usage error naming the option at fault."""
     from pydantic import ValidationError
 
+    from registry.errors import first_problem
     from scorer.export import ExportOptions
 
     if fields["answer"] not in ("version", "label"):
@@ -75,7 +76,7 @@ def _options(**fields: object) -> ExportOptions:
     try:
         return ExportOptions(**fields)
     except ValidationError as exc:
-        raise typer.BadParameter(exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")) from None
+        raise typer.BadParameter(first_problem(exc).expected) from None
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from ops.session import session
 if TYPE_CHECKING:
     from shadow.ingest import IngestReport
     from shadow.logfile import LineProgress
-    from shadow.records import SpoolRecord
+    from shadow.spool_records import SpoolRecord
 
     Reader = Callable[[LineProgress], Iterator[SpoolRecord]]
 

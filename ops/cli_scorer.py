@@ -13,10 +13,10 @@ from ops.output import console, print_json, print_table, say, warn
 from ops.session import session
 
 if TYPE_CHECKING:
-    from scorer.board import Leaderboard
+    from scorer.leaderboard_model import Leaderboard
 
 STATUS_STYLE = {"ready": "green", "worse": "red", "guardrail": "yellow", "champion": "bold"}
-"""Rich styles of the statuses an operator should notice (keys are `scorer.board.Status` values)."""
+"""Rich styles of the statuses an operator should notice (keys are `scorer.leaderboard_model.Status` values)."""
 
 
 class Format(StrEnum):

@@ -129,7 +129,7 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
     """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
     from shadow.gateway import worker_main
-    from shadow.gateway.metrics import multiprocess_env
+    from shadow.gateway.prometheus_metrics import multiprocess_env
 
     env = multiprocess_env(workspace.state_dir)
     return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
@@ -210,7 +210,7 @@ def sim(
     Example: shadowzoo sim --config simulator.yaml --port 8700
     """
     from shadow.simulator import load_simulator_config, serve
-    from shadow.simulator.config import SimulatorConfigError
+    from shadow.simulator.simulator_config import SimulatorConfigError
 
     try:
         serve(load_simulator_config(config), host=host, port=port, fast=fast)

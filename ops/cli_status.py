@@ -21,7 +21,7 @@ from ops.output import print_fields, print_json, print_table, say, warn
 from ops.session import Session, session
 from ops.state import DAEMON, SERVE, running_daemon
 from registry import ConfigError, ShadowzooError, Workspace
-from registry.config import CONFIG_FILE, DaemonConfig, WorkspaceConfig
+from registry.workspace_config import CONFIG_FILE, DaemonConfig, WorkspaceConfig
 
 FAILING_RUNS = 3
 """A job whose last this many runs failed keeps failing: `status` exits 1."""

@@ -41,12 +41,12 @@ from ops import tasks
 from ops.admin import Api, build_admin_app
 from ops.jobs import Job, JobBoard, workspace_file
 from ops.liveconfig import POLL_S, LiveConfig
-from ops.metrics import DaemonMetrics
+from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.protocol import JobStatus
 from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, ShadowzooError, Workspace
-from registry.config import DaemonConfig
+from registry.workspace_config import DaemonConfig
 from scorer.export import ExportOptions, ExportProgress, ExportSummary
 from shadow.runner import RunFilters, ShadowRunner
 

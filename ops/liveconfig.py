@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from registry import ShadowzooError, Workspace, load_workspace
-from registry.config import WorkspaceConfig
+from registry.workspace_config import WorkspaceConfig
 
 log = logging.getLogger("shadowzoo.daemon")
 POLL_S = 1.0

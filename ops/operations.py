@@ -26,7 +26,7 @@ from shadow.pauses import Pause
 
 if TYPE_CHECKING:
     from ops.protocol import IngestProgress, JobStatus, Report, ReportFormat, TrainResult
-    from scorer.board import EvidencePoint, Leaderboard
+    from scorer.leaderboard_model import EvidencePoint, Leaderboard
     from scorer.browse import RequestFilter, RequestPage
     from scorer.export import ExportOptions, ExportProgress, ExportSummary
     from scorer.service import Scorer
@@ -57,7 +57,7 @@ class LocalOperations:
     def status(self) -> dict[str, Any]:
         """What the database and the state directory say while no daemon runs (no pid, no queue)."""
         from ops import tasks
-        from ops.metrics import DaemonMetrics
+        from ops.prometheus_metrics import DaemonMetrics
 
         context = tasks.TaskContext(self.workspace, self, DaemonMetrics())
         return {"database": str(self.workspace.db_path), **tasks.status(context), "queue_depth": None}
@@ -122,7 +122,7 @@ class LocalOperations:
 
     # evidence
     def leaderboard(self, slot: str) -> Leaderboard:
-        from scorer.board import Leaderboard
+        from scorer.leaderboard_model import Leaderboard
 
         self.workspace.slot(slot)
         with self.registry.database.reading() as db:

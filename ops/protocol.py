@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from registry import Move, NewVariant, Registration, Variant
-from scorer.board import EvidencePoint, Leaderboard
+from scorer.leaderboard_model import EvidencePoint, Leaderboard
 from scorer.browse import RequestFilter, RequestPage
 from scorer.export import ExportOptions, ExportProgress, ExportSummary
 from scorer.trace import RequestTrace

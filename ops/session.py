@@ -30,7 +30,7 @@ class Session:
     workspace_dir: Path
 
     def workspace(self) -> Workspace:
-        from registry.config import load_workspace
+        from registry.workspace import load_workspace
 
         return load_workspace(self.workspace_dir)
 

@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ops.metrics import DaemonMetrics
+from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
 from scorer.answerstats import period_stats
+from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
-from registry.config import Price, RetentionConfig
+from registry.workspace_config import Price, RetentionConfig
+from shadow.budget import budget_left
 from shadow.pricing import price_of, workspace_prices
 from shadow.providers import missing_api_keys
 from shadow.spool import quarantined_records, ready_segments, spool_dir
@@ -128,13 +130,9 @@ def _may_auto_promote(context: TaskContext, slot: str, board) -> bool:
 
 
 def _budgets_left(context: TaskContext) -> list[tuple[str, float]]:
-    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    limits = {slot: config.shadow.daily_budget_usd for slot, config in context.workspace.config.slots.items()}
     with context.database.reading() as db:
-        spent = dict(db.execute(
-            "SELECT t.slot, sum(s.cost_usd) FROM shadow_results s JOIN traffic t USING (request_id) "
-            "WHERE s.finished_at >= ? GROUP BY t.slot", [midnight]).fetchall())
-    return [(slot, config.shadow.daily_budget_usd - float(spent.get(slot) or 0.0))
-            for slot, config in context.workspace.config.slots.items()]
+        return list(budget_left(db, limits).items())
 
 
 def watch(context: TaskContext) -> dict[str, Any]:
@@ -160,10 +158,11 @@ def _broken_after_promotion(context: TaskContext, slot: str) -> str | None:
     now_stats, before_stats = _live_stats(context, slot, moves[-1].to_version), _live_stats(context, slot, moves[-1].from_version)
     if not now_stats or not before_stats or min(now_stats["n"], before_stats["n"]) < WATCH_MIN_REQUESTS:
         return None
-    if now_stats["error_rate"] - before_stats["error_rate"] > scoring.max_error_rate_increase:
+    broken = broken_guardrail(scoring, error_rate_delta(now_stats["error_rate"], before_stats["error_rate"]),
+                              latency_ratio(now_stats["p95_latency_ms"], before_stats["p95_latency_ms"]))
+    if broken == ERROR_RATE:
         return f"error rate {now_stats['error_rate']:.1%} vs {before_stats['error_rate']:.1%} before"
-    ratio = scoring.max_p95_latency_ratio
-    if ratio is not None and before_stats["p95_latency_ms"] and now_stats["p95_latency_ms"] > ratio * before_stats["p95_latency_ms"]:
+    if broken == P95_LATENCY:
         return f"p95 latency {now_stats['p95_latency_ms']:.0f} ms vs {before_stats['p95_latency_ms']:.0f} ms before"
     return None
 

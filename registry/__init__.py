@@ -13,11 +13,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _SOURCES = {
-    "registry.config": (
-        "CONFIG_FILE", "ChatParams", "ProviderConfig", "RedactionRule", "SkillSource", "SlotConfig", "Workspace",
-        "WorkspaceConfig", "check_name", "load_workspace",
+    "registry.workspace_config": (
+        "CONFIG_FILE", "ChatParams", "ProviderConfig", "RedactionRule", "SkillSource", "SlotConfig",
+        "WorkspaceConfig", "check_name",
     ),
-    "registry.db": ("Database", "utcnow"),
+    "registry.workspace": ("Workspace", "load_workspace"),
+    "registry.db": ("Database", "utc_day_start", "utcnow"),
     "registry.errors": ("ConfigError", "DatabaseError", "NotFound", "Refused", "ShadowzooError"),
     "registry.identity": ("canonical_json", "fingerprint", "sha256_text", "version_id"),
     "registry.records": ("Move", "NewVariant", "Registration", "Variant"),
@@ -41,22 +42,21 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from registry.config import (
+    from registry.db import Database, utc_day_start, utcnow
+    from registry.errors import ConfigError, DatabaseError, NotFound, Refused, ShadowzooError
+    from registry.identity import canonical_json, fingerprint, sha256_text, version_id
+    from registry.protocols import VariantStore
+    from registry.records import Move, NewVariant, Registration, Variant
+    from registry.routes import Route, RouteTable, read_routes
+    from registry.store import Registry
+    from registry.workspace import Workspace, load_workspace
+    from registry.workspace_config import (
         CONFIG_FILE,
         ChatParams,
         ProviderConfig,
         RedactionRule,
         SkillSource,
         SlotConfig,
-        Workspace,
         WorkspaceConfig,
         check_name,
-        load_workspace,
     )
-    from registry.db import Database, utcnow
-    from registry.errors import ConfigError, DatabaseError, NotFound, Refused, ShadowzooError
-    from registry.identity import canonical_json, fingerprint, sha256_text, version_id
-    from registry.records import Move, NewVariant, Registration, Variant
-    from registry.routes import Route, RouteTable, read_routes
-    from registry.protocols import VariantStore
-    from registry.store import Registry

@@ -12,11 +12,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from registry.config import SamplingParams, Strict, Workspace, check_name
+from registry.workspace_config import SamplingParams, Strict, check_name
 from registry.entrypoints import check_entrypoint
-from registry.errors import ConfigError
+from registry.errors import ConfigError, field_path, first_problem
 from registry.identity import sha256_text
 from registry.records import NewVariant
+from registry.workspace import Workspace
 
 SOURCES = ("spec", "api", "train")
 
@@ -58,9 +59,8 @@ def check_new_variant(new: NewVariant, workspace: Workspace) -> None:
     try:
         config = model.model_validate(new.config)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(["config", *(str(part) for part in first["loc"])])
-        raise ConfigError(f"{where}: {first['msg']}") from None
+        where, what = first_problem(exc)
+        raise ConfigError(f"{field_path(['config', where] if where else ['config'])}: {what}") from None
     if isinstance(config, ChatConfig):
         _check_chat(config, new, workspace)
     else:

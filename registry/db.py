@@ -54,6 +54,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def utc_day_start(now: datetime | None = None) -> datetime:
+    """00:00 UTC of the day of `now` (naive UTC, by default the current time): where daily budgets start again."""
+    return (now or utcnow()).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 class Database:
     """One open DuckDB file, shared by the stores of one process and serialised by one lock.
 

@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from registry.atomic import write_atomic
-from registry.config import RedactionRule, Workspace
+from registry.workspace import Workspace
+from registry.workspace_config import RedactionRule
 from registry.records import Variant
 
 ROUTES_FORMAT = 1

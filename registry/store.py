@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from registry.admission import check_new_variant
-from registry.config import Workspace
+from registry.workspace import Workspace
 from registry.db import Database, utcnow
 from registry.errors import ConfigError, NotFound, Refused
 from registry.identity import fingerprint, sha256_text, version_id

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from registry.errors import ConfigError
+from registry.errors import ConfigError, expected
 
 Loc = tuple[str | int, ...]
 ALIAS_EXPANSION_BUDGET = 10_000
@@ -134,9 +134,7 @@ def describe_validation_error(
         elif error["type"] == "missing":
             message = "required key is missing"
         else:
-            message = error["msg"]
-            if "input" in error and error["type"] not in ("value_error", "assertion_error"):
-                message += f" (got {error['input']!r})"
+            message = expected(error, given=True)
         lines.append(f"{where}: {_dotted(loc) or '(top level)'}: {message}")
     return "\n".join(lines)
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry import ConfigError
 from registry.errors import validated
-from scorer.metrics import sql_literal
+from scorer.quality_metrics import sql_literal
 from scorer.slices import tags_sql
 from shadow.tags import parse_where
 

@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from registry import NotFound, Registry, Workspace
 from registry.db import registered
-from scorer.answers import AnswerQuery, variant_prices
+from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.exportformat import ExportFormat
-from scorer.metrics import plan_quality, sql_literal
+from scorer.quality_metrics import plan_quality, sql_literal
 from scorer.pairing import latest_seq
 from shadow.pricing import workspace_prices
 

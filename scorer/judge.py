@@ -20,7 +20,7 @@ counted and shown, never charged to a variant. So:
 
 Every call's cost is stored on the answer it was made for, so the day's judge spend can be
 read back from `metric_values` (`judge_spend_today`). The sample itself lives with the
-metrics (`scorer.metrics.is_sampled`, and `sampled_sql`, the same draw as a SQL predicate),
+metrics (`scorer.quality_metrics.is_sampled`, and `sampled_sql`, the same draw as a SQL predicate),
 since the quality of every answer depends on it; `run_judge` runs a pass for synchronous
 callers.
 """
@@ -34,16 +34,16 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import polars as pl
 
-from registry import Database, utcnow
-from registry.config import JudgeMetric, Price, ProviderConfig
-from scorer.metrics import is_sampled
+from registry import Database, utc_day_start
+from registry.workspace_config import JudgeMetric, Price, ProviderConfig
+from scorer.quality_metrics import is_sampled
 from shadow.pricing import price_of
 from scorer.rowmetrics import VALUE_COLUMNS, RowValue, answer_of, value_key
+from shadow.budget import DailyCap
 from shadow.pricing import cost_usd, estimate_usd
 from shadow.providers import ChatResult, ProviderClient, ProviderPool, estimate_tokens
 
@@ -183,45 +183,10 @@ def _clip(text: str) -> str:
     return text if len(text) <= REPLY_CHARS_IN_ERROR else text[: REPLY_CHARS_IN_ERROR - 1] + "…"
 
 
-class _Budget:
-    """The daily cap: today's spend plus the worst case of the calls in flight must leave room for the next.
-
-    When the next call does not fit while others are in flight, it waits for them to
-    settle (they usually cost far less than their worst case); when none are, the budget
-    is exhausted for the day and stays so.
-    """
-
-    def __init__(self, limit_usd: float, spent_usd: float) -> None:
-        self.limit = limit_usd
-        self.committed = spent_usd
-        self.in_flight = 0
-        self.exhausted = False
-        self._changed = asyncio.Condition()
-
-    async def reserve(self, estimate: float) -> bool:
-        """Hold `estimate` for a call; False once the day's budget allows no more calls."""
-        async with self._changed:
-            while self.committed >= self.limit or self.committed + estimate > self.limit:
-                if self.in_flight == 0:
-                    self.exhausted = True
-                    return False
-                await self._changed.wait()
-            self.committed += estimate
-            self.in_flight += 1
-            return True
-
-    async def settle(self, estimate: float, actual: float) -> None:
-        """Replace a call's reservation by what it cost."""
-        async with self._changed:
-            self.committed += actual - estimate
-            self.in_flight -= 1
-            self._changed.notify_all()
-
-
 class _Judge:
     """Grades answers one by one with one provider client, under the budget; counts its calls."""
 
-    def __init__(self, client: ProviderClient, price: Price, metric: JudgeMetric, budget: _Budget) -> None:
+    def __init__(self, client: ProviderClient, price: Price, metric: JudgeMetric, budget: DailyCap) -> None:
         self.client = client
         self.price = price
         self.metric = metric
@@ -258,7 +223,7 @@ class _Judge:
             cost = cost_usd(self.price, result.usage) or 0.0
         finally:
             self.calls += 1
-            await self.budget.settle(estimate, cost)
+            self.budget.settle(estimate, cost)
         return result, cost
 
 
@@ -288,7 +253,7 @@ async def judge_rows(pool: ProviderPool, prices: Mapping[str, Price], metric: Ju
         refusal = _refusal(metric, client)
         log.warning("judge %s not called: %s", key, refusal)
         return _summary(key, sampled, [RowValue(None, refusal) for _ in sampled], calls=0)
-    judge = _Judge(client, price, metric, _Budget(metric.daily_budget_usd, spent_today_usd))
+    judge = _Judge(client, price, metric, DailyCap(metric.daily_budget_usd, spent_today_usd))
     results = await _judge_all(judge, sampled)
     run = _summary(key, sampled, results, judge.calls)
     log.info("judge %s (%s/%s): %d sampled, %d scored, %d errors, %d skipped for budget, %d calls, $%.6f",
@@ -352,9 +317,5 @@ def judge_spend_today(database: Database, key: str) -> float:
     """USD judge `key` spent since midnight UTC, from the costs stored with its values."""
     with database.reading() as db:
         row = db.execute("SELECT sum(cost_usd) FROM metric_values WHERE metric_key = ? AND computed_at >= ?",
-                         [key, _utc_midnight()]).fetchone()
+                         [key, utc_day_start()]).fetchone()
     return float(row[0] or 0.0) if row else 0.0
-
-
-def _utc_midnight() -> datetime:
-    return utcnow().replace(hour=0, minute=0, second=0, microsecond=0)

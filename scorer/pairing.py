@@ -29,9 +29,9 @@ import duckdb
 import polars as pl
 
 from registry.db import registered
-from scorer.answers import AnswerQuery
+from scorer.answer_query import AnswerQuery
 from scorer.answerstats import add_answers
-from scorer.metrics import sql_literal
+from scorer.quality_metrics import sql_literal
 from scorer.periods import Period
 from scorer.sequential import PairedMoments
 

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 
 from registry import Variant, canonical_json, sha256_text, utcnow
-from registry.config import SlotConfig
+from registry.workspace_config import SlotConfig
 from scorer.sequential import alpha_share
 
 

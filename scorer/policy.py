@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry import Refused
-from scorer.board import Leaderboard, Status
+from scorer.leaderboard_model import Leaderboard, Status
 
 
 def promotion_evidence(board: Leaderboard, version_id: str, force: bool) -> dict[str, Any]:

@@ -7,7 +7,7 @@ leaderboard was computed with; a change starts a new evaluation period.
 from __future__ import annotations
 
 from registry import Database, Workspace, utcnow
-from registry.config import Price
+from registry.workspace_config import Price
 from shadow.pricing import PRICE_FIELDS, effective_prices
 
 def sync_prices(database: Database, workspace: Workspace) -> dict[str, Price]:

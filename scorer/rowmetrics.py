@@ -25,10 +25,10 @@ import polars as pl
 
 from registry import ConfigError, Database, utcnow
 from registry.db import frame, registered
-from registry.config import JsonValidMetric, Metric, PythonMetric
+from registry.workspace_config import JsonValidMetric, Metric, PythonMetric
 from registry.entrypoints import load_entrypoint
-from scorer.answers import AnswerQuery
-from scorer.metrics import label_key_sql, sql_literal, uses_label
+from scorer.answer_query import AnswerQuery
+from scorer.quality_metrics import label_key_sql, sql_literal, uses_label
 
 VALUE_COLUMNS = {"request_id": pl.Utf8, "version_id": pl.Utf8, "metric_key": pl.Utf8, "label_key": pl.Utf8,
                  "value": pl.Float64, "error": pl.Utf8, "cost_usd": pl.Float64}

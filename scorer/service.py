@@ -26,16 +26,17 @@ import duckdb
 
 from registry import ConfigError, Database, Registry, Variant, Workspace, utcnow
 from registry.db import registered
-from scorer.answers import AnswerQuery, variant_prices
-from scorer.board import Comparison, EvidencePoint, JudgeState, Leaderboard
+from scorer.answer_query import AnswerQuery, variant_prices
+from scorer.leaderboard_model import Comparison, EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
-from scorer.leaderboard import BoardInputs, build_board, describe, not_run_counts
-from registry.config import JudgeMetric, SlotConfig
+from scorer.leaderboard_builder import BoardInputs, build_board, describe, not_run_counts
+from registry.workspace_config import JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge
-from scorer.metrics import QualityPlan, plan_quality, sampled_sql
+from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
 from scorer.pairing import latest_seq, load_moments, merge_moments, save_watermark, score_changes, watermark
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings
 from scorer.prices import sync_prices
+from shadow.pauses import PauseSet, read_pauses
 from shadow.pricing import price_of
 from scorer.rowmetrics import evaluate_rows, evaluator_for, pending_answers, store_values
 from scorer.slices import Where, slice_alphas, slice_moments, slice_of, tags_sql
@@ -186,10 +187,7 @@ class Scorer:
                                         "unjudged": rows.height - run.values.height})
 
     def _paused(self, db: duckdb.DuckDBPyConnection, challengers: list[Variant]) -> set[str]:
-        rows = db.execute("SELECT scope, target FROM pauses").fetchall()
-        if any(scope == "all" for scope, _ in rows):
-            return {v.version_id for v in challengers}
-        return {target for scope, target in rows}
+        return PauseSet(read_pauses(db)).paused(v.version_id for v in challengers)
 
 
 def _evidence_query(slot: str, plan: QualityPlan, config: SlotConfig, period: Period | None, since: datetime | None) -> AnswerQuery:

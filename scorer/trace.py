@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field
 
 from registry import ConfigError, NotFound, Registry, Variant
 from registry.db import registered
-from scorer.answers import AnswerQuery, variant_prices
-from scorer.metrics import plan_quality, sql_literal
+from scorer.answer_query import AnswerQuery, variant_prices
+from scorer.quality_metrics import plan_quality, sql_literal
 from shadow.pricing import effective_prices
 
 EPOCH = datetime(1970, 1, 1)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from registry import canonical_json
-from shadow.records import STATUS_MAX, STATUS_MIN, TrafficRecord
+from shadow.spool_records import STATUS_MAX, STATUS_MIN, TrafficRecord
 from shadow.tags import Tags
 from shadow.toolcalls import ToolCall, parsed_arguments
 

@@ -32,7 +32,8 @@ import duckdb
 import pyarrow as pa
 
 from registry import Database, canonical_json, sha256_text, utcnow
-from shadow.records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
+from registry.db import registered
+from shadow.spool_records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
 from shadow.spool import (
     CorruptSegment,
     RejectedLine,
@@ -308,11 +309,8 @@ def _stage_records(
 
 def _insert_staged(db: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
     frame = pa.Table.from_pylist(rows, schema=_STAGING_SCHEMA)
-    db.register("_spool_records", frame)
-    try:
+    with registered(db, "_spool_records", frame):
         db.execute(f"INSERT INTO {STAGING} BY NAME SELECT * FROM _spool_records")
-    finally:
-        db.unregister("_spool_records")
 
 
 def _staging_row(segment: str, record: SpoolRecord) -> dict:
@@ -360,11 +358,8 @@ def _commit(database: Database, batch: _Batch) -> tuple[int, int]:
 def _append(database: Database, batch: _Batch, now: datetime, append_traffic: str) -> tuple[int, int]:
     with database.transaction() as db:
         traffic_rows = _changed(db, append_traffic, [now])
-        db.register("_spool_outcomes", _outcome_frame(db))
-        try:
+        with registered(db, "_spool_outcomes", _outcome_frame(db)):
             outcome_rows = _changed(db, _APPEND_OUTCOMES)
-        finally:
-            db.unregister("_spool_outcomes")
         rows = [(path.name, records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None, now)
                 for path, records in batch.counts.items()]
         rows += [(path.name, 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]

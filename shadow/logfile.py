@@ -38,8 +38,9 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError, model_validator
 
 from registry import ShadowzooError, canonical_json, sha256_text
+from registry.errors import first_problem
 from shadow.exchange import Exchange, parse_json
-from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
+from shadow.spool_records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import write_segment
 
 SEGMENT_LINES = 10_000
@@ -165,10 +166,9 @@ def _validated(path: Path, number: int, raw: dict[str, Any], model: type[_Line])
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
+        where, what = first_problem(exc)
         field = f"field '{where}': " if where else ""
-        raise LogFileError(f"{path}: line {number}: {field}{error['msg']}") from None
+        raise LogFileError(f"{path}: line {number}: {field}{what}") from None
 
 
 def _derived_request_id(slot: str, raw: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ has no answer to a request. Resuming lets new work run; it does not re-run those
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import duckdb
 from pydantic import BaseModel
 
@@ -50,8 +52,16 @@ class PauseSet:
 
     def reason_for(self, version_id: str) -> str | None:
         """The `not_run` reason for a call to this challenger, or None when it may run."""
-        pause = self._all or self._versions.get(version_id)
+        pause = self.pause_of(version_id)
         return pause.not_run_reason() if pause else None
+
+    def pause_of(self, version_id: str) -> Pause | None:
+        """The pause that holds this challenger: the pause of everything first, else its own."""
+        return self._all or self._versions.get(version_id)
+
+    def paused(self, version_ids: Iterable[str]) -> set[str]:
+        """Which of these challengers are paused (every one while everything is)."""
+        return {version_id for version_id in version_ids if self.pause_of(version_id)}
 
 
 def read_pauses(connection: duckdb.DuckDBPyConnection) -> list[Pause]:
@@ -82,7 +92,7 @@ def pause(registry: Registry, version_id: str | None, actor: str, reason: str | 
 
 def resume(registry: Registry, version_id: str | None) -> Pause | None:
     """Lift the pause of one challenger, or the pause of everything; returns what was lifted."""
-    scope, target = (VERSION, version_id) if version_id is not None else (ALL, EVERYTHING)
+    scope, target = _target(version_id)
     with registry.database.transaction() as connection:
         lifted = [p for p in read_pauses(connection) if p.scope == scope and p.target == target]
         connection.execute("DELETE FROM pauses WHERE scope = ? AND target = ?", [scope, target])
@@ -92,7 +102,7 @@ def resume(registry: Registry, version_id: str | None) -> Pause | None:
 def _scope(registry: Registry, version_id: str | None) -> tuple[str, str]:
     """Check that the version can be paused: it exists and is not the champion."""
     if version_id is None:
-        return ALL, EVERYTHING
+        return _target(None)
     variant = registry.variant(version_id)
     champion = registry.champion(variant.slot)
     if champion is not None and champion.version_id == version_id:
@@ -100,4 +110,9 @@ def _scope(registry: Registry, version_id: str | None) -> tuple[str, str]:
             f"{version_id} is the champion of slot {variant.slot!r}: it answers users and has no shadow "
             "calls to pause (use `shadowzoo pause --all` to stop all shadow spend)"
         )
-    return VERSION, variant.version_id
+    return _target(variant.version_id)
+
+
+def _target(version_id: str | None) -> tuple[str, str]:
+    """The (scope, target) row key of a pause: one version, or everything when `version_id` is None."""
+    return (VERSION, version_id) if version_id is not None else (ALL, EVERYTHING)

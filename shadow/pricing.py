@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from registry import ConfigError, Workspace
-from registry.config import Price
+from registry.workspace_config import Price
 
 PRICE_FIELDS = tuple(Price.model_fields)
 

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 import openai
 
-from registry.config import ProviderConfig
+from registry.workspace_config import ProviderConfig
 from shadow.toolcalls import ToolCall, tool_calls_of
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from registry import ConfigError
 from registry.entrypoints import load_entrypoint
+from registry.errors import first_problem
 from shadow.toolcalls import ToolCall
 
 
@@ -86,9 +87,7 @@ class PythonVariants:
         try:
             return _Answer.model_validate(output)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise TypeError(f"{entrypoint} returned an answer dict with {where}: {first['msg']}") from None
+            raise TypeError(f"{entrypoint} returned an answer dict with {first_problem(exc).text()}") from None
 
     def _function(self, entrypoint: str) -> Callable[..., Any]:
         """The entrypoint's function; a module that fails to import is tried again next call (it may be fixed)."""

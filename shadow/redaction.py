@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from registry import RedactionRule, Workspace
-from shadow.records import OutcomeRecord, SpoolRecord
+from shadow.spool_records import OutcomeRecord, SpoolRecord
 
 Rules = list[tuple[re.Pattern[str], str]]
 _KEPT = frozenset({"type", "request_id", "slot", "received_at", "champion_version", "status", "latency_ms", "usage",

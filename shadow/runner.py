@@ -41,14 +41,14 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-import duckdb
 from pydantic import BaseModel, Field
 
 from registry import NotFound, Refused, Registry, Variant, utcnow
-from registry.config import Price, ShadowConfig
+from registry.workspace_config import Price, ShadowConfig
 from registry.evidence import period_start
 from shadow.apply import apply_variant
 from shadow.budget import DailyBudget, spent_today
+from shadow.pending import CHALLENGER, CONTROL, count_pending, count_skipped, pending_page
 from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
@@ -57,20 +57,9 @@ from shadow.results import ResultWriter, Row, Work, replaces_earlier, result_row
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
-CONTROL = "control"
-BEFORE_PERIOD = "before_period"
-OTHER_CHAMPION = "other_champion"
-NO_CHAMPION = "no_champion"
-SAMPLE_SPACE = 16**13
 EPOCH = datetime(1970, 1, 1)
 PAUSES_REFRESH_S = 2.0
-_SAMPLE_POINT = "('0x' || left(sha256(t.request_id || ':' || c.version_id), 13))::BIGINT"
-_COUNTS = "coalesce(t.champion_version = c.champion AND t.received_at >= c.counts_from, false)"
-"""Whether a pair can count in its slot's current period."""
-_SKIP_REASON = (f"CASE WHEN t.champion_version IS NULL THEN '{NO_CHAMPION}' "
-                f"WHEN t.champion_version = c.champion THEN '{BEFORE_PERIOD}' ELSE '{OTHER_CHAMPION}' END")
-_RETRIABLE = "s.status = 'error' OR (s.status = 'not_run' AND s.error LIKE 'config:%')"
+
 
 
 @dataclass(frozen=True)
@@ -158,8 +147,9 @@ def _count(report: RunReport, progress: Progress | None, rows: list[Row]) -> Non
 
 
 @dataclass(frozen=True)
-class Challenger:
-    """A variant as the runner uses it: how to build its calls, its sample rate and its price."""
+class ReplayedVariant:
+    """A variant the runner replays traffic to (a challenger, or the champion as a control): how to
+    build its calls, its sample rate and its price."""
 
     version_id: str
     slot: str
@@ -190,10 +180,10 @@ class Challenger:
 
 
 @dataclass
-class _Plan:
+class RunPlan:
     """Everything a run needs from the database, read once at its start."""
 
-    challengers: dict[str, Challenger]
+    challengers: dict[str, ReplayedVariant]
     budgets: dict[str, float]
     spent_today: dict[str, float]
     total: int
@@ -255,16 +245,16 @@ class ShadowRunner:
             log.info("shadow run: %s", report.summary())
         return report
 
-    def _plan(self, filters: RunFilters) -> _Plan:
+    def _plan(self, filters: RunFilters) -> RunPlan:
         """Challengers, budgets, today's spend and the pending count (runs in a worker thread)."""
         workspace = self.registry.workspace
         slots = [filters.slot] if filters.slot else sorted(workspace.config.slots)
-        challengers: dict[str, Challenger] = {}
+        challengers: dict[str, ReplayedVariant] = {}
         for slot in slots:
             challengers.update(self._challengers(slot, workspace.slot(slot).shadow))
         if filters.version is not None:
             challengers = {filters.version: self._chosen(challengers, filters)}
-        plan = _Plan(
+        plan = RunPlan(
             challengers=challengers,
             budgets={slot: workspace.slot(slot).shadow.daily_budget_usd for slot in slots},
             spent_today={},
@@ -277,12 +267,12 @@ class ShadowRunner:
         )
         if challengers:
             with self.registry.database.reading() as connection:
-                plan.spent_today = spent_today(connection, slots)
-                plan.total = _count_pending(connection, plan)
-                plan.skipped = {} if plan.include_old else _count_skipped(connection, plan)
+                plan.spent_today = spent_today(connection)
+                plan.total = count_pending(connection, plan)
+                plan.skipped = {} if plan.include_old else count_skipped(connection, plan)
         return plan
 
-    def _challengers(self, slot: str, shadow: ShadowConfig) -> dict[str, Challenger]:
+    def _challengers(self, slot: str, shadow: ShadowConfig) -> dict[str, ReplayedVariant]:
         """The slot's active challengers, and the champion as a control when its rate is set."""
         champion = self.registry.champion(slot)
         started = self._period_start(slot, champion)
@@ -306,16 +296,16 @@ class ShadowRunner:
             return period_start(connection, slot, champion.version_id, since)
 
     def _challenger(self, variant: Variant, role: str, rate: float, champion: Variant | None,
-                    counts_from: datetime) -> Challenger:
+                    counts_from: datetime) -> ReplayedVariant:
         prices = workspace_prices(self.registry.workspace)
-        return Challenger(
+        return ReplayedVariant(
             version_id=variant.version_id, slot=variant.slot, role=role, kind=variant.kind, config=variant.config,
             skill=self.registry.skill_text(variant.skill_sha) if variant.skill_sha else None,
             rate=rate, price=price_of(prices, variant.config.get("model")) if variant.kind == "chat" else None,
             champion=champion.version_id if champion else None, counts_from=counts_from,
         )
 
-    def _chosen(self, challengers: dict[str, Challenger], filters: RunFilters) -> Challenger:
+    def _chosen(self, challengers: dict[str, ReplayedVariant], filters: RunFilters) -> ReplayedVariant:
         """The one challenger `--version` names, or an error saying why it is not one."""
         if filters.version in challengers:
             return challengers[filters.version]
@@ -333,7 +323,7 @@ class ShadowRunner:
 class _Run:
     """One pass over the pending work: dispatch, limits on what runs, and the budget."""
 
-    def __init__(self, runner: ShadowRunner, plan: _Plan, writer: ResultWriter) -> None:
+    def __init__(self, runner: ShadowRunner, plan: RunPlan, writer: ResultWriter) -> None:
         self.runner = runner
         self.plan = plan
         self.writer = writer
@@ -371,7 +361,7 @@ class _Run:
 
     def _fetch(self, cursor: tuple[datetime, str, str]) -> list[Work]:
         with self.runner.registry.database.reading() as connection:
-            rows = _pending_page(connection, self.plan, cursor, self.runner.page_size)
+            rows = pending_page(connection, self.plan, cursor, self.runner.page_size)
         return [Work(at, rid, seq, vid, role, json.loads(request), replaces)
                 for at, rid, seq, vid, role, request, replaces in rows]
 
@@ -405,13 +395,13 @@ class _Run:
         self.tasks.add(task)
         task.add_done_callback(self._finished)
 
-    def _config_problem(self, challenger: Challenger) -> str | None:
+    def _config_problem(self, challenger: ReplayedVariant) -> str | None:
         provider = challenger.config.get("provider")
         if challenger.kind == "chat" and self.runner.providers.get(str(provider)) is None:
             return f"config: provider {provider!r} of {challenger.version_id} is not configured"
         return None
 
-    async def _answer(self, work: Work, challenger: Challenger, body: dict[str, Any] | None, estimate: float) -> None:
+    async def _answer(self, work: Work, challenger: ReplayedVariant, body: dict[str, Any] | None, estimate: float) -> None:
         cost = None
         try:
             if body is not None:
@@ -423,7 +413,7 @@ class _Run:
             self.budget.settle(challenger.slot, challenger.version_id, estimate, cost)
         await self.writer.add(row)
 
-    async def _chat(self, work: Work, challenger: Challenger, body: dict[str, Any]) -> Row:
+    async def _chat(self, work: Work, challenger: ReplayedVariant, body: dict[str, Any]) -> Row:
         client = self.runner.providers.get(str(challenger.config["provider"]))
         assert client is not None, "checked before dispatch"
         result = await client.chat(body, as_live=True)
@@ -438,7 +428,7 @@ class _Run:
             attempts=result.attempts,
         )
 
-    async def _python(self, work: Work, challenger: Challenger) -> Row:
+    async def _python(self, work: Work, challenger: ReplayedVariant) -> Row:
         """One call of a python variant; each call that runs costs its declared price."""
         config = challenger.config
         answer = await self.runner.python.call(config["entrypoint"], work.request, config.get("params") or {})
@@ -466,50 +456,3 @@ class _Run:
         if key not in self.announced:
             self.announced.add(key)
             log.warning("not running %s: %s", version_id, reason)
-
-
-def _pending_sql(plan: _Plan, select: str, tail: str, counting: str = "can") -> tuple[str, list[Any]]:
-    """The pending pairs of a plan: without a result (or, retrying, with one to retry), sampled; a
-    challenger never replays what it answered live. `counting` says which pairs: those that `can`
-    count in the current period, those that `cannot`, or `any`."""
-    values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in plan.challengers)
-    params: list[Any] = [x for c in plan.challengers.values()
-                         for x in (c.slot, c.version_id, c.role, float(c.rate), c.champion, c.counts_from)]
-    unanswered = "s.request_id IS NULL" + (f" OR {_RETRIABLE}" if plan.retry_errors else "")
-    window = {"can": f"AND {_COUNTS} ", "cannot": f"AND NOT {_COUNTS} ", "any": ""}[counting]
-    sql = (
-        "WITH c(slot, version_id, role, rate, champion, counts_from) AS "
-        f"(SELECT col0, col1, col2, col3, col4::VARCHAR, col5::TIMESTAMP FROM (VALUES {values})) "
-        f"SELECT {select} FROM traffic t JOIN c ON c.slot = t.slot "
-        "LEFT JOIN shadow_results s ON s.request_id = t.request_id AND s.version_id = c.version_id "
-        f"WHERE t.ingested_at <= ? AND t.received_at >= ? AND t.seq > ? AND ({unanswered}) {window}"
-        f"AND (c.role = '{CONTROL}' OR t.champion_version IS DISTINCT FROM c.version_id) "
-        f"AND {_SAMPLE_POINT} < c.rate * {SAMPLE_SPACE} "
-        + tail
-    )
-    return sql, [*params, plan.snapshot, plan.since, plan.after_seq]
-
-
-def _count_pending(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> int:
-    sql, params = _pending_sql(plan, "count(*)", "", "any" if plan.include_old else "can")
-    return connection.execute(sql, params).fetchone()[0]
-
-
-def _count_skipped(connection: duckdb.DuckDBPyConnection, plan: _Plan) -> dict[str, int]:
-    """Requests with pending pairs that cannot count, by reason (a request counts once per reason)."""
-    sql, params = _pending_sql(plan, f"{_SKIP_REASON} AS reason, count(DISTINCT t.request_id)", "GROUP BY 1", "cannot")
-    return dict(connection.execute(sql, params).fetchall())
-
-
-def _pending_page(
-    connection: duckdb.DuckDBPyConnection, plan: _Plan, cursor: tuple[datetime, str, str], size: int
-) -> list[tuple]:
-    """The next `size` pending pairs after `cursor`, in (received_at, request_id, version_id) order."""
-    sql, params = _pending_sql(
-        plan,
-        "t.received_at, t.request_id, t.seq, c.version_id, c.role, t.request_json, s.status",
-        "AND t.received_at >= ? AND (t.received_at, t.request_id, c.version_id) > (?, ?, ?) "
-        "ORDER BY t.received_at, t.request_id, c.version_id LIMIT ?",
-        "any" if plan.include_old else "can",
-    )
-    return connection.execute(sql, [*params, cursor[0], *cursor, size]).fetchall()

@@ -21,8 +21,9 @@ from typing import Iterable
 from pydantic import TypeAdapter, ValidationError
 
 from registry.atomic import write_atomic
+from registry.errors import field_problems
 from shadow.exchange import parse_json
-from shadow.records import SpoolRecord
+from shadow.spool_records import SpoolRecord
 
 SEGMENT_SUFFIX = ".jsonl"
 QUARANTINE = "quarantine"
@@ -137,9 +138,11 @@ def quarantined_records(directory: Path) -> int:
 def _invalid(exc: ValidationError, value: object) -> str:
     """The first problem with a line, as the record type it claims to be sees it (traffic by default)."""
     claimed = "OutcomeRecord" if isinstance(value, dict) and value.get("type") == "outcome" else "TrafficRecord"
-    errors = [error for error in exc.errors() if error["loc"][:1] == (claimed,)] or exc.errors()
-    where = ".".join(str(part) for part in errors[0]["loc"][1:])
-    return f"field '{where}': {errors[0]['msg']}" if where else errors[0]["msg"]
+    problems = field_problems(exc)
+    mine = [p._replace(path=p.path.removeprefix(claimed).removeprefix(".")) for p in problems
+            if p.path == claimed or p.path.startswith(claimed + ".")]
+    where, what = (mine or problems)[0]
+    return f"field '{where}': {what}" if where else what
 
 
 def _quarantine_path(directory: Path, name: str) -> Path:

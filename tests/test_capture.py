@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from registry import RedactionRule
-from shadow.gateway.capture import CaptureBuffer, PendingCapture
+from shadow.gateway.capture import PendingCapture, SpoolBuffer
 from shadow.redaction import Redactor
 from shadow.spool import read_segment, ready_segments
 
@@ -23,14 +23,14 @@ def _pending(n: int, text: str = "hello", request_bytes: int = 0) -> PendingCapt
 
 
 def test_past_the_memory_cap_captures_are_dropped_and_counted(tmp_path: Path) -> None:
-    buffer = CaptureBuffer(tmp_path, Redactor({}), max_records=2, flush_interval_s=0.25, max_bytes=MiB)
+    buffer = SpoolBuffer(tmp_path, Redactor({}), max_records=2, flush_interval_s=0.25, max_bytes=MiB)
     assert [buffer.add(_pending(i)) for i in range(3)] == [True, True, False]
     assert buffer.dropped == 1 and len(buffer) == 2
 
 
 def test_past_the_byte_cap_captures_are_dropped_and_counted_until_a_flush_frees_memory(tmp_path: Path) -> None:
     big = "x" * 3000
-    buffer = CaptureBuffer(tmp_path, Redactor({}), max_records=100, flush_interval_s=0.25, max_bytes=10_000)
+    buffer = SpoolBuffer(tmp_path, Redactor({}), max_records=100, flush_interval_s=0.25, max_bytes=10_000)
     added = [buffer.add(_pending(i, big, request_bytes=len(big) + 60)) for i in range(4)]
     assert added == [True, True, True, False] and buffer.dropped == 1
     asyncio.run(buffer.flush())
@@ -38,7 +38,7 @@ def test_past_the_byte_cap_captures_are_dropped_and_counted_until_a_flush_frees_
 
 
 def test_one_capture_that_cannot_be_written_is_dropped_and_the_others_are_written(tmp_path: Path) -> None:
-    buffer = CaptureBuffer(tmp_path, Redactor({}), max_records=10, flush_interval_s=0.25, max_bytes=MiB)
+    buffer = SpoolBuffer(tmp_path, Redactor({}), max_records=10, flush_interval_s=0.25, max_bytes=MiB)
     for n, text in enumerate(["before", "caf\udc80", "after"]):
         buffer.add(_pending(n, text))
     asyncio.run(buffer.flush())
@@ -48,7 +48,7 @@ def test_one_capture_that_cannot_be_written_is_dropped_and_the_others_are_writte
 
 
 def test_a_backlog_is_written_in_segments_of_bounded_size(tmp_path: Path) -> None:
-    buffer = CaptureBuffer(tmp_path, Redactor({}), max_records=100, flush_interval_s=0.25, max_bytes=MiB,
+    buffer = SpoolBuffer(tmp_path, Redactor({}), max_records=100, flush_interval_s=0.25, max_bytes=MiB,
                            segment_bytes=2_000)
     for n in range(10):
         buffer.add(_pending(n, "y" * 500))
@@ -60,7 +60,7 @@ def test_a_backlog_is_written_in_segments_of_bounded_size(tmp_path: Path) -> Non
 
 def test_a_flush_writes_one_complete_redacted_segment(tmp_path: Path) -> None:
     redactor = Redactor({"s": [RedactionRule(pattern=r"\d{4}", replacement="####")]})
-    buffer = CaptureBuffer(tmp_path, redactor, max_records=10, flush_interval_s=0.25, max_bytes=MiB)
+    buffer = SpoolBuffer(tmp_path, redactor, max_records=10, flush_interval_s=0.25, max_bytes=MiB)
     buffer.add(_pending(1, "my pin is 1234"))
     buffer.add(_pending(2))
     asyncio.run(buffer.flush())

@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from registry import load_workspace
-from shadow.records import TrafficRecord
+from shadow.spool_records import TrafficRecord
 from shadow.spool import spool_dir, write_segment
 from tests.servers import ADMIN_TOKEN, DEMO_SIM, Served, champion_workspace, start_simulator, wait_until
 

@@ -18,7 +18,7 @@ from ops.admin import Api, build_admin_app
 from ops.console.session import COOKIE
 from ops.jobs import JobBoard
 from ops.operations import LocalOperations
-from registry import Registry, load_workspace
+from registry import Registry
 from scorer.service import Scorer
 from tests.scoring_data import SLOT, Answers, demo_registry
 

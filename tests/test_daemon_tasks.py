@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from ops.metrics import DaemonMetrics
+from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.tasks import AUTO_ACTOR, TaskContext, ingest, retention, score, status, watch
 from registry import utcnow

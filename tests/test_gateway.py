@@ -21,6 +21,7 @@ from registry import NewVariant, Registry, load_workspace
 from shadow.apply import apply_variant
 from shadow.gateway.capture import SEGMENT_BYTES
 from shadow.ingest import ingest_spool
+from shadow.logfile import LogFileError, read_traffic_log
 from shadow.spool import read_segment, ready_segments
 from tests.servers import GatewayProcess, edit_config, free_port, start_simulator, wait_until
 
@@ -668,3 +669,17 @@ def test_slow_clients_get_a_408_and_are_disconnected_while_others_are_served(tmp
     finally:
         gateway.stop()
         simulator.stop()
+
+
+def test_a_bad_exchange_is_refused_in_the_same_words_by_capture_and_by_the_log_file_loader(served, tmp_path: Path) -> None:
+    _, gateway, _ = served
+    bad = {**_exchange(), "request": {"messages": []}}
+    status, body = _post(gateway, "/v1/capture", json.dumps(bad).encode())
+    log = tmp_path / "traffic.jsonl"
+    log.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(LogFileError) as loaded:
+        list(read_traffic_log(log))
+    expected = "'messages' must be a non-empty array of message objects"
+    assert status == 400 and body["error"]["param"] == "request"
+    assert body["error"]["message"] == f"request: {expected}"
+    assert str(loaded.value) == f"{log}: line 1: field 'request': {expected}"

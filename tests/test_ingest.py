@@ -15,7 +15,7 @@ from ops.session import Session
 from registry import Registry, load_workspace
 from shadow.ingest import IngestReport, ingest_spool
 from shadow.logfile import LogFileError, read_outcome_log, read_traffic_log, spool_records
-from shadow.records import OutcomeRecord, SpoolRecord, TrafficRecord
+from shadow.spool_records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import QUARANTINE, CorruptSegment, read_segment, ready_segments, spool_dir, write_segment
 from tests.servers import edit_config
 
@@ -401,16 +401,16 @@ def test_loading_the_same_log_twice_stores_each_request_once(registry: Registry,
         ('{"slot": "support-triage", "request": ', "line 2: not valid JSON"),
         (json.dumps(log_line(request="hello")), "line 2: field 'request': Input should be a valid dictionary"),
         (json.dumps(log_line(response={"choices": []})), "line 2: field 'response.choices': List should have at least 1"),
-        (json.dumps(log_line(response=None)), "line 2: Value error, 'response' is required unless an 'error' is given"),
-        (json.dumps(log_line(request={"model": "m"})), "line 2: field 'request': Value error, 'messages' must be"),
+        (json.dumps(log_line(response=None)), "line 2: 'response' is required unless an 'error' is given"),
+        (json.dumps(log_line(request={"model": "m"})), "line 2: field 'request': 'messages' must be"),
         (json.dumps(log_line(status=2147483648)), "line 2: field 'status': Input should be less than or equal to 999"),
         ('{"slot": "support-triage", "latency_ms": NaN}', "line 2: not valid JSON: NaN is not a JSON number"),
         (json.dumps(log_line(slot=None)), "line 2: field 'slot': missing (give it in the line or with --slot)"),
         (json.dumps(log_line(slot="unknown")), "line 2: field 'slot': 'unknown' is not configured (slots: support-triage)"),
         ("[1, 2]", "line 2: expected a JSON object, got list"),
-        (json.dumps(log_line(tags={"user": "u-1"})), "line 2: field 'tags': Value error, tag key 'user' is reserved"),
+        (json.dumps(log_line(tags={"user": "u-1"})), "line 2: field 'tags': tag key 'user' is reserved"),
         (json.dumps(log_line(tags={"tier": 5})), "line 2: field 'tags.tier': Input should be a valid string"),
-        (json.dumps(log_line(tags={f"k{n}": "v" for n in range(17)})), "line 2: field 'tags': Value error, at most 16"),
+        (json.dumps(log_line(tags={f"k{n}": "v" for n in range(17)})), "line 2: field 'tags': at most 16"),
     ],
 )
 def test_a_log_with_a_bad_line_is_an_error_naming_the_line_and_nothing_is_written(
@@ -446,9 +446,9 @@ def test_an_outcomes_file_is_loaded_and_joined_by_either_id(registry: Registry, 
 @pytest.mark.parametrize(
     ("bad_line", "expected"),
     [
-        ({"label": "billing"}, "line 1: Value error, give 'request_id' or 'client_request_id'"),
-        ({"request_id": "r1"}, "line 1: Value error, give either 'label', or 'kind' and 'value'"),
-        ({"request_id": "r1", "label": 1, "value": 2}, "line 1: Value error, give either 'label', or 'kind' and 'value'"),
+        ({"label": "billing"}, "line 1: give 'request_id' or 'client_request_id'"),
+        ({"request_id": "r1"}, "line 1: give either 'label', or 'kind' and 'value'"),
+        ({"request_id": "r1", "label": 1, "value": 2}, "line 1: give either 'label', or 'kind' and 'value'"),
         ({"request_id": "r1", "kind": "vote", "value": 1}, "line 1: field 'kind': Input should be 'label' or 'reaction'"),
         ({"request_id": 5, "label": 1}, "line 1: field 'request_id': Input should be a valid string"),
     ],

@@ -17,9 +17,9 @@ import pytest
 from ops.operations import LocalOperations
 from registry import ConfigError, Registry, load_workspace
 from registry.db import registered
-from scorer.answers import AnswerQuery, variant_prices
+from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.browse import RequestFilter, browse_requests
-from scorer.metrics import plan_quality
+from scorer.quality_metrics import plan_quality
 from scorer.pairing import reread_slot_worst
 from scorer.service import Scorer
 from scorer.trace import EPOCH, trace_request

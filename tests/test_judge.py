@@ -13,13 +13,13 @@ import polars as pl
 import pytest
 
 from registry import utcnow
-from registry.config import JudgeMetric, Price, ProviderConfig
+from registry.workspace_config import JudgeMetric, Price, ProviderConfig
 from scorer.judge import JudgeRun, grader_messages, judge_spend_today, parse_verdict, run_judge
-from scorer.metrics import is_sampled, sampled_sql
+from scorer.quality_metrics import is_sampled, sampled_sql
 from scorer.rowmetrics import VALUE_COLUMNS, store_values
 from scorer.service import Scorer
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
-from shadow.simulator.config import ErrorConfig, ModelConfig, Ticket, load_tickets
+from shadow.simulator.simulator_config import ErrorConfig, ModelConfig, Ticket, load_tickets
 from tests.scoring_data import Answers, demo_registry
 from tests.servers import edit_config
 

@@ -10,7 +10,7 @@ import pytest
 
 from registry import utcnow
 from shadow.ingest import ingest_spool
-from shadow.records import TrafficRecord
+from shadow.spool_records import TrafficRecord
 from shadow.spool import spool_dir, write_segment
 from tests.scoring_data import SLOT, demo_registry
 from tests.servers import edit_config, start_simulator

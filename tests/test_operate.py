@@ -196,7 +196,7 @@ def test_an_edited_redaction_rule_reaches_a_running_gateway_through_routes_json(
     from ops.liveconfig import LiveConfig
     from registry import Registry, load_workspace
     from shadow.gateway.serve import gateway_state
-    from shadow.records import TrafficRecord
+    from shadow.spool_records import TrafficRecord
 
     workspace = load_workspace(served_ws)
     gateway = gateway_state(load_workspace(served_ws))  # a worker's state, read at its start

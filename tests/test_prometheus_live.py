@@ -54,8 +54,8 @@ WARMUP_SERIES = [
     f'count(shadowzoo_upstream_latency_seconds_count{{job="shadowzoo-daemon", slot="{SLOT}", role="champion"}})',
     f'count(shadowzoo_upstream_latency_seconds_count{{job="shadowzoo-daemon", slot="{SLOT}", role="challenger"}}) == 4',
 ]
-# Which scrape job exports which metric: the gateway workers' own series (shadow.gateway.metrics)
-# and the daemon's (ops.metrics). `shadowzoo_shadow_dropped_total` comes from both (the gateway
+# Which scrape job exports which metric: the gateway workers' own series (shadow.gateway.prometheus_metrics)
+# and the daemon's (ops.prometheus_metrics). `shadowzoo_shadow_dropped_total` comes from both (the gateway
 # counts buffer_full, the daemon the other reasons).
 GATEWAY_METRICS = {
     "shadowzoo_gateway_requests_total", "shadowzoo_gateway_overhead_seconds", "shadowzoo_shadow_dropped_total",

@@ -20,7 +20,7 @@ import pytest
 
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
-from scorer.metrics import is_sampled, plan_quality
+from scorer.quality_metrics import is_sampled, plan_quality
 from scorer.service import Scorer
 from tests.scoring_data import stored_evidence
 from tests.servers import Served, edit_config, free_port, post_json, start_simulator, wait_until

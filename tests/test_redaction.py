@@ -12,7 +12,7 @@ import pytest
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, RedactionRule, load_workspace
 from shadow.ingest import ingest_spool
-from shadow.records import OutcomeRecord, TrafficRecord
+from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import read_segment, ready_segments, spool_dir, write_segment
 from tests.servers import GatewayProcess, edit_config, post_json, start_simulator, wait_until

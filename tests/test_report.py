@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from scorer.board import Comparison, EvidencePoint, Interval, Leaderboard, Status, VariantRow
+from scorer.leaderboard_model import Comparison, EvidencePoint, Interval, Leaderboard, Status, VariantRow
 from scorer.report import Box, format_interval, pareto_frontier, place_labels, render_html, render_markdown, usd
 from scorer.sequential import PairedMoments, alpha_share, confidence_interval
 

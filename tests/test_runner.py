@@ -25,14 +25,14 @@ from typer.testing import CliRunner
 from ops import cli_shadow
 from ops.session import Session
 from registry import Refused, Registry, load_workspace, utcnow
-from registry.config import Price
+from registry.workspace_config import Price
 from shadow import pauses
 from shadow.pricing import cost_usd, detail_tokens
 from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket
 from shadow.runner import RunFilters, RunReport, ShadowRunner
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
-from shadow.simulator.config import ErrorConfig, LatencyConfig, ModelConfig
-from scorer.board import Status
+from shadow.simulator.simulator_config import ErrorConfig, LatencyConfig, ModelConfig
+from scorer.leaderboard_model import Status
 from scorer.service import Scorer
 from shadow.ingest import ingest_spool
 from tests.servers import GatewayProcess, edit_config, free_port

@@ -15,11 +15,11 @@ from pydantic import TypeAdapter
 import registry.db as registry_db
 from registry import ConfigError, Refused, Registry, load_workspace
 from registry.migrations import MIGRATIONS
-from registry.config import Metric
-from scorer.board import Status
+from registry.workspace_config import Metric
+from scorer.leaderboard_model import Status
 from scorer.pairing import load_moments
 from scorer.sequential import confidence_interval
-from scorer.metrics import plan_quality, score_rows
+from scorer.quality_metrics import plan_quality, score_rows
 from scorer.policy import promotion_evidence
 from scorer.report import render_html, render_markdown
 from scorer.service import Scorer

@@ -19,7 +19,7 @@ from scorer.sequential import (
     running_intersection,
     verdict,
 )
-from scorer.simulation import (
+from scorer.sequential_simulation import (
     DemoNetModel,
     NetSampler,
     binomial_interval,

@@ -26,8 +26,8 @@ from shadow.simulator import (
     load_simulator_config,
     start_in_thread,
 )
-from shadow.simulator.answers import RateLimiter
-from shadow.simulator.config import Directive, ErrorConfig, LimitsConfig, ModelConfig, Ticket, load_tickets
+from shadow.simulator.engine import RateLimiter
+from shadow.simulator.simulator_config import Directive, ErrorConfig, LimitsConfig, ModelConfig, Ticket, load_tickets
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 LABELS = ["billing", "technical", "account", "shipping", "other"]

@@ -14,9 +14,9 @@ from pydantic import TypeAdapter
 
 from ops.workspace_init import init_workspace
 from registry import NewVariant, Registry, load_workspace
-from registry.config import JudgeMetric, Metric, PythonMetric, RedactionRule
+from registry.workspace_config import JudgeMetric, Metric, PythonMetric, RedactionRule
 from scorer.judge import grader_messages
-from scorer.metrics import plan_quality, score_rows
+from scorer.quality_metrics import plan_quality, score_rows
 from scorer.rowmetrics import evaluator_for
 from scorer.service import Scorer
 from shadow.gateway.capture import PendingCapture
@@ -26,7 +26,7 @@ from shadow.pyvariants import PythonVariants
 from shadow.redaction import Redactor
 from shadow.runner import ShadowRunner
 from shadow.spool import CorruptSegment, read_segment, spool_dir, write_segment
-from shadow.records import TrafficRecord
+from shadow.spool_records import TrafficRecord
 from shadow.toolcalls import ToolCall
 from tests.servers import GatewayProcess, edit_config, post_json, start_simulator
 

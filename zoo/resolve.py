@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from registry import ConfigError, NewVariant, Variant, VariantStore, Workspace, fingerprint, sha256_text, version_id
-from registry.config import CHAT_PARAM_KEYS
+from registry.workspace_config import CHAT_PARAM_KEYS
 from registry.entrypoints import check_entrypoint
 from zoo.skills import read_skill
 from zoo.spec import SpecFile, Zoo
-from zoo.train.config import ExternalTrainConfig
+from zoo.train.train_config import ExternalTrainConfig
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from registry import ChatParams, ConfigError, check_name
-from registry.config import Strict
+from registry.workspace_config import Strict
 from registry.entrypoints import ENTRYPOINT_RE, ENTRYPOINT_RULE
 from registry.yamlfile import describe_validation_error, read_yaml
-from zoo.train.config import TrainConfig
+from zoo.train.train_config import TrainConfig
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from scorer.board import EvidencePoint, Interval, Leaderboard, Status, VariantRow
+from scorer.leaderboard_model import EvidencePoint, Interval, Leaderboard, Status, VariantRow
 from scorer.report.text import (
     challengers, fmt_pairs, fmt_quality, fmt_time, format_interval, is_finite, ordered_rows, short_names, usd,
 )

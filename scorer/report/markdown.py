@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scorer.board import Leaderboard, VariantRow
+from scorer.leaderboard_model import Leaderboard, VariantRow
 from scorer.report.text import (
     DASH, challengers, fmt_latency, fmt_percent, fmt_quality, fmt_time, format_interval, no_recommendation_headline,
     latency_caveat, not_ready_reason, notes, ordered_rows, recommendation_evidence, recommended_row, usd,

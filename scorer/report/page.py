@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from scorer.board import EvidencePoint, Interval, Leaderboard, Status, VariantRow
+from scorer.leaderboard_model import EvidencePoint, Interval, Leaderboard, Status, VariantRow
 from scorer.report.text import (
     DASH, challengers, fmt_latency, fmt_percent, fmt_quality, fmt_time, guardrail_facts, interval_parts,
     latency_caveat, no_recommendation_headline, not_ready_reason, notes, ordered_rows, recommendation_evidence,

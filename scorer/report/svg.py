@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from html import escape
 
-from scorer.board import Status
+from scorer.leaderboard_model import Status
 from scorer.report.text import usd
 
 STATUS_COLOURS: dict[Status, str] = {

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-from scorer.board import Interval, JudgeState, Leaderboard, Status, VariantRow
+from scorer.leaderboard_model import Interval, JudgeState, Leaderboard, Status, VariantRow
 
 DASH = "–"
 

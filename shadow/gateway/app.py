@@ -21,17 +21,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
+from registry.errors import first_problem
 from shadow.apply import apply_variant
 from shadow.exchange import messages_problem, parse_json
 from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody, FeedbackBody
-from shadow.gateway.capture import CaptureBuffer, PendingCapture
+from shadow.gateway.capture import PendingCapture, SpoolBuffer
 from shadow.gateway.connection import read_body
-from shadow.gateway.errors import error_response
+from shadow.gateway.error_responses import error_response
 from shadow.gateway.forward import Upstream
-from shadow.gateway.metrics import exposition, gateway_metrics
+from shadow.gateway.prometheus_metrics import exposition, gateway_metrics
 from shadow.gateway.openapi import openapi_document
 from shadow.gateway.routing import RouteWatcher
-from shadow.records import OutcomeRecord, TrafficRecord, new_request_id
+from shadow.spool_records import OutcomeRecord, TrafficRecord, new_request_id
 from shadow.tags import TAGS_HEADER, parse_tags_header
 from shadow.webcommon import bearer_token, json_errors
 
@@ -43,7 +44,7 @@ class GatewayState:
     """Everything a gateway worker holds: routes, capture buffer, upstream pool, client keys."""
 
     routes: RouteWatcher
-    captures: CaptureBuffer
+    captures: SpoolBuffer
     upstream: Upstream | None
     client_keys: tuple[str, ...]
     max_body_bytes: int
@@ -210,9 +211,8 @@ async def _validated(request: web.Request, model: type[BaseModel]) -> BaseModel 
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(body)"
-        return error_response(400, f"{field}: {first['msg']}", code="invalid_request", param=field)
+        problem = first_problem(exc)
+        return error_response(400, problem.text("(body)"), code="invalid_request", param=problem.path or "(body)")
 
 
 def _accepted(request: web.Request, record: TrafficRecord | OutcomeRecord, answer: dict[str, Any]) -> web.Response:

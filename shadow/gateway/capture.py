@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 from pydantic_core import PydanticSerializationError
 
-from shadow.gateway.metrics import gateway_metrics
-from shadow.records import OutcomeRecord, TrafficRecord
+from shadow.gateway.prometheus_metrics import gateway_metrics
+from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.redaction import Redactor
 from shadow.spool import write_segment
 from shadow.toolcalls import StreamedToolCalls, ToolCall, tool_calls_of
@@ -108,8 +108,9 @@ def _answer_from_events(events: list[bytes]) -> _Answer:
     return _Answer(("".join(parts) if parts else None), calls.calls(), usage)
 
 
-class CaptureBuffer:
-    """Captures in memory, flushed to spool segments by a background task.
+class SpoolBuffer:
+    """Records bound for the spool (captured exchanges and feedback), in memory, flushed to
+    spool segments by a background task.
 
     Memory is capped by count and by bytes (estimated until a capture is serialised, in
     flight included); past either cap new captures are dropped and counted. Each capture

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shadow.gateway.errors import error_body, error_response
+from shadow.gateway.error_responses import error_body, error_response
 
 log = logging.getLogger("shadowzoo.gateway")
 

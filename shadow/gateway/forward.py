@@ -20,7 +20,7 @@ from aiohttp import web
 
 from registry import Route
 from shadow.gateway.capture import PendingCapture
-from shadow.gateway.errors import error_response
+from shadow.gateway.error_responses import error_response
 
 PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
 PASSED_PREFIX = "x-ratelimit-"

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from registry import RouteTable, Workspace, load_workspace
 from shadow.gateway.app import GatewayState, build_app
-from shadow.gateway.capture import CaptureBuffer
+from shadow.gateway.capture import SpoolBuffer
 from shadow.gateway.connection import GatewayRunner
 from shadow.gateway.loglines import LineLimit
 from shadow.redaction import Redactor
@@ -61,7 +61,7 @@ def _is_loopback(host: str) -> bool:
 def gateway_state(workspace: Workspace) -> GatewayState:
     """A worker's state, built from the workspace config."""
     config = workspace.config
-    captures = CaptureBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
+    captures = SpoolBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
                              config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
                              max_bytes=config.gateway.capture_buffer_bytes,
                              flush_max_records=config.gateway.flush_max_records)
@@ -71,7 +71,7 @@ def gateway_state(workspace: Workspace) -> GatewayState:
                         body_timeout_s=config.gateway.body_timeout_s)
 
 
-def _follow_redaction(captures: CaptureBuffer, table: RouteTable) -> None:
+def _follow_redaction(captures: SpoolBuffer, table: RouteTable) -> None:
     """Redact captures with the rules `routes.json` carries: a config reload reaches the gateways."""
     if table.redact is not None:
         captures.redactor = Redactor(table.redact)

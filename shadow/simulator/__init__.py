@@ -6,7 +6,7 @@ on the demo task, so that tests, the demo and load tests exercise the real ``ope
 client without reaching any model.
 """
 
-from shadow.simulator.config import SimulatorConfig, SimulatorConfigError, load_simulator_config
+from shadow.simulator.simulator_config import SimulatorConfig, SimulatorConfigError, load_simulator_config
 from shadow.simulator.server import SimulatorHandle, build_app, serve, start_in_thread
 
 __all__ = [

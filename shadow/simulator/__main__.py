@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shadow.simulator.config import SimulatorConfig, SimulatorConfigError, load_simulator_config
+from shadow.simulator.simulator_config import SimulatorConfig, SimulatorConfigError, load_simulator_config
 from shadow.simulator.server import serve
 
 

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from shadow.simulator.config import Directive
+from shadow.simulator.simulator_config import Directive
 
 TASK_RE = re.compile(r"<task>([\w-]+)</task>")
 FAILED_RE = re.compile(r'<trajectories kind="failed">(.*?)</trajectories>', re.DOTALL)

@@ -3,7 +3,7 @@
 It serves ``POST /v1/chat/completions`` (JSON and SSE streaming), ``GET /v1/models``
 and ``GET /healthz`` with aiohttp, so the real ``openai`` client, its retries, timeouts
 and usage accounting are what tests and demos exercise. What to answer and when to fail
-is decided by :class:`shadow.simulator.answers.Engine`; this module only speaks the
+is decided by :class:`shadow.simulator.engine.Engine`; this module only speaks the
 protocol: response and error shapes, status codes, headers, delays and SSE framing.
 """
 
@@ -28,8 +28,10 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shadow.simulator.answers import Answer, Engine, Fault, SimulatedModel, count_tokens
-from shadow.simulator.config import SimulatorConfig
+from registry.errors import first_problem
+from shadow.simulator.engine import Answer, Engine, Fault, SimulatedModel, count_tokens
+from shadow.simulator.simulator_config import SimulatorConfig
+from shadow.webcommon import bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +173,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require a bearer token on /v1/*: any token, or one of the configured api_keys."""
     if request.path.startswith("/v1/"):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = bearer_token(request.headers.get("Authorization", ""))
         keys = request.app[STATE].api_keys
-        if scheme.lower() != "bearer" or not token.strip():
+        if not token:
             message = "You didn't provide an API key (Authorization: Bearer ...)."
             raise ApiError(401, message, code="invalid_api_key")
-        if keys and token.strip() not in keys:
+        if keys and token not in keys:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
     return await handler(request)
 
@@ -231,9 +233,8 @@ def _parse_chat(raw: bytes) -> tuple[ChatRequest, list[dict[str, Any]]]:
     try:
         chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        param = ".".join(str(part) for part in error["loc"])
-        raise ApiError(400, f"Invalid request: {param}: {error['msg']}", param=param) from exc
+        problem = first_problem(exc)
+        raise ApiError(400, f"Invalid request: {problem.text()}", param=problem.path) from exc
     return chat, body["messages"]
 
 

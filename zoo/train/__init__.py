@@ -4,6 +4,6 @@ Only the `train:` config models are imported here, so that `zoo.spec` can use th
 pulling in the loop; run training through `zoo.train.run.train_spec`.
 """
 
-from zoo.train.config import ExternalTrainConfig, SkillOptConfig, TrainConfig, parse_train
+from zoo.train.train_config import ExternalTrainConfig, SkillOptConfig, TrainConfig, parse_train
 
 __all__ = ["ExternalTrainConfig", "SkillOptConfig", "TrainConfig", "parse_train"]

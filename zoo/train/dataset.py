@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 
 from registry import ConfigError, Workspace
-from zoo.train.config import FileDataset, SkillOptConfig, TrafficDataset
+from zoo.train.train_config import FileDataset, SkillOptConfig, TrafficDataset
 
 LAST_USER_SQL = """
 SELECT t.request_id, t.request_json, o.value_json

@@ -13,11 +13,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from registry import ChatParams, ConfigError, NewVariant, ShadowzooError, Workspace, sha256_text
-from registry.config import CHAT_PARAM_KEYS
+from registry.workspace_config import CHAT_PARAM_KEYS
 from registry.entrypoints import load_entrypoint
+from registry.errors import first_problem
 from zoo.resolve import resolve_spec
 from zoo.spec import SpecFile, Zoo
-from zoo.train.config import ExternalTrainConfig
+from zoo.train.train_config import ExternalTrainConfig
 from zoo.train.outcome import Progress, Register, RunResult, trained_label
 
 ALLOWED_KEYS = tuple(ChatParams.model_fields)
@@ -85,5 +86,5 @@ def _checked(overrides: dict[str, Any], where: str) -> dict[str, Any]:
     try:
         ChatParams.model_validate(overrides)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: returned invalid overrides: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        raise ConfigError(f"{where}: returned invalid overrides: {first_problem(exc).text()}") from None
     return overrides

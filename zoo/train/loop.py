@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from registry import ShadowzooError, sha256_text
-from scorer.metrics import score_rows
+from scorer.quality_metrics import score_rows
 from shadow.apply import apply_variant
 from shadow.pricing import workspace_prices
 from shadow.providers import ProviderPool

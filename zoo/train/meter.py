@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from registry.config import Price
+from registry.workspace_config import Price
 from shadow.pricing import cost_usd, price_of
 from shadow.providers import ChatResult
 

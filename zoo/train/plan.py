@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry import ConfigError, Database, VariantStore, Workspace
-from scorer.metrics import QualityPlan, plan_quality
+from scorer.quality_metrics import QualityPlan, plan_quality
 from zoo.resolve import Resolved, resolve_spec
 from zoo.spec import SpecFile, Zoo
-from zoo.train.config import ExternalTrainConfig, SkillOptConfig, parse_train
+from zoo.train.train_config import ExternalTrainConfig, SkillOptConfig, parse_train
 from zoo.train.dataset import Splits, load_items, split_items
 
 

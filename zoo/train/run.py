@@ -13,7 +13,7 @@ from typing import Any
 from registry import Database, NewVariant, ShadowzooError, Workspace, sha256_text
 from shadow.providers import ProviderPool
 from zoo.spec import SpecFile, Zoo
-from zoo.train.config import ExternalTrainConfig
+from zoo.train.train_config import ExternalTrainConfig
 from zoo.train.external import run_external
 from zoo.train.loop import Trainer
 from zoo.train.outcome import Progress, Register, RunResult, trained_label

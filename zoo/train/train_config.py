@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from registry import ConfigError
-from registry.config import Strict
+from registry.workspace_config import Strict
 from registry.entrypoints import ENTRYPOINT_RE, ENTRYPOINT_RULE
+from registry.errors import field_problems
 
 OPTIMIZERS = ("skillopt",)
 SPLIT_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -155,5 +156,5 @@ def parse_train(raw: Any, where: str) -> TrainConfig:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{where}: train.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{where}: train.{problem.path}: {problem.expected}" for problem in field_problems(exc)]
         raise ConfigError("\n".join(lines)) from None

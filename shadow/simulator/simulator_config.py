@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from registry.errors import field_problems, first_problem
+
 DEFAULT_LABELS = ["billing", "technical", "account", "shipping", "other"]
 
 
@@ -290,13 +292,8 @@ def _validate(path: Path, raw: dict[str, Any]) -> SimulatorConfig:
     try:
         return SimulatorConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{path}: {_dotted(error['loc'])}: {error['msg']}" for error in exc.errors()]
+        lines = [f"{path}: {problem.text()}" for problem in field_problems(exc)]
         raise SimulatorConfigError("\n".join(lines)) from exc
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    """Render a pydantic error location as a YAML key path, e.g. models.sim-a.errors.http_500."""
-    return ".".join(str(part) for part in loc) or "(top level)"
 
 
 def load_tickets(task: TaskConfig) -> list[Ticket]:
@@ -327,8 +324,7 @@ def _parse_ticket(task: TaskConfig, number: int, line: str) -> Ticket:
     except json.JSONDecodeError as exc:
         raise SimulatorConfigError(f"{where}: invalid JSON: {exc.msg}") from exc
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise SimulatorConfigError(f"{where}: {_dotted(error['loc'])}: {error['msg']}") from exc
+        raise SimulatorConfigError(f"{where}: {first_problem(exc).text()}") from exc
     if ticket.expected not in task.labels:
         known = ", ".join(task.labels)
         raise SimulatorConfigError(f"{where}: expected {ticket.expected!r} is not one of: {known}")

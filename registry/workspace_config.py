@@ -1,4 +1,4 @@
-"""The workspace and its one config file, `shadowzoo.yaml`.
+"""The schema of a workspace's one config file, `shadowzoo.yaml` (loaded by `registry.workspace`).
 
 Every key has a default and a description; unknown keys are errors that name the file,
 the line and the allowed keys. Secrets never appear here: a provider names the environment
@@ -8,14 +8,11 @@ variable that holds its key.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from registry.entrypoints import ENTRYPOINT_RE, check_entrypoint
-from registry.errors import ConfigError
-from registry.yamlfile import load_model
+from registry.entrypoints import ENTRYPOINT_RE
 
 CONFIG_FILE = "shadowzoo.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -449,63 +446,3 @@ class WorkspaceConfig(Strict):
                 if provider is not None and provider not in self.providers:
                     raise ValueError(f"slots.{slot_name}.{key}: {provider!r} is not configured (providers: {known})")
         return self
-
-
-class Workspace:
-    """A directory holding `shadowzoo.yaml`, the zoo of specs and the state directory."""
-
-    def __init__(self, root: Path, config: WorkspaceConfig) -> None:
-        self.root = root.resolve()
-        self.config = config
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def state_dir(self) -> Path:
-        return (self.root / self.config.state_dir).resolve()
-
-    @property
-    def db_path(self) -> Path:
-        return self.state_dir / "shadowzoo.duckdb"
-
-    @property
-    def routes_path(self) -> Path:
-        return self.state_dir / "routes.json"
-
-    @property
-    def specs_dir(self) -> Path:
-        return (self.root / self.config.zoo.specs).resolve()
-
-    @property
-    def python_roots(self) -> list[Path]:
-        """Where python entrypoints may be found: the workspace, then its `python_path`."""
-        return [self.root] + [(self.root / entry).resolve() for entry in self.config.python_path]
-
-    def slot(self, name: str) -> SlotConfig:
-        """The slot's config, or an error listing the configured slots."""
-        try:
-            return self.config.slots[name]
-        except KeyError:
-            known = ", ".join(sorted(self.config.slots)) or "none"
-            raise ConfigError(f"{self.config_path}: slot {name!r} is not configured (slots: {known})") from None
-
-
-def load_workspace(root: Path) -> Workspace:
-    """Load the workspace at `root`, or explain how to create one."""
-    path = root / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"no {CONFIG_FILE} in {root.resolve()}: create a workspace with `shadowzoo init DIR`, "
-            f"or point at one with --workspace DIR (or SHADOWZOO_WORKSPACE)"
-        )
-    workspace = Workspace(root, load_model(path, WorkspaceConfig))
-    for slot_name, slot in workspace.config.slots.items():
-        for index, metric in enumerate(slot.metrics):
-            if isinstance(metric, PythonMetric):
-                try:
-                    check_entrypoint(metric.entrypoint, workspace.python_roots)
-                except ConfigError as exc:
-                    raise ConfigError(f"{path}: slots.{slot_name}.metrics[{index}].entrypoint: {exc}") from None
-    return workspace

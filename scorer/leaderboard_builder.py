@@ -27,10 +27,11 @@ from typing import Any
 import duckdb
 
 from registry import Variant, utcnow
-from registry.config import ScoringConfig
-from scorer.answers import AnswerQuery
+from registry.workspace_config import ScoringConfig
+from scorer.answer_query import AnswerQuery
 from scorer.answerstats import metric_error_sql
-from scorer.board import Comparison, Interval, Leaderboard, Slice, Status, VariantRow
+from scorer.guardrails import broken_guardrail, error_rate_delta, latency_ratio
+from scorer.leaderboard_model import Comparison, Interval, Leaderboard, Slice, Status, VariantRow
 from scorer.periods import Period
 from scorer.sequential import PairedMoments, Verdict, bounds_verdict, confidence_interval, running_intersection
 
@@ -167,8 +168,8 @@ def _comparison(inputs: BoardInputs, variant: Variant, row: VariantRow) -> Compa
     return Comparison(
         pairs=int(moments["net"].n) if "net" in moments else 0, alpha=alpha, net=intervals["net"],
         quality=intervals["quality"], cost=intervals["cost"],
-        error_rate_delta=_difference(row.error_rate, champion.get("error_rate")),
-        p95_latency_ratio=_ratio(row.p95_latency_ms, control_p95),
+        error_rate_delta=error_rate_delta(row.error_rate, champion.get("error_rate")),
+        p95_latency_ratio=latency_ratio(row.p95_latency_ms, control_p95),
         latency_baseline="control" if control_p95 else "none",
     )
 
@@ -238,25 +239,8 @@ def _status(inputs: BoardInputs, variant: Variant, row: VariantRow) -> tuple[Sta
     if result == Verdict.WORSE:
         return Status.WORSE, "worse"
     if result == Verdict.READY:
-        broken = _broken_guardrail(scoring, comparison)
+        broken = broken_guardrail(scoring, comparison.error_rate_delta, comparison.p95_latency_ratio)
         if broken:
             return Status.GUARDRAIL, f"guardrail: {broken}"
         return Status.READY, "ready" if row.promotable else "ready (shadow only)"
     return Status.COLLECTING, "collecting (inconclusive)"
-
-
-def _broken_guardrail(scoring: ScoringConfig, comparison: Comparison) -> str | None:
-    if comparison.error_rate_delta is not None and comparison.error_rate_delta > scoring.max_error_rate_increase:
-        return "error rate"
-    ratio = comparison.p95_latency_ratio
-    if scoring.max_p95_latency_ratio is not None and ratio is not None and ratio > scoring.max_p95_latency_ratio:
-        return "p95 latency"
-    return None
-
-
-def _difference(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b

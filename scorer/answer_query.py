@@ -19,8 +19,8 @@ from datetime import datetime
 import polars as pl
 
 from registry import Variant
-from registry.config import Price, ScoringConfig
-from scorer.metrics import SCALAR_LABEL, QualityPlan, label_key_sql, sql_literal
+from registry.workspace_config import Price, ScoringConfig
+from scorer.quality_metrics import SCALAR_LABEL, QualityPlan, label_key_sql, sql_literal
 from shadow.pricing import price_of
 
 PRICE_COLUMNS = {

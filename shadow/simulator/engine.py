@@ -68,7 +68,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shadow.simulator.config import ModelConfig, SimulatorConfig, TaskConfig, Ticket, load_tickets
+from shadow.simulator.simulator_config import ModelConfig, SimulatorConfig, TaskConfig, Ticket, load_tickets
 from shadow.simulator.optimizer import SimulatedOptimizer
 
 CHARS_PER_TOKEN = 4

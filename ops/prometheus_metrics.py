@@ -5,7 +5,7 @@ they land (everything with a `seq` above the last one counted), so they agree wi
 the leaderboard reads. Gauges come from each scoring run; a retired variant's series are
 removed. Labels stay bounded: slots and versions come from the registry, outcomes and
 roles from short fixed lists. (Gateway workers keep their own per-slot series; see
-`shadow.gateway.metrics`.)
+`shadow.gateway.prometheus_metrics`.)
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Iterable, Mapping
 import duckdb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from registry.config import Price
-from scorer.board import Leaderboard, Status
+from registry.workspace_config import Price
+from scorer.leaderboard_model import Leaderboard, Status
 from shadow.pricing import cost_usd
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)

@@ -18,7 +18,7 @@ import duckdb
 import polars as pl
 
 from registry import ConfigError, canonical_json
-from registry.config import (
+from registry.workspace_config import (
     ContainsMetric,
     ExactMatchMetric,
     JsonValidMetric,
