@@ -140,7 +140,7 @@ def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
 
 def _skipped_lines(report: RunReport) -> list[str]:
     """What the replay leaves out because it cannot count, and how to replay it anyway."""
-    from shadow.runner import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION
+    from shadow.pending import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION
 
     lines = []
     if before := report.skipped.get(BEFORE_PERIOD):

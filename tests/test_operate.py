@@ -165,11 +165,11 @@ def _allowed(pid: int) -> set[str]:
     return lists
 
 
-def test_serve_refuses_a_cpu_it_may_not_use(served_ws: Path, ws_cli) -> None:
+def test_serve_refuses_a_cpu_it_may_not_use(served_ws: Path, cli_script) -> None:
     outside = max(os.sched_getaffinity(0)) + 1
-    done = ws_cli("serve", "--gateway-cpus", f"0,{outside}", env={"SHADOWZOO_ADMIN_TOKEN": "t", "SIM_API_KEY": "k"})
+    done = cli_script("serve", "--gateway-cpus", f"0,{outside}", cwd=served_ws, env={"SHADOWZOO_ADMIN_TOKEN": "t", "SIM_API_KEY": "k"})
     assert done.code == 2 and "--gateway-cpus" in done.err and f"cpu(s) {outside} are not available" in done.err
-    assert ws_cli("serve", "--daemon-cpus", "1-x", env={"SHADOWZOO_ADMIN_TOKEN": "t"}).code == 2
+    assert cli_script("serve", "--daemon-cpus", "1-x", cwd=served_ws, env={"SHADOWZOO_ADMIN_TOKEN": "t"}).code == 2
 
 
 def test_cpu_lists_print_as_the_kernel_prints_them() -> None:
