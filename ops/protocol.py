@@ -99,7 +99,7 @@ class Operations(Protocol):
     def resume(self, version_id: str | None = None) -> Pause | None: ...
     def score(self, slot: str, since: datetime | None = None, where: dict[str, str] | None = None) -> Leaderboard:
         """Bring the slot's evidence up to date (judge calls included) and return its leaderboard;
-        stores a snapshot unless `where` makes it a slice view."""
+        stores a snapshot unless `where` or `since` makes it a view."""
 
     def ingest(self, progress: Callable[[IngestProgress], None] | None = None) -> IngestReport: ...
     def replay(self, slot: str, since: datetime | None = None, version: str | None = None, include_old: bool = False,

@@ -56,7 +56,9 @@ class Scorer:
     def refresh(self, slot: str, since: datetime | None = None, where: Where | None = None) -> Leaderboard:
         """Bring the slot's evidence up to date; return (and store) its leaderboard.
 
-        With `where`, the board is a slice view (see `scorer.slices`): it is returned, never stored."""
+        With `where` (a slice, see `scorer.slices`) or `since` (a window of the descriptive
+        columns), the board is a view: it is returned, never stored, so the slot's stored board,
+        its evidence history and the running intersection carry only the period's own looks."""
         config = self.workspace.slot(slot)
         plan = plan_quality(config.metrics, f"slots.{slot}.metrics")
         champion = self.registry.champion(slot)
@@ -70,7 +72,7 @@ class Scorer:
             with registered(db, "variant_prices", variant_prices(variants, prices).to_arrow()):
                 board = self._refresh_in(db, slot, plan, period, champion, challengers, since, where or {})
             board = board.model_copy(update={"judges": judges})
-            if where:
+            if where or since is not None:
                 return board
             db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) VALUES (?, ?, ?, ?)",
                        [slot, board.period_id, board.generated_at, board.model_dump_json()])

@@ -13,7 +13,7 @@ import pytest
 from pydantic import TypeAdapter
 
 import registry.db as registry_db
-from registry import ConfigError, Refused, Registry, load_workspace
+from registry import ConfigError, Refused, Registry, load_workspace, utcnow
 from registry.migrations import MIGRATIONS
 from registry.workspace_config import Metric
 from scorer.leaderboard_model import Status
@@ -679,3 +679,20 @@ def test_a_corrected_label_is_read_again_by_a_python_metric_and_its_pair_is_coun
     stored = registry.database.connection.execute(
         "SELECT count(*) FROM metric_values WHERE request_id = 'q0' AND version_id = ?", [ids["baseline"]]).fetchone()
     assert stored == (2,)
+
+
+def test_a_since_view_is_returned_but_never_stored_as_the_slot_s_board(scored) -> None:
+    from datetime import timedelta
+
+    from ops.operations import LocalOperations
+
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.95}, n=60)
+    answers.write(registry)
+    operations = LocalOperations(registry)
+    stored = operations.score(SLOT)
+    window = operations.score(SLOT, since=utcnow() - timedelta(hours=1))
+    assert window.since is not None
+    assert operations.leaderboard(SLOT) == stored  # what GET answers is the period's board, not the window
+    assert [p.taken_at for p in operations.evidence_history(SLOT)] == [stored.generated_at]
