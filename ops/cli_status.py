@@ -11,17 +11,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from pydantic import ValidationError
 
 from ops.output import print_fields, print_json, print_table, say, warn
 from ops.session import Session, session
 from ops.state import DAEMON, SERVE, running_daemon
-from registry import ConfigError, ShadowzooError, Workspace
-from registry.workspace_config import CONFIG_FILE, DaemonConfig, WorkspaceConfig
+from registry.errors import ConfigError, ShadowzooError
+
+if TYPE_CHECKING:
+    from registry import Workspace
 
 FAILING_RUNS = 3
 """A job whose last this many runs failed keeps failing: `status` exits 1."""
@@ -56,6 +56,12 @@ def _workspace(current: Session) -> Workspace:
     """The workspace; when its file does not load, enough of it (state_dir, the admin token's variable)
     to find a daemon still running on an earlier version of the file: its `status` says why the edit
     was refused."""
+    import yaml
+    from pydantic import ValidationError
+
+    from registry import Workspace
+    from registry.workspace_config import CONFIG_FILE, DaemonConfig, WorkspaceConfig
+
     try:
         return current.workspace()
     except ConfigError:

@@ -17,9 +17,13 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from registry import ShadowzooError, Workspace
 from registry.atomic import write_atomic
+from registry.errors import ShadowzooError
+
+if TYPE_CHECKING:
+    from registry import Workspace
 
 DAEMON = "daemon"
 SERVE = "serve"
