@@ -142,7 +142,12 @@ def _settled(served: Served, sent: dict[str, int]) -> dict[str, dict]:
 
     def look():
         _, status = served.call("/admin/status")
-        boards = {slot: served.call(f"/admin/leaderboard?slot={slot}")[1] for slot in sent}
+        answers = {slot: served.call(f"/admin/leaderboard?slot={slot}") for slot in sent}
+        if any(code == 404 for code, _ in answers.values()):  # not scored for the first time yet
+            looks.append(None)
+            time.sleep(1.0)
+            return None
+        boards = {slot: board for slot, (_, board) in answers.items()}
         seen = [(row["version_id"], row["n"], (row.get("comparison") or {}).get("pairs"))
                 for board in boards.values() for row in board["rows"]]
         seen.append(tuple(judge["unjudged"] for judge in boards[TRIAGE]["judges"]))
