@@ -238,6 +238,10 @@ def _traffic_count(ws: Path) -> int:
         return 0
 
 
+REPLAYED = 24
+"""Requests replayed against four challengers while the daemon is killed (after 10 of the 96 calls)."""
+
+
 @pytest.mark.slow
 def test_a_daemon_killed_mid_replay_resumes_without_lost_or_duplicated_results(workspace, tmp_path: Path) -> None:
     ws, ids = workspace
@@ -245,16 +249,16 @@ def test_a_daemon_killed_mid_replay_resumes_without_lost_or_duplicated_results(w
     edit_config(ws, lambda c: c["providers"]["sim"].update(base_url=slow_sim.base_url, max_concurrency=4))
     served = Served(ws)
     try:
-        _send(served, 40)
+        _send(served, REPLAYED)
         wait_until(lambda: _result_count(ws, served) > 10, timeout_s=60, interval_s=0.2)
         os.kill(served.daemon_pid(), signal.SIGKILL)
         wait_until(lambda: healthy(f"{served.admin}/healthz"), timeout_s=60)
-        wait_until(lambda: _result_count(ws, served) >= 40 * 4, timeout_s=120, interval_s=0.5)
+        wait_until(lambda: _result_count(ws, served) >= REPLAYED * 4, timeout_s=120, interval_s=0.5)
     finally:
         served.stop()
         slow_sim.stop()
     total, distinct = _rows(ws, "SELECT count(*), count(DISTINCT (request_id, version_id)) FROM shadow_results")[0]
-    assert total == distinct == 40 * 4
+    assert total == distinct == REPLAYED * 4  # killed after 10 of them: the rest resumed, none answered twice
 
 
 def _result_count(ws: Path, served: Served) -> int:
