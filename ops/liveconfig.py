@@ -66,12 +66,15 @@ class LiveConfig:
     _digest: str | None = None
 
     def __post_init__(self) -> None:
-        self._stat, self._digest = self._look()
+        self._stat, self._digest = self._stat_now(), self._digest_now()
 
     def check(self, force: bool = False) -> Reload | None:
         """The config to apply when the file changed (or `force`: SIGHUP) and loads; None otherwise."""
-        stat, digest = self._look()
-        if not force and (stat == self._stat or digest == self._digest):
+        stat = self._stat_now()
+        if not force and stat == self._stat:
+            return None
+        digest = self._digest_now()
+        if not force and digest == self._digest:  # touched, not changed
             self._stat = stat
             return None
         self._stat, self._digest = stat, digest
@@ -96,13 +99,18 @@ class LiveConfig:
         return {"path": str(self.workspace.config_path), "loaded_at": self.loaded_at, "error": self.error,
                 "needs_restart": [vars(p) for p in self.pending]}
 
-    def _look(self) -> tuple[tuple[int, int] | None, str | None]:
-        path = self.workspace.config_path
+    def _stat_now(self) -> tuple[int, int] | None:
         try:
-            stat = path.stat()
-            return (stat.st_mtime_ns, stat.st_size), hashlib.sha256(path.read_bytes()).hexdigest()
+            stat = self.workspace.config_path.stat()
         except OSError:
-            return None, None
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _digest_now(self) -> str | None:
+        try:
+            return hashlib.sha256(self.workspace.config_path.read_bytes()).hexdigest()
+        except OSError:
+            return None
 
 
 def _keep_restart_only(running: WorkspaceConfig, edited: WorkspaceConfig) -> tuple[WorkspaceConfig, list[Pending]]:

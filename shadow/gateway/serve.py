@@ -62,9 +62,9 @@ def gateway_state(workspace: Workspace) -> GatewayState:
     """A worker's state, built from the workspace config."""
     config = workspace.config
     captures = SpoolBuffer(spool_dir(workspace.state_dir), Redactor.for_workspace(workspace),
-                             config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
-                             max_bytes=config.gateway.capture_buffer_bytes,
-                             flush_max_records=config.gateway.flush_max_records)
+                           config.gateway.capture_buffer_records, config.gateway.flush_interval_s,
+                           max_bytes=config.gateway.capture_buffer_bytes,
+                           flush_max_records=config.gateway.flush_max_records)
     return GatewayState(routes=RouteWatcher(workspace.routes_path, partial(_follow_redaction, captures)),
                         captures=captures, upstream=None,
                         client_keys=client_keys(workspace), max_body_bytes=config.gateway.max_body_bytes,
