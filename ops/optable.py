@@ -58,7 +58,7 @@ class Operation:
 
     @cached_property
     def _hints(self) -> dict[str, Any]:
-        return typing.get_type_hints(getattr(Operations, self.name))
+        return typing.get_type_hints(getattr(Operations, self.name), include_extras=True)  # constraints too
 
     @cached_property
     def parameters(self) -> list[str]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from registry import Move, NewVariant, Registration, Variant
 from scorer.leaderboard_model import EvidencePoint, Leaderboard
@@ -25,6 +25,8 @@ from shadow.ingest import IngestReport
 from shadow.pauses import Pause
 from shadow.runner import RunReport
 
+SpecCount = Annotated[int, Field(ge=1, description="At most this many specs.")]
+"""A number of specs to train: a daemon refuses any other at once, before a job starts."""
 ReportFormat = Literal["html", "md"]
 
 
@@ -104,7 +106,7 @@ class Operations(Protocol):
     def ingest(self, progress: Callable[[IngestProgress], None] | None = None) -> IngestReport: ...
     def replay(self, slot: str, since: datetime | None = None, version: str | None = None, include_old: bool = False,
                retry_errors: bool = False, progress: Callable[[RunReport], None] | None = None) -> RunReport: ...
-    def train(self, spec: str | None = None, all_active: bool = False, limit: int | None = None,
+    def train(self, spec: str | None = None, all_active: bool = False, limit: SpecCount | None = None,
               progress: Callable[[str], None] | None = None) -> TrainResult: ...
     def report(self, slot: str, format: ReportFormat = "html", since: datetime | None = None,
                where: dict[str, str] | None = None, progress: Callable[[str], None] | None = None) -> Report: ...

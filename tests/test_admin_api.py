@@ -181,6 +181,7 @@ def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: 
     ("/admin/pause", {"version_id": None, "actor": "t", "until": "tomorrow"}, "until:"),
     ("/admin/jobs/replay", {"slot": "nowhere"}, "slot:"),
     ("/admin/jobs/report", {"slot": SLOT, "format": "pdf"}, "format:"),
+    ("/admin/jobs/train", {"all_active": True, "limit": -3}, "limit:"),
     ("/admin/leaderboard", {"slot": SLOT, "where": "tier"}, "where:"),
     ("/admin/rollback", {"slot": SLOT, "actor": "t"}, "reason:"),
     ("/admin/retire", {"version_id": "x", "actor": "t"}, "reason:"),
