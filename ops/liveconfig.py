@@ -27,7 +27,7 @@ from registry.workspace_config import WorkspaceConfig
 log = logging.getLogger("shadowzoo.daemon")
 POLL_S = 1.0
 RESTART_ONLY = (
-    "state_dir", "python_path", "gateway.*", "zoo.schedule",
+    "state_dir", "backend", "distributed", "python_path", "gateway.*", "zoo.schedule",
     "daemon.admin_host", "daemon.admin_port", "daemon.admin_token_env", "daemon.duckdb_threads",
     "daemon.duckdb_memory_limit", "daemon.ingest_interval_s", "daemon.score_interval_s", "daemon.watch_interval_s",
 )

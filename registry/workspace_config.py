@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -405,10 +406,74 @@ class DaemonConfig(Strict):
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight shadow calls may finish on shutdown.")
 
 
+class ObjectStoreConfig(Strict):
+    """S3-compatible object storage: the lake's Parquet files and the gateways' shipped spool segments."""
+
+    endpoint: str | None = Field(
+        None, description="S3 API base URL, e.g. http://127.0.0.1:9000 (MinIO, SeaweedFS); AWS's own when unset."
+    )
+    bucket: str = Field(min_length=3, max_length=63, description="The bucket (it must exist).")
+    region: str = Field("us-east-1", description="The bucket's region.")
+    access_key_env: str = Field("AWS_ACCESS_KEY_ID", description="Environment variable holding the access key id.")
+    secret_key_env: str = Field("AWS_SECRET_ACCESS_KEY", description="Environment variable holding the secret key.")
+    url_style: Literal["path", "vhost"] = Field(
+        "path", description="`path` (http://host/bucket/key, for most self-hosted servers) or `vhost` (AWS's default)."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ValueError(f"{value!r} is not an http(s)://host[:port] URL")
+        return value.rstrip("/") if value else value
+
+
+class DistributedConfig(Strict):
+    """Where the distributed backend's engines are (used when `backend: distributed`, and by
+    `shadowzoo migrate --to distributed`)."""
+
+    postgres_url: str = Field(description=(
+        "libpq URL of PostgreSQL, which holds the control tables and the lake's catalog, e.g. "
+        "postgresql://shadowzoo@db:5432/shadowzoo. No password here: libpq reads PGPASSWORD or ~/.pgpass."
+    ))
+    object_store: ObjectStoreConfig = Field(description="Object storage for the lake's data and shipped segments.")
+    lake_prefix: str = Field("lake/", description="Key prefix of the lake's Parquet files in the bucket.")
+    spool_prefix: str = Field("spool/", description="Key prefix of shipped spool segments in the bucket.")
+    host: str | None = Field(
+        None, description="This host's name among the gateway hosts (its shipped segments carry it); the hostname when unset."
+    )
+    extension_directory: str | None = Field(None, description=(
+        "A DuckDB extension directory holding ducklake, postgres and httpfs, for hosts without internet access; "
+        "when unset, DuckDB installs them from its repository on first use."
+    ))
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ValueError(f"{value!r} is not a postgresql://user@host[:port]/database URL")
+        if parts.password:
+            raise ValueError("holds a password: put it in PGPASSWORD or ~/.pgpass, not in shadowzoo.yaml")
+        return value
+
+    @field_validator("lake_prefix", "spool_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"([A-Za-z0-9._-]+/)+", value):
+            raise ValueError(f"{value!r} is not a key prefix like 'lake/' (letters, digits, . _ -, each part ending in /)")
+        return value
+
+
 class WorkspaceConfig(Strict):
     """The whole of `shadowzoo.yaml`."""
 
     state_dir: str = Field(".shadowzoo", description="Database, routes and spool, relative to the workspace.")
+    backend: Literal["embedded", "distributed"] = Field(
+        "embedded", description="`embedded`: one DuckDB file in state_dir; `distributed`: PostgreSQL, object storage "
+                                "and DuckLake, as set under `distributed:`."
+    )
+    distributed: DistributedConfig | None = Field(None, description="The distributed backend's engines.")
     providers: dict[str, ProviderConfig] = Field(default_factory=dict, description="Upstreams by name.")
     slots: dict[str, SlotConfig] = Field(default_factory=dict, description="Slots by name.")
     zoo: ZooConfig = Field(default_factory=ZooConfig, description="The zoo of variant specs.")
@@ -434,6 +499,12 @@ class WorkspaceConfig(Strict):
         for name in value:
             check_name("name", name)
         return value
+
+    @model_validator(mode="after")
+    def _distributed_is_configured(self) -> "WorkspaceConfig":
+        if self.backend == "distributed" and self.distributed is None:
+            raise ValueError("backend is 'distributed' but there is no `distributed:` section naming its engines")
+        return self
 
     @model_validator(mode="after")
     def _named_providers_exist(self) -> "WorkspaceConfig":

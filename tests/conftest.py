@@ -48,6 +48,34 @@ def cli(workspace_dir: Path):
     return run
 
 
+@pytest.fixture(scope="session")
+def lake_extensions(tmp_path_factory) -> Path:
+    """DuckDB's ducklake, postgres and httpfs extensions, from their wheels, as an extension directory."""
+    from tests.engines import wheel_extension_directory
+
+    return wheel_extension_directory(tmp_path_factory.mktemp("duckdb-extensions"))
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of the module's own on loopback (tests/engines.py)."""
+    from tests.engines import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def object_store(tmp_path_factory):
+    """An S3 server (`weed mini`) of the module's own on loopback, with its bucket (tests/engines.py)."""
+    from tests.engines import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def cli_script(workspace_dir: Path):
     """Run the installed `shadowzoo` console script, as a user would, in the workspace unless `cwd` says otherwise."""

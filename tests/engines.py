@@ -42,6 +42,36 @@ def _as_server_user() -> dict[str, str]:
     return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
 
 
+def wheel_extension_directory(target: Path) -> Path:
+    """A DuckDB extension directory made of the pip-installed extension wheels (symlinks), so
+    the distributed backend loads DuckLake with no download, as on an air-gapped host."""
+    import duckdb
+
+    platform = duckdb.execute("PRAGMA platform").fetchone()[0]
+    version = f"v{duckdb.__version__}"
+    folder = target / version / platform
+    folder.mkdir(parents=True, exist_ok=True)
+    for package, shipped, loaded in (("ducklake", "ducklake", "ducklake"), ("postgres", "postgres", "postgres_scanner"),
+                                     ("httpfs", "httpfs", "httpfs")):
+        module = __import__(f"duckdb_extension_{package}")
+        source = Path(module.__file__).parent / "extensions" / version / f"{shipped}.duckdb_extension"
+        link = folder / f"{loaded}.duckdb_extension"
+        if not link.exists():
+            link.symlink_to(source)
+    return target
+
+
+def distributed_section(postgres: "PostgresServer", s3: "S3Server", extension_directory: Path,
+                        host: str | None = None) -> dict:
+    """The `distributed:` section of a shadowzoo.yaml naming these servers."""
+    section = {
+        "postgres_url": postgres.url,
+        "object_store": {"endpoint": s3.endpoint, "bucket": s3.bucket},
+        "extension_directory": str(extension_directory),
+    }
+    return section | ({"host": host} if host else {})
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster on 127.0.0.1; `url` names its `shadowzoo` database.
 

@@ -1,0 +1,42 @@
+"""The distributed backend's coordination tables in PostgreSQL: forward-only migrations in
+PostgreSQL's own dialect, applied by whichever process starts first.
+
+These tables exist only on the distributed backend (leases, leadership, budget slices,
+gateway hosts, published routes): coordination between processes on several hosts, which
+the embedded backend does not need. The registry's and the data's tables keep their one
+schema, `registry.migrations`, on both backends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from registry.errors import DatabaseError
+from registry.migrations import Migration
+
+if TYPE_CHECKING:
+    import psycopg
+
+# Any fixed number: every shadowzoo process that migrates takes this lock first, so two that
+# start at once apply each migration once.
+_MIGRATION_LOCK = 0x5AD0_2001
+
+CONTROL_MIGRATIONS: tuple[Migration, ...] = ()
+CONTROL_LATEST = CONTROL_MIGRATIONS[-1].version if CONTROL_MIGRATIONS else 0
+
+
+def migrate_control(connection: "psycopg.Connection") -> None:
+    """Apply the control-plane migrations this PostgreSQL database lacks; refuse a newer one."""
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
+        connection.execute("CREATE TABLE IF NOT EXISTS control_migrations ("
+                           "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMP NOT NULL)")
+        applied = {row[0] for row in connection.execute("SELECT version FROM control_migrations")}
+        if max(applied, default=0) > CONTROL_LATEST:
+            raise DatabaseError(f"the control plane has schema version {max(applied)}, but this shadowzoo knows "
+                                f"versions up to {CONTROL_LATEST}: upgrade shadowzoo on this host")
+        for migration in CONTROL_MIGRATIONS:
+            if migration.version not in applied:
+                connection.execute(migration.sql)
+                connection.execute("INSERT INTO control_migrations VALUES (%s, %s, now() AT TIME ZONE 'UTC')",
+                                   [migration.version, migration.name])

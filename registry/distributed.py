@@ -1,0 +1,122 @@
+"""Connections to the distributed backend's engines: PostgreSQL (control plane and the lake's
+catalog), DuckLake over object storage (data plane), and the object store itself.
+
+One DuckDB connection sees both planes: the lake attached as `lake` and PostgreSQL as
+`control`, with a search path over both, so the scoring SQL names tables exactly as on the
+embedded backend. Credentials come from the environment variables the config names.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from registry.errors import ConfigError
+from registry.workspace_config import DistributedConfig, ObjectStoreConfig
+
+if TYPE_CHECKING:
+    import duckdb
+    import psycopg
+
+LAKE = "lake"
+CONTROL = "control"
+EXTENSIONS = ("ducklake", "postgres", "httpfs")
+
+
+def libpq_dsn(postgres_url: str) -> str:
+    """The URL as a libpq key=value string (the form DuckDB's postgres and ducklake extensions take)."""
+    parts = urlsplit(postgres_url)
+    fields = {"host": parts.hostname, "port": parts.port, "dbname": unquote(parts.path.lstrip("/")) or None,
+              "user": unquote(parts.username) if parts.username else None}
+    return " ".join(f"{key}={value}" for key, value in fields.items() if value)
+
+
+def object_store_credentials(store: ObjectStoreConfig) -> tuple[str, str]:
+    """The access key id and secret from the variables the config names, or an error naming the missing one."""
+    values = []
+    for key, variable in (("access_key_env", store.access_key_env), ("secret_key_env", store.secret_key_env)):
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"distributed.object_store.{key}: environment variable {variable} is not set "
+                              "(it must hold the object store's credentials)")
+        values.append(value)
+    return values[0], values[1]
+
+
+def connect_control(config: DistributedConfig, **options: Any) -> "psycopg.Connection":
+    """A psycopg connection to the control plane, or a ConfigError saying why there is none."""
+    import psycopg
+
+    try:
+        return psycopg.connect(config.postgres_url, connect_timeout=5, **options)
+    except psycopg.OperationalError as exc:
+        raise ConfigError(f"distributed.postgres_url: cannot connect to {config.postgres_url}: {exc}".strip()) from None
+
+
+def attach_engines(connection: "duckdb.DuckDBPyConnection", config: DistributedConfig) -> None:
+    """Load the extensions, hand DuckDB the object store's credentials, attach the lake and the
+    control plane, and put both on the search path (lake first: new tables go there)."""
+    import duckdb
+
+    _load_extensions(connection, config.extension_directory)
+    store = config.object_store
+    key_id, secret = object_store_credentials(store)
+    endpoint = urlsplit(store.endpoint) if store.endpoint else None
+    secret_options = {"KEY_ID": key_id, "SECRET": secret, "REGION": store.region, "URL_STYLE": store.url_style}
+    if endpoint:
+        secret_options |= {"ENDPOINT": endpoint.netloc, "USE_SSL": endpoint.scheme == "https"}
+    connection.execute("CREATE OR REPLACE SECRET shadowzoo_object_store (TYPE s3, "
+                       + ", ".join(f"{key} {_sql_literal(value)}" for key, value in secret_options.items()) + ")")
+    dsn = libpq_dsn(config.postgres_url)
+    data_path = f"s3://{store.bucket}/{config.lake_prefix}"
+    try:
+        connection.execute(f"ATTACH {_sql_literal('ducklake:postgres:' + dsn)} AS {LAKE} "
+                           f"(DATA_PATH {_sql_literal(data_path)})")
+        connection.execute(f"ATTACH {_sql_literal(dsn)} AS {CONTROL} (TYPE postgres)")
+    except duckdb.Error as exc:
+        raise ConfigError(f"distributed: cannot attach the lake ({data_path}, catalog at "
+                          f"{config.postgres_url}): {exc}") from None
+    connection.execute(f"USE {LAKE}; SET search_path = '{LAKE}.main,{CONTROL}.public'")
+
+
+def object_store_client(store: ObjectStoreConfig) -> Any:
+    """A boto3 S3 client for the configured store (for shipping spool segments)."""
+    import boto3
+
+    key_id, secret = object_store_credentials(store)
+    return boto3.client("s3", endpoint_url=store.endpoint, region_name=store.region,
+                        aws_access_key_id=key_id, aws_secret_access_key=secret,
+                        config=_boto_config(store))
+
+
+def _boto_config(store: ObjectStoreConfig) -> Any:
+    from botocore.config import Config
+
+    return Config(s3={"addressing_style": "path" if store.url_style == "path" else "virtual"},
+                  retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+
+
+def _load_extensions(connection: "duckdb.DuckDBPyConnection", extension_directory: str | None) -> None:
+    """LOAD each extension: from `extension_directory` only when one is set (no download), else
+    installing it from DuckDB's repository first if needed."""
+    import duckdb
+
+    if extension_directory:
+        connection.execute(f"SET extension_directory = {_sql_literal(extension_directory)}; "
+                           "SET autoinstall_known_extensions = false")
+    for name in EXTENSIONS:
+        try:
+            if not extension_directory:
+                connection.execute(f"INSTALL {name}")
+            connection.execute(f"LOAD {name}")
+        except duckdb.Error as exc:
+            where = f"in {extension_directory}" if extension_directory else "from DuckDB's repository"
+            raise ConfigError(f"distributed.extension_directory: DuckDB extension {name!r} not found {where} "
+                              f"(DuckDB {duckdb.__version__}): {exc}") from None
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "'" + str(value).replace("'", "''") + "'"
