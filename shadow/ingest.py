@@ -11,18 +11,19 @@ at all is quarantined whole. A batch that still fails is done again one segment 
 time, and a segment that fails alone is quarantined: one bad record never stops ingest.
 
 The staged rows and the batch's `spool_segments` rows commit in one transaction, each
-table appended in one statement; only then are the files deleted (or archived). Keys
+table appended in one statement; only then are the segments deleted (or archived). Keys
 (`traffic.request_id`, `outcomes.outcome_id`, `spool_segments.segment`) make every step
 idempotent: a segment seen twice, a record in two segments, or a crash anywhere re-does
 work without duplicating a row. After each batch, outcomes that arrived before their
-traffic are joined to it.
+traffic are joined to it. Segments come from a `shadow.spool_source.SegmentSource`: the
+local spool directory, or the object store the gateway hosts ship to, whose ledger keys
+name the host as well (`<host>/<name>`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,15 +35,8 @@ import pyarrow as pa
 from registry import Database, canonical_json, sha256_text, utcnow
 from registry.db import registered
 from shadow.spool_records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
-from shadow.spool import (
-    CorruptSegment,
-    RejectedLine,
-    first_line,
-    quarantine,
-    quarantine_lines,
-    read_lines,
-    ready_segments,
-)
+from shadow.spool import CorruptSegment, RejectedLine, first_line, read_lines
+from shadow.spool_source import LocalSpool, ReadySegment, SegmentSource
 from shadow.tags import MAX_KEY_CHARS, MAX_TAGS, MAX_VALUE_CHARS, RESERVED_PREFIX
 from shadow.toolcalls import calls_sql, tool_calls_json
 
@@ -92,19 +86,30 @@ def ingest_spool(
     progress: ProgressCallback | None = None,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> IngestReport:
-    """Ingest every ready segment of `spool_dir`; delete each afterwards, or move it to `archive_dir`.
+    """Ingest every ready segment of `spool_dir`; delete each afterwards, or move it to `archive_dir`."""
+    return ingest_from(database, LocalSpool(spool_dir, archive_dir), progress, batch_bytes)
+
+
+def ingest_from(
+    database: Database,
+    source: SegmentSource,
+    progress: ProgressCallback | None = None,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+) -> IngestReport:
+    """Ingest every segment `source` has ready; it disposes of each once its rows are committed.
 
     Safe to run again after a crash at any point. The database lock is held one batch at a
     time, so other work on the database interleaves with a long backlog.
     """
     report = IngestReport()
-    segments = ready_segments(spool_dir)
+    segments = source.ready()
     handled = 0
-    for paths in _batches(segments, batch_bytes):
+    for batch in _batches(segments, batch_bytes):
+        paths = source.claim(batch)
         with database.lock:
-            _ingest_guarded(database, paths, archive_dir, report)
+            _ingest_guarded(database, source, paths, report)
             report.joined_outcomes += join_outcomes(database)
-        handled += len(paths)
+        handled += len(batch)
         if progress is not None:
             progress(handled, len(segments))
     return report
@@ -140,13 +145,13 @@ def _changed(db: duckdb.DuckDBPyConnection, statement: str, params: list | None 
     return db.execute(statement, params).fetchall()[0][0]
 
 
-def _batches(segments: list[Path], batch_bytes: int) -> Iterator[list[Path]]:
+def _batches(segments: list[ReadySegment], batch_bytes: int) -> Iterator[list[ReadySegment]]:
     """Consecutive runs of segments holding about `batch_bytes` (at least one segment each)."""
-    batch: list[Path] = []
+    batch: list[ReadySegment] = []
     size = 0
-    for path in segments:
-        batch.append(path)
-        size += _size(path)
+    for segment in segments:
+        batch.append(segment)
+        size += segment.size
         if size >= batch_bytes:
             yield batch
             batch, size = [], 0
@@ -154,79 +159,73 @@ def _batches(segments: list[Path], batch_bytes: int) -> Iterator[list[Path]]:
         yield batch
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _ingest_guarded(database: Database, paths: list[Path], archive_dir: Path | None, report: IngestReport) -> None:
+def _ingest_guarded(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
     """Ingest a batch; if it fails, each of its segments alone; a segment that fails alone is quarantined."""
     try:
-        _ingest_batch(database, paths, archive_dir, report)
+        _ingest_batch(database, source, paths, report)
     except _STORE_ERRORS as exc:
         if len(paths) > 1:
             for path in paths:
-                _ingest_guarded(database, [path], archive_dir, report)
+                _ingest_guarded(database, source, [path], report)
             return
-        reason = f"{paths[0].name}: cannot be stored: {first_line(exc)}"
+        reason = f"{source.key(paths[0])}: cannot be stored: {first_line(exc)}"
         log.warning("spool segment quarantined: %s", reason)
-        quarantine(paths[0], reason)
-        report.quarantined.append((paths[0].name, reason))
+        source.quarantine(paths[0], reason)
+        report.quarantined.append((source.key(paths[0]), reason))
         report.quarantined_records += 1
 
 
-def _ingest_batch(database: Database, paths: list[Path], archive_dir: Path | None, report: IngestReport) -> None:
+def _ingest_batch(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
     db = database.connection
-    done = _already_ingested(db, paths)
+    done = _already_ingested(db, source, paths)
     for path in done:
-        _dispose(path, archive_dir)
+        source.dispose(path)
     report.already_ingested += len(done)
     todo = [path for path in paths if path not in done]
     if not todo:
         return
     db.execute(_CREATE_STAGING)
     try:
-        batch = _stage(db, todo)
-        traffic_rows, outcome_rows = _commit(database, batch)
+        batch = _stage(db, source, todo)
+        traffic_rows, outcome_rows = _commit(database, source, batch)
     finally:
         db.execute(f"DROP TABLE IF EXISTS {STAGING}")
     for path, notes in batch.quarantined.items():
-        quarantine(path, notes)
-    report.quarantined += [(path.name, _summary(notes)) for path, notes in {**batch.quarantined, **batch.partial}.items()]
+        source.quarantine(path, notes)
+    report.quarantined += [(source.key(path), _summary(notes))
+                           for path, notes in {**batch.quarantined, **batch.partial}.items()]
     report.quarantined_records += batch.records_quarantined
     for path in batch.counts:
-        _dispose(path, archive_dir)
+        source.dispose(path)
     report.segments += len(batch.counts)
     report.traffic_rows += traffic_rows
     report.outcome_rows += outcome_rows
     report.duplicates += sum(batch.counts.values()) - traffic_rows - outcome_rows
 
 
-def _already_ingested(db: duckdb.DuckDBPyConnection, paths: list[Path]) -> set[Path]:
-    """Segments committed by an earlier run that stopped before deleting them."""
+def _already_ingested(db: duckdb.DuckDBPyConnection, source: SegmentSource, paths: list[Path]) -> set[Path]:
+    """Segments committed by an earlier run that stopped before disposing of them."""
     rows = db.execute(
         "SELECT segment FROM spool_segments WHERE status = 'ingested' AND segment IN (SELECT unnest(?))",
-        [[path.name for path in paths]],
+        [[source.key(path) for path in paths]],
     ).fetchall()
-    names = {row[0] for row in rows}
-    return {path for path in paths if path.name in names}
+    keys = {row[0] for row in rows}
+    return {path for path in paths if source.key(path) in keys}
 
 
 # -- staging ----------------------------------------------------------------------------
 
 
-def _stage(db: duckdb.DuckDBPyConnection, paths: list[Path]) -> _Batch:
+def _stage(db: duckdb.DuckDBPyConnection, source: SegmentSource, paths: list[Path]) -> _Batch:
     """Fill the staging table with every good segment of `paths`: in bulk, then line by line where unsure."""
     batch = _Batch(_stage_in_bulk(db, paths))
     for path in paths:
         if path not in batch.counts:
-            _stage_line_by_line(db, path, batch)
+            _stage_line_by_line(db, source, path, batch)
     return batch
 
 
-def _stage_line_by_line(db: duckdb.DuckDBPyConnection, path: Path, batch: _Batch) -> None:
+def _stage_line_by_line(db: duckdb.DuckDBPyConnection, source: SegmentSource, path: Path, batch: _Batch) -> None:
     """Stage a segment's good lines and copy its bad ones to quarantine; quarantine it whole when nothing is good.
 
     The bad lines are copied before the batch commits, so a crash in between copies them again.
@@ -240,12 +239,12 @@ def _stage_line_by_line(db: duckdb.DuckDBPyConnection, path: Path, batch: _Batch
     unstaged = _stage_records(db, path, read.records)
     rejected = sorted(read.rejected + unstaged, key=lambda line: line.number)
     batch.records_quarantined += len(rejected)
-    notes = "\n".join(f"{path.name}: line {line.number}: {line.reason}" for line in rejected)
+    notes = "\n".join(f"{source.key(path)}: line {line.number}: {line.reason}" for line in rejected)
     if rejected and len(rejected) == len(read.records) + len(read.rejected):
         batch.quarantined[path] = notes
         return
     if rejected:
-        quarantine_lines(path, rejected)
+        source.quarantine_lines(path, rejected)
         batch.partial[path] = notes
     batch.counts[path] = len(read.records) - len(unstaged)
 
@@ -341,7 +340,7 @@ def _naive_utc(moment: datetime) -> datetime:
 # -- committing -------------------------------------------------------------------------
 
 
-def _commit(database: Database, batch: _Batch) -> tuple[int, int]:
+def _commit(database: Database, source: SegmentSource, batch: _Batch) -> tuple[int, int]:
     """Append the staged rows and record the segments, in one transaction; returns rows added.
 
     A plain INSERT is tried first: into the keyed table it costs about 40 % less CPU than
@@ -350,19 +349,20 @@ def _commit(database: Database, batch: _Batch) -> tuple[int, int]:
     """
     now = utcnow()
     try:
-        return _append(database, batch, now, _APPEND_TRAFFIC.format(conflict=""))
+        return _append(database, source, batch, now, _APPEND_TRAFFIC.format(conflict=""))
     except duckdb.ConstraintException:
-        return _append(database, batch, now, _APPEND_TRAFFIC.format(conflict="OR IGNORE"))
+        return _append(database, source, batch, now, _APPEND_TRAFFIC.format(conflict="OR IGNORE"))
 
 
-def _append(database: Database, batch: _Batch, now: datetime, append_traffic: str) -> tuple[int, int]:
+def _append(database: Database, source: SegmentSource, batch: _Batch, now: datetime,
+            append_traffic: str) -> tuple[int, int]:
     with database.transaction() as db:
         traffic_rows = _changed(db, append_traffic, [now])
         with registered(db, "_spool_outcomes", _outcome_frame(db)):
             outcome_rows = _changed(db, _APPEND_OUTCOMES)
-        rows = [(path.name, records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None, now)
-                for path, records in batch.counts.items()]
-        rows += [(path.name, 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]
+        rows = [(source.key(path), records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None,
+                 now) for path, records in batch.counts.items()]
+        rows += [(source.key(path), 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]
         db.executemany("INSERT OR REPLACE INTO spool_segments VALUES (?, ?, ?, ?, ?)", rows)
     return traffic_rows, outcome_rows
 
@@ -385,15 +385,6 @@ def _outcome_frame(db: duckdb.DuckDBPyConnection) -> pa.Table:
 def _outcome_id(request_key: str, kind: str, value_json: str) -> str:
     """`OutcomeRecord.outcome_id`, without building a record per outcome."""
     return sha256_text(canonical_json([request_key, kind, json.loads(value_json)]))
-
-
-def _dispose(path: Path, archive_dir: Path | None) -> None:
-    """Delete an ingested segment, or keep it in `archive_dir`."""
-    if archive_dir is None:
-        path.unlink(missing_ok=True)
-        return
-    archive_dir.mkdir(parents=True, exist_ok=True)
-    shutil.move(path, archive_dir / path.name)
 
 
 # -- SQL --------------------------------------------------------------------------------

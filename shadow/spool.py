@@ -114,11 +114,25 @@ def quarantine_lines(path: Path, rejected: list[RejectedLine]) -> Path:
 
     The copy has a name of its own, so once fixed it can be put back into the spool as a new segment.
     """
-    target = _quarantine_path(path.parent, f"{path.stem}-rejected{SEGMENT_SUFFIX}")
-    write_atomic(target, b"".join(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n" for line in rejected))
-    notes = "".join(f"{path.name}: line {line.number}: {line.reason}\n" for line in rejected)
-    write_atomic(target.parent / f"{target.name}.reason", notes.encode())
+    target = _quarantine_path(path.parent, rejected_name(path.name))
+    write_atomic(target, rejected_lines(rejected))
+    write_atomic(target.parent / f"{target.name}.reason", rejected_notes(path.name, rejected))
     return target
+
+
+def rejected_name(segment: str) -> str:
+    """The name of the quarantined copy of a segment's bad lines."""
+    return f"{segment.removesuffix(SEGMENT_SUFFIX)}-rejected{SEGMENT_SUFFIX}"
+
+
+def rejected_lines(rejected: list[RejectedLine]) -> bytes:
+    """A segment's bad lines, as a segment of their own."""
+    return b"".join(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n" for line in rejected)
+
+
+def rejected_notes(segment: str, rejected: list[RejectedLine]) -> bytes:
+    """The note beside quarantined lines: one line per record, saying where it was and why it is bad."""
+    return "".join(f"{segment}: line {line.number}: {line.reason}\n" for line in rejected).encode()
 
 
 def quarantined_records(directory: Path) -> int:

@@ -17,6 +17,7 @@ from shadow.ingest import IngestReport, ingest_spool
 from shadow.logfile import LogFileError, read_outcome_log, read_traffic_log, spool_records
 from shadow.spool_records import OutcomeRecord, SpoolRecord, TrafficRecord
 from shadow.spool import QUARANTINE, CorruptSegment, read_segment, ready_segments, spool_dir, write_segment
+from shadow.spool_source import LocalSpool
 from tests.servers import edit_config
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -112,10 +113,10 @@ def test_a_crash_after_commit_and_before_delete_is_finished_without_duplicates(
 ) -> None:
     segment(spool, traffic("r1"), traffic("r2"))
 
-    def crash(path: Path, archive_dir: Path | None) -> None:
+    def crash(source: LocalSpool, path: Path) -> None:
         raise KeyboardInterrupt("killed after commit")
 
-    monkeypatch.setattr(ingest_module, "_dispose", crash)
+    monkeypatch.setattr(LocalSpool, "dispose", crash)
     with pytest.raises(KeyboardInterrupt):
         ingest(registry, spool)
     monkeypatch.undo()

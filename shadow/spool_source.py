@@ -1,0 +1,192 @@
+"""Where ingest takes spool segments from: the local spool directory, or the object store the
+gateway hosts ship to (`backend: distributed`).
+
+Ingest (`shadow.ingest`) reads segments as local files and records each in the
+`spool_segments` ledger under its key; a source says which segments are ready, makes a
+batch of them local files (`claim`), names each one's key, and disposes of it once its rows
+are committed, or quarantines it. Locally the key is the segment's file name, as it always
+was; in the object store it is `<host>/<name>`, the key under `spool_prefix`, since names
+are unique only per gateway host.
+
+`claim` is where a lease goes when several ingest workers share the store: it may return
+fewer segments than asked for (those another worker holds are left out), and a lease
+expires for a worker that dies before disposing of what it claimed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from registry.atomic import write_atomic
+from shadow import spool
+from shadow.spool import SEGMENT_SUFFIX, RejectedLine, ready_segments
+
+if TYPE_CHECKING:
+    from registry import Workspace
+    from registry.workspace_config import DistributedConfig
+
+INBOX = "spool-inbox"
+"""Under the state dir: where segments downloaded from the object store wait for ingest."""
+
+
+@dataclass(frozen=True)
+class ReadySegment:
+    """A complete segment ingest may take: its ledger key and its size in bytes."""
+
+    key: str
+    size: int
+
+
+class SegmentSource(Protocol):
+    """What ingest needs of wherever the segments are."""
+
+    def ready(self) -> list[ReadySegment]:
+        """The complete segments, oldest first."""
+
+    def claim(self, segments: list[ReadySegment]) -> list[Path]:
+        """Local files of these segments (or of those of them this worker may take)."""
+
+    def key(self, path: Path) -> str:
+        """The ledger key of a claimed segment."""
+
+    def dispose(self, path: Path) -> None:
+        """Its rows are committed: delete the segment (or archive it)."""
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        """Nothing of it can be stored: set it aside with a note of why."""
+
+    def quarantine_lines(self, path: Path, rejected: list[RejectedLine]) -> None:
+        """Some of its lines cannot be stored: copy them aside with a note of why."""
+
+
+class LocalSpool:
+    """The spool directory on this host (the embedded backend, and `shadowzoo ingest`)."""
+
+    def __init__(self, directory: Path, archive_dir: Path | None = None) -> None:
+        self.directory = directory
+        self.archive_dir = archive_dir
+
+    def ready(self) -> list[ReadySegment]:
+        return [ReadySegment(path.name, _size(path)) for path in ready_segments(self.directory)]
+
+    def claim(self, segments: list[ReadySegment]) -> list[Path]:
+        return [self.directory / segment.key for segment in segments]
+
+    def key(self, path: Path) -> str:
+        return path.name
+
+    def dispose(self, path: Path) -> None:
+        """Delete an ingested segment, or keep it in `archive_dir`."""
+        if self.archive_dir is None:
+            path.unlink(missing_ok=True)
+            return
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, self.archive_dir / path.name)
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        spool.quarantine(path, reason)
+
+    def quarantine_lines(self, path: Path, rejected: list[RejectedLine]) -> None:
+        spool.quarantine_lines(path, rejected)
+
+
+class ObjectStoreSpool:
+    """Segments shipped by the gateway hosts, at `<prefix><host>/<name>` in the bucket.
+
+    A claimed segment is downloaded to `inbox/<host>/<name>`. Its object is deleted only
+    after its rows are committed (the local copy first: a crash in between leaves the
+    object, which the ledger then recognises). A bad one is copied to
+    `<prefix>quarantine/<host>/<name>` with a `.reason` note beside it; that prefix is one
+    level deeper than any segment's, so it is never listed as ready.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str, inbox: Path) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.inbox = inbox
+
+    def ready(self) -> list[ReadySegment]:
+        """Every host's segments, oldest first (names begin with their creation time); the
+        inbox is emptied of what an earlier run left behind."""
+        shutil.rmtree(self.inbox, ignore_errors=True)
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"].removeprefix(self.prefix)
+                if _is_segment_key(key):
+                    found.append(ReadySegment(key, item["Size"]))
+        return sorted(found, key=lambda segment: (segment.key.split("/")[1], segment.key))
+
+    def claim(self, segments: list[ReadySegment]) -> list[Path]:
+        """Download each segment; one gone meanwhile (another worker finished it) is left out."""
+        claimed = []
+        for segment in segments:
+            body = self._get(self.prefix + segment.key)
+            if body is not None:
+                path = self.inbox / segment.key
+                write_atomic(path, body)
+                claimed.append(path)
+        return claimed
+
+    def key(self, path: Path) -> str:
+        return path.relative_to(self.inbox).as_posix()
+
+    def dispose(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + self.key(path))
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        target = self._quarantine_key(self.key(path))
+        self._put(target, path.read_bytes())
+        self._put(f"{target}.reason", (reason + "\n").encode())
+        self.dispose(path)
+
+    def quarantine_lines(self, path: Path, rejected: list[RejectedLine]) -> None:
+        host, name = self.key(path).split("/")
+        target = self._quarantine_key(f"{host}/{spool.rejected_name(name)}")
+        self._put(target, spool.rejected_lines(rejected))
+        self._put(f"{target}.reason", spool.rejected_notes(name, rejected))
+
+    def _quarantine_key(self, key: str) -> str:
+        return f"{self.prefix}{spool.QUARANTINE}/{key}"
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def _put(self, key: str, body: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+
+def segment_source(workspace: Workspace) -> SegmentSource:
+    """The workspace's source: the object store on `backend: distributed`, else the local spool."""
+    settings = workspace.config.distributed
+    if workspace.config.backend != "distributed" or settings is None:
+        return LocalSpool(spool.spool_dir(workspace.state_dir))
+    return object_store_spool(settings, workspace.state_dir / INBOX)
+
+
+def object_store_spool(settings: DistributedConfig, inbox: Path) -> ObjectStoreSpool:
+    from registry.distributed import object_store_client
+
+    return ObjectStoreSpool(object_store_client(settings.object_store), settings.object_store.bucket,
+                            settings.spool_prefix, inbox)
+
+
+def _is_segment_key(key: str) -> bool:
+    """`<host>/<name>.jsonl`: exactly one level below the prefix, not a hidden or temp name."""
+    parts = key.split("/")
+    return len(parts) == 2 and all(parts) and parts[1].endswith(SEGMENT_SUFFIX) and not parts[1].startswith(".")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
