@@ -127,13 +127,23 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
 
 
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
-    """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
+    """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode), and on
+    `backend: distributed` the host's one spool shipper after them (stopped after them, so it
+    ships their last captures; its series are on the gateway's /metrics)."""
     from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
     env = multiprocess_env(workspace.state_dir)
-    return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
-            for i in range(workers)]
+    children = [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
+                for i in range(workers)]
+    if workspace.config.backend == "distributed":
+        from registry.distributed import object_store_credentials
+        from shadow.shipper import shipper_main, shipping_host
+
+        shipping_host(workspace.config.distributed)  # a bad host name or missing credentials stop the start
+        object_store_credentials(workspace.config.distributed.object_store)
+        children.append(Child("shipper", shipper_main, (str(workspace.root),), env=env))
+    return children
 
 
 def _gateway_address(workspace, host: str | None, port: int | None, workers: int) -> tuple[str, int]:

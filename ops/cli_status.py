@@ -92,6 +92,7 @@ def _print_report(report: dict[str, Any]) -> None:
         ("quarantined", f"{report['spool_quarantined_records']} record(s)"),
         ("shadow queue", "unknown (no daemon)" if report["queue_depth"] is None else f"{report['queue_depth']:.0f} pair(s) pending"),
     ])
+    _print_gateway_hosts(report)
     budgets = report["budgets_left_usd"]
     say("")
     print_table("slots", ["slot", "champion", "shadow budget left today"],
@@ -108,6 +109,20 @@ def _print_report(report: dict[str, Any]) -> None:
                     [[name, run["outcome"], run["at"], run["duration_s"], run.get("failures_in_a_row", 0), _counts(run)]
                      for name, run in sorted(report["last_runs"].items())])
     _print_warnings(report)
+
+
+def _print_gateway_hosts(report: dict[str, Any]) -> None:
+    """Each gateway host's spool shipping, on a distributed workspace (its heartbeats in the control plane)."""
+    if "gateway_hosts" not in report:
+        return
+    say("")
+    if report["gateway_hosts"] is None:
+        warn(f"gateway hosts: cannot read their shipping heartbeats: {report['gateway_hosts_error']}")
+        return
+    print_table("gateway hosts (spool shipping)", ["host", "shipping lag", "segments shipped", "last shipped",
+                                                   "last heartbeat"],
+                [[h["host"], f"{h['shipping_lag_s']:g} s", h["segments_shipped"], h["last_shipped_at"] or "never",
+                  f"{h['seen_s_ago']:g} s ago"] for h in report["gateway_hosts"]])
 
 
 def _print_config(config: dict[str, Any]) -> None:

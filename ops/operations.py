@@ -159,14 +159,15 @@ class LocalOperations:
 
     # long work
     def ingest(self, progress: Callable[[IngestProgress], None] | None = None) -> IngestReport:
-        """Ingest the whole spool now (captures, and files `shadowzoo ingest` spooled)."""
+        """Ingest the whole spool now (captures, and files `shadowzoo ingest` spooled; on the distributed
+        backend, what the gateway hosts shipped to the object store)."""
         from ops.protocol import IngestProgress
-        from shadow.ingest import ingest_spool
-        from shadow.spool import spool_dir
+        from shadow.ingest import ingest_from
+        from shadow.spool_source import segment_source
 
         report = (lambda done, total: progress(IngestProgress(done=done, total=total))) if progress else None
         with INGESTING:
-            return ingest_spool(self.registry.database, spool_dir(self.workspace.state_dir), progress=report)
+            return ingest_from(self.registry.database, segment_source(self.workspace), progress=report)
 
     def replay(self, slot: str, since: datetime | None = None, version: str | None = None, include_old: bool = False,
                retry_errors: bool = False, progress: Callable[[RunReport], None] | None = None) -> RunReport:

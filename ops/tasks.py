@@ -8,10 +8,8 @@ registry's `Database`, whose lock makes the daemon's writes one at a time.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from ops.prometheus_metrics import DaemonMetrics
@@ -24,7 +22,7 @@ from registry.workspace_config import Price, RetentionConfig
 from shadow.budget import budget_left
 from shadow.pricing import price_of, workspace_prices
 from shadow.providers import missing_api_keys
-from shadow.spool import quarantined_records, ready_segments, spool_dir
+from shadow.spool import quarantined_records, ready_segments, segment_age_s, spool_dir
 
 log = logging.getLogger("shadowzoo.daemon")
 AUTO_ACTOR = "shadowzoo-auto"
@@ -64,7 +62,7 @@ def ingest(context: TaskContext) -> dict[str, Any]:
     """Spool into the database, then feed the counters from the new rows."""
     spool = spool_dir(context.workspace.state_dir)
     segments = ready_segments(spool)
-    context.metrics.spool_lag.set(_age_s(segments[0]) if segments else 0.0)
+    context.metrics.spool_lag.set(segment_age_s(segments[0]) if segments else 0.0)
     report = context.operations.ingest()
     context.metrics.quarantined.inc(report.quarantined_records)
     with context.database.reading() as db:
@@ -78,13 +76,6 @@ def _champion_prices(context: TaskContext) -> dict[str, Price | None]:
     prices = workspace_prices(context.workspace)
     champions = [context.operations.champion(slot) for slot in context.workspace.config.slots]
     return {c.version_id: price_of(prices, c.config.get("model")) for c in champions if c is not None}
-
-
-def _age_s(path: Path) -> float:
-    try:
-        return max(0.0, time.time() - path.stat().st_mtime)
-    except FileNotFoundError:
-        return 0.0
 
 
 def score(context: TaskContext) -> dict[str, Any]:
@@ -223,7 +214,7 @@ def status(context: TaskContext) -> dict[str, Any]:
                  for slot in context.workspace.config.slots}
     return {
         "spool_segments": len(segments),
-        "spool_lag_s": round(_age_s(segments[0]), 1) if segments else 0.0,
+        "spool_lag_s": round(segment_age_s(segments[0]), 1) if segments else 0.0,
         "spool_quarantined_records": quarantined_records(spool),
         "queue_depth": context.metrics.registry.get_sample_value("shadowzoo_shadow_queue_depth"),
         "budgets_left_usd": dict(_budgets_left(context)),
@@ -235,7 +226,17 @@ def status(context: TaskContext) -> dict[str, Any]:
                    for slot, board in context.boards.items() if board.judges},
         "missing_api_keys": missing_api_keys(context.workspace.config.providers),
         "checked_at": datetime.now(UTC).isoformat(),
+        **_shipping(context.workspace),
     }
+
+
+def _shipping(workspace: Workspace) -> dict[str, Any]:
+    """On `backend: distributed`, each gateway host's spool shipping (nothing on the embedded backend)."""
+    if workspace.config.backend != "distributed" or workspace.config.distributed is None:
+        return {}
+    from shadow.shipper import shipping_report
+
+    return shipping_report(workspace.config.distributed)
 
 
 def _routes_drift(context: TaskContext, champions: dict[str, str | None]) -> list[str]:

@@ -21,7 +21,25 @@ if TYPE_CHECKING:
 # start at once apply each migration once.
 _MIGRATION_LOCK = 0x5AD0_2001
 
-CONTROL_MIGRATIONS: tuple[Migration, ...] = ()
+CONTROL_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "spool shipping heartbeats",
+        # Each gateway host's shipper says how far behind it is: the age of its oldest
+        # complete segment not yet in the object store (0 when none), how many segments it
+        # has shipped in all, and when it last shipped one and last reported (`shadowzoo
+        # status`; a host whose `seen_at` is old has stopped reporting).
+        """
+        CREATE TABLE spool_shipping (
+            host TEXT PRIMARY KEY,
+            lag_s DOUBLE PRECISION NOT NULL,
+            segments_shipped BIGINT NOT NULL,
+            last_shipped_at TIMESTAMP,
+            seen_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+)
 CONTROL_LATEST = CONTROL_MIGRATIONS[-1].version if CONTROL_MIGRATIONS else 0
 
 

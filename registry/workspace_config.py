@@ -406,6 +406,10 @@ class DaemonConfig(Strict):
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight shadow calls may finish on shutdown.")
 
 
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""A gateway host's name: one part of the keys its spool segments are shipped under."""
+
+
 class ObjectStoreConfig(Strict):
     """S3-compatible object storage: the lake's Parquet files and the gateways' shipped spool segments."""
 
@@ -455,6 +459,14 @@ class DistributedConfig(Strict):
             raise ValueError(f"{value!r} is not a postgresql://user@host[:port]/database URL")
         if parts.password:
             raise ValueError("holds a password: put it in PGPASSWORD or ~/.pgpass, not in shadowzoo.yaml")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, value: str | None) -> str | None:
+        if value is not None and not HOST_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a host name (letters, digits, . _ -, at most 63): "
+                             "it is one part of its shipped segments' keys")
         return value
 
     @field_validator("lake_prefix", "spool_prefix")

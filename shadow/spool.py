@@ -50,6 +50,14 @@ def ready_segments(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix == SEGMENT_SUFFIX and not p.name.startswith("."))
 
 
+def segment_age_s(path: Path) -> float:
+    """Seconds since a segment was written (0 when it is gone meanwhile)."""
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except FileNotFoundError:
+        return 0.0
+
+
 class CorruptSegment(ValueError):
     """A segment that cannot be parsed; the message says which line and why."""
 

@@ -1,0 +1,258 @@
+"""The spool across hosts (issue 16): each gateway host ships its complete segments to object
+storage under its own prefix, never making the champion wait on it, and ingest reads them
+from there exactly once."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from registry import Registry, load_workspace
+from registry.distributed import connect_control, object_store_client
+from registry.workspace_config import DistributedConfig
+from shadow.ingest import ingest_from
+from shadow.shipper import Shipper
+from shadow.spool import ready_segments, spool_dir, write_segment
+from shadow.spool_records import TrafficRecord
+from shadow.spool_source import ObjectStoreSpool, object_store_spool
+from tests.clirun import run_in_process
+from tests.engines import S3Server, distributed_section
+from tests.servers import GatewayProcess, champion_workspace, edit_config, start_simulator, wait_until
+
+SLOT = "support-triage"
+QUESTION = [{"role": "user", "content": "My invoice shows a double charge this month."}]
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    server = start_simulator(fast=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def credentials(object_store, monkeypatch) -> dict[str, str]:
+    for name, value in object_store.credentials_env.items():
+        monkeypatch.setenv(name, value)
+    return object_store.credentials_env
+
+
+def gateway_host(directory: Path, simulator, postgres, store: S3Server, extensions: Path, host: str) -> Path:
+    """A workspace of its own (its own state dir and spool) serving as gateway host `host`."""
+    workspace_dir = champion_workspace(directory, simulator.base_url, gateway={"flush_interval_s": 0.1})
+
+    def distributed(config: dict) -> None:
+        config["backend"] = "distributed"
+        config["distributed"] = distributed_section(postgres, store, extensions, host=host)
+
+    edit_config(workspace_dir, distributed)
+    return workspace_dir
+
+
+def gateway_env(store: S3Server) -> dict[str, str]:
+    """A gateway host's environment: the object store's credentials and the simulator's key."""
+    return {**store.credentials_env, "SIM_API_KEY": "sim"}
+
+
+def settings_of(workspace_dir: Path) -> DistributedConfig:
+    return load_workspace(workspace_dir).config.distributed
+
+
+def ask(gateway: GatewayProcess, count: int) -> set[str]:
+    """`count` chat completions through the gateway, each answered; returns their request ids."""
+    client = OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    ids = set()
+    for _ in range(count):
+        response = client.chat.completions.with_raw_response.create(model=SLOT, messages=QUESTION)
+        assert response.http_response.status_code == 200
+        ids.add(response.headers["x-shadowzoo-request-id"])
+    return ids
+
+
+def shipped(settings: DistributedConfig, host: str | None = None) -> dict[str, bytes]:
+    """The segments in the bucket under the spool prefix (of one host), by key."""
+    client = object_store_client(settings.object_store)
+    prefix = settings.spool_prefix + (f"{host}/" if host else "")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=settings.object_store.bucket, Prefix=prefix)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {key: client.get_object(Bucket=settings.object_store.bucket, Key=key)["Body"].read() for key in keys}
+
+
+def request_ids(segments: dict[str, bytes]) -> list[str]:
+    return [json.loads(line)["request_id"] for body in segments.values() for line in body.splitlines() if line]
+
+
+def heartbeat(settings: DistributedConfig, host: str) -> tuple | None:
+    with connect_control(settings) as connection:
+        return connection.execute("SELECT lag_s, segments_shipped, last_shipped_at FROM spool_shipping WHERE host = %s",
+                                  [host]).fetchone()
+
+
+def lag_gauge(gateway: GatewayProcess) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(gateway.base_url.removesuffix("/v1") + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r"^shadowzoo_spool_shipping_lag_seconds\S* (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else -1.0
+
+
+def empty_bucket(settings: DistributedConfig) -> None:
+    client = object_store_client(settings.object_store)
+    for key in shipped(settings):
+        client.delete_object(Bucket=settings.object_store.bucket, Key=key)
+
+
+def test_two_gateway_hosts_ship_their_segments_under_their_own_prefixes_and_keep_no_local_copy(
+    tmp_path: Path, simulator, postgres, object_store, lake_extensions, credentials
+) -> None:
+    hosts = {name: gateway_host(tmp_path / name, simulator, postgres, object_store, lake_extensions, name)
+             for name in ("gw-a", "gw-b")}
+    gateways = {name: GatewayProcess(directory, env=gateway_env(object_store)) for name, directory in hosts.items()}
+    try:
+        asked = {name: ask(gateway, 12) for name, gateway in gateways.items()}
+        for name, directory in hosts.items():
+            settings = settings_of(directory)
+            wait_until(lambda: sorted(request_ids(shipped(settings, name))) == sorted(asked[name]), timeout_s=30)
+            assert ready_segments(spool_dir(directory / ".shadowzoo")) == []
+            beat = wait_until(lambda: (row := heartbeat(settings, name)) and row[1] == len(shipped(settings, name))
+                              and row, timeout_s=15)
+            assert beat[0] == 0 and beat[2] is not None
+            assert lag_gauge(gateways[name]) == 0
+    finally:
+        outputs = {name: gateway.stop() for name, gateway in gateways.items()}
+    assert all("unreachable" not in output for output in outputs.values()), outputs
+    empty_bucket(settings_of(hosts["gw-a"]))
+
+
+def test_with_the_object_store_down_the_gateway_answers_every_request_and_ships_each_capture_once_it_is_back(
+    tmp_path: Path, simulator, postgres, lake_extensions, monkeypatch
+) -> None:
+    store = S3Server(tmp_path / "s3")
+    for name, value in store.credentials_env.items():
+        monkeypatch.setenv(name, value)
+    directory = gateway_host(tmp_path / "ws", simulator, postgres, store, lake_extensions, "gw-down")
+    settings = settings_of(directory)
+    gateway = GatewayProcess(directory, env=gateway_env(store))
+    try:
+        before = ask(gateway, 5)
+        wait_until(lambda: len(request_ids(shipped(settings))) == 5, timeout_s=30)
+        store.kill()
+        during = ask(gateway, 20)  # each asserted answered
+        spool = spool_dir(directory / ".shadowzoo")
+        wait_until(lambda: ready_segments(spool) and lag_gauge(gateway) > 0, timeout_s=30)
+        wait_until(lambda: (row := heartbeat(settings, "gw-down")) and row[0] > 0, timeout_s=30)
+        status = run_in_process(("status",), directory, {})
+        assert status.code == 0, status.err
+        assert re.search(r"gw-down\W+[1-9][0-9.]* s", status.out), status.out
+        store.start()
+        wait_until(lambda: not ready_segments(spool) and len(request_ids(shipped(settings))) == 25, timeout_s=60)
+        wait_until(lambda: heartbeat(settings, "gw-down")[0] == 0, timeout_s=15)
+    finally:
+        output = gateway.stop()
+    assert output.count("the object store") == 2, output  # unreachable once, reachable again once
+    assert "reachable again" in output
+    assert sorted(request_ids(shipped(settings))) == sorted(before | during)
+    with Registry.open(load_workspace(directory)) as registry:
+        report = ingest_from(registry.database, object_store_spool(settings, tmp_path / "inbox"))
+        stored = registry.database.connection.execute("SELECT count(*), count(DISTINCT request_id) FROM traffic").fetchall()
+    assert (report.traffic_rows, stored) == (25, [(25, 25)])
+    assert shipped(settings) == {}
+    store.stop()
+
+
+def traffic(request_id: str) -> bytes:
+    return TrafficRecord(request_id=request_id, slot=SLOT, received_at="2026-12-05T12:00:00Z", request={"messages": QUESTION},
+                         champion_version="v1", status=200, output="billing", stream=False).model_dump_json().encode()
+
+
+def put_segment(source: ObjectStoreSpool, host: str, name: str, lines: list[bytes]) -> None:
+    source.client.put_object(Bucket=source.bucket, Key=f"{source.prefix}{host}/{name}", Body=b"\n".join(lines) + b"\n")
+
+
+@pytest.fixture
+def store_spool(object_store, postgres, lake_extensions, credentials, tmp_path: Path) -> ObjectStoreSpool:
+    settings = DistributedConfig.model_validate(distributed_section(postgres, object_store, lake_extensions))
+    empty_bucket(settings)
+    return object_store_spool(settings, tmp_path / "inbox")
+
+
+def test_segments_of_the_same_name_from_two_hosts_are_both_ingested(registry: Registry, store_spool) -> None:
+    put_segment(store_spool, "gw-a", "0000000000001-7-00000000.jsonl", [traffic("a1"), traffic("a2")])
+    put_segment(store_spool, "gw-b", "0000000000001-7-00000000.jsonl", [traffic("b1")])
+    report = ingest_from(registry.database, store_spool)
+    assert (report.segments, report.traffic_rows) == (2, 3)
+    assert sorted(registry.database.connection.execute("SELECT segment, records FROM spool_segments").fetchall()) == [
+        ("gw-a/0000000000001-7-00000000.jsonl", 2), ("gw-b/0000000000001-7-00000000.jsonl", 1)]
+
+
+def test_a_segment_ingested_again_after_a_crash_before_its_delete_stores_each_capture_once(
+    registry: Registry, store_spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_segment(store_spool, "gw-a", "0000000000002-7-00000000.jsonl", [traffic("c1"), traffic("c2")])
+
+    def crash(source: ObjectStoreSpool, path: Path) -> None:
+        raise KeyboardInterrupt("killed after commit")
+
+    monkeypatch.setattr(ObjectStoreSpool, "dispose", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_from(registry.database, store_spool)
+    monkeypatch.undo()
+    assert list(shipped_keys(store_spool)) == ["spool/gw-a/0000000000002-7-00000000.jsonl"]
+    report = ingest_from(registry.database, store_spool)
+    assert (report.already_ingested, report.traffic_rows) == (1, 0)
+    assert registry.database.connection.execute("SELECT count(*) FROM traffic").fetchall() == [(2,)]
+    assert list(shipped_keys(store_spool)) == []
+
+
+def test_a_bad_segment_in_the_object_store_goes_to_the_quarantine_prefix_with_a_note_of_why(
+    registry: Registry, store_spool
+) -> None:
+    put_segment(store_spool, "gw-a", "0000000000003-7-00000000.jsonl", [b"not json"])
+    put_segment(store_spool, "gw-a", "0000000000004-7-00000000.jsonl", [traffic("d1"), b'{"type": "traffic"}'])
+    report = ingest_from(registry.database, store_spool)
+    assert (report.traffic_rows, report.quarantined_records) == (1, 2)
+    keys = shipped_keys(store_spool)
+    assert sorted(keys) == [
+        "spool/quarantine/gw-a/0000000000003-7-00000000.jsonl",
+        "spool/quarantine/gw-a/0000000000003-7-00000000.jsonl.reason",
+        "spool/quarantine/gw-a/0000000000004-7-00000000-rejected.jsonl",
+        "spool/quarantine/gw-a/0000000000004-7-00000000-rejected.jsonl.reason",
+    ]
+    assert keys["spool/quarantine/gw-a/0000000000003-7-00000000.jsonl.reason"].startswith(
+        b"gw-a/0000000000003-7-00000000.jsonl: line 1: not valid JSON")
+    assert b"line 2: field 'request_id'" in keys["spool/quarantine/gw-a/0000000000004-7-00000000-rejected.jsonl.reason"]
+    assert ingest_from(registry.database, store_spool).segments == 0  # the quarantine is never read as segments
+
+
+def test_a_segment_shipped_again_after_a_crash_before_its_local_delete_is_the_same_object(
+    registry: Registry, store_spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    path = write_segment(spool, [traffic("e1"), traffic("e2")])
+    shipper = Shipper(spool, store_spool.client, store_spool.bucket, store_spool.prefix, "gw-e")
+    real_unlink = Path.unlink
+
+    def crash(self: Path, missing_ok: bool = False) -> None:
+        raise KeyboardInterrupt("killed after the PUT")
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    with pytest.raises(KeyboardInterrupt):
+        shipper.ship_ready()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert ready_segments(spool) == [path]
+    assert shipper.ship_ready() == 1 and ready_segments(spool) == []
+    assert list(shipped_keys(store_spool)) == [f"spool/gw-e/{path.name}"]
+    assert ingest_from(registry.database, store_spool).traffic_rows == 2
+
+
+def shipped_keys(source: ObjectStoreSpool) -> dict[str, bytes]:
+    client, bucket = source.client, source.bucket
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=source.prefix)
+    return {item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            for page in pages for item in page.get("Contents", [])}
