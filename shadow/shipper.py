@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import signal
 import socket
 import threading
@@ -31,14 +30,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, Counter, Gauge
-
 from registry import utcnow
 from registry.control_plane import migrate_control
 from registry.distributed import connect_control, object_store_client
 from registry.errors import ConfigError
 from registry.workspace_config import HOST_NAME
-from shadow.gateway.prometheus_metrics import MULTIPROC_ENV
+from shadow.gateway.prometheus_metrics import ShippingMetrics
 from shadow.spool import ready_segments, segment_age_s, spool_dir
 
 if TYPE_CHECKING:
@@ -52,18 +49,6 @@ MAX_BACKOFF_S = 10.0
 SHIP_BATCH = 64
 """Segments shipped between two looks at the lag, the heartbeat and a stop request."""
 LOCK_FILE = "shipper.lock"
-
-
-class ShippingMetrics:
-    """The shipper's series, which the gateway's /metrics shows beside its workers' (multiprocess mode)."""
-
-    def __init__(self) -> None:
-        registry = None if os.environ.get(MULTIPROC_ENV) else REGISTRY
-        self.lag = Gauge("shadowzoo_spool_shipping_lag_seconds",
-                         "Age of this host's oldest complete spool segment not yet in the object store.",
-                         multiprocess_mode="mostrecent", registry=registry)
-        self.shipped = Counter("shadowzoo_spool_shipped_segments_total",
-                               "Spool segments shipped to the object store.", registry=registry)
 
 
 class Outage:
@@ -226,16 +211,7 @@ def run_shipper(workspace: Workspace, stop: threading.Event) -> None:
     backoff, beaten_at = _Backoff(), 0.0
     while True:
         stopping = stop.is_set()
-        before = shipper.shipped
-        try:
-            more = shipper.ship_ready() == SHIP_BATCH
-            store.recovered()
-            backoff.reset()
-            wait_s = 0.0 if more else POLL_S
-        except Exception as exc:  # noqa: BLE001  (botocore's errors have no one base; any failure is retried)
-            store.failed(exc, "segments stay in the local spool until it is back")
-            wait_s = backoff.failed()
-        metrics.shipped.inc(shipper.shipped - before)
+        wait_s = _ship(shipper, store, backoff, metrics)
         lag = shipper.lag_s()
         metrics.lag.set(lag)
         if stopping or time.monotonic() - beaten_at >= HEARTBEAT_S:
@@ -245,6 +221,23 @@ def run_shipper(workspace: Workspace, stop: threading.Event) -> None:
             break
         stop.wait(wait_s)
     heartbeat.close()
+
+
+def _ship(shipper: Shipper, store: Outage, backoff: _Backoff, metrics: ShippingMetrics) -> float:
+    """One pass of shipping; returns how long to wait before the next (none while a backlog remains)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    before = shipper.shipped
+    try:
+        more = shipper.ship_ready() == SHIP_BATCH
+    except (BotoCoreError, ClientError, OSError) as exc:
+        store.failed(exc, "segments stay in the local spool until it is back")
+        return backoff.failed()
+    finally:
+        metrics.shipped.inc(shipper.shipped - before)
+    store.recovered()
+    backoff.reset()
+    return 0.0 if more else POLL_S
 
 
 def shipper_main(workspace_dir: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import OpenAI
@@ -74,12 +75,20 @@ def ask(gateway: GatewayProcess, count: int) -> set[str]:
 
 
 def shipped(settings: DistributedConfig, host: str | None = None) -> dict[str, bytes]:
-    """The segments in the bucket under the spool prefix (of one host), by key."""
-    client = object_store_client(settings.object_store)
-    prefix = settings.spool_prefix + (f"{host}/" if host else "")
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=settings.object_store.bucket, Prefix=prefix)
-    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
-    return {key: client.get_object(Bucket=settings.object_store.bucket, Key=key)["Body"].read() for key in keys}
+    """The objects in the bucket under the spool prefix (of one host), by key."""
+    return objects(object_store_client(settings.object_store), settings.object_store.bucket,
+                   settings.spool_prefix + (f"{host}/" if host else ""))
+
+
+def shipped_keys(source: ObjectStoreSpool) -> dict[str, bytes]:
+    """The objects under the source's prefix, by key."""
+    return objects(source.client, source.bucket, source.prefix)
+
+
+def objects(client: Any, bucket: str, prefix: str) -> dict[str, bytes]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            for page in pages for item in page.get("Contents", [])}
 
 
 def request_ids(segments: dict[str, bytes]) -> list[str]:
@@ -107,6 +116,7 @@ def empty_bucket(settings: DistributedConfig) -> None:
         client.delete_object(Bucket=settings.object_store.bucket, Key=key)
 
 
+@pytest.mark.slow
 def test_two_gateway_hosts_ship_their_segments_under_their_own_prefixes_and_keep_no_local_copy(
     tmp_path: Path, simulator, postgres, object_store, lake_extensions, credentials
 ) -> None:
@@ -129,6 +139,7 @@ def test_two_gateway_hosts_ship_their_segments_under_their_own_prefixes_and_keep
     empty_bucket(settings_of(hosts["gw-a"]))
 
 
+@pytest.mark.slow
 def test_with_the_object_store_down_the_gateway_answers_every_request_and_ships_each_capture_once_it_is_back(
     tmp_path: Path, simulator, postgres, lake_extensions, monkeypatch
 ) -> None:
@@ -163,6 +174,23 @@ def test_with_the_object_store_down_the_gateway_answers_every_request_and_ships_
     assert (report.traffic_rows, stored) == (25, [(25, 25)])
     assert shipped(settings) == {}
     store.stop()
+
+
+@pytest.mark.slow
+def test_two_gateways_started_on_one_host_ship_its_spool_through_one_shipper(
+    tmp_path: Path, simulator, postgres, object_store, lake_extensions, credentials
+) -> None:
+    directory = gateway_host(tmp_path / "ws", simulator, postgres, object_store, lake_extensions, "gw-twice")
+    settings = settings_of(directory)
+    first = GatewayProcess(directory, env=gateway_env(object_store))
+    second = GatewayProcess(directory, env=gateway_env(object_store))
+    try:
+        asked = ask(first, 6) | ask(second, 6)
+        wait_until(lambda: sorted(request_ids(shipped(settings, "gw-twice"))) == sorted(asked), timeout_s=30)
+    finally:
+        outputs = second.stop() + first.stop()
+    assert outputs.count("another shipper holds") == 1, outputs
+    empty_bucket(settings)
 
 
 def traffic(request_id: str) -> bytes:
@@ -249,10 +277,3 @@ def test_a_segment_shipped_again_after_a_crash_before_its_local_delete_is_the_sa
     assert shipper.ship_ready() == 1 and ready_segments(spool) == []
     assert list(shipped_keys(store_spool)) == [f"spool/gw-e/{path.name}"]
     assert ingest_from(registry.database, store_spool).traffic_rows == 2
-
-
-def shipped_keys(source: ObjectStoreSpool) -> dict[str, bytes]:
-    client, bucket = source.client, source.bucket
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=source.prefix)
-    return {item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            for page in pages for item in page.get("Contents", [])}

@@ -3,7 +3,8 @@
 Workers run in prometheus_client's multiprocess mode: each writes its samples to files in
 `PROMETHEUS_MULTIPROC_DIR`, and any worker's `/metrics` adds them all up. Series are
 labelled by slot only (an unknown slot counts as `unknown`, so a typo cannot grow the
-label set); version-labelled series come from the daemon.
+label set); version-labelled series come from the daemon. On `backend: distributed` the
+host's spool shipper (`shadow.shipper`) writes its series here too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -47,6 +49,18 @@ class GatewayMetrics:
                                   buckets=OVERHEAD_BUCKETS, registry=registry)
         self.dropped = Counter("shadowzoo_shadow_dropped_total", "Captures not kept, by reason.", ["slot", "reason"],
                                registry=registry)
+
+
+class ShippingMetrics:
+    """The shipper's series, which the gateway's /metrics shows beside its workers' (multiprocess mode)."""
+
+    def __init__(self) -> None:
+        registry = None if os.environ.get(MULTIPROC_ENV) else REGISTRY
+        self.lag = Gauge("shadowzoo_spool_shipping_lag_seconds",
+                         "Age of this host's oldest complete spool segment not yet in the object store.",
+                         multiprocess_mode="mostrecent", registry=registry)
+        self.shipped = Counter("shadowzoo_spool_shipped_segments_total",
+                               "Spool segments shipped to the object store.", registry=registry)
 
 
 @functools.cache
