@@ -183,10 +183,8 @@ def shipping_report(settings: DistributedConfig) -> dict[str, Any]:
 
     try:
         with connect_control(settings) as connection:
-            migrate_control(connection)
-            rows = connection.execute(
-                "SELECT host, lag_s, segments_shipped, last_shipped_at, seen_at, "
-                "extract(epoch FROM (now() AT TIME ZONE 'UTC') - seen_at) FROM spool_shipping ORDER BY host").fetchall()
+            known = connection.execute("SELECT to_regclass('spool_shipping') IS NOT NULL").fetchone()[0]
+            rows = connection.execute(_HEARTBEATS).fetchall() if known else []  # none before a shipper's first
     except (psycopg.Error, ConfigError) as exc:
         return {"gateway_hosts": None, "gateway_hosts_error": str(exc).splitlines()[0]}
     return {"gateway_hosts": [
@@ -194,6 +192,12 @@ def shipping_report(settings: DistributedConfig) -> dict[str, Any]:
          "last_shipped_at": shipped_at.isoformat() if shipped_at else None, "seen_at": seen_at.isoformat(),
          "seen_s_ago": round(float(ago), 1)}
         for host, lag, shipped, shipped_at, seen_at, ago in rows]}
+
+
+_HEARTBEATS = """
+SELECT host, lag_s, segments_shipped, last_shipped_at, seen_at, extract(epoch FROM (now() AT TIME ZONE 'UTC') - seen_at)
+FROM spool_shipping ORDER BY host
+"""
 
 
 def run_shipper(workspace: Workspace, stop: threading.Event) -> None:

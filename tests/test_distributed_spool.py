@@ -277,3 +277,15 @@ def test_a_segment_shipped_again_after_a_crash_before_its_local_delete_is_the_sa
     assert shipper.ship_ready() == 1 and ready_segments(spool) == []
     assert list(shipped_keys(store_spool)) == [f"spool/gw-e/{path.name}"]
     assert ingest_from(registry.database, store_spool).traffic_rows == 2
+
+
+def test_status_says_why_it_cannot_show_the_gateway_hosts_when_postgres_is_unreachable(workspace_dir: Path, cli) -> None:
+    def distributed(config: dict) -> None:
+        config["backend"] = "distributed"
+        config["distributed"] = {"postgres_url": "postgresql://shadowzoo@127.0.0.1:1/shadowzoo",
+                                 "object_store": {"endpoint": "http://127.0.0.1:1", "bucket": "shadowzoo"}}
+
+    edit_config(workspace_dir, distributed)
+    result = cli("status")
+    assert result.code == 0, result.err
+    assert "gateway hosts: cannot read their shipping heartbeats: distributed.postgres_url: cannot connect" in result.err
