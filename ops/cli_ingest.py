@@ -74,6 +74,7 @@ def _load(ctx: typer.Context, file: Path, read: Reader, as_json: bool) -> None:
     """Spool the file's records (all or none), ingest the spool, and say what happened."""
     from shadow.logfile import spool_records
     from shadow.redaction import Redactor
+    from shadow.shipper import ship_now
     from shadow.spool import spool_dir
 
     workspace = session(ctx).workspace()
@@ -81,6 +82,7 @@ def _load(ctx: typer.Context, file: Path, read: Reader, as_json: bool) -> None:
         reading = bars.add_task(f"reading {file.name}", total=file.stat().st_size)
         records = Redactor.for_workspace(workspace).apply_all(read(lambda size: bars.advance(reading, size)))
         spooled = spool_records(records, spool_dir(workspace.state_dir))
+        ship_now(workspace, spooled.segments)
         bars.remove_task(reading)
         ingesting = bars.add_task("ingesting", total=None)
         with session(ctx).operations() as operations:

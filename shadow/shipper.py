@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 from registry import utcnow
 from registry.control_plane import migrate_control
 from registry.distributed import connect_control, object_store_client
-from registry.errors import ConfigError
+from registry.errors import ConfigError, ShadowzooError
 from registry.workspace_config import HOST_NAME
 from shadow.gateway.prometheus_metrics import ShippingMetrics
-from shadow.spool import ready_segments, segment_age_s, spool_dir
+from shadow.spool import first_line, ready_segments, segment_age_s, spool_dir
 
 if TYPE_CHECKING:
     from registry import Workspace
@@ -61,8 +61,7 @@ class Outage:
     def failed(self, exc: Exception, consequence: str) -> None:
         if self.since is None:
             self.since = time.monotonic()
-            log.warning("%s unreachable: %s; %s", self.what, str(exc).splitlines()[0] if str(exc) else
-                        type(exc).__name__, consequence)
+            log.warning("%s unreachable: %s; %s", self.what, first_line(exc), consequence)
 
     def recovered(self) -> None:
         if self.since is not None:
@@ -85,8 +84,12 @@ class Shipper:
         """PUT up to `limit` segments, oldest first, deleting each once stored; returns how many.
 
         The first failure stops the pass (it raises): what is left is shipped next time."""
+        return self.ship(ready_segments(self.spool)[:limit])
+
+    def ship(self, paths: list[Path]) -> int:
+        """PUT these segments in order, deleting each once stored; returns how many (a first failure raises)."""
         shipped = 0
-        for path in ready_segments(self.spool)[:limit]:
+        for path in paths:
             try:
                 body = path.read_bytes()
             except FileNotFoundError:  # removed meanwhile (another shipper before this one took the lock)
@@ -186,7 +189,7 @@ def shipping_report(settings: DistributedConfig) -> dict[str, Any]:
             known = connection.execute("SELECT to_regclass('spool_shipping') IS NOT NULL").fetchone()[0]
             rows = connection.execute(_HEARTBEATS).fetchall() if known else []  # none before a shipper's first
     except (psycopg.Error, ConfigError) as exc:
-        return {"gateway_hosts": None, "gateway_hosts_error": str(exc).splitlines()[0]}
+        return {"gateway_hosts": None, "gateway_hosts_error": first_line(exc)}
     return {"gateway_hosts": [
         {"host": host, "shipping_lag_s": round(lag, 1), "segments_shipped": shipped,
          "last_shipped_at": shipped_at.isoformat() if shipped_at else None, "seen_at": seen_at.isoformat(),
@@ -200,17 +203,40 @@ FROM spool_shipping ORDER BY host
 """
 
 
+def workspace_shipper(settings: DistributedConfig, state_dir: Path) -> Shipper:
+    """The shipper of this host's spool."""
+    return Shipper(spool_dir(state_dir), object_store_client(settings.object_store), settings.object_store.bucket,
+                   settings.spool_prefix, shipping_host(settings))
+
+
+def ship_now(workspace: Workspace, paths: list[Path]) -> None:
+    """Ship these segments at once (`shadowzoo ingest FILE` on the distributed backend, whose
+    ingest reads the object store), or say why they stay in the local spool. A shipper
+    running beside may ship them too: the same key with the same bytes, harmless."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    settings = workspace.config.distributed
+    if workspace.config.backend != "distributed" or settings is None:
+        return
+    try:
+        workspace_shipper(settings, workspace.state_dir).ship(paths)
+    except (BotoCoreError, ClientError, OSError) as exc:
+        raise ShadowzooError(f"{_store_name(settings)} unreachable: {first_line(exc)}; the records wait in "
+                             f"{spool_dir(workspace.state_dir)} until a gateway host's shipper sends them") from None
+
+
+def _store_name(settings: DistributedConfig) -> str:
+    return f"the object store ({settings.object_store.endpoint or 'AWS'}, bucket {settings.object_store.bucket})"
+
+
 def run_shipper(workspace: Workspace, stop: threading.Event) -> None:
     """Ship the workspace's spool until `stop` is set, then make one last pass."""
     settings = workspace.config.distributed
     assert settings is not None, "the shipper runs on backend: distributed only"
-    host = shipping_host(settings)
-    shipper = Shipper(spool_dir(workspace.state_dir), object_store_client(settings.object_store),
-                      settings.object_store.bucket, settings.spool_prefix, host)
-    heartbeat = Heartbeat(settings, host)
+    shipper = workspace_shipper(settings, workspace.state_dir)
+    heartbeat = Heartbeat(settings, shipping_host(settings))
     metrics = ShippingMetrics()
-    store = Outage(f"the object store ({settings.object_store.endpoint or 'AWS'}, bucket "
-                   f"{settings.object_store.bucket})")
+    store = Outage(_store_name(settings))
     log.info("shipping %s to s3://%s/%s", shipper.spool, settings.object_store.bucket, shipper.prefix)
     backoff, beaten_at = _Backoff(), 0.0
     while True:

@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from tests.servers import free_port, wait_until
@@ -170,17 +168,20 @@ class S3Server:
         wait_until(self.ready, timeout_s=60, interval_s=0.1)
 
     def ready(self) -> bool:
-        """The bucket answers (an S3 error status still means the server is up; a refused connection does not)."""
+        """The bucket exists, asked with the credentials (weed answers an anonymous request 403
+        whether or not the bucket exists yet, and creates it a moment after its API is up)."""
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                              aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+                              config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1))
         try:
-            urllib.request.urlopen(f"{self.endpoint}/{self.bucket}", timeout=1)
-        except urllib.error.HTTPError as error:
-            return error.code in (403, 404) and self._bucket_listed()
-        except OSError:
+            client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError):
             return False
         return True
-
-    def _bucket_listed(self) -> bool:
-        return b"NoSuchBucket" not in _read_error_body(f"{self.endpoint}/{self.bucket}")
 
     def kill(self) -> None:
         _stop(self.process, signal.SIGKILL)
@@ -191,16 +192,6 @@ class S3Server:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-def _read_error_body(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.read()
-    except urllib.error.HTTPError as error:
-        return error.read()
-    except OSError:
-        return b"NoSuchBucket"
 
 
 def _stop(process: subprocess.Popen | None, sig: int, timeout_s: float = 30) -> None:

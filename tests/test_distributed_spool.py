@@ -289,3 +289,49 @@ def test_status_says_why_it_cannot_show_the_gateway_hosts_when_postgres_is_unrea
     result = cli("status")
     assert result.code == 0, result.err
     assert "gateway hosts: cannot read their shipping heartbeats: distributed.postgres_url: cannot connect" in result.err
+
+
+@pytest.fixture
+def distributed_workspace(workspace_dir: Path, postgres, object_store, lake_extensions, credentials) -> Path:
+    """The demo workspace on the distributed backend, as gateway host `gw-file`."""
+    def distributed(config: dict) -> None:
+        config["backend"] = "distributed"
+        config["distributed"] = distributed_section(postgres, object_store, lake_extensions, host="gw-file")
+
+    edit_config(workspace_dir, distributed)
+    empty_bucket(settings_of(workspace_dir))
+    return workspace_dir
+
+
+def logged_exchange(request_id: str) -> str:
+    """One line of a request/response log, as `shadowzoo ingest traffic` reads it."""
+    return json.dumps({
+        "request_id": request_id, "slot": SLOT, "request": {"model": "gpt-4o-mini", "messages": QUESTION},
+        "response": {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "billing"},
+                                  "finish_reason": "stop"}]},
+    }) + "\n"
+
+
+def test_a_loaded_log_file_reaches_the_store_through_the_object_store(distributed_workspace: Path, cli,
+                                                                      tmp_path: Path) -> None:
+    log = tmp_path / "traffic.jsonl"
+    log.write_text(logged_exchange("f1") + logged_exchange("f2"))
+    result = cli("ingest", "traffic", str(log), "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["ingest"]["traffic_rows"] == 2
+    assert ready_segments(spool_dir(distributed_workspace / ".shadowzoo")) == []
+    assert shipped(settings_of(distributed_workspace)) == {}
+
+
+def test_a_log_file_loaded_while_the_object_store_is_unreachable_waits_in_the_local_spool(
+    distributed_workspace: Path, cli, tmp_path: Path
+) -> None:
+    edit_config(distributed_workspace, lambda config: config["distributed"]["object_store"].update(
+        endpoint="http://127.0.0.1:1"))
+    log = tmp_path / "traffic.jsonl"
+    log.write_text(logged_exchange("g1"))
+    result = cli("ingest", "traffic", str(log))
+    assert result.code == 1
+    assert "the object store (http://127.0.0.1:1, bucket shadowzoo) unreachable" in result.err
+    assert len(ready_segments(spool_dir(distributed_workspace / ".shadowzoo"))) == 1
