@@ -161,7 +161,10 @@ class S3Server:
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
                 [str(_WEED), "mini", f"-dir={self.directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                 "-admin.ui=false", f"-bucket={self.bucket}", *ports],
+                 "-admin.ui=false", f"-bucket={self.bucket}", *ports,
+                 # its Iceberg and Lance catalogs bind fixed ports, so two servers starting at once
+                 # collide and one dies: nothing here uses them
+                 "-s3.port.iceberg=0", "-s3.port.lance=0"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
                 env={**os.environ, **self.credentials_env},
             )

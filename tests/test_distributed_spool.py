@@ -211,9 +211,10 @@ def store_spool(object_store, postgres, lake_extensions, credentials, tmp_path: 
 
 def test_segments_of_the_same_name_from_two_hosts_are_both_ingested(registry: Registry, store_spool) -> None:
     put_segment(store_spool, "gw-a", "0000000000001-7-00000000.jsonl", [traffic("a1"), traffic("a2")])
+    assert ingest_from(registry.database, store_spool).traffic_rows == 2
     put_segment(store_spool, "gw-b", "0000000000001-7-00000000.jsonl", [traffic("b1")])
     report = ingest_from(registry.database, store_spool)
-    assert (report.segments, report.traffic_rows) == (2, 3)
+    assert (report.already_ingested, report.segments, report.traffic_rows) == (0, 1, 1)
     assert sorted(registry.database.connection.execute("SELECT segment, records FROM spool_segments").fetchall()) == [
         ("gw-a/0000000000001-7-00000000.jsonl", 2), ("gw-b/0000000000001-7-00000000.jsonl", 1)]
 
