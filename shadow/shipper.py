@@ -36,7 +36,7 @@ from registry.distributed import connect_control, object_store_client
 from registry.errors import ConfigError, ShadowzooError
 from registry.workspace_config import HOST_NAME
 from shadow.gateway.prometheus_metrics import ShippingMetrics
-from shadow.spool import first_line, ready_segments, segment_age_s, spool_dir
+from shadow.spool import first_line, quarantine, ready_segments, segment_age_s, spool_dir
 
 if TYPE_CHECKING:
     from registry import Workspace
@@ -93,6 +93,11 @@ class Shipper:
             try:
                 body = path.read_bytes()
             except FileNotFoundError:  # removed meanwhile (another shipper before this one took the lock)
+                continue
+            except OSError as exc:  # never blocks the segments after it
+                reason = f"{path.name}: cannot be read for shipping: {exc.strerror or exc}"
+                log.warning("spool segment quarantined: %s", reason)
+                quarantine(path, reason)
                 continue
             self.client.put_object(Bucket=self.bucket, Key=self.prefix + path.name, Body=body)
             path.unlink(missing_ok=True)

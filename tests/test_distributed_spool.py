@@ -16,12 +16,12 @@ from registry import Registry, load_workspace
 from registry.distributed import connect_control, object_store_client
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
-from shadow.shipper import Shipper
+from shadow.shipper import Heartbeat, Shipper
 from shadow.spool import ready_segments, spool_dir, write_segment
 from shadow.spool_records import TrafficRecord
 from shadow.spool_source import ObjectStoreSpool, object_store_spool
 from tests.clirun import run_in_process
-from tests.engines import S3Server, distributed_section
+from tests.engines import PostgresServer, S3Server, distributed_section
 from tests.servers import GatewayProcess, champion_workspace, edit_config, start_simulator, wait_until
 
 SLOT = "support-triage"
@@ -95,7 +95,7 @@ def request_ids(segments: dict[str, bytes]) -> list[str]:
     return [json.loads(line)["request_id"] for body in segments.values() for line in body.splitlines() if line]
 
 
-def heartbeat(settings: DistributedConfig, host: str) -> tuple | None:
+def heartbeat_row(settings: DistributedConfig, host: str) -> tuple | None:
     with connect_control(settings) as connection:
         return connection.execute("SELECT lag_s, segments_shipped, last_shipped_at FROM spool_shipping WHERE host = %s",
                                   [host]).fetchone()
@@ -129,7 +129,7 @@ def test_two_gateway_hosts_ship_their_segments_under_their_own_prefixes_and_keep
             settings = settings_of(directory)
             wait_until(lambda: sorted(request_ids(shipped(settings, name))) == sorted(asked[name]), timeout_s=30)
             assert ready_segments(spool_dir(directory / ".shadowzoo")) == []
-            beat = wait_until(lambda: (row := heartbeat(settings, name)) and row[1] == len(shipped(settings, name))
+            beat = wait_until(lambda: (row := heartbeat_row(settings, name)) and row[1] == len(shipped(settings, name))
                               and row, timeout_s=15)
             assert beat[0] == 0 and beat[2] is not None
             assert lag_gauge(gateways[name]) == 0
@@ -156,13 +156,13 @@ def test_with_the_object_store_down_the_gateway_answers_every_request_and_ships_
         during = ask(gateway, 20)  # each asserted answered
         spool = spool_dir(directory / ".shadowzoo")
         wait_until(lambda: ready_segments(spool) and lag_gauge(gateway) > 0, timeout_s=30)
-        wait_until(lambda: (row := heartbeat(settings, "gw-down")) and row[0] > 0, timeout_s=30)
+        wait_until(lambda: (row := heartbeat_row(settings, "gw-down")) and row[0] > 0, timeout_s=30)
         status = run_in_process(("status",), directory, {})
         assert status.code == 0, status.err
         assert re.search(r"gw-down\W+[1-9][0-9.]* s", status.out), status.out
         store.start()
         wait_until(lambda: not ready_segments(spool) and len(request_ids(shipped(settings))) == 25, timeout_s=60)
-        wait_until(lambda: heartbeat(settings, "gw-down")[0] == 0, timeout_s=15)
+        wait_until(lambda: heartbeat_row(settings, "gw-down")[0] == 0, timeout_s=15)
     finally:
         output = gateway.stop()
     assert output.count("the object store") == 2, output  # unreachable once, reachable again once
@@ -336,3 +336,37 @@ def test_a_log_file_loaded_while_the_object_store_is_unreachable_waits_in_the_lo
     assert result.code == 1
     assert "the object store (http://127.0.0.1:1, bucket shadowzoo) unreachable" in result.err
     assert len(ready_segments(spool_dir(distributed_workspace / ".shadowzoo"))) == 1
+
+
+def test_an_unreadable_entry_in_the_spool_is_quarantined_and_the_segments_after_it_are_shipped(
+    store_spool, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    (spool / "0000000000000-1-00000000.jsonl").mkdir(parents=True)  # not a file: cannot be read
+    path = write_segment(spool, [traffic("h1")])
+    shipper = Shipper(spool, store_spool.client, store_spool.bucket, store_spool.prefix, "gw-h")
+    assert shipper.ship_ready() == 1
+    assert list(shipped_keys(store_spool)) == [f"spool/gw-h/{path.name}"]
+    note = spool / "quarantine" / "0000000000000-1-00000000.jsonl.reason"
+    assert "cannot be read for shipping" in note.read_text()
+
+
+def test_the_heartbeat_counts_what_was_shipped_while_postgres_was_down_and_says_so_once(
+    object_store, lake_extensions, caplog: pytest.LogCaptureFixture
+) -> None:
+    postgres = PostgresServer()
+    try:
+        settings = DistributedConfig.model_validate(distributed_section(postgres, object_store, lake_extensions))
+        heartbeat = Heartbeat(settings, "gw-pg")
+        heartbeat.beat(0.0, 2, None)
+        postgres.kill()
+        heartbeat.beat(4.5, 5, None)
+        heartbeat.beat(7.5, 9, None)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and warnings[0].startswith(f"the control plane ({settings.postgres_url}) unreachable")
+        postgres.start()
+        heartbeat.beat(0.0, 12, None)
+        heartbeat.close()
+        assert heartbeat_row(settings, "gw-pg")[:2] == (0.0, 12)
+    finally:
+        postgres.close()
