@@ -114,16 +114,14 @@ class SlicedCap:
         self.in_flight = 0
         self.exhausted = False
         self._settled = asyncio.Event()
+        self._asking = asyncio.Lock()
         self._recent: deque[tuple[float, float]] = deque()
         self._started = time.monotonic()
 
     async def reserve(self, estimate: float) -> bool:
         """Hold `estimate` for a call; False when the day's cap has no room left and no call in flight could make some."""
         while self.committed + estimate > self.held:
-            granted = await asyncio.to_thread(self.ledger.reserve, self.scope, self.day, self.limit,
-                                              self.slice_usd(estimate), self.spent_before)
-            self.held += granted
-            if granted:
+            if await self._top_up(estimate):
                 continue
             if not self.in_flight:
                 self.exhausted = True
@@ -151,6 +149,16 @@ class SlicedCap:
         if unused or spent:
             await asyncio.to_thread(self.ledger.give_back, self.scope, self.day, unused, spent)
         self.held, self.committed, self.spent = 0.0, 0.0, 0.0
+
+    async def _top_up(self, estimate: float) -> bool:
+        """Reserve the next slice (one request at a time: the ledger's connection is not shared); whether there is room now."""
+        async with self._asking:
+            if self.committed + estimate <= self.held:
+                return True  # another call's top-up made room
+            granted = await asyncio.to_thread(self.ledger.reserve, self.scope, self.day, self.limit,
+                                              self.slice_usd(estimate), self.spent_before)
+            self.held += granted
+            return granted > 0
 
     def slice_usd(self, estimate: float) -> float:
         """How much to ask for: about `SLICE_S` of recent spend, at least `MIN_CALLS_PER_SLICE` estimates."""
