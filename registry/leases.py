@@ -49,8 +49,9 @@ class Lease:
 class WorkLeases:
     """One worker's view of the items of one kind: offer, claim, renew, complete, release.
 
-    `connection` is this worker's psycopg connection to the control plane (each method runs
-    in a transaction of its own); `holder` names the worker (host, pid, role) in the table.
+    `connection` is this worker's psycopg connection to the control plane, used by one thread
+    at a time (each method runs in a transaction of its own); `holder` names the worker (host,
+    pid, role) in the table.
     """
 
     def __init__(self, connection: "psycopg.Connection", kind: str, holder: str, ttl_s: float) -> None:

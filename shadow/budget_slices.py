@@ -6,7 +6,7 @@ runners, the cap of a scope ("shadow/<slot>", "judge/<metric>") and UTC day is o
 recent spend, at least `MIN_CALLS_PER_SLICE` calls' estimates, never more than is left) with
 one row-locked update, spends it under the same rule as `DailyCap` (the estimates of calls
 in flight are held against it), tops it up when it runs out, and gives the unused rest back
-when its run ends. `SlicedCap` has `DailyCap`'s interface, so a `DailyBudget` spends either.
+when its run ends. `SlicedCap` is a `DailyCap` (only where its room comes from differs).
 
 Overshoot bound. The slices granted for a scope and day never add up to more than its
 limit, and a runner never starts a call its slices cannot cover, so the spend across all
@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
+
+from shadow.budget import DailyCap
 
 if TYPE_CHECKING:
     import psycopg
@@ -91,7 +93,7 @@ class BudgetLedger:
         return BudgetDay(*row) if row else None
 
 
-class SlicedCap:
+class SlicedCap(DailyCap):
     """A `DailyCap` whose room is slices of the scope's shared cap, reserved as it spends.
 
     `reserve(estimate)` holds an estimate against the slices held, topping them up from the
@@ -101,45 +103,31 @@ class SlicedCap:
 
     def __init__(self, ledger: BudgetLedger, scope: str, day: date, limit_usd: float,
                  spent_before_usd: float = 0.0) -> None:
+        super().__init__(limit_usd, 0.0)
         self.ledger = ledger
         self.scope = scope
         self.day = day
-        self.limit = limit_usd
         self.spent_before = spent_before_usd
         self.held = 0.0
-        """The slices granted to this cap and not given back."""
-        self.committed = 0.0
-        """Spent, plus the estimates of the calls in flight."""
+        """The slices granted to this cap and not given back (`committed`: spent, plus the estimates in flight)."""
         self.spent = 0.0
-        self.in_flight = 0
-        self.exhausted = False
-        self._settled = asyncio.Event()
         self._asking = asyncio.Lock()
         self._recent: deque[tuple[float, float]] = deque()
         self._started = time.monotonic()
 
-    async def reserve(self, estimate: float) -> bool:
-        """Hold `estimate` for a call; False when the day's cap has no room left and no call in flight could make some."""
-        while self.committed + estimate > self.held:
-            if await self._top_up(estimate):
-                continue
-            if not self.in_flight:
-                self.exhausted = True
-                return False
-            self._settled.clear()
-            await self._settled.wait()
-        self.committed += estimate
-        self.in_flight += 1
-        return True
+    async def _room(self, estimate: float) -> bool:
+        """Whether `estimate` fits the slices held, reserving the next slice when it does not (one
+        request at a time: the ledger's connection is not shared between threads)."""
+        async with self._asking:
+            if self.committed + estimate > self.held:
+                self.held += await asyncio.to_thread(self.ledger.reserve, self.scope, self.day, self.limit,
+                                                     self.slice_usd(estimate), self.spent_before)
+            return self.committed + estimate <= self.held
 
     def settle(self, estimate: float, actual: float | None) -> None:
-        """Replace a call's estimate by what it cost (an unknown cost counts as 0, as in `DailyCap`)."""
-        cost = actual or 0.0
-        self.committed += cost - estimate
-        self.spent += cost
-        self.in_flight -= 1
-        self._recent.append((time.monotonic(), cost))
-        self._settled.set()
+        super().settle(estimate, actual)
+        self.spent += actual or 0.0
+        self._recent.append((time.monotonic(), actual or 0.0))
 
     async def release(self) -> None:
         """Give the unused rest of the slices back and report the spend (call when no call is in flight)."""
@@ -149,16 +137,6 @@ class SlicedCap:
         if unused or spent:
             await asyncio.to_thread(self.ledger.give_back, self.scope, self.day, unused, spent)
         self.held, self.committed, self.spent = 0.0, 0.0, 0.0
-
-    async def _top_up(self, estimate: float) -> bool:
-        """Reserve the next slice (one request at a time: the ledger's connection is not shared); whether there is room now."""
-        async with self._asking:
-            if self.committed + estimate <= self.held:
-                return True  # another call's top-up made room
-            granted = await asyncio.to_thread(self.ledger.reserve, self.scope, self.day, self.limit,
-                                              self.slice_usd(estimate), self.spent_before)
-            self.held += granted
-            return granted > 0
 
     def slice_usd(self, estimate: float) -> float:
         """How much to ask for: about `SLICE_S` of recent spend, at least `MIN_CALLS_PER_SLICE` estimates."""
