@@ -6,7 +6,8 @@ time with `FOR UPDATE SKIP LOCKED` (two workers never hold the same item, and a 
 waits on another's), held until an expiry the holder renews, and completed once. Every claim
 draws a fresh fencing token from a sequence, so tokens only grow: a holder that lost its lease
 (it expired and another worker claimed the item) finds its token no longer matches, and its
-`complete` fails with `LeaseLost`. Times are PostgreSQL's clock, never a host's.
+`complete` fails with `LeaseLost`. Until another worker claims it, an expired lease is still
+its holder's (a late renewal or completion succeeds). Times are PostgreSQL's clock, never a host's.
 
 At-least-once: a holder killed with `kill -9`, or one that stalls past its expiry, loses its
 items, and another worker does them again. What it did before it died may have been done

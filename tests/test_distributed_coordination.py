@@ -124,6 +124,7 @@ def test_two_workers_claiming_at_once_never_hold_the_same_item(connections) -> N
     assert sorted(done["a"] + done["b"]) == items
     assert done["a"] and done["b"]  # both took part
     assert WorkLeases(connections(), "segment", "a", 30).open_count() == 0
+    assert WorkLeases(connections(), "segment", "a", 30).offer(items) == 0  # a done item is never offered again
 
 
 def test_an_item_held_by_a_live_worker_is_not_claimed_until_it_is_released(connections) -> None:
@@ -165,6 +166,18 @@ def test_a_killed_holders_items_are_taken_after_expiry_and_its_late_complete_fai
     for lease in taken:
         survivor.complete(lease.token)
     assert survivor.open_count() == 0
+
+
+def test_a_holder_late_to_renew_keeps_its_items_while_nobody_claimed_them(connections) -> None:
+    late = WorkLeases(connections(), "segment-late", "late", 0.2)
+    late.offer(["s1"])
+    [lease] = late.claim(1)
+    probe = connections()
+    wait_until(lambda: probe.execute("SELECT expires_at < now() FROM work_leases WHERE token = %s",
+                                     [lease.token]).fetchone()[0], timeout_s=15)
+    assert late.renew([lease.token]) == {lease.token}
+    late.complete(lease.token)
+    assert late.open_count() == 0
 
 
 def test_an_expired_lease_being_committed_is_not_claimed_by_another_worker(connections) -> None:
