@@ -21,7 +21,44 @@ if TYPE_CHECKING:
 # start at once apply each migration once.
 _MIGRATION_LOCK = 0x5AD0_2001
 
-CONTROL_MIGRATIONS: tuple[Migration, ...] = ()
+CONTROL_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "coordination: work leases, leadership, budget days, worker heartbeats", """
+        CREATE SEQUENCE lease_tokens;
+        CREATE TABLE work_leases (
+            kind TEXT NOT NULL,
+            item TEXT NOT NULL,
+            holder TEXT,
+            token BIGINT,
+            expires_at TIMESTAMPTZ,
+            done_at TIMESTAMPTZ,
+            offered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (kind, item)
+        );
+        CREATE INDEX work_leases_open ON work_leases (kind, offered_at, item) WHERE done_at IS NULL;
+        CREATE UNIQUE INDEX work_leases_token ON work_leases (token);
+        CREATE TABLE leadership (
+            id SERIAL PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            epoch BIGINT NOT NULL DEFAULT 0,
+            leader TEXT,
+            since TIMESTAMPTZ
+        );
+        CREATE TABLE budget_days (
+            scope TEXT NOT NULL,
+            day DATE NOT NULL,
+            limit_usd DOUBLE PRECISION NOT NULL,
+            allotted_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, day)
+        );
+        CREATE TABLE worker_heartbeats (
+            worker TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            seen_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX worker_heartbeats_role ON worker_heartbeats (role, seen_at);
+    """),
+)
 CONTROL_LATEST = CONTROL_MIGRATIONS[-1].version if CONTROL_MIGRATIONS else 0
 
 
