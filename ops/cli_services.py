@@ -127,13 +127,19 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
 
 
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
-    """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
+    """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode), and on
+    `backend: distributed` the host's one route follower, which keeps routes.json equal to the control plane's."""
     from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
     env = multiprocess_env(workspace.state_dir)
-    return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
-            for i in range(workers)]
+    children = [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
+                for i in range(workers)]
+    if workspace.config.backend == "distributed":
+        from shadow.gateway.route_follower import follower_main
+
+        children.append(Child("routes", follower_main, (str(workspace.root),)))
+    return children
 
 
 def _gateway_address(workspace, host: str | None, port: int | None, workers: int) -> tuple[str, int]:
