@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from registry.control_plane import migrate_control
 from registry.distributed import connect_control
-from registry.errors import DatabaseError
+from registry.errors import DatabaseError, ShadowzooError
 from registry.routes import RouteTable
 from registry.workspace_config import DistributedConfig
 
@@ -88,3 +88,22 @@ def route_followers(connection: "psycopg.Connection") -> list[Follower]:
     """Every gateway host's last report, by host name."""
     return [Follower(*row) for row in connection.execute(
         "SELECT host, version, generated_at, checked_at FROM route_followers ORDER BY host")]
+
+
+def gateway_routes(config: DistributedConfig) -> dict[str, Any]:
+    """For `status`: the newest published version, and per gateway host the version it serves, how old that
+    table is and when the host last reached the control plane; an `error` instead when PostgreSQL is unreachable."""
+    import psycopg
+
+    try:
+        with connect_control(config) as connection:
+            migrate_control(connection)
+            newest = published_version(connection)
+            followers = route_followers(connection)
+            now = connection.execute("SELECT now() AT TIME ZONE 'UTC'").fetchone()[0]
+    except (psycopg.Error, ShadowzooError) as exc:
+        return {"error": str(exc).strip().splitlines()[0]}
+    return {"published_version": newest, "hosts": [
+        {"host": f.host, "version": f.version, "behind": f.version != newest,
+         "routes_age_s": round((now - f.generated_at).total_seconds(), 1) if f.generated_at else None,
+         "reported_s_ago": round((now - f.checked_at).total_seconds(), 1)} for f in followers]}

@@ -109,7 +109,7 @@ def _all_serve(hosts: Hosts, version_id: str) -> bool:
     return all(_champion_served(gateway) == version_id for gateway in hosts.gateways.values())
 
 
-def test_a_promotion_through_one_admin_reaches_both_gateway_hosts(up: Hosts) -> None:
+def test_a_promotion_through_one_admin_reaches_both_gateway_hosts(up: Hosts, cli) -> None:
     wait_until(lambda: _all_serve(up, up.variants["baseline"]), timeout_s=30)
     promoted = _promote(up, "careful-mini")
 
@@ -121,6 +121,12 @@ def test_a_promotion_through_one_admin_reaches_both_gateway_hosts(up: Hosts) -> 
         wait_until(lambda: {(f.host, f.version) for f in route_followers(connection)}
                    == {("host-a", published.version), ("host-b", published.version)}, timeout_s=30)
     assert read_routes(load_workspace(up.other).routes_path).version == published.version
+    report = json.loads(cli("status", "--json", cwd=up.admin).out)["gateway_routes"]
+    assert report["published_version"] == published.version
+    assert [(h["host"], h["version"], h["behind"]) for h in report["hosts"]] == [
+        ("host-a", published.version, False), ("host-b", published.version, False)]
+    shown = cli("status", cwd=up.admin)
+    assert f"gateway hosts' routes (published version {published.version})" in shown.out and "host-b" in shown.out
 
 
 def test_a_publication_built_before_a_promotion_never_replaces_it(up: Hosts) -> None:
@@ -160,7 +166,7 @@ def _publication_waiting(hosts: Hosts) -> bool:
         return connection.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] > 0
 
 
-def test_gateways_serve_their_local_copy_while_postgres_is_down_and_follow_again_after(up: Hosts) -> None:
+def test_gateways_serve_their_local_copy_while_postgres_is_down_and_follow_again_after(up: Hosts, cli) -> None:
     champion = _champion_served(up.gateways[up.admin])
     wait_until(lambda: _all_serve(up, champion), timeout_s=30)
     up.control.kill()
@@ -172,6 +178,8 @@ def test_gateways_serve_their_local_copy_while_postgres_is_down_and_follow_again
     restarted = up.gateways[up.other] = GatewayProcess(up.other, env=GATEWAY_ENV)
     assert _champion_served(restarted) == champion  # from the local copy: PostgreSQL is still down
     wait_until(lambda: "control plane unreachable" in restarted.output(), timeout_s=30)
+    shown = cli("status", cwd=up.admin)
+    assert shown.code == 0 and "gateway hosts' routes unknown: distributed.postgres_url: cannot connect" in shown.err
 
     up.control.start()
     promoted = _promote(up, "flash")
