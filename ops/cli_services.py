@@ -32,6 +32,8 @@ def gateway(
 
     Point any OpenAI SDK at http://HOST:PORT/v1 and name a slot as the model. Workers read
     only routes.json (never the database), so they keep serving while the daemon restarts.
+    On backend: distributed one more process keeps routes.json equal to the routes the
+    control plane publishes, and the workers serve that local copy while PostgreSQL is down.
 
     Example: shadowzoo gateway --workers 2 --port 8800
     """

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from registry.control_plane import migrate_control
 from registry.distributed import connect_control
-from registry.errors import DatabaseError, ShadowzooError
+from registry.errors import ConfigError, DatabaseError, ShadowzooError
 from registry.routes import RouteTable
 from registry.workspace_config import DistributedConfig
 
@@ -48,9 +48,10 @@ def publish_routes(config: DistributedConfig, build: Callable[[], RouteTable], p
         with connect_control(config) as connection:
             migrate_control(connection)
             return _publish(connection, build, publisher)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"distributed.postgres_url: the routes were not published to {config.postgres_url} "
-                            f"({str(exc).strip()}); the gateways keep serving the previous table") from None
+    except (psycopg.Error, ConfigError) as exc:
+        raise DatabaseError(f"the routes were not published ({str(exc).strip()}): the gateway hosts keep serving "
+                            "the previous table until the next publication (every promotion and daemon start "
+                            "publishes)") from None
 
 
 def _publish(connection: "psycopg.Connection", build: Callable[[], RouteTable], publisher: str) -> RouteTable:

@@ -180,6 +180,8 @@ def test_gateways_serve_their_local_copy_while_postgres_is_down_and_follow_again
     wait_until(lambda: "control plane unreachable" in restarted.output(), timeout_s=30)
     shown = cli("status", cwd=up.admin)
     assert shown.code == 0 and "gateway hosts' routes unknown: distributed.postgres_url: cannot connect" in shown.err
+    refused = cli("promote", SLOT, up.variants["careful-large"], "--force", "--reason", "drill", cwd=up.admin)
+    assert refused.code == 1 and "the routes were not published (distributed.postgres_url: cannot connect" in refused.err
 
     up.control.start()
     promoted = _promote(up, "flash")

@@ -100,7 +100,12 @@ class RouteFollower:
             log.error("published routes version %s is unreadable here (%s); still serving the local copy",
                       published.version, str(exc).splitlines()[0])
             return None
-        write_atomic(self.path, published.document.encode("utf-8"))
+        try:
+            write_atomic(self.path, published.document.encode("utf-8"))
+        except OSError as exc:
+            log.error("cannot write routes version %s to %s (%s); still serving the local copy",
+                      published.version, self.path, exc)
+            return None
         log.info("routes version %s written to %s", published.version, self.path)
         return table
 
