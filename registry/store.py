@@ -225,12 +225,12 @@ class Registry:
         publish the table to the control plane first, for every gateway host to follow."""
         config = self.workspace.config
         if config.backend == "distributed" and config.distributed is not None:
-            table = publish_routes(config.distributed, self._route_table, publisher=host_name(config.distributed))
+            table = publish_routes(config.distributed, self.route_table, publisher=host_name(config.distributed))
         else:
-            table = self._route_table()
+            table = self.route_table()
         write_routes(self.workspace.routes_path, table)
 
-    def _route_table(self) -> RouteTable:
+    def route_table(self) -> RouteTable:
         """The route table of the current champions."""
         with self._lock:
             champions = [

@@ -135,7 +135,7 @@ def test_a_publication_built_before_a_promotion_never_replaces_it(up: Hosts) -> 
     built, publish_stale = threading.Event(), threading.Event()
 
     def slow_build() -> RouteTable:
-        table = registry._route_table()  # the champions as they are now, before the promotion below
+        table = registry.route_table()  # the champions as they are now, before the promotion below
         built.set()
         publish_stale.wait(30)
         return table
