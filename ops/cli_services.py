@@ -32,6 +32,8 @@ def gateway(
 
     Point any OpenAI SDK at http://HOST:PORT/v1 and name a slot as the model. Workers read
     only routes.json (never the database), so they keep serving while the daemon restarts.
+    On backend: distributed one more process keeps routes.json equal to the routes the
+    control plane publishes, and the workers serve that local copy while PostgreSQL is down.
 
     Example: shadowzoo gateway --workers 2 --port 8800
     """
@@ -127,13 +129,19 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
 
 
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
-    """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
+    """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode), and on
+    `backend: distributed` the host's one route follower, which keeps routes.json equal to the control plane's."""
     from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
     env = multiprocess_env(workspace.state_dir)
-    return [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
-            for i in range(workers)]
+    children = [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
+                for i in range(workers)]
+    if workspace.config.backend == "distributed":
+        from shadow.gateway.route_follower import follower_main
+
+        children.append(Child("routes", follower_main, (str(workspace.root),)))
+    return children
 
 
 def _gateway_address(workspace, host: str | None, port: int | None, workers: int) -> tuple[str, int]:

@@ -107,7 +107,25 @@ def _print_report(report: dict[str, Any]) -> None:
         print_table("last job runs", ["job", "outcome", "at", "duration s", "failed in a row", "counts"],
                     [[name, run["outcome"], run["at"], run["duration_s"], run.get("failures_in_a_row", 0), _counts(run)]
                      for name, run in sorted(report["last_runs"].items())])
+    _print_gateway_routes(report.get("gateway_routes"))
     _print_warnings(report)
+
+
+def _print_gateway_routes(routes: dict[str, Any] | None) -> None:
+    """`backend: distributed`: the route version each gateway host serves; a host behind or unreachable is warned about."""
+    if routes is None:
+        return
+    if "error" in routes:
+        warn(f"gateway hosts' routes unknown: {routes['error']}")
+        return
+    say("")
+    print_table(f"gateway hosts' routes (published version {routes['published_version']})",
+                ["host", "serves version", "table age s", "last report s ago"],
+                [[h["host"], h["version"], h["routes_age_s"], h["reported_s_ago"]] for h in routes["hosts"]])
+    for host in routes["hosts"]:
+        if host["behind"]:
+            warn(f"gateway host {host['host']} serves routes version {host['version']}, not the published "
+                 f"{routes['published_version']} (last report {host['reported_s_ago']:g} s ago)")
 
 
 def _print_config(config: dict[str, Any]) -> None:

@@ -58,6 +58,29 @@ CONTROL_MIGRATIONS: tuple[Migration, ...] = (
         );
         CREATE INDEX worker_heartbeats_role ON worker_heartbeats (role, seen_at);
     """),
+    Migration(
+        2,
+        "published routes",
+        # One row: the newest route table and its version. Followers need only the newest (the
+        # champions' history is the registry's `promotions`), and one row is one lock that
+        # orders publishers. `route_followers` is each gateway host's report of what it serves.
+        """
+        CREATE TABLE published_routes (
+            singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton),
+            version BIGINT NOT NULL,
+            document TEXT,
+            published_at TIMESTAMP,
+            publisher TEXT
+        );
+        INSERT INTO published_routes (version) VALUES (0);
+        CREATE TABLE route_followers (
+            host TEXT PRIMARY KEY,
+            version BIGINT NOT NULL,
+            generated_at TIMESTAMP,
+            checked_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
 )
 CONTROL_LATEST = CONTROL_MIGRATIONS[-1].version if CONTROL_MIGRATIONS else 0
 

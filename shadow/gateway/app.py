@@ -238,8 +238,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once a route table is loaded."""
+    """Ready once a route table is loaded; says which (its control-plane version on `backend: distributed`)."""
     state = request.app[STATE]
-    if state.routes.table is None:
+    table = state.routes.table
+    if table is None:
         return web.json_response({"status": "not ready", "reason": "no routes.json loaded yet"}, status=503)
-    return web.json_response({"status": "ready", "slots": state.routes.slots()})
+    return web.json_response({"status": "ready", "slots": state.routes.slots(), "routes_version": table.version,
+                              "routes_generated_at": table.generated_at.isoformat()})
