@@ -32,6 +32,8 @@ def gateway(
 
     Point any OpenAI SDK at http://HOST:PORT/v1 and name a slot as the model. Workers read
     only routes.json (never the database), so they keep serving while the daemon restarts.
+    On backend: distributed one more process keeps routes.json equal to the routes the
+    control plane publishes, and the workers serve that local copy while PostgreSQL is down.
 
     Example: shadowzoo gateway --workers 2 --port 8800
     """
@@ -128,8 +130,9 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
 
 def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
     """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode), and on
-    `backend: distributed` the host's one spool shipper after them (stopped after them, so it
-    ships their last captures; its series are on the gateway's /metrics)."""
+    `backend: distributed` the host's one route follower, which keeps routes.json equal to the control plane's,
+    and its one spool shipper (after the workers, so it is stopped after them and ships their last
+    captures; its series are on the gateway's /metrics)."""
     from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
@@ -138,10 +141,12 @@ def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
                 for i in range(workers)]
     if workspace.config.backend == "distributed":
         from registry.distributed import object_store_credentials
+        from shadow.gateway.route_follower import follower_main
         from shadow.shipper import shipper_main, shipping_host
 
         shipping_host(workspace.config.distributed)  # a bad host name or missing credentials stop the start
         object_store_credentials(workspace.config.distributed.object_store)
+        children.append(Child("routes", follower_main, (str(workspace.root),)))
         children.append(Child("shipper", shipper_main, (str(workspace.root),), env=env))
     return children
 

@@ -92,7 +92,6 @@ def _print_report(report: dict[str, Any]) -> None:
         ("quarantined", f"{report['spool_quarantined_records']} record(s)"),
         ("shadow queue", "unknown (no daemon)" if report["queue_depth"] is None else f"{report['queue_depth']:.0f} pair(s) pending"),
     ])
-    _print_gateway_hosts(report)
     budgets = report["budgets_left_usd"]
     say("")
     print_table("slots", ["slot", "champion", "shadow budget left today"],
@@ -108,21 +107,40 @@ def _print_report(report: dict[str, Any]) -> None:
         print_table("last job runs", ["job", "outcome", "at", "duration s", "failed in a row", "counts"],
                     [[name, run["outcome"], run["at"], run["duration_s"], run.get("failures_in_a_row", 0), _counts(run)]
                      for name, run in sorted(report["last_runs"].items())])
+    _print_gateway_routes(report.get("gateway_routes"))
+    _print_gateway_shipping(report.get("gateway_shipping"))
     _print_warnings(report)
 
 
-def _print_gateway_hosts(report: dict[str, Any]) -> None:
-    """Each gateway host's spool shipping, on a distributed workspace (its heartbeats in the control plane)."""
-    if "gateway_hosts" not in report:
+def _print_gateway_routes(routes: dict[str, Any] | None) -> None:
+    """`backend: distributed`: the route version each gateway host serves; a host behind or unreachable is warned about."""
+    if routes is None:
+        return
+    if "error" in routes:
+        warn(f"gateway hosts' routes unknown: {routes['error']}")
         return
     say("")
-    if report["gateway_hosts"] is None:
-        warn(f"gateway hosts: cannot read their shipping heartbeats: {report['gateway_hosts_error']}")
+    print_table(f"gateway hosts' routes (published version {routes['published_version']})",
+                ["host", "serves version", "table age s", "last report s ago"],
+                [[h["host"], h["version"], h["routes_age_s"], h["reported_s_ago"]] for h in routes["hosts"]])
+    for host in routes["hosts"]:
+        if host["behind"]:
+            warn(f"gateway host {host['host']} serves routes version {host['version']}, not the published "
+                 f"{routes['published_version']} (last report {host['reported_s_ago']:g} s ago)")
+
+
+def _print_gateway_shipping(shipping: dict[str, Any] | None) -> None:
+    """`backend: distributed`: each gateway host's spool shipping lag, from its heartbeats in the control plane."""
+    if shipping is None:
         return
-    print_table("gateway hosts (spool shipping)", ["host", "shipping lag", "segments shipped", "last shipped",
-                                                   "last heartbeat"],
+    if "error" in shipping:
+        warn(f"gateway hosts' spool shipping unknown: {shipping['error']}")
+        return
+    say("")
+    print_table("gateway hosts' spool shipping", ["host", "shipping lag", "segments shipped", "last shipped",
+                                                  "last report s ago"],
                 [[h["host"], f"{h['shipping_lag_s']:g} s", h["segments_shipped"], h["last_shipped_at"] or "never",
-                  f"{h['seen_s_ago']:g} s ago"] for h in report["gateway_hosts"]])
+                  h["reported_s_ago"]] for h in shipping["hosts"]])
 
 
 def _print_config(config: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ops.protocol import JobStatus
+from ops.operations import check_train_selection
 from ops.optable import Operation, error_status
 from registry import ConfigError, NotFound, ShadowzooError, Workspace
 
@@ -73,7 +74,10 @@ class JobBoard:
 
 
 def check_job(workspace: Workspace, arguments: BaseModel) -> None:
-    """Refuse at once, naming the field, a job for a slot not configured or writing outside the workspace."""
+    """Refuse at once, naming the field, a job for a slot not configured, writing outside the
+    workspace, or training neither or both of a named spec and all active ones."""
+    if "all_active" in type(arguments).model_fields:
+        check_train_selection(arguments.spec, arguments.all_active)
     slot = getattr(arguments, "slot", None)
     if slot is not None and slot not in workspace.config.slots:
         raise ConfigError(f"slot: {slot!r} is not configured in shadowzoo.yaml")

@@ -41,6 +41,12 @@ INGESTING = threading.Lock()
 """One ingest of the spool at a time: the daemon's schedule and an operator's `ingest` share it."""
 
 
+def check_train_selection(spec: str | None, all_active: bool) -> None:
+    """A training run names one spec or asks for all active ones, never both or neither."""
+    if (spec is None) == (not all_active):
+        raise ConfigError("spec: name a spec, or set all_active (one of them)")
+
+
 class LocalOperations:
     """The operations, done on a registry this process has open (long work inline)."""
 
@@ -194,8 +200,7 @@ class LocalOperations:
         from zoo.train.outcome import Register
         from zoo.train.run import train_spec
 
-        if (spec is None) == (not all_active):
-            raise ConfigError("train: name a spec, or all_active (one of them)")
+        check_train_selection(spec, all_active)
         if limit is not None and limit < 1:
             raise ConfigError(f"limit: {limit} is not a number of specs (at least 1)")
         zoo = load_zoo(self.workspace.specs_dir)

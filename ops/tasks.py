@@ -18,7 +18,7 @@ from registry import Workspace, read_routes, utcnow
 from scorer.answerstats import period_stats
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
-from registry.workspace_config import Price, RetentionConfig
+from registry.workspace_config import Price, RetentionConfig, WorkspaceConfig
 from shadow.budget import budget_left
 from shadow.pricing import price_of, workspace_prices
 from shadow.providers import missing_api_keys
@@ -225,18 +225,20 @@ def status(context: TaskContext) -> dict[str, Any]:
                           for judge in board.judges]
                    for slot, board in context.boards.items() if board.judges},
         "missing_api_keys": missing_api_keys(context.workspace.config.providers),
+        **_gateway_hosts(context.workspace.config),
         "checked_at": datetime.now(UTC).isoformat(),
-        **_shipping(context.workspace),
     }
 
 
-def _shipping(workspace: Workspace) -> dict[str, Any]:
-    """On `backend: distributed`, each gateway host's spool shipping (nothing on the embedded backend)."""
-    if workspace.config.backend != "distributed" or workspace.config.distributed is None:
+def _gateway_hosts(config: WorkspaceConfig) -> dict[str, Any]:
+    """On `backend: distributed`, which route version each gateway host serves (`gateway_routes`)
+    and how far behind its spool shipping is (`gateway_shipping`)."""
+    if config.backend != "distributed" or config.distributed is None:
         return {}
+    from registry.published_routes import gateway_routes
     from shadow.shipper import shipping_report
 
-    return shipping_report(workspace.config.distributed)
+    return {"gateway_routes": gateway_routes(config.distributed), "gateway_shipping": shipping_report(config.distributed)}
 
 
 def _routes_drift(context: TaskContext, champions: dict[str, str | None]) -> list[str]:

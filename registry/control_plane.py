@@ -22,8 +22,67 @@ if TYPE_CHECKING:
 _MIGRATION_LOCK = 0x5AD0_2001
 
 CONTROL_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "coordination: work leases, leadership, budget days, worker heartbeats", """
+        CREATE SEQUENCE lease_tokens;
+        CREATE TABLE work_leases (
+            kind TEXT NOT NULL,
+            item TEXT NOT NULL,
+            holder TEXT,
+            token BIGINT,
+            expires_at TIMESTAMPTZ,
+            done_at TIMESTAMPTZ,
+            offered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (kind, item)
+        );
+        CREATE INDEX work_leases_open ON work_leases (kind, offered_at, item) WHERE done_at IS NULL;
+        CREATE UNIQUE INDEX work_leases_token ON work_leases (token);
+        CREATE TABLE leadership (
+            id SERIAL PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            epoch BIGINT NOT NULL DEFAULT 0,
+            leader TEXT,
+            since TIMESTAMPTZ
+        );
+        CREATE TABLE budget_days (
+            scope TEXT NOT NULL,
+            day DATE NOT NULL,
+            limit_usd DOUBLE PRECISION NOT NULL,
+            allotted_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, day)
+        );
+        CREATE TABLE worker_heartbeats (
+            worker TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            seen_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX worker_heartbeats_role ON worker_heartbeats (role, seen_at);
+    """),
     Migration(
-        1,
+        2,
+        "published routes",
+        # One row: the newest route table and its version. Followers need only the newest (the
+        # champions' history is the registry's `promotions`), and one row is one lock that
+        # orders publishers. `route_followers` is each gateway host's report of what it serves.
+        """
+        CREATE TABLE published_routes (
+            singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton),
+            version BIGINT NOT NULL,
+            document TEXT,
+            published_at TIMESTAMP,
+            publisher TEXT
+        );
+        INSERT INTO published_routes (version) VALUES (0);
+        CREATE TABLE route_followers (
+            host TEXT PRIMARY KEY,
+            version BIGINT NOT NULL,
+            generated_at TIMESTAMP,
+            checked_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        3,
         "spool shipping heartbeats",
         # Each gateway host's shipper says how far behind it is: the age of its oldest
         # complete segment not yet in the object store (0 when none), how many segments it

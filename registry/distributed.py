@@ -9,6 +9,7 @@ embedded backend. Credentials come from the environment variables the config nam
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -30,6 +31,11 @@ def libpq_dsn(postgres_url: str) -> str:
     fields = {"host": parts.hostname, "port": parts.port, "dbname": unquote(parts.path.lstrip("/")) or None,
               "user": unquote(parts.username) if parts.username else None}
     return " ".join(f"{key}={value}" for key, value in fields.items() if value)
+
+
+def host_name(config: DistributedConfig) -> str:
+    """This host's name among the gateway hosts: `distributed.host`, else the machine's hostname."""
+    return config.host or socket.gethostname()
 
 
 def object_store_credentials(store: ObjectStoreConfig) -> tuple[str, str]:

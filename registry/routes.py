@@ -3,7 +3,8 @@
 Gateway workers never open the database; this file is everything they need to answer a
 slot: the champion's version, its resolved configuration with the skill text, and where
 its upstream is. The registry rewrites it atomically on every alias change, and the
-daemon rewrites it at start.
+daemon rewrites it at start. On `backend: distributed` the registry also publishes it to the
+control plane, and each gateway host follows it there (`registry.published_routes`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class RouteTable(BaseModel):
 
     format: int = ROUTES_FORMAT
     generated_at: datetime
+    version: int | None = Field(
+        None, description="Its version in the control plane (backend: distributed), which gateway hosts follow; "
+                          "None when the registry wrote it for this host only (backend: embedded).")
     slots: dict[str, Route]
     redact: dict[str, list[RedactionRule]] | None = Field(
         None, description="Every configured slot's redaction rules: the gateways apply them to captures, so an edit "

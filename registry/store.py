@@ -20,7 +20,9 @@ from registry.db import Database, utcnow
 from registry.errors import ConfigError, NotFound, Refused
 from registry.identity import fingerprint, sha256_text, version_id
 from registry.records import Move, NewVariant, Registration, Variant
-from registry.routes import build_routes, write_routes
+from registry.distributed import host_name
+from registry.published_routes import publish_routes
+from registry.routes import RouteTable, build_routes, write_routes
 
 CHAMPION = "champion"
 _VARIANT_COLUMNS = (
@@ -219,7 +221,17 @@ class Registry:
         return [_move(row) for row in rows]
 
     def write_routes(self) -> None:
-        """Rewrite `routes.json` from the current champions (atomically)."""
+        """Rewrite `routes.json` from the current champions (atomically); on `backend: distributed`,
+        publish the table to the control plane first, for every gateway host to follow."""
+        config = self.workspace.config
+        if config.backend == "distributed" and config.distributed is not None:
+            table = publish_routes(config.distributed, self.route_table, publisher=host_name(config.distributed))
+        else:
+            table = self.route_table()
+        write_routes(self.workspace.routes_path, table)
+
+    def route_table(self) -> RouteTable:
+        """The route table of the current champions."""
         with self._lock:
             champions = [
                 _variant(row)
@@ -230,7 +242,7 @@ class Registry:
                 ).fetchall()
             ]
             skills = {v.skill_sha: self.skill_text(v.skill_sha) for v in champions if v.skill_sha}
-        write_routes(self.workspace.routes_path, build_routes(self.workspace, champions, skills))
+        return build_routes(self.workspace, champions, skills)
 
     # -- internals ------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ class DailyCap:
 
     async def reserve(self, estimate: float) -> bool:
         """Hold `estimate` for a call; False when the cap leaves no room and no call in flight could make some."""
-        while self.committed >= self.limit or self.committed + estimate > self.limit:
+        while not await self._room(estimate):
             if not self.in_flight:
                 self.exhausted = True
                 return False
@@ -42,6 +42,10 @@ class DailyCap:
         self.committed += estimate
         self.in_flight += 1
         return True
+
+    async def _room(self, estimate: float) -> bool:
+        """Whether `estimate` fits now (a cap shared across runners may reserve more first: `shadow.budget_slices`)."""
+        return self.committed < self.limit and self.committed + estimate <= self.limit
 
     def settle(self, estimate: float, actual: float | None) -> None:
         """Replace a call's estimate by what it cost (an unknown cost counts as 0: it cannot be held against the cap)."""

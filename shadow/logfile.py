@@ -33,14 +33,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
 from registry import ShadowzooError, canonical_json, sha256_text
 from registry.errors import first_problem
 from shadow.exchange import Exchange, parse_json
 from shadow.spool_records import OutcomeRecord, SpoolRecord, TrafficRecord
+from shadow.outcome import LoggedOutcome
 from shadow.spool import write_segment
 
 SEGMENT_LINES = 10_000
@@ -51,26 +52,6 @@ LineProgress = Callable[[int], None]
 
 class LogFileError(ShadowzooError):
     """A line of a log file that cannot be loaded; the message names the file, the line and the field."""
-
-
-class _OutcomeLine(BaseModel):
-    request_id: str | None = None
-    client_request_id: str | None = None
-    label: Any = None
-    kind: Literal["label", "reaction"] = "label"
-    value: Any = None
-    received_at: datetime | None = None
-
-    @model_validator(mode="after")
-    def _one_value(self) -> "_OutcomeLine":
-        given = self.model_fields_set
-        if self.request_id is None and self.client_request_id is None:
-            raise ValueError("give 'request_id' or 'client_request_id'")
-        if ("label" in given) == ("value" in given):
-            raise ValueError("give either 'label', or 'kind' and 'value'")
-        if "label" in given and self.kind != "label":
-            raise ValueError("'label' is a label: give 'value' for a reaction")
-        return self
 
 
 def read_traffic_log(
@@ -103,13 +84,8 @@ def read_outcome_log(
     """Outcome records (labels and reactions) of an outcomes file; `request_id` wins over `client_request_id`."""
     stamp = now or datetime.now(UTC)
     for number, raw in _json_lines(path, progress):
-        line = _validated(path, number, raw, _OutcomeLine)
-        yield OutcomeRecord(
-            request_key=line.request_id or line.client_request_id,
-            kind=line.kind,
-            value=line.label if "label" in line.model_fields_set else line.value,
-            received_at=line.received_at or stamp,
-        )
+        line = _validated(path, number, raw, LoggedOutcome)
+        yield line.record(line.received_at or stamp)
 
 
 @dataclass

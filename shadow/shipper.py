@@ -20,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry import utcnow
 from registry.control_plane import migrate_control
-from registry.distributed import connect_control, object_store_client
+from registry.distributed import connect_control, host_name, object_store_client
 from registry.errors import ConfigError, ShadowzooError
 from registry.workspace_config import HOST_NAME
 from shadow.gateway.prometheus_metrics import ShippingMetrics
@@ -177,8 +176,8 @@ class _Backoff:
 
 
 def shipping_host(settings: DistributedConfig) -> str:
-    """This host's name among the gateway hosts: `distributed.host`, else the hostname."""
-    host = settings.host or socket.gethostname()
+    """This host's name (`registry.distributed.host_name`), checked to be one part of an object key."""
+    host = host_name(settings)
     if not HOST_NAME.fullmatch(host):
         raise ConfigError(f"distributed.host: the hostname {host!r} cannot be part of an object key: "
                           "set distributed.host (letters, digits, . _ -)")
@@ -186,7 +185,7 @@ def shipping_host(settings: DistributedConfig) -> str:
 
 
 def shipping_report(settings: DistributedConfig) -> dict[str, Any]:
-    """Each gateway host's last heartbeat, for `status`: `gateway_hosts`, or why it cannot be read."""
+    """For `status`: each gateway host's last heartbeat (`hosts`), or an `error` when PostgreSQL is unreachable."""
     import psycopg
 
     try:
@@ -194,11 +193,11 @@ def shipping_report(settings: DistributedConfig) -> dict[str, Any]:
             known = connection.execute("SELECT to_regclass('spool_shipping') IS NOT NULL").fetchone()[0]
             rows = connection.execute(_HEARTBEATS).fetchall() if known else []  # none before a shipper's first
     except (psycopg.Error, ConfigError) as exc:
-        return {"gateway_hosts": None, "gateway_hosts_error": first_line(exc)}
-    return {"gateway_hosts": [
+        return {"error": first_line(exc)}
+    return {"hosts": [
         {"host": host, "shipping_lag_s": round(lag, 1), "segments_shipped": shipped,
          "last_shipped_at": shipped_at.isoformat() if shipped_at else None, "seen_at": seen_at.isoformat(),
-         "seen_s_ago": round(float(ago), 1)}
+         "reported_s_ago": round(float(ago), 1)}
         for host, lag, shipped, shipped_at, seen_at, ago in rows]}
 
 

@@ -182,6 +182,8 @@ def test_the_openapi_document_is_valid_and_documents_every_error_status(daemon: 
     ("/admin/jobs/replay", {"slot": "nowhere"}, "slot:"),
     ("/admin/jobs/report", {"slot": SLOT, "format": "pdf"}, "format:"),
     ("/admin/jobs/train", {"all_active": True, "limit": -3}, "limit:"),
+    ("/admin/jobs/train", {"spec": "triage-mini", "all_active": True}, "spec:"),
+    ("/admin/jobs/train", {}, "spec:"),
     ("/admin/leaderboard", {"slot": SLOT, "where": "tier"}, "where:"),
     ("/admin/rollback", {"slot": SLOT, "actor": "t"}, "reason:"),
     ("/admin/retire", {"version_id": "x", "actor": "t"}, "reason:"),

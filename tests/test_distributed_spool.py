@@ -289,7 +289,7 @@ def test_status_says_why_it_cannot_show_the_gateway_hosts_when_postgres_is_unrea
     edit_config(workspace_dir, distributed)
     result = cli("status")
     assert result.code == 0, result.err
-    assert "gateway hosts: cannot read their shipping heartbeats: distributed.postgres_url: cannot connect" in result.err
+    assert "gateway hosts' spool shipping unknown: distributed.postgres_url: cannot connect" in result.err
 
 
 @pytest.fixture

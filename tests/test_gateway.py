@@ -21,7 +21,7 @@ from registry import NewVariant, Registry, load_workspace
 from shadow.apply import apply_variant
 from shadow.gateway.capture import SEGMENT_BYTES
 from shadow.ingest import ingest_spool
-from shadow.logfile import LogFileError, read_traffic_log
+from shadow.logfile import LogFileError, read_outcome_log, read_traffic_log
 from shadow.spool import read_segment, ready_segments
 from tests.servers import GatewayProcess, edit_config, free_port, start_simulator, wait_until
 
@@ -265,7 +265,7 @@ def test_the_openapi_document_is_valid_and_describes_the_bodies_the_handlers_che
     assert {"/v1/chat/completions", "/v1/capture", "/v1/feedback", "/v1/models", "/healthz", "/readyz"} <= set(document["paths"])
     schemas = document["components"]["schemas"]
     assert schemas["CaptureBody"]["properties"]["status"]["anyOf"][0]["maximum"] == 999
-    assert schemas["FeedbackBody"]["required"] == ["request_id"]
+    assert schemas["Outcome"]["allOf"][0]["anyOf"][1]["required"] == ["client_request_id"]
     assert schemas["ChatRequest"]["required"] == ["model", "messages"]
     for path, operations in document["paths"].items():
         for operation in operations.values():
@@ -368,6 +368,27 @@ def test_feedback_for_an_unknown_request_is_accepted_and_spooled(served) -> None
                 if record.type == "outcome" and record.request_key == "not-seen-yet":
                     return record
     assert wait_until(outcome).value == "billing"
+
+
+@pytest.mark.parametrize(("outcome", "accepted"), [
+    ({"client_request_id": "app-9", "label": "billing"}, True),
+    ({"request_id": "r9", "kind": "reaction", "value": {"thumbs": "up"}}, True),
+    ({"request_id": "r9", "label": "billing", "value": "technical"}, False),
+    ({"request_id": "r9", "label": None}, False),
+    ({"request_id": "r9", "kind": "reaction", "label": "billing"}, False),
+    ({"label": "billing"}, False),
+])
+def test_feedback_and_an_outcomes_file_accept_and_refuse_the_same_outcomes(served, tmp_path, outcome, accepted) -> None:
+    _, gateway, _ = served
+    status, body = _post(gateway, "/v1/feedback", json.dumps(outcome).encode())
+    assert (status == 202) == accepted, body
+    logged = tmp_path / "outcomes.jsonl"
+    logged.write_text(json.dumps(outcome) + "\n")
+    try:
+        list(read_outcome_log(logged))
+        assert accepted
+    except LogFileError as exc:
+        assert not accepted and body["error"]["message"].split(": ", 1)[-1] in str(exc), (body, exc)
 
 
 def test_observer_capture_is_spooled_like_gateway_traffic(served) -> None:

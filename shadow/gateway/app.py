@@ -24,7 +24,7 @@ from pydantic_core import PydanticSerializationError
 from registry.errors import first_problem
 from shadow.apply import apply_variant
 from shadow.exchange import messages_problem, parse_json
-from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody, FeedbackBody
+from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody
 from shadow.gateway.capture import PendingCapture, SpoolBuffer
 from shadow.gateway.connection import read_body
 from shadow.gateway.error_responses import error_response
@@ -32,6 +32,7 @@ from shadow.gateway.forward import Upstream
 from shadow.gateway.prometheus_metrics import exposition, gateway_metrics
 from shadow.gateway.openapi import openapi_document
 from shadow.gateway.routing import RouteWatcher
+from shadow.outcome import Outcome
 from shadow.spool_records import OutcomeRecord, TrafficRecord, new_request_id
 from shadow.tags import TAGS_HEADER, parse_tags_header
 from shadow.webcommon import bearer_token, json_errors
@@ -194,14 +195,10 @@ async def capture(request: web.Request) -> web.Response:
 
 async def feedback(request: web.Request) -> web.Response:
     """Store an outcome; one for a request not seen yet is kept and joined when it arrives."""
-    body = await _validated(request, FeedbackBody)
+    body = await _validated(request, Outcome)
     if isinstance(body, web.Response):
         return body
-    value = body.value if body.value is not None else body.label
-    if value is None:
-        return error_response(400, "give the outcome as 'value' (or 'label')", code="invalid_request", param="value")
-    record = OutcomeRecord(request_key=body.request_id, kind=body.kind, value=value, received_at=datetime.now(UTC))
-    return _accepted(request, record, {"request_id": body.request_id})
+    return _accepted(request, body.record(datetime.now(UTC)), {"request_id": body.key})
 
 
 async def _validated(request: web.Request, model: type[BaseModel]) -> BaseModel | web.Response:
@@ -241,8 +238,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once a route table is loaded."""
+    """Ready once a route table is loaded; says which (its control-plane version on `backend: distributed`)."""
     state = request.app[STATE]
-    if state.routes.table is None:
+    table = state.routes.table
+    if table is None:
         return web.json_response({"status": "not ready", "reason": "no routes.json loaded yet"}, status=503)
-    return web.json_response({"status": "ready", "slots": state.routes.slots()})
+    return web.json_response({"status": "ready", "slots": state.routes.slots(), "routes_version": table.version,
+                              "routes_generated_at": table.generated_at.isoformat()})

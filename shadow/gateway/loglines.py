@@ -13,12 +13,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 LINES_PER_KIND = 10
 INTERVAL_S = 60.0
 MAX_KINDS = 512
 THIRD_PARTY = ("aiohttp", "asyncio")
+
+
+@contextmanager
+def process_log() -> Iterator[None]:
+    """Log this gateway-side process to stderr through a `LineLimit`; say what it suppressed at exit."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    lines = LineLimit(handler)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    try:
+        yield
+    finally:
+        lines.flush()
 
 
 @dataclass

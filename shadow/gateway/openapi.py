@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from shadow.exchange import CHAT_MESSAGES_SCHEMA
-from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody, FeedbackBody
+from shadow.gateway.bodies import CLIENT_ID_HEADER, CaptureBody
+from shadow.outcome import Outcome
 from shadow.webcommon import SCHEMA_REF, SCHEMA_REF_PREFIX, component_schema
 
 ERROR_SCHEMA = {
@@ -56,7 +57,7 @@ def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway: chat completions, capture, feedback, models, health, metrics."""
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA, "Accepted": ACCEPTED_SCHEMA, "ModelList": MODELS_SCHEMA}
     capture = component_schema(CaptureBody.model_json_schema(ref_template=SCHEMA_REF), schemas)
-    feedback = component_schema(FeedbackBody.model_json_schema(ref_template=SCHEMA_REF), schemas)
+    feedback = component_schema(Outcome.model_json_schema(ref_template=SCHEMA_REF), schemas)
     schemas["ChatRequest"] = CHAT_REQUEST_SCHEMA
     chat = _operation("Serve the slot's champion and capture the exchange.", {"$ref": f"{SCHEMA_REF_PREFIX}ChatRequest"},
                       {"200": _json("The champion's answer, relayed unchanged.", {"type": "object"}, stream=True)},

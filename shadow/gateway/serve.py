@@ -24,7 +24,7 @@ from registry import RouteTable, Workspace, load_workspace
 from shadow.gateway.app import GatewayState, build_app
 from shadow.gateway.capture import SpoolBuffer
 from shadow.gateway.connection import GatewayRunner
-from shadow.gateway.loglines import LineLimit
+from shadow.gateway.loglines import process_log
 from shadow.redaction import Redactor
 from shadow.gateway.routing import RouteWatcher
 from shadow.spool import spool_dir
@@ -95,11 +95,5 @@ async def serve_worker(workspace: Workspace, host: str, port: int, reuse_port: b
 
 def worker_main(workspace_dir: str, host: str, port: int, reuse_port: bool) -> None:
     """Entry point of a gateway worker process: its log holds one line per event, rate-limited."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    lines = LineLimit(handler)
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    try:
+    with process_log():
         asyncio.run(serve_worker(load_workspace(Path(workspace_dir)), host, port, reuse_port))
-    finally:
-        lines.flush()
