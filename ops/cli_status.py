@@ -112,14 +112,22 @@ def _print_report(report: dict[str, Any]) -> None:
     _print_warnings(report)
 
 
+def _gateway_section(section: dict[str, Any] | None, what: str) -> bool:
+    """Whether a section about the gateway hosts has rows to print (then after a blank line); it has
+    none on the embedded backend, and when the control plane could not be read, which is warned about."""
+    if section is None:
+        return False
+    if "error" in section:
+        warn(f"{what} unknown: {section['error']}")
+        return False
+    say("")
+    return True
+
+
 def _print_gateway_routes(routes: dict[str, Any] | None) -> None:
     """`backend: distributed`: the route version each gateway host serves; a host behind or unreachable is warned about."""
-    if routes is None:
+    if not _gateway_section(routes, "gateway hosts' routes"):
         return
-    if "error" in routes:
-        warn(f"gateway hosts' routes unknown: {routes['error']}")
-        return
-    say("")
     print_table(f"gateway hosts' routes (published version {routes['published_version']})",
                 ["host", "serves version", "table age s", "last report s ago"],
                 [[h["host"], h["version"], h["routes_age_s"], h["reported_s_ago"]] for h in routes["hosts"]])
@@ -131,12 +139,8 @@ def _print_gateway_routes(routes: dict[str, Any] | None) -> None:
 
 def _print_gateway_shipping(shipping: dict[str, Any] | None) -> None:
     """`backend: distributed`: each gateway host's spool shipping lag, from its heartbeats in the control plane."""
-    if shipping is None:
+    if not _gateway_section(shipping, "gateway hosts' spool shipping"):
         return
-    if "error" in shipping:
-        warn(f"gateway hosts' spool shipping unknown: {shipping['error']}")
-        return
-    say("")
     print_table("gateway hosts' spool shipping", ["host", "shipping lag", "segments shipped", "last shipped",
                                                   "last report s ago"],
                 [[h["host"], f"{h['shipping_lag_s']:g} s", h["segments_shipped"], h["last_shipped_at"] or "never",

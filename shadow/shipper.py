@@ -34,6 +34,7 @@ from registry.control_plane import migrate_control
 from registry.distributed import connect_control, host_name, object_store_client
 from registry.errors import ConfigError, ShadowzooError
 from registry.workspace_config import HOST_NAME
+from shadow.gateway.loglines import process_log
 from shadow.gateway.prometheus_metrics import ShippingMetrics
 from shadow.spool import first_line, quarantine, ready_segments, segment_age_s, spool_dir
 
@@ -278,14 +279,14 @@ def shipper_main(workspace_dir: str) -> None:
     """Entry point of the shipper process: holds the spool's lock, ships until SIGTERM/SIGINT."""
     from registry import load_workspace
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
-    workspace = load_workspace(Path(workspace_dir))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    with _single_owner(workspace.state_dir / LOCK_FILE, stop) as owner:
-        if owner:
-            run_shipper(workspace, stop)
+    with process_log():
+        workspace = load_workspace(Path(workspace_dir))
+        with _single_owner(workspace.state_dir / LOCK_FILE, stop) as owner:
+            if owner:
+                run_shipper(workspace, stop)
 
 
 @contextmanager
