@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,6 @@ def heartbeat_row(settings: DistributedConfig, host: str) -> tuple | None:
 
 
 def lag_gauge(gateway: GatewayProcess) -> float:
-    import urllib.request
-
     with urllib.request.urlopen(gateway.base_url.removesuffix("/v1") + "/metrics", timeout=5) as response:
         text = response.read().decode()
     found = re.search(r"^shadowzoo_spool_shipping_lag_seconds\S* (\S+)$", text, re.MULTILINE)
