@@ -358,7 +358,7 @@ def test_the_heartbeat_counts_what_was_shipped_while_postgres_was_down_and_says_
         settings = DistributedConfig.model_validate(distributed_section(postgres, object_store, lake_extensions))
         heartbeat = Heartbeat(settings, "gw-pg")
         heartbeat.beat(0.0, 2, None)
-        postgres.kill()
+        postgres.stop()  # its backends go too (a SIGKILLed postmaster's may serve on a while)
         heartbeat.beat(4.5, 5, None)
         heartbeat.beat(7.5, 9, None)
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
