@@ -1,8 +1,10 @@
-"""Opening the DuckDB file: lock handling, schema migration, and version checks.
+"""Opening the database: the DuckDB file (lock handling, schema migration, and version
+checks), or on `backend: distributed` a DuckDB connection over the lake and the control plane.
 
 DuckDB lets one process hold the file at a time. CLI commands hold it for milliseconds,
 so a command that finds it locked waits a little (`SHADOWZOO_LOCK_WAIT_S`, default 10 s)
 before giving up; when it gives up it names the process that holds the lock and what to do.
+The distributed backend has no file and so no lock: its engines are servers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from registry.migrations import LATEST, MIGRATIONS
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from registry.workspace_config import DistributedConfig
 
 DEFAULT_LOCK_WAIT_S = 10.0
 _PID_RE = re.compile(r"PID (\d+)")
@@ -67,8 +71,9 @@ class Database:
     `transaction()`.
     """
 
-    def __init__(self, path: Path, connection: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, path: Path | None, connection: duckdb.DuckDBPyConnection) -> None:
         self.path = path
+        """The DuckDB file; None on the distributed backend."""
         self.connection = connection
         self.lock = threading.RLock()
 
@@ -83,6 +88,23 @@ class Database:
             connection.close()
             raise
         return cls(path, connection)
+
+    @classmethod
+    def open_distributed(cls, config: DistributedConfig) -> "Database":
+        """An in-memory DuckDB connection over the lake and the control plane, both migrated
+        (`registry.planes`). The same `reading()` and `transaction()` serve it; a transaction
+        writes one plane only (DuckDB refuses one that writes both)."""
+        from registry.distributed import attach_engines
+        from registry.planes import migrate_planes
+
+        connection = duckdb.connect()
+        try:
+            attach_engines(connection, config)
+            migrate_planes(connection, config)
+        except BaseException:
+            connection.close()
+            raise
+        return cls(None, connection)
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -41,7 +41,11 @@ class Registry:
 
     @classmethod
     def open(cls, workspace: Workspace, lock_wait_s: float | None = None) -> "Registry":
-        """Open the workspace's database, creating and migrating it as needed."""
+        """Open the workspace's database (its DuckDB file, or on `backend: distributed` its
+        engines), creating and migrating it as needed."""
+        config = workspace.config
+        if config.backend == "distributed" and config.distributed is not None:
+            return cls(workspace, Database.open_distributed(config.distributed))
         return cls(workspace, Database.open(workspace.db_path, lock_wait_s))
 
     def close(self) -> None:
