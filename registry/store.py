@@ -301,12 +301,17 @@ class Registry:
         reason: str | None,
         evidence: dict[str, Any] | None,
     ) -> Move:
-        row = db.execute(
+        moved_at = utcnow()
+        db.execute(
             "INSERT INTO promotions (slot, from_version, to_version, action, actor, reason, evidence_json, moved_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "RETURNING id, slot, from_version, to_version, action, actor, reason, evidence_json, moved_at",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [slot, from_version, to_version, action, actor, reason,
-             json.dumps(evidence) if evidence is not None else None, utcnow()],
+             json.dumps(evidence) if evidence is not None else None, moved_at],
+        )
+        # read back, not RETURNING: PostgreSQL tables take none through DuckDB (backend: distributed)
+        row = db.execute(
+            "SELECT id, slot, from_version, to_version, action, actor, reason, evidence_json, moved_at FROM promotions "
+            "WHERE slot = ? AND actor = ? AND moved_at = ? ORDER BY id DESC LIMIT 1", [slot, actor, moved_at],
         ).fetchone()
         return _move(row)
 
