@@ -51,6 +51,8 @@ class Run:
     same_labels: IngestReport
     key_counts: dict[str, tuple[int, int]]
     """Per lake table: (rows, distinct keys)."""
+    traffic_in: str
+    """The database holding `traffic`: `lake` on the distributed backend."""
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,8 @@ def _run(workspace_dir: Path) -> Run:
         with registry.database.reading() as db:
             key_counts = {table: db.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}").fetchone()
                           for table, key in LAKE_KEYS.items()}
-    return Run(workspace_dir, board, board_again, same_segment, same_records, same_labels, key_counts)
+            traffic_in = db.execute("SELECT database_name FROM duckdb_tables() WHERE table_name = 'traffic'").fetchone()[0]
+    return Run(workspace_dir, board, board_again, same_segment, same_records, same_labels, key_counts, traffic_in)
 
 
 def _traffic(champion: str) -> list[bytes]:
@@ -167,6 +170,7 @@ def test_the_leaderboard_on_the_lake_equals_the_embedded_ones_on_the_same_traffi
 
 
 def test_ingesting_and_replaying_again_duplicates_nothing_on_the_lake(runs) -> None:
+    assert runs["distributed"].traffic_in == "lake"
     for backend, run in runs.items():
         assert (run.same_segment.already_ingested, run.same_segment.traffic_rows) == (1, 0), backend
         assert (run.same_records.traffic_rows, run.same_records.duplicates) == (0, len(TICKETS) + 2), backend
@@ -207,4 +211,5 @@ def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_works
     shown = run_in_process(("leaderboard", "--slot", SLOT, "--format", "json"), run.workspace_dir, env)
     assert shown.code == 0, shown.err
     assert _evidence(Leaderboard.model_validate(shown.json())) == _evidence(run.board)
+    assert not load_workspace(run.workspace_dir).db_path.exists()
 
