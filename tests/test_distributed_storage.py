@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from registry import Registry, load_workspace, utcnow
+from registry.errors import DatabaseError
 from registry.migrations import MIGRATIONS
 from registry.planes import CONTROL_TABLES, LAKE_TABLES, split_migration
 from scorer.leaderboard_model import Leaderboard
@@ -213,3 +214,12 @@ def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_works
     assert _evidence(Leaderboard.model_validate(shown.json())) == _evidence(run.board)
     assert not load_workspace(run.workspace_dir).db_path.exists()
 
+
+
+def test_a_second_process_opening_the_lake_waits_and_then_names_the_one_writing_it(runs) -> None:
+    workspace = load_workspace(runs["distributed"].workspace_dir)
+    with Registry.open(workspace):
+        with pytest.raises(DatabaseError, match=r"the lake at postgresql://.* is being written by shadowzoo pid \d+"):
+            Registry.open(workspace, lock_wait_s=0.3)
+    with Registry.open(workspace, lock_wait_s=0.3) as registry:  # free again once the first is closed
+        assert registry.champion(SLOT) is not None
