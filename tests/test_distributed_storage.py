@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
+import openai
 import psycopg
 import pytest
 
@@ -27,7 +29,7 @@ from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.toolcalls import ToolCall
 from tests.clirun import run_in_process
 from tests.engines import distributed_section
-from tests.servers import champion_workspace, edit_config, start_simulator
+from tests.servers import Served, champion_workspace, edit_config, start_simulator, wait_until
 
 SLOT = "support-triage"
 TICKETS = [json.loads(line) for line in
@@ -63,16 +65,22 @@ def simulator():
     handle.stop()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Iterator[dict[str, Run]]:
-    """The same traffic through a workspace of each backend."""
-    root = tmp_path_factory.mktemp("storage")
-    distributed = {"backend": "distributed", "distributed": distributed_section(postgres, object_store, lake_extensions)}
+@pytest.fixture(scope="module", autouse=True)
+def credentials(object_store) -> Iterator[None]:
+    """The object store's and the simulator's keys in the environment, as an operator sets them."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {**object_store.credentials_env, "SIM_API_KEY": "sim"}.items():
             patch.setenv(name, value)
-        yield {backend: _run(champion_workspace(root / backend, simulator.base_url, settings=settings))
-               for backend, settings in (("embedded", {}), ("distributed", distributed))}
+        yield
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> dict[str, Run]:
+    """The same traffic through a workspace of each backend."""
+    root = tmp_path_factory.mktemp("storage")
+    distributed = {"backend": "distributed", "distributed": distributed_section(postgres, object_store, lake_extensions)}
+    return {backend: _run(champion_workspace(root / backend, simulator.base_url, settings=settings))
+            for backend, settings in (("embedded", {}), ("distributed", distributed))}
 
 
 def _run(workspace_dir: Path) -> Run:
@@ -203,13 +211,12 @@ def test_every_table_of_the_migrations_has_a_plane() -> None:
                        for statement in parts["lake"]), migration.name
 
 
-def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_workspace(runs, object_store) -> None:
+def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_workspace(runs) -> None:
     run = runs["distributed"]
-    env = {**object_store.credentials_env, "SIM_API_KEY": "sim"}
-    listed = run_in_process(("variants", "list", "--slot", SLOT), run.workspace_dir, env)
+    listed = run_in_process(("variants", "list", "--slot", SLOT), run.workspace_dir)
     assert listed.code == 0, listed.err
     assert all(row.label in listed.out for row in run.board.rows)
-    shown = run_in_process(("leaderboard", "--slot", SLOT, "--format", "json"), run.workspace_dir, env)
+    shown = run_in_process(("leaderboard", "--slot", SLOT, "--format", "json"), run.workspace_dir)
     assert shown.code == 0, shown.err
     assert _evidence(Leaderboard.model_validate(shown.json())) == _evidence(run.board)
     assert not load_workspace(run.workspace_dir).db_path.exists()
@@ -223,3 +230,39 @@ def test_a_second_process_opening_the_lake_waits_and_then_names_the_one_writing_
             Registry.open(workspace, lock_wait_s=0.3)
     with Registry.open(workspace, lock_wait_s=0.3) as registry:  # free again once the first is closed
         assert registry.champion(SLOT) is not None
+
+
+def _own_lake(postgres, object_store, lake_extensions, name: str) -> dict:
+    """A `distributed:` section with a database and a lake prefix of its own on the module's servers."""
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        control.execute(f"CREATE DATABASE {name}")
+    section = distributed_section(postgres, object_store, lake_extensions)
+    return section | {"postgres_url": f"{postgres.url.rsplit('/', 1)[0]}/{name}", "lake_prefix": f"{name}/"}
+
+
+@pytest.mark.slow
+def test_serve_takes_a_distributed_workspace_from_gateway_traffic_to_a_scored_board(
+        tmp_path, simulator, postgres, object_store, lake_extensions) -> None:
+    section = _own_lake(postgres, object_store, lake_extensions, "served")
+    workspace_dir = champion_workspace(tmp_path / "served", simulator.base_url, daemon={"score_interval_s": 1},
+                                       settings={"backend": "distributed", "distributed": section})
+    served = Served(workspace_dir)
+    try:
+        client = openai.OpenAI(base_url=f"{served.gateway}/v1", api_key="x", max_retries=0, timeout=30)
+        for index, ticket in enumerate(TICKETS[:12]):
+            client.chat.completions.create(model=SLOT, messages=[{"role": "user", "content": ticket["input"]}],
+                                           extra_headers={"x-shadowzoo-request-id": f"c{index}"})
+            body = json.dumps({"request_id": f"c{index}", "label": ticket["expected"]}).encode()
+            urllib.request.urlopen(urllib.request.Request(f"{served.gateway}/v1/feedback", data=body)).read()
+
+        def paired() -> bool:
+            status, board = served.call(f"/admin/leaderboard?slot={SLOT}")
+            return status == 200 and all(row["comparison"]["pairs"] == 12 for row in board["rows"] if row["comparison"])
+
+        wait_until(paired, timeout_s=90, interval_s=0.5)
+        status, answer = served.call("/admin/status")
+        assert status == 200 and {"ingest", "score", "retention"} <= set(answer["last_runs"]), answer
+    finally:
+        log = served.stop()
+    assert '"outcome": "error"' not in log, log
+    assert not load_workspace(workspace_dir).db_path.exists()
