@@ -24,8 +24,8 @@ from registry.planes import LAKE_TABLES
 
 def insert_absent(db: duckdb.DuckDBPyConnection, table: str, key: Sequence[str], columns: Sequence[str], rows: str,
                   params: list | None = None, assume_new: bool = False) -> int:
-    """Insert the rows whose key `table` does not hold yet (the first of several with one key);
-    returns how many were inserted.
+    """Insert the rows whose key `table` does not hold yet, one of several with one key (which
+    one is left to the engine: they are one record sent twice); returns how many were inserted.
 
     With `assume_new`, a keyed table takes a plain INSERT, cheaper, which raises
     `duckdb.ConstraintException` on a stored key (the caller then writes again without it);

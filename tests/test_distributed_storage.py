@@ -17,9 +17,12 @@ import psycopg
 import pytest
 
 from registry import Registry, load_workspace, utcnow
+from registry.db import Database
 from registry.errors import DatabaseError
+from registry.keyed import insert_absent, upsert
 from registry.migrations import MIGRATIONS
 from registry.planes import CONTROL_TABLES, LAKE_TABLES, split_migration
+from registry.workspace_config import DistributedConfig
 from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
 from shadow.ingest import IngestReport, ingest_spool
@@ -209,6 +212,30 @@ def test_every_table_of_the_migrations_has_a_plane() -> None:
         parts = split_migration(migration.sql)  # raises on a table placed nowhere
         assert not any("PRIMARY KEY" in statement.upper() or "INDEX" in statement.upper()
                        for statement in parts["lake"]), migration.name
+
+
+def _keyed_writes(database: Database) -> list[tuple]:
+    """Each kind of keyed write, on a keyed table of the scorer's."""
+    columns = ("slot", "period_id", "seq")
+    with database.transaction() as db:
+        inserted = [insert_absent(db, "scoring_watermarks", ("slot",), columns, rows) for rows in (
+            "VALUES ('a', 1, 1), ('a', 1, 1), ('b', 1, 3)",  # a record twice in one batch
+            "VALUES ('a', 9, 9), ('c', 1, 4)")]  # a stored key is kept
+        upsert(db, "scoring_watermarks", ("slot",), columns, "VALUES ('b', 2, 5), ('c', 2, 6), ('d', 2, 7)",
+               when="excluded.seq > 5")  # b stays, c is replaced, d is new
+        upsert(db, "scoring_watermarks", ("slot",), columns, "VALUES ('a', 1, 7)",
+               update="seq = scoring_watermarks.seq + excluded.seq")
+        return [tuple(inserted), *db.execute("SELECT * FROM scoring_watermarks ORDER BY slot").fetchall()]
+
+
+def test_keyed_writes_mean_the_same_in_a_duckdb_file_and_on_the_lake(tmp_path, postgres, object_store,
+                                                                    lake_extensions) -> None:
+    lake = DistributedConfig.model_validate(_own_lake(postgres, object_store, lake_extensions, "keyed"))
+    for database in (Database.open(tmp_path / "keyed.duckdb"), Database.open_distributed(lake)):
+        try:
+            assert _keyed_writes(database) == [(2, 1), ("a", 1, 8), ("b", 1, 3), ("c", 2, 6), ("d", 2, 7)]
+        finally:
+            database.close()
 
 
 def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_workspace(runs) -> None:
