@@ -86,6 +86,14 @@ def runs(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -
             for backend, settings in (("embedded", {}), ("distributed", distributed))}
 
 
+def _own_lake(postgres, object_store, lake_extensions, name: str) -> dict:
+    """A `distributed:` section with a database and a lake prefix of its own on the module's servers."""
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        control.execute(f"CREATE DATABASE {name}")
+    section = distributed_section(postgres, object_store, lake_extensions)
+    return section | {"postgres_url": f"{postgres.url.rsplit('/', 1)[0]}/{name}", "lake_prefix": f"{name}/"}
+
+
 def _run(workspace_dir: Path) -> Run:
     """Traffic (gateway answers, an observed exchange, a tool-call answer) ingested, then the same
     segment and the same records again; replayed and scored; the labels, late, twice; scored again."""
@@ -257,14 +265,6 @@ def test_a_second_process_opening_the_lake_waits_and_then_names_the_one_writing_
             Registry.open(workspace, lock_wait_s=0.3)
     with Registry.open(workspace, lock_wait_s=0.3) as registry:  # free again once the first is closed
         assert registry.champion(SLOT) is not None
-
-
-def _own_lake(postgres, object_store, lake_extensions, name: str) -> dict:
-    """A `distributed:` section with a database and a lake prefix of its own on the module's servers."""
-    with psycopg.connect(postgres.url, autocommit=True) as control:
-        control.execute(f"CREATE DATABASE {name}")
-    section = distributed_section(postgres, object_store, lake_extensions)
-    return section | {"postgres_url": f"{postgres.url.rsplit('/', 1)[0]}/{name}", "lake_prefix": f"{name}/"}
 
 
 @pytest.mark.slow
