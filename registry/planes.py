@@ -32,6 +32,11 @@ writes tables of both planes had to be settled:
 - a migration that creates tables of both planes is applied in two commits: the lake's part
   with its row in `lake_migrations` (the lake's own ledger), then the control part with its
   row in `schema_migrations`; a crash in between re-applies only the part not recorded.
+
+The scorer's "touched since the watermark" reads `seq > watermark` on the lake as in a
+DuckDB file: DuckLake skips the data files whose `seq` statistics lie below it (a check read
+one file of nine), so a refresh reads what is new; with one writer, `seq` order is commit
+order. Several writers will need the lake's change feed (snapshot ids) instead.
 """
 
 from __future__ import annotations

@@ -246,6 +246,19 @@ def test_keyed_writes_mean_the_same_in_a_duckdb_file_and_on_the_lake(tmp_path, p
             database.close()
 
 
+def test_a_migration_cut_between_its_lake_and_control_commits_is_finished_on_the_next_open(
+        postgres, object_store, lake_extensions) -> None:
+    lake = DistributedConfig.model_validate(_own_lake(postgres, object_store, lake_extensions, "migrated"))
+    Database.open_distributed(lake).close()
+    with psycopg.connect(lake.postgres_url, autocommit=True) as control:  # as if the control commit never came
+        control.execute("DELETE FROM schema_migrations WHERE version = %s", [MIGRATIONS[-1].version])
+    database = Database.open_distributed(lake)
+    database.close()
+    with psycopg.connect(lake.postgres_url) as control:
+        versions = [row[0] for row in control.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [migration.version for migration in MIGRATIONS]
+
+
 def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_workspace(runs) -> None:
     run = runs["distributed"]
     listed = run_in_process(("variants", "list", "--slot", SLOT), run.workspace_dir)
