@@ -267,6 +267,9 @@ def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_works
     shown = run_in_process(("leaderboard", "--slot", SLOT, "--format", "json"), run.workspace_dir)
     assert shown.code == 0, shown.err
     assert _evidence(Leaderboard.model_validate(shown.json())) == _evidence(run.board)
+    status = run_in_process(("status", "--json"), run.workspace_dir)
+    assert status.code == 0, status.err
+    assert status.json()["database"].startswith("postgresql://")
     assert not load_workspace(run.workspace_dir).db_path.exists()
 
 
