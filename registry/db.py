@@ -4,7 +4,8 @@ checks), or on `backend: distributed` a DuckDB connection over the lake and the 
 DuckDB lets one process hold the file at a time. CLI commands hold it for milliseconds,
 so a command that finds it locked waits a little (`SHADOWZOO_LOCK_WAIT_S`, default 10 s)
 before giving up; when it gives up it names the process that holds the lock and what to do.
-The distributed backend has no file and so no lock: its engines are servers.
+The distributed backend has no file: the process writing its lake holds a PostgreSQL
+advisory lock instead, waited for and named the same way.
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ class Database:
     `transaction()`.
     """
 
-    def __init__(self, path: Path | None, connection: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, path: Path | None, connection: duckdb.DuckDBPyConnection, writer: Any = None) -> None:
         self.path = path
         """The DuckDB file; None on the distributed backend."""
-        self._writer: Any = None
+        self._writer = writer
         """On the distributed backend, the PostgreSQL session holding the lake's writer lock."""
         self.connection = connection
         self.lock = threading.RLock()
@@ -112,9 +113,7 @@ class Database:
             connection.close()
             writer.close()
             raise
-        database = cls(None, connection)
-        database._writer = writer
-        return database
+        return cls(None, connection, writer)
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
