@@ -28,7 +28,10 @@ writes tables of both planes had to be settled:
 - retention deletes traffic and what hangs off it (results, metric values, outcomes, pairs,
   worst pairs): all on the lake.
 - registering, promoting and pausing write control tables only; prices are synced in a
-  transaction of their own (control).
+  transaction of their own (control). Jobs and budgets have no tables: jobs live in the
+  daemon, spend is read off `shadow_results` and `metric_values`.
+Neither engine takes `INSERT … RETURNING` through DuckDB: a promotion is read back, a
+period's id is taken from its sequence first.
 - a migration that creates tables of both planes is applied in two commits: the lake's part
   with its row in `lake_migrations` (the lake's own ledger), then the control part with its
   row in `schema_migrations`; a crash in between re-applies only the part not recorded.
