@@ -259,7 +259,7 @@ def test_a_migration_cut_between_its_lake_and_control_commits_is_finished_on_the
     assert versions == [migration.version for migration in MIGRATIONS]
 
 
-def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_workspace(runs) -> None:
+def test_the_cli_lists_variants_shows_the_board_and_promotes_on_a_distributed_workspace(runs) -> None:
     run = runs["distributed"]
     listed = run_in_process(("variants", "list", "--slot", SLOT), run.workspace_dir)
     assert listed.code == 0, listed.err
@@ -270,6 +270,11 @@ def test_the_cli_lists_variants_and_shows_the_leaderboard_of_a_distributed_works
     status = run_in_process(("status", "--json"), run.workspace_dir)
     assert status.code == 0, status.err
     assert status.json()["database"].startswith("postgresql://")
+    promoted = run_in_process(("promote", SLOT, "careful-mini", "--force", "--reason", "try it"), run.workspace_dir)
+    assert promoted.code == 0, promoted.err
+    after = Leaderboard.model_validate(
+        run_in_process(("leaderboard", "--slot", SLOT, "--format", "json"), run.workspace_dir).json())
+    assert after.champion.startswith("careful-mini") and after.period_id == run.board.period_id + 1
     assert not load_workspace(run.workspace_dir).db_path.exists()
 
 
