@@ -66,7 +66,7 @@ class LocalOperations:
         from ops.prometheus_metrics import DaemonMetrics
 
         context = tasks.TaskContext(self.workspace, self, DaemonMetrics())
-        return {"database": str(self.workspace.db_path), **tasks.status(context), "queue_depth": None}
+        return {"database": self.workspace.database, **tasks.status(context), "queue_depth": None}
 
     # reads the zoo's resolver needs (the same names as `Registry`)
     def champion(self, slot: str) -> Variant | None:

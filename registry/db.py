@@ -1,8 +1,11 @@
-"""Opening the DuckDB file: lock handling, schema migration, and version checks.
+"""Opening the database: the DuckDB file (lock handling, schema migration, and version
+checks), or on `backend: distributed` a DuckDB connection over the lake and the control plane.
 
 DuckDB lets one process hold the file at a time. CLI commands hold it for milliseconds,
 so a command that finds it locked waits a little (`SHADOWZOO_LOCK_WAIT_S`, default 10 s)
 before giving up; when it gives up it names the process that holds the lock and what to do.
+The distributed backend has no file: the process writing its lake holds a PostgreSQL
+advisory lock instead, waited for and named the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import duckdb
 
@@ -23,6 +26,8 @@ from registry.migrations import LATEST, MIGRATIONS
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from registry.workspace_config import DistributedConfig
 
 DEFAULT_LOCK_WAIT_S = 10.0
 _PID_RE = re.compile(r"PID (\d+)")
@@ -67,8 +72,11 @@ class Database:
     `transaction()`.
     """
 
-    def __init__(self, path: Path, connection: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, path: Path | None, connection: duckdb.DuckDBPyConnection, writer: Any = None) -> None:
         self.path = path
+        """The DuckDB file; None on the distributed backend."""
+        self._writer = writer
+        """On the distributed backend, the PostgreSQL session holding the lake's writer lock."""
         self.connection = connection
         self.lock = threading.RLock()
 
@@ -83,6 +91,29 @@ class Database:
             connection.close()
             raise
         return cls(path, connection)
+
+    @classmethod
+    def open_distributed(cls, config: DistributedConfig, lock_wait_s: float | None = None) -> "Database":
+        """An in-memory DuckDB connection over the lake and the control plane, both migrated
+        (`registry.planes`). The same `reading()` and `transaction()` serve it; a transaction
+        writes one plane only (DuckDB refuses one that writes both).
+
+        Like the DuckDB file, the lake is written by one process at a time: the lake's
+        sequences are the connection's own (`registry.planes.seed_sequences`), so this holds
+        a PostgreSQL advisory lock while open, waiting for it as for the file's lock."""
+        from registry.distributed import attach_engines
+        from registry.planes import migrate_planes
+
+        writer = _lock_lake(config, _lock_wait(lock_wait_s))
+        connection = duckdb.connect()
+        try:
+            attach_engines(connection, config)
+            migrate_planes(connection, config)
+        except BaseException:
+            connection.close()
+            writer.close()
+            raise
+        return cls(None, connection, writer)
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -111,6 +142,8 @@ class Database:
     def close(self) -> None:
         with self.lock:
             self.connection.close()
+            if self._writer is not None:
+                self._writer.close()  # ends the session, and with it the writer lock
 
 
 def _lock_wait(explicit: float | None) -> float:
@@ -139,6 +172,34 @@ def _connect_waiting(path: Path, wait_s: float) -> duckdb.DuckDBPyConnection:
             delay = min(delay * 2, 0.25)
         except duckdb.Error as exc:
             raise DatabaseError(f"cannot open database {path}: {exc}") from None
+
+
+# Any fixed number: the advisory lock the one process writing the lake holds.
+_LAKE_WRITER_LOCK = 0x5AD0_2003
+
+
+def _lock_lake(config: DistributedConfig, wait_s: float) -> Any:
+    """A PostgreSQL session holding the lake's writer lock, taken within `wait_s`, or an error
+    naming the process that holds it (its session's application name says which)."""
+    from registry.distributed import connect_control
+
+    session = connect_control(config, autocommit=True,
+                              application_name=f"shadowzoo pid {os.getpid()} ({_command_line(str(os.getpid()))})"[:63])
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
+    while not session.execute("SELECT pg_try_advisory_lock(%s)", [_LAKE_WRITER_LOCK]).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            holder = session.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.objid::bigint = %s AND l.granted", [_LAKE_WRITER_LOCK]).fetchone()
+            session.close()
+            raise DatabaseError(
+                f"the lake at {config.postgres_url} is being written by {holder[0] if holder else 'another process'}. "
+                "If that is the shadowzoo daemon, run the command while it is up so it goes through the daemon; "
+                "otherwise wait for that process to finish or stop it, then retry.")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+    return session
 
 
 def _locked_message(path: Path, detail: str) -> str:

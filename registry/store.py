@@ -43,7 +43,11 @@ class Registry:
 
     @classmethod
     def open(cls, workspace: Workspace, lock_wait_s: float | None = None) -> "Registry":
-        """Open the workspace's database, creating and migrating it as needed."""
+        """Open the workspace's database (its DuckDB file, or on `backend: distributed` its
+        engines), creating and migrating it as needed."""
+        config = workspace.config
+        if config.backend == "distributed" and config.distributed is not None:
+            return cls(workspace, Database.open_distributed(config.distributed, lock_wait_s))
         return cls(workspace, Database.open(workspace.db_path, lock_wait_s))
 
     def close(self) -> None:
@@ -309,12 +313,17 @@ class Registry:
         reason: str | None,
         evidence: dict[str, Any] | None,
     ) -> Move:
-        row = db.execute(
+        moved_at = utcnow()
+        db.execute(
             "INSERT INTO promotions (slot, from_version, to_version, action, actor, reason, evidence_json, moved_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "RETURNING id, slot, from_version, to_version, action, actor, reason, evidence_json, moved_at",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [slot, from_version, to_version, action, actor, reason,
-             json.dumps(evidence) if evidence is not None else None, utcnow()],
+             json.dumps(evidence) if evidence is not None else None, moved_at],
+        )
+        # read back, not RETURNING: PostgreSQL tables take none through DuckDB (backend: distributed)
+        row = db.execute(
+            "SELECT id, slot, from_version, to_version, action, actor, reason, evidence_json, moved_at FROM promotions "
+            "WHERE slot = ? AND actor = ? AND moved_at = ? ORDER BY id DESC LIMIT 1", [slot, actor, moved_at],
         ).fetchone()
         return _move(row)
 

@@ -32,6 +32,15 @@ class Workspace:
         return self.state_dir / "shadowzoo.duckdb"
 
     @property
+    def database(self) -> str:
+        """Where the database is, for people: the DuckDB file, or the control plane and the lake."""
+        distributed = self.config.distributed
+        if self.config.backend == "distributed" and distributed is not None:
+            return (f"{distributed.postgres_url} (control plane and lake catalog), "
+                    f"s3://{distributed.object_store.bucket}/{distributed.lake_prefix} (lake data)")
+        return str(self.db_path)
+
+    @property
     def routes_path(self) -> Path:
         return self.state_dir / "routes.json"
 

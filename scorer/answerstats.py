@@ -17,10 +17,13 @@ from typing import Any
 
 import duckdb
 
+from registry.keyed import upsert
+
 BUCKET_RATIO = 1.01
 NO_LATENCY = -1
 _BUCKET_SQL = (f"CASE WHEN latency_ms IS NULL THEN {NO_LATENCY} "
                f"ELSE CAST(floor(ln(1 + greatest(latency_ms, 0)) / ln({BUCKET_RATIO})) AS INTEGER) END")
+_KEY = ("period_id", "version_id", "source", "latency_bucket")
 _SUMS = ("answers", "errors", "metric_errors", "scored", "quality_sum", "priced", "cost_sum", "valued", "net_sum")
 
 
@@ -35,8 +38,7 @@ def add_answers(db: duckdb.DuckDBPyConnection, period_id: int, relation: str, ne
     """Add (sign 1) or take away (sign −1) the answers of `relation`, which has scored answers' columns
     (version_id, source, status, labelled, metric_failed, quality, cost_usd, latency_ms, net)."""
     assignments = ", ".join(f"{name} = answer_stats.{name} + excluded.{name}" for name in _SUMS)
-    db.execute(f"""
-        INSERT INTO answer_stats
+    upsert(db, "answer_stats", _KEY, (*_KEY, *_SUMS), f"""
         SELECT {period_id}, version_id, source, {_BUCKET_SQL} AS latency_bucket,
                {sign} * count(*),
                {sign} * count(*) FILTER (WHERE status = 'error'),
@@ -44,9 +46,7 @@ def add_answers(db: duckdb.DuckDBPyConnection, period_id: int, relation: str, ne
                {sign} * count(quality), {sign} * coalesce(sum(quality), 0),
                {sign} * count(cost_usd), {sign} * coalesce(sum(cost_usd), 0),
                {sign} * count(net), {sign} * coalesce(sum(net), 0)
-        FROM {relation} GROUP BY ALL
-        ON CONFLICT DO UPDATE SET {assignments}
-    """)
+        FROM {relation} GROUP BY ALL""", update=assignments)
 
 
 def period_stats(db: duckdb.DuckDBPyConnection, period_id: int) -> dict[tuple[str, str], dict[str, Any]]:

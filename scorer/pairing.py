@@ -29,6 +29,7 @@ import duckdb
 import polars as pl
 
 from registry.db import registered
+from registry.keyed import upsert
 from scorer.answer_query import AnswerQuery
 from scorer.answerstats import add_answers
 from scorer.quality_metrics import sql_literal
@@ -57,6 +58,7 @@ _REPLAYED_COLUMNS = ("request_seq, version_id, source = 'control' AS control, st
 _REPLAYED_ANSWERS = ("request_seq, version_id, CASE WHEN control THEN 'control' ELSE 'shadow' END AS source, "
                      "CASE WHEN failed THEN 'error' ELSE 'ok' END AS status, labelled, metric_failed, quality, cost_usd, "
                      "latency_ms, net, received_at")
+_MOMENTS_KEY = ("period_id", "version_id", "measure")
 log = logging.getLogger("shadowzoo.scorer")
 
 
@@ -248,8 +250,8 @@ def merge_moments(db: duckdb.DuckDBPyConnection, period: Period, batch: Moments)
             for version_id, measures in batch.items() for measure, moments in measures.items()]
     if rows:
         with registered(db, "merged_moments", pl.DataFrame(rows).to_arrow()):
-            db.execute("INSERT OR REPLACE INTO pair_moments SELECT period_id, version_id, measure, n, mean, m2 "
-                       "FROM merged_moments")
+            upsert(db, "pair_moments", _MOMENTS_KEY, (*_MOMENTS_KEY, "n", "mean", "m2"),
+                   "SELECT period_id, version_id, measure, n, mean, m2 FROM merged_moments")
 
 
 def load_moments(db: duckdb.DuckDBPyConnection, period_id: int) -> Moments:
@@ -262,4 +264,5 @@ def load_moments(db: duckdb.DuckDBPyConnection, period_id: int) -> Moments:
 
 
 def save_watermark(db: duckdb.DuckDBPyConnection, period: Period, seq: int) -> None:
-    db.execute("INSERT OR REPLACE INTO scoring_watermarks VALUES (?, ?, ?)", [period.slot, period.period_id, seq])
+    upsert(db, "scoring_watermarks", ("slot",), ("slot", "period_id", "seq"), "SELECT ?::VARCHAR, ?::BIGINT, ?::BIGINT",
+           [period.slot, period.period_id, seq])

@@ -64,12 +64,14 @@ def current_period(db: duckdb.DuckDBPyConnection, slot: str, champion: str, cham
         reason = f"champion changed: {latest[2]} -> {champion}"
     else:
         reason, started_at = f"settings changed: {_changed_keys(db, latest[0], settings)}", utcnow()
-    row = db.execute(
-        "INSERT INTO evaluation_periods (slot, champion_version, settings_hash, settings_json, reason, started_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) RETURNING period_id, slot, champion_version, settings_hash, started_at, reason",
-        [slot, champion, settings_hash, json.dumps(settings), reason, started_at],
-    ).fetchone()
-    return Period(*row)
+    # the id is taken first: the lake takes no INSERT … RETURNING
+    period_id = db.execute("SELECT nextval('period_id')").fetchone()[0]
+    db.execute(
+        "INSERT INTO evaluation_periods (period_id, slot, champion_version, settings_hash, settings_json, reason, "
+        "started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [period_id, slot, champion, settings_hash, json.dumps(settings), reason, started_at],
+    )
+    return Period(period_id, slot, champion, settings_hash, started_at, reason)
 
 
 def _changed_keys(db: duckdb.DuckDBPyConnection, period_id: int, settings: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ import polars as pl
 
 from registry import ConfigError, Database, utcnow
 from registry.db import frame, registered
+from registry.keyed import insert_absent
 from registry.workspace_config import JsonValidMetric, Metric, PythonMetric
 from registry.entrypoints import load_entrypoint
 from scorer.answer_query import AnswerQuery
@@ -149,7 +150,8 @@ def store_values(database: Database, values: pl.DataFrame) -> None:
         return
     frame = values.with_columns(computed_at=pl.lit(utcnow())).to_arrow()
     with database.transaction() as db, registered(db, "new_metric_values", frame):
-        db.execute("INSERT INTO metric_values (request_id, version_id, metric_key, label_key, value, error, cost_usd, "
-                   "computed_at) SELECT request_id, version_id, metric_key, coalesce(label_key, ''), value, error, "
-                   "cost_usd, computed_at "
-                   "FROM new_metric_values ON CONFLICT DO NOTHING")
+        insert_absent(db, "metric_values", ("request_id", "version_id", "metric_key", "label_key"),
+                      ("request_id", "version_id", "metric_key", "label_key", "value", "error", "cost_usd",
+                       "computed_at", "seq"),
+                      "SELECT request_id, version_id, metric_key, coalesce(label_key, ''), value, error, cost_usd, "
+                      "computed_at, nextval('change_seq') FROM new_metric_values")

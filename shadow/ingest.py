@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from registry import Database, canonical_json, sha256_text, utcnow
 from registry.db import registered
+from registry.keyed import insert_absent, upsert
 from shadow.spool_records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
 from shadow.spool import CorruptSegment, RejectedLine, first_line, read_lines
 from shadow.spool_source import LocalSpool, ReadySegment, SegmentSource
@@ -345,25 +346,29 @@ def _commit(database: Database, source: SegmentSource, batch: _Batch) -> tuple[i
 
     A plain INSERT is tried first: into the keyed table it costs about 40 % less CPU than
     INSERT OR IGNORE (bench/ingest.py), and a backlog rarely holds a duplicate. On a key
-    conflict the transaction is rolled back and done again, ignoring duplicates.
+    conflict the transaction is rolled back and done again, ignoring duplicates. (On the
+    lake, which has no keys, duplicates are left out the first time: `registry.keyed`.)
     """
     now = utcnow()
     try:
-        return _append(database, source, batch, now, _APPEND_TRAFFIC.format(conflict=""))
+        return _append(database, source, batch, now, assume_new=True)
     except duckdb.ConstraintException:
-        return _append(database, source, batch, now, _APPEND_TRAFFIC.format(conflict="OR IGNORE"))
+        return _append(database, source, batch, now, assume_new=False)
 
 
 def _append(database: Database, source: SegmentSource, batch: _Batch, now: datetime,
-            append_traffic: str) -> tuple[int, int]:
+            assume_new: bool) -> tuple[int, int]:
     with database.transaction() as db:
-        traffic_rows = _changed(db, append_traffic, [now])
+        traffic_rows = insert_absent(db, "traffic", ("request_id",), _TRAFFIC_COLUMNS, _STAGED_TRAFFIC, [now],
+                                     assume_new=assume_new)
         with registered(db, "_spool_outcomes", _outcome_frame(db)):
-            outcome_rows = _changed(db, _APPEND_OUTCOMES)
+            outcome_rows = insert_absent(db, "outcomes", ("outcome_id",), _OUTCOME_COLUMNS, _STAGED_OUTCOMES)
         rows = [(source.key(path), records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None,
                  now) for path, records in batch.counts.items()]
         rows += [(source.key(path), 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]
-        db.executemany("INSERT OR REPLACE INTO spool_segments VALUES (?, ?, ?, ?, ?)", rows)
+        with registered(db, "_spool_ledger", pa.Table.from_pylist(
+                [dict(zip(_LEDGER_SCHEMA.names, row)) for row in rows], schema=_LEDGER_SCHEMA)):
+            upsert(db, "spool_segments", ("segment",), _LEDGER_SCHEMA.names, "SELECT * FROM _spool_ledger")
     return traffic_rows, outcome_rows
 
 
@@ -405,6 +410,10 @@ _STAGING_SCHEMA = pa.schema([
     ("latency_ms", pa.float64()),
     ("stream", pa.bool_()), ("partial", pa.bool_()), ("error", pa.string()), ("source", pa.string()),
     ("request_key", pa.string()), ("kind", pa.string()), ("value_json", pa.string()), ("tags_json", pa.string()),
+])
+_LEDGER_SCHEMA = pa.schema([
+    ("segment", pa.string()), ("records", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
+    ("ingested_at", pa.timestamp("us")),
 ])
 _OUTCOME_SCHEMA = pa.schema([
     ("outcome_id", pa.string()), ("request_key", pa.string()), ("kind", pa.string()),
@@ -488,7 +497,6 @@ _USAGE_TOKENS = ("json_extract_string(usage_json, ['$.prompt_tokens', '$.complet
 # request (strings only, within OpenAI's own bounds: a user of at most 256 characters, the
 # first 16 metadata entries with keys of at most 64 and values of at most 512), which win;
 # NULL when it has none. Slices filter on this column alone, never on the request bodies.
-# (No braces: `_APPEND_TRAFFIC` is formatted once more.)
 _DERIVED_TAGS = f"""map_concat(
     TRY_CAST(tags_json AS MAP(VARCHAR, VARCHAR)),
     CASE WHEN json_type(request_json, '$.user') = 'VARCHAR' AND length(request_json->>'$.user') <= {MAX_VALUE_CHARS}
@@ -501,26 +509,25 @@ _DERIVED_TAGS = f"""map_concat(
 # An observed exchange (posted to /v1/capture or loaded from a file) that names no version
 # is the answer of the slot's champion when it was received: the target of the slot's last
 # promotion or rollback at `received_at` (none before the first promotion).
-_APPEND_TRAFFIC = f"""
-INSERT {{conflict}} INTO traffic (
-    request_id, client_request_id, slot, received_at, request_json, champion_version, status, output, tool_calls_json,
-    prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms, stream, partial,
-    error, source, ingested_at, tags
+_TRAFFIC_COLUMNS = (
+    "request_id", "client_request_id", "slot", "received_at", "request_json", "champion_version", "status", "output",
+    "tool_calls_json", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_json",
+    "latency_ms", "stream", "partial", "error", "source", "ingested_at", "tags", "seq",
 )
+_STAGED_TRAFFIC = f"""
 SELECT
     request_id, client_request_id, slot, received_at, request_json,
     CASE WHEN champion_version IS NULL AND source <> 'gateway' THEN champion_then ELSE champion_version END,
     status, output, tool_calls_json, TRY_CAST(tokens[1] AS BIGINT), TRY_CAST(tokens[2] AS BIGINT),
     TRY_CAST(tokens[3] AS BIGINT),
-    TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?,
-    CASE WHEN cardinality(tags) > 0 THEN tags END
+    TRY_CAST(tokens[4] AS BIGINT), usage_json, latency_ms, stream, partial, error, source, ?::TIMESTAMP,
+    CASE WHEN cardinality(tags) > 0 THEN tags END, nextval('change_seq')
 FROM (SELECT *, {_USAGE_TOKENS} AS tokens, {_DERIVED_TAGS} AS tags FROM {STAGING} WHERE type = 'traffic') staged
 ASOF LEFT JOIN (
     SELECT slot AS champion_slot, moved_at, to_version AS champion_then
     FROM promotions WHERE action IN ('promote', 'rollback')
 ) moves ON staged.slot = moves.champion_slot AND staged.received_at >= moves.moved_at
 """
-_APPEND_OUTCOMES = """
-INSERT OR IGNORE INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at)
-SELECT outcome_id, request_key, NULL, kind, value_json, received_at FROM _spool_outcomes
-"""
+_OUTCOME_COLUMNS = ("outcome_id", "request_key", "request_id", "kind", "value_json", "received_at", "seq")
+_STAGED_OUTCOMES = ("SELECT outcome_id, request_key, NULL, kind, value_json, received_at, nextval('change_seq') "
+                    "FROM _spool_outcomes")

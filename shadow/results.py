@@ -1,6 +1,7 @@
 """The runner's results: one `shadow_results` row per (request, variant), written in batches.
 
-Rows are keyed (request_id, version_id) and inserted with INSERT OR IGNORE, so a crash
+Rows are keyed (request_id, version_id) and inserted only when their key is new
+(`registry.keyed`), so a crash
 loses at most the unwritten batch, which the next run simply does again, and nothing is
 ever written twice. A retried pair (`replay --retry-errors`) replaces its earlier row,
 unless that row is an answer by then or the retry was not made (paused, budget: the old
@@ -24,6 +25,7 @@ import polars as pl
 from registry import Database, utcnow
 from registry.db import registered
 from registry.evidence import forget_scored_evidence
+from registry.keyed import insert_absent, upsert
 from shadow.pricing import detail_tokens
 from shadow.toolcalls import ToolCall, tool_calls_json
 
@@ -47,8 +49,9 @@ RESULT_SCHEMA = {
     "finished_at": pl.Datetime("us"),
 }
 _RESULT_COLUMNS = ", ".join(RESULT_SCHEMA)
-_REPLACED_COLUMNS = ", ".join(f"{column} = excluded.{column}" for column in (*RESULT_SCHEMA, "seq")
-                              if column not in ("request_id", "version_id"))
+_RESULT_KEY = ("request_id", "version_id")
+_WRITTEN_COLUMNS = (*RESULT_SCHEMA, "seq")
+_WRITTEN_ROWS = f"SELECT {_RESULT_COLUMNS}, nextval('change_seq') FROM {{batch}}"
 
 Row = dict[str, Any]
 
@@ -155,8 +158,8 @@ class ResultWriter:
         with self._database.transaction() as connection:
             if len(fresh):
                 with registered(connection, "shadow_batch", fresh):
-                    connection.execute(f"INSERT OR IGNORE INTO shadow_results ({_RESULT_COLUMNS}) "
-                                       f"SELECT {_RESULT_COLUMNS} FROM shadow_batch")
+                    insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
+                                  _WRITTEN_ROWS.format(batch="shadow_batch"))
             if len(retried):
                 with registered(connection, "shadow_retried", retried):
                     _replace(connection)
@@ -168,10 +171,8 @@ def _replace(connection: duckdb.DuckDBPyConnection) -> None:
         "SELECT DISTINCT v.slot FROM shadow_retried r JOIN shadow_results s USING (request_id, version_id) "
         f"JOIN variants v USING (version_id) WHERE s.status = 'error' AND {_replaces('s', 'r')}").fetchall()]
     forget_scored_evidence(connection, scored)
-    connection.execute(
-        f"INSERT INTO shadow_results ({_RESULT_COLUMNS}, seq) SELECT {_RESULT_COLUMNS}, nextval('change_seq') "
-        f"FROM shadow_retried r ON CONFLICT (request_id, version_id) DO UPDATE SET {_REPLACED_COLUMNS} "
-        f"WHERE {_replaces('shadow_results', 'excluded')}")
+    upsert(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS, _WRITTEN_ROWS.format(batch="shadow_retried"),
+           when=_replaces("shadow_results", "excluded"))
 
 
 def replaces_earlier(row: Row) -> bool:

@@ -64,15 +64,17 @@ def edit_config(workspace_dir: Path, change: Callable[[dict], None]) -> None:
 
 
 def champion_workspace(directory: Path, simulator_url: str, gateway: dict | None = None,
-                       daemon: dict | None = None) -> Path:
+                       daemon: dict | None = None, settings: dict | None = None) -> Path:
     """The demo workspace on the simulator and free ports, its specs registered and `baseline`
-    the champion of support-triage; `gateway` and `daemon` update those config sections."""
+    the champion of support-triage; `gateway` and `daemon` update those config sections,
+    `settings` the top level (e.g. `backend`)."""
     workspace_dir = init_workspace(directory)
 
     def configure(config: dict) -> None:
         config["providers"]["sim"]["base_url"] = simulator_url
         config["gateway"].update(port=free_port(), **(gateway or {}))
         config["daemon"].update(admin_port=free_port(), **(daemon or {}))
+        config.update(settings or {})
 
     edit_config(workspace_dir, configure)
     workspace = load_workspace(workspace_dir)

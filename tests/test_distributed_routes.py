@@ -13,6 +13,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,12 @@ from ops.workspace_init import init_workspace
 from registry import Registry, RouteTable, load_workspace, read_routes
 from registry.distributed import connect_control
 from registry.published_routes import latest_published, publish_routes, route_followers
-from tests.engines import PostgresServer
+from tests.engines import PostgresServer, S3Server, distributed_section
 from tests.servers import GatewayProcess, edit_config, start_simulator, wait_until
 from zoo import load_zoo, register_specs
 
 SLOT = "support-triage"
-# A distributed gateway host needs the object store's credentials to start (its spool shipper
-# uses them); these tests have no object store, so the shipper only logs it unreachable.
-GATEWAY_ENV = {"SIM_API_KEY": "sim", "AWS_ACCESS_KEY_ID": "unused", "AWS_SECRET_ACCESS_KEY": "unused"}
+GATEWAY_ENV = {"SIM_API_KEY": "sim"}
 
 
 @dataclass
@@ -38,6 +37,8 @@ class Hosts:
     """The admin host (a registry and a gateway) and a second gateway host, on one control plane."""
 
     control: PostgresServer
+    object_store: S3Server
+    lake_extensions: Path
     admin: Path
     other: Path
     variants: dict[str, str]
@@ -53,10 +54,18 @@ def control() -> PostgresServer:
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory, control: PostgresServer) -> Hosts:
+def hosts(tmp_path_factory, control: PostgresServer, object_store: S3Server, lake_extensions: Path) -> Hosts:
+    with pytest.MonkeyPatch.context() as environment:
+        for name, value in object_store.credentials_env.items():  # the registry opens the lake in this process
+            environment.setenv(name, value)
+            GATEWAY_ENV[name] = value
+        yield from _hosts(tmp_path_factory, control, object_store, lake_extensions)
+
+
+def _hosts(tmp_path_factory, control: PostgresServer, object_store: S3Server, lake_extensions: Path) -> Iterator[Hosts]:
     simulator = start_simulator()
-    admin = _host(tmp_path_factory.mktemp("host-a"), "host-a", control, simulator.base_url)
-    other = _host(tmp_path_factory.mktemp("host-b"), "host-b", control, simulator.base_url)
+    admin = _host(tmp_path_factory.mktemp("host-a"), "host-a", control, simulator.base_url, object_store, lake_extensions)
+    other = _host(tmp_path_factory.mktemp("host-b"), "host-b", control, simulator.base_url, object_store, lake_extensions)
     workspace = load_workspace(admin)
     with Registry.open(workspace) as registry:
         zoo = load_zoo(workspace.specs_dir)
@@ -64,7 +73,7 @@ def hosts(tmp_path_factory, control: PostgresServer) -> Hosts:
                     for o in register_specs(zoo.specs, zoo, workspace, registry)}
         registry.promote(SLOT, variants["baseline"], "tester", "first", None)
     gateways = {ws: GatewayProcess(ws, env=GATEWAY_ENV) for ws in (admin, other)}
-    yield Hosts(control, admin, other, variants, gateways)
+    yield Hosts(control, object_store, lake_extensions, admin, other, variants, gateways)
     for gateway in gateways.values():
         gateway.stop()
     simulator.stop()
@@ -78,14 +87,15 @@ def up(hosts: Hosts) -> Hosts:
     return hosts
 
 
-def _host(directory: Path, name: str, control: PostgresServer, simulator_url: str) -> Path:
+def _host(directory: Path, name: str, control: PostgresServer, simulator_url: str, object_store: S3Server,
+          lake_extensions: Path) -> Path:
     """A gateway host's workspace: the demo on the simulator, on the distributed backend."""
     workspace_dir = init_workspace(directory)
 
     def configure(config: dict) -> None:
         config["providers"]["sim"]["base_url"] = simulator_url
         config["backend"] = "distributed"
-        config["distributed"] = {"postgres_url": control.url, "object_store": {"bucket": "unused"}, "host": name}
+        config["distributed"] = distributed_section(control, object_store, lake_extensions, host=name)
 
     edit_config(workspace_dir, configure)
     return workspace_dir
@@ -180,10 +190,9 @@ def test_gateways_serve_their_local_copy_while_postgres_is_down_and_follow_again
     restarted = up.gateways[up.other] = GatewayProcess(up.other, env=GATEWAY_ENV)
     assert _champion_served(restarted) == champion  # from the local copy: PostgreSQL is still down
     wait_until(lambda: "control plane unreachable" in restarted.output(), timeout_s=30)
-    shown = cli("status", cwd=up.admin)
-    assert shown.code == 0 and "gateway hosts' routes unknown: distributed.postgres_url: cannot connect" in shown.err
-    refused = cli("promote", SLOT, up.variants["careful-large"], "--force", "--reason", "drill", cwd=up.admin)
-    assert refused.code == 1 and "the routes were not published (distributed.postgres_url: cannot connect" in refused.err
+    for command in (("status",), ("promote", SLOT, up.variants["careful-large"], "--force", "--reason", "drill")):
+        refused = cli(*command, cwd=up.admin)  # the registry and the lake's catalog are in PostgreSQL too
+        assert refused.code == 1 and "distributed.postgres_url: cannot connect" in refused.err, command
 
     up.control.start()
     promoted = _promote(up, "flash")
@@ -194,7 +203,7 @@ def test_gateways_serve_their_local_copy_while_postgres_is_down_and_follow_again
 
 
 def test_a_new_gateway_host_is_ready_with_the_published_routes_it_never_had(up: Hosts, tmp_path: Path) -> None:
-    fresh = _host(tmp_path / "host-c", "host-c", up.control, "http://127.0.0.1:9/v1")
+    fresh = _host(tmp_path / "host-c", "host-c", up.control, "http://127.0.0.1:9/v1", up.object_store, up.lake_extensions)
     gateway = GatewayProcess(fresh, env=GATEWAY_ENV)
     try:
         with connect_control(load_workspace(fresh).config.distributed) as connection:
