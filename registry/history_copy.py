@@ -75,7 +75,7 @@ def copy_history(workspace: Workspace, dry_run: bool = False, force: bool = Fals
                  progress: Progress | None = None) -> list[TableCopy]:
     """Copy every table of the workspace's DuckDB file to the distributed backend it names, or
     (`dry_run`) say what would be copied, writing nothing; returns each table's part, in copy order."""
-    config = target_config(workspace)
+    config = _target(workspace)
     source = _migrated_source(workspace.db_path)
     if dry_run and not _has_schema(config):  # opening would create it: every table is to copy
         with _source_only(source) as db:
@@ -99,7 +99,7 @@ def copy_history(workspace: Workspace, dry_run: bool = False, force: bool = Fals
     return done
 
 
-def target_config(workspace: Workspace) -> DistributedConfig:
+def _target(workspace: Workspace) -> DistributedConfig:
     """The `distributed:` section naming the target, or an error saying it is needed."""
     if workspace.config.distributed is None:
         raise ConfigError(

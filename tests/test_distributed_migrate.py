@@ -4,13 +4,13 @@ duplicate, refusing what would lose or mix history."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
@@ -20,23 +20,9 @@ from registry.history_copy import copy_history
 from registry.planes import CONTROL_TABLES, LAKE_TABLES
 from scorer.leaderboard_model import Leaderboard
 from tests.clirun import SHADOWZOO, call_environment, run_in_process
-from tests.servers import champion_workspace, edit_config, start_simulator
-from tests.test_distributed_storage import SLOT, _evidence, _own_lake, _replay, _run
-
-@pytest.fixture(scope="module")
-def simulator():
-    handle = start_simulator(fast=True)
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def credentials(object_store) -> Iterator[None]:
-    """The object store's and the simulator's keys in the environment, as an operator sets them."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**object_store.credentials_env, "SIM_API_KEY": "sim"}.items():
-            patch.setenv(name, value)
-        yield
+from tests.servers import champion_workspace, edit_config
+# the simulator, and the object store's and simulator's keys in the environment: that module's fixtures
+from tests.test_distributed_storage import SLOT, _evidence, _own_lake, _replay, _run, credentials, simulator  # noqa: F401
 
 
 @dataclass
@@ -233,6 +219,22 @@ def test_migrate_refuses_while_another_process_holds_the_database(source, tmp_pa
         holder.wait(timeout=30)
     assert refused.code == 1
     assert f"is locked by process {holder.pid}" in refused.err and str(database) in refused.err
+
+
+def test_migrate_refuses_while_the_daemon_owns_the_workspace(source, tmp_path) -> None:
+    from ops.state import DaemonInfo, DaemonLock
+
+    workspace_dir = copy_of(source, tmp_path / "ws", {"postgres_url": "postgresql://nobody@127.0.0.1:1/none",
+                                                      "object_store": {"bucket": "unused"}})
+    lock = DaemonLock(load_workspace(workspace_dir))  # the claim a running daemon holds
+    lock.acquire()
+    try:
+        lock.publish(DaemonInfo(pid=os.getpid(), admin_url="http://127.0.0.1:1", metrics_url="", started_at="now"))
+        refused = run_in_process(("migrate", "--to", "distributed"), workspace_dir)
+    finally:
+        lock.release()
+    assert refused.code == 1
+    assert f"`shadowzoo daemon` (pid {os.getpid()}) is running" in refused.err and "shadowzoo stop" in refused.err
 
 
 def test_switch_sets_the_backend_and_keeps_the_files_comments(tmp_path) -> None:
