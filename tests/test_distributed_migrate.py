@@ -15,10 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from registry import Registry, load_workspace
+from registry import Registry, load_workspace, utcnow
 from registry.history_copy import copy_history
 from registry.planes import CONTROL_TABLES, LAKE_TABLES
 from scorer.leaderboard_model import Leaderboard
+from shadow.ingest import ingest_spool
+from shadow.spool import spool_dir, write_segment
+from shadow.spool_records import TrafficRecord
 from tests.clirun import SHADOWZOO, call_environment, run_in_process
 from tests.servers import champion_workspace, edit_config
 # the simulator, and the object store's and simulator's keys in the environment: that module's fixtures
@@ -113,8 +116,19 @@ def test_every_table_arrives_with_the_sources_rows_and_a_rerun_copies_nothing(mi
     assert "0 rows copied" in migrated["again"].out and "copy " not in migrated["again"].err
 
 
-def test_a_promotion_after_the_migration_continues_the_ids_and_periods(migrated) -> None:
+def test_new_history_after_the_migration_continues_the_ids_periods_and_change_counter(migrated) -> None:
     workspace_dir = migrated["dir"]
+    workspace = load_workspace(workspace_dir)
+    with Registry.open(workspace) as registry:
+        with registry.database.reading() as db:
+            highest_seq = db.execute("SELECT max(seq) FROM traffic").fetchone()[0]
+        record = TrafficRecord(request_id="after-migration", slot=SLOT, received_at=utcnow(), source="capture",
+                               status=200, request={"messages": [{"role": "user", "content": "hello"}]}, output="x")
+        spool = spool_dir(workspace.state_dir)
+        write_segment(spool, [record.model_dump_json().encode()])
+        assert ingest_spool(registry.database, spool).traffic_rows == 1
+        with registry.database.reading() as db:
+            assert db.execute("SELECT seq FROM traffic WHERE request_id = 'after-migration'").fetchone()[0] > highest_seq
     promoted = run_in_process(("promote", SLOT, "baseline", "--force", "--reason", "back"), workspace_dir)
     assert promoted.code == 0, promoted.err
     board = Leaderboard.model_validate(
