@@ -28,13 +28,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import duckdb
+
 from registry.db import Database
+from registry.distributed import connect_control
 from registry.errors import ConfigError, DatabaseError, ShadowzooError
 from registry.planes import Plane, plane_of
 
 if TYPE_CHECKING:
-    import duckdb
-
     from registry.workspace import Workspace
     from registry.workspace_config import DistributedConfig
 
@@ -120,8 +121,6 @@ def _migrated_source(path: Path) -> Path:
 
 def _has_schema(config: DistributedConfig) -> bool:
     """Whether the target's planes were created already (by an earlier open of the distributed backend)."""
-    from registry.distributed import connect_control
-
     with connect_control(config) as control:
         return control.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()[0]
 
@@ -129,8 +128,6 @@ def _has_schema(config: DistributedConfig) -> bool:
 @contextmanager
 def _source_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection seeing the source alone, for a dry run against a target not created yet."""
-    import duckdb
-
     db = duckdb.connect()
     try:
         _attach(db, path)
@@ -140,8 +137,6 @@ def _source_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _attach(db: duckdb.DuckDBPyConnection, path: Path) -> None:
-    import duckdb
-
     try:
         db.execute(f"ATTACH '{str(path).replace(chr(39), chr(39) * 2)}' AS {SOURCE} (READ_ONLY)")
     except duckdb.Error as exc:
@@ -217,8 +212,6 @@ def _copy(db: duckdb.DuckDBPyConnection, entry: TableCopy, index: int, total: in
 
 def _continue_control_sequences(config: DistributedConfig, tables: list[str]) -> None:
     """Set each PostgreSQL sequence a copied table's column takes by default past the column's highest value."""
-    from registry.distributed import connect_control
-
     with connect_control(config, autocommit=True) as control:
         defaults = control.execute(
             "SELECT table_name, column_name, column_default FROM information_schema.columns "
