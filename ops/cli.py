@@ -17,8 +17,8 @@ from typing import Annotated
 import typer
 
 from ops import (
-    cli_champion, cli_export, cli_ingest, cli_inspect, cli_scorer, cli_services, cli_shadow, cli_status, cli_train,
-    cli_variants, cli_zoo,
+    cli_champion, cli_export, cli_ingest, cli_inspect, cli_migrate, cli_scorer, cli_services, cli_shadow, cli_status,
+    cli_train, cli_variants, cli_zoo,
 )
 from ops.output import fail, say
 from ops.session import Session
@@ -45,7 +45,7 @@ for command in (
     cli_inspect.requests,
     cli_scorer.leaderboard, cli_scorer.report, cli_services.serve, cli_services.daemon, cli_services.gateway,
     cli_status.status, cli_status.stop, cli_services.sim, cli_shadow.replay, cli_shadow.pause, cli_shadow.resume,
-    cli_export.export,
+    cli_export.export, cli_migrate.migrate,
 ):
     app.command()(command)
 

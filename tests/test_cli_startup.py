@@ -49,6 +49,7 @@ HELP_COMMANDS = [
     [], ["--help"], ["leaderboard", "--help"], ["report", "--help"], ["replay", "--help"], ["export", "--help"],
     ["requests", "--help"], ["serve", "--help"], ["daemon", "--help"], ["zoo", "train", "--help"],
     ["zoo", "runs", "--help"], ["variants", "--help"], ["ingest", "traffic", "--help"], ["demo", "--help"],
+    ["migrate", "--help"],
 ]
 
 
