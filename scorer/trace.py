@@ -117,9 +117,9 @@ def trace_request(registry: Registry, key: str, slot: str | None = None) -> Requ
         prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
         query = AnswerQuery(slot=traffic["slot"], since=EPOCH, plan=plan_quality(config.metrics, f"slots.{traffic['slot']}.metrics"),
                             scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}")
-        with _skipping(db, SKIPPED_OPTIMIZERS):
+        with _tracing(db):
             scored = _scored(db, query, variant_prices(variants, prices), [m.key for m in config.metrics])
-        stored = _stored(db, traffic)
+            stored = _stored(db, traffic)
     answers = _answers(traffic, scored, stored.results, variants)
     for answer in answers:
         if answer.role == "challenger":
@@ -134,15 +134,18 @@ def trace_request(registry: Registry, key: str, slot: str | None = None) -> Requ
 
 
 @contextmanager
-def _skipping(db: duckdb.DuckDBPyConnection, optimizers: tuple[str, ...]) -> Iterator[None]:
-    """The connection with `optimizers` disabled as well, restored afterwards (the caller
-    holds the database's lock, so no other query runs without them)."""
-    previous = db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
-    db.execute(f"SET disabled_optimizers = {sql_literal(','.join(filter(None, [previous, *optimizers])))}")
+def _tracing(db: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The connection on one thread, with `SKIPPED_OPTIMIZERS` disabled as well, both restored
+    afterwards (the caller holds the database's lock, so no other query runs meanwhile). A
+    trace's queries read a few rows each: a second thread only hands them back and forth,
+    which on a busy machine costs more than the reading (each switch waits for the scheduler)."""
+    threads, previous = db.execute("SELECT current_setting('threads'), current_setting('disabled_optimizers')").fetchone()
+    skipped = ",".join(filter(None, [previous, *SKIPPED_OPTIMIZERS]))
+    db.execute(f"SET threads = 1; SET disabled_optimizers = {sql_literal(skipped)}")
     try:
         yield
     finally:
-        db.execute(f"SET disabled_optimizers = {sql_literal(previous)}")
+        db.execute(f"SET threads = {int(threads)}; SET disabled_optimizers = {sql_literal(previous)}")
 
 
 def _find(db: duckdb.DuckDBPyConnection, key: str, slot: str | None) -> dict[str, Any]:
@@ -241,21 +244,23 @@ class _Stored:
 
 
 def _stored(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> _Stored:
-    """The request's stored rows besides its answers, in one query: a round trip costs about
-    as much as reading any of them."""
+    """The request's stored rows besides its answers, in one query (a round trip costs about
+    as much as reading any of them): one aggregate row from each table, joined, rather than
+    scalar subqueries, which DuckDB checks for a second row with a hash aggregate each."""
     seq, slot = int(traffic["seq"]), sql_literal(traffic["slot"])
     received = sql_literal(traffic["received_at"].isoformat(sep=" "))
     row = _rows(db, f"""
-        SELECT (SELECT list({{'version_id': version_id, 'role': role, 'status': status, 'error': error}} ORDER BY version_id)
-                FROM shadow_results WHERE request_seq = {seq}) AS results,
-               (SELECT list({{'period_id': period_id, 'version_id': version_id, 'd_net': d_net, 'd_quality': d_quality,
-                             'd_cost': d_cost}} ORDER BY period_id) FROM paired WHERE request_seq = {seq}) AS pairs,
-               (SELECT list({{'kind': kind, 'value_json': value_json, 'received_at': received_at}} ORDER BY received_at, seq)
-                FROM outcomes WHERE request_seq = {seq}) AS outcomes,
-               (SELECT {{'period_id': period_id, 'champion_version': champion_version, 'started_at': started_at,
-                        'reason': reason}} FROM evaluation_periods
-                WHERE slot = {slot} AND started_at <= TIMESTAMP {received} ORDER BY period_id DESC LIMIT 1) AS period,
-               (SELECT [period_id, seq] FROM scoring_watermarks WHERE slot = {slot}) AS watermark""", [])[0]
+        SELECT * FROM
+            (SELECT list({{'version_id': version_id, 'role': role, 'status': status, 'error': error}} ORDER BY version_id)
+                    AS results FROM shadow_results WHERE request_seq = {seq}),
+            (SELECT list({{'period_id': period_id, 'version_id': version_id, 'd_net': d_net, 'd_quality': d_quality,
+                          'd_cost': d_cost}} ORDER BY period_id) AS pairs FROM paired WHERE request_seq = {seq}),
+            (SELECT list({{'kind': kind, 'value_json': value_json, 'received_at': received_at}} ORDER BY received_at, seq)
+                    AS outcomes FROM outcomes WHERE request_seq = {seq}),
+            (SELECT arg_max({{'period_id': period_id, 'champion_version': champion_version, 'started_at': started_at,
+                             'reason': reason}}, period_id) AS period
+             FROM evaluation_periods WHERE slot = {slot} AND started_at <= TIMESTAMP {received}),
+            (SELECT any_value([period_id, seq]) AS watermark FROM scoring_watermarks WHERE slot = {slot})""", [])[0]
     return _Stored(results=row["results"] or [], pairs={pair["version_id"]: pair for pair in row["pairs"] or []},
                    outcomes=row["outcomes"] or [], period=PeriodTrace(**row["period"]) if row["period"] else None,
                    watermark=tuple(row["watermark"]) if row["watermark"] else None)

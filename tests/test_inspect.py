@@ -107,18 +107,20 @@ def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_ans
     assert text.code == 0 and "waits for the request's label" in text.out and ids["cheap-mini"] in text.out
 
 
-def test_a_trace_leaves_the_databases_optimizer_settings_as_it_found_them(workspace_dir, ids) -> None:
+def test_a_trace_leaves_the_databases_threads_and_optimizer_settings_as_it_found_them(workspace_dir, ids) -> None:
     operations = _local(workspace_dir)
     with operations.registry as registry:
         with registry.database.reading() as db:
-            db.execute("SET disabled_optimizers = 'join_order'")
+            db.execute("SET disabled_optimizers = 'join_order'; SET threads = 3")
         before = operations.trace("r-right").model_dump(mode="json")
         with registry.database.reading() as db:
-            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == "join_order"
-            db.execute("RESET disabled_optimizers")
+            assert db.execute("SELECT current_setting('disabled_optimizers'), current_setting('threads')").fetchone() \
+                == ("join_order", 3)
+            db.execute("RESET disabled_optimizers; SET threads = 2")
         assert operations.trace("r-right").model_dump(mode="json") == before
         with registry.database.reading() as db:
-            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
+            assert db.execute("SELECT current_setting('disabled_optimizers'), current_setting('threads')").fetchone() \
+                == ("", 2)
 
 
 def test_an_unknown_request_or_a_foreign_cursor_fails_with_a_message_naming_it(cli, ids) -> None:
