@@ -77,8 +77,9 @@ class AnswerQuery:
 
     def sql(self) -> str:
         """Every answer, scored: the champion's live ones, then the replayed ones (with the
-        champion's scores of the same request). Over the registered `variant_prices` relation;
-        parameters are inlined as literals."""
+        champion's scores of the same request). Over a relation named `variant_prices` (an
+        Arrow table registered under that name, or a CTE of `variant_prices_sql`); parameters
+        are inlined as literals."""
         return (f"WITH live AS MATERIALIZED ({self.live_sql()}) "
                 f"SELECT * FROM live WHERE known_variant UNION ALL BY NAME SELECT * FROM ({self.replayed_sql('live')})")
 

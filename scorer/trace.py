@@ -30,9 +30,9 @@ from shadow.pricing import effective_prices
 EPOCH = datetime(1970, 1, 1)
 SKIPPED_OPTIMIZERS = ("common_subexpressions",)
 """DuckDB optimizer passes a trace's scoring query goes without: on one request's rows it
-saves nothing, while over the scoring SQL's metric expressions it takes about 13 ms, most of
-the optimizer's time (the pushdown of the request's seq into every scan, which does matter,
-stays on)."""
+saves nothing, while over the scoring SQL's metric expressions it took about 13 ms on DuckDB
+2.0 and takes about 1 ms of the query's 14 ms of CPU on 1.5 (the pushdown of the request's
+seq into every scan, which does matter, stays on)."""
 _TRAFFIC = ("seq, request_id, client_request_id, slot, received_at, request_json, champion_version, source, status, "
             "error")
 
