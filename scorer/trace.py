@@ -110,16 +110,15 @@ class RequestTrace(BaseModel):
 
 def trace_request(registry: Registry, key: str, slot: str | None = None) -> RequestTrace:
     """The trace of the request whose id (or client request id, within `slot` when given) is `key`."""
-    with registry.database.reading() as db:
+    with registry.database.reading() as db, _tracing(db):
         traffic = _find(db, key, slot)
         config = registry.workspace.slot(traffic["slot"])
         variants = registry.variants(slot=traffic["slot"])
         prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
         query = AnswerQuery(slot=traffic["slot"], since=EPOCH, plan=plan_quality(config.metrics, f"slots.{traffic['slot']}.metrics"),
                             scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}")
-        with _tracing(db):
-            scored = _scored(db, query, variant_prices(variants, prices), [m.key for m in config.metrics])
-            stored = _stored(db, traffic)
+        scored = _scored(db, query, variant_prices(variants, prices), [m.key for m in config.metrics])
+        stored = _stored(db, traffic)
     answers = _answers(traffic, scored, stored.results, variants)
     for answer in answers:
         if answer.role == "challenger":
