@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -125,7 +126,7 @@ def generate(registry: Registry, champion: str, challengers: list[str], start: i
             _replay(db, requests, challengers, shape, f"seq BETWEEN {batch} AND {batch + RUNNER_BATCH - 1}")
 
 
-def _replay(db, requests: str, challengers: list[str], shape: str, condition: str) -> None:
+def _replay(db: duckdb.DuckDBPyConnection, requests: str, challengers: list[str], shape: str, condition: str) -> None:
     """Every challenger's answer to the requests meeting `condition`, written request by request."""
     variants = ", ".join(f"('{version}', {11 + index}, {60 + 5 * index})" for index, version in enumerate(challengers))
     output, usage, details = answer_sql(shape, "c.k", "c.accuracy")
