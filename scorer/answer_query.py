@@ -27,6 +27,7 @@ PRICE_COLUMNS = {
     "version_id": pl.Utf8, "input_price": pl.Float64, "output_price": pl.Float64, "cache_price": pl.Float64,
     "reasoning_price": pl.Float64, "call_price": pl.Float64, "priced": pl.Boolean,
 }
+_SQL_TYPES = {pl.Utf8: "VARCHAR", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN"}
 
 
 def variant_prices(variants: list[Variant], prices: dict[str, Price]) -> pl.DataFrame:
@@ -44,6 +45,18 @@ def variant_prices(variants: list[Variant], prices: dict[str, Price]) -> pl.Data
                        reasoning_price=price.output_cost_per_reasoning_token, priced=True)
         rows.append(row)
     return pl.DataFrame(rows, schema=PRICE_COLUMNS)
+
+
+def variant_prices_sql(prices: pl.DataFrame) -> str:
+    """The `variant_prices` relation as a query of literals (each value written as text and
+    cast back to its column's type, so a float is the frame's own). A query over a handful
+    of answers, a trace, plans these few rows faster than it registers an Arrow table."""
+    types = [_SQL_TYPES[dtype] for dtype in PRICE_COLUMNS.values()]
+    rows = [", ".join(f"CAST({'NULL' if value is None else sql_literal(str(value))} AS {type_})"
+                      for value, type_ in zip(row, types)) for row in prices.iter_rows()]
+    nothing = ", ".join(f"CAST(NULL AS {type_})" for type_ in types)
+    values = ", ".join(f"({row})" for row in rows or [nothing])
+    return f"SELECT * FROM (VALUES {values}) AS prices({', '.join(PRICE_COLUMNS)})" + ("" if rows else " WHERE false")
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,9 @@ class AnswerQuery:
 
     def sql(self) -> str:
         """Every answer, scored: the champion's live ones, then the replayed ones (with the
-        champion's scores of the same request). Over the registered `variant_prices` relation;
-        parameters are inlined as literals."""
+        champion's scores of the same request). Over a relation named `variant_prices` (an
+        Arrow table registered under that name, or a CTE of `variant_prices_sql`); parameters
+        are inlined as literals."""
         return (f"WITH live AS MATERIALIZED ({self.live_sql()}) "
                 f"SELECT * FROM live WHERE known_variant UNION ALL BY NAME SELECT * FROM ({self.replayed_sql('live')})")
 
