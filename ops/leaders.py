@@ -60,7 +60,11 @@ class ElectedJobs:
         counts as not leading."""
         import psycopg
 
-        return psycopg.connect(self.config.postgres_url, connect_timeout=5, **options)
+        from registry.control_plane import migrate_control
+
+        connection = psycopg.connect(self.config.postgres_url, connect_timeout=5, **options)
+        migrate_control(connection)  # the leadership table, should this daemon be the first to use it
+        return connection
 
 
 def job_leaders(backend: str, config: DistributedConfig | None) -> EveryJob | ElectedJobs:
