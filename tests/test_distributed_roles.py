@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from registry import Registry, load_workspace
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
 from shadow.spool_records import TrafficRecord
-from shadow.spool_source import LeasedSpool, leased_spool
+from shadow.spool_source import LeasedSpool, leased_spool, object_store_spool
+from tests.conftest import SHADOWZOO
 from tests.engines import distributed_section
-from tests.servers import edit_config, wait_until
+from tests.servers import ADMIN_TOKEN, edit_config, free_port, wait_until
 from zoo import load_zoo, register_specs
 
 SLOT = "support-triage"
@@ -51,14 +53,14 @@ def credentials(object_store):
         yield object_store.credentials_env
 
 
-@pytest.fixture(scope="module")
-def lake_registry(tmp_path_factory, postgres, object_store, lake_extensions, credentials):
-    """A distributed workspace with the demo's specs registered and a champion, its registry open."""
-    workspace_dir = init_workspace(tmp_path_factory.mktemp("roles") / "ws")
+def _champion_workspace(directory: Path, postgres, object_store, lake_extensions, host: str) -> Path:
+    """A distributed workspace (gateway host `host`) with the demo's specs registered and a champion."""
+    workspace_dir = init_workspace(directory)
 
     def configure(config: dict) -> None:
         config["backend"] = "distributed"
-        config["distributed"] = distributed_section(postgres, object_store, lake_extensions, host="roles-a")
+        config["distributed"] = distributed_section(postgres, object_store, lake_extensions, host=host)
+        config["daemon"]["admin_port"] = free_port()
 
     edit_config(workspace_dir, configure)
     workspace = load_workspace(workspace_dir)
@@ -67,6 +69,47 @@ def lake_registry(tmp_path_factory, postgres, object_store, lake_extensions, cre
         variants = {o.spec_file.spec.name: o.registration.variant.version_id
                     for o in register_specs(zoo.specs, zoo, workspace, registry)}
         registry.promote(SLOT, variants["baseline"], "tester", "first", None)
+    return workspace_dir
+
+
+@pytest.mark.slow
+def test_a_daemon_with_the_scorer_and_admin_roles_scores_and_leaves_the_spool_to_ingest_workers(
+    tmp_path: Path, postgres, object_store, lake_extensions, credentials, cli
+) -> None:
+    workspace_dir = _champion_workspace(tmp_path / "distributed", postgres, object_store, lake_extensions, "roles-serve")
+    settings = load_workspace(workspace_dir).config.distributed
+    store = object_store_spool(settings, tmp_path / "inbox")
+    shipped = f"{settings.spool_prefix}roles-serve/0000000000001-7-00000000.jsonl"
+    store.client.put_object(Bucket=store.bucket, Key=shipped, Body=_traffic("roles-serve-1") + b"\n")
+    env = {"SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN}
+    with (tmp_path / "serve.log").open("wb") as log:
+        serve = subprocess.Popen([str(SHADOWZOO), "serve", "--role", "scorer", "--role", "admin"], cwd=workspace_dir,
+                                 env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def scored() -> dict | None:
+            result = cli("status", "--json", cwd=workspace_dir, env=env)
+            return result.json() if result.code == 0 and "score" in result.json().get("last_runs", {}) else None
+
+        published = load_workspace(workspace_dir).state_dir / "daemon.json"  # before that, status would open the lake here
+        wait_until(lambda: serve.poll() is not None or published.exists(), timeout_s=60)
+        status = wait_until(lambda: serve.poll() is not None or scored(), timeout_s=60, interval_s=0.5)
+        assert serve.poll() is None, (tmp_path / "serve.log").read_text(errors="replace")
+        assert status["roles"] == "scorer,admin"
+        assert {"score", "watch", "retention"} <= set(status["last_runs"]) and "ingest" not in status["last_runs"]
+        assert [segment.key for segment in store.ready()] == ["roles-serve/0000000000001-7-00000000.jsonl"]
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(60)
+        store.client.delete_object(Bucket=store.bucket, Key=shipped)
+    assert serve.returncode == 0, (tmp_path / "serve.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def lake_registry(tmp_path_factory, postgres, object_store, lake_extensions, credentials):
+    """A distributed workspace with a champion, its registry open (it holds the lake for the module's later tests)."""
+    workspace_dir = _champion_workspace(tmp_path_factory.mktemp("roles") / "ws", postgres, object_store,
+                                        lake_extensions, "roles-a")
+    with Registry.open(load_workspace(workspace_dir)) as registry:
         yield registry
 
 
