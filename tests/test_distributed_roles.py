@@ -17,7 +17,6 @@ from ops.leaders import ElectedJobs
 from ops.operations import LocalOperations
 from ops.prometheus_metrics import DaemonMetrics
 from ops.tasks import TaskContext, score
-from ops.workspace_init import init_workspace
 from registry import Registry, load_workspace
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
@@ -25,10 +24,11 @@ from shadow.spool_records import TrafficRecord
 from shadow.spool_source import LeasedSpool, leased_spool, object_store_spool
 from tests.conftest import SHADOWZOO
 from tests.engines import distributed_section
-from tests.servers import ADMIN_TOKEN, edit_config, free_port, wait_until
-from zoo import load_zoo, register_specs
+from tests.servers import ADMIN_TOKEN, champion_workspace, wait_until
 
 SLOT = "support-triage"
+NO_UPSTREAM = "http://127.0.0.1:9/v1"
+"""The providers' address: nothing these tests run calls a provider."""
 QUESTION = [{"role": "user", "content": "My invoice shows a double charge this month."}]
 
 
@@ -53,30 +53,20 @@ def credentials(object_store):
         yield object_store.credentials_env
 
 
-def _champion_workspace(directory: Path, postgres, object_store, lake_extensions, host: str) -> Path:
-    """A distributed workspace (gateway host `host`) with the demo's specs registered and a champion."""
-    workspace_dir = init_workspace(directory)
-
-    def configure(config: dict) -> None:
-        config["backend"] = "distributed"
-        config["distributed"] = distributed_section(postgres, object_store, lake_extensions, host=host)
-        config["daemon"]["admin_port"] = free_port()
-
-    edit_config(workspace_dir, configure)
-    workspace = load_workspace(workspace_dir)
-    with Registry.open(workspace) as registry:
-        zoo = load_zoo(workspace.specs_dir)
-        variants = {o.spec_file.spec.name: o.registration.variant.version_id
-                    for o in register_specs(zoo.specs, zoo, workspace, registry)}
-        registry.promote(SLOT, variants["baseline"], "tester", "first", None)
-    return workspace_dir
+@pytest.fixture(scope="module")
+def lake_workspace(tmp_path_factory, postgres, object_store, lake_extensions, credentials) -> Path:
+    """The module's distributed workspace, the demo's specs registered and a champion (the registry
+    is in PostgreSQL: one per module)."""
+    return champion_workspace(tmp_path_factory.mktemp("roles") / "ws", NO_UPSTREAM, settings={
+        "backend": "distributed",
+        "distributed": distributed_section(postgres, object_store, lake_extensions, host="roles-a")})
 
 
 @pytest.mark.slow
 def test_a_daemon_with_the_scorer_and_admin_roles_scores_and_leaves_the_spool_to_ingest_workers(
-    tmp_path: Path, postgres, object_store, lake_extensions, credentials, cli
+    tmp_path: Path, lake_workspace: Path, cli
 ) -> None:
-    workspace_dir = _champion_workspace(tmp_path / "distributed", postgres, object_store, lake_extensions, "roles-serve")
+    workspace_dir = lake_workspace
     settings = load_workspace(workspace_dir).config.distributed
     store = object_store_spool(settings, tmp_path / "inbox")
     shipped = f"{settings.spool_prefix}roles-serve/0000000000001-7-00000000.jsonl"
@@ -105,11 +95,9 @@ def test_a_daemon_with_the_scorer_and_admin_roles_scores_and_leaves_the_spool_to
 
 
 @pytest.fixture(scope="module")
-def lake_registry(tmp_path_factory, postgres, object_store, lake_extensions, credentials):
-    """A distributed workspace with a champion, its registry open (it holds the lake for the module's later tests)."""
-    workspace_dir = _champion_workspace(tmp_path_factory.mktemp("roles") / "ws", postgres, object_store,
-                                        lake_extensions, "roles-a")
-    with Registry.open(load_workspace(workspace_dir)) as registry:
+def lake_registry(lake_workspace: Path):
+    """The module's workspace's registry, open (it holds the lake for the module's later tests)."""
+    with Registry.open(load_workspace(lake_workspace)) as registry:
         yield registry
 
 
