@@ -213,3 +213,25 @@ def test_two_ingest_workers_over_two_gateway_hosts_store_every_capture_exactly_o
         stored = db.execute("SELECT request_id FROM traffic WHERE request_id LIKE 'gw-%'").fetchall()
     assert sorted(row[0] for row in stored) == sorted(captured)
     assert workers[0].store.ready() == []
+
+
+def test_the_segments_of_an_ingest_worker_that_died_holding_them_are_stored_once_by_another(
+    lake_registry: Registry, tmp_path: Path
+) -> None:
+    settings = lake_registry.workspace.config.distributed
+    dead, alive = (leased_spool(settings, tmp_path / name, holder=name, ttl_s=1) for name in ("dies", "lives"))
+    captured = _ship(dead, "gw-dead", 2, 2)
+    assert len(dead.claim(dead.ready())) == 2
+    dead.leases.connection.close()  # it dies: nothing is released, its leases run out
+
+    def stored() -> list[str]:
+        ingest_from(lake_registry.database, alive)  # nothing to take until the dead worker's leases expire
+        with lake_registry.database.reading() as db:
+            return sorted(row[0] for row in db.execute(
+                "SELECT request_id FROM traffic WHERE request_id LIKE 'gw-dead-%'").fetchall())
+
+    try:
+        wait_until(lambda: stored() == sorted(captured), timeout_s=30, interval_s=0.5)
+        assert stored() == sorted(captured) and alive.store.ready() == []  # once each, and nothing left behind
+    finally:
+        alive.close()
