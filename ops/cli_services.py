@@ -83,7 +83,7 @@ def serve(
     daemon_cpus: Annotated[str | None, typer.Option(
         "--daemon-cpus", help="CPUs the daemon (shadow calls, scoring) runs on, e.g. 1 (default: all).")] = None,
     role: Annotated[list[str] | None, typer.Option(
-        "--role", help=f"Run only these roles ({', '.join(ROLES)}; repeat or comma-separate; default: all).")] = None,
+        "--role", metavar="ROLE", help=f"Run only these roles ({', '.join(ROLES)}; repeat or comma-separate; default: all).")] = None,
 ) -> None:
     """Run shadowzoo as a service: gateway workers and the daemon, each restarted if it dies.
 
@@ -92,11 +92,11 @@ def serve(
     (they flush their captures), then the daemon (it ingests them); `shadowzoo stop` sends
     it. SIGHUP, or editing shadowzoo.yaml, reloads the config (see `status`).
     --gateway-cpus and --daemon-cpus keep the shadow side off the champion's cores.
-    --role runs only some of shadowzoo's parts here (see README, "Roles"); on the embedded
-    backend only everything, `gateway` alone, or the daemon's roles together.
+    --role runs only some of shadowzoo's parts here, e.g. `--role ingest,scorer` on one host
+    of a distributed deployment (see README, "Roles"); the embedded backend runs everything,
+    `gateway` alone, or the daemon's roles together.
 
     Example: shadowzoo serve --workers 2 --gateway-cpus 0 --daemon-cpus 1   (with SHADOWZOO_ADMIN_TOKEN set)
-    Example: shadowzoo serve --role ingest,scorer   (backend: distributed)
     """
     workspace = session(ctx).workspace()
     roles = parse_roles(role)
