@@ -163,11 +163,13 @@ class Daemon:
         scheduler = self._scheduler(registry)
         scheduler.start()
         shadow = asyncio.create_task(self._supervise_runner(registry)) if RUNNER in self.roles else None
-        others = asyncio.create_task(self._serve_jobs()) if ADMIN in self.roles else None
+        others = [asyncio.create_task(self._serve_jobs())] if ADMIN in self.roles else []
+        if ADMIN in self.roles and shadow is None:
+            others.append(asyncio.create_task(self._refuse_replays()))
         await self.stopping.wait()
         scheduler.shutdown(wait=False)
-        if others is not None:
-            others.cancel()
+        for task in others:
+            task.cancel()
         if shadow is not None:
             try:
                 await asyncio.wait_for(shadow, self.config.shutdown_grace_s)
@@ -274,6 +276,13 @@ class Daemon:
                                                    job.report))
             except Exception as exc:  # noqa: BLE001 - the job fails, the daemon goes on
                 job.finish(error=exc)
+
+    async def _refuse_replays(self) -> None:
+        """Without the `runner` role nothing here replays: a replay asked of this admin API fails at once, saying so."""
+        while True:
+            job = await self.jobs.replays.get()
+            job.finish(error=ShadowzooError(f"this daemon's roles are {describe(self.roles)}, without runner: "
+                                            "ask a daemon with the runner role to replay"))
 
     def status(self) -> dict:
         """What `shadowzoo status` shows (runs in a worker thread)."""

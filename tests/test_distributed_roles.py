@@ -87,6 +87,8 @@ def test_a_daemon_with_the_scorer_and_admin_roles_scores_and_leaves_the_spool_to
         assert status["roles"] == "scorer,admin"
         assert {"score", "watch", "retention"} <= set(status["last_runs"]) and "ingest" not in status["last_runs"]
         assert [segment.key for segment in store.ready()] == ["roles-serve/0000000000001-7-00000000.jsonl"]
+        replay = cli("replay", "--slot", SLOT, cwd=workspace_dir, env=env)  # nothing here runs shadow calls
+        assert replay.code == 1 and "without runner" in replay.err, replay
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(60)
