@@ -84,7 +84,8 @@ def _print_report(report: dict[str, Any]) -> None:
     if report.get("pid") is None:
         print_fields("daemon", [("state", "not running: stored state from the database"), ("database", report["database"])])
     else:
-        print_fields("daemon", [("state", "running"), ("pid", report["pid"]), ("up", _duration(report["uptime_s"]))])
+        print_fields("daemon", [("state", "running"), ("pid", report["pid"]), ("up", _duration(report["uptime_s"])),
+                                ("roles", report.get("roles", ""))])
         _print_config(report["config"])
     say("")
     print_fields("spool and queue", [

@@ -107,9 +107,10 @@ def ingest_from(
     handled = 0
     for batch in _batches(segments, batch_bytes):
         paths = source.claim(batch)
-        with database.lock:
-            _ingest_guarded(database, source, paths, report)
-            report.joined_outcomes += join_outcomes(database)
+        if paths:  # none when another worker holds (or has finished) them all
+            with database.lock:
+                _ingest_guarded(database, source, paths, report)
+                report.joined_outcomes += join_outcomes(database)
         handled += len(batch)
         if progress is not None:
             progress(handled, len(segments))
