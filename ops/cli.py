@@ -3,9 +3,12 @@
 Exit codes: 0 on success, 1 on failure (the message says what and why), 2 on a usage
 error. No command prints a traceback for bad input; set SHADOWZOO_DEBUG=1 to see one for
 an unexpected failure.
-"""
 
-from __future__ import annotations
+The command modules (`ops/cli*.py`) do not postpone annotations (no `from __future__ import
+annotations`): typer reads every command's parameters each time it builds the command tree,
+on every run, and evaluating them from strings was most of that cost. A name imported only
+for type checking is quoted where a helper's annotation uses it.
+"""
 
 import inspect
 import os

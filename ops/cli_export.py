@@ -5,8 +5,6 @@ daemon runs, the same operation is a daemon job that writes the file, only insid
 workspace (the daemon writes nowhere else), and the command follows its progress.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,7 +62,7 @@ def export(
             f"({summary.format}, {summary.bytes:,} bytes)")
 
 
-def _options(**fields: object) -> ExportOptions:
+def _options(**fields: object) -> "ExportOptions":
     """The options, or a usage error naming the option at fault."""
     from pydantic import ValidationError
 
@@ -80,7 +78,7 @@ def _options(**fields: object) -> ExportOptions:
 
 
 @contextmanager
-def _progress_bar(show: bool) -> Iterator[Callable[[ExportProgress], None]]:
+def _progress_bar(show: bool) -> "Iterator[Callable[[ExportProgress], None]]":
     """A bar of requests exported / all, with the rows so far (a no-op when hidden)."""
     if not show:
         yield lambda progress: None

@@ -5,8 +5,6 @@ The file's records go into the spool as segments, exactly as captures do; then t
 when none runs) and the command prints what it did, the same either way.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -70,7 +68,7 @@ def outcomes(ctx: typer.Context, file: FileArgument, as_json: JsonOption = False
     _load(ctx, file, lambda progress: read_outcome_log(file, progress=progress), as_json)
 
 
-def _load(ctx: typer.Context, file: Path, read: Reader, as_json: bool) -> None:
+def _load(ctx: typer.Context, file: Path, read: "Reader", as_json: bool) -> None:
     """Spool the file's records (all or none), ingest the spool, and say what happened."""
     from shadow.logfile import spool_records
     from shadow.redaction import Redactor
@@ -103,7 +101,7 @@ def _progress() -> Progress:
     )
 
 
-def _summary(report: IngestReport) -> str:
+def _summary(report: "IngestReport") -> str:
     return (
         f"ingested {report.segments} segment(s): {report.traffic_rows} traffic row(s), "
         f"{report.outcome_rows} outcome row(s), {report.duplicates} duplicate(s) ignored, "

@@ -4,8 +4,6 @@ The servers' modules (aiohttp, the daemon, the providers) are imported by the co
 that starts them, so `shadowzoo --help` does not load them.
 """
 
-from __future__ import annotations
-
 import os
 import socket
 from datetime import UTC, datetime

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+
+from ops.cli import app
 
 HEAVY = ("scipy", "polars", "numpy", "pyarrow", "openai", "aiohttp", "apscheduler", "prometheus_client", "jsonschema",
          "scorer.sequential", "scorer.service", "shadow.runner", "ops.daemon")
@@ -62,3 +65,17 @@ def test_listing_variants_loads_no_heavy_library(cli, workspace_dir: Path) -> No
     modules = imported_after([["variants", "list"], ["variants", "list", "--json"]], workspace_dir)
     assert "duckdb" in modules  # it did read the registry
     assert loaded(modules, HEAVY) == []
+
+
+def _callbacks(group: typer.Typer):
+    if group.registered_callback is not None:
+        yield group.registered_callback.callback
+    yield from (command.callback for command in group.registered_commands)
+    for sub in group.registered_groups:
+        yield from _callbacks(sub.typer_instance)
+
+
+def test_no_command_leaves_typer_annotations_to_evaluate_from_strings_on_every_run() -> None:
+    postponed = [f"{callback.__module__}.{callback.__qualname__}: {name}" for callback in _callbacks(app)
+                 for name, annotation in callback.__annotations__.items() if isinstance(annotation, str)]
+    assert postponed == []
