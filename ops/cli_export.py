@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.cli_options import since_option, version_id as named_version
 from ops.output import console, print_json, say
@@ -83,6 +82,8 @@ def _progress_bar(show: bool) -> "Iterator[Callable[[ExportProgress], None]]":
     if not show:
         yield lambda progress: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("requests, {task.fields[rows]} rows"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from ops.output import error_console, print_json, say, warn
 from ops.session import session
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from shadow.ingest import IngestReport
     from shadow.logfile import LineProgress
     from shadow.spool_records import SpoolRecord
@@ -93,8 +94,10 @@ def _load(ctx: typer.Context, file: Path, read: "Reader", as_json: bool) -> None
         warn(f"spool segment {name} quarantined: {reason}")
 
 
-def _progress() -> Progress:
+def _progress() -> "Progress":
     """Progress bars on stderr, shown only on a terminal and cleared when done."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
         console=error_console, transient=True, disable=not error_console.is_terminal,

@@ -5,10 +5,9 @@ that starts them, so `shadowzoo --help` does not load them.
 """
 
 import os
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,8 +15,10 @@ from ops.affinity import parse_cpus
 from ops.output import warn
 from ops.session import session
 from ops.state import SERVE, DaemonInfo, DaemonLock
-from ops.supervise import Child, supervise
 from registry import ShadowzooError
+
+if TYPE_CHECKING:
+    from ops.supervise import Child
 
 
 def gateway(
@@ -36,6 +37,8 @@ def gateway(
     workspace = session(ctx).workspace()
     host, port = _gateway_address(workspace, host, port, workers)
     _check_api_keys(workspace)
+    from ops.supervise import supervise
+
     supervise(_gateways(workspace, host, port, workers))
 
 
@@ -103,6 +106,7 @@ def serve(
     host, port = _gateway_address(workspace, host, port, workers)
     _check_api_keys(workspace)
     from ops.daemon import run_daemon
+    from ops.supervise import Child
 
     gateways = _gateways(workspace, host, port, workers)
     for child in gateways:
@@ -113,8 +117,10 @@ def serve(
         metrics_url=f"http://{host}:{port}/metrics", started_at=datetime.now(UTC).isoformat()))
 
 
-def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> None:
+def _supervise_as_serve(workspace, children: "list[Child]", info: DaemonInfo) -> None:
     """Supervise the children holding the workspace's serve lock, so that `shadowzoo stop` finds this process."""
+    from ops.supervise import supervise
+
     lock = DaemonLock(workspace, SERVE)
     lock.acquire()
     try:
@@ -124,8 +130,9 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
         lock.release()
 
 
-def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
+def _gateways(workspace, host: str, port: int, workers: int) -> "list[Child]":
     """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode)."""
+    from ops.supervise import Child
     from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
@@ -175,6 +182,8 @@ def _check_free(host: str, port: int, what: str) -> None:
     """
     if port == 0:
         return
+    import socket
+
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -5,7 +5,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.cli_options import JsonOption, since_option, version_id as named_version
 from ops.output import console, print_json, print_table, say, warn
@@ -116,6 +115,8 @@ def _progress_bar(show: bool) -> "Iterator[Callable[[RunReport], None]]":
     if not show:
         yield lambda report: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     told = False
     columns = (
         TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),

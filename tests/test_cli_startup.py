@@ -19,8 +19,8 @@ import typer
 from ops.cli import app
 
 HEAVY = ("scipy", "polars", "numpy", "pyarrow", "openai", "aiohttp", "apscheduler", "prometheus_client", "jsonschema",
-         "scorer.sequential", "scorer.service", "shadow.runner", "ops.daemon")
-"""Modules only a command that computes, serves or calls a model needs."""
+         "scorer.sequential", "scorer.service", "shadow.runner", "ops.daemon", "ops.supervise", "rich.progress")
+"""Modules only a command that computes, serves, calls a model or draws a progress bar needs."""
 NOT_FOR_HELP = ("duckdb",)
 """Help opens no database either."""
 
