@@ -126,11 +126,48 @@ def _reflowed(text: str) -> str:
 reflow_help(app)
 
 
+ROOT_OPTIONS_WITH_VALUE = ("-w", "--workspace")
+"""The root's options that take a separate value: the token after them is no command name."""
+
+
+def command_for(argv: list[str]) -> typer.core.TyperGroup:
+    """The click command tree that runs `argv`: with only the top-level command `argv` names, when it names one.
+
+    typer converts every command it is given on every run (its parameters, types and help),
+    so a run that names its command converts only that one, or that group. Anything else
+    (help, no command, an unknown name) gets the whole tree, with its listing and suggestions.
+    """
+    name = _requested_command(argv)
+    commands, groups = app.registered_commands, app.registered_groups
+    chosen = [c for c in commands if _command_name(c) == name], [g for g in groups if g.name == name]
+    if any(chosen):
+        app.registered_commands, app.registered_groups = chosen
+    try:
+        return typer.main.get_command(app)
+    finally:
+        app.registered_commands, app.registered_groups = commands, groups
+
+
+def _requested_command(argv: list[str]) -> str | None:
+    """The first token of `argv` that is neither a root option nor its value."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in ROOT_OPTIONS_WITH_VALUE:
+            next(tokens, None)
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors exit 2 (typer's own handling), failures exit 1 with a message."""
-    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
     try:
-        command.main(args=argv, prog_name="shadowzoo")
+        command_for(args).main(args=args, prog_name="shadowzoo")
     except ShadowzooError as exc:
         fail(str(exc))
         return 1

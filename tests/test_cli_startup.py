@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from ops.cli import app
+from ops.cli import app, command_for
 
 HEAVY = ("scipy", "polars", "numpy", "pyarrow", "openai", "aiohttp", "apscheduler", "prometheus_client", "jsonschema",
          "scorer.sequential", "scorer.service", "shadow.runner", "ops.daemon", "ops.supervise", "rich.progress")
@@ -79,3 +79,17 @@ def test_no_command_leaves_typer_annotations_to_evaluate_from_strings_on_every_r
     postponed = [f"{callback.__module__}.{callback.__qualname__}: {name}" for callback in _callbacks(app)
                  for name, annotation in callback.__annotations__.items() if isinstance(annotation, str)]
     assert postponed == []
+
+
+@pytest.mark.parametrize(("argv", "converted"), [
+    (["variants", "list"], {"variants"}), (["-w", "ws", "promote", "a", "b"], {"promote"}),
+    (["--workspace=ws", "zoo", "list", "--help"], {"zoo"}), (["-h", "leaderboard"], {"leaderboard"}),
+])
+def test_a_run_that_names_its_command_converts_only_that_command(argv: list[str], converted: set[str]) -> None:
+    assert set(command_for(argv).commands) == converted
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-w", "variants"], ["varients", "list"]], ids=str)
+def test_help_and_an_unknown_command_get_every_command(argv: list[str]) -> None:
+    every = {info.name or info.callback.__name__ for info in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert set(command_for(argv).commands) == every and len(every) > 20
