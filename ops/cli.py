@@ -10,6 +10,7 @@ on every run, and evaluating them from strings was most of that cost. A name imp
 for type checking is quoted where a helper's annotation uses it.
 """
 
+import gc
 import inspect
 import os
 import sys
@@ -164,7 +165,15 @@ def _command_name(info: typer.models.CommandInfo) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; usage errors exit 2 (typer's own handling), failures exit 1 with a message."""
+    """Run the CLI; usage errors exit 2 (typer's own handling), failures exit 1 with a message.
+
+    Started as the console script (no `argv`), it first freezes what is loaded so far: the
+    modules and the command definitions live as long as the process, so the collections
+    that the command's own imports set off need not walk them again and again. A caller
+    in process keeps its collector as it was.
+    """
+    if argv is None:
+        gc.freeze()
     args = sys.argv[1:] if argv is None else argv
     try:
         command_for(args).main(args=args, prog_name="shadowzoo")

@@ -93,3 +93,26 @@ def test_a_run_that_names_its_command_converts_only_that_command(argv: list[str]
 def test_help_and_an_unknown_command_get_every_command(argv: list[str]) -> None:
     every = {info.name or info.callback.__name__ for info in app.registered_commands} | {g.name for g in app.registered_groups}
     assert set(command_for(argv).commands) == every and len(every) > 20
+
+
+FREEZE_PROBE = """
+import contextlib, gc, io, sys
+from ops.cli import main
+in_process = sys.argv[1] == "in-process"
+sys.argv[1:] = ["--help"]
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["--help"]) if in_process else main()
+    except SystemExit:
+        pass
+print(gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize(("how", "frozen"), [("console-script", True), ("in-process", False)])
+def test_only_the_console_script_freezes_what_it_loaded_before_the_command_runs(
+        how: str, frozen: bool, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-P", "-c", FREEZE_PROBE, how], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert (int(done.stdout.splitlines()[-1]) > 10_000) is frozen
