@@ -127,8 +127,8 @@ def _reflowed(text: str) -> str:
 reflow_help(app)
 
 
-ROOT_OPTIONS_WITH_VALUE = ("-w", "--workspace")
-"""The root's options that take a separate value: the token after them is no command name."""
+WORKSPACE_OPTIONS = ("-w", "--workspace")
+"""The root's one option with a value; any other root option (help, completion) needs the whole tree."""
 
 
 def command_for(argv: list[str]) -> typer.core.TyperGroup:
@@ -150,13 +150,15 @@ def command_for(argv: list[str]) -> typer.core.TyperGroup:
 
 
 def _requested_command(argv: list[str]) -> str | None:
-    """The first token of `argv` that is neither a root option nor its value."""
+    """The command `argv` names after nothing but workspace options, else None."""
     tokens = iter(argv)
     for token in tokens:
-        if token in ROOT_OPTIONS_WITH_VALUE:
+        if token in WORKSPACE_OPTIONS:
             next(tokens, None)
         elif not token.startswith("-"):
             return token
+        elif not token.startswith(("-w", "--workspace=")):
+            return None
     return None
 
 

@@ -83,13 +83,14 @@ def test_no_command_leaves_typer_annotations_to_evaluate_from_strings_on_every_r
 
 @pytest.mark.parametrize(("argv", "converted"), [
     (["variants", "list"], {"variants"}), (["-w", "ws", "promote", "a", "b"], {"promote"}),
-    (["--workspace=ws", "zoo", "list", "--help"], {"zoo"}), (["-h", "leaderboard"], {"leaderboard"}),
+    (["--workspace=ws", "zoo", "list", "--help"], {"zoo"}), (["-wws", "leaderboard", "-h"], {"leaderboard"}),
 ])
 def test_a_run_that_names_its_command_converts_only_that_command(argv: list[str], converted: set[str]) -> None:
     assert set(command_for(argv).commands) == converted
 
 
-@pytest.mark.parametrize("argv", [[], ["--help"], ["-w", "variants"], ["varients", "list"]], ids=str)
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h", "leaderboard"], ["-w", "variants"], ["varients", "list"]],
+                         ids=str)
 def test_help_and_an_unknown_command_get_every_command(argv: list[str]) -> None:
     every = {info.name or info.callback.__name__ for info in app.registered_commands} | {g.name for g in app.registered_groups}
     assert set(command_for(argv).commands) == every and len(every) > 20
