@@ -4,13 +4,10 @@ The servers' modules (aiohttp, the daemon, the providers) are imported by the co
 that starts them, so `shadowzoo --help` does not load them.
 """
 
-from __future__ import annotations
-
 import os
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,8 +16,10 @@ from ops.output import warn
 from ops.roles import ADMIN, DAEMON_ROLES, GATEWAY, ROLES, check_backend, parse_roles
 from ops.session import session
 from ops.state import SERVE, DaemonInfo, DaemonLock
-from ops.supervise import Child, supervise
 from registry import ShadowzooError
+
+if TYPE_CHECKING:
+    from ops.supervise import Child
 
 
 def gateway(
@@ -41,6 +40,8 @@ def gateway(
     workspace = session(ctx).workspace()
     host, port = _gateway_address(workspace, host, port, workers)
     _check_api_keys(workspace)
+    from ops.supervise import supervise
+
     supervise(_gateways(workspace, host, port, workers))
 
 
@@ -125,6 +126,7 @@ def serve(
         metrics_url = f"http://{host}:{port}/metrics"
     if daemon_roles:
         from ops.daemon import run_daemon
+        from ops.supervise import Child
 
         children.append(Child("daemon", run_daemon, (workspace.root, admin_port, daemon_roles), cpus=daemon_set,
                               reloads=True))
@@ -133,8 +135,10 @@ def serve(
                                                         started_at=datetime.now(UTC).isoformat()))
 
 
-def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> None:
+def _supervise_as_serve(workspace, children: "list[Child]", info: DaemonInfo) -> None:
     """Supervise the children holding the workspace's serve lock, so that `shadowzoo stop` finds this process."""
+    from ops.supervise import supervise
+
     lock = DaemonLock(workspace, SERVE)
     lock.acquire()
     try:
@@ -144,11 +148,12 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
         lock.release()
 
 
-def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
+def _gateways(workspace, host: str, port: int, workers: int) -> "list[Child]":
     """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode), and on
     `backend: distributed` the host's one route follower, which keeps routes.json equal to the control plane's,
     and its one spool shipper (after the workers, so it is stopped after them and ships their last
     captures; its series are on the gateway's /metrics)."""
+    from ops.supervise import Child
     from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
@@ -208,6 +213,8 @@ def _check_free(host: str, port: int, what: str) -> None:
     """
     if port == 0:
         return
+    import socket
+
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
