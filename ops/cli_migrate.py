@@ -5,8 +5,6 @@ A local command, like `init`: it works on a workspace at rest (no daemon may hol
 file or write the lake), so it has no operation in `ops.protocol` and no admin route.
 """
 
-from __future__ import annotations
-
 import re
 from enum import Enum
 from pathlib import Path
@@ -66,7 +64,7 @@ def migrate(
             "then start the services (`shadowzoo serve`)")
 
 
-def _refuse_running(workspace: Workspace) -> None:
+def _refuse_running(workspace: "Workspace") -> None:
     """Refuse while a daemon or `serve` runs on the workspace: it writes what is being copied."""
     for role in (SERVE, DAEMON):
         info = running_daemon(workspace, role)
@@ -76,7 +74,7 @@ def _refuse_running(workspace: Workspace) -> None:
                 "at rest; stop it first (`shadowzoo stop`), then run migrate again")
 
 
-def _progress(entry: TableCopy, index: int, total: int) -> None:
+def _progress(entry: "TableCopy", index: int, total: int) -> None:
     """One line on stderr as each table starts and ends."""
     head = f"[{index}/{total}] {entry.table} ({entry.plane})"
     if entry.state in ("copy", "replace"):
@@ -88,7 +86,7 @@ def _progress(entry: TableCopy, index: int, total: int) -> None:
     error_console.print(line, markup=False)
 
 
-def _print_summary(tables: list[TableCopy], dry_run: bool) -> None:
+def _print_summary(tables: "list[TableCopy]", dry_run: bool) -> None:
     print_table("would copy" if dry_run else "copied", ("table", "plane", "rows", "in target before", "done"),
                 [(entry.table, entry.plane, entry.rows, entry.target_rows, entry.state) for entry in tables])
     copied = sum(entry.copied for entry in tables)
