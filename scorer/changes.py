@@ -35,7 +35,8 @@ class Mark:
     def table(self, name: str, alias: str | None = None) -> str:
         """The table `name` (named `alias`, by default its name) as it stood at this mark, with
         `written`'s condition on its rows."""
-        return f"{name} AT (VERSION => {self.value}) AS {alias or name}" if self.snapshot else f"{name} AS {alias or name}"
+        named = f"{name} AS {alias or name}"
+        return f"{named} AT (VERSION => {self.value})" if self.snapshot else named
 
     def written(self, seq: str) -> str:
         """The condition (` AND …`, or nothing) keeping the rows of `table` written by this mark,

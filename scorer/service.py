@@ -98,12 +98,8 @@ class Scorer:
                         if (m := v.config.get("model")) and (price := price_of(prices, m))}
         since_promotion = self.registry.champion_since(slot) or utcnow()
         settings = slot_settings(self.workspace.slot(slot), model_prices)
-
-        def period_in(db: duckdb.DuckDBPyConnection) -> Period:
-            self.database.reserve("period_id", 1)
-            return current_period(db, slot, champion.version_id, since_promotion, settings)
-
-        return self.database.committed(period_in)
+        return self.database.committed(
+            lambda db: current_period(db, slot, champion.version_id, since_promotion, settings, self.database.reserve))
 
     def history(self, slot: str, limit: int = 200) -> list[EvidencePoint]:
         """How each challenger's evidence grew over the current period's snapshots, oldest first."""

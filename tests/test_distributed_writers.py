@@ -79,20 +79,21 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(workspace_dir) -> Scenario:
-    """Two runners write the same results (a lost lease); two label writers commit out of `seq`
-    order around a scorer refresh; the scorer refreshes incrementally, then rescores in full."""
+    """Two runners write the same results (a lost lease); a label writer and a traffic writer
+    commit out of `seq` order around a scorer refresh; the scorer refreshes incrementally, then
+    rescores in full."""
     workspace = load_workspace(workspace_dir)
     with Registry.open(workspace) as scoring, Registry.open(workspace) as a, Registry.open(workspace) as b:
         scorer = Scorer(workspace, scoring)
         scorer.refresh(SLOT)
         stored_twice, lost = _lost_lease(scoring, a, b)
         labels = _labels()
-        # worker A draws its ids first and commits last; B ingests the other labels meanwhile and a refresh runs
+        # worker A draws its ids first and commits last; B ingests new traffic meanwhile and a refresh runs
         with a.database.transaction() as late:
-            a.database.reserve("change_seq", len(labels) // 2)
-            late.execute(_insert_labels(labels[: len(labels) // 2]))
+            a.database.reserve("change_seq", len(labels))
+            late.execute(_insert_labels(labels))
             b_spool = workspace.state_dir / "b-spool"
-            write_segment(b_spool, [record.model_dump_json().encode() for record in labels[len(labels) // 2:]])
+            write_segment(b_spool, _new_traffic("late", 5))
             ingest_spool(b.database, b_spool)
             scorer.refresh(SLOT)
         incremental = scorer.refresh(SLOT)
@@ -128,6 +129,14 @@ def _lost_lease(scoring: Registry, a: Registry, b: Registry) -> tuple[int, list[
     return stored - keys, lost
 
 
+def _new_traffic(prefix: str, count: int) -> list[bytes]:
+    """`count` answered requests of the slot, `<prefix>-<n>`, as a gateway host captures them."""
+    now = utcnow()
+    return [TrafficRecord(request_id=f"{prefix}-{index}", slot=SLOT, received_at=now + timedelta(milliseconds=index),
+                          status=200, request={"messages": [{"role": "user", "content": f"hello {index}"}]},
+                          output="x", latency_ms=10.0).model_dump_json().encode() for index in range(count)]
+
+
 def _labels() -> list[OutcomeRecord]:
     now = utcnow()
     return [OutcomeRecord(request_key=f"req-{index:02d}", value=ticket["expected"], received_at=now)
@@ -157,8 +166,8 @@ def test_an_incremental_refresh_after_writers_committed_out_of_seq_order_equals_
 
 def _writer_process(workspace_dir: Path, script: str, *args: str, stdout: Path) -> subprocess.Popen:
     """A separate Python process opening the workspace's registry and running `script` (with `registry` and `args`)."""
-    code = ("import sys\nfrom registry import Registry, load_workspace\n"
-            f"with Registry.open(load_workspace({str(workspace_dir)!r})) as registry:\n    args = sys.argv[1:]\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom registry import Registry, load_workspace\n"
+            f"with Registry.open(load_workspace(Path({str(workspace_dir)!r}))) as registry:\n    args = sys.argv[1:]\n"
             + "".join(f"    {line}\n" for line in script.strip().splitlines()))
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=os.environ.copy(),
                             stdout=stdout.open("w"), stderr=subprocess.STDOUT)
@@ -173,15 +182,12 @@ print(report.traffic_rows, flush=True)
 
 
 def test_two_ingest_processes_append_to_the_lake_at_once_and_both_commit(tmp_path, workspace_dir) -> None:
-    now = utcnow()
     spools = {}
     for host in ("a", "b"):
-        records = [TrafficRecord(request_id=f"{host}-{index}", slot=SLOT, received_at=now + timedelta(milliseconds=index),
-                                 status=200, request={"messages": [{"role": "user", "content": f"hello {index}"}]},
-                                 output="x", latency_ms=10.0) for index in range(40)]
+        records = _new_traffic(host, 40)
         spools[host] = tmp_path / host
         for start in range(0, 40, 10):  # several segments: several commits each
-            write_segment(spools[host], [r.model_dump_json().encode() for r in records[start:start + 10]])
+            write_segment(spools[host], records[start:start + 10])
     workers = {host: _writer_process(workspace_dir, INGEST, str(spool), stdout=tmp_path / f"{host}.out")
                for host, spool in spools.items()}
     for host, worker in workers.items():
