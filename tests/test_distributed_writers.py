@@ -13,12 +13,11 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
-import polars as pl
 import pytest
 
 from registry import Registry, load_workspace, utcnow
+from registry.db import registered
 from registry.evidence import forget_scored_evidence
 from registry.keyed import insert_absent
 from scorer.leaderboard_model import Leaderboard
@@ -27,27 +26,14 @@ from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
-from tests.servers import champion_workspace, edit_config, start_simulator, wait_until
+from tests.servers import champion_workspace, edit_config, wait_until
 from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _own_lake, _replay, _traffic
+# the storage tests' module fixtures, one of each for this module too: the simulator, and the keys in the environment
+from tests.test_distributed_storage import credentials, simulator  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_KEY = ("request_id", "version_id")
 WRITTEN = (*RESULT_SCHEMA, "seq")
-
-
-@pytest.fixture(scope="module")
-def simulator():
-    handle = start_simulator(fast=True)
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def credentials(object_store) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**object_store.credentials_env, "SIM_API_KEY": "sim"}.items():
-            patch.setenv(name, value)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +106,9 @@ def _lost_lease(scoring: Registry, a: Registry, b: Registry) -> tuple[int, list[
     with a.database.transaction() as first, b.database.transaction() as second:
         for registry, connection in ((a, first), (b, second)):
             registry.database.reserve("change_seq", rows.height)
-            connection.register("lost_batch", rows.to_arrow())
-            insert_absent(connection, "shadow_results", RESULT_KEY, WRITTEN,
-                          f"SELECT {', '.join(RESULT_SCHEMA)}, nextval('change_seq') FROM lost_batch")
+            with registered(connection, "lost_batch", rows.to_arrow()):
+                insert_absent(connection, "shadow_results", RESULT_KEY, WRITTEN,
+                              f"SELECT {', '.join(RESULT_SCHEMA)}, nextval('change_seq') FROM lost_batch")
     with scoring.database.reading() as db:
         stored, keys = db.execute("SELECT count(*), count(DISTINCT (request_id, version_id)) FROM shadow_results "
                                   "WHERE list_contains(?, request_id)", [lost]).fetchone()
@@ -174,22 +160,31 @@ def _writer_process(workspace_dir: Path, script: str, *args: str, stdout: Path) 
 
 
 INGEST = """
+import time
 from pathlib import Path
 from shadow.ingest import ingest_spool
-report = ingest_spool(registry.database, Path(args[0]))
+print("ready", flush=True)
+for _ in range(600):  # both workers start together: they wait for the go file (at most a minute)
+    if Path(args[1]).exists():
+        break
+    time.sleep(0.1)
+report = ingest_spool(registry.database, Path(args[0]), batch_bytes=1)  # a commit per segment
 print(report.traffic_rows, flush=True)
 """
 
 
 def test_two_ingest_processes_append_to_the_lake_at_once_and_both_commit(tmp_path, workspace_dir) -> None:
-    spools = {}
+    spools, go = {}, tmp_path / "go"
     for host in ("a", "b"):
         records = _new_traffic(host, 40)
         spools[host] = tmp_path / host
-        for start in range(0, 40, 10):  # several segments: several commits each
-            write_segment(spools[host], records[start:start + 10])
-    workers = {host: _writer_process(workspace_dir, INGEST, str(spool), stdout=tmp_path / f"{host}.out")
+        for start in range(0, 40, 5):  # several segments: several commits each
+            write_segment(spools[host], records[start:start + 5])
+    workers = {host: _writer_process(workspace_dir, INGEST, str(spool), str(go), stdout=tmp_path / f"{host}.out")
                for host, spool in spools.items()}
+    wait_until(lambda: all("ready" in (tmp_path / f"{host}.out").read_text() or worker.poll() is not None
+                           for host, worker in workers.items()), timeout_s=120)
+    go.touch()
     for host, worker in workers.items():
         assert worker.wait(timeout=120) == 0, (tmp_path / f"{host}.out").read_text()
     with Registry.open(load_workspace(workspace_dir)) as registry, registry.database.reading() as db:
@@ -201,15 +196,19 @@ def test_two_ingest_processes_append_to_the_lake_at_once_and_both_commit(tmp_pat
 
 
 RESULTS = """
-import polars as pl
+import asyncio
 from registry import utcnow
 from shadow.results import RESULT_SCHEMA, ResultWriter
-writer = ResultWriter(registry.database, lambda rows: None, batch_rows=10, interval_s=60)
-for batch in range(1000):
-    rows = [dict.fromkeys(RESULT_SCHEMA) | {"request_id": f"kill-{batch}-{i}", "request_seq": -1, "version_id": "ghost",
-            "role": "challenger", "status": "ok", "output": "x", "attempts": 1, "finished_at": utcnow()} for i in range(10)]
-    writer._insert(pl.from_dicts(rows, schema=RESULT_SCHEMA), pl.DataFrame(schema=RESULT_SCHEMA))
-    print(batch, flush=True)
+async def write() -> None:
+    # batches of 10 results of a variant the scorer does not know; each batch is reported once written
+    writer = ResultWriter(registry.database, lambda rows: print(rows[0]["request_id"].split("-")[1], flush=True),
+                          batch_rows=10, interval_s=60)
+    for batch in range(1000):
+        for i in range(10):
+            await writer.add(dict.fromkeys(RESULT_SCHEMA) | {
+                "request_id": f"kill-{batch}-{i}", "request_seq": -1, "version_id": "ghost", "role": "challenger",
+                "status": "ok", "output": "x", "attempts": 1, "finished_at": utcnow(), "replaces": None})
+asyncio.run(write())
 """
 
 
@@ -231,3 +230,29 @@ def test_a_runner_killed_mid_write_loses_no_committed_result_and_duplicates_none
     assert all(batches.get(batch) == 10 for batch in committed), "every batch reported committed is stored whole"
     assert set(batches.values()) == {10}, "a batch cut by the kill is stored whole or not at all"
     assert rows == keys == seqs
+
+
+def _note(db, outcome_id: str) -> None:
+    """An outcome for no known request (a reaction), drawing its `seq`."""
+    db.execute("INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at, seq) "
+               "SELECT ?, 'nobody', NULL, 'reaction', '1', now()::TIMESTAMP, nextval('change_seq')", [outcome_id])
+
+
+def test_a_commit_the_lake_refuses_for_a_conflict_with_another_writer_is_done_again(workspace_dir) -> None:
+    workspace = load_workspace(workspace_dir)
+    attempts = []
+    with Registry.open(workspace) as a, Registry.open(workspace) as b:
+        b.database.committed(lambda db: (b.database.reserve("change_seq", 1), _note(db, "conflict-base")))
+
+        def write(db) -> None:
+            attempts.append(len(attempts) + 1)
+            a.database.reserve("change_seq", 1)
+            _note(db, "conflict-retried")
+            if len(attempts) == 1:  # meanwhile B rewrites an outcome: DuckLake refuses A's insert into the table
+                with b.database.transaction() as other:
+                    other.execute("UPDATE outcomes SET value_json = '2' WHERE outcome_id = 'conflict-base'")
+
+        a.database.committed(write)
+        with a.database.reading() as db:
+            stored = db.execute("SELECT count(*) FROM outcomes WHERE outcome_id = 'conflict-retried'").fetchone()[0]
+    assert attempts == [1, 2] and stored == 1
