@@ -256,3 +256,31 @@ def test_a_commit_the_lake_refuses_for_a_conflict_with_another_writer_is_done_ag
         with a.database.reading() as db:
             stored = db.execute("SELECT count(*) FROM outcomes WHERE outcome_id = 'conflict-retried'").fetchone()[0]
     assert attempts == [1, 2] and stored == 1
+
+
+SCORE = """
+from scorer.service import Scorer
+print("ready", flush=True)
+Scorer(registry.workspace, registry).refresh(args[0])
+print("scored", flush=True)
+"""
+
+
+def test_two_scorer_candidates_refreshing_one_slot_at_once_pair_each_request_once(tmp_path, workspace_dir,
+                                                                                 scenario) -> None:
+    workspace = load_workspace(workspace_dir)
+    with Registry.open(workspace) as registry:
+        with registry.database.transaction() as db:
+            forget_scored_evidence(db, [SLOT])  # both find the labelled period (`scenario`) to score from the start
+        candidates = [_writer_process(workspace_dir, SCORE, SLOT, stdout=tmp_path / f"{n}.out") for n in range(2)]
+        for n, candidate in enumerate(candidates):
+            assert candidate.wait(timeout=180) == 0, (tmp_path / f"{n}.out").read_text()
+        with registry.database.reading() as db:
+            rows, keys = db.execute("SELECT count(*), count(DISTINCT (period_id, request_seq, version_id)) FROM paired "
+                                    "WHERE period_id = (SELECT max(period_id) FROM evaluation_periods)").fetchone()
+            moments = dict(db.execute("SELECT version_id, n FROM pair_moments WHERE measure = 'net' AND period_id = "
+                                      "(SELECT max(period_id) FROM evaluation_periods)").fetchall())
+            paired = dict(db.execute("SELECT version_id, count(*) FROM paired WHERE period_id = "
+                                     "(SELECT max(period_id) FROM evaluation_periods) GROUP BY 1").fetchall())
+    assert rows == keys > 0
+    assert moments == paired
