@@ -106,25 +106,24 @@ class Database:
         return cls(path, connection)
 
     @classmethod
-    def open_distributed(cls, config: DistributedConfig, lock_wait_s: float | None = None) -> "Database":
+    def open_distributed(cls, config: DistributedConfig) -> "Database":
         """An in-memory DuckDB connection over the lake and the control plane, both migrated
         (`registry.planes`). The same `reading()` and `transaction()` serve it; a transaction
         writes one plane only (DuckDB refuses one that writes both).
 
         Any number of processes open it at once: their lake ids come from the control plane
-        (`reserve`). `lock_wait_s` is taken for the signature's sake: nothing is waited for."""
-        from registry.distributed import attach_engines, connect_control
+        (`reserve`), and nothing is waited for."""
+        from registry.distributed import attach_engines
         from registry.planes import LakeIds, migrate_planes
 
         connection = duckdb.connect()
         try:
             attach_engines(connection, config)
             migrate_planes(connection, config)
-            ids = LakeIds(connect_control(config, autocommit=True))
         except BaseException:
             connection.close()
             raise
-        return cls(None, connection, (config, ids))
+        return cls(None, connection, (config, LakeIds(config)))
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -207,21 +207,41 @@ class LakeIds:
     autocommit, so the row is locked for that statement alone) and points the connection's
     temp sequence of that name at exactly that block. A statement drawing more than was
     reserved fails on the sequence's end rather than take another writer's id; ids reserved
-    by a transaction that rolls back are skipped (gaps are harmless: ids only need be unique)."""
+    by a transaction that rolls back are skipped (gaps are harmless: ids only need be unique).
+    A session PostgreSQL dropped (a restart) is opened again once per reservation."""
 
-    def __init__(self, session: "psycopg.Connection") -> None:
-        self._session = session
-        """An autocommit session of the control plane, this object's alone."""
+    def __init__(self, config: "DistributedConfig") -> None:
+        self._config = config
+        self._session: "psycopg.Connection | None" = None
 
     def reserve(self, connection: "duckdb.DuckDBPyConnection", sequence: str, count: int) -> None:
         """Make the next `count` values of `sequence` on `connection` a block no other process takes."""
         if count <= 0:
             return
-        first = self._session.execute(
-            "UPDATE lake_ids SET next_value = next_value + %s WHERE name = %s RETURNING next_value - %s",
-            [count, sequence, count]).fetchone()[0]
+        first = self._take(sequence, count)
         connection.execute(f"CREATE OR REPLACE TEMP SEQUENCE {sequence} "
                            f"START {first} MINVALUE {first - 1} MAXVALUE {first + count - 1}")
 
+    def _take(self, sequence: str, count: int) -> int:
+        """The first id of a block of `count` taken from the counter."""
+        import psycopg
+
+        from registry.distributed import connect_control
+
+        for attempt in (1, 2):
+            if self._session is None or self._session.closed:
+                self._session = connect_control(self._config, autocommit=True)
+            try:
+                return self._session.execute(
+                    "UPDATE lake_ids SET next_value = next_value + %s WHERE name = %s RETURNING next_value - %s",
+                    [count, sequence, count]).fetchone()[0]
+            except psycopg.OperationalError:
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
-        self._session.close()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
