@@ -116,14 +116,16 @@ class Database:
         from registry.distributed import attach_engines
         from registry.planes import LakeIds, migrate_planes
 
+        ids = LakeIds(config)  # first: an unreachable PostgreSQL is named as `postgres_url`
         connection = duckdb.connect()
         try:
             attach_engines(connection, config)
             migrate_planes(connection, config)
         except BaseException:
             connection.close()
+            ids.close()
             raise
-        return cls(None, connection, (config, LakeIds(config)))
+        return cls(None, connection, (config, ids))
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:

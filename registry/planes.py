@@ -211,8 +211,11 @@ class LakeIds:
     A session PostgreSQL dropped (a restart) is opened again once per reservation."""
 
     def __init__(self, config: "DistributedConfig") -> None:
+        """Connect to the control plane (a ConfigError naming `postgres_url` when it cannot)."""
+        from registry.distributed import connect_control
+
         self._config = config
-        self._session: "psycopg.Connection | None" = None
+        self._session: "psycopg.Connection | None" = connect_control(config, autocommit=True)
 
     def reserve(self, connection: "duckdb.DuckDBPyConnection", sequence: str, count: int) -> None:
         """Make the next `count` values of `sequence` on `connection` a block no other process takes."""
