@@ -36,7 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registry import NewVariant, Registry, load_workspace  # noqa: E402
-from scorer.pairing import latest_seq  # noqa: E402
+from scorer.changes import latest  # noqa: E402
 from scorer.service import Scorer  # noqa: E402
 
 SLOT = "bench"
@@ -203,7 +203,7 @@ def run(requests: int, incremental: int, shape: str) -> dict:
         refresh_times, floor_times = [], []
         for start in range(requests, requests + RUNS * added, added):
             with registry.database.reading() as db:
-                seen = latest_seq(db)
+                seen = latest(db).value
             generate(registry, champion, challengers, start, added, shape)
             refresh_times.append(timed(lambda: scorer.refresh(SLOT)))
             floor_times.append(refresh_floor(registry, seen))

@@ -16,8 +16,9 @@ a table's fingerprint is its row count and the sum of a hash of each row, on bot
 - anything else is another history (variants with the same ids but other content, traffic
   the source never had): refused, naming the tables, unless `force`, which replaces the
   target table's rows with the source's in the same transaction.
-Sequences continue past the copied values: the lake's are seeded from the stored maxima on
-every open (`registry.planes.seed_sequences`), PostgreSQL's (the promotions' ids) are set here.
+Sequences continue past the copied values: the lake's ids (the control plane's `lake_ids`,
+`registry.planes`) move past the stored maxima on every open, PostgreSQL's own sequences (the
+promotions' ids) are set here.
 """
 
 from __future__ import annotations

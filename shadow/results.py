@@ -155,14 +155,18 @@ class ResultWriter:
             await self.flush()
 
     def _insert(self, fresh: pl.DataFrame, retried: pl.DataFrame) -> None:
-        with self._database.transaction() as connection:
-            if len(fresh):
-                with registered(connection, "shadow_batch", fresh):
-                    insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
-                                  _WRITTEN_ROWS.format(batch="shadow_batch"))
-            if len(retried):
-                with registered(connection, "shadow_retried", retried):
-                    _replace(connection)
+        self._database.committed(lambda connection: self._insert_in(connection, fresh, retried))
+
+    def _insert_in(self, connection: duckdb.DuckDBPyConnection, fresh: pl.DataFrame, retried: pl.DataFrame) -> None:
+        """`_insert`'s transaction (done again when another writer's commit conflicts with it)."""
+        self._database.reserve("change_seq", len(fresh) + len(retried))
+        if len(fresh):
+            with registered(connection, "shadow_batch", fresh):
+                insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
+                              _WRITTEN_ROWS.format(batch="shadow_batch"))
+        if len(retried):
+            with registered(connection, "shadow_retried", retried):
+                _replace(connection)
 
 
 def _replace(connection: duckdb.DuckDBPyConnection) -> None:
