@@ -42,7 +42,13 @@ if TYPE_CHECKING:
 
 SOURCE = "embedded"
 """The name the workspace's DuckDB file is attached under."""
-_SKIPPED = frozenset({"schema_migrations"})  # each plane keeps its own ledger of migrations
+RESCORED = frozenset({"paired", "pair_moments", "answer_stats", "worst_pairs"})
+"""The scorer's pairs and sums, copied for past periods only: each slot's current period (the one its
+watermark names) is paired again from the copied rows by the lake's first refresh (a full rescore
+equals the incremental one). A watermark in a DuckDB file is a change counter and on the lake a
+snapshot id, which no copied value can stand for, so the watermarks stay behind, and pairs of a
+period without one would be counted twice."""
+_SKIPPED = frozenset({"schema_migrations", "scoring_watermarks"})  # each plane keeps its own migrations' ledger
 _TARGET_SCHEMA: dict[Plane, str] = {"control": "control.public", "lake": "lake.main"}
 
 State = Literal["copy", "copied", "already copied", "empty", "differs", "replace", "replaced"]
@@ -81,7 +87,7 @@ def copy_history(workspace: Workspace, dry_run: bool = False, force: bool = Fals
     source = _migrated_source(workspace.db_path)
     if dry_run and not _has_schema(config):  # opening would create it: every table is to copy
         with _source_only(source) as db:
-            counts = {table: _rows(db, f"{SOURCE}.main", table) for table in _tables(db)}
+            counts = {table: _rows(db, _source(table)) for table in _tables(db)}
             return [TableCopy(table, plane_of(table), rows, 0, "copy" if rows else "empty")
                     for table, rows in counts.items()]
     database = Database.open_distributed(config)
@@ -158,15 +164,24 @@ def _columns(db: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]
                       "AND schema_name = 'main' AND table_name = ? ORDER BY column_index", [SOURCE, table]).fetchall()
 
 
-def _fingerprint(db: duckdb.DuckDBPyConnection, where: str, table: str, columns: list[tuple[str, str]]) -> tuple:
-    """(rows, sum of each row's hash) of the table at `where`, its columns read as the source's
-    types so both engines hash the same values."""
+def _source(table: str) -> str:
+    """What of the source's `table` is copied: all of it, or for the scorer's pairs and sums, their past periods'."""
+    relation = f"{SOURCE}.main.{table}"
+    if table in RESCORED:
+        return (f"(SELECT * FROM {relation} WHERE period_id NOT IN "
+                f"(SELECT period_id FROM {SOURCE}.main.scoring_watermarks))")
+    return relation
+
+
+def _fingerprint(db: duckdb.DuckDBPyConnection, relation: str, columns: list[tuple[str, str]]) -> tuple:
+    """(rows, sum of each row's hash) of `relation`, its columns read as the source's types so
+    both engines hash the same values."""
     values = ", ".join(f"CAST({name} AS {kind})" for name, kind in columns)
-    return db.execute(f"SELECT count(*), coalesce(sum(hash({values})::HUGEINT), 0) FROM {where}.{table}").fetchone()
+    return db.execute(f"SELECT count(*), coalesce(sum(hash({values})::HUGEINT), 0) FROM {relation}").fetchone()
 
 
-def _rows(db: duckdb.DuckDBPyConnection, where: str, table: str) -> int:
-    return int(db.execute(f"SELECT count(*) FROM {where}.{table}").fetchone()[0])
+def _rows(db: duckdb.DuckDBPyConnection, relation: str) -> int:
+    return int(db.execute(f"SELECT count(*) FROM {relation}").fetchone()[0])
 
 
 def _plan(db: duckdb.DuckDBPyConnection, table: str, force: bool) -> TableCopy:
@@ -174,12 +189,12 @@ def _plan(db: duckdb.DuckDBPyConnection, table: str, force: bool) -> TableCopy:
     plane = plane_of(table)
     target = _TARGET_SCHEMA[plane]
     columns = _columns(db, table)
-    rows, target_rows = _rows(db, f"{SOURCE}.main", table), _rows(db, target, table)
+    rows, target_rows = _rows(db, _source(table)), _rows(db, f"{target}.{table}")
     if rows == target_rows == 0:
         state: State = "empty"
     elif target_rows == 0:
         state = "copy"
-    elif _fingerprint(db, target, table, columns) == _fingerprint(db, f"{SOURCE}.main", table, columns):
+    elif _fingerprint(db, f"{target}.{table}", columns) == _fingerprint(db, _source(table), columns):
         state = "already copied"
     else:
         state = "replace" if force else "differs"
@@ -200,7 +215,7 @@ def _copy(db: duckdb.DuckDBPyConnection, entry: TableCopy, index: int, total: in
         try:
             if entry.state == "replace":
                 db.execute(f"DELETE FROM {target}")
-            db.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {SOURCE}.main.{entry.table}")
+            db.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {_source(entry.table)}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

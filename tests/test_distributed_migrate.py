@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from registry import Registry, load_workspace, utcnow
-from registry.history_copy import copy_history
+from registry.history_copy import RESCORED, copy_history
 from registry.planes import CONTROL_TABLES, LAKE_TABLES
 from scorer.leaderboard_model import Leaderboard
 from shadow.ingest import ingest_spool
@@ -77,20 +77,26 @@ def migrated(source, tmp_path_factory, postgres, object_store, lake_extensions) 
     workspace_dir = copy_of(source, tmp_path_factory.mktemp("migrated") / "ws", section)
     before = answers(workspace_dir)
     counts = row_counts(workspace_dir)
+    pairs = row_counts(workspace_dir, RESCORED)
     first = run_in_process(("migrate", "--to", "distributed"), workspace_dir)
     again = run_in_process(("migrate", "--to", "distributed", "--switch"), workspace_dir)
     assert load_workspace(workspace_dir).config.backend == "distributed"
     copied = row_counts(workspace_dir)  # before the answers below write their snapshots
     return {"dir": workspace_dir, "section": section, "before": before, "counts": counts, "first": first, "again": again, "copied": copied,
-            "after": answers(workspace_dir)}
+            "after": answers(workspace_dir), "pairs": pairs}
 
 
-def row_counts(workspace_dir: Path) -> dict[str, int]:
-    """Rows per table of the schema, on the workspace's backend."""
+COPIED_WHOLE = (CONTROL_TABLES | LAKE_TABLES) - RESCORED - {"scoring_watermarks"}
+"""The tables a migration copies whole (the scorer's pairs and sums it copies for past periods only)."""
+
+
+def row_counts(workspace_dir: Path, tables: frozenset[str] = (CONTROL_TABLES | LAKE_TABLES) - {"scoring_watermarks"}
+               ) -> dict[str, int]:
+    """Rows per table of `tables` (by default every table a migration copies, its watermarks aside), on the
+    workspace's backend."""
     with Registry.open(load_workspace(workspace_dir)) as registry, registry.database.reading() as db:
-        tables = {row[0] for row in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in sorted(tables & (CONTROL_TABLES | LAKE_TABLES))}
+        present = {row[0] for row in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in sorted(present & tables)}
 
 
 def test_a_migrated_workspace_answers_as_the_embedded_one_did(migrated) -> None:
@@ -101,13 +107,15 @@ def test_a_migrated_workspace_answers_as_the_embedded_one_did(migrated) -> None:
     assert _evidence(after.board) == _evidence(before.board)
     assert after.history == before.history and len(after.history) >= 2
     assert after.variants == before.variants
+    assert row_counts(migrated["dir"], RESCORED) == migrated["pairs"]  # the current period paired again, the past copied
     assert after.trace == before.trace
     assert not load_workspace(migrated["dir"]).db_path.with_suffix(".duckdb.wal").exists()
 
 
 def test_every_table_arrives_with_the_sources_rows_and_a_rerun_copies_nothing(migrated) -> None:
     expected = migrated["counts"]
-    assert migrated["copied"] == expected
+    past = {table: rows for table, rows in migrated["copied"].items() if table not in RESCORED}
+    assert past == {table: rows for table, rows in expected.items() if table not in RESCORED}
     assert expected["traffic"] and expected["paired"] and expected["promotions"]
     assert "traffic (lake)" in migrated["first"].err and f"{expected['traffic']}/{expected['traffic']} rows copied" \
         in migrated["first"].err
@@ -156,7 +164,7 @@ def test_an_interrupted_migration_completes_on_a_rerun_with_exactly_the_sources_
     assert {entry.table for entry in resumed if entry.state == "already copied"} == set(copied)
     assert all(entry.state in ("copied", "empty") for entry in resumed if entry.table not in copied)
     edit_config(workspace_dir, lambda config: config.update(backend="distributed"))
-    assert row_counts(workspace_dir) == row_counts(source)
+    assert row_counts(workspace_dir, COPIED_WHOLE) == row_counts(source, COPIED_WHOLE)
 
 
 def test_a_migration_killed_mid_copy_completes_on_a_rerun_without_duplicates(
@@ -177,7 +185,7 @@ def test_a_migration_killed_mid_copy_completes_on_a_rerun_without_duplicates(
     assert rerun.code == 0, rerun.err
     assert "rows copied" in rerun.err  # what the killed run had not committed
     edit_config(workspace_dir, lambda config: config.update(backend="distributed"))
-    assert row_counts(workspace_dir) == row_counts(source)
+    assert row_counts(workspace_dir, COPIED_WHOLE) == row_counts(source, COPIED_WHOLE)
 
 
 def test_a_target_holding_another_history_is_refused_and_replaced_only_with_force(
@@ -202,12 +210,19 @@ def test_a_dry_run_lists_what_it_would_copy_and_writes_nothing(source, tmp_path,
     workspace_dir = copy_of(source, tmp_path / "ws", section)
     dry = run_in_process(("migrate", "--to", "distributed", "--dry-run", "--switch"), workspace_dir)
     assert dry.code == 0, dry.err
-    expected = row_counts(source)
+    expected = row_counts(source, COPIED_WHOLE) | _past_periods(source)
     assert f"{sum(expected.values())} rows in {len(expected)} tables to copy" in dry.out
     assert "nothing was written" in dry.out
     with psycopg.connect(section["postgres_url"]) as control:
         assert control.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
     assert load_workspace(workspace_dir).config.backend == "embedded"
+
+
+def _past_periods(workspace_dir: Path) -> dict[str, int]:
+    """Rows of the scorer's pairs and sums outside each slot's current period (what a migration copies of them)."""
+    with Registry.open(load_workspace(workspace_dir)) as registry, registry.database.reading() as db:
+        return {table: db.execute(f"SELECT count(*) FROM {table} WHERE period_id NOT IN "
+                                  "(SELECT period_id FROM scoring_watermarks)").fetchone()[0] for table in RESCORED}
 
 
 def test_migrate_names_the_missing_distributed_section(cli, workspace_dir) -> None:
