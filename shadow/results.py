@@ -135,10 +135,7 @@ class ResultWriter:
             rows, self._rows = self._rows, []
             if not rows:
                 return
-            fresh = [row for row in rows if row["replaces"] is None]
-            retried = [row for row in rows if row["replaces"] is not None]
-            await asyncio.to_thread(self._insert, pl.from_dicts(fresh, schema=RESULT_SCHEMA),
-                                    pl.from_dicts(retried, schema=RESULT_SCHEMA))
+            await asyncio.to_thread(self._write, rows)
             self._on_written(rows)
 
     async def close(self) -> None:
@@ -154,15 +151,22 @@ class ResultWriter:
             await asyncio.sleep(self._interval_s)
             await self.flush()
 
-    def _insert(self, fresh: pl.DataFrame, retried: pl.DataFrame) -> None:
-        with self._database.transaction() as connection:
-            if len(fresh):
-                with registered(connection, "shadow_batch", fresh):
-                    insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
-                                  _WRITTEN_ROWS.format(batch="shadow_batch"))
-            if len(retried):
-                with registered(connection, "shadow_retried", retried):
-                    _replace(connection)
+    def _write(self, rows: list[Row]) -> None:
+        write_results(self._database, rows)
+
+
+def write_results(database: Database, rows: list[Row]) -> None:
+    """Write results in one transaction: new pairs inserted when their key is absent, retries over their earlier rows."""
+    fresh = pl.from_dicts([row for row in rows if row["replaces"] is None], schema=RESULT_SCHEMA)
+    retried = pl.from_dicts([row for row in rows if row["replaces"] is not None], schema=RESULT_SCHEMA)
+    with database.transaction() as connection:
+        if len(fresh):
+            with registered(connection, "shadow_batch", fresh):
+                insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
+                              _WRITTEN_ROWS.format(batch="shadow_batch"))
+        if len(retried):
+            with registered(connection, "shadow_retried", retried):
+                _replace(connection)
 
 
 def _replace(connection: duckdb.DuckDBPyConnection) -> None:

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -47,7 +47,7 @@ from registry import NotFound, Refused, Registry, Variant, utcnow
 from registry.workspace_config import Price, ShadowConfig
 from registry.evidence import period_start
 from shadow.apply import apply_variant
-from shadow.budget import DailyBudget, spent_today
+from shadow.budget import CapFactory, DailyBudget, spent_today
 from shadow.pending import CHALLENGER, CONTROL, count_pending, count_skipped, pending_page
 from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
@@ -146,6 +146,23 @@ def _count(report: RunReport, progress: Progress | None, rows: list[Row]) -> Non
         progress(report)
 
 
+class RunWork(Protocol):
+    """One run's pairs and where their results go: `pages()` yields the pairs to dispatch, `start`/`add`/`close`
+    take their results as `ResultWriter` does."""
+
+    def pages(self) -> AsyncIterator[list[Work]]: ...
+    def start(self) -> None: ...
+    async def add(self, row: Row) -> None: ...
+    async def close(self) -> None: ...
+
+
+class WorkSource(Protocol):
+    """Where a runner's work comes from when it is shared with other runners (`shadow.replay_leases`);
+    without one, a run takes every pending pair itself."""
+
+    def open(self, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> RunWork: ...
+
+
 @dataclass(frozen=True)
 class ReplayedVariant:
     """A variant the runner replays traffic to (a challenger, or the champion as a control): how to
@@ -208,6 +225,8 @@ class ShadowRunner:
         batch_rows: int = 200,
         flush_interval_s: float = 0.5,
         python_workers: int = 4,
+        work: WorkSource | None = None,
+        caps: CapFactory | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers or ProviderPool(registry.workspace.config.providers)
@@ -216,6 +235,10 @@ class ShadowRunner:
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self.python = PythonVariants(python_workers, registry.workspace.python_roots)
+        self.work = work
+        """Shares the pairs with other runners (`backend: distributed`); None: this runner takes them all."""
+        self.caps = caps
+        """Makes each slot's daily cap (`shadow.budget.local_cap` when None; slices of a shared cap on distributed)."""
 
     async def __aenter__(self) -> "ShadowRunner":
         return self
@@ -236,10 +259,15 @@ class ShadowRunner:
         report = RunReport(total=plan.total, skipped=plan.skipped)
         if progress is not None:
             progress(report)
-        writer = ResultWriter(self.registry.database, partial(_count, report, progress), self.batch_rows,
-                              self.flush_interval_s)
+        on_written = partial(_count, report, progress)
+        if self.work is not None:
+            work = self.work.open(plan, on_written)
+            writer, pages = work, work.pages()
+        else:
+            writer = ResultWriter(self.registry.database, on_written, self.batch_rows, self.flush_interval_s)
+            pages = None
         if plan.total:
-            await _Run(self, plan, writer).execute()
+            await _Run(self, plan, writer, pages).execute()
         report.elapsed_s = time.monotonic() - started
         if plan.total:
             log.info("shadow run: %s", report.summary())
@@ -323,11 +351,13 @@ class ShadowRunner:
 class _Run:
     """One pass over the pending work: dispatch, limits on what runs, and the budget."""
 
-    def __init__(self, runner: ShadowRunner, plan: RunPlan, writer: ResultWriter) -> None:
+    def __init__(self, runner: ShadowRunner, plan: RunPlan, writer: ResultWriter | RunWork,
+                 pages: AsyncIterator[list[Work]] | None) -> None:
         self.runner = runner
         self.plan = plan
         self.writer = writer
-        self.budget = DailyBudget(plan.budgets, plan.spent_today)
+        self.pages = pages if pages is not None else self._pages()
+        self.budget = DailyBudget(plan.budgets, plan.spent_today, runner.caps)
         self.pauses = PauseSet([])
         self.pauses_read_at = 0.0
         self.in_flight = asyncio.Semaphore(runner.max_in_flight)
@@ -339,7 +369,7 @@ class _Run:
         """Dispatch every pending pair, wait for the calls, and write every result."""
         self.writer.start()
         try:
-            async for page in self._pages():
+            async for page in self.pages:
                 for work in page:
                     await self._dispatch(work)
             while self.tasks:
@@ -350,6 +380,7 @@ class _Run:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
             await self.writer.close()
+            await self.budget.release()
 
     async def _pages(self) -> AsyncIterator[list[Work]]:
         """Pending pairs, a page at a time."""

@@ -1,0 +1,198 @@
+"""Runner workers sharing the replay work on `backend: distributed` (issue 16): batches under
+leases in PostgreSQL, the slot's daily budget as slices of one cap, each pair answered once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from registry import Registry, load_workspace, utcnow
+from shadow.ingest import ingest_spool
+from shadow.runner import RunReport
+from shadow.runner_worker import RunnerWorker
+from shadow.simulator import load_simulator_config, start_in_thread
+from shadow.simulator.simulator_config import ErrorConfig, LatencyConfig
+from shadow.spool import spool_dir, write_segment
+from shadow.spool_records import TrafficRecord
+from tests.engines import distributed_section
+from tests.servers import DEMO_SIM, champion_workspace, edit_config, wait_until
+
+SLOT = "support-triage"
+TICKETS = [json.loads(line)["input"] for line in
+           (Path(__file__).resolve().parent.parent / "examples" / "demo" / "tickets.jsonl").read_text().splitlines()]
+IN_FLIGHT = 4
+"""Calls in flight per worker (small, so two workers interleave and a budget binds mid-run)."""
+BLOCK = 6
+"""Requests per replay batch (small, so the work is cut into many batches)."""
+LATENCY_MS = 200
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    """The demo's models at a steady latency, without injected errors or rate limits."""
+    config = load_simulator_config(DEMO_SIM)
+    steady = {name: model.model_copy(update={"latency": LatencyConfig(base_ms=LATENCY_MS, jitter_ms=0,
+                                                                       per_output_token_ms=0),
+                                            "errors": ErrorConfig(), "limits": model.limits.model_copy(
+                                                update={"rpm": None, "tpm": None})})
+              for name, model in config.models.items()}
+    handle = start_in_thread(config.model_copy(update={"models": steady}), port=0)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def credentials(object_store) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**object_store.credentials_env, "SIM_API_KEY": "sim"}.items():
+            patch.setenv(name, value)
+        yield
+
+
+@pytest.fixture(scope="module")
+def workspace_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
+    settings = {"backend": "distributed", "distributed": distributed_section(postgres, object_store, lake_extensions)}
+    return champion_workspace(tmp_path_factory.mktemp("runners") / "ws", simulator.base_url, settings=settings)
+
+
+def _capture(workspace_dir: Path, prefix: str, count: int) -> set[tuple[str, str]]:
+    """`count` requests answered by the champion, ingested; the (request, challenger) pairs they make."""
+    workspace = load_workspace(workspace_dir)
+    with Registry.open(workspace) as registry:
+        champion = registry.champion(SLOT).version_id
+        challengers = [v.version_id for v in registry.variants(slot=SLOT, status="active") if v.version_id != champion]
+        now = utcnow()
+        records = [TrafficRecord(
+            request_id=f"{prefix}-{index:03d}", slot=SLOT, received_at=now + timedelta(milliseconds=index),
+            champion_version=champion, status=200,
+            request={"messages": [{"role": "user", "content": TICKETS[index % len(TICKETS)]}]}, output="billing",
+            usage={"prompt_tokens": 40, "completion_tokens": 2}, latency_ms=300.0)
+            for index in range(count)]
+        ingest_spool(registry.database, write_segment(spool_dir(workspace.state_dir),
+                                                      [r.model_dump_json().encode() for r in records]).parent)
+    return {(record.request_id, version) for record in records for version in challengers}
+
+
+def _results(workspace_dir: Path, prefix: str) -> list[tuple[str, str, str, str | None, float | None]]:
+    with Registry.open(load_workspace(workspace_dir)) as registry, registry.database.reading() as db:
+        return db.execute("SELECT request_id, version_id, status, error, cost_usd FROM shadow_results "
+                          "WHERE request_id LIKE ? ORDER BY 1, 2", [f"{prefix}-%"]).fetchall()
+
+
+def _budget_day(postgres) -> tuple[float, float, float]:
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        return control.execute("SELECT limit_usd, allotted_usd, spent_usd FROM budget_days WHERE scope = %s",
+                               [f"shadow/{SLOT}"]).fetchone()
+
+
+async def _two_workers(workspace_dir: Path) -> list[RunReport]:
+    """Two runner workers (own lease, ledger and heartbeat connections) over one open registry, at once."""
+    with Registry.open(load_workspace(workspace_dir)) as registry:
+        async with RunnerWorker(registry, "host-a/1", max_in_flight=IN_FLIGHT) as first, \
+                RunnerWorker(registry, "host-b/1", max_in_flight=IN_FLIGHT) as second:
+            for worker in (first, second):
+                worker.runner.work.block_seqs = BLOCK
+            return list(await asyncio.gather(first.runner.run_once(), second.runner.run_once()))
+
+
+def test_two_runner_workers_answer_every_pair_once_between_them(workspace_dir, postgres) -> None:
+    pairs = _capture(workspace_dir, "shared", 48)
+    reports = asyncio.run(_two_workers(workspace_dir))
+    results = _results(workspace_dir, "shared")
+    assert {(rid, vid) for rid, vid, *_ in results} == pairs  # none missing, and one row per pair (keyed)
+    assert all(status == "ok" for _, _, status, _, _ in results)
+    assert all(report.done > 0 for report in reports), [r.summary() for r in reports]  # both took a share
+    assert sum(report.done for report in reports) == len(pairs)  # no batch was done twice
+    limit, allotted, spent = _budget_day(postgres)
+    written = sum(cost for *_, cost in results)
+    # every slice was given back, and what the workers reported spent is what was written: no call made twice
+    assert (allotted, spent) == (pytest.approx(written), pytest.approx(written))
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        assert control.execute("SELECT count(*) FROM worker_heartbeats").fetchone()[0] == 0  # both left
+
+
+def test_two_runner_workers_hold_the_slot_budget_together(workspace_dir, postgres) -> None:
+    cost_per_call = max(cost for *_, cost in _results(workspace_dir, "shared"))
+    pairs = _capture(workspace_dir, "budget", 48)
+    _, _, spent_before = _budget_day(postgres)
+    room = len(pairs) * cost_per_call / 3  # about a third of the pairs fit
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["shadow"].update(daily_budget_usd=spent_before + room))
+    asyncio.run(_two_workers(workspace_dir))
+    results = _results(workspace_dir, "budget")
+    assert {(rid, vid) for rid, vid, *_ in results} == pairs
+    answered = [cost for _, _, status, _, cost in results if status == "ok"]
+    refused = [error for _, _, status, error, _ in results if status == "not_run"]
+    assert answered and refused and all(error.startswith("budget:") for error in refused)
+    # each worker alone would spend the whole room; together they pass it at most by what the calls in
+    # flight cost beyond their estimates (shadow/budget_slices.py), here under one call each
+    overshoot_bound = 2 * IN_FLIGHT * cost_per_call
+    assert sum(answered) <= room + overshoot_bound
+    limit, allotted, spent = _budget_day(postgres)
+    assert spent - spent_before == pytest.approx(sum(answered))
+    assert spent <= limit + overshoot_bound
+
+
+_DOOMED = """
+import asyncio, sys
+from registry import Registry, load_workspace
+from shadow.runner_worker import RunnerWorker
+
+async def main():
+    with Registry.open(load_workspace(sys.argv[1])) as registry:
+        async with RunnerWorker(registry, "doomed/1", lease_ttl_s=float(sys.argv[2]), max_in_flight=2) as worker:
+            worker.runner.work.block_seqs = int(sys.argv[3])
+            await worker.runner.run_once()
+
+asyncio.run(main())
+"""
+
+
+def test_a_runner_killed_mid_run_loses_its_batches_to_another_after_the_expiry(workspace_dir, postgres,
+                                                                               tmp_path) -> None:
+    edit_config(workspace_dir, lambda c: c["slots"][SLOT]["shadow"].update(daily_budget_usd=1000.0))
+    pairs = _capture(workspace_dir, "killed", 24)
+    log = (tmp_path / "doomed.log").open("w")
+    doomed = subprocess.Popen([sys.executable, "-c", _DOOMED, str(workspace_dir), "3", str(BLOCK)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with psycopg.connect(postgres.url, autocommit=True) as control:
+            held = "SELECT item FROM work_leases WHERE holder = 'doomed/1' AND done_at IS NULL"
+            taken = wait_until(lambda: control.execute(held).fetchall(), timeout_s=60)
+            doomed.kill()  # SIGKILL, with calls in flight and batches held
+            doomed.wait(timeout=10)
+            orphaned = {item for (item,) in control.execute(held).fetchall()}
+        assert orphaned, taken
+
+        async def survive() -> None:
+            with Registry.open(load_workspace(workspace_dir)) as registry:
+                async with RunnerWorker(registry, "survivor/1", lease_ttl_s=3, max_in_flight=IN_FLIGHT) as worker:
+                    worker.runner.work.block_seqs = BLOCK
+                    for _ in range(40):  # each pass takes what is free; the orphans once their leases expire
+                        await worker.runner.run_once()
+                        if not await asyncio.to_thread(_open, postgres):
+                            return
+                        await asyncio.sleep(0.5)
+
+        asyncio.run(survive())
+    finally:
+        doomed.kill()
+        log.close()
+    results = _results(workspace_dir, "killed")
+    assert {(rid, vid) for rid, vid, *_ in results} == pairs  # every pair answered, each once (keyed rows)
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        finished_by = dict(control.execute("SELECT item, holder FROM work_leases WHERE item = ANY(%s)",
+                                           [list(orphaned)]).fetchall())
+    assert set(finished_by.values()) == {"survivor/1"}, finished_by
+
+
+def _open(postgres) -> int:
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        return control.execute("SELECT count(*) FROM work_leases WHERE kind = 'replay' AND done_at IS NULL").fetchone()[0]
