@@ -65,6 +65,7 @@ class RunnerWorker:
                                    work=LeasedReplay(registry.database, leases), caps=self.slot_cap,
                                    **runner_options)  # type: ignore[arg-type]
         self._beating: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def _connect(self) -> "psycopg.Connection":
         connection = connect_control(self.config, autocommit=True)
@@ -83,9 +84,9 @@ class RunnerWorker:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._beating is not None:
-            self._beating.cancel()
-            await asyncio.gather(self._beating, return_exceptions=True)
+        self._stopping.set()
+        if self._beating is not None:  # never cancelled mid-beat: its thread would still use the connection
+            await self._beating
         try:
             await asyncio.to_thread(self.heartbeats.leave)
         finally:
@@ -103,9 +104,17 @@ class RunnerWorker:
             log.info("%d live runners: %s takes 1/%d of each provider's rate limits", live, self.holder, live)
 
     async def _beat_every(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
+        while not await _set_within(self._stopping, self.heartbeat_s):
             try:
                 await self.beat()
             except Exception as exc:  # PostgreSQL away: keep the last share, try again at the next beat
                 log.warning("runner heartbeat failed: %s", exc)
+
+
+async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:
+    """Whether `event` is set within `timeout_s`."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True

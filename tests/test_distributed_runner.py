@@ -103,10 +103,16 @@ async def _two_workers(workspace_dir: Path) -> list[RunReport]:
             return list(await asyncio.gather(first.runner.run_once(), second.runner.run_once()))
 
 
-def test_two_runner_workers_answer_every_pair_once_between_them(workspace_dir, postgres) -> None:
+@pytest.fixture(scope="module")
+def shared(workspace_dir) -> tuple[set[tuple[str, str]], list[RunReport], list[tuple]]:
+    """48 requests replayed by two workers at once: the pairs, the workers' reports, the results."""
     pairs = _capture(workspace_dir, "shared", 48)
     reports = asyncio.run(_two_workers(workspace_dir))
-    results = _results(workspace_dir, "shared")
+    return pairs, reports, _results(workspace_dir, "shared")
+
+
+def test_two_runner_workers_answer_every_pair_once_between_them(shared, postgres) -> None:
+    pairs, reports, results = shared
     assert {(rid, vid) for rid, vid, *_ in results} == pairs  # none missing, and one row per pair (keyed)
     assert all(status == "ok" for _, _, status, _, _ in results)
     assert all(report.done > 0 for report in reports), [r.summary() for r in reports]  # both took a share
@@ -119,8 +125,8 @@ def test_two_runner_workers_answer_every_pair_once_between_them(workspace_dir, p
         assert control.execute("SELECT count(*) FROM worker_heartbeats").fetchone()[0] == 0  # both left
 
 
-def test_two_runner_workers_hold_the_slot_budget_together(workspace_dir, postgres) -> None:
-    cost_per_call = max(cost for *_, cost in _results(workspace_dir, "shared"))
+def test_two_runner_workers_hold_the_slot_budget_together(workspace_dir, shared, postgres) -> None:
+    cost_per_call = max(cost for *_, cost in shared[2])
     pairs = _capture(workspace_dir, "budget", 48)
     _, _, spent_before = _budget_day(postgres)
     room = len(pairs) * cost_per_call / 3  # about a third of the pairs fit
@@ -142,11 +148,12 @@ def test_two_runner_workers_hold_the_slot_budget_together(workspace_dir, postgre
 
 _DOOMED = """
 import asyncio, sys
+from pathlib import Path
 from registry import Registry, load_workspace
 from shadow.runner_worker import RunnerWorker
 
 async def main():
-    with Registry.open(load_workspace(sys.argv[1])) as registry:
+    with Registry.open(load_workspace(Path(sys.argv[1]))) as registry:
         async with RunnerWorker(registry, "doomed/1", lease_ttl_s=float(sys.argv[2]), max_in_flight=2) as worker:
             worker.runner.work.block_seqs = int(sys.argv[3])
             await worker.runner.run_once()
@@ -165,7 +172,7 @@ def test_a_runner_killed_mid_run_loses_its_batches_to_another_after_the_expiry(w
     try:
         with psycopg.connect(postgres.url, autocommit=True) as control:
             held = "SELECT item FROM work_leases WHERE holder = 'doomed/1' AND done_at IS NULL"
-            taken = wait_until(lambda: control.execute(held).fetchall(), timeout_s=60)
+            taken = wait_until(lambda: doomed.poll() is None and control.execute(held).fetchall(), timeout_s=60)
             doomed.kill()  # SIGKILL, with calls in flight and batches held
             doomed.wait(timeout=10)
             orphaned = {item for (item,) in control.execute(held).fetchall()}
