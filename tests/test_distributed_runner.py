@@ -9,7 +9,6 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
@@ -50,11 +49,8 @@ def simulator():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def credentials(object_store) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**object_store.credentials_env, "SIM_API_KEY": "sim"}.items():
-            patch.setenv(name, value)
-        yield
+def credentials(engine_credentials) -> None:
+    """Every test here runs with the engines' and the simulator's keys set."""
 
 
 @pytest.fixture(scope="module")
