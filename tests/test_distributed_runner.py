@@ -4,29 +4,20 @@ leases in PostgreSQL, the slot's daily budget as slices of one cap, each pair an
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from registry import Registry, load_workspace, utcnow
-from shadow.ingest import ingest_spool
+from registry import Registry, load_workspace
 from shadow.runner import RunReport
 from shadow.runner_worker import RunnerWorker
-from shadow.simulator import load_simulator_config, start_in_thread
-from shadow.simulator.simulator_config import ErrorConfig, LatencyConfig
-from shadow.spool import spool_dir, write_segment
-from shadow.spool_records import TrafficRecord
 from tests.engines import distributed_section
-from tests.servers import DEMO_SIM, champion_workspace, edit_config, wait_until
+from tests.servers import champion_workspace, edit_config, ingest_answered, start_steady_simulator, wait_until
 
 SLOT = "support-triage"
-TICKETS = [json.loads(line)["input"] for line in
-           (Path(__file__).resolve().parent.parent / "examples" / "demo" / "tickets.jsonl").read_text().splitlines()]
 IN_FLIGHT = 4
 """Calls in flight per worker (small, so two workers interleave and a budget binds mid-run)."""
 BLOCK = 6
@@ -36,14 +27,7 @@ LATENCY_MS = 200
 
 @pytest.fixture(scope="module")
 def simulator():
-    """The demo's models at a steady latency, without injected errors or rate limits."""
-    config = load_simulator_config(DEMO_SIM)
-    steady = {name: model.model_copy(update={"latency": LatencyConfig(base_ms=LATENCY_MS, jitter_ms=0,
-                                                                       per_output_token_ms=0),
-                                            "errors": ErrorConfig(), "limits": model.limits.model_copy(
-                                                update={"rpm": None, "tpm": None})})
-              for name, model in config.models.items()}
-    handle = start_in_thread(config.model_copy(update={"models": steady}), port=0)
+    handle = start_steady_simulator(LATENCY_MS)
     yield handle
     handle.stop()
 
@@ -57,24 +41,6 @@ def credentials(engine_credentials) -> None:
 def workspace_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
     settings = {"backend": "distributed", "distributed": distributed_section(postgres, object_store, lake_extensions)}
     return champion_workspace(tmp_path_factory.mktemp("runners") / "ws", simulator.base_url, settings=settings)
-
-
-def _capture(workspace_dir: Path, prefix: str, count: int) -> set[tuple[str, str]]:
-    """`count` requests answered by the champion, ingested; the (request, challenger) pairs they make."""
-    workspace = load_workspace(workspace_dir)
-    with Registry.open(workspace) as registry:
-        champion = registry.champion(SLOT).version_id
-        challengers = [v.version_id for v in registry.variants(slot=SLOT, status="active") if v.version_id != champion]
-        now = utcnow()
-        records = [TrafficRecord(
-            request_id=f"{prefix}-{index:03d}", slot=SLOT, received_at=now + timedelta(milliseconds=index),
-            champion_version=champion, status=200,
-            request={"messages": [{"role": "user", "content": TICKETS[index % len(TICKETS)]}]}, output="billing",
-            usage={"prompt_tokens": 40, "completion_tokens": 2}, latency_ms=300.0)
-            for index in range(count)]
-        ingest_spool(registry.database, write_segment(spool_dir(workspace.state_dir),
-                                                      [r.model_dump_json().encode() for r in records]).parent)
-    return {(record.request_id, version) for record in records for version in challengers}
 
 
 def _results(workspace_dir: Path, prefix: str) -> list[tuple[str, str, str, str | None, float | None]]:
@@ -102,7 +68,7 @@ async def _two_workers(workspace_dir: Path) -> list[RunReport]:
 @pytest.fixture(scope="module")
 def shared(workspace_dir) -> tuple[set[tuple[str, str]], list[RunReport], list[tuple]]:
     """48 requests replayed by two workers at once: the pairs, the workers' reports, the results."""
-    pairs = _capture(workspace_dir, "shared", 48)
+    pairs = ingest_answered(workspace_dir, "shared", 48)
     reports = asyncio.run(_two_workers(workspace_dir))
     return pairs, reports, _results(workspace_dir, "shared")
 
@@ -123,7 +89,7 @@ def test_two_runner_workers_answer_every_pair_once_between_them(shared, postgres
 
 def test_two_runner_workers_hold_the_slot_budget_together(workspace_dir, shared, postgres) -> None:
     cost_per_call = max(cost for *_, cost in shared[2])
-    pairs = _capture(workspace_dir, "budget", 48)
+    pairs = ingest_answered(workspace_dir, "budget", 48)
     _, _, spent_before = _budget_day(postgres)
     room = len(pairs) * cost_per_call / 3  # about a third of the pairs fit
     edit_config(workspace_dir, lambda c: c["slots"][SLOT]["shadow"].update(daily_budget_usd=spent_before + room))
@@ -161,7 +127,7 @@ asyncio.run(main())
 def test_a_runner_killed_mid_run_loses_its_batches_to_another_after_the_expiry(workspace_dir, postgres,
                                                                                tmp_path) -> None:
     edit_config(workspace_dir, lambda c: c["slots"][SLOT]["shadow"].update(daily_budget_usd=1000.0))
-    pairs = _capture(workspace_dir, "killed", 24)
+    pairs = ingest_answered(workspace_dir, "killed", 24)
     log = (tmp_path / "doomed.log").open("w")
     doomed = subprocess.Popen([sys.executable, "-c", _DOOMED, str(workspace_dir), "3", str(BLOCK)],
                               stdout=log, stderr=subprocess.STDOUT)
