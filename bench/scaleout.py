@@ -101,3 +101,7 @@ def _figures(rounds: dict[int, dict], args: argparse.Namespace) -> dict:
         "efficiency": {str(n): round3(r["pairs_per_s"] / (n * base)) for n, r in rounds.items()},
         "placement": "one process: the workers share one DuckDB connection (single lake writer until writers16)",
     }
+
+
+if __name__ == "__main__":
+    main()

@@ -92,6 +92,7 @@ class _LeasedRun:
         self.held: dict[int, _Batch] = {}
         self.token_of: dict[tuple[str, str], int] = {}
         self.freed = asyncio.Event()
+        self.abandoned = False
         self.renewing: asyncio.Task[None] | None = None
 
     async def pages(self) -> AsyncIterator[list[Work]]:
@@ -99,14 +100,17 @@ class _LeasedRun:
         batches = await asyncio.to_thread(self._batches)
         await self.source.call(self.source.leases.offer, batches)
         while True:
-            while len(self.held) >= self.source.hold:
+            while len(self.held) >= self.source.hold and not self.abandoned:
                 self.freed.clear()
                 await self.freed.wait()
+            if self.abandoned:
+                return
             claimed = await self.source.call(self.source.leases.claim, self.source.hold - len(self.held))
             if not claimed:
                 return
             for lease in claimed:
-                works = await asyncio.to_thread(self._fetch, lease.item)
+                works = [work for work in await asyncio.to_thread(self._fetch, lease.item)
+                         if (work.request_id, work.version_id) not in self.token_of]  # not in an overlapping batch held
                 self.held[lease.token] = _Batch(lease, len(works))
                 for work in works:
                     self.token_of[(work.request_id, work.version_id)] = lease.token
@@ -127,6 +131,11 @@ class _LeasedRun:
             rows = pending_batch(connection, self.plan, version_id, seq_lo, seq_hi)
         return [Work(at, rid, seq, vid, role, json.loads(request), replaces)
                 for at, rid, seq, vid, role, request, replaces in rows]
+
+    def abandon(self) -> None:
+        """A call failed: claim nothing more (the batches held are given back at `close`)."""
+        self.abandoned = True
+        self.freed.set()
 
     def start(self) -> None:
         self.renewing = asyncio.create_task(self._renew())

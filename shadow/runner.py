@@ -148,9 +148,10 @@ def _count(report: RunReport, progress: Progress | None, rows: list[Row]) -> Non
 
 class RunWork(Protocol):
     """One run's pairs and where their results go: `pages()` yields the pairs to dispatch, `start`/`add`/`close`
-    take their results as `ResultWriter` does."""
+    take their results as `ResultWriter` does; `abandon()` (a call failed) ends `pages()`."""
 
     def pages(self) -> AsyncIterator[list[Work]]: ...
+    def abandon(self) -> None: ...
     def start(self) -> None: ...
     async def add(self, row: Row) -> None: ...
     async def close(self) -> None: ...
@@ -260,14 +261,10 @@ class ShadowRunner:
         if progress is not None:
             progress(report)
         on_written = partial(_count, report, progress)
-        if self.work is not None:
-            work = self.work.open(plan, on_written)
-            writer, pages = work, work.pages()
-        else:
-            writer = ResultWriter(self.registry.database, on_written, self.batch_rows, self.flush_interval_s)
-            pages = None
+        work = self.work.open(plan, on_written) if self.work is not None else None
+        writer = work or ResultWriter(self.registry.database, on_written, self.batch_rows, self.flush_interval_s)
         if plan.total:
-            await _Run(self, plan, writer, pages).execute()
+            await _Run(self, plan, writer, work).execute()
         report.elapsed_s = time.monotonic() - started
         if plan.total:
             log.info("shadow run: %s", report.summary())
@@ -352,11 +349,12 @@ class _Run:
     """One pass over the pending work: dispatch, limits on what runs, and the budget."""
 
     def __init__(self, runner: ShadowRunner, plan: RunPlan, writer: ResultWriter | RunWork,
-                 pages: AsyncIterator[list[Work]] | None) -> None:
+                 work: RunWork | None) -> None:
         self.runner = runner
         self.plan = plan
         self.writer = writer
-        self.pages = pages if pages is not None else self._pages()
+        self.work = work
+        self.pages = work.pages() if work is not None else self._pages()
         self.budget = DailyBudget(plan.budgets, plan.spent_today, runner.caps)
         self.pauses = PauseSet([])
         self.pauses_read_at = 0.0
@@ -476,6 +474,8 @@ class _Run:
         self.in_flight.release()
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
+            if self.work is not None:
+                self.work.abandon()
 
     def _raise_failure(self) -> None:
         if self.failure is not None:

@@ -12,6 +12,8 @@ import psycopg
 import pytest
 
 from registry import Registry, load_workspace
+from registry.leases import WorkLeases
+from shadow.replay_leases import KIND, batch_name
 from shadow.runner import RunReport
 from shadow.runner_worker import RunnerWorker
 from tests.engines import distributed_section
@@ -165,3 +167,26 @@ def test_a_runner_killed_mid_run_loses_its_batches_to_another_after_the_expiry(w
 def _open(postgres) -> int:
     with psycopg.connect(postgres.url, autocommit=True) as control:
         return control.execute("SELECT count(*) FROM work_leases WHERE kind = 'replay' AND done_at IS NULL").fetchone()[0]
+
+
+def test_batches_planned_from_different_traffic_answer_each_pair_once(workspace_dir, postgres) -> None:
+    pairs = ingest_answered(workspace_dir, "overlap", 10)
+    with Registry.open(load_workspace(workspace_dir)) as registry, registry.database.reading() as db:
+        first_seq = db.execute("SELECT min(seq) FROM traffic WHERE request_id LIKE 'overlap-%'").fetchone()[0]
+    version = min(version for _, version in pairs)
+    # a runner that planned before the last requests arrived offered a narrower batch of the same block
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        earlier = WorkLeases(control, KIND, "earlier-planner", 30)
+        block = first_seq // BLOCK * BLOCK
+        assert earlier.offer([batch_name(version, block, first_seq + 1, 2 + first_seq - block)]) == 1
+
+    async def replay() -> RunReport:
+        with Registry.open(load_workspace(workspace_dir)) as registry:
+            async with RunnerWorker(registry, "host-c/1", max_in_flight=IN_FLIGHT) as worker:
+                worker.runner.work.block_seqs, worker.runner.work.hold = BLOCK, 50  # every batch held at once
+                return await worker.runner.run_once()
+
+    report = asyncio.run(replay())
+    assert {(rid, vid) for rid, vid, *_ in _results(workspace_dir, "overlap")} == pairs
+    assert report.done == len(pairs)
+    assert not _open(postgres)
