@@ -190,3 +190,33 @@ def test_batches_planned_from_different_traffic_answer_each_pair_once(workspace_
     assert {(rid, vid) for rid, vid, *_ in _results(workspace_dir, "overlap")} == pairs
     assert report.done == len(pairs)
     assert not _open(postgres)
+
+
+def test_runner_workers_split_a_providers_rate_limits_between_the_live_ones(workspace_dir, postgres) -> None:
+    with psycopg.connect(postgres.url, autocommit=True) as control:
+        control.execute("DELETE FROM worker_heartbeats")  # no runner of an earlier test (the killed one) counts
+
+    def limits(worker: RunnerWorker) -> tuple[int | None, int | None]:
+        config = worker.runner.providers.get("sim").config
+        return config.requests_per_minute, config.tokens_per_minute
+
+    async def join_and_leave() -> list[tuple[int | None, int | None]]:
+        with Registry.open(load_workspace(workspace_dir)) as registry:
+            async with RunnerWorker(registry, "host-a/2", heartbeat_s=0.1) as first:
+                alone = limits(first)
+                async with RunnerWorker(registry, "host-b/2", heartbeat_s=0.1) as second:
+                    await asyncio.wait_for(_until(lambda: limits(first) == (300, 45000)), 30)
+                    together = [limits(first), limits(second)]
+        return [alone, *together]
+
+    edit_config(workspace_dir, lambda c: c["providers"]["sim"].update(requests_per_minute=600, tokens_per_minute=90000))
+    try:
+        assert asyncio.run(join_and_leave()) == [(600, 90000), (300, 45000), (300, 45000)]
+    finally:
+        edit_config(workspace_dir, lambda c: c["providers"]["sim"].update(requests_per_minute=None,
+                                                                          tokens_per_minute=None))
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.05)
