@@ -35,7 +35,8 @@ from shadow.runner_worker import RunnerWorker
 from tests.engines import PostgresServer, S3Server, distributed_section, wheel_extension_directory
 from tests.servers import champion_workspace, ingest_answered, start_steady_simulator
 
-BLOCK_SEQS = 8
+BLOCK_SEQS = 25
+"""Requests per replay batch: 100 requests make 16 batches of 25 pairs, enough for 4 workers holding 2 each."""
 
 
 def main() -> None:
