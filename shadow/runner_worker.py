@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from registry import Registry, utcnow
 from registry.control_plane import migrate_control
-from registry.distributed import connect_control
+from registry.distributed import connect_control, host_name
 from registry.leases import WorkLeases
 from shadow.budget import DailyCap
 from shadow.budget_slices import BudgetLedger, SlicedCap
@@ -36,6 +39,19 @@ ROLE = "runner"
 LEASE_TTL_S = 30.0
 """How long a batch stays a runner's without a renewal (renewed every third of it): how long a
 killed runner's batches wait before another runner takes them."""
+
+
+@asynccontextmanager
+async def shadow_runner(registry: Registry) -> AsyncIterator[ShadowRunner]:
+    """The daemon's shadow runner: on one host it takes every pending pair; on `backend: distributed`
+    it is a `RunnerWorker` (named `<host>/<pid>`) sharing them with the runners of the other hosts."""
+    config = registry.workspace.config
+    if config.backend != "distributed" or config.distributed is None:
+        async with ShadowRunner(registry) as runner:
+            yield runner
+        return
+    async with RunnerWorker(registry, f"{host_name(config.distributed)}/{os.getpid()}") as worker:
+        yield worker.runner
 
 
 class RunnerWorker:
@@ -95,12 +111,13 @@ class RunnerWorker:
                 connection.close()
 
     async def beat(self) -> None:
-        """Record this worker alive; when the number of live runners changed, take its new share of each provider."""
+        """Record this worker alive and take its share of each provider's limits for the runners live now
+        (at every beat: a reloaded config, which sets whole limits, is shared again within one beat)."""
         live = await asyncio.to_thread(self.heartbeats.beat)
+        providers = self.registry.workspace.config.providers
+        self.runner.providers.update({name: shared_provider(provider, live) for name, provider in providers.items()})
         if live != self.live:
             self.live = live
-            providers = self.registry.workspace.config.providers
-            self.runner.providers.update({name: shared_provider(provider, live) for name, provider in providers.items()})
             log.info("%d live runners: %s takes 1/%d of each provider's rate limits", live, self.holder, live)
 
     async def _beat_every(self) -> None:
