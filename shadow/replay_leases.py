@@ -16,7 +16,9 @@ made again, at most `HOLD` batches of pairs per lost runner. Two runners that pl
 traffic was arriving may offer overlapping batches of one block (seen with different pending
 pairs): the pairs of both may be in flight at once, at most one batch per block. Either way
 each pair's result is written once (`shadow_results` is keyed (request_id, version_id)); only
-the calls, and their cost, are duplicated.
+the calls, and their cost, are duplicated. A replay with filters (`RunPlan.shared` false: a
+slot, a version, a time, `include_old`, `retry_errors`) is not cut into batches: the runner
+that took it runs every pair it selects, so a pair also in a shared batch may be called twice.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from registry import Database
 from registry.leases import Lease, LeaseLost, WorkLeases
@@ -88,11 +90,15 @@ class _LeasedRun:
     def __init__(self, source: LeasedReplay, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> None:
         self.source = source
         self.plan = plan
+        self.batch_plan = replace(plan, after_seq=0)
+        """A batch is its seq range: another runner's pass, whose `after_seq` is past it, still takes all its pairs."""
         self.on_written = on_written
         self.held: dict[int, _Batch] = {}
         self.token_of: dict[tuple[str, str], int] = {}
         self.freed = asyncio.Event()
         self.abandoned = False
+        self.passed: list[int] = []
+        """Batches of a challenger this run does not know (registered since it began): given back at `close`."""
         self.renewing: asyncio.Task[None] | None = None
 
     async def pages(self) -> AsyncIterator[list[Work]]:
@@ -109,7 +115,11 @@ class _LeasedRun:
             if not claimed:
                 return
             for lease in claimed:
-                works = [work for work in await asyncio.to_thread(self._fetch, lease.item)
+                fetched = await asyncio.to_thread(self._fetch, lease.item)
+                if fetched is None:
+                    self.passed.append(lease.token)
+                    continue
+                works = [work for work in fetched
                          if (work.request_id, work.version_id) not in self.token_of]  # not in an overlapping batch held
                 self.held[lease.token] = _Batch(lease, len(works))
                 for work in works:
@@ -119,16 +129,18 @@ class _LeasedRun:
                 yield works
 
     def _batches(self) -> list[str]:
+        if not self.plan.challengers:
+            return []
         with self.source.database.reading() as connection:
             return [batch_name(*batch) for batch in replay_batches(connection, self.plan, self.source.block_seqs)]
 
-    def _fetch(self, item: str) -> list[Work]:
-        """The pairs of a batch still pending for this run's plan (none when its challenger is not in the plan)."""
+    def _fetch(self, item: str) -> list[Work] | None:
+        """The pairs of a batch still pending (None when its challenger is not in this run's plan)."""
         version_id, seq_lo, seq_hi = parse_batch(item)
         if version_id not in self.plan.challengers:
-            return []
+            return None
         with self.source.database.reading() as connection:
-            rows = pending_batch(connection, self.plan, version_id, seq_lo, seq_hi)
+            rows = pending_batch(connection, self.batch_plan, version_id, seq_lo, seq_hi)
         return [Work(at, rid, seq, vid, role, json.loads(request), replaces)
                 for at, rid, seq, vid, role, request, replaces in rows]
 
@@ -179,6 +191,7 @@ class _LeasedRun:
         if self.renewing is not None:
             self.renewing.cancel()
             await asyncio.gather(self.renewing, return_exceptions=True)
-        if self.held:
-            await self.source.call(self.source.leases.release, list(self.held))
+        if self.held or self.passed:
+            await self.source.call(self.source.leases.release, [*self.held, *self.passed])
             self.held.clear()
+            self.passed.clear()

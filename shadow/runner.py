@@ -159,7 +159,7 @@ class RunWork(Protocol):
 
 class WorkSource(Protocol):
     """Where a runner's work comes from when it is shared with other runners (`shadow.replay_leases`);
-    without one, a run takes every pending pair itself."""
+    without one, and for a replay with filters (`RunPlan.shared` false), a run takes every pending pair itself."""
 
     def open(self, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> RunWork: ...
 
@@ -211,6 +211,9 @@ class RunPlan:
     include_old: bool = False
     retry_errors: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
+    shared: bool = False
+    """Whether these are every runner's default pairs (a pass over what arrived, not a replay with
+    filters), which runners sharing the work (`ShadowRunner.work`) cut into shared batches."""
 
 
 class ShadowRunner:
@@ -261,9 +264,9 @@ class ShadowRunner:
         if progress is not None:
             progress(report)
         on_written = partial(_count, report, progress)
-        work = self.work.open(plan, on_written) if self.work is not None else None
+        work = self.work.open(plan, on_written) if self.work is not None and plan.shared else None
         writer = work or ResultWriter(self.registry.database, on_written, self.batch_rows, self.flush_interval_s)
-        if plan.total:
+        if plan.total or work is not None:  # a shared run also takes batches others planned (or a dead runner held)
             await _Run(self, plan, writer, work).execute()
         report.elapsed_s = time.monotonic() - started
         if plan.total:
@@ -289,6 +292,7 @@ class ShadowRunner:
             after_seq=filters.after_seq or 0,
             include_old=filters.include_old,
             retry_errors=filters.retry_errors,
+            shared=filters == RunFilters(after_seq=filters.after_seq),
         )
         if challengers:
             with self.registry.database.reading() as connection:

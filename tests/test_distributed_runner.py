@@ -14,7 +14,7 @@ import pytest
 from registry import Registry, load_workspace
 from registry.leases import WorkLeases
 from shadow.replay_leases import KIND, batch_name
-from shadow.runner import RunReport
+from shadow.runner import RunFilters, RunReport
 from shadow.runner_worker import RunnerWorker
 from tests.engines import distributed_section
 from tests.servers import champion_workspace, edit_config, ingest_answered, start_steady_simulator, wait_until
@@ -141,13 +141,16 @@ def test_a_runner_killed_mid_run_loses_its_batches_to_another_after_the_expiry(w
             doomed.wait(timeout=10)
             orphaned = {item for (item,) in control.execute(held).fetchall()}
         assert orphaned, taken
+        with Registry.open(load_workspace(workspace_dir)) as registry, registry.database.reading() as db:
+            mark = db.execute("SELECT max(seq) FROM traffic").fetchone()[0]
 
         async def survive() -> None:
+            """A daemon's passes: each over the traffic after its mark, past the killed runner's."""
             with Registry.open(load_workspace(workspace_dir)) as registry:
                 async with RunnerWorker(registry, "survivor/1", lease_ttl_s=3, max_in_flight=IN_FLIGHT) as worker:
                     worker.runner.work.block_seqs = BLOCK
                     for _ in range(40):  # each pass takes what is free; the orphans once their leases expire
-                        await worker.runner.run_once()
+                        await worker.runner.run_once(RunFilters(after_seq=mark))
                         if not await asyncio.to_thread(_open, postgres):
                             return
                         await asyncio.sleep(0.5)
