@@ -30,12 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from registry import NewVariant, Registry, load_workspace  # noqa: E402
-from scorer.pairing import latest_seq  # noqa: E402
+from scorer.changes import latest  # noqa: E402
 from scorer.service import Scorer  # noqa: E402
 
 SLOT = "bench"
@@ -81,9 +82,11 @@ USAGE = ("'{{\"prompt_tokens\": ' || {prompt} || ', \"completion_tokens\": ' || 
          "\"completion_tokens_details\": {{\"reasoning_tokens\": 0}}}}'")
 
 
-def answer_sql(shape: str, k: int, accuracy: int) -> tuple[str, str, str]:
+def answer_sql(shape: str, k: str, accuracy: str) -> tuple[str, str, str]:
     """SQL for the output, the usage JSON and the token details read from it (cached and
-    reasoning tokens, as ingest and the runner store them) of one variant's answer to request `i`."""
+    reasoning tokens, as ingest and the runner store them) of one variant's answer to request `i`;
+    `k` (the variant's own salt for the hash) and `accuracy` (its percentage of right categories)
+    are SQL expressions."""
     category = f"(CASE WHEN hash(i * {k}) % 100 < {accuracy} THEN {LABELS_SQL}[1 + i % 5] ELSE 'other' END)"
     if shape == "labels":
         return category, "NULL", "NULL, NULL"
@@ -92,11 +95,18 @@ def answer_sql(shape: str, k: int, accuracy: int) -> tuple[str, str, str]:
             "0, 0")
 
 
+RUNNER_BATCH = 20_000
+"""Requests whose challengers' results `generate` writes at once, in request order: the runner
+replays the pending pairs in (received_at, request_id, version_id) order, so a request's results
+are written side by side, in one row group (or two), not one per challenger."""
+
+
 def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int, shape: str) -> None:
     """`count` labelled requests answered by the champion and every challenger, in SQL, keyed
-    as ingest and the runner key them (outcomes and results carry their traffic row's seq)."""
+    as ingest and the runner key them (outcomes and results carry their traffic row's seq), and
+    written in the order they write them."""
     request_id = "'szr_' || lpad(to_hex(i), 12, '0') || left(md5(i::VARCHAR), 12)"
-    output, usage, details = answer_sql(shape, 7, 70)
+    output, usage, details = answer_sql(shape, "7", "70")
     with registry.database.transaction() as db:
         seen = db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchone()[0]
         db.execute(f"""
@@ -106,20 +116,28 @@ def generate(registry: Registry, champion: str, challengers: list[str], start: i
             SELECT {request_id}, '{SLOT}', now()::TIMESTAMP + to_microseconds(i), '{{}}', '{champion}', 200,
                    {output}, 120, 12, {details}, {usage}, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
             FROM range({start}, {start + count}) t(i)""")
+        low, high = db.execute(f"SELECT min(seq), max(seq) FROM traffic WHERE seq > {seen}").fetchone()
         requests = f"(SELECT ('0x' || substr(request_id, 5, 12))::BIGINT AS i, request_id, seq FROM traffic WHERE seq > {seen})"
         db.execute(f"""
             INSERT INTO outcomes (outcome_id, request_key, request_id, request_seq, kind, value_json, received_at)
             SELECT 'o' || i, request_id, request_id, seq, 'label', to_json({LABELS_SQL}[1 + i % 5]), now()::TIMESTAMP
             FROM {requests}""")
-        for index, version in enumerate(challengers):
-            output, usage, details = answer_sql(shape, 11 + index, 60 + 5 * index)
-            db.execute(f"""
-                INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, output, prompt_tokens,
-                                            completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms,
-                                            attempts, finished_at)
-                SELECT request_id, seq, '{version}', 'challenger', 'ok', {output}, 150, 12, {details}, {usage},
-                       180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
-                FROM {requests}""")
+        for batch in range(low, high + 1, RUNNER_BATCH):
+            _replay(db, requests, challengers, shape, f"seq BETWEEN {batch} AND {batch + RUNNER_BATCH - 1}")
+
+
+def _replay(db: duckdb.DuckDBPyConnection, requests: str, challengers: list[str], shape: str, condition: str) -> None:
+    """Every challenger's answer to the requests meeting `condition`, written request by request."""
+    variants = ", ".join(f"('{version}', {11 + index}, {60 + 5 * index})" for index, version in enumerate(challengers))
+    output, usage, details = answer_sql(shape, "c.k", "c.accuracy")
+    db.execute(f"""
+        INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, output, prompt_tokens,
+                                    completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms,
+                                    attempts, finished_at)
+        SELECT request_id, seq, c.version_id, 'challenger', 'ok', {output}, 150, 12, {details}, {usage},
+               180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
+        FROM (SELECT * FROM {requests} WHERE {condition}) r, (VALUES {variants}) c(version_id, k, accuracy)
+        ORDER BY seq, c.version_id""")
 
 
 def timed(action) -> float:
@@ -185,7 +203,7 @@ def run(requests: int, incremental: int, shape: str) -> dict:
         refresh_times, floor_times = [], []
         for start in range(requests, requests + RUNS * added, added):
             with registry.database.reading() as db:
-                seen = latest_seq(db)
+                seen = latest(db).value
             generate(registry, champion, challengers, start, added, shape)
             refresh_times.append(timed(lambda: scorer.refresh(SLOT)))
             floor_times.append(refresh_floor(registry, seen))

@@ -3,10 +3,14 @@
 Exit codes: 0 on success, 1 on failure (the message says what and why), 2 on a usage
 error. No command prints a traceback for bad input; set SHADOWZOO_DEBUG=1 to see one for
 an unexpected failure.
+
+The command modules (`ops/cli*.py`) do not postpone annotations (no `from __future__ import
+annotations`): typer reads every command's parameters each time it builds the command tree,
+on every run, and evaluating them from strings was most of that cost. A name imported only
+for type checking is quoted where a helper's annotation uses it.
 """
 
-from __future__ import annotations
-
+import gc
 import inspect
 import os
 import sys
@@ -17,8 +21,8 @@ from typing import Annotated
 import typer
 
 from ops import (
-    cli_champion, cli_export, cli_ingest, cli_inspect, cli_scorer, cli_services, cli_shadow, cli_status, cli_train,
-    cli_variants, cli_zoo,
+    cli_champion, cli_export, cli_ingest, cli_inspect, cli_migrate, cli_scorer, cli_services, cli_shadow, cli_status,
+    cli_train, cli_variants, cli_zoo,
 )
 from ops.output import fail, say
 from ops.session import Session
@@ -45,7 +49,7 @@ for command in (
     cli_inspect.requests,
     cli_scorer.leaderboard, cli_scorer.report, cli_services.serve, cli_services.daemon, cli_services.gateway,
     cli_status.status, cli_status.stop, cli_services.sim, cli_shadow.replay, cli_shadow.pause, cli_shadow.resume,
-    cli_export.export,
+    cli_export.export, cli_migrate.migrate,
 ):
     app.command()(command)
 
@@ -123,11 +127,58 @@ def _reflowed(text: str) -> str:
 reflow_help(app)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; usage errors exit 2 (typer's own handling), failures exit 1 with a message."""
-    command = typer.main.get_command(app)
+WORKSPACE_OPTIONS = ("-w", "--workspace")
+"""The root's one option with a value; any other root option (help, completion) needs the whole tree."""
+
+
+def command_for(argv: list[str]) -> typer.core.TyperGroup:
+    """The click command tree that runs `argv`: with only the top-level command `argv` names, when it names one.
+
+    typer converts every command it is given on every run (its parameters, types and help),
+    so a run that names its command converts only that one, or that group. Anything else
+    (help, no command, an unknown name) gets the whole tree, with its listing and suggestions.
+    """
+    name = _requested_command(argv)
+    commands, groups = app.registered_commands, app.registered_groups
+    chosen = [c for c in commands if _command_name(c) == name], [g for g in groups if g.name == name]
+    if any(chosen):
+        app.registered_commands, app.registered_groups = chosen
     try:
-        command.main(args=argv, prog_name="shadowzoo")
+        return typer.main.get_command(app)
+    finally:
+        app.registered_commands, app.registered_groups = commands, groups
+
+
+def _requested_command(argv: list[str]) -> str | None:
+    """The command `argv` names after nothing but workspace options, else None."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in WORKSPACE_OPTIONS:
+            next(tokens, None)
+        elif not token.startswith("-"):
+            return token
+        elif not token.startswith(("-w", "--workspace=")):
+            return None
+    return None
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage errors exit 2 (typer's own handling), failures exit 1 with a message.
+
+    Started as the console script (no `argv`), it first freezes what is loaded so far: the
+    modules and the command definitions live as long as the process, so the collections
+    that the command's own imports set off need not walk them again and again. A caller
+    in process keeps its collector as it was.
+    """
+    if argv is None:
+        gc.freeze()
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        command_for(args).main(args=args, prog_name="shadowzoo")
     except ShadowzooError as exc:
         fail(str(exc))
         return 1

@@ -1,7 +1,5 @@
 """`shadowzoo promote | rollback | retire | history` and `variants reactivate`: moves, with an audit trail."""
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -117,7 +115,7 @@ def history(
     )
 
 
-def evidence_summary(move: Move) -> str | None:
+def evidence_summary(move: "Move") -> str | None:
     """One phrase for the audit table: forced, first champion, or the target's status then."""
     evidence = move.evidence
     if evidence is None:
@@ -134,7 +132,7 @@ def evidence_summary(move: Move) -> str | None:
     return f"{row.get('status_detail') or row.get('status')} ({pairs} pairs)"
 
 
-def _report(move: Move, as_json: bool) -> None:
+def _report(move: "Move", as_json: bool) -> None:
     if as_json:
         print_json(move)
         return

@@ -5,15 +5,12 @@ daemon runs, the same operation is a daemon job that writes the file, only insid
 workspace (the daemon writes nowhere else), and the command follows its progress.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.cli_options import since_option, version_id as named_version
 from ops.output import console, print_json, say
@@ -64,7 +61,7 @@ def export(
             f"({summary.format}, {summary.bytes:,} bytes)")
 
 
-def _options(**fields: object) -> ExportOptions:
+def _options(**fields: object) -> "ExportOptions":
     """The options, or a usage error naming the option at fault."""
     from pydantic import ValidationError
 
@@ -80,11 +77,13 @@ def _options(**fields: object) -> ExportOptions:
 
 
 @contextmanager
-def _progress_bar(show: bool) -> Iterator[Callable[[ExportProgress], None]]:
+def _progress_bar(show: bool) -> "Iterator[Callable[[ExportProgress], None]]":
     """A bar of requests exported / all, with the rows so far (a no-op when hidden)."""
     if not show:
         yield lambda progress: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("requests, {task.fields[rows]} rows"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:

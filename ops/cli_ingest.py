@@ -5,20 +5,19 @@ The file's records go into the spool as segments, exactly as captures do; then t
 when none runs) and the command prints what it did, the same either way.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from ops.output import error_console, print_json, say, warn
 from ops.session import session
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from shadow.ingest import IngestReport
     from shadow.logfile import LineProgress
     from shadow.spool_records import SpoolRecord
@@ -70,7 +69,7 @@ def outcomes(ctx: typer.Context, file: FileArgument, as_json: JsonOption = False
     _load(ctx, file, lambda progress: read_outcome_log(file, progress=progress), as_json)
 
 
-def _load(ctx: typer.Context, file: Path, read: Reader, as_json: bool) -> None:
+def _load(ctx: typer.Context, file: Path, read: "Reader", as_json: bool) -> None:
     """Spool the file's records (all or none), ingest the spool, and say what happened."""
     from shadow.logfile import spool_records
     from shadow.redaction import Redactor
@@ -97,15 +96,17 @@ def _load(ctx: typer.Context, file: Path, read: Reader, as_json: bool) -> None:
         warn(f"spool segment {name} quarantined: {reason}")
 
 
-def _progress() -> Progress:
+def _progress() -> "Progress":
     """Progress bars on stderr, shown only on a terminal and cleared when done."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
         console=error_console, transient=True, disable=not error_console.is_terminal,
     )
 
 
-def _summary(report: IngestReport) -> str:
+def _summary(report: "IngestReport") -> str:
     return (
         f"ingested {report.segments} segment(s): {report.traffic_rows} traffic row(s), "
         f"{report.outcome_rows} outcome row(s), {report.duplicates} duplicate(s) ignored, "

@@ -1,7 +1,5 @@
 """`shadowzoo trace` and `shadowzoo requests`: looking inside single requests."""
 
-from __future__ import annotations
-
 import json
 from typing import TYPE_CHECKING, Annotated
 
@@ -84,7 +82,7 @@ def requests(
         _print_page(page)
 
 
-def _print_trace(traced: RequestTrace) -> None:
+def _print_trace(traced: "RequestTrace") -> None:
     client = f" (client id {traced.client_request_id})" if traced.client_request_id else ""
     say(f"[bold]{traced.request_id}[/bold]{client} · {traced.slot} · received {traced.received_at:%Y-%m-%d %H:%M:%S} UTC "
         f"· {traced.source}")
@@ -104,7 +102,7 @@ def _print_trace(traced: RequestTrace) -> None:
                  for a in answers])
 
 
-def _answer_text(answer: AnswerTrace) -> str:
+def _answer_text(answer: "AnswerTrace") -> str:
     text = answer.output if answer.output is not None else (answer.reason or "")
     if answer.tool_calls:
         text += " " + json.dumps(answer.tool_calls, ensure_ascii=False)
@@ -112,7 +110,7 @@ def _answer_text(answer: AnswerTrace) -> str:
     return escape(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…")
 
 
-def _metric(answer: AnswerTrace, index: int) -> str:
+def _metric(answer: "AnswerTrace", index: int) -> str:
     """The answer's value of the slot's `index`-th metric (an answer that was not scored has none)."""
     if index >= len(answer.metrics):
         return "-"
@@ -122,7 +120,7 @@ def _metric(answer: AnswerTrace, index: int) -> str:
     return _number(value.value)
 
 
-def _pair(answer: AnswerTrace) -> str:
+def _pair(answer: "AnswerTrace") -> str:
     if answer.pair is None:
         return "-"
     if answer.pair.entered:
@@ -130,7 +128,7 @@ def _pair(answer: AnswerTrace) -> str:
     return answer.pair.reason
 
 
-def _print_page(page: RequestPage) -> None:
+def _print_page(page: "RequestPage") -> None:
     focused = any(row.version_id for row in page.requests)
     columns = ["request", "received (UTC)", "champion"] + (["challenger", "status", "Δnet $"] if focused else [])
     print_table(None, columns, [

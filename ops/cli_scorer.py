@@ -1,7 +1,5 @@
 """`shadowzoo leaderboard` and `shadowzoo report`: what the evidence says, for people and for PRs."""
 
-from __future__ import annotations
-
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -110,7 +108,7 @@ def _where(items: list[str] | None) -> dict[str, str] | None:
         raise typer.BadParameter(str(exc), param_hint="--where") from None
 
 
-def _print_board(board: Leaderboard) -> None:
+def _print_board(board: "Leaderboard") -> None:
     from scorer.report import format_interval, judge_note, usd
     from shadow.tags import where_text
 

@@ -4,22 +4,22 @@ The servers' modules (aiohttp, the daemon, the providers) are imported by the co
 that starts them, so `shadowzoo --help` does not load them.
 """
 
-from __future__ import annotations
-
 import os
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ops.affinity import parse_cpus
 from ops.output import warn
+from ops.roles import ADMIN, DAEMON_ROLES, GATEWAY, ROLES, check_backend, parse_roles
 from ops.session import session
 from ops.state import SERVE, DaemonInfo, DaemonLock
-from ops.supervise import Child, supervise
 from registry import ShadowzooError
+
+if TYPE_CHECKING:
+    from ops.supervise import Child
 
 
 def gateway(
@@ -40,6 +40,8 @@ def gateway(
     workspace = session(ctx).workspace()
     host, port = _gateway_address(workspace, host, port, workers)
     _check_api_keys(workspace)
+    from ops.supervise import supervise
+
     supervise(_gateways(workspace, host, port, workers))
 
 
@@ -81,6 +83,8 @@ def serve(
         "--gateway-cpus", help="CPUs the gateway workers run on, e.g. 0 or 0-1,3 (default: all).")] = None,
     daemon_cpus: Annotated[str | None, typer.Option(
         "--daemon-cpus", help="CPUs the daemon (shadow calls, scoring) runs on, e.g. 1 (default: all).")] = None,
+    role: Annotated[list[str] | None, typer.Option(
+        "--role", metavar="ROLE", help=f"Run only these roles ({', '.join(ROLES)}; repeat or comma-separate; default: all).")] = None,
 ) -> None:
     """Run shadowzoo as a service: gateway workers and the daemon, each restarted if it dies.
 
@@ -89,36 +93,52 @@ def serve(
     (they flush their captures), then the daemon (it ingests them); `shadowzoo stop` sends
     it. SIGHUP, or editing shadowzoo.yaml, reloads the config (see `status`).
     --gateway-cpus and --daemon-cpus keep the shadow side off the champion's cores.
+    --role runs only some of shadowzoo's parts here, e.g. `--role ingest,scorer` on one host
+    of a distributed deployment (see README, "Roles"); the embedded backend runs everything,
+    `gateway` alone, or the daemon's roles together.
 
     Example: shadowzoo serve --workers 2 --gateway-cpus 0 --daemon-cpus 1   (with SHADOWZOO_ADMIN_TOKEN set)
     """
     workspace = session(ctx).workspace()
+    roles = parse_roles(role)
+    check_backend(roles, workspace.config.backend)
     gateway_set = parse_cpus(gateway_cpus, "--gateway-cpus") if gateway_cpus else None
     daemon_set = parse_cpus(daemon_cpus, "--daemon-cpus") if daemon_cpus else None
-    if not os.environ.get(workspace.config.daemon.admin_token_env):
-        raise ShadowzooError(f"set {workspace.config.daemon.admin_token_env}: the daemon's admin API needs a token")
-    from ops.state import running_daemon
-
-    running = running_daemon(workspace)
-    if running is not None:
-        raise ShadowzooError(f"a daemon already runs for {workspace.root} (pid {running.pid}, {running.admin_url})")
+    daemon_roles = roles & DAEMON_ROLES
     daemon_config = workspace.config.daemon
-    _check_free(daemon_config.admin_host, daemon_config.admin_port if admin_port is None else admin_port, "daemon")
-    host, port = _gateway_address(workspace, host, port, workers)
-    _check_api_keys(workspace)
-    from ops.daemon import run_daemon
+    if ADMIN in roles and not os.environ.get(daemon_config.admin_token_env):
+        raise ShadowzooError(f"set {daemon_config.admin_token_env}: the daemon's admin API needs a token")
+    if daemon_roles:
+        from ops.state import running_daemon
 
-    gateways = _gateways(workspace, host, port, workers)
-    for child in gateways:
-        child.cpus = gateway_set
-    daemon = Child("daemon", run_daemon, (workspace.root, admin_port), cpus=daemon_set, reloads=True)
-    _supervise_as_serve(workspace, gateways + [daemon], DaemonInfo(
-        pid=os.getpid(), admin_url=f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}",
-        metrics_url=f"http://{host}:{port}/metrics", started_at=datetime.now(UTC).isoformat()))
+        running = running_daemon(workspace)
+        if running is not None:
+            raise ShadowzooError(f"a daemon already runs for {workspace.root} (pid {running.pid}, {running.admin_url})")
+    if ADMIN in roles:
+        _check_free(daemon_config.admin_host, daemon_config.admin_port if admin_port is None else admin_port, "daemon")
+    children, metrics_url = [], ""
+    if GATEWAY in roles:
+        host, port = _gateway_address(workspace, host, port, workers)
+        _check_api_keys(workspace)
+        children = _gateways(workspace, host, port, workers)
+        for child in children:
+            child.cpus = gateway_set
+        metrics_url = f"http://{host}:{port}/metrics"
+    if daemon_roles:
+        from ops.daemon import run_daemon
+        from ops.supervise import Child
+
+        children.append(Child("daemon", run_daemon, (workspace.root, admin_port, daemon_roles), cpus=daemon_set,
+                              reloads=True))
+    admin_url = f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}" if ADMIN in roles else ""
+    _supervise_as_serve(workspace, children, DaemonInfo(pid=os.getpid(), admin_url=admin_url, metrics_url=metrics_url,
+                                                        started_at=datetime.now(UTC).isoformat()))
 
 
-def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> None:
+def _supervise_as_serve(workspace, children: "list[Child]", info: DaemonInfo) -> None:
     """Supervise the children holding the workspace's serve lock, so that `shadowzoo stop` finds this process."""
+    from ops.supervise import supervise
+
     lock = DaemonLock(workspace, SERVE)
     lock.acquire()
     try:
@@ -128,11 +148,12 @@ def _supervise_as_serve(workspace, children: list[Child], info: DaemonInfo) -> N
         lock.release()
 
 
-def _gateways(workspace, host: str, port: int, workers: int) -> list[Child]:
+def _gateways(workspace, host: str, port: int, workers: int) -> "list[Child]":
     """Gateway worker processes (spawned, so each starts in Prometheus multiprocess mode), and on
     `backend: distributed` the host's one route follower, which keeps routes.json equal to the control plane's,
     and its one spool shipper (after the workers, so it is stopped after them and ships their last
     captures; its series are on the gateway's /metrics)."""
+    from ops.supervise import Child
     from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
@@ -192,6 +213,8 @@ def _check_free(host: str, port: int, what: str) -> None:
     """
     if port == 0:
         return
+    import socket
+
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -1,13 +1,10 @@
 """`shadowzoo replay | pause | resume`: replaying captured traffic, and stopping shadow spend."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.cli_options import JsonOption, since_option, version_id as named_version
 from ops.output import console, print_json, print_table, say, warn
@@ -112,12 +109,14 @@ def resume(
 
 
 @contextmanager
-def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
+def _progress_bar(show: bool) -> "Iterator[Callable[[RunReport], None]]":
     """A progress callback that first says what is skipped, then draws a bar of done / total with
     the counts so far (a no-op when hidden)."""
     if not show:
         yield lambda report: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     told = False
     columns = (
         TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
@@ -126,7 +125,7 @@ def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("replay", total=None, counts="")
 
-        def update(report: RunReport) -> None:
+        def update(report: "RunReport") -> None:
             nonlocal told
             if not told:
                 told = True
@@ -138,7 +137,7 @@ def _progress_bar(show: bool) -> Iterator[Callable[[RunReport], None]]:
         yield update
 
 
-def _skipped_lines(report: RunReport) -> list[str]:
+def _skipped_lines(report: "RunReport") -> list[str]:
     """What the replay leaves out because it cannot count, and how to replay it anyway."""
     from shadow.pending import BEFORE_PERIOD, NO_CHAMPION, OTHER_CHAMPION
 
@@ -155,7 +154,7 @@ def _skipped_lines(report: RunReport) -> list[str]:
     return lines
 
 
-def _print_report(slot: str, report: RunReport) -> None:
+def _print_report(slot: str, report: "RunReport") -> None:
     if not report.total:
         say(f"nothing to replay for slot {slot!r}: every sampled request that can count has a result "
             "from every challenger")
@@ -175,7 +174,7 @@ def _print_report(slot: str, report: RunReport) -> None:
         warn(f"the daily shadow budget of slot {slot!r} was reached (slots.{slot}.shadow.daily_budget_usd)")
 
 
-def _cost(counts: VersionCounts) -> str:
+def _cost(counts: "VersionCounts") -> str:
     """The known cost, and how many answers had none (an unpriced model)."""
     if counts.unpriced and counts.unpriced == counts.ok + counts.error:
         return "unpriced"

@@ -6,8 +6,6 @@ of plain text (`--json`: the same data as JSON) and exits 1 when a job keeps fai
 last `FAILING_RUNS` runs all failed.
 """
 
-from __future__ import annotations
-
 import os
 import signal
 import time
@@ -52,7 +50,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
                                        for name, error in failing.items()))
 
 
-def _workspace(current: Session) -> Workspace:
+def _workspace(current: Session) -> "Workspace":
     """The workspace; when its file does not load, enough of it (state_dir, the admin token's variable)
     to find a daemon still running on an earlier version of the file: its `status` says why the edit
     was refused."""
@@ -84,7 +82,8 @@ def _print_report(report: dict[str, Any]) -> None:
     if report.get("pid") is None:
         print_fields("daemon", [("state", "not running: stored state from the database"), ("database", report["database"])])
     else:
-        print_fields("daemon", [("state", "running"), ("pid", report["pid"]), ("up", _duration(report["uptime_s"]))])
+        print_fields("daemon", [("state", "running"), ("pid", report["pid"]), ("up", _duration(report["uptime_s"])),
+                                ("roles", report.get("roles", ""))])
         _print_config(report["config"])
     say("")
     print_fields("spool and queue", [

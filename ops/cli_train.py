@@ -4,8 +4,6 @@ Specs train one at a time; a failing spec never stops the rest, and the command 
 any failed. A trained skill is registered as a challenger: the champion never changes here.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable
 from typing import Annotated

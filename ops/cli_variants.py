@@ -1,7 +1,5 @@
 """`shadowzoo variants …`: what is registered, what a variant is, how two variants differ."""
 
-from __future__ import annotations
-
 import difflib
 import json
 from typing import TYPE_CHECKING, Annotated, Any
@@ -131,5 +129,5 @@ def _show(value: Any) -> str:
     return "(unset)" if value is None else json.dumps(value)
 
 
-def _skill(operations: Operations, variant: Variant) -> str | None:
+def _skill(operations: "Operations", variant: "Variant") -> str | None:
     return operations.skill_text(variant.skill_sha) if variant.skill_sha else None

@@ -1,7 +1,5 @@
 """`shadowzoo zoo …`: list, validate and register the workspace's variant specs."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -127,7 +125,7 @@ def register(
         raise typer.Exit(1)
 
 
-def _workspace_zoo(ctx: typer.Context) -> tuple[Workspace, Zoo]:
+def _workspace_zoo(ctx: typer.Context) -> "tuple[Workspace, Zoo]":
     """The workspace and its zoo (the zoo's modules load here, not for `--help`)."""
     from zoo import load_zoo
 
@@ -135,17 +133,17 @@ def _workspace_zoo(ctx: typer.Context) -> tuple[Workspace, Zoo]:
     return workspace, load_zoo(workspace.specs_dir)
 
 
-def _resolve(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, store: VariantStore):
+def _resolve(spec_file: "SpecFile", zoo: "Zoo", workspace: "Workspace", store: "VariantStore"):
     from zoo import resolve_spec
 
     return resolve_spec(spec_file, zoo, workspace, store)
 
 
-def _selected(zoo: Zoo, slot: str | None) -> list[SpecFile]:
+def _selected(zoo: "Zoo", slot: str | None) -> "list[SpecFile]":
     return [s for s in zoo.specs if slot is None or s.spec.slot == slot]
 
 
-def _by_names(zoo: Zoo, names: list[str]) -> list[SpecFile]:
+def _by_names(zoo: "Zoo", names: list[str]) -> "list[SpecFile]":
     """Specs named by label or by file path; an unknown name is a usage error."""
     chosen = []
     for name in names:
@@ -157,7 +155,7 @@ def _by_names(zoo: Zoo, names: list[str]) -> list[SpecFile]:
     return chosen
 
 
-def _describe(spec_file: SpecFile, zoo: Zoo, workspace: Workspace, store: VariantStore) -> dict:
+def _describe(spec_file: "SpecFile", zoo: "Zoo", workspace: "Workspace", store: "VariantStore") -> dict:
     spec = spec_file.spec
     row = {
         "spec": str(spec_file.path.relative_to(workspace.root)) if spec_file.path.is_relative_to(workspace.root) else str(spec_file.path),

@@ -19,6 +19,11 @@ failed logs one JSON line; an idle daemon logs nothing.
 The shadow runner is a supervised asyncio task, restarted with back-off if it dies. The
 admin API and /metrics share one port. SIGTERM/SIGINT: stop scheduling, give in-flight
 shadow calls `shutdown_grace_s`, ingest what the spool holds, checkpoint, close.
+
+A daemon runs only the jobs of its roles (`ops.roles`, `serve --role`): `ingest` the ingest
+job, `runner` the shadow runner, `scorer` score, watch, retention and rotation (on `backend:
+distributed` each only where this daemon is the elected leader, `ops.leaders`), `admin` the
+admin API, /metrics and the jobs it queues. Without `admin` it serves no port.
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ from apscheduler.triggers.cron import CronTrigger
 from ops import tasks
 from ops.admin import Api, build_admin_app
 from ops.jobs import Job, JobBoard, workspace_file
+from ops.leaders import job_leaders
 from ops.liveconfig import POLL_S, LiveConfig
 from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.protocol import JobStatus
+from ops.roles import ADMIN, DAEMON_ROLES, INGEST, RUNNER, SCORER, describe
 from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, ShadowzooError, Workspace
 from registry.workspace_config import DaemonConfig
@@ -80,8 +87,9 @@ class DaemonOperations(LocalOperations):
 class Daemon:
     """One daemon process's worth of state."""
 
-    def __init__(self, workspace: Workspace, port: int | None = None) -> None:
+    def __init__(self, workspace: Workspace, port: int | None = None, roles: frozenset[str] = DAEMON_ROLES) -> None:
         self.workspace = workspace
+        self.roles = roles
         self.live = LiveConfig(workspace)
         self.port = self.config.admin_port if port is None else port
         self.lock = DaemonLock(workspace)
@@ -101,8 +109,8 @@ class Daemon:
 
     async def run(self) -> None:
         """Serve until a signal arrives; then shut down in order."""
-        token = os.environ.get(self.config.admin_token_env)
-        if not token:
+        token = os.environ.get(self.config.admin_token_env, "")
+        if ADMIN in self.roles and not token:
             raise ShadowzooError(
                 f"the admin API needs a token: set {self.config.admin_token_env} (daemon.admin_token_env in shadowzoo.yaml)")
         self.lock.acquire()
@@ -116,25 +124,37 @@ class Daemon:
         try:
             registry.database.limit(self.config.duckdb_threads, self.config.duckdb_memory_limit)
             registry.write_routes()
-            self.context = tasks.TaskContext(self.workspace, DaemonOperations(registry, self), self.metrics)
+            leaders = job_leaders(self.workspace.config.backend, self.workspace.config.distributed)
+            self.context = tasks.TaskContext(self.workspace, DaemonOperations(registry, self), self.metrics,
+                                             leaders=leaders)
             await asyncio.to_thread(self.context.start_metrics)
-            runner = web.AppRunner(build_admin_app(Api(self.context.operations, self.jobs, self.metrics.registry, token)),
-                                   access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, self.config.admin_host, self.port)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self._publish(token)
+            admin = await self._start_admin(token) if ADMIN in self.roles else None
+            if admin is None:
+                print(f"shadowzoo daemon {os.getpid()}: roles {describe(self.roles)}, no admin API", flush=True)
             await self._run_until_stopped(registry)
-            await runner.cleanup()
+            await asyncio.to_thread(leaders.resign)
+            if admin is not None:
+                await admin.cleanup()
         finally:
             await asyncio.to_thread(_checkpoint_and_close, registry)
+
+    async def _start_admin(self, token: str) -> web.AppRunner:
+        """Serve the admin API and /metrics, and tell the CLI where (the `admin` role)."""
+        runner = web.AppRunner(build_admin_app(Api(self.context.operations, self.jobs, self.metrics.registry, token)),
+                               access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.admin_host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._publish(token)
+        return runner
 
     def _publish(self, token: str) -> None:
         base = f"http://{self.config.admin_host}:{self.port}"
         self.lock.publish(DaemonInfo(pid=os.getpid(), admin_url=base, metrics_url=f"{base}/metrics",
                                      started_at=datetime.now(UTC).isoformat()), token)
-        print(f"shadowzoo daemon {os.getpid()}: admin API {base}/admin, metrics {base}/metrics", flush=True)
+        print(f"shadowzoo daemon {os.getpid()}: roles {describe(self.roles)}, admin API {base}/admin, "
+              f"metrics {base}/metrics", flush=True)
 
     async def _run_until_stopped(self, registry: Registry) -> None:
         loop = asyncio.get_running_loop()
@@ -143,33 +163,40 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_config(registry, force=True)))
         scheduler = self._scheduler(registry)
         scheduler.start()
-        shadow = asyncio.create_task(self._supervise_runner(registry))
-        others = asyncio.create_task(self._serve_jobs())
+        shadow = asyncio.create_task(self._supervise_runner(registry)) if RUNNER in self.roles else None
+        others = [asyncio.create_task(self._serve_jobs())] if ADMIN in self.roles else []
+        if ADMIN in self.roles and shadow is None:
+            others.append(asyncio.create_task(self._refuse_replays()))
         await self.stopping.wait()
         scheduler.shutdown(wait=False)
-        others.cancel()
-        try:
-            await asyncio.wait_for(shadow, self.config.shutdown_grace_s)
-        except asyncio.TimeoutError:
-            log.info("shadow calls still in flight after %.0fs were abandoned; they run again after restart",
-                     self.config.shutdown_grace_s)
-        await self._job("ingest", tasks.ingest)
+        for task in others:
+            task.cancel()
+        if shadow is not None:
+            try:
+                await asyncio.wait_for(shadow, self.config.shutdown_grace_s)
+            except asyncio.TimeoutError:
+                log.info("shadow calls still in flight after %.0fs were abandoned; they run again after restart",
+                         self.config.shutdown_grace_s)
+        if INGEST in self.roles:
+            await self._job("ingest", tasks.ingest)
 
     def _scheduler(self, registry: Registry) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(self._reload_config, "interval", args=[registry], seconds=POLL_S, id="config",
                           coalesce=True, max_instances=1, misfire_grace_time=1)
-        for name, function, seconds in (
-            ("ingest", tasks.ingest, self.config.ingest_interval_s),
-            ("score", tasks.score, self.config.score_interval_s),
-            ("watch", tasks.watch, self.config.watch_interval_s),
-            ("retention", tasks.retention, 86400.0),
+        for role, name, function, seconds in (
+            (INGEST, "ingest", tasks.ingest, self.config.ingest_interval_s),
+            (SCORER, "score", tasks.score, self.config.score_interval_s),
+            (SCORER, "watch", tasks.watch, self.config.watch_interval_s),
+            (SCORER, "retention", tasks.retention, 86400.0),
         ):
+            if role not in self.roles:
+                continue
             scheduler.add_job(self._job, "interval", args=[name, function], seconds=seconds, id=name,
                               coalesce=True, max_instances=1, misfire_grace_time=max(1, int(seconds)),
                               next_run_time=datetime.now(UTC))
         schedule = self.workspace.config.zoo.schedule
-        if schedule:
+        if schedule and SCORER in self.roles:
             scheduler.add_job(self._job, CronTrigger.from_crontab(schedule, timezone="UTC"), args=["rotation", tasks.rotate],
                               id="rotation", coalesce=True, max_instances=1, misfire_grace_time=3600)
         return scheduler
@@ -251,11 +278,19 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - the job fails, the daemon goes on
                 job.finish(error=exc)
 
+    async def _refuse_replays(self) -> None:
+        """Without the `runner` role nothing here replays: a replay asked of this admin API fails at once, saying so."""
+        while True:
+            job = await self.jobs.replays.get()
+            job.finish(error=ShadowzooError(f"this daemon's roles are {describe(self.roles)}, without runner: "
+                                            "ask a daemon with the runner role to replay"))
+
     def status(self) -> dict:
         """What `shadowzoo status` shows (runs in a worker thread)."""
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
+            "roles": describe(self.roles),
             "last_runs": self.last_runs,
             "config": self.live.status(),
             **tasks.status(self.context),
@@ -268,11 +303,11 @@ def _checkpoint_and_close(registry: Registry) -> None:
     registry.close()
 
 
-def run_daemon(workspace_dir: Path, port: int | None = None) -> None:
-    """Entry point of the daemon process."""
+def run_daemon(workspace_dir: Path, port: int | None = None, roles: frozenset[str] = DAEMON_ROLES) -> None:
+    """Entry point of the daemon process: it runs the jobs of `roles` (all of the daemon's by default)."""
     from registry import load_workspace
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # not one line per shadow or judge call
-    asyncio.run(Daemon(load_workspace(workspace_dir), port).run())
+    asyncio.run(Daemon(load_workspace(workspace_dir), port, roles).run())

@@ -173,7 +173,11 @@ class LocalOperations:
 
         report = (lambda done, total: progress(IngestProgress(done=done, total=total))) if progress else None
         with INGESTING:
-            return ingest_from(self.registry.database, segment_source(self.workspace), progress=report)
+            source = segment_source(self.workspace)
+            try:
+                return ingest_from(self.registry.database, source, progress=report)
+            finally:
+                source.close()
 
     def replay(self, slot: str, since: datetime | None = None, version: str | None = None, include_old: bool = False,
                retry_errors: bool = False, progress: Callable[[RunReport], None] | None = None) -> RunReport:

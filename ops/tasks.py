@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ops.leaders import ElectedJobs, EveryJob
 from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
@@ -40,6 +41,8 @@ class TaskContext:
     metrics: DaemonMetrics
     metrics_seq: int = 0
     boards: dict[str, Any] = field(default_factory=dict)
+    leaders: EveryJob | ElectedJobs = field(default_factory=EveryJob)
+    """Which singleton jobs (per slot) this daemon runs: all of them, unless elected on `backend: distributed`."""
 
     @property
     def database(self):
@@ -79,10 +82,11 @@ def _champion_prices(context: TaskContext) -> dict[str, Price | None]:
 
 
 def score(context: TaskContext) -> dict[str, Any]:
-    """Re-score every slot with a champion; publish gauges; auto-promote where a slot allows it."""
+    """Re-score every slot with a champion that this daemon leads the scorer of; publish gauges;
+    auto-promote where a slot allows it."""
     operations = context.operations
     scored, newly_scored, promoted = 0, 0, []
-    for slot in _served_slots(context):
+    for slot in _served_slots(context, "scorer"):
         board = operations.score(slot)
         before = context.boards.get(slot)
         newly_scored += _scored(board) - (_scored(before) if before and before.period_id == board.period_id else 0)
@@ -107,9 +111,11 @@ def _scored(board) -> int:
     return sum(row.n for row in board.rows)
 
 
-def _served_slots(context: TaskContext) -> list[str]:
+def _served_slots(context: TaskContext, job: str) -> list[str]:
+    """The slots with a champion whose `job` this daemon leads."""
     configured = context.workspace.config.slots
-    return [slot for slot in configured if context.operations.champion(slot) is not None]
+    return [slot for slot in configured
+            if context.operations.champion(slot) is not None and context.leaders.leads(job, slot)]
 
 
 def _may_auto_promote(context: TaskContext, slot: str, board) -> bool:
@@ -129,7 +135,7 @@ def _budgets_left(context: TaskContext) -> list[tuple[str, float]]:
 def watch(context: TaskContext) -> dict[str, Any]:
     """Roll back a recent promotion whose champion breaks a guardrail against its predecessor."""
     rolled_back = []
-    for slot in _served_slots(context):
+    for slot in _served_slots(context, "watch"):
         broken = _broken_after_promotion(context, slot)
         if broken:
             move = context.operations.rollback(slot, AUTO_ACTOR, f"post-promotion watch: {broken}")
@@ -174,13 +180,17 @@ def retention(context: TaskContext) -> dict[str, Any]:
 
     A slot's rows go after its `retention.traffic_days`. Rows of a slot no longer configured,
     and outcomes never joined to a request (feedback names no slot), go after the default
-    window: nothing stays forever because its slot or request is unknown.
+    window: nothing stays forever because its slot or request is unknown. Each slot's deletion runs
+    where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention.
     """
     default = RetentionConfig().traffic_days
     windows = {slot: config.retention.traffic_days for slot, config in context.workspace.config.slots.items()}
     with context.database.reading() as db:
         stored = [row[0] for row in db.execute("SELECT DISTINCT slot FROM traffic").fetchall()]
-    deleted = sum(_delete_traffic(context, slot, windows.get(slot, default)) for slot in sorted(set(stored) | set(windows)))
+    deleted = sum(_delete_traffic(context, slot, windows.get(slot, default)) for slot in sorted(set(stored) | set(windows))
+                  if context.leaders.leads("retention", slot))
+    if not context.leaders.leads("retention"):
+        return {"traffic_deleted": deleted}
     with context.database.transaction() as db:
         orphans = db.execute("DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?",
                              [utcnow() - timedelta(days=default)]).fetchall()[0][0]
@@ -200,7 +210,9 @@ def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
 
 
 def rotate(context: TaskContext) -> dict[str, Any]:
-    """Train the `zoo.rotation_limit` stalest active specs that have a train: block."""
+    """Train the `zoo.rotation_limit` stalest active specs that have a train: block (where this daemon leads rotation)."""
+    if not context.leaders.leads("rotation"):
+        return {}
     result = context.operations.train(all_active=True, limit=context.workspace.config.zoo.rotation_limit,
                                       progress=log.info)
     return result.model_dump()

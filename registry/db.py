@@ -4,20 +4,25 @@ checks), or on `backend: distributed` a DuckDB connection over the lake and the 
 DuckDB lets one process hold the file at a time. CLI commands hold it for milliseconds,
 so a command that finds it locked waits a little (`SHADOWZOO_LOCK_WAIT_S`, default 10 s)
 before giving up; when it gives up it names the process that holds the lock and what to do.
-The distributed backend has no file: the process writing its lake holds a PostgreSQL
-advisory lock instead, waited for and named the same way.
+The distributed backend has no file and no single writer: processes on several hosts
+append to its lake at once, drawing their ids from the control plane (`reserve`), doing a
+transaction again when DuckLake refuses its commit for a conflict with another writer's
+(`committed`), and taking a PostgreSQL advisory lock for work that must run in one process
+at a time (`exclusive`: a slot's scorer).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 import duckdb
 
@@ -27,10 +32,17 @@ from registry.migrations import LATEST, MIGRATIONS
 if TYPE_CHECKING:
     import polars as pl
 
+    from registry.planes import LakeIds
     from registry.workspace_config import DistributedConfig
 
 DEFAULT_LOCK_WAIT_S = 10.0
+COMMIT_ATTEMPTS = 5
+"""How many times `Database.committed` tries a transaction DuckLake refuses for a conflict."""
 _PID_RE = re.compile(r"PID (\d+)")
+# Any fixed number: the first key of the advisory locks `Database.exclusive` takes (the second is the name's hash).
+_EXCLUSIVE_LOCKS = 0x5AD0_2003
+T = TypeVar("T")
+log = logging.getLogger("shadowzoo.db")
 
 
 def frame(db: duckdb.DuckDBPyConnection, query: str, params: list | None = None) -> pl.DataFrame:
@@ -72,11 +84,12 @@ class Database:
     `transaction()`.
     """
 
-    def __init__(self, path: Path | None, connection: duckdb.DuckDBPyConnection, writer: Any = None) -> None:
+    def __init__(self, path: Path | None, connection: duckdb.DuckDBPyConnection,
+                 distributed: tuple[DistributedConfig, LakeIds] | None = None) -> None:
         self.path = path
         """The DuckDB file; None on the distributed backend."""
-        self._writer = writer
-        """On the distributed backend, the PostgreSQL session holding the lake's writer lock."""
+        self._distributed = distributed
+        """On the distributed backend, its configuration and the allocator of the lake's ids."""
         self.connection = connection
         self.lock = threading.RLock()
 
@@ -93,27 +106,26 @@ class Database:
         return cls(path, connection)
 
     @classmethod
-    def open_distributed(cls, config: DistributedConfig, lock_wait_s: float | None = None) -> "Database":
+    def open_distributed(cls, config: DistributedConfig) -> "Database":
         """An in-memory DuckDB connection over the lake and the control plane, both migrated
         (`registry.planes`). The same `reading()` and `transaction()` serve it; a transaction
         writes one plane only (DuckDB refuses one that writes both).
 
-        Like the DuckDB file, the lake is written by one process at a time: the lake's
-        sequences are the connection's own (`registry.planes.seed_sequences`), so this holds
-        a PostgreSQL advisory lock while open, waiting for it as for the file's lock."""
+        Any number of processes open it at once: their lake ids come from the control plane
+        (`reserve`), and nothing is waited for."""
         from registry.distributed import attach_engines
-        from registry.planes import migrate_planes
+        from registry.planes import LakeIds, migrate_planes
 
-        writer = _lock_lake(config, _lock_wait(lock_wait_s))
+        ids = LakeIds(config)  # first: an unreachable PostgreSQL is named as `postgres_url`
         connection = duckdb.connect()
         try:
             attach_engines(connection, config)
             migrate_planes(connection, config)
         except BaseException:
             connection.close()
-            writer.close()
+            ids.close()
             raise
-        return cls(None, connection, writer)
+        return cls(None, connection, (config, ids))
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -131,7 +143,50 @@ class Database:
             except BaseException:
                 self.connection.execute("ROLLBACK")
                 raise
-            self.connection.execute("COMMIT")
+            try:
+                self.connection.execute("COMMIT")
+            except duckdb.Error:
+                _roll_back_if_open(self.connection)
+                raise
+
+    def committed(self, work: Callable[[duckdb.DuckDBPyConnection], T], attempts: int = COMMIT_ATTEMPTS) -> T:
+        """`work(connection)` in one transaction, done again (up to `attempts` times in all) when
+        DuckLake refuses the commit for a conflict with a transaction another process committed
+        meanwhile (two writers deleting or updating rows of one table). `work` must be safe to
+        run again: it is, when all it does is read and write through the connection."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as connection:
+                    return work(connection)
+            except duckdb.TransactionException as exc:
+                if "conflict" not in str(exc).lower() or attempt == attempts:
+                    raise
+                log.info("the lake refused a commit for a conflict with another writer (attempt %d of %d): %s",
+                         attempt, attempts, str(exc).splitlines()[-1])
+                time.sleep(0.01 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def reserve(self, sequence: str, count: int) -> None:
+        """Make the next `count` values of `sequence` unique across every process writing the
+        database; call it in the transaction whose statement draws them. A DuckDB file's
+        sequences already are (one process holds the file)."""
+        if self._distributed is not None:
+            with self.lock:
+                self._distributed[1].reserve(self.connection, sequence, count)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lock `name` (e.g. one slot's scorer) for the block, waiting for another process
+        holding it. A DuckDB file is one process's already; on the distributed backend this is a
+        PostgreSQL advisory lock of a session of its own, ended with the block (or the process)."""
+        if self._distributed is None:
+            yield
+            return
+        from registry.distributed import connect_control
+
+        with connect_control(self._distributed[0], autocommit=True) as session:
+            session.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [_EXCLUSIVE_LOCKS, name])
+            yield
 
     def limit(self, threads: int, memory_limit: str) -> None:
         """Cap DuckDB's worker threads and memory (a long-running daemon shares the machine
@@ -142,8 +197,8 @@ class Database:
     def close(self) -> None:
         with self.lock:
             self.connection.close()
-            if self._writer is not None:
-                self._writer.close()  # ends the session, and with it the writer lock
+            if self._distributed is not None:
+                self._distributed[1].close()
 
 
 def _lock_wait(explicit: float | None) -> float:
@@ -174,32 +229,12 @@ def _connect_waiting(path: Path, wait_s: float) -> duckdb.DuckDBPyConnection:
             raise DatabaseError(f"cannot open database {path}: {exc}") from None
 
 
-# Any fixed number: the advisory lock the one process writing the lake holds.
-_LAKE_WRITER_LOCK = 0x5AD0_2003
-
-
-def _lock_lake(config: DistributedConfig, wait_s: float) -> Any:
-    """A PostgreSQL session holding the lake's writer lock, taken within `wait_s`, or an error
-    naming the process that holds it (its session's application name says which)."""
-    from registry.distributed import connect_control
-
-    session = connect_control(config, autocommit=True,
-                              application_name=f"shadowzoo pid {os.getpid()} ({_command_line(str(os.getpid()))})"[:63])
-    deadline = time.monotonic() + wait_s
-    delay = 0.02
-    while not session.execute("SELECT pg_try_advisory_lock(%s)", [_LAKE_WRITER_LOCK]).fetchone()[0]:
-        if time.monotonic() >= deadline:
-            holder = session.execute(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                "WHERE l.locktype = 'advisory' AND l.objid::bigint = %s AND l.granted", [_LAKE_WRITER_LOCK]).fetchone()
-            session.close()
-            raise DatabaseError(
-                f"the lake at {config.postgres_url} is being written by {holder[0] if holder else 'another process'}. "
-                "If that is the shadowzoo daemon, run the command while it is up so it goes through the daemon; "
-                "otherwise wait for that process to finish or stop it, then retry.")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
-    return session
+def _roll_back_if_open(connection: duckdb.DuckDBPyConnection) -> None:
+    """End a transaction whose commit failed, if the failure left it open."""
+    try:
+        connection.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # the failed commit ended it
 
 
 def _locked_message(path: Path, detail: str) -> str:

@@ -4,8 +4,11 @@ In a DuckDB file, and on the control plane, every keyed table has its key: these
 native `INSERT … ON CONFLICT` statements. DuckLake has no keys (`registry.planes`), so on
 a lake table the same write is one `MERGE`: the incoming rows are first cut to one per key,
 then a key already stored is left alone (or updated in place) and a new one inserted. One
-statement in the caller's transaction, so a reader never sees a key twice, and a write done
-again after a crash changes nothing it did before.
+statement in the caller's transaction, so a write done again after a crash changes nothing it
+did before. Two writers whose transactions overlap may both insert one key on the lake (each
+MERGE sees only what was committed when it began, and DuckLake commits both appends): that
+happens when a lease is lost mid-flight, and the scorer reads the first row written of such a
+result (`scorer.answer_query.AnswerQuery.duplicates`).
 
 `rows` is a query yielding one value per column of `columns`, in that order. An update is
 written as assignments over the stored row (named by its table) and the incoming one

@@ -10,9 +10,10 @@ plain names (`registry.distributed.attach_engines`):
   `schema_migrations`. Small, keyed, written by operators.
 - lake (DuckLake, `lake.main`): the data and everything the scorer derives from it. DuckLake
   has no PRIMARY KEY, UNIQUE or index, so their DDL is stripped here and the keyed writes
-  go through `registry.keyed`; it has no sequences either, so the change counter and the
-  period and snapshot ids are DuckDB temp sequences of the connection, started past the
-  highest stored value when the database opens (`seed_sequences`).
+  go through `registry.keyed`; it has no sequences either, and its writers run on several
+  hosts at once, so the change counter and the period and snapshot ids are allocated by the
+  control plane in blocks (`LakeIds`): a writer reserves as many as its statement takes, and
+  the statement draws them from a DuckDB temp sequence spanning exactly that block.
 
 DuckDB lets one transaction write one attached database only, so every transaction that
 writes tables of both planes had to be settled:
@@ -36,10 +37,9 @@ period's id is taken from its sequence first.
   with its row in `lake_migrations` (the lake's own ledger), then the control part with its
   row in `schema_migrations`; a crash in between re-applies only the part not recorded.
 
-The scorer's "touched since the watermark" reads `seq > watermark` on the lake as in a
-DuckDB file: DuckLake skips the data files whose `seq` statistics lie below it (a check read
-one file of nine), so a refresh reads what is new; with one writer, `seq` order is commit
-order. Several writers will need the lake's change feed (snapshot ids) instead.
+Several processes write the lake at once (ingest and runner workers; DuckLake commits
+concurrent appends), so `seq` order is not commit order there: the scorer's watermark on the
+lake is a snapshot id, and what is new is read off DuckLake's change feed (`scorer.changes`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ LAKE_SEQUENCES: dict[str, tuple[tuple[str, str], ...]] = {
     "snapshot_id": (("leaderboard_snapshots", "snapshot_id"),),
 }
 """The sequences of lake tables, each with the columns that take its values (its next value
-is past their highest)."""
+is past their highest). On the lake each is a row of the control plane's `lake_ids`."""
 
 # Any fixed number: two processes opening the distributed backend at once migrate one at a time.
 _MIGRATION_LOCK = 0x5AD0_2002
@@ -131,7 +131,7 @@ def _lake_ddl(statement: str) -> str | None:
 
 
 def migrate_planes(connection: "duckdb.DuckDBPyConnection", config: "DistributedConfig") -> None:
-    """Apply the migrations the planes lack (under an advisory lock), then start the lake's sequences."""
+    """Apply the migrations the planes lack and start the lake's ids past the stored ones (under an advisory lock)."""
     from registry.distributed import connect_control
 
     _create_sequences(connection)
@@ -139,9 +139,9 @@ def migrate_planes(connection: "duckdb.DuckDBPyConnection", config: "Distributed
         control.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
         try:
             _migrate(connection, control)
+            _seed_ids(connection, control)
         finally:
             control.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK])
-    seed_sequences(connection)
 
 
 def _migrate(connection: "duckdb.DuckDBPyConnection", control: "psycopg.Connection") -> None:
@@ -182,18 +182,69 @@ def _apply_on_lake(connection: "duckdb.DuckDBPyConnection", version: int, statem
 
 
 def _create_sequences(connection: "duckdb.DuckDBPyConnection") -> None:
-    """The lake's sequences, so that the migrations' defaults naming them bind."""
+    """The lake's sequences, so that the migrations' defaults naming them bind: used up from
+    the start, so that a write which reserved no ids (`LakeIds.reserve`) fails instead of
+    taking one another process may take too."""
     for name in LAKE_SEQUENCES:
-        connection.execute(f"CREATE TEMP SEQUENCE IF NOT EXISTS {name} START 1")
+        connection.execute(f"CREATE OR REPLACE TEMP SEQUENCE {name} START 0 MINVALUE -1 MAXVALUE 0")
+        connection.execute(f"SELECT nextval('{name}')")
 
 
-def seed_sequences(connection: "duckdb.DuckDBPyConnection") -> None:
-    """Start each lake sequence past the highest value stored in the columns that take it.
-
-    The sequences are this connection's: one process writes the lake at a time (the daemon,
-    or a CLI command when none runs). Writers on several hosts need values allocated across
-    processes, which the lake's change feed and the workers' leases bring."""
+def _seed_ids(connection: "duckdb.DuckDBPyConnection", control: "psycopg.Connection") -> None:
+    """Create the control plane's `lake_ids` and move each id past the highest stored in the lake
+    (which a lake written before the ids were allocated here, or copied in, may hold)."""
+    control.execute("CREATE TABLE IF NOT EXISTS lake_ids (name TEXT PRIMARY KEY, next_value BIGINT NOT NULL)")
     for name, columns in LAKE_SEQUENCES.items():
         highest = ", ".join(f"(SELECT max({column}) FROM lake.main.{table})" for table, column in columns)
         start = int(connection.execute(f"SELECT greatest({highest}, 0)").fetchone()[0]) + 1
-        connection.execute(f"CREATE OR REPLACE TEMP SEQUENCE {name} START {start}")
+        control.execute("INSERT INTO lake_ids VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
+                        "SET next_value = greatest(lake_ids.next_value, excluded.next_value)", [name, start])
+
+
+class LakeIds:
+    """The lake's ids, unique across every process writing it: each reservation takes a block
+    of the control plane's counter (`lake_ids`, one row per sequence, one round trip in
+    autocommit, so the row is locked for that statement alone) and points the connection's
+    temp sequence of that name at exactly that block. A statement drawing more than was
+    reserved fails on the sequence's end rather than take another writer's id; ids reserved
+    by a transaction that rolls back are skipped (gaps are harmless: ids only need be unique).
+    A session PostgreSQL dropped (a restart) is opened again once per reservation."""
+
+    def __init__(self, config: "DistributedConfig") -> None:
+        """Connect to the control plane (a ConfigError naming `postgres_url` when it cannot)."""
+        from registry.distributed import connect_control
+
+        self._config = config
+        self._session: "psycopg.Connection | None" = connect_control(config, autocommit=True)
+
+    def reserve(self, connection: "duckdb.DuckDBPyConnection", sequence: str, count: int) -> None:
+        """Make the next `count` values of `sequence` on `connection` a block no other process takes."""
+        if count <= 0:
+            return
+        first = self._take(sequence, count)
+        connection.execute(f"CREATE OR REPLACE TEMP SEQUENCE {sequence} "
+                           f"START {first} MINVALUE {first - 1} MAXVALUE {first + count - 1}")
+
+    def _take(self, sequence: str, count: int) -> int:
+        """The first id of a block of `count` taken from the counter."""
+        import psycopg
+
+        from registry.distributed import connect_control
+
+        for attempt in (1, 2):
+            if self._session is None or self._session.closed:
+                self._session = connect_control(self._config, autocommit=True)
+            try:
+                return self._session.execute(
+                    "UPDATE lake_ids SET next_value = next_value + %s WHERE name = %s RETURNING next_value - %s",
+                    [count, sequence, count]).fetchone()[0]
+            except psycopg.OperationalError:
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

@@ -20,6 +20,7 @@ import polars as pl
 
 from registry import Variant
 from registry.workspace_config import Price, ScoringConfig
+from scorer.changes import Mark
 from scorer.quality_metrics import SCALAR_LABEL, QualityPlan, label_key_sql, sql_literal
 from shadow.pricing import price_of
 
@@ -27,6 +28,7 @@ PRICE_COLUMNS = {
     "version_id": pl.Utf8, "input_price": pl.Float64, "output_price": pl.Float64, "cache_price": pl.Float64,
     "reasoning_price": pl.Float64, "call_price": pl.Float64, "priced": pl.Boolean,
 }
+_SQL_TYPES = {pl.Utf8: "VARCHAR", pl.Float64: "DOUBLE", pl.Boolean: "BOOLEAN"}
 
 
 def variant_prices(variants: list[Variant], prices: dict[str, Price]) -> pl.DataFrame:
@@ -46,6 +48,18 @@ def variant_prices(variants: list[Variant], prices: dict[str, Price]) -> pl.Data
     return pl.DataFrame(rows, schema=PRICE_COLUMNS)
 
 
+def variant_prices_sql(prices: pl.DataFrame) -> str:
+    """The `variant_prices` relation as a query of literals (each value written as text and
+    cast back to its column's type, so a float is the frame's own). A query over a handful
+    of answers, a trace, plans these few rows faster than it registers an Arrow table."""
+    types = [_SQL_TYPES[dtype] for dtype in PRICE_COLUMNS.values()]
+    rows = [", ".join(f"CAST({'NULL' if value is None else sql_literal(str(value))} AS {type_})"
+                      for value, type_ in zip(row, types)) for row in prices.iter_rows()]
+    nothing = ", ".join(f"CAST(NULL AS {type_})" for type_ in types)
+    values = ", ".join(f"({row})" for row in rows or [nothing])
+    return f"SELECT * FROM (VALUES {values}) AS prices({', '.join(PRICE_COLUMNS)})" + ("" if rows else " WHERE false")
+
+
 @dataclass(frozen=True)
 class AnswerQuery:
     """The parameters of one scoring query over a slot's answers."""
@@ -57,15 +71,19 @@ class AnswerQuery:
     champion: str | None = None
     requests: str | None = None
     """A SQL condition on traffic's `seq` selecting the only requests to score (all when None)."""
-    as_of: int | None = None
-    """Score the answers as they stood when `as_of` was the newest seq: later rows are left out."""
+    as_of: Mark | None = None
+    """Score the answers as they stood at this mark (`scorer.changes`): later rows are left out."""
+    duplicates: bool = False
+    """Whether a (request, variant) may have several `shadow_results` rows (the lake has no keys:
+    two runners that both held a lost lease both wrote it): the earliest written is read."""
     tags: str | None = None
     """A SQL condition on traffic's `tags` selecting a slice's requests (`scorer.slices.tags_sql`; all when None)."""
 
     def sql(self) -> str:
         """Every answer, scored: the champion's live ones, then the replayed ones (with the
-        champion's scores of the same request). Over the registered `variant_prices` relation;
-        parameters are inlined as literals."""
+        champion's scores of the same request). Over a relation named `variant_prices` (an
+        Arrow table registered under that name, or a CTE of `variant_prices_sql`); parameters
+        are inlined as literals."""
         return (f"WITH live AS MATERIALIZED ({self.live_sql()}) "
                 f"SELECT * FROM live WHERE known_variant UNION ALL BY NAME SELECT * FROM ({self.replayed_sql('live')})")
 
@@ -88,11 +106,11 @@ class AnswerQuery:
     def _live_answers(self) -> str:
         """The champion's live answers with their request's latest label, not yet scored."""
         return f"""
-            WITH t AS (SELECT * FROM traffic WHERE {self.traffic_filter()}),
+            WITH t AS (SELECT * FROM {self._table('traffic')} WHERE {self.traffic_filter()}),
             latest_labels AS (
                 SELECT seq AS request_seq, arg_max(value_json, latest) AS label_json FROM (
                     SELECT request_seq AS seq, value_json, (epoch_us(received_at)::HUGEINT << 64) + outcomes.seq AS latest
-                    FROM outcomes WHERE kind = 'label' {self._written('outcomes.seq')})
+                    FROM {self._table('outcomes')} WHERE kind = 'label' {self._written('outcomes.seq')})
                 WHERE {self._labels_filter()}
                 GROUP BY 1
             )
@@ -116,14 +134,17 @@ class AnswerQuery:
         with `champion_scores`, the champion's scores from the scored `live`), not yet scored."""
         champion = ", l.net AS champion_net, l.quality AS champion_quality, l.cost_usd AS champion_cost" \
             if champion_scores else ""
+        # among the requests just read, so its cost is the answers' and not the table's
+        once = " QUALIFY row_number() OVER (PARTITION BY s.request_id, s.version_id ORDER BY s.seq) = 1" \
+            if self.duplicates else ""
         return f"""
             SELECT s.request_id, s.request_seq, s.version_id,
                    CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,
                    s.tool_calls_json,
                    s.prompt_tokens, s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.latency_ms,
                    l.received_at, l.label_json{self.plan.label_column_refs('l')}, l.labelled{champion}
-            FROM shadow_results s JOIN {live} l ON l.request_seq = s.request_seq
-            WHERE s.status IN ('ok', 'error') {self._written('s.seq')}"""
+            FROM {self._table('shadow_results', 's')} JOIN {live} l ON l.request_seq = s.request_seq
+            WHERE s.status IN ('ok', 'error') {self._written('s.seq')}{once}"""
 
     def traffic_filter(self) -> str:
         """The SQL condition on `traffic` selecting the query's requests (those written by `as_of`)."""
@@ -142,17 +163,23 @@ class AnswerQuery:
         with the selected traffic."""
         if self.requests is not None:
             return self.requests
-        return f"seq IN (SELECT seq FROM traffic WHERE {self.traffic_filter()})"
+        return f"seq IN (SELECT seq FROM {self._table('traffic')} WHERE {self.traffic_filter()})"
+
+    def _table(self, name: str, alias: str | None = None) -> str:
+        """The table `name`, named `alias`, as of `as_of` (as it stands when scoring as things stand)."""
+        if self.as_of is not None:
+            return self.as_of.table(name, alias)
+        return f"{name} AS {alias}" if alias else name
 
     def _written(self, seq: str) -> str:
         """The condition keeping rows written by `as_of` (none when scoring as things stand)."""
-        return f"AND {seq} <= {self.as_of}" if self.as_of is not None else ""
+        return self.as_of.written(seq) if self.as_of is not None else ""
 
     def _scored(self, answers: str, price_join: str) -> str:
         """`answers` with quality, cost_usd, latency_cost and net; `price_join` says whether an
         answer of a variant without a `variant_prices` row is kept (LEFT JOIN) or left out."""
         row_joins = "".join(
-            f" LEFT JOIN metric_values mv{i} ON mv{i}.request_id = a.request_id AND mv{i}.version_id = a.version_id"
+            f" LEFT JOIN {self._table('metric_values', f'mv{i}')} ON mv{i}.request_id = a.request_id AND mv{i}.version_id = a.version_id"
             f" AND mv{i}.metric_key = {sql_literal(key)} AND mv{i}.label_key = {label_key_sql(metric, 'a.label_json')}"
             f" {self._written(f'mv{i}.seq')}"
             for i, (key, metric) in enumerate(self.plan.row_metrics.items())

@@ -38,7 +38,7 @@ from registry.db import registered
 from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.exportformat import ExportFormat
 from scorer.quality_metrics import plan_quality, sql_literal
-from scorer.pairing import latest_seq
+from scorer.changes import Mark, latest
 from shadow.pricing import workspace_prices
 
 EPOCH = datetime(1970, 1, 1)
@@ -99,7 +99,7 @@ def export_answers(registry: Registry, options: ExportOptions, path: Path,
     with registry.database.reading() as db:
         # with no request, one empty range still gives the file its header or schema
         chunks = request_chunks(db, options.slot, options.since or EPOCH, chunk_requests) or [(0, -1, 0)]
-        rows = ExportRows(registry.workspace, options, as_of=latest_seq(db))
+        rows = ExportRows(registry.workspace, options, as_of=latest(db))
     done = ExportProgress(requests_total=sum(count for _, _, count in chunks))
     progress(done)
     with _staged(path) as staging, _writer(options.format, staging) as write:
@@ -114,9 +114,9 @@ def export_answers(registry: Registry, options: ExportOptions, path: Path,
 class ExportRows:
     """The SQL of the exported rows, for one range of requests at a time."""
 
-    def __init__(self, workspace: Workspace, options: ExportOptions, as_of: int | None = None) -> None:
+    def __init__(self, workspace: Workspace, options: ExportOptions, as_of: Mark | None = None) -> None:
         self.options = options
-        self.as_of = as_of  # read the rows as they stood when this seq was the newest
+        self.as_of = as_of  # read the rows as they stood at this mark
         config = workspace.slot(options.slot)
         self.metrics = config.metrics
         self.plan = plan_quality(config.metrics, f"slots.{options.slot}.metrics")

@@ -1,14 +1,14 @@
 """Paired differences and the period's sums, kept up to date in proportion to what is new.
 
-What is new is found through `seq`, a counter every traffic, outcome, shadow-result and
-metric-value row takes when it is written: a slot's watermark remembers the highest seq
+What is new is found by a mark in the data's history (`scorer.changes`: in a DuckDB file the
+highest `seq`, a counter every traffic, outcome, shadow-result and metric-value row takes
+when it is written; on the lake a snapshot id): a slot's watermark remembers the mark
 already considered, and only requests touched since are scored again. Requests are keyed
 by their traffic row's `seq` (`request_seq`), an integer that grows with arrival, so the
 rows of recently touched requests are read without scanning older ones.
 
 Each touched request is scored twice: as it stands now, and as it stood at the watermark
-(its rows with seq at most the watermark, which is exactly what the refresh that last
-touched it scored). The period's descriptive sums (`answer_stats`) take away the second
+(its rows written by then, which is exactly what the refresh that last touched it scored). The period's descriptive sums (`answer_stats`) take away the second
 and add the first. A pair (a request answered by the champion live and by a challenger
 replayed, both scored, label joined) is appended to `paired` when it is complete now and
 was not at the watermark: it enters the evidence exactly once, and a corrected label
@@ -32,6 +32,7 @@ from registry.db import registered
 from registry.keyed import upsert
 from scorer.answer_query import AnswerQuery
 from scorer.answerstats import add_answers
+from scorer.changes import Mark, touched_requests
 from scorer.quality_metrics import sql_literal
 from scorer.periods import Period
 from scorer.sequential import PairedMoments
@@ -62,44 +63,26 @@ _MOMENTS_KEY = ("period_id", "version_id", "measure")
 log = logging.getLogger("shadowzoo.scorer")
 
 
-def touched_requests(since_seq: int) -> str:
-    """SQL for the `request_seq` of requests whose rows changed after `since_seq`."""
-    return (
-        f"SELECT seq AS request_seq FROM traffic WHERE seq > {since_seq} "
-        f"UNION SELECT request_seq FROM shadow_results WHERE seq > {since_seq} AND request_seq IS NOT NULL "
-        f"UNION SELECT request_seq FROM outcomes WHERE seq > {since_seq} AND request_seq IS NOT NULL "
-        f"UNION SELECT seq FROM traffic WHERE request_id IN (SELECT request_id FROM metric_values WHERE seq > {since_seq})"
-    )
-
-
-def latest_seq(db: duckdb.DuckDBPyConnection) -> int:
-    row = db.execute(
-        "SELECT greatest((SELECT max(seq) FROM traffic), (SELECT max(seq) FROM shadow_results), "
-        "(SELECT max(seq) FROM outcomes), (SELECT max(seq) FROM metric_values), 0)"
-    ).fetchone()
-    return int(row[0] or 0)
-
-
-def watermark(db: duckdb.DuckDBPyConnection, period: Period) -> int:
-    """The highest seq already paired for this period (0 when the period is new)."""
+def watermark(db: duckdb.DuckDBPyConnection, period: Period, now: Mark) -> Mark | None:
+    """The mark already paired for this period (None when the period is new); `now` says which kind."""
     row = db.execute("SELECT period_id, seq FROM scoring_watermarks WHERE slot = ?", [period.slot]).fetchone()
-    return int(row[1]) if row and row[0] == period.period_id else 0
+    return Mark(int(row[1]), now.snapshot) if row and row[0] == period.period_id else None
 
 
-def score_changes(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: int,
+def score_changes(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: Mark | None, now: Mark,
                   windows: dict[str, datetime]) -> Moments:
-    """Score the requests touched after `seen` (for a new period, `seen` 0: all its requests,
-    in chunks of seq), move the period's sums, append the new pairs and return their moments."""
-    if seen:
+    """Score the requests touched after `seen` up to `now` (for a new period, `seen` None: all its
+    requests, in chunks of seq), move the period's sums, append the new pairs and return their moments."""
+    if seen is not None:
         try:
-            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen)}")
+            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {touched_requests(seen, now)}")
             return _score_batch(db, period, replace(query, requests="seq IN (SELECT request_seq FROM touched)"), seen,
                                 windows)
         finally:
             db.execute("DROP TABLE IF EXISTS touched")
     chunks = _chunks(db, query)
     for done, chunk in enumerate(chunks, start=1):
-        _score_batch(db, period, chunk, 0, windows)
+        _score_batch(db, period, chunk, None, windows)
         if len(chunks) > 1:
             log.info("slots.%s: scored %d of %d chunks of the period's requests", period.slot, done, len(chunks))
     # a new period's pairs are all the period has: one pass over them once every chunk is in
@@ -116,7 +99,7 @@ def _chunks(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> list[AnswerQue
     return [replace(query, requests=f"seq BETWEEN {start} AND {start + step - 1}") for start in range(low, high + 1, step)]
 
 
-def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: int,
+def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: Mark | None,
                  windows: dict[str, datetime]) -> Moments:
     """Score the batch's requests now and, when the period was scored before, as they stood at
     `seen`; move the period's sums by the difference and append the pairs completed since.
@@ -124,14 +107,14 @@ def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQue
     try:
         _score_into(db, "now", query)
         add_answers(db, period.period_id, _answers("now"), query.plan.needs_label)
-        existed = bool(seen) and _requests_before(db, seen)
+        existed = seen is not None and _requests_before(db, seen)
         if existed:
             _score_into(db, "before", replace(query, as_of=seen))
             add_answers(db, period.period_id, _answers("before"), query.plan.needs_label, sign=-1)
         if not windows:
             return {}
         new_pairs = _new_pairs(period, windows, query.plan.needs_label, dedupe=existed)
-        if not seen:
+        if seen is None:
             db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM ({new_pairs})")
             return {}
         # a few new pairs: kept once, then appended, merged into the worst pairs and summed
@@ -152,9 +135,11 @@ def _score_into(db: duckdb.DuckDBPyConnection, state: str, query: AnswerQuery) -
                f"SELECT {_REPLAYED_COLUMNS} FROM ({query.replayed_sql(f'live_{state}')})")
 
 
-def _requests_before(db: duckdb.DuckDBPyConnection, seen: int) -> bool:
-    """Whether any request just scored existed at `seen` (a request that did not had nothing to take away)."""
-    return db.execute(f"SELECT count(*) FROM live_now WHERE request_seq <= {seen}").fetchone()[0] > 0
+def _requests_before(db: duckdb.DuckDBPyConnection, seen: Mark) -> bool:
+    """Whether any request just scored may have existed at `seen` (a request that did not had nothing
+    to take away). On the lake a request's `seq` does not tell (it is drawn before its commit): it may have."""
+    return seen.snapshot or db.execute(
+        f"SELECT count(*) FROM live_now WHERE request_seq <= {seen.value}").fetchone()[0] > 0
 
 
 def _answers(state: str) -> str:
@@ -263,6 +248,7 @@ def load_moments(db: duckdb.DuckDBPyConnection, period_id: int) -> Moments:
     return moments
 
 
-def save_watermark(db: duckdb.DuckDBPyConnection, period: Period, seq: int) -> None:
+def save_watermark(db: duckdb.DuckDBPyConnection, period: Period, mark: Mark) -> None:
+    """Remember `mark` as the slot's watermark (in its `seq` column, whichever kind it is)."""
     upsert(db, "scoring_watermarks", ("slot",), ("slot", "period_id", "seq"), "SELECT ?::VARCHAR, ?::BIGINT, ?::BIGINT",
-           [period.slot, period.period_id, seq])
+           [period.slot, period.period_id, mark.value])

@@ -11,6 +11,7 @@ challengers that join later never inflate the error of those already running.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,11 +45,12 @@ def slot_settings(slot: SlotConfig, model_prices: dict[str, Any]) -> dict[str, A
 
 
 def current_period(db: duckdb.DuckDBPyConnection, slot: str, champion: str, champion_since: datetime,
-                   settings: dict[str, Any]) -> Period:
+                   settings: dict[str, Any], reserve: Callable[[str, int], None] | None = None) -> Period:
     """The slot's open period, or a new one when the champion or the settings changed.
 
     A period opened for a new champion starts when that champion took office, so traffic
     it answered before the first scoring run counts; one opened for new settings starts now.
+    A new period's id is reserved first with `reserve` when given (`Database.reserve`).
     """
     settings_hash = sha256_text(canonical_json(settings))
     latest = db.execute(
@@ -65,6 +67,8 @@ def current_period(db: duckdb.DuckDBPyConnection, slot: str, champion: str, cham
     else:
         reason, started_at = f"settings changed: {_changed_keys(db, latest[0], settings)}", utcnow()
     # the id is taken first: the lake takes no INSERT … RETURNING
+    if reserve is not None:
+        reserve("period_id", 1)
     period_id = db.execute("SELECT nextval('period_id')").fetchone()[0]
     db.execute(
         "INSERT INTO evaluation_periods (period_id, slot, champion_version, settings_hash, settings_json, reason, "

@@ -18,7 +18,7 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jsonschema
 import polars as pl
@@ -30,6 +30,10 @@ from registry.workspace_config import JsonValidMetric, Metric, PythonMetric
 from registry.entrypoints import load_entrypoint
 from scorer.answer_query import AnswerQuery
 from scorer.quality_metrics import label_key_sql, sql_literal, uses_label
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
 
 VALUE_COLUMNS = {"request_id": pl.Utf8, "version_id": pl.Utf8, "metric_key": pl.Utf8, "label_key": pl.Utf8,
                  "value": pl.Float64, "error": pl.Utf8, "cost_usd": pl.Float64}
@@ -149,7 +153,13 @@ def store_values(database: Database, values: pl.DataFrame) -> None:
     if values.is_empty():
         return
     frame = values.with_columns(computed_at=pl.lit(utcnow())).to_arrow()
-    with database.transaction() as db, registered(db, "new_metric_values", frame):
+    database.committed(lambda db: _store_in(database, db, frame))
+
+
+def _store_in(database: Database, db: duckdb.DuckDBPyConnection, values: pa.Table) -> None:
+    """`store_values`' transaction: each value takes a change counter value."""
+    database.reserve("change_seq", values.num_rows)
+    with registered(db, "new_metric_values", values):
         insert_absent(db, "metric_values", ("request_id", "version_id", "metric_key", "label_key"),
                       ("request_id", "version_id", "metric_key", "label_key", "value", "error", "cost_usd",
                        "computed_at", "seq"),

@@ -33,7 +33,8 @@ from scorer.leaderboard_builder import BoardInputs, build_board, describe, not_r
 from registry.workspace_config import JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge
 from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
-from scorer.pairing import latest_seq, load_moments, merge_moments, save_watermark, score_changes, watermark
+from scorer.changes import latest, on_lake
+from scorer.pairing import load_moments, merge_moments, save_watermark, score_changes, watermark
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings
 from scorer.prices import sync_prices
 from shadow.pauses import PauseSet, read_pauses
@@ -58,7 +59,14 @@ class Scorer:
 
         With `where` (a slice, see `scorer.slices`) or `since` (a window of the descriptive
         columns), the board is a view: it is returned, never stored, so the slot's stored board,
-        its evidence history and the running intersection carry only the period's own looks."""
+        its evidence history and the running intersection carry only the period's own looks.
+
+        One refresh of a slot runs at a time (`Database.exclusive`: on the distributed backend,
+        its scorer candidates on several hosts take turns)."""
+        with self.database.exclusive(f"scorer {slot}"):
+            return self._refresh(slot, since, where)
+
+    def _refresh(self, slot: str, since: datetime | None, where: Where | None) -> Leaderboard:
         config = self.workspace.slot(slot)
         plan = plan_quality(config.metrics, f"slots.{slot}.metrics")
         champion = self.registry.champion(slot)
@@ -68,15 +76,19 @@ class Scorer:
         prices = sync_prices(self.database, self.workspace)
         period = self._period(slot, champion, challengers, prices)
         judges = self._fill_row_metrics(slot, plan, variants, prices, _evidence_query(slot, plan, config, period, since))
-        with self.database.transaction() as db:
-            with registered(db, "variant_prices", variant_prices(variants, prices).to_arrow()):
+        price_table = variant_prices(variants, prices).to_arrow()
+
+        def refresh_in(db: duckdb.DuckDBPyConnection) -> Leaderboard:
+            with registered(db, "variant_prices", price_table):
                 board = self._refresh_in(db, slot, plan, period, champion, challengers, since, where or {})
             board = board.model_copy(update={"judges": judges})
-            if where or since is not None:
-                return board
-            db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) VALUES (?, ?, ?, ?)",
-                       [slot, board.period_id, board.generated_at, board.model_dump_json()])
-        return board
+            if not where and since is None:
+                self.database.reserve("snapshot_id", 1)
+                db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) VALUES (?, ?, ?, ?)",
+                           [slot, board.period_id, board.generated_at, board.model_dump_json()])
+            return board
+
+        return self.database.committed(refresh_in)
 
     def _period(self, slot: str, champion: Variant | None, challengers: list[Variant], prices: dict) -> Period | None:
         """The slot's current evaluation period (None without a champion), started anew when it changed."""
@@ -86,8 +98,8 @@ class Scorer:
                         if (m := v.config.get("model")) and (price := price_of(prices, m))}
         since_promotion = self.registry.champion_since(slot) or utcnow()
         settings = slot_settings(self.workspace.slot(slot), model_prices)
-        with self.database.transaction() as db:
-            return current_period(db, slot, champion.version_id, since_promotion, settings)
+        return self.database.committed(
+            lambda db: current_period(db, slot, champion.version_id, since_promotion, settings, self.database.reserve))
 
     def history(self, slot: str, limit: int = 200) -> list[EvidencePoint]:
         """How each challenger's evidence grew over the current period's snapshots, oldest first."""
@@ -140,14 +152,14 @@ class Scorer:
     def _append_pairs(self, db: duckdb.DuckDBPyConnection, slot: str, plan: QualityPlan, period: Period,
                       challengers: list[Variant]) -> None:
         """Score what changed since the watermark, then append and fold in the new pairs."""
-        seen = watermark(db, period)
-        newest = latest_seq(db)
+        newest = latest(db)
+        seen = watermark(db, period, newest)
         if newest == seen:
             return
         query = AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=self.workspace.slot(slot).scoring,
-                            champion=period.champion_version)
+                            champion=period.champion_version, duplicates=on_lake(db))
         windows = {} if plan.empty else {v.version_id: max(period.started_at, v.created_at) for v in challengers}
-        merge_moments(db, period, score_changes(db, period, query, seen, windows))
+        merge_moments(db, period, score_changes(db, period, query, seen, newest, windows))
         save_watermark(db, period, newest)
 
     def _fill_row_metrics(self, slot: str, plan: QualityPlan, variants: list[Variant], prices: dict,

@@ -14,24 +14,25 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
 import duckdb
+import polars as pl
 from pydantic import BaseModel, Field
 
 from registry import ConfigError, NotFound, Registry, Variant
-from registry.db import registered
-from scorer.answer_query import AnswerQuery, variant_prices
+from scorer.answer_query import AnswerQuery, variant_prices, variant_prices_sql
 from scorer.quality_metrics import plan_quality, sql_literal
 from shadow.pricing import effective_prices
 
 EPOCH = datetime(1970, 1, 1)
 SKIPPED_OPTIMIZERS = ("common_subexpressions",)
 """DuckDB optimizer passes a trace's scoring query goes without: on one request's rows it
-saves nothing, while over the scoring SQL's metric expressions it takes about 13 ms, most of
-the optimizer's time (the pushdown of the request's seq into every scan, which does matter,
-stays on)."""
+saves nothing, while over the scoring SQL's metric expressions it took about 13 ms on DuckDB
+2.0 and takes about 1 ms of the query's 14 ms of CPU on 1.5 (the pushdown of the request's
+seq into every scan, which does matter, stays on)."""
 _TRAFFIC = ("seq, request_id, client_request_id, slot, received_at, request_json, champion_version, source, status, "
             "error")
 
@@ -109,43 +110,41 @@ class RequestTrace(BaseModel):
 
 def trace_request(registry: Registry, key: str, slot: str | None = None) -> RequestTrace:
     """The trace of the request whose id (or client request id, within `slot` when given) is `key`."""
-    with registry.database.reading() as db:
+    with registry.database.reading() as db, _tracing(db):
         traffic = _find(db, key, slot)
         config = registry.workspace.slot(traffic["slot"])
         variants = registry.variants(slot=traffic["slot"])
         prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
         query = AnswerQuery(slot=traffic["slot"], since=EPOCH, plan=plan_quality(config.metrics, f"slots.{traffic['slot']}.metrics"),
                             scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}")
-        prices_table = variant_prices(variants, prices).to_arrow()
-        with registered(db, "variant_prices", prices_table), _skipping(db, SKIPPED_OPTIMIZERS):
-            scored = _scored(db, query, [m.key for m in config.metrics])
-        period = _period(db, traffic)
-        pairs = _pairs(db, traffic["seq"])
-        watermark = db.execute("SELECT period_id, seq FROM scoring_watermarks WHERE slot = ?", [traffic["slot"]]).fetchone()
-        answers = _answers(db, traffic, scored, variants)
-        outcomes = _outcomes(db, traffic["seq"], scored)
+        scored = _scored(db, query, variant_prices(variants, prices), [m.key for m in config.metrics])
+        stored = _stored(db, traffic)
+    answers = _answers(traffic, scored, stored.results, variants)
     for answer in answers:
         if answer.role == "challenger":
-            answer.pair = _pair(answer, scored.get(answer.version_id), pairs.get(answer.version_id), period, watermark,
-                                variants, traffic, query.plan.needs_label)
+            answer.pair = _pair(answer, scored.get(answer.version_id), stored.pairs.get(answer.version_id),
+                                stored.period, stored.watermark, variants, traffic, query.plan.needs_label)
     champion = next((a for a in answers if a.role == "champion"), None)
     return RequestTrace(
         request_id=traffic["request_id"], client_request_id=traffic["client_request_id"], slot=traffic["slot"],
         received_at=traffic["received_at"], source=traffic["source"], request=json.loads(traffic["request_json"]),
-        champion=champion, challengers=[a for a in answers if a.role != "champion"], outcomes=outcomes,
-        period=period)
+        champion=champion, challengers=[a for a in answers if a.role != "champion"],
+        outcomes=_outcomes(stored.outcomes, scored), period=stored.period)
 
 
 @contextmanager
-def _skipping(db: duckdb.DuckDBPyConnection, optimizers: tuple[str, ...]) -> Iterator[None]:
-    """The connection with `optimizers` disabled as well, restored afterwards (the caller
-    holds the database's lock, so no other query runs without them)."""
-    previous = db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
-    db.execute(f"SET disabled_optimizers = {sql_literal(','.join(filter(None, [previous, *optimizers])))}")
+def _tracing(db: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The connection on one thread, with `SKIPPED_OPTIMIZERS` disabled as well, both restored
+    afterwards (the caller holds the database's lock, so no other query runs meanwhile). A
+    trace's queries read a few rows each: a second thread only hands them back and forth,
+    which on a busy machine costs more than the reading (each switch waits for the scheduler)."""
+    threads, previous = db.execute("SELECT current_setting('threads'), current_setting('disabled_optimizers')").fetchone()
+    skipped = ",".join(filter(None, [previous, *SKIPPED_OPTIMIZERS]))
+    db.execute(f"SET threads = 1; SET disabled_optimizers = {sql_literal(skipped)}")
     try:
         yield
     finally:
-        db.execute(f"SET disabled_optimizers = {sql_literal(previous)}")
+        db.execute(f"SET threads = {int(threads)}; SET disabled_optimizers = {sql_literal(previous)}")
 
 
 def _find(db: duckdb.DuckDBPyConnection, key: str, slot: str | None) -> dict[str, Any]:
@@ -173,13 +172,17 @@ def _rows(db: duckdb.DuckDBPyConnection, sql: str, parameters: list[Any]) -> lis
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def _scored(db: duckdb.DuckDBPyConnection, query: AnswerQuery, names: list[str]) -> dict[str, dict[str, Any]]:
+def _scored(db: duckdb.DuckDBPyConnection, query: AnswerQuery, prices: pl.DataFrame,
+            names: list[str]) -> dict[str, dict[str, Any]]:
     """The request's scored answers by version (a control replay under `control:<version>`),
-    each with its metrics' values: the plan's terms, evaluated on the answer itself."""
+    each with its metrics' values: the plan's terms, evaluated on the answer itself. The
+    variants' prices are literals in the query (`variant_prices_sql`): registering them as
+    an Arrow table took longer than the rest of the query's execution."""
     metric_columns = "".join(
         f', CASE WHEN status = \'error\' THEN NULL ELSE {sql} END AS "metric:{i}", {when or "true"} AS "counted:{i}"'
         for i, (sql, _, when) in enumerate(query.plan.terms))
-    rows = _rows(db, f"SELECT *{metric_columns} FROM ({query.answers_sql()})", [])
+    rows = _rows(db, f"WITH variant_prices AS ({variant_prices_sql(prices)}) "
+                     f"SELECT *{metric_columns} FROM ({query.answers_sql()})", [])
     live = next((row for row in rows if row["source"] == "live"), {})
     for row in rows:
         row["metrics"] = [MetricValue(metric=name, weight=weight, value=row[f"metric:{i}"], counted=row[f"counted:{i}"])
@@ -188,15 +191,13 @@ def _scored(db: duckdb.DuckDBPyConnection, query: AnswerQuery, names: list[str])
     return {(f"control:{row['version_id']}" if row["source"] == "control" else row["version_id"]): row for row in rows}
 
 
-def _answers(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any], scored: dict[str, dict[str, Any]],
+def _answers(traffic: dict[str, Any], scored: dict[str, dict[str, Any]], results: list[dict[str, Any]],
              variants: list[Variant]) -> list[AnswerTrace]:
-    """The champion's live answer, every replayed one (scored or not run), and a `missing`
-    entry for each active challenger that has no call recorded."""
+    """The champion's live answer, every replayed one (`results`, scored or not run), and a
+    `missing` entry for each active challenger that has no call recorded."""
     live = scored.get(traffic["champion_version"], {})
     answers = [_answer(traffic["champion_version"], "champion", live or {
         "status": "ok" if traffic["status"] == 200 and traffic["error"] is None else "error"}, traffic["error"])]
-    results = _rows(db, "SELECT version_id, role, status, error FROM shadow_results WHERE request_seq = ? ORDER BY version_id",
-                    [traffic["seq"]])
     for result in results:
         role = "control" if result["role"] == "control" else "challenger"
         row = scored.get(f"control:{result['version_id']}" if role == "control" else result["version_id"])
@@ -225,18 +226,43 @@ def _missing_reason(variant: Variant, traffic: dict[str, Any]) -> str:
     return "no call recorded: not sampled, or still waiting in the replay queue"
 
 
-def _period(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> PeriodTrace | None:
+@dataclass(frozen=True)
+class _Stored:
+    """The request's stored rows besides its answers, and where its slot's scoring stands."""
+
+    results: list[dict[str, Any]]
+    """Its replayed calls (version_id, role, status, error), by version."""
+    pairs: dict[str, dict[str, Any]]
+    """Its pairs by challenger (of the latest period when several)."""
+    outcomes: list[dict[str, Any]]
+    """Its labels and reactions, oldest first."""
+    period: PeriodTrace | None
     """The slot's latest period started by the time the request was received."""
-    rows = _rows(db, "SELECT period_id, champion_version, started_at, reason FROM evaluation_periods "
-                     "WHERE slot = ? AND started_at <= ? ORDER BY period_id DESC LIMIT 1",
-                 [traffic["slot"], traffic["received_at"]])
-    return PeriodTrace(**rows[0]) if rows else None
+    watermark: tuple[int, int] | None
+    """The slot's scoring watermark: (period_id, seq)."""
 
 
-def _pairs(db: duckdb.DuckDBPyConnection, request_seq: int) -> dict[str, dict[str, Any]]:
-    rows = _rows(db, "SELECT period_id, version_id, d_net, d_quality, d_cost FROM paired WHERE request_seq = ? "
-                     "ORDER BY period_id", [request_seq])
-    return {row["version_id"]: row for row in rows}
+def _stored(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> _Stored:
+    """The request's stored rows besides its answers, in one query (a round trip costs about
+    as much as reading any of them): one aggregate row from each table, joined, rather than
+    scalar subqueries, which DuckDB checks for a second row with a hash aggregate each."""
+    seq, slot = int(traffic["seq"]), sql_literal(traffic["slot"])
+    received = sql_literal(traffic["received_at"].isoformat(sep=" "))
+    row = _rows(db, f"""
+        SELECT * FROM
+            (SELECT list({{'version_id': version_id, 'role': role, 'status': status, 'error': error}} ORDER BY version_id)
+                    AS results FROM shadow_results WHERE request_seq = {seq}),
+            (SELECT list({{'period_id': period_id, 'version_id': version_id, 'd_net': d_net, 'd_quality': d_quality,
+                          'd_cost': d_cost}} ORDER BY period_id) AS pairs FROM paired WHERE request_seq = {seq}),
+            (SELECT list({{'kind': kind, 'value_json': value_json, 'received_at': received_at}} ORDER BY received_at, seq)
+                    AS outcomes FROM outcomes WHERE request_seq = {seq}),
+            (SELECT arg_max({{'period_id': period_id, 'champion_version': champion_version, 'started_at': started_at,
+                             'reason': reason}}, period_id) AS period
+             FROM evaluation_periods WHERE slot = {slot} AND started_at <= TIMESTAMP {received}),
+            (SELECT any_value([period_id, seq]) AS watermark FROM scoring_watermarks WHERE slot = {slot})""", [])[0]
+    return _Stored(results=row["results"] or [], pairs={pair["version_id"]: pair for pair in row["pairs"] or []},
+                   outcomes=row["outcomes"] or [], period=PeriodTrace(**row["period"]) if row["period"] else None,
+                   watermark=tuple(row["watermark"]) if row["watermark"] else None)
 
 
 def _pair(answer: AnswerTrace, row: dict[str, Any] | None, pair: dict[str, Any] | None, period: PeriodTrace | None,
@@ -269,11 +295,9 @@ def _unpaired_reason(answer: AnswerTrace, row: dict[str, Any] | None, period: Pe
     return next((reason for applies, reason in reasons if applies), "complete, but not in the period's pairs")
 
 
-def _outcomes(db: duckdb.DuckDBPyConnection, request_seq: int, scored: dict[str, dict[str, Any]]) -> list[OutcomeTrace]:
-    """The request's labels and reactions, oldest first; the label the scores read is `used`."""
+def _outcomes(rows: list[dict[str, Any]], scored: dict[str, dict[str, Any]]) -> list[OutcomeTrace]:
+    """The request's labels and reactions (`rows`, oldest first); the label the scores read is `used`."""
     used = next((row["label_json"] for row in scored.values() if row.get("label_json") is not None), None)
-    rows = _rows(db, "SELECT kind, value_json, received_at FROM outcomes WHERE request_seq = ? ORDER BY received_at, seq",
-                 [request_seq])
     labels = [row for row in rows if row["kind"] == "label"]
     latest = labels[-1] if labels else None
     return [OutcomeTrace(kind=row["kind"], value=json.loads(row["value_json"]), received_at=row["received_at"],

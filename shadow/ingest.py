@@ -107,9 +107,10 @@ def ingest_from(
     handled = 0
     for batch in _batches(segments, batch_bytes):
         paths = source.claim(batch)
-        with database.lock:
-            _ingest_guarded(database, source, paths, report)
-            report.joined_outcomes += join_outcomes(database)
+        if paths:  # none when another worker holds (or has finished) them all
+            with database.lock:
+                _ingest_guarded(database, source, paths, report)
+                report.joined_outcomes += join_outcomes(database)
         handled += len(batch)
         if progress is not None:
             progress(handled, len(segments))
@@ -122,22 +123,26 @@ def join_outcomes(database: Database) -> int:
     A key that is shadowzoo's request id wins. Otherwise it is the client's own id, and when
     a client reused an id, the latest request carrying it is the answer its user saw.
     """
-    with database.transaction() as db:
-        by_request_id = _changed(
-            db,
-            "UPDATE outcomes SET request_id = traffic.request_id, request_seq = traffic.seq FROM traffic "
-            "WHERE outcomes.request_id IS NULL AND outcomes.request_key = traffic.request_id",
-        )
-        by_client_id = _changed(
-            db,
-            "UPDATE outcomes SET request_id = latest.request_id, request_seq = latest.seq FROM ("
-            " SELECT client_request_id, arg_max(request_id, (received_at, request_id)) AS request_id,"
-            " arg_max(seq, (received_at, request_id)) AS seq"
-            " FROM traffic"
-            " WHERE client_request_id IN (SELECT request_key FROM outcomes WHERE request_id IS NULL)"
-            " GROUP BY client_request_id) AS latest "
-            "WHERE outcomes.request_id IS NULL AND outcomes.request_key = latest.client_request_id",
-        )
+    return database.committed(_join_outcomes_in)
+
+
+def _join_outcomes_in(db: duckdb.DuckDBPyConnection) -> int:
+    """`join_outcomes`' transaction (done again when another ingest worker's join conflicts with it)."""
+    by_request_id = _changed(
+        db,
+        "UPDATE outcomes SET request_id = traffic.request_id, request_seq = traffic.seq FROM traffic "
+        "WHERE outcomes.request_id IS NULL AND outcomes.request_key = traffic.request_id",
+    )
+    by_client_id = _changed(
+        db,
+        "UPDATE outcomes SET request_id = latest.request_id, request_seq = latest.seq FROM ("
+        " SELECT client_request_id, arg_max(request_id, (received_at, request_id)) AS request_id,"
+        " arg_max(seq, (received_at, request_id)) AS seq"
+        " FROM traffic"
+        " WHERE client_request_id IN (SELECT request_key FROM outcomes WHERE request_id IS NULL)"
+        " GROUP BY client_request_id) AS latest "
+        "WHERE outcomes.request_id IS NULL AND outcomes.request_key = latest.client_request_id",
+    )
     return by_request_id + by_client_id
 
 
@@ -358,17 +363,24 @@ def _commit(database: Database, source: SegmentSource, batch: _Batch) -> tuple[i
 
 def _append(database: Database, source: SegmentSource, batch: _Batch, now: datetime,
             assume_new: bool) -> tuple[int, int]:
-    with database.transaction() as db:
-        traffic_rows = insert_absent(db, "traffic", ("request_id",), _TRAFFIC_COLUMNS, _STAGED_TRAFFIC, [now],
-                                     assume_new=assume_new)
-        with registered(db, "_spool_outcomes", _outcome_frame(db)):
-            outcome_rows = insert_absent(db, "outcomes", ("outcome_id",), _OUTCOME_COLUMNS, _STAGED_OUTCOMES)
-        rows = [(source.key(path), records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None,
-                 now) for path, records in batch.counts.items()]
-        rows += [(source.key(path), 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]
-        with registered(db, "_spool_ledger", pa.Table.from_pylist(
-                [dict(zip(_LEDGER_SCHEMA.names, row)) for row in rows], schema=_LEDGER_SCHEMA)):
-            upsert(db, "spool_segments", ("segment",), _LEDGER_SCHEMA.names, "SELECT * FROM _spool_ledger")
+    return database.committed(lambda db: _append_in(database, db, source, batch, now, assume_new))
+
+
+def _append_in(database: Database, db: duckdb.DuckDBPyConnection, source: SegmentSource, batch: _Batch,
+               now: datetime, assume_new: bool) -> tuple[int, int]:
+    """`_append`'s transaction: every staged row takes a change counter value; the ledger keys
+    each segment as its source names it (`<host>/<name>` from the object store)."""
+    database.reserve("change_seq", db.execute(f"SELECT count(*) FROM {STAGING}").fetchone()[0])
+    traffic_rows = insert_absent(db, "traffic", ("request_id",), _TRAFFIC_COLUMNS, _STAGED_TRAFFIC, [now],
+                                 assume_new=assume_new)
+    with registered(db, "_spool_outcomes", _outcome_frame(db)):
+        outcome_rows = insert_absent(db, "outcomes", ("outcome_id",), _OUTCOME_COLUMNS, _STAGED_OUTCOMES)
+    rows = [(source.key(path), records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None,
+             now) for path, records in batch.counts.items()]
+    rows += [(source.key(path), 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]
+    with registered(db, "_spool_ledger", pa.Table.from_pylist(
+            [dict(zip(_LEDGER_SCHEMA.names, row)) for row in rows], schema=_LEDGER_SCHEMA)):
+        upsert(db, "spool_segments", ("segment",), _LEDGER_SCHEMA.names, "SELECT * FROM _spool_ledger")
     return traffic_rows, outcome_rows
 
 

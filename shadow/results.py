@@ -156,17 +156,24 @@ class ResultWriter:
 
 
 def write_results(database: Database, rows: list[Row]) -> None:
-    """Write results in one transaction: new pairs inserted when their key is absent, retries over their earlier rows."""
+    """Write results in one transaction (done again when another writer's commit conflicts with it):
+    new pairs inserted when their key is absent, retries over their earlier rows."""
     fresh = pl.from_dicts([row for row in rows if row["replaces"] is None], schema=RESULT_SCHEMA)
     retried = pl.from_dicts([row for row in rows if row["replaces"] is not None], schema=RESULT_SCHEMA)
-    with database.transaction() as connection:
-        if len(fresh):
-            with registered(connection, "shadow_batch", fresh):
-                insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
-                              _WRITTEN_ROWS.format(batch="shadow_batch"))
-        if len(retried):
-            with registered(connection, "shadow_retried", retried):
-                _replace(connection)
+    database.committed(lambda connection: _insert(database, connection, fresh, retried))
+
+
+def _insert(database: Database, connection: duckdb.DuckDBPyConnection, fresh: pl.DataFrame,
+            retried: pl.DataFrame) -> None:
+    """`write_results`'s transaction."""
+    database.reserve("change_seq", len(fresh) + len(retried))
+    if len(fresh):
+        with registered(connection, "shadow_batch", fresh):
+            insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
+                          _WRITTEN_ROWS.format(batch="shadow_batch"))
+    if len(retried):
+        with registered(connection, "shadow_retried", retried):
+            _replace(connection)
 
 
 def _replace(connection: duckdb.DuckDBPyConnection) -> None:

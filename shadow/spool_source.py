@@ -8,19 +8,24 @@ are committed, or quarantines it. Locally the key is the segment's file name, as
 was; in the object store it is `<host>/<name>`, the key under `spool_prefix`, since names
 are unique only per gateway host.
 
-`claim` is where a lease goes when several ingest workers share the store: it may return
-fewer segments than asked for (those another worker holds are left out), and a lease
-expires for a worker that dies before disposing of what it claimed.
+`claim` is where a lease goes when several ingest workers share the store (`LeasedSpool`, the
+workspace's source on `backend: distributed`): it may return fewer segments than asked for
+(those another worker holds are left out), and a lease expires for a worker that dies
+before disposing of what it claimed.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from registry.atomic import write_atomic
+from registry.leases import LeaseLost, WorkLeases
 from shadow import spool
 from shadow.spool import SEGMENT_SUFFIX, RejectedLine, ready_segments
 
@@ -28,8 +33,14 @@ if TYPE_CHECKING:
     from registry import Workspace
     from registry.workspace_config import DistributedConfig
 
+log = logging.getLogger(__name__)
+
 INBOX = "spool-inbox"
 """Under the state dir: where segments downloaded from the object store wait for ingest."""
+SEGMENT_LEASES = "segment"
+"""The kind of work lease an ingest worker holds on a segment of the object store."""
+SEGMENT_LEASE_TTL_S = 300.0
+"""How long a segment stays with an ingest worker that claimed it and then died, before another takes it."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class SegmentSource(Protocol):
     def quarantine_lines(self, path: Path, rejected: list[RejectedLine]) -> None:
         """Some of its lines cannot be stored: copy them aside with a note of why."""
 
+    def close(self) -> None:
+        """The ingest run is over: give back what was claimed and not disposed of."""
+
 
 class LocalSpool:
     """The spool directory on this host (the embedded backend, and `shadowzoo ingest`)."""
@@ -91,6 +105,9 @@ class LocalSpool:
 
     def quarantine_lines(self, path: Path, rejected: list[RejectedLine]) -> None:
         spool.quarantine_lines(path, rejected)
+
+    def close(self) -> None:
+        """Nothing is held."""
 
 
 class ObjectStoreSpool:
@@ -151,6 +168,9 @@ class ObjectStoreSpool:
         self._put(target, spool.rejected_lines(rejected))
         self._put(f"{target}.reason", spool.rejected_notes(name, rejected))
 
+    def close(self) -> None:
+        """Nothing is held."""
+
     def _quarantine_key(self, key: str) -> str:
         return f"{self.prefix}{spool.QUARANTINE}/{key}"
 
@@ -164,12 +184,89 @@ class ObjectStoreSpool:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
 
+class LeasedSpool:
+    """The object store's segments shared among ingest workers by work leases (kind "segment").
+
+    Every ready segment is offered; `claim` downloads only the segments a lease gave this worker
+    (oldest offered first, up to as many as asked for); `dispose` and `quarantine` complete the
+    lease under its fencing token, so a worker whose lease expired and went to another worker
+    leaves the segment to that one (its rows, if it committed them, are recognised there by the
+    ledger key). `close` releases what the run claimed and did not finish.
+    """
+
+    def __init__(self, store: ObjectStoreSpool, leases: WorkLeases) -> None:
+        self.store = store
+        self.leases = leases
+        self._sizes: dict[str, int] = {}
+        self._tokens: dict[str, int] = {}
+
+    def ready(self) -> list[ReadySegment]:
+        segments = self.store.ready()
+        self.leases.offer(segment.key for segment in segments)
+        self._sizes = {segment.key: segment.size for segment in segments}
+        return segments
+
+    def claim(self, segments: list[ReadySegment]) -> list[Path]:
+        """Lease up to len(segments) open segments and download them; one leased but gone from the
+        store (a worker disposed of it and died before completing) is completed here."""
+        claimed = []
+        for lease in self.leases.claim(len(segments)):
+            paths = self.store.claim([ReadySegment(lease.item, self._sizes.get(lease.item, 0))])
+            if paths:
+                self._tokens[lease.item] = lease.token
+                claimed.extend(paths)
+            else:
+                self._settle(lease.item, lease.token, lambda: None)
+        return claimed
+
+    def key(self, path: Path) -> str:
+        return self.store.key(path)
+
+    def dispose(self, path: Path) -> None:
+        key = self.key(path)
+        self._settle(key, self._tokens.pop(key), lambda: self.store.dispose(path))
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        key = self.key(path)
+        self._settle(key, self._tokens.pop(key), lambda: self.store.quarantine(path, reason))
+
+    def quarantine_lines(self, path: Path, rejected: list[RejectedLine]) -> None:
+        self.store.quarantine_lines(path, rejected)
+
+    def close(self) -> None:
+        if self._tokens:
+            self.leases.release(self._tokens.values())
+            self._tokens.clear()
+        self.leases.connection.close()
+
+    def _settle(self, key: str, token: int, action) -> None:
+        """Do `action` (delete or set aside the segment) and mark its lease done, under its fencing
+        token; a lease lost meanwhile leaves the segment to the worker that holds it now."""
+        try:
+            with self.leases.fenced(token):
+                action()
+        except LeaseLost:
+            log.info("segment %s went to another ingest worker after this one's lease expired; left to it", key)
+
+
 def segment_source(workspace: Workspace) -> SegmentSource:
-    """The workspace's source: the object store on `backend: distributed`, else the local spool."""
+    """The workspace's source: the object store shared by leases on `backend: distributed`, else the local spool."""
     settings = workspace.config.distributed
     if workspace.config.backend != "distributed" or settings is None:
         return LocalSpool(spool.spool_dir(workspace.state_dir))
-    return object_store_spool(settings, workspace.state_dir / INBOX)
+    return leased_spool(settings, workspace.state_dir / INBOX)
+
+
+def leased_spool(settings: DistributedConfig, inbox: Path, holder: str | None = None,
+                 ttl_s: float = SEGMENT_LEASE_TTL_S) -> LeasedSpool:
+    """The object store's segments, claimed by leases held as `holder` (default: host and pid) for `ttl_s`."""
+    from registry.control_plane import migrate_control
+    from registry.distributed import connect_control
+
+    connection = connect_control(settings, autocommit=True)
+    migrate_control(connection)
+    holder = holder or f"{settings.host or socket.gethostname()}:{os.getpid()}:ingest"
+    return LeasedSpool(object_store_spool(settings, inbox), WorkLeases(connection, SEGMENT_LEASES, holder, ttl_s))
 
 
 def object_store_spool(settings: DistributedConfig, inbox: Path) -> ObjectStoreSpool:

@@ -14,10 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+
+from ops.cli import app, command_for
 
 HEAVY = ("scipy", "polars", "numpy", "pyarrow", "openai", "aiohttp", "apscheduler", "prometheus_client", "jsonschema",
-         "scorer.sequential", "scorer.service", "shadow.runner", "ops.daemon")
-"""Modules only a command that computes, serves or calls a model needs."""
+         "scorer.sequential", "scorer.service", "shadow.runner", "ops.daemon", "ops.supervise", "rich.progress")
+"""Modules only a command that computes, serves, calls a model or draws a progress bar needs."""
 NOT_FOR_HELP = ("duckdb",)
 """Help opens no database either."""
 
@@ -49,6 +52,7 @@ HELP_COMMANDS = [
     [], ["--help"], ["leaderboard", "--help"], ["report", "--help"], ["replay", "--help"], ["export", "--help"],
     ["requests", "--help"], ["serve", "--help"], ["daemon", "--help"], ["zoo", "train", "--help"],
     ["zoo", "runs", "--help"], ["variants", "--help"], ["ingest", "traffic", "--help"], ["demo", "--help"],
+    ["migrate", "--help"],
 ]
 
 
@@ -62,3 +66,55 @@ def test_listing_variants_loads_no_heavy_library(cli, workspace_dir: Path) -> No
     modules = imported_after([["variants", "list"], ["variants", "list", "--json"]], workspace_dir)
     assert "duckdb" in modules  # it did read the registry
     assert loaded(modules, HEAVY) == []
+
+
+def _callbacks(group: typer.Typer):
+    if group.registered_callback is not None:
+        yield group.registered_callback.callback
+    yield from (command.callback for command in group.registered_commands)
+    for sub in group.registered_groups:
+        yield from _callbacks(sub.typer_instance)
+
+
+def test_no_command_leaves_typer_annotations_to_evaluate_from_strings_on_every_run() -> None:
+    postponed = [f"{callback.__module__}.{callback.__qualname__}: {name}" for callback in _callbacks(app)
+                 for name, annotation in callback.__annotations__.items() if isinstance(annotation, str)]
+    assert postponed == []
+
+
+@pytest.mark.parametrize(("argv", "converted"), [
+    (["variants", "list"], {"variants"}), (["-w", "ws", "promote", "a", "b"], {"promote"}),
+    (["--workspace=ws", "zoo", "list", "--help"], {"zoo"}), (["-wws", "leaderboard", "-h"], {"leaderboard"}),
+])
+def test_a_run_that_names_its_command_converts_only_that_command(argv: list[str], converted: set[str]) -> None:
+    assert set(command_for(argv).commands) == converted
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h", "leaderboard"], ["-w", "variants"], ["varients", "list"]],
+                         ids=str)
+def test_help_and_an_unknown_command_get_every_command(argv: list[str]) -> None:
+    every = {info.name or info.callback.__name__ for info in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert set(command_for(argv).commands) == every and len(every) > 20
+
+
+FREEZE_PROBE = """
+import contextlib, gc, io, sys
+from ops.cli import main
+in_process = sys.argv[1] == "in-process"
+sys.argv[1:] = ["--help"]
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["--help"]) if in_process else main()
+    except SystemExit:
+        pass
+print(gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize(("how", "frozen"), [("console-script", True), ("in-process", False)])
+def test_only_the_console_script_freezes_what_it_loaded_before_the_command_runs(
+        how: str, frozen: bool, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-P", "-c", FREEZE_PROBE, how], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert (int(done.stdout.splitlines()[-1]) > 10_000) is frozen

@@ -18,7 +18,6 @@ import pytest
 
 from registry import Registry, load_workspace, utcnow
 from registry.db import Database
-from registry.errors import DatabaseError
 from registry.keyed import insert_absent, upsert
 from registry.migrations import MIGRATIONS
 from registry.planes import CONTROL_TABLES, LAKE_TABLES, split_migration
@@ -273,15 +272,6 @@ def test_the_cli_lists_variants_shows_the_board_and_promotes_on_a_distributed_wo
     assert after.champion.startswith("careful-mini") and after.period_id == run.board.period_id + 1
     assert not load_workspace(run.workspace_dir).db_path.exists()
 
-
-
-def test_a_second_process_opening_the_lake_waits_and_then_names_the_one_writing_it(runs) -> None:
-    workspace = load_workspace(runs["distributed"].workspace_dir)
-    with Registry.open(workspace):
-        with pytest.raises(DatabaseError, match=r"the lake at postgresql://.* is being written by shadowzoo pid \d+"):
-            Registry.open(workspace, lock_wait_s=0.3)
-    with Registry.open(workspace, lock_wait_s=0.3) as registry:  # free again once the first is closed
-        assert registry.champion(SLOT) is not None
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from ops.operations import LocalOperations
 from registry import ConfigError, Registry, load_workspace
 from registry.db import registered
-from scorer.answer_query import AnswerQuery, variant_prices
+from scorer.answer_query import AnswerQuery, variant_prices, variant_prices_sql
 from scorer.browse import RequestFilter, browse_requests
 from scorer.quality_metrics import plan_quality
 from scorer.pairing import reread_slot_worst
@@ -107,18 +107,20 @@ def test_a_trace_says_why_an_answer_did_not_pair_and_which_challengers_never_ans
     assert text.code == 0 and "waits for the request's label" in text.out and ids["cheap-mini"] in text.out
 
 
-def test_a_trace_leaves_the_databases_optimizer_settings_as_it_found_them(workspace_dir, ids) -> None:
+def test_a_trace_leaves_the_databases_threads_and_optimizer_settings_as_it_found_them(workspace_dir, ids) -> None:
     operations = _local(workspace_dir)
     with operations.registry as registry:
         with registry.database.reading() as db:
-            db.execute("SET disabled_optimizers = 'join_order'")
+            db.execute("SET disabled_optimizers = 'join_order'; SET threads = 3")
         before = operations.trace("r-right").model_dump(mode="json")
         with registry.database.reading() as db:
-            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == "join_order"
-            db.execute("RESET disabled_optimizers")
+            assert db.execute("SELECT current_setting('disabled_optimizers'), current_setting('threads')").fetchone() \
+                == ("join_order", 3)
+            db.execute("RESET disabled_optimizers; SET threads = 2")
         assert operations.trace("r-right").model_dump(mode="json") == before
         with registry.database.reading() as db:
-            assert db.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
+            assert db.execute("SELECT current_setting('disabled_optimizers'), current_setting('threads')").fetchone() \
+                == ("", 2)
 
 
 def test_an_unknown_request_or_a_foreign_cursor_fails_with_a_message_naming_it(cli, ids) -> None:
@@ -364,6 +366,16 @@ def test_a_trace_scores_every_answer_exactly_as_the_scorers_own_query_and_its_pa
                     if not request_id.endswith("-00"):  # a corrected label leaves its pairs as they entered
                         assert answer.pair.d_net == answer.net - traced.champion.net, (request_id, answer.version_id)
         assert entered == len(stored) > 40
+
+
+def test_the_prices_a_trace_writes_into_its_query_are_the_scorers_prices_exactly(workspace_dir) -> None:
+    registry, _ = demo_registry(workspace_dir)
+    with registry:
+        prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
+        table = variant_prices(registry.variants(slot=SLOT), prices)
+        with registry.database.reading() as db:
+            assert db.sql(variant_prices_sql(table)).pl().equals(table) and len(table) > 1
+            assert db.sql(variant_prices_sql(table.clear())).pl().equals(table.clear())
 
 
 def _reference_worst(registry: Registry, version_id: str) -> list[tuple[str, float]]:

@@ -67,6 +67,18 @@ def test_malformed_yaml_is_reported_with_file_line_and_column(workspace_dir: Pat
         load_spec(path)
 
 
+def test_an_undefined_alias_is_reported_by_name_at_its_position(workspace_dir: Path) -> None:
+    path = _write_spec(workspace_dir, "alias", "slot: support-triage\nname: alias\noverrides:\n  model: *large\n")
+    with pytest.raises(ConfigError, match=rf"{path}:4:10: invalid YAML: found undefined alias 'large'"):
+        load_spec(path)
+
+
+def test_a_control_character_is_reported_as_invalid_yaml(workspace_dir: Path) -> None:
+    path = _write_spec(workspace_dir, "control", "slot: support-triage\nname: control\x01\n")
+    with pytest.raises(ConfigError, match=rf"{path}: invalid YAML: unacceptable character #x0001"):
+        load_spec(path)
+
+
 def test_a_misspelled_override_names_the_key_the_file_and_the_allowed_keys(workspace_dir: Path) -> None:
     path = _write_spec(workspace_dir, "typo", "slot: support-triage\nname: typo\noverrides:\n  temprature: 0.3\n")
     with pytest.raises(ConfigError) as caught:

@@ -1,0 +1,75 @@
+"""What the scorer's refresh finds new: marks in the data's history, the requests touched
+since one, and the rows as they stood at one.
+
+In a DuckDB file one process writes, so the change counter `seq` every traffic, outcome,
+shadow-result and metric-value row takes grows in commit order: the newest `seq` marks the
+data's state, and the rows with `seq` at most a mark are the data as it stood then. On the
+lake several workers commit at once, each drawing `seq` from a block reserved ahead
+(`registry.planes.LakeIds`), so a row with a lower `seq` may commit after one with a higher.
+There a mark is a DuckLake snapshot id (the one a transaction reads): what was committed
+after it is read off DuckLake's change feed (`ducklake_table_insertions`, which reads the
+files and inlined rows those snapshots added, nothing older), and the data as it stood is
+read by time travel (`AT (VERSION => …)`). The scoring SQL is the same on both: it names its
+tables through `Mark.table` and its as-of conditions through `Mark.written`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from registry.distributed import LAKE
+
+CHANGED_TABLES = ("traffic", "outcomes", "shadow_results", "metric_values")
+"""The tables whose rows take `seq`: what a refresh scores again when they change."""
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point in the data's history: a `seq` (a DuckDB file) or a lake snapshot id (`snapshot`)."""
+
+    value: int
+    snapshot: bool = False
+
+    def table(self, name: str, alias: str | None = None) -> str:
+        """The table `name` (named `alias`, by default its name) as it stood at this mark, with
+        `written`'s condition on its rows."""
+        named = f"{name} AS {alias or name}"
+        return f"{named} AT (VERSION => {self.value})" if self.snapshot else named
+
+    def written(self, seq: str) -> str:
+        """The condition (` AND …`, or nothing) keeping the rows of `table` written by this mark,
+        given their `seq` column."""
+        return "" if self.snapshot else f"AND {seq} <= {self.value}"
+
+
+def on_lake(db: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the connection works in the lake (the distributed backend)."""
+    return db.execute("SELECT current_database()").fetchone()[0] == LAKE
+
+
+def latest(db: duckdb.DuckDBPyConnection) -> Mark:
+    """The mark of the data as this connection's transaction sees it."""
+    if on_lake(db):
+        return Mark(int(db.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()[0]), snapshot=True)
+    highest = ", ".join(f"(SELECT max(seq) FROM {table})" for table in CHANGED_TABLES)
+    return Mark(int(db.execute(f"SELECT greatest({highest}, 0)").fetchone()[0] or 0))
+
+
+def touched_requests(since: Mark, now: Mark) -> str:
+    """SQL for the `request_seq` of the requests whose rows changed after `since`, up to `now`."""
+    new = {table: _written_after(table, since, now) for table in CHANGED_TABLES}
+    return (
+        f"SELECT seq AS request_seq FROM {new['traffic']} "
+        f"UNION SELECT request_seq FROM {new['shadow_results']} WHERE request_seq IS NOT NULL "
+        f"UNION SELECT request_seq FROM {new['outcomes']} WHERE request_seq IS NOT NULL "
+        f"UNION SELECT seq FROM traffic WHERE request_id IN (SELECT request_id FROM {new['metric_values']})"
+    )
+
+
+def _written_after(table: str, since: Mark, now: Mark) -> str:
+    """The rows of `table` written after `since` (and by `now`), as a relation."""
+    if since.snapshot:
+        return f"ducklake_table_insertions('{LAKE}', 'main', '{table}', {since.value + 1}, {now.value})"
+    return f"(SELECT * FROM {table} WHERE seq > {since.value})"
