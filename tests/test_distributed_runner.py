@@ -54,7 +54,7 @@ def _results(workspace_dir: Path, prefix: str) -> list[tuple[str, str, str, str 
 def _budget_day(postgres) -> tuple[float, float, float]:
     with psycopg.connect(postgres.url, autocommit=True) as control:
         return control.execute("SELECT limit_usd, allotted_usd, spent_usd FROM budget_days WHERE scope = %s",
-                               [f"shadow/{SLOT}"]).fetchone()
+                               [f"shadow/{SLOT}"]).fetchone() or (0.0, 0.0, 0.0)  # no reservation yet
 
 
 async def _two_workers(workspace_dir: Path) -> list[RunReport]:
@@ -110,7 +110,7 @@ def test_two_runner_workers_hold_the_slot_budget_together(workspace_dir, shared,
     assert spent <= limit + overshoot_bound
 
 
-_DOOMED = """
+_WORKER = """
 import asyncio, sys
 from pathlib import Path
 from registry import Registry, load_workspace
@@ -118,9 +118,9 @@ from shadow.runner_worker import RunnerWorker
 
 async def main():
     with Registry.open(load_workspace(Path(sys.argv[1]))) as registry:
-        async with RunnerWorker(registry, "doomed/1", lease_ttl_s=float(sys.argv[2]), max_in_flight=2) as worker:
-            worker.runner.work.block_seqs = int(sys.argv[3])
-            await worker.runner.run_once()
+        async with RunnerWorker(registry, sys.argv[2], lease_ttl_s=float(sys.argv[3]), max_in_flight=2) as worker:
+            worker.runner.work.block_seqs = int(sys.argv[4])
+            print((await worker.runner.run_once()).done)
 
 asyncio.run(main())
 """
@@ -131,8 +131,7 @@ def test_a_runner_killed_mid_run_loses_its_batches_to_another_after_the_expiry(w
     edit_config(workspace_dir, lambda c: c["slots"][SLOT]["shadow"].update(daily_budget_usd=1000.0))
     pairs = ingest_answered(workspace_dir, "killed", 24)
     log = (tmp_path / "doomed.log").open("w")
-    doomed = subprocess.Popen([sys.executable, "-c", _DOOMED, str(workspace_dir), "3", str(BLOCK)],
-                              stdout=log, stderr=subprocess.STDOUT)
+    doomed = _worker_process(workspace_dir, "doomed/1", 3, log)
     try:
         with psycopg.connect(postgres.url, autocommit=True) as control:
             held = "SELECT item FROM work_leases WHERE holder = 'doomed/1' AND done_at IS NULL"
@@ -165,6 +164,34 @@ def test_a_runner_killed_mid_run_loses_its_batches_to_another_after_the_expiry(w
         finished_by = dict(control.execute("SELECT item, holder FROM work_leases WHERE item = ANY(%s)",
                                            [list(orphaned)]).fetchall())
     assert set(finished_by.values()) == {"survivor/1"}, finished_by
+
+
+def _worker_process(workspace_dir: Path, holder: str, ttl_s: float, output) -> subprocess.Popen:
+    """A runner worker in a process of its own (a host), doing one run; it prints how many results it wrote."""
+    return subprocess.Popen([sys.executable, "-c", _WORKER, str(workspace_dir), holder, str(ttl_s), str(BLOCK)],
+                            stdout=output, stderr=subprocess.STDOUT, text=True)
+
+
+def test_runner_workers_in_two_processes_answer_every_pair_once_between_them(workspace_dir, postgres,
+                                                                             tmp_path) -> None:
+    pairs = ingest_answered(workspace_dir, "hosts", 24)
+    _, _, spent_before = _budget_day(postgres)
+    logs = [tmp_path / f"host-{n}.log" for n in range(2)]
+    outputs = [path.open("w") for path in logs]
+    workers = [_worker_process(workspace_dir, f"host-{n}/1", 30, output) for n, output in enumerate(outputs)]
+    try:
+        codes = [worker.wait(timeout=180) for worker in workers]
+    finally:
+        for worker, output in zip(workers, outputs):
+            worker.kill()
+            output.close()
+    assert codes == [0, 0], [path.read_text()[-2000:] for path in logs]
+    written = [int(path.read_text().split()[-1]) for path in logs]
+    results = _results(workspace_dir, "hosts")
+    assert {(rid, vid) for rid, vid, *_ in results} == pairs
+    assert sum(written) == len(pairs) and all(written), written  # both took a share, no batch written twice
+    _, _, spent = _budget_day(postgres)
+    assert spent - spent_before == pytest.approx(sum(cost for *_, cost in results))  # no call made twice
 
 
 def _open(postgres) -> int:
