@@ -10,10 +10,9 @@ end (planning, claims and fenced writes included). Scaling efficiency S(N) = X(N
 all measured in this one run; the bound `in_flight / latency` per worker (Little's law) is
 printed beside X(1).
 
-Until the lake takes several writers (issue 16, writers16), the N workers run in this one
-process over one open registry, each with its own lease, ledger and heartbeat connections:
-their DuckDB reads and writes share one connection and its lock, and the simulator runs in a
-thread of this process, so the figures are a lower bound on separate hosts.
+The N workers run in this one process over one open registry, each with its own lease, ledger
+and heartbeat connections: their DuckDB reads and writes share one connection and its lock, and
+the simulator runs in a thread of this process, so the figures are a lower bound on separate hosts.
 
 Run from the repository root: ``.venv/bin/python -m bench.scaleout [--requests 100] [--workers 1 2 4] [--keep]``.
 """
@@ -100,7 +99,7 @@ def _figures(rounds: dict[int, dict], args: argparse.Namespace) -> dict:
         "littles_law_bound_per_worker": round3(args.in_flight / (args.latency_ms / 1000)),
         "rounds": {str(n): {**r, "pairs_per_s": round3(r["pairs_per_s"])} for n, r in rounds.items()},
         "efficiency": {str(n): round3(r["pairs_per_s"] / (n * base)) for n, r in rounds.items()},
-        "placement": "one process: the workers share one DuckDB connection (single lake writer until writers16)",
+        "placement": "one process: the workers share one DuckDB connection",
     }
 
 
