@@ -56,6 +56,7 @@ from registry import Registry, ShadowzooError, Workspace
 from registry.workspace_config import DaemonConfig
 from scorer.export import ExportOptions, ExportProgress, ExportSummary
 from shadow.runner import RunFilters, ShadowRunner
+from shadow.runner_worker import shadow_runner
 
 log = logging.getLogger("shadowzoo.daemon")
 RUNNER_IDLE_S = 1.0
@@ -236,7 +237,7 @@ class Daemon:
         backoff = 1.0
         while not self.stopping.is_set():
             try:
-                async with ShadowRunner(registry) as runner:
+                async with shadow_runner(registry) as runner:
                     self.runner, backoff = runner, 1.0
                     while not self.stopping.is_set():
                         await self._runner_turn(runner)

@@ -53,6 +53,19 @@ class DailyCap:
         self.in_flight -= 1
         self._settled.set()
 
+    async def release(self) -> None:
+        """Give back what the cap holds beyond its spend: nothing on one host (a shared cap's slices:
+        `shadow.budget_slices`). Called at the end of a run, once no call is in flight."""
+
+
+CapFactory = Callable[[str, float, float], DailyCap]
+"""Makes the cap of one slot from (slot, daily limit, spent today): where a cap's room comes from."""
+
+
+def local_cap(slot: str, limit_usd: float, spent_usd: float) -> DailyCap:
+    """The cap of a slot on one host: the whole daily limit, less today's spend."""
+    return DailyCap(limit_usd, spent_usd)
+
 
 class DailyBudget:
     """Each slot's daily shadow cap, with what each variant's next call may cost.
@@ -62,8 +75,9 @@ class DailyBudget:
     here: its spend is unknown and cannot be held against the cap.
     """
 
-    def __init__(self, limits: dict[str, float], spent: dict[str, float]) -> None:
-        self._caps = {slot: DailyCap(limit, spent.get(slot, 0.0)) for slot, limit in limits.items()}
+    def __init__(self, limits: dict[str, float], spent: dict[str, float], cap: CapFactory | None = None) -> None:
+        make = cap or local_cap
+        self._caps = {slot: make(slot, limit, spent.get(slot, 0.0)) for slot, limit in limits.items()}
         self._cost_sum: defaultdict[str, float] = defaultdict(float)
         self._cost_count: defaultdict[str, int] = defaultdict(int)
 
@@ -85,6 +99,13 @@ class DailyBudget:
         if actual is not None:
             self._cost_sum[version_id] += actual
             self._cost_count[version_id] += 1
+
+    async def release(self) -> None:
+        """At the end of a run: each cap without a call in flight gives back what it holds beyond its
+        spend (a cap left with calls in flight, after a failure, keeps it, as a crash would)."""
+        for cap in self._caps.values():
+            if not cap.in_flight:
+                await cap.release()
 
 
 def spent_today(connection: duckdb.DuckDBPyConnection, now: datetime | None = None) -> dict[str, float]:

@@ -79,3 +79,21 @@ def pending_page(
         "any" if plan.include_old else "can",
     )
     return connection.execute(sql, [*params, cursor[0], *cursor, size]).fetchall()
+
+
+def replay_batches(connection: duckdb.DuckDBPyConnection, plan: RunPlan, span: int) -> list[tuple[str, int, int, int]]:
+    """The pending pairs cut into batches: per challenger, requests whose `seq` falls in one block of
+    `span`, as (version_id, lowest seq of the block, highest pending seq, pending pairs)."""
+    sql, params = _pending_sql(
+        plan, f"c.version_id, t.seq // {int(span)} AS block, max(t.seq), count(*)", "GROUP BY 1, 2 ORDER BY 2, 1",
+        "any" if plan.include_old else "can")
+    return [(version, block * span, top, count) for version, block, top, count in connection.execute(sql, params).fetchall()]
+
+
+def pending_batch(connection: duckdb.DuckDBPyConnection, plan: RunPlan, version_id: str, seq_lo: int,
+                  seq_hi: int) -> list[tuple]:
+    """The pending pairs of one challenger whose request `seq` is in [seq_lo, seq_hi], as `pending_page` rows."""
+    sql, params = _pending_sql(
+        plan, "t.received_at, t.request_id, t.seq, c.version_id, c.role, t.request_json, s.status",
+        "AND c.version_id = ? AND t.seq BETWEEN ? AND ? ORDER BY t.seq", "any" if plan.include_old else "can")
+    return connection.execute(sql, [*params, version_id, seq_lo, seq_hi]).fetchall()

@@ -135,10 +135,7 @@ class ResultWriter:
             rows, self._rows = self._rows, []
             if not rows:
                 return
-            fresh = [row for row in rows if row["replaces"] is None]
-            retried = [row for row in rows if row["replaces"] is not None]
-            await asyncio.to_thread(self._insert, pl.from_dicts(fresh, schema=RESULT_SCHEMA),
-                                    pl.from_dicts(retried, schema=RESULT_SCHEMA))
+            await asyncio.to_thread(self._write, rows)
             self._on_written(rows)
 
     async def close(self) -> None:
@@ -154,19 +151,29 @@ class ResultWriter:
             await asyncio.sleep(self._interval_s)
             await self.flush()
 
-    def _insert(self, fresh: pl.DataFrame, retried: pl.DataFrame) -> None:
-        self._database.committed(lambda connection: self._insert_in(connection, fresh, retried))
+    def _write(self, rows: list[Row]) -> None:
+        write_results(self._database, rows)
 
-    def _insert_in(self, connection: duckdb.DuckDBPyConnection, fresh: pl.DataFrame, retried: pl.DataFrame) -> None:
-        """`_insert`'s transaction (done again when another writer's commit conflicts with it)."""
-        self._database.reserve("change_seq", len(fresh) + len(retried))
-        if len(fresh):
-            with registered(connection, "shadow_batch", fresh):
-                insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
-                              _WRITTEN_ROWS.format(batch="shadow_batch"))
-        if len(retried):
-            with registered(connection, "shadow_retried", retried):
-                _replace(connection)
+
+def write_results(database: Database, rows: list[Row]) -> None:
+    """Write results in one transaction (done again when another writer's commit conflicts with it):
+    new pairs inserted when their key is absent, retries over their earlier rows."""
+    fresh = pl.from_dicts([row for row in rows if row["replaces"] is None], schema=RESULT_SCHEMA)
+    retried = pl.from_dicts([row for row in rows if row["replaces"] is not None], schema=RESULT_SCHEMA)
+    database.committed(lambda connection: _insert(database, connection, fresh, retried))
+
+
+def _insert(database: Database, connection: duckdb.DuckDBPyConnection, fresh: pl.DataFrame,
+            retried: pl.DataFrame) -> None:
+    """`write_results`'s transaction."""
+    database.reserve("change_seq", len(fresh) + len(retried))
+    if len(fresh):
+        with registered(connection, "shadow_batch", fresh):
+            insert_absent(connection, "shadow_results", _RESULT_KEY, _WRITTEN_COLUMNS,
+                          _WRITTEN_ROWS.format(batch="shadow_batch"))
+    if len(retried):
+        with registered(connection, "shadow_retried", retried):
+            _replace(connection)
 
 
 def _replace(connection: duckdb.DuckDBPyConnection) -> None:

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -47,7 +47,7 @@ from registry import NotFound, Refused, Registry, Variant, utcnow
 from registry.workspace_config import Price, ShadowConfig
 from registry.evidence import period_start
 from shadow.apply import apply_variant
-from shadow.budget import DailyBudget, spent_today
+from shadow.budget import CapFactory, DailyBudget, spent_today
 from shadow.pending import CHALLENGER, CONTROL, count_pending, count_skipped, pending_page
 from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
@@ -146,6 +146,24 @@ def _count(report: RunReport, progress: Progress | None, rows: list[Row]) -> Non
         progress(report)
 
 
+class RunWork(Protocol):
+    """One run's pairs and where their results go: `pages()` yields the pairs to dispatch, `start`/`add`/`close`
+    take their results as `ResultWriter` does; `abandon()` (a call failed) ends `pages()`."""
+
+    def pages(self) -> AsyncIterator[list[Work]]: ...
+    def abandon(self) -> None: ...
+    def start(self) -> None: ...
+    async def add(self, row: Row) -> None: ...
+    async def close(self) -> None: ...
+
+
+class WorkSource(Protocol):
+    """Where a runner's work comes from when it is shared with other runners (`shadow.replay_leases`);
+    without one, and for a replay with filters (`RunPlan.shared` false), a run takes every pending pair itself."""
+
+    def open(self, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> RunWork: ...
+
+
 @dataclass(frozen=True)
 class ReplayedVariant:
     """A variant the runner replays traffic to (a challenger, or the champion as a control): how to
@@ -193,6 +211,9 @@ class RunPlan:
     include_old: bool = False
     retry_errors: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
+    shared: bool = False
+    """Whether these are every runner's default pairs (a pass over what arrived, not a replay with
+    filters), which runners sharing the work (`ShadowRunner.work`) cut into shared batches."""
 
 
 class ShadowRunner:
@@ -208,6 +229,8 @@ class ShadowRunner:
         batch_rows: int = 200,
         flush_interval_s: float = 0.5,
         python_workers: int = 4,
+        work: WorkSource | None = None,
+        caps: CapFactory | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers or ProviderPool(registry.workspace.config.providers)
@@ -216,6 +239,10 @@ class ShadowRunner:
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self.python = PythonVariants(python_workers, registry.workspace.python_roots)
+        self.work = work
+        """Shares the pairs with other runners (`backend: distributed`); None: this runner takes them all."""
+        self.caps = caps
+        """Makes each slot's daily cap (`shadow.budget.local_cap` when None; slices of a shared cap on distributed)."""
 
     async def __aenter__(self) -> "ShadowRunner":
         return self
@@ -236,10 +263,11 @@ class ShadowRunner:
         report = RunReport(total=plan.total, skipped=plan.skipped)
         if progress is not None:
             progress(report)
-        writer = ResultWriter(self.registry.database, partial(_count, report, progress), self.batch_rows,
-                              self.flush_interval_s)
-        if plan.total:
-            await _Run(self, plan, writer).execute()
+        on_written = partial(_count, report, progress)
+        work = self.work.open(plan, on_written) if self.work is not None and plan.shared else None
+        writer = work or ResultWriter(self.registry.database, on_written, self.batch_rows, self.flush_interval_s)
+        if plan.total or work is not None:  # a shared run also takes batches others planned (or a dead runner held)
+            await _Run(self, plan, writer, work).execute()
         report.elapsed_s = time.monotonic() - started
         if plan.total:
             log.info("shadow run: %s", report.summary())
@@ -264,6 +292,7 @@ class ShadowRunner:
             after_seq=filters.after_seq or 0,
             include_old=filters.include_old,
             retry_errors=filters.retry_errors,
+            shared=filters == RunFilters(after_seq=filters.after_seq),
         )
         if challengers:
             with self.registry.database.reading() as connection:
@@ -323,11 +352,14 @@ class ShadowRunner:
 class _Run:
     """One pass over the pending work: dispatch, limits on what runs, and the budget."""
 
-    def __init__(self, runner: ShadowRunner, plan: RunPlan, writer: ResultWriter) -> None:
+    def __init__(self, runner: ShadowRunner, plan: RunPlan, writer: ResultWriter | RunWork,
+                 work: RunWork | None) -> None:
         self.runner = runner
         self.plan = plan
         self.writer = writer
-        self.budget = DailyBudget(plan.budgets, plan.spent_today)
+        self.work = work
+        self.pages = work.pages() if work is not None else self._pages()
+        self.budget = DailyBudget(plan.budgets, plan.spent_today, runner.caps)
         self.pauses = PauseSet([])
         self.pauses_read_at = 0.0
         self.in_flight = asyncio.Semaphore(runner.max_in_flight)
@@ -339,7 +371,7 @@ class _Run:
         """Dispatch every pending pair, wait for the calls, and write every result."""
         self.writer.start()
         try:
-            async for page in self._pages():
+            async for page in self.pages:
                 for work in page:
                     await self._dispatch(work)
             while self.tasks:
@@ -350,6 +382,7 @@ class _Run:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
             await self.writer.close()
+            await self.budget.release()
 
     async def _pages(self) -> AsyncIterator[list[Work]]:
         """Pending pairs, a page at a time."""
@@ -445,6 +478,8 @@ class _Run:
         self.in_flight.release()
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
+            if self.work is not None:
+                self.work.abandon()
 
     def _raise_failure(self) -> None:
         if self.failure is not None:

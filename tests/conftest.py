@@ -76,6 +76,15 @@ def object_store(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def engine_credentials(object_store):
+    """The object store's and the simulator's keys in the environment, as an operator sets them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**object_store.credentials_env, "SIM_API_KEY": "sim"}.items():
+            patch.setenv(name, value)
+        yield
+
+
 @pytest.fixture
 def cli_script(workspace_dir: Path):
     """Run the installed `shadowzoo` console script, as a user would, in the workspace unless `cwd` says otherwise."""

@@ -11,19 +11,25 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from ops.workspace_init import init_workspace
-from registry import Registry, load_workspace
+from registry import Registry, load_workspace, utcnow
+from shadow.ingest import ingest_spool
 from shadow.simulator import load_simulator_config, start_in_thread
+from shadow.simulator.simulator_config import ErrorConfig, LatencyConfig
+from shadow.spool import spool_dir, write_segment
+from shadow.spool_records import TrafficRecord
 from tests.conftest import SHADOWZOO
 from zoo import load_zoo, register_specs
 
 ADMIN_TOKEN = "test-admin-token"
 DEMO_SIM = Path(__file__).resolve().parent.parent / "examples" / "demo" / "simulator.yaml"
+TICKET_INPUTS = [json.loads(line)["input"] for line in (DEMO_SIM.parent / "tickets.jsonl").read_text().splitlines()]
 
 
 def free_port() -> int:
@@ -53,6 +59,17 @@ def post_json(url: str, body: Any) -> int:
 def start_simulator(config_path: Path = DEMO_SIM, fast: bool = False):
     """The bundled simulator on an ephemeral loopback port (stop it with `.stop()`)."""
     return start_in_thread(load_simulator_config(config_path), port=0, fast=fast)
+
+
+def start_steady_simulator(latency_ms: float):
+    """The demo's models at a fixed latency per call, without injected errors or rate limits (work
+    spread over several runners, benchmarks of throughput against latency)."""
+    config = load_simulator_config(DEMO_SIM)
+    steady = LatencyConfig(base_ms=latency_ms, jitter_ms=0, per_output_token_ms=0)
+    models = {name: model.model_copy(update={"latency": steady, "errors": ErrorConfig(),
+                                             "limits": model.limits.model_copy(update={"rpm": None, "tpm": None})})
+              for name, model in config.models.items()}
+    return start_in_thread(config.model_copy(update={"models": models}), port=0)
 
 
 def edit_config(workspace_dir: Path, change: Callable[[dict], None]) -> None:
@@ -174,3 +191,23 @@ class Served:
             self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=90)
         return self.log_path.read_text(errors="replace")
+
+
+def ingest_answered(workspace_dir: Path, prefix: str, count: int, slot: str = "support-triage") -> set[tuple[str, str]]:
+    """`count` requests (ids `<prefix>-NNN`) answered by the slot's champion, ingested; the (request,
+    challenger) pairs they make."""
+    workspace = load_workspace(workspace_dir)
+    with Registry.open(workspace) as registry:
+        champion = registry.champion(slot).version_id
+        challengers = [v.version_id for v in registry.variants(slot=slot, status="active") if v.version_id != champion]
+        now = utcnow()
+        records = [TrafficRecord(
+            request_id=f"{prefix}-{index:03d}", slot=slot, received_at=now + timedelta(milliseconds=index),
+            champion_version=champion, status=200,
+            request={"messages": [{"role": "user", "content": TICKET_INPUTS[index % len(TICKET_INPUTS)]}]},
+            output="billing",
+            usage={"prompt_tokens": 40, "completion_tokens": 2}, latency_ms=300.0)
+            for index in range(count)]
+        ingest_spool(registry.database, write_segment(spool_dir(workspace.state_dir),
+                                                      [r.model_dump_json().encode() for r in records]).parent)
+    return {(record.request_id, version) for record in records for version in challengers}

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import openai
 import psycopg
@@ -68,12 +68,8 @@ def simulator():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def credentials(object_store) -> Iterator[None]:
-    """The object store's and the simulator's keys in the environment, as an operator sets them."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**object_store.credentials_env, "SIM_API_KEY": "sim"}.items():
-            patch.setenv(name, value)
-        yield
+def credentials(engine_credentials) -> None:
+    """Every test here runs with the engines' and the simulator's keys set."""
 
 
 @pytest.fixture(scope="module")

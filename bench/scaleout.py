@@ -1,0 +1,148 @@
+"""Runner scale-out (backend: distributed): pairs replayed per second by 1, 2 and 4 runner workers.
+
+Prints one JSON object. One PostgreSQL, one S3 server (`weed mini`) and the demo workspace on
+DuckLake; the simulator answers every call after a fixed `--latency-ms` (no jitter, no
+injected errors, no rate limits). For each N in `--workers`, `--requests` fresh requests are
+ingested (four challengers: four pairs each) and N `RunnerWorker`s, each with
+`--in-flight` calls at most, replay them at once, sharing the work by replay batches under
+leases; X(N) is the pairs written per second from the first worker's start to the last one's
+end (planning, claims and fenced writes included). Scaling efficiency S(N) = X(N) / (N·X(1)),
+all measured in this one run; the bound `in_flight / latency` per worker (Little's law) is
+printed beside X(1).
+
+Each worker is a process of its own (a host), with its own DuckDB connection to the lake and its
+own lease, ledger and heartbeat connections; all open the registry first, then start together.
+The simulator runs in a thread of the benchmark's process. On two shared cores the workers
+compete for CPU as separate hosts would not, so the figures are a lower bound.
+
+Run from the repository root: ``.venv/bin/python -m bench.scaleout [--requests 100] [--workers 1 2 4] [--keep]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.harness import BenchError
+from bench.harness.figures import emit, round3
+from bench.harness.servers import scratch_dir
+from registry import Registry, load_workspace
+from shadow.runner_worker import RunnerWorker
+from tests.engines import PostgresServer, S3Server, distributed_section, wheel_extension_directory
+from tests.servers import champion_workspace, ingest_answered, start_steady_simulator
+
+WAIT_LIMIT_S = 180.0
+BLOCK_SEQS = 25
+"""Requests per replay batch: 100 requests make 16 batches of 25 pairs, enough for 4 workers holding 2 each."""
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        _worker(*sys.argv[2:7])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100, help="Requests per measured round (4 pairs each).")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--in-flight", type=int, default=8, help="Calls in flight per worker.")
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
+    args = parser.parse_args()
+    scratch = scratch_dir("scaleout-")
+    try:
+        emit(run(scratch, args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(scratch: Path, args: argparse.Namespace) -> dict:
+    """Start the engines and the simulator; measure one round per worker count."""
+    with contextlib.ExitStack() as stack:
+        postgres = PostgresServer()
+        stack.callback(postgres.close)
+        store = S3Server(scratch / "s3")
+        stack.callback(store.stop)
+        simulator = start_steady_simulator(args.latency_ms)
+        stack.callback(simulator.stop)
+        os.environ.update({**store.credentials_env, "SIM_API_KEY": "sim"})
+        section = distributed_section(postgres, store, wheel_extension_directory(scratch / "extensions"))
+        workspace_dir = champion_workspace(scratch / "ws", simulator.base_url,
+                                           settings={"backend": "distributed", "distributed": section})
+        rounds = {}
+        for workers in args.workers:
+            pairs = ingest_answered(workspace_dir, f"n{workers}", args.requests)
+            rounds[workers] = _round(workspace_dir, workers, args.in_flight, scratch) | {"pairs": len(pairs)}
+    return _figures(rounds, args)
+
+
+def _round(workspace_dir: Path, workers: int, in_flight: int, scratch: Path) -> dict:
+    """N worker processes replaying the pending pairs at once, started together once all are ready:
+    pairs written, seconds from the first start to the last end, and each worker's share."""
+    go = scratch / f"go-{workers}"
+    outputs = [scratch / f"worker-{workers}-{n}.json" for n in range(workers)]
+    processes = [subprocess.Popen([sys.executable, "-m", "bench.scaleout", "--worker", str(workspace_dir),
+                                   f"bench/{workers}/{n}", str(in_flight), str(go), str(output)])
+                 for n, output in enumerate(outputs)]
+    try:
+        _wait_for(lambda: all(output.with_suffix(".ready").exists() for output in outputs), "workers ready")
+        go.touch()
+        for process in processes:
+            if process.wait(timeout=WAIT_LIMIT_S) != 0:
+                raise BenchError(f"a runner worker failed (exit {process.returncode})")
+    finally:
+        for process in processes:
+            process.kill()
+    runs = [json.loads(output.read_text()) for output in outputs]
+    done = sum(run["done"] for run in runs)
+    elapsed = max(run["ended"] for run in runs) - min(run["started"] for run in runs)
+    return {"written": done, "seconds": round3(elapsed), "pairs_per_s": done / elapsed,
+            "shares": [run["done"] for run in runs]}
+
+
+def _worker(workspace_dir: str, holder: str, in_flight: str, go: str, output: str) -> None:
+    """One runner worker process: open the registry, say it is ready, wait for `go`, run once, write its figures."""
+
+    async def run() -> dict:
+        with Registry.open(load_workspace(Path(workspace_dir))) as registry:
+            async with RunnerWorker(registry, holder, max_in_flight=int(in_flight)) as worker:
+                worker.runner.work.block_seqs = BLOCK_SEQS
+                Path(output).with_suffix(".ready").touch()
+                await asyncio.to_thread(_wait_for, Path(go).exists, "the start")
+                started = time.time()
+                report = await worker.runner.run_once()
+                return {"done": report.done, "started": started, "ended": time.time()}
+
+    Path(output).write_text(json.dumps(asyncio.run(run())))
+
+
+def _wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"waited {WAIT_LIMIT_S:.0f} s for {what}")
+        time.sleep(0.05)
+
+
+def _figures(rounds: dict[int, dict], args: argparse.Namespace) -> dict:
+    base = rounds[min(rounds)]["pairs_per_s"] / min(rounds)
+    return {
+        "bench": "scaleout",
+        "latency_ms": args.latency_ms,
+        "in_flight_per_worker": args.in_flight,
+        "littles_law_bound_per_worker": round3(args.in_flight / (args.latency_ms / 1000)),
+        "rounds": {str(n): {**r, "pairs_per_s": round3(r["pairs_per_s"])} for n, r in rounds.items()},
+        "efficiency": {str(n): round3(r["pairs_per_s"] / (n * base)) for n, r in rounds.items()},
+        "placement": "one process per worker, all on this machine's cores",
+    }
+
+
+if __name__ == "__main__":
+    main()

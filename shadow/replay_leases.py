@@ -1,0 +1,197 @@
+"""Replay work shared by the runners of every host (`backend: distributed`): batches under leases.
+
+Each run cuts the pending pairs into batches, one challenger's requests whose `seq` falls in
+one block of `BLOCK_SEQS`, named `<version_id>:<seq_lo>-<seq_hi>#<pairs>` (the block's first
+seq, its highest pending seq, and how many pairs were pending). Every runner that plans the same
+pending work names the same batches, so offering them again (`registry.leases.WorkLeases`)
+changes nothing; when the pending pairs of a block change (new traffic, or pairs a batch left
+pending), the name changes and the block is offered again for what is left. A runner holds at
+most `HOLD` batches at once, renews them while it works, and writes a batch's results in one
+transaction under the lease's fence, which marks the batch done: a runner that lost its lease
+is refused before it writes, and its results are dropped.
+
+Duplicates. A runner killed with `kill -9` (or stalled past the lease's ttl) loses its
+batches after the expiry and another runner replays them: the calls it had made for them are
+made again, at most `HOLD` batches of pairs per lost runner. Two runners that planned while
+traffic was arriving may offer overlapping batches of one block (seen with different pending
+pairs): the pairs of both may be in flight at once, at most one batch per block. Either way
+each pair's result is written once (`shadow_results` is keyed (request_id, version_id)); only
+the calls, and their cost, are duplicated. A replay with filters (`RunPlan.shared` false: a
+slot, a version, a time, `include_old`, `retry_errors`) is not cut into batches: the runner
+that took it runs every pair it selects, so a pair also in a shared batch may be called twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+from registry import Database
+from registry.leases import Lease, LeaseLost, WorkLeases
+from shadow.pending import pending_batch, replay_batches
+from shadow.results import Row, Work, write_results
+from shadow.runner import RunPlan
+
+log = logging.getLogger(__name__)
+
+KIND = "replay"
+BLOCK_SEQS = 64
+"""Requests per block of `seq`: a batch is one challenger's pending pairs in one block."""
+HOLD = 2
+"""Batches a runner holds at once: what the others cannot take, and what its death makes them redo."""
+
+
+def batch_name(version_id: str, seq_lo: int, seq_hi: int, pairs: int) -> str:
+    return f"{version_id}:{seq_lo}-{seq_hi}#{pairs}"
+
+
+def parse_batch(item: str) -> tuple[str, int, int]:
+    """(version_id, seq_lo, seq_hi) of a batch's name."""
+    version_id, _, span = item.rpartition(":")
+    seq_lo, _, rest = span.partition("-")
+    return version_id, int(seq_lo), int(rest.partition("#")[0])
+
+
+class LeasedReplay:
+    """A runner's `WorkSource` on `backend: distributed`: its share of the pending pairs, claimed as leases.
+
+    `leases` is this runner's `WorkLeases` of kind `KIND` (its own psycopg connection).
+    """
+
+    def __init__(self, database: Database, leases: WorkLeases, block_seqs: int = BLOCK_SEQS, hold: int = HOLD) -> None:
+        self.database = database
+        self.leases = leases
+        self.block_seqs = block_seqs
+        self.hold = hold
+        self.control = asyncio.Lock()
+        """One call at a time on the lease connection (renewals run beside the writes)."""
+
+    def open(self, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> "_LeasedRun":
+        return _LeasedRun(self, plan, on_written)
+
+    async def call(self, method: Callable[..., object], *args: object) -> object:
+        async with self.control:
+            return await asyncio.to_thread(method, *args)
+
+
+@dataclass
+class _Batch:
+    lease: Lease
+    expected: int
+    rows: list[Row] = field(default_factory=list)
+
+
+class _LeasedRun:
+    """One run's batches: offer, claim while fewer than `hold` are held, collect results, write them fenced."""
+
+    def __init__(self, source: LeasedReplay, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> None:
+        self.source = source
+        self.plan = plan
+        self.batch_plan = replace(plan, after_seq=0)
+        """A batch is its seq range: another runner's pass, whose `after_seq` is past it, still takes all its pairs."""
+        self.on_written = on_written
+        self.held: dict[int, _Batch] = {}
+        self.token_of: dict[tuple[str, str], int] = {}
+        self.freed = asyncio.Event()
+        self.abandoned = False
+        self.passed: list[int] = []
+        """Batches of a challenger this run does not know (registered since it began): given back at `close`."""
+        self.renewing: asyncio.Task[None] | None = None
+
+    async def pages(self) -> AsyncIterator[list[Work]]:
+        """The pairs of each batch this runner claims, until none is left to claim."""
+        batches = await asyncio.to_thread(self._batches)
+        await self.source.call(self.source.leases.offer, batches)
+        while True:
+            while len(self.held) >= self.source.hold and not self.abandoned:
+                self.freed.clear()
+                await self.freed.wait()
+            if self.abandoned:
+                return
+            claimed = await self.source.call(self.source.leases.claim, self.source.hold - len(self.held))
+            if not claimed:
+                return
+            for lease in claimed:
+                fetched = await asyncio.to_thread(self._fetch, lease.item)
+                if fetched is None:
+                    self.passed.append(lease.token)
+                    continue
+                works = [work for work in fetched
+                         if (work.request_id, work.version_id) not in self.token_of]  # not in an overlapping batch held
+                self.held[lease.token] = _Batch(lease, len(works))
+                for work in works:
+                    self.token_of[(work.request_id, work.version_id)] = lease.token
+                if not works:
+                    await self._commit(lease.token)
+                yield works
+
+    def _batches(self) -> list[str]:
+        if not self.plan.challengers:
+            return []
+        with self.source.database.reading() as connection:
+            return [batch_name(*batch) for batch in replay_batches(connection, self.plan, self.source.block_seqs)]
+
+    def _fetch(self, item: str) -> list[Work] | None:
+        """The pairs of a batch still pending (None when its challenger is not in this run's plan)."""
+        version_id, seq_lo, seq_hi = parse_batch(item)
+        if version_id not in self.plan.challengers:
+            return None
+        with self.source.database.reading() as connection:
+            rows = pending_batch(connection, self.batch_plan, version_id, seq_lo, seq_hi)
+        return [Work(at, rid, seq, vid, role, json.loads(request), replaces)
+                for at, rid, seq, vid, role, request, replaces in rows]
+
+    def abandon(self) -> None:
+        """A call failed: claim nothing more (the batches held are given back at `close`)."""
+        self.abandoned = True
+        self.freed.set()
+
+    def start(self) -> None:
+        self.renewing = asyncio.create_task(self._renew())
+
+    async def add(self, row: Row) -> None:
+        """Keep a result with its batch; a batch with all its results is written under its fence."""
+        token = self.token_of.pop((row["request_id"], row["version_id"]))
+        batch = self.held[token]
+        batch.rows.append(row)
+        if len(batch.rows) == batch.expected:
+            await self._commit(token)
+
+    async def _commit(self, token: int) -> None:
+        batch = self.held.pop(token)
+        try:
+            await self.source.call(self._write_fenced, token, batch.rows)
+        except LeaseLost as lost:
+            log.warning("replay batch %s dropped, %d results not written: %s", batch.lease.item, len(batch.rows), lost)
+        else:
+            self.on_written(batch.rows)
+        finally:
+            self.freed.set()
+
+    def _write_fenced(self, token: int, rows: list[Row]) -> None:
+        with self.source.leases.fenced(token):
+            if rows:
+                write_results(self.source.database, rows)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.source.leases.ttl_s / 3)
+            tokens = set(self.held)
+            kept = await self.source.call(self.source.leases.renew, tokens)
+            for token in tokens - kept:
+                if token in self.held:
+                    log.warning("replay batch %s lost its lease: its results will not be written",
+                                self.held[token].lease.item)
+
+    async def close(self) -> None:
+        """Stop renewing, and give back the batches not finished (a failed run), so another runner takes them."""
+        if self.renewing is not None:
+            self.renewing.cancel()
+            await asyncio.gather(self.renewing, return_exceptions=True)
+        if self.held or self.passed:
+            await self.source.call(self.source.leases.release, [*self.held, *self.passed])
+            self.held.clear()
+            self.passed.clear()
