@@ -207,8 +207,12 @@ def test_a_new_gateway_host_is_ready_with_the_published_routes_it_never_had(up: 
     gateway = GatewayProcess(fresh, env=GATEWAY_ENV)
     try:
         with connect_control(load_workspace(fresh).config.distributed) as connection:
-            newest = latest_published(connection).version
-        wait_until(lambda: _ready(gateway).get("routes_version") == newest, timeout_s=30)
+            published = RouteTable.model_validate_json(latest_published(connection).document)
+        ready = wait_until(lambda: (answer := _ready(gateway)).get("routes_version") == published.version and answer,
+                           timeout_s=30)
+        assert ready["status"] == "ready" and ready["slots"] == [SLOT]
+        local = read_routes(load_workspace(fresh).routes_path)  # the host's own last good copy
+        assert local.version == published.version and local.slots[SLOT].version_id == published.slots[SLOT].version_id
     finally:
         gateway.stop()
 
