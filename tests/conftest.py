@@ -77,6 +77,16 @@ def object_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def simulator():
+    """The bundled simulator, answering at once, shared by a module's tests (a module may define its own)."""
+    from tests.servers import start_simulator
+
+    server = start_simulator(fast=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def engine_credentials(object_store):
     """The object store's and the simulator's keys in the environment, as an operator sets them."""
     with pytest.MonkeyPatch.context() as patch:

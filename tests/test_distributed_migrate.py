@@ -25,7 +25,9 @@ from shadow.spool_records import TrafficRecord
 from tests.clirun import SHADOWZOO, call_environment, run_in_process
 from tests.servers import champion_workspace, edit_config
 # the simulator, and the object store's and simulator's keys in the environment: that module's fixtures
-from tests.test_distributed_storage import SLOT, _evidence, _own_lake, _replay, _run, credentials, simulator  # noqa: F401
+from tests.test_distributed_storage import SLOT, _evidence, _own_lake, _replay, _run
+
+pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
 
 @dataclass

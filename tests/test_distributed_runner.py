@@ -19,6 +19,8 @@ from shadow.runner_worker import RunnerWorker
 from tests.engines import distributed_section
 from tests.servers import champion_workspace, edit_config, ingest_answered, start_steady_simulator, wait_until
 
+pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
+
 SLOT = "support-triage"
 IN_FLIGHT = 4
 """Calls in flight per worker (small, so two workers interleave and a budget binds mid-run)."""
@@ -32,11 +34,6 @@ def simulator():
     handle = start_steady_simulator(LATENCY_MS)
     yield handle
     handle.stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def credentials(engine_credentials) -> None:
-    """Every test here runs with the engines' and the simulator's keys set."""
 
 
 @pytest.fixture(scope="module")

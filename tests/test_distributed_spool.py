@@ -23,17 +23,10 @@ from shadow.spool_records import TrafficRecord
 from shadow.spool_source import ObjectStoreSpool, object_store_spool
 from tests.clirun import run_in_process
 from tests.engines import PostgresServer, S3Server, distributed_section
-from tests.servers import GatewayProcess, champion_workspace, edit_config, start_simulator, wait_until
+from tests.servers import GatewayProcess, champion_workspace, edit_config, wait_until
 
 SLOT = "support-triage"
 QUESTION = [{"role": "user", "content": "My invoice shows a double charge this month."}]
-
-
-@pytest.fixture(scope="module")
-def simulator():
-    server = start_simulator(fast=True)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

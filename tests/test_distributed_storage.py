@@ -31,7 +31,9 @@ from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.toolcalls import ToolCall
 from tests.clirun import run_in_process
 from tests.engines import distributed_section
-from tests.servers import Served, champion_workspace, edit_config, start_simulator, wait_until
+from tests.servers import Served, champion_workspace, edit_config, wait_until
+
+pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
 SLOT = "support-triage"
 TICKETS = [json.loads(line) for line in
@@ -58,18 +60,6 @@ class Run:
     """Per lake table: (rows, distinct keys)."""
     traffic_in: str
     """The database holding `traffic`: `lake` on the distributed backend."""
-
-
-@pytest.fixture(scope="module")
-def simulator():
-    handle = start_simulator(fast=True)
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def credentials(engine_credentials) -> None:
-    """Every test here runs with the engines' and the simulator's keys set."""
 
 
 @pytest.fixture(scope="module")

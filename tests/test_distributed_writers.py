@@ -28,8 +28,8 @@ from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
 from tests.servers import champion_workspace, edit_config, wait_until
 from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _own_lake, _replay, _traffic
-# the storage tests' module fixtures, one of each for this module too: the simulator, and the keys in the environment
-from tests.test_distributed_storage import credentials, simulator  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_KEY = ("request_id", "version_id")
