@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
+import polars as pl
 import psycopg
 import pytest
 
@@ -216,3 +217,58 @@ def test_the_daemon_counts_every_row_once_when_two_writers_commit_out_of_seq_ord
     assert seqs["early"] < seqs["late"], "A's rows took the lower seqs and committed after B's"
     assert between == [3]
     assert _counted(context, champion) == 7
+
+
+def test_a_call_not_run_that_two_runners_both_stored_counts_once_on_the_board(boards, lake_dir, tmp_path) -> None:
+    workspace = load_workspace(lake_dir)
+    with Registry.open(workspace) as scoring, Registry.open(workspace) as a, Registry.open(workspace) as b:
+        champion = scoring.champion(SLOT).version_id
+        challenger = next(v.version_id for v in scoring.variants(slot=SLOT, status="active") if v.version_id != champion)
+        write_segment(tmp_path, _traffic_rows("skipped", champion, 1))
+        ingest_spool(scoring.database, tmp_path)
+        scorer = Scorer(workspace, scoring)
+        before = next(row.not_run for row in scorer.refresh(SLOT).rows if row.version_id == challenger)
+        with scoring.database.reading() as db:
+            request_seq = db.execute("SELECT seq FROM traffic WHERE request_id = 'skipped-0'").fetchone()[0]
+        result = {column: None for column in RESULT_SCHEMA} | {
+            "request_id": "skipped-0", "request_seq": request_seq, "version_id": challenger, "role": "challenger",
+            "status": "not_run", "error": "budget: the slot's daily shadow budget is spent", "attempts": 0,
+            "finished_at": utcnow()}
+        # both runners held the pair (one lost its lease): each writes it, neither sees the other's row
+        with a.database.transaction() as first, b.database.transaction() as second:
+            for registry, connection in ((a, first), (b, second)):
+                registry.database.reserve("change_seq", 1)
+                with registered(connection, "lost_batch", pl.DataFrame([result], schema=RESULT_SCHEMA).to_arrow()):
+                    insert_absent(connection, "shadow_results", ("request_id", "version_id"), (*RESULT_SCHEMA, "seq"),
+                                  f"SELECT {', '.join(RESULT_SCHEMA)}, nextval('change_seq') FROM lost_batch")
+        with scoring.database.reading() as db:
+            stored = db.execute("SELECT count(*) FROM shadow_results WHERE request_id = 'skipped-0'").fetchone()[0]
+        after = next(row.not_run for row in scorer.refresh(SLOT).rows if row.version_id == challenger)
+    assert stored == 2, "the lake has no keys: both runners' rows are stored"
+    assert after == before + 1
+
+
+def _oldest_age_s(settings: DistributedConfig, probe: Path) -> float:
+    """Seconds since the object store received its oldest spool segment (as the test reads the bucket)."""
+    store = object_store_spool(settings, probe)
+    return time.time() - min(segment.written_at for segment in store.ready())
+
+
+def test_the_spool_lag_gauge_is_the_age_of_the_oldest_segment_waiting_in_the_object_store(boards, lake_dir) -> None:
+    workspace = load_workspace(lake_dir)
+    settings = workspace.config.distributed
+    store = object_store_spool(settings, workspace.state_dir / "probe")
+    with Registry.open(workspace) as daemon:
+        champion = daemon.champion(SLOT).version_id
+        body = b"".join(line + b"\n" for line in _traffic_rows("shipped", champion, 2))
+        store.client.put_object(Bucket=store.bucket, Key=f"{settings.spool_prefix}gw-far/{int(time.time() * 1000):013d}"
+                                                         f"-1-00000000.jsonl", Body=body)
+        waited = wait_until(lambda: (age := _oldest_age_s(settings, workspace.state_dir / "probe")) > 0.5 and age)
+        context = TaskContext(workspace, LocalOperations(daemon), DaemonMetrics())
+        ingest(context)
+        lag = context.metrics.registry.get_sample_value("shadowzoo_spool_lag_seconds")
+        with daemon.database.reading() as db:
+            stored = db.execute("SELECT count(*) FROM traffic WHERE request_id LIKE 'shipped-%'").fetchone()[0]
+    assert not spool_dir(workspace.state_dir).exists() or not list(spool_dir(workspace.state_dir).glob("*.jsonl"))
+    assert stored == 2
+    assert lag >= waited
