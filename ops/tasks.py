@@ -17,7 +17,7 @@ from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
 from scorer.answerstats import period_stats
-from scorer.changes import Mark, latest
+from scorer.changes import Mark, latest, written_after
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
 from registry.workspace_config import Price, RetentionConfig, WorkspaceConfig
@@ -50,10 +50,19 @@ class TaskContext:
     def database(self):
         return self.operations.registry.database
 
-    def traffic_seq(self) -> int:
-        """The newest traffic row's seq: everything ingested so far is at or below it."""
+    def runner_pass(self, previous: Mark | None) -> tuple[Mark, int | None]:
+        """The data's mark now, and the `seq` a shadow runner's pass starts after so that it sees
+        every traffic row written since `previous` (the mark of the previous pass; None: all
+        traffic). In a DuckDB file that is `previous` itself; on the lake, where rows commit out
+        of `seq` order, it is below the lowest `seq` committed since (or past all traffic when none was)."""
         with self.database.reading() as db:
-            return int(db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchall()[0][0])
+            now = latest(db)
+            if previous is None or not previous.snapshot:
+                return now, previous.value if previous else None
+            low = db.execute(f"SELECT min(seq) - 1 FROM {written_after('traffic', previous, now)}").fetchone()[0]
+            if low is None:
+                low = db.execute(f"SELECT coalesce(max(seq), 0) FROM {written_after('traffic', None, now)}").fetchone()[0]
+            return now, int(low)
 
     def start_metrics(self) -> None:
         """Count only what happens from now on: Prometheus counters start at the process start."""

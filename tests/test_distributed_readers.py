@@ -272,3 +272,22 @@ def test_the_spool_lag_gauge_is_the_age_of_the_oldest_segment_waiting_in_the_obj
     assert not spool_dir(workspace.state_dir).exists() or not list(spool_dir(workspace.state_dir).glob("*.jsonl"))
     assert stored == 2
     assert lag >= waited
+
+
+def test_the_daemons_next_runner_pass_takes_traffic_committed_late_with_lower_seqs(boards, lake_dir, tmp_path) -> None:
+    workspace = load_workspace(lake_dir)
+    with Registry.open(workspace) as daemon, Registry.open(workspace) as a, Registry.open(workspace) as b:
+        champion = daemon.champion(SLOT).version_id
+        context = TaskContext(workspace, LocalOperations(daemon), DaemonMetrics())
+        previous, _ = context.runner_pass(None)  # where the previous pass began
+        write_segment(tmp_path / "a", _traffic_rows("slow", champion, 2))
+        write_segment(tmp_path / "b", _traffic_rows("quick", champion, 2))
+        with pytest.MonkeyPatch.context() as patch:  # A draws its seqs first, B commits before A
+            patch.setattr(shadow.ingest, "upsert", _Meanwhile(lambda: ingest_spool(b.database, tmp_path / "b")))
+            ingest_spool(a.database, tmp_path / "a")
+        _, after_seq = context.runner_pass(previous)
+        with daemon.database.reading() as db:
+            slow, quick = db.execute("SELECT min(seq) FILTER (request_id LIKE 'slow-%'), "
+                                     "min(seq) FILTER (request_id LIKE 'quick-%') FROM traffic").fetchone()
+    assert slow < quick
+    assert after_seq < slow, "the pass looks at every row committed since the previous one began"
