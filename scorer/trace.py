@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from registry import ConfigError, NotFound, Registry, Variant
 from scorer.answer_query import AnswerQuery, variant_prices, variant_prices_sql
-from scorer.changes import Mark, latest, request_touched
+from scorer.changes import Mark, latest, on_lake, request_touched
 from scorer.quality_metrics import plan_quality, sql_literal
 from shadow.pricing import effective_prices
 
@@ -117,7 +117,7 @@ def trace_request(registry: Registry, key: str, slot: str | None = None) -> Requ
         variants = registry.variants(slot=traffic["slot"])
         prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
         query = AnswerQuery(slot=traffic["slot"], since=EPOCH, plan=plan_quality(config.metrics, f"slots.{traffic['slot']}.metrics"),
-                            scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}")
+                            scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}", duplicates=on_lake(db))
         scored = _scored(db, query, variant_prices(variants, prices), [m.key for m in config.metrics])
         stored = _stored(db, traffic)
         waiting = _waits_for_refresh(db, stored, traffic)
@@ -253,7 +253,8 @@ def _stored(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> _Stored:
     row = _rows(db, f"""
         SELECT * FROM
             (SELECT list({{'version_id': version_id, 'role': role, 'status': status, 'error': error}} ORDER BY version_id)
-                    AS results FROM shadow_results WHERE request_seq = {seq}),
+                    AS results FROM (SELECT * FROM shadow_results WHERE request_seq = {seq}
+                                     QUALIFY row_number() OVER (PARTITION BY version_id ORDER BY seq) = 1)),
             (SELECT list({{'period_id': period_id, 'version_id': version_id, 'd_net': d_net, 'd_quality': d_quality,
                           'd_cost': d_cost}} ORDER BY period_id) AS pairs FROM paired WHERE request_seq = {seq}),
             (SELECT list({{'kind': kind, 'value_json': value_json, 'received_at': received_at}} ORDER BY received_at, seq)

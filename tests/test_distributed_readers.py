@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +27,8 @@ from registry import Registry, load_workspace, utcnow
 from registry.db import registered
 from registry.keyed import insert_absent
 from registry.workspace_config import DistributedConfig
+from scorer.browse import MAX_LIMIT, RequestFilter, browse_requests
+from scorer.export import ExportOptions, export_answers
 from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
 from scorer.trace import trace_request
@@ -291,3 +293,40 @@ def test_the_daemons_next_runner_pass_takes_traffic_committed_late_with_lower_se
                                      "min(seq) FILTER (request_id LIKE 'quick-%') FROM traffic").fetchone()
     assert slow < quick
     assert after_seq < slow, "the pass looks at every row committed since the previous one began"
+
+
+def _readings(registry: Registry, version: str, path: Path) -> dict[str, Any]:
+    """What the readers of answers show for the slot's requests: a view board's numbers, the
+    requests a browse page of `version` lists, the exported rows and the trace's answers of req-02."""
+    view = Scorer(registry.workspace, registry).refresh(SLOT, since=datetime(2000, 1, 1))
+    with registry.database.reading() as db:
+        page = browse_requests(db, RequestFilter(slot=SLOT, version=version, limit=MAX_LIMIT))
+    exported = export_answers(registry, ExportOptions(slot=SLOT, version=version), path)
+    traced = trace_request(registry, "req-02")
+    return {"view": _evidence(view), "page": sorted(row.request_id for row in page.requests),
+            "exported": exported.rows, "traced": sorted(answer.version_id for answer in traced.challengers)}
+
+
+def test_a_result_two_runners_both_stored_is_read_once_by_views_pages_exports_and_traces(
+        boards, lake_dir, tmp_path) -> None:
+    workspace = load_workspace(lake_dir)
+    with Registry.open(workspace) as registry, Registry.open(workspace) as late:
+        champion = registry.champion(SLOT).version_id
+        challenger = next(v.version_id for v in registry.variants(slot=SLOT, status="active")
+                          if v.version_id != champion)
+        before = _readings(registry, challenger, tmp_path / "before.jsonl")
+        with registry.database.reading() as db:
+            rows = db.sql(f"SELECT {', '.join(RESULT_SCHEMA)} FROM shadow_results WHERE request_id = 'req-02' "
+                          "AND version_id = ?", params=[challenger]).pl()
+        # the runner that lost its lease stores its answer too, after the one that took it over
+        with late.database.transaction() as db, registered(db, "lost_batch", rows.to_arrow()):
+            late.database.reserve("change_seq", rows.height)
+            db.execute(f"INSERT INTO shadow_results ({', '.join(RESULT_SCHEMA)}, seq) "
+                       f"SELECT *, nextval('change_seq') FROM lost_batch")
+        after = _readings(registry, challenger, tmp_path / "after.jsonl")
+        with registry.database.reading() as db:
+            stored = db.execute("SELECT count(*) FROM shadow_results WHERE request_id = 'req-02' AND version_id = ?",
+                                [challenger]).fetchone()[0]
+    assert rows.height == 1 and stored == 2
+    assert "req-02" in before["page"]
+    assert after == before
