@@ -69,8 +69,9 @@ def touched_requests(since: Mark, now: Mark) -> str:
 
 
 def request_touched(since: Mark, now: Mark, request_seq: int, request_id: str) -> tuple[str, list[str]]:
-    """SQL (and its parameters) for whether a row of one request (its traffic, a result, an outcome or a metric value)
-    was written after `since`, up to `now`: on the lake off the change feed, whatever its `seq`."""
+    """SQL (and its parameters) for whether a row of one request (its traffic, a result, an
+    outcome or a metric value) was written after `since`, up to `now`: on the lake off the
+    change feed, whatever its `seq`."""
     rows = {"traffic": f"seq = {int(request_seq)}", "shadow_results": f"request_seq = {int(request_seq)}",
             "outcomes": f"request_seq = {int(request_seq)}", "metric_values": "request_id = ?"}
     return "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {written_after(table, since, now)} WHERE {condition})"

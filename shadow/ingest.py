@@ -17,8 +17,8 @@ idempotent: a segment seen twice, a record in two segments, or a crash anywhere 
 work without duplicating a row. On the lake, which has no keys, two workers both holding a
 segment (one lost its lease mid-commit) would each append its rows unseen by the other's
 transaction: a batch is ingested holding a lock per segment in PostgreSQL, so the second
-begins after the first committed and finds the segment in the ledger. After each batch, outcomes that arrived before their
-traffic are joined to it. Segments come from a `shadow.spool_source.SegmentSource`: the
+begins after the first committed and finds the segment in the ledger. After each batch,
+outcomes that arrived before their traffic are joined to it. Segments come from a `shadow.spool_source.SegmentSource`: the
 local spool directory, or the object store the gateway hosts ship to, whose ledger keys
 name the host as well (`<host>/<name>`).
 """

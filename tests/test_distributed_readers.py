@@ -7,6 +7,7 @@ stored once and scores as a single commit does."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -34,6 +35,7 @@ from scorer.service import Scorer
 from scorer.trace import trace_request
 from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
+from shadow.runner import RunFilters, ShadowRunner
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.spool_source import object_store_spool
@@ -90,21 +92,24 @@ class _BothInCommit:
         return written
 
 
-@pytest.fixture(scope="module")
-def lake_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
-    """A distributed workspace on a lake of its own, its champion's evidence counting from 10 pairs."""
-    section = _own_lake(postgres, object_store, lake_extensions, "readers")
-    directory = champion_workspace(tmp_path_factory.mktemp("readers") / "lake", simulator.base_url,
-                                   settings={"backend": "distributed", "distributed": section})
+def _champion_workspace(directory: Path, simulator_url: str, settings: dict | None = None) -> Path:
+    """The demo workspace with its champion, whose evidence counts from 10 pairs."""
+    directory = champion_workspace(directory, simulator_url, settings=settings)
     edit_config(directory, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
     return directory
+
+
+@pytest.fixture(scope="module")
+def lake_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
+    """A distributed workspace on a lake of its own."""
+    section = _own_lake(postgres, object_store, lake_extensions, "readers")
+    return _champion_workspace(tmp_path_factory.mktemp("readers") / "lake", simulator.base_url,
+                               {"backend": "distributed", "distributed": section})
 
 
 @pytest.fixture(scope="module")
 def embedded_dir(tmp_path_factory, simulator) -> Path:
-    directory = champion_workspace(tmp_path_factory.mktemp("readers") / "embedded", simulator.base_url)
-    edit_config(directory, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
-    return directory
+    return _champion_workspace(tmp_path_factory.mktemp("readers") / "embedded", simulator.base_url)
 
 
 @pytest.fixture(scope="module")
@@ -288,11 +293,22 @@ def test_the_daemons_next_runner_pass_takes_traffic_committed_late_with_lower_se
             patch.setattr(shadow.ingest, "upsert", _Meanwhile(lambda: ingest_spool(b.database, tmp_path / "b")))
             ingest_spool(a.database, tmp_path / "a")
         _, after_seq = context.runner_pass(previous)
+        asyncio.run(_pass(daemon, after_seq))
         with daemon.database.reading() as db:
             slow, quick = db.execute("SELECT min(seq) FILTER (request_id LIKE 'slow-%'), "
                                      "min(seq) FILTER (request_id LIKE 'quick-%') FROM traffic").fetchone()
+            answered = dict(db.execute("SELECT split_part(request_id, '-', 1), count(DISTINCT request_id) "
+                                       "FROM shadow_results WHERE request_id LIKE 'slow-%' OR request_id LIKE 'quick-%' "
+                                       "GROUP BY 1").fetchall())
     assert slow < quick
     assert after_seq < slow, "the pass looks at every row committed since the previous one began"
+    assert answered == {"slow": 2, "quick": 2}
+
+
+async def _pass(registry: Registry, after_seq: int | None) -> None:
+    """One pass of the daemon's shadow runner over the traffic after `after_seq`."""
+    async with ShadowRunner(registry) as runner:
+        await runner.run_once(RunFilters(after_seq=after_seq))
 
 
 def _readings(registry: Registry, version: str, path: Path) -> dict[str, Any]:
