@@ -17,6 +17,7 @@ from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
 from scorer.answerstats import period_stats
+from scorer.changes import Mark, latest, written_after
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
 from registry.workspace_config import Price, RetentionConfig, WorkspaceConfig
@@ -39,7 +40,8 @@ class TaskContext:
     workspace: Workspace
     operations: LocalOperations
     metrics: DaemonMetrics
-    metrics_seq: int = 0
+    metrics_mark: Mark | None = None
+    """Where the metrics have counted the data up to (None: nothing counted yet); rows written after it are new."""
     boards: dict[str, Any] = field(default_factory=dict)
     leaders: EveryJob | ElectedJobs = field(default_factory=EveryJob)
     """Which singleton jobs (per slot) this daemon runs: all of them, unless elected on `backend: distributed`."""
@@ -48,28 +50,34 @@ class TaskContext:
     def database(self):
         return self.operations.registry.database
 
-    def traffic_seq(self) -> int:
-        """The newest traffic row's seq: everything ingested so far is at or below it."""
+    def runner_pass(self, previous: Mark | None) -> tuple[Mark, int | None]:
+        """The data's mark now, and the `seq` a shadow runner's pass starts after so that it sees
+        every traffic row written since `previous` (the mark of the previous pass; None: all
+        traffic). In a DuckDB file that is `previous` itself; on the lake, where rows commit out
+        of `seq` order, it is below the lowest `seq` committed since (or past all traffic when none was)."""
         with self.database.reading() as db:
-            return int(db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchall()[0][0])
+            now = latest(db)
+            if previous is None or not previous.snapshot:
+                return now, previous.value if previous else None
+            low = db.execute(f"SELECT min(seq) - 1 FROM {written_after('traffic', previous, now)}").fetchone()[0]
+            if low is None:
+                low = db.execute(f"SELECT coalesce(max(seq), 0) FROM {written_after('traffic', None, now)}").fetchone()[0]
+            return now, int(low)
 
     def start_metrics(self) -> None:
         """Count only what happens from now on: Prometheus counters start at the process start."""
         with self.database.reading() as db:
-            self.metrics_seq = int(db.execute(
-                "SELECT greatest((SELECT max(seq) FROM traffic), (SELECT max(seq) FROM shadow_results), "
-                "(SELECT max(seq) FROM metric_values), 0)").fetchall()[0][0] or 0)
+            self.metrics_mark = latest(db)
 
 
 def ingest(context: TaskContext) -> dict[str, Any]:
-    """Spool into the database, then feed the counters from the new rows."""
-    spool = spool_dir(context.workspace.state_dir)
-    segments = ready_segments(spool)
-    context.metrics.spool_lag.set(segment_age_s(segments[0]) if segments else 0.0)
+    """Ingest the spool (on `backend: distributed`, the object store's segments), then feed the
+    counters from the rows written since they last counted, by any process."""
     report = context.operations.ingest()
+    context.metrics.spool_lag.set(report.lag_s)
     context.metrics.quarantined.inc(report.quarantined_records)
     with context.database.reading() as db:
-        context.metrics_seq = context.metrics.count_new_rows(db, context.metrics_seq, _champion_prices(context))
+        context.metrics_mark = context.metrics.count_new_rows(db, context.metrics_mark, _champion_prices(context))
     return {"segments": report.segments, "traffic": report.traffic_rows, "outcomes": report.outcome_rows,
             "quarantined": report.quarantined_records}
 

@@ -175,17 +175,19 @@ class Database:
                 self._distributed[1].reserve(self.connection, sequence, count)
 
     @contextmanager
-    def exclusive(self, name: str) -> Iterator[None]:
-        """Hold the lock `name` (e.g. one slot's scorer) for the block, waiting for another process
-        holding it. A DuckDB file is one process's already; on the distributed backend this is a
-        PostgreSQL advisory lock of a session of its own, ended with the block (or the process)."""
+    def exclusive(self, *names: str) -> Iterator[None]:
+        """Hold the locks `names` (e.g. one slot's scorer, or the segments of an ingest batch) for
+        the block, waiting for another process holding any of them. A DuckDB file is one process's
+        already; on the distributed backend these are PostgreSQL advisory locks of a session of
+        their own, ended with the block (or the process), taken in one order (no deadlock)."""
         if self._distributed is None:
             yield
             return
         from registry.distributed import connect_control
 
         with connect_control(self._distributed[0], autocommit=True) as session:
-            session.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [_EXCLUSIVE_LOCKS, name])
+            for name in sorted(set(names)):
+                session.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [_EXCLUSIVE_LOCKS, name])
             yield
 
     def limit(self, threads: int, memory_limit: str) -> None:

@@ -59,7 +59,7 @@ def latest(db: duckdb.DuckDBPyConnection) -> Mark:
 
 def touched_requests(since: Mark, now: Mark) -> str:
     """SQL for the `request_seq` of the requests whose rows changed after `since`, up to `now`."""
-    new = {table: _written_after(table, since, now) for table in CHANGED_TABLES}
+    new = {table: written_after(table, since, now) for table in CHANGED_TABLES}
     return (
         f"SELECT seq AS request_seq FROM {new['traffic']} "
         f"UNION SELECT request_seq FROM {new['shadow_results']} WHERE request_seq IS NOT NULL "
@@ -68,8 +68,21 @@ def touched_requests(since: Mark, now: Mark) -> str:
     )
 
 
-def _written_after(table: str, since: Mark, now: Mark) -> str:
-    """The rows of `table` written after `since` (and by `now`), as a relation."""
+def request_touched(since: Mark, now: Mark, request_seq: int, request_id: str) -> tuple[str, list[str]]:
+    """SQL (and its parameters) for whether a row of one request (its traffic, a result, an
+    outcome or a metric value) was written after `since`, up to `now`: on the lake off the
+    change feed, whatever its `seq`."""
+    rows = {"traffic": f"seq = {int(request_seq)}", "shadow_results": f"request_seq = {int(request_seq)}",
+            "outcomes": f"request_seq = {int(request_seq)}", "metric_values": "request_id = ?"}
+    return "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {written_after(table, since, now)} WHERE {condition})"
+                                   for table, condition in rows.items()), [request_id]
+
+
+def written_after(table: str, since: Mark | None, now: Mark) -> str:
+    """The rows of `table` written after `since` (all of them when None) and by `now`, as a relation:
+    in a DuckDB file by their `seq`, on the lake by the snapshot that committed them."""
+    if since is None:
+        return f"(SELECT * FROM {now.table(table)} WHERE true {now.written('seq')})"
     if since.snapshot:
         return f"ducklake_table_insertions('{LAKE}', 'main', '{table}', {since.value + 1}, {now.value})"
-    return f"(SELECT * FROM {table} WHERE seq > {since.value})"
+    return f"(SELECT * FROM {table} WHERE seq > {since.value} AND seq <= {now.value})"

@@ -140,7 +140,8 @@ class Scorer:
             # a view: the period's requests (its champion's) of the slice, or every request since `since`
             champion_only = period.champion_version if period is not None and since is None else None
             stats = describe(db, AnswerQuery(slot=slot, since=window, plan=plan, scoring=config.scoring,
-                                             champion=champion_only, tags=tags_sql(where) if where else None))
+                                             champion=champion_only, tags=tags_sql(where) if where else None,
+                                             duplicates=on_lake(db)))
         return build_board(BoardInputs(
             slot=slot, scoring=config.scoring, period=period, champion=champion, challengers=challengers,
             alphas=alphas, moments=moments, stats=stats, not_run=not_run_counts(db, slot, window, tags),
