@@ -16,6 +16,7 @@ from ops.leaders import ElectedJobs, EveryJob
 from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
+from registry.leadership import NotLeader
 from scorer.answerstats import period_stats
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
@@ -87,7 +88,12 @@ def score(context: TaskContext) -> dict[str, Any]:
     operations = context.operations
     scored, newly_scored, promoted = 0, 0, []
     for slot in _served_slots(context, "scorer"):
-        board = operations.score(slot)
+        try:
+            with context.leaders.fenced(context.database, "scorer", slot):
+                board = operations.score(slot)
+        except NotLeader as exc:
+            log.warning("%s", exc)
+            continue
         before = context.boards.get(slot)
         newly_scored += _scored(board) - (_scored(before) if before and before.period_id == board.period_id else 0)
         context.boards[slot] = board
@@ -191,22 +197,27 @@ def retention(context: TaskContext) -> dict[str, Any]:
                   if context.leaders.leads("retention", slot))
     if not context.leaders.leads("retention"):
         return {"traffic_deleted": deleted}
-    with context.database.transaction() as db:
-        orphans = db.execute("DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?",
-                             [utcnow() - timedelta(days=default)]).fetchall()[0][0]
+    cutoff = utcnow() - timedelta(days=default)
+    with context.leaders.fenced(context.database, "retention"):
+        orphans = context.database.committed(lambda db: db.execute(
+            "DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?", [cutoff]).fetchall()[0][0])
     return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans}
 
 
 def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
     """Delete a slot's traffic older than `days`, with the rows that hang off it; returns how many requests."""
     cutoff = utcnow() - timedelta(days=days)
-    with context.database.transaction() as db:
+
+    def delete_in(db) -> int:
         old = "FROM traffic WHERE slot = ? AND received_at < ?"
         for table in ("shadow_results", "metric_values", "outcomes"):
             db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
         db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
         reread_slot_worst(db, slot)
         return db.execute(f"DELETE {old}", [slot, cutoff]).fetchall()[0][0]
+
+    with context.leaders.fenced(context.database, "retention", slot):
+        return context.database.committed(delete_in)
 
 
 def rotate(context: TaskContext) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from scorer.judge import judge_spend_today, run_judge
 from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
 from scorer.changes import latest, on_lake
 from scorer.pairing import load_moments, merge_moments, save_watermark, score_changes, watermark
-from scorer.periods import Period, challenger_alphas, current_period, slot_settings
+from scorer.periods import Period, challenger_alphas, current_period, slot_settings, standing_period
 from scorer.prices import sync_prices
 from shadow.pauses import PauseSet, read_pauses
 from shadow.pricing import price_of
@@ -98,7 +98,9 @@ class Scorer:
                         if (m := v.config.get("model")) and (price := price_of(prices, m))}
         since_promotion = self.registry.champion_since(slot) or utcnow()
         settings = slot_settings(self.workspace.slot(slot), model_prices)
-        return self.database.committed(
+        with self.database.reading() as db:  # most refreshes keep the period: they need not commit for it
+            standing = standing_period(db, slot, champion.version_id, settings)
+        return standing or self.database.committed(
             lambda db: current_period(db, slot, champion.version_id, since_promotion, settings, self.database.reserve))
 
     def history(self, slot: str, limit: int = 200) -> list[EvidencePoint]:

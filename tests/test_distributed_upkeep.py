@@ -1,0 +1,157 @@
+"""Crash semantics and upkeep on `backend: distributed` (issue 16): a stale scorer leader's
+commits are refused, the judge's budget holds across processes, completed lease rows are
+cleaned, and the lake's snapshots and small files are maintained, against real PostgreSQL,
+`weed mini` and DuckLake."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ops.leaders import ElectedJobs
+from ops.operations import LocalOperations
+from ops.prometheus_metrics import DaemonMetrics
+from ops import tasks
+from registry import Registry, load_workspace
+from registry.db import _EXCLUSIVE_LOCKS
+from registry.evidence import forget_scored_evidence
+from registry.fences import Fence, fenced
+from registry.leadership import LOCK_NAMESPACE, NotLeader, job_name
+from scorer.service import Scorer
+from shadow.ingest import ingest_spool
+from shadow.spool import spool_dir, write_segment
+from tests.servers import champion_workspace, edit_config, wait_until
+from tests.test_distributed_storage import SLOT, _evidence, _labels, _own_lake, _replay, _traffic
+
+pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
+
+
+@pytest.fixture(scope="module")
+def workspace_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
+    """A distributed workspace on a lake of its own: the demo traffic ingested, labelled and replayed, not scored yet."""
+    section = _own_lake(postgres, object_store, lake_extensions, "upkeep")
+    directory = champion_workspace(tmp_path_factory.mktemp("upkeep") / "ws", simulator.base_url,
+                                   settings={"backend": "distributed", "distributed": section})
+    edit_config(directory, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
+    workspace = load_workspace(directory)
+    with Registry.open(workspace) as registry:
+        for records in (_traffic(registry.champion(SLOT).version_id), _labels()):
+            write_segment(spool_dir(workspace.state_dir), records)
+        ingest_spool(registry.database, spool_dir(workspace.state_dir))
+        _replay(registry)
+    return directory
+
+
+@pytest.fixture
+def control(workspace_dir) -> psycopg.Connection:
+    with psycopg.connect(load_workspace(workspace_dir).config.distributed.postgres_url, autocommit=True) as connection:
+        yield connection
+
+
+def _context(registry: Registry, candidate: str) -> tasks.TaskContext:
+    """A daemon's scorer on its own connections, as on a host of its own."""
+    return tasks.TaskContext(registry.workspace, LocalOperations(registry), DaemonMetrics(),
+                             leaders=ElectedJobs(registry.workspace.config.distributed, candidate))
+
+
+def _waiting_refreshes(control: psycopg.Connection) -> int:
+    """Scorer refreshes waiting for the slot's refresh lock (`Database.exclusive`)."""
+    return control.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                           "AND classid::bigint = %s", [_EXCLUSIVE_LOCKS]).fetchone()[0]
+
+
+def _end_leader_session(control: psycopg.Connection, name: str) -> None:
+    """End the PostgreSQL session in which a leader holds its lock (a network cut, as PostgreSQL sees it)."""
+    pids = [pid for (pid,) in control.execute(
+        "SELECT l.pid FROM pg_locks l JOIN leadership j ON l.objid::bigint = j.id WHERE l.locktype = 'advisory' "
+        "AND l.granted AND l.classid::bigint = %s AND j.name = %s", [LOCK_NAMESPACE, name]).fetchall()]
+    assert len(pids) == 1, pids
+    control.execute("SELECT pg_terminate_backend(%s)", [pids[0]])
+
+
+def _pair_counts(registry: Registry) -> tuple[int, int]:
+    with registry.database.reading() as db:
+        return db.execute("SELECT count(*), count(DISTINCT (period_id, request_seq, version_id)) FROM paired").fetchone()
+
+
+# A stale scorer leader
+
+def test_a_scorer_leader_that_lost_its_session_mid_refresh_writes_nothing_after_the_new_leader(
+        workspace_dir, control) -> None:
+    workspace = load_workspace(workspace_dir)
+    name = job_name("scorer", SLOT)
+    with Registry.open(workspace) as a, Registry.open(workspace) as b, Registry.open(workspace) as reader:
+        context_a, context_b = _context(a, "host-a:1"), _context(b, "host-b:1")
+        runs: dict[str, dict] = {}
+
+        def score(label: str, context: tasks.TaskContext) -> None:
+            runs[label] = tasks.score(context)
+
+        with reader.database.reading() as db:
+            snapshots_before = db.execute("SELECT count(*) FROM leaderboard_snapshots").fetchone()[0]
+        with psycopg.connect(workspace.config.distributed.postgres_url, autocommit=True) as holder:
+            # the refresh lock held elsewhere: A's refresh is under way (elected, fenced) and waits there
+            holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [_EXCLUSIVE_LOCKS, f"scorer {SLOT}"])
+            leader_a = threading.Thread(target=score, args=("a", context_a))
+            leader_a.start()
+            wait_until(lambda: _waiting_refreshes(control) == 1, timeout_s=30)
+            _end_leader_session(control, name)  # A never learns it: it is past its check
+            leader_b = threading.Thread(target=score, args=("b", context_b))
+            leader_b.start()
+            wait_until(lambda: _waiting_refreshes(control) == 2, timeout_s=30)
+        for thread in (leader_a, leader_b):
+            thread.join(120)
+        epochs = control.execute("SELECT epoch, leader FROM leadership WHERE name = %s", [name]).fetchone()
+        board_b = context_b.boards[SLOT]
+        with reader.database.reading() as db:
+            snapshots = db.execute("SELECT count(*) FROM leaderboard_snapshots").fetchone()[0] - snapshots_before
+        stored, keys = _pair_counts(reader)
+        with reader.database.transaction() as db:
+            forget_scored_evidence(db, [SLOT])
+        single = Scorer(workspace, reader).refresh(SLOT)
+    assert epochs == (2, "host-b:1")
+    assert runs["a"]["slots"] == 0 and SLOT not in context_a.boards  # A's refresh was refused, whichever ran first
+    assert runs["b"]["slots"] == 1
+    assert snapshots == 1  # B's only
+    assert stored == keys and stored > 0
+    assert _evidence(board_b) == _evidence(single)
+
+
+def test_a_leader_commit_begun_before_a_new_leader_claimed_is_refused(workspace_dir) -> None:
+    workspace = load_workspace(workspace_dir)
+    old, new = Fence("fence-test", 1, "host-a:1"), Fence("fence-test", 2, "host-b:1")
+    began, claimed = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+    with Registry.open(workspace) as a, Registry.open(workspace) as b:
+        old.claim(a.database)
+
+        def write(db) -> None:
+            a.database.reserve("snapshot_id", 1)
+            db.execute("INSERT INTO leaderboard_snapshots (slot, period_id, taken_at, board_json) "
+                       "VALUES ('stale-leader', 0, now(), '{}')")
+            began.set()
+            claimed.wait(30)
+
+        def stale_leader() -> None:
+            try:
+                with fenced(old):
+                    a.database.committed(write)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the test reads what the thread raised
+                outcome.append(exc)
+
+        thread = threading.Thread(target=stale_leader)
+        thread.start()
+        assert began.wait(30)
+        new.claim(b.database)  # B takes over while A's transaction is open
+        claimed.set()
+        thread.join(60)
+        with b.database.reading() as db:
+            written = db.execute("SELECT count(*) FROM leaderboard_snapshots WHERE slot = 'stale-leader'").fetchone()[0]
+            fences = db.execute("SELECT epoch FROM leader_fences WHERE name = 'fence-test'").fetchall()
+    assert isinstance(outcome[0], NotLeader), outcome
+    assert written == 0
+    assert fences == [(2,)]
