@@ -201,7 +201,19 @@ def retention(context: TaskContext) -> dict[str, Any]:
     with context.leaders.fenced(context.database, "retention"):
         orphans = context.database.committed(lambda db: db.execute(
             "DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?", [cutoff]).fetchall()[0][0])
-    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans}
+    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans, **_control_retention(context)}
+
+
+def _control_retention(context: TaskContext) -> dict[str, Any]:
+    """On `backend: distributed`, the control plane's rows past their use: lease rows done or long expired."""
+    config = context.workspace.config
+    if config.backend != "distributed" or config.distributed is None:
+        return {}
+    from registry.distributed import connect_control
+    from registry.leases import prune
+
+    with connect_control(config.distributed, autocommit=True) as control:
+        return {"lease_rows_deleted": prune(control)}
 
 
 def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:

@@ -20,6 +20,7 @@ from registry.db import _EXCLUSIVE_LOCKS
 from registry.evidence import forget_scored_evidence
 from registry.fences import Fence, fenced
 from registry.leadership import LOCK_NAMESPACE, NotLeader, job_name
+from registry.leases import LeaseLost, WorkLeases
 from scorer.service import Scorer
 from shadow.ingest import ingest_spool
 from shadow.spool import spool_dir, write_segment
@@ -155,3 +156,34 @@ def test_a_leader_commit_begun_before_a_new_leader_claimed_is_refused(workspace_
     assert isinstance(outcome[0], NotLeader), outcome
     assert written == 0
     assert fences == [(2,)]
+
+
+# Lease rows
+
+def test_the_retention_job_deletes_lease_rows_done_long_ago_and_keeps_those_a_worker_still_holds(
+        workspace_dir, control) -> None:
+    workspace = load_workspace(workspace_dir)
+    worker = WorkLeases(control, "upkeep-segment", "host-i:1", 30)
+    worker.offer(["done-long-ago", "done-just-now", "held", "held-stalled", "stalled-long-ago", "never-claimed"])
+    leases = {lease.item: lease for lease in worker.claim(6)}
+    worker.release([leases.pop("never-claimed").token])
+    for item in ("done-long-ago", "done-just-now"):
+        worker.complete(leases[item].token)
+    day = 2 * 86_400  # two days later, written into the rows
+    control.execute("UPDATE work_leases SET done_at = done_at - make_interval(secs => %s) "
+                    "WHERE kind = 'upkeep-segment' AND item = 'done-long-ago'", [day])
+    control.execute("UPDATE work_leases SET expires_at = now() - make_interval(secs => %s) "
+                    "WHERE kind = 'upkeep-segment' AND item = 'stalled-long-ago'", [day])
+    control.execute("UPDATE work_leases SET expires_at = now() - interval '1 minute', "
+                    "offered_at = offered_at - make_interval(secs => %s) "
+                    "WHERE kind = 'upkeep-segment' AND item IN ('held-stalled', 'never-claimed')", [day])
+    with Registry.open(workspace) as registry:
+        counts = tasks.retention(_context(registry, "host-r:1"))
+    kept = {item for (item,) in control.execute("SELECT item FROM work_leases WHERE kind = 'upkeep-segment'")}
+    assert counts["lease_rows_deleted"] >= 2
+    assert kept == {"done-just-now", "held", "held-stalled", "never-claimed"}
+    for item in ("held", "held-stalled"):  # their holder's fence still holds: it completes them
+        worker.complete(leases[item].token)
+    with pytest.raises(LeaseLost):
+        worker.complete(leases["stalled-long-ago"].token)
+    assert worker.offer(["done-just-now"]) == 0  # a recently done item is not offered again
