@@ -30,13 +30,14 @@ from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.leaderboard_model import Comparison, EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
 from scorer.leaderboard_builder import BoardInputs, build_board, describe, not_run_counts
-from registry.workspace_config import JudgeMetric, SlotConfig
+from registry.workspace_config import DistributedConfig, JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge
 from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
 from scorer.changes import latest, on_lake
 from scorer.pairing import load_moments, merge_moments, save_watermark, score_changes, watermark
 from scorer.periods import Period, challenger_alphas, current_period, slot_settings, standing_period
 from scorer.prices import sync_prices
+from shadow.budget_slices import run_cap
 from shadow.pauses import PauseSet, read_pauses
 from shadow.pricing import price_of
 from scorer.rowmetrics import evaluate_rows, evaluator_for, pending_answers, store_values
@@ -192,7 +193,8 @@ class Scorer:
                            unjudged=rows.height)
         if rows.is_empty():
             return state
-        run = run_judge(self.workspace.config.providers, prices, metric, key, rows, spent)
+        with run_cap(self._distributed, f"judge/{key}", metric.daily_budget_usd, spent) as cap:
+            run = run_judge(self.workspace.config.providers, prices, metric, key, rows, cap)
         if run.calls == 0 and run.errors:
             log.warning("slots.%s judge %s: %s", slot, key, run.values["error"][0])
             return state
@@ -201,6 +203,12 @@ class Scorer:
         store_values(self.database, run.values)
         return state.model_copy(update={"spent_today_usd": spent + run.spent_usd,
                                         "unjudged": rows.height - run.values.height})
+
+    @property
+    def _distributed(self) -> DistributedConfig | None:
+        """The control plane holding the judges' shared budgets, on `backend: distributed`."""
+        config = self.workspace.config
+        return config.distributed if config.backend == "distributed" else None
 
     def _paused(self, db: duckdb.DuckDBPyConnection, challengers: list[Variant]) -> set[str]:
         return PauseSet(read_pauses(db)).paused(v.version_id for v in challengers)

@@ -6,6 +6,7 @@ cleaned, and the lake's snapshots and small files are maintained, against real P
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,17 +16,23 @@ from ops.leaders import ElectedJobs
 from ops.operations import LocalOperations
 from ops.prometheus_metrics import DaemonMetrics
 from ops import tasks
-from registry import Registry, load_workspace
+from registry import Registry, load_workspace, utcnow
 from registry.db import _EXCLUSIVE_LOCKS
 from registry.evidence import forget_scored_evidence
 from registry.fences import Fence, fenced
 from registry.leadership import LOCK_NAMESPACE, NotLeader, job_name
 from registry.leases import LeaseLost, WorkLeases
+from registry.workspace_config import JudgeMetric, ProviderConfig
+from scorer.judge import JudgeRun, run_judge
 from scorer.service import Scorer
+from shadow.budget_slices import BudgetLedger, run_cap
 from shadow.ingest import ingest_spool
 from shadow.spool import spool_dir, write_segment
+from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
+from shadow.simulator.simulator_config import load_tickets
 from tests.servers import champion_workspace, edit_config, wait_until
 from tests.test_distributed_storage import SLOT, _evidence, _labels, _own_lake, _replay, _traffic
+from tests.test_judge import DEMO, JUDGES, PRICES, RUBRIC, answers
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -187,3 +194,39 @@ def test_the_retention_job_deletes_lease_rows_done_long_ago_and_keeps_those_a_wo
     with pytest.raises(LeaseLost):
         worker.complete(leases["stalled-long-ago"].token)
     assert worker.offer(["done-just-now"]) == 0  # a recently done item is not offered again
+
+
+# The judge's budget
+
+@pytest.fixture(scope="module")
+def grader() -> Iterator[SimulatorHandle]:
+    """The simulator with the judge's grader models."""
+    config = load_simulator_config(DEMO / "simulator.yaml").model_copy(update={"models": JUDGES, "seed": 5})
+    with start_in_thread(config) as handle:
+        yield handle
+
+
+def test_two_scorers_judging_at_once_stop_at_the_judges_one_daily_budget(workspace_dir, grader, control) -> None:
+    config = load_workspace(workspace_dir).config.distributed
+    budget, key = 0.03, "judge:shared-budget"
+    metric = JudgeMetric(type="judge", provider="sim", model="judge", rubric=RUBRIC, sample_rate=1.0, first_line=True,
+                         daily_budget_usd=budget)
+    providers = {"sim": ProviderConfig(base_url=grader.base_url, api_key_env=None, max_retries=1)}
+    tickets = load_tickets(load_simulator_config(DEMO / "simulator.yaml").task)
+    runs: dict[str, JudgeRun] = {}
+
+    def spend(name: str, rows) -> None:  # each alone could spend the whole budget on its rows
+        with run_cap(config, f"judge/{key}", budget, 0.0) as cap:
+            runs[name] = run_judge(providers, PRICES, metric, key, rows, cap)
+
+    spenders = [threading.Thread(target=spend, args=(name, answers(tickets[start:start + 30])))
+                for name, start in (("a", 0), ("b", 30))]
+    for spender in spenders:
+        spender.start()
+    for spender in spenders:
+        spender.join(120)
+    spent = sum(run.spent_usd for run in runs.values())
+    day = BudgetLedger(control).day(f"judge/{key}", utcnow().date())
+    assert budget / 2 < spent <= budget  # each alone would have spent up to the budget; estimates are worst cases
+    assert runs["a"].skipped_for_budget + runs["b"].skipped_for_budget > 60  # more than one spender's rows wait
+    assert day.spent_usd == pytest.approx(spent) and day.allotted_usd == pytest.approx(spent)  # the rest given back
