@@ -187,7 +187,8 @@ def retention(context: TaskContext) -> dict[str, Any]:
     A slot's rows go after its `retention.traffic_days`. Rows of a slot no longer configured,
     and outcomes never joined to a request (feedback names no slot), go after the default
     window: nothing stays forever because its slot or request is unknown. Each slot's deletion runs
-    where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention.
+    where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention,
+    as does, on `backend: distributed`, the upkeep of lease rows and of the lake.
     """
     default = RetentionConfig().traffic_days
     windows = {slot: config.retention.traffic_days for slot, config in context.workspace.config.slots.items()}
@@ -201,19 +202,24 @@ def retention(context: TaskContext) -> dict[str, Any]:
     with context.leaders.fenced(context.database, "retention"):
         orphans = context.database.committed(lambda db: db.execute(
             "DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?", [cutoff]).fetchall()[0][0])
-    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans, **_control_retention(context)}
+    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans, **_distributed_upkeep(context)}
 
 
-def _control_retention(context: TaskContext) -> dict[str, Any]:
-    """On `backend: distributed`, the control plane's rows past their use: lease rows done or long expired."""
+def _distributed_upkeep(context: TaskContext) -> dict[str, Any]:
+    """On `backend: distributed`: the lease rows done or long expired, and the lake's snapshots
+    older than every scorer watermark and its small files (`registry.lake_maintenance`)."""
     config = context.workspace.config
     if config.backend != "distributed" or config.distributed is None:
         return {}
     from registry.distributed import connect_control
+    from registry.lake_maintenance import maintain_lake
     from registry.leases import prune
+    from scorer.changes import oldest_needed
 
     with connect_control(config.distributed, autocommit=True) as control:
-        return {"lease_rows_deleted": prune(control)}
+        counts = {"lease_rows_deleted": prune(control)}
+    with context.leaders.fenced(context.database, "retention"):
+        return counts | maintain_lake(context.database, oldest_needed)
 
 
 def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -23,15 +24,17 @@ from registry.fences import Fence, fenced
 from registry.leadership import LOCK_NAMESPACE, NotLeader, job_name
 from registry.leases import LeaseLost, WorkLeases
 from registry.workspace_config import JudgeMetric, ProviderConfig
+from scorer.changes import oldest_needed
 from scorer.judge import JudgeRun, run_judge
 from scorer.service import Scorer
 from shadow.budget_slices import BudgetLedger, run_cap
 from shadow.ingest import ingest_spool
 from shadow.spool import spool_dir, write_segment
+from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.simulator_config import load_tickets
 from tests.servers import champion_workspace, edit_config, wait_until
-from tests.test_distributed_storage import SLOT, _evidence, _labels, _own_lake, _replay, _traffic
+from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _labels, _own_lake, _replay, _traffic
 from tests.test_judge import DEMO, JUDGES, PRICES, RUBRIC, answers
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
@@ -230,3 +233,56 @@ def test_two_scorers_judging_at_once_stop_at_the_judges_one_daily_budget(workspa
     assert budget / 2 < spent <= budget  # each alone would have spent up to the budget; estimates are worst cases
     assert runs["a"].skipped_for_budget + runs["b"].skipped_for_budget > 60  # more than one spender's rows wait
     assert day.spent_usd == pytest.approx(spent) and day.allotted_usd == pytest.approx(spent)  # the rest given back
+
+
+# The lake's upkeep
+
+def _answered(champion: str, prefix: str) -> tuple[list[bytes], list[bytes]]:
+    """Six more requests the champion answered (`<prefix>-<n>`), and their labels."""
+    now = utcnow()
+    traffic = [TrafficRecord(
+        request_id=f"{prefix}-{index}", slot=SLOT, received_at=now + timedelta(milliseconds=index),
+        champion_version=champion, status=200, request={"messages": [{"role": "user", "content": ticket["input"]}]},
+        output=ticket["expected"] if index % 2 else "other", usage={"prompt_tokens": 40, "completion_tokens": 2},
+        latency_ms=300.0 + index) for index, ticket in enumerate(TICKETS[:6])]
+    labels = [OutcomeRecord(request_key=f"{prefix}-{index}", value=ticket["expected"], received_at=now)
+              for index, ticket in enumerate(TICKETS[:6])]
+    return [r.model_dump_json().encode() for r in traffic], [r.model_dump_json().encode() for r in labels]
+
+
+def _snapshot_ids(registry: Registry) -> list[int]:
+    with registry.database.reading() as db:
+        return [row[0] for row in db.execute("SELECT snapshot_id FROM ducklake_snapshots('lake') ORDER BY 1").fetchall()]
+
+
+def test_lake_upkeep_expires_snapshots_below_the_oldest_watermark_and_the_next_refresh_still_equals_a_full_rescore(
+        workspace_dir) -> None:
+    workspace = load_workspace(workspace_dir)
+    spool = spool_dir(workspace.state_dir)
+    with Registry.open(workspace) as registry:
+        scorer = Scorer(workspace, registry)
+        champion = registry.champion(SLOT).version_id
+        for round_ in range(3):  # several small commits, each its own files and snapshots, scored as they come
+            traffic, labels = _answered(champion, f"upkeep{round_}")
+            write_segment(spool, traffic)
+            ingest_spool(registry.database, spool)
+            _replay(registry)
+            if round_ < 2:
+                scorer.refresh(SLOT)
+            write_segment(spool, labels)
+            ingest_spool(registry.database, spool)
+        with registry.database.reading() as db:
+            floor = oldest_needed(db)
+        before = _snapshot_ids(registry)
+        counts = tasks.retention(_context(registry, "host-r:2"))
+        after = _snapshot_ids(registry)
+        incremental = scorer.refresh(SLOT)  # reads the change feed since the watermark kept
+        with registry.database.transaction() as db:
+            forget_scored_evidence(db, [SLOT])
+        full = scorer.refresh(SLOT)
+    assert floor is not None and before[0] < floor
+    assert counts["lake_snapshots_expired"] == sum(1 for snapshot in before if snapshot < floor) > 0
+    assert min(after) == floor and set(before) - set(after) == {snapshot for snapshot in before if snapshot < floor}
+    assert _evidence(incremental) == _evidence(full)
+    pairs = {row.label: row.comparison.pairs for row in full.rows if row.comparison}
+    assert pairs and all(count == len(TICKETS) + 2 + 18 for count in pairs.values()), pairs
