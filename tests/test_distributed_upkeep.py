@@ -33,8 +33,8 @@ from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.simulator_config import load_tickets
-from tests.servers import champion_workspace, edit_config, wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _labels, _own_lake, _replay, _traffic
+from tests.servers import wait_until
+from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _lake_workspace, _replay
 from tests.test_judge import DEMO, JUDGES, PRICES, RUBRIC, answers
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
@@ -43,17 +43,8 @@ pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and t
 @pytest.fixture(scope="module")
 def workspace_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
     """A distributed workspace on a lake of its own: the demo traffic ingested, labelled and replayed, not scored yet."""
-    section = _own_lake(postgres, object_store, lake_extensions, "upkeep")
-    directory = champion_workspace(tmp_path_factory.mktemp("upkeep") / "ws", simulator.base_url,
-                                   settings={"backend": "distributed", "distributed": section})
-    edit_config(directory, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
-    workspace = load_workspace(directory)
-    with Registry.open(workspace) as registry:
-        for records in (_traffic(registry.champion(SLOT).version_id), _labels()):
-            write_segment(spool_dir(workspace.state_dir), records)
-        ingest_spool(registry.database, spool_dir(workspace.state_dir))
-        _replay(registry)
-    return directory
+    return _lake_workspace(tmp_path_factory.mktemp("upkeep") / "ws", simulator, postgres, object_store,
+                           lake_extensions, "upkeep", labelled=True)
 
 
 @pytest.fixture
