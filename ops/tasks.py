@@ -85,12 +85,11 @@ def _champion_prices(context: TaskContext) -> dict[str, Price | None]:
 def score(context: TaskContext) -> dict[str, Any]:
     """Re-score every slot with a champion that this daemon leads the scorer of; publish gauges;
     auto-promote where a slot allows it."""
-    operations = context.operations
     scored, newly_scored, promoted = 0, 0, []
     for slot in _served_slots(context, "scorer"):
         try:
-            with context.leaders.fenced(context.database, "scorer", slot):
-                board = operations.score(slot)
+            with context.leaders.fenced(context.database, "scorer", slot):  # a stale leader neither scores nor promotes
+                board, promotion = _score_slot(context, slot)
         except NotLeader as exc:
             log.warning("%s", exc)
             continue
@@ -99,12 +98,19 @@ def score(context: TaskContext) -> dict[str, Any]:
         context.boards[slot] = board
         context.metrics.show_board(board)
         scored += 1
-        if _may_auto_promote(context, slot, board):
-            row = next(r for r in board.rows if board.recommendation and board.recommendation.endswith(r.version_id))
-            operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
-            promoted.append(row.version_id)
+        promoted += promotion
     context.metrics.show_budgets(_budgets_left(context))
     return {"slots": scored, "newly_scored": newly_scored, "auto_promoted": promoted}
+
+
+def _score_slot(context: TaskContext, slot: str) -> tuple[Any, list[str]]:
+    """Refresh one slot's board; promote its recommendation where the slot allows it (the version promoted)."""
+    board = context.operations.score(slot)
+    if not _may_auto_promote(context, slot, board):
+        return board, []
+    row = next(r for r in board.rows if board.recommendation and board.recommendation.endswith(r.version_id))
+    context.operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
+    return board, [row.version_id]
 
 
 def did_work(counts: dict[str, Any]) -> bool:
@@ -188,8 +194,17 @@ def retention(context: TaskContext) -> dict[str, Any]:
     and outcomes never joined to a request (feedback names no slot), go after the default
     window: nothing stays forever because its slot or request is unknown. Each slot's deletion runs
     where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention,
-    as does, on `backend: distributed`, the upkeep of lease rows and of the lake.
+    as does, on `backend: distributed`, the upkeep of lease rows and of the lake. A leader that
+    lost its leadership meanwhile is refused before it deletes (`registry.fences`) and stops.
     """
+    try:
+        return _retention(context)
+    except NotLeader as exc:
+        log.warning("%s", exc)
+        return {}
+
+
+def _retention(context: TaskContext) -> dict[str, Any]:
     default = RetentionConfig().traffic_days
     windows = {slot: config.retention.traffic_days for slot, config in context.workspace.config.slots.items()}
     with context.database.reading() as db:
