@@ -6,7 +6,9 @@ file a writer added, until told otherwise; the retention leader tells it (`maint
 - Snapshots older than the oldest one a reader still needs are expired
   (`ducklake_expire_snapshots`): the caller says which (`floor`: the scorer's oldest
   watermark, whose change feed and time travel its next refresh reads); with none, every
-  snapshot but the current one may go. A snapshot at or after the floor is never expired.
+  snapshot but the current one may go. A snapshot at or after the floor is never expired,
+  nor one taken in the last `SNAPSHOTS_KEPT_S` (a read under way, or a mark a reader holds
+  in memory for a moment, still finds its snapshot).
   The floor is read in the transaction that expires, which is fenced by the leader's epoch
   (`registry.fences`); a watermark only moves forward, so a floor read a moment ago is
   never above what is needed.
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
     from registry.db import Database
 
+SNAPSHOTS_KEPT_S = 3600.0
+"""Snapshots this recent are kept, whatever the floor."""
 FILES_KEPT_S = 3600.0
 """How long a file no snapshot references is kept before it is deleted: longer than any read of the lake."""
 
@@ -55,7 +59,8 @@ def _expire_below(db: duckdb.DuckDBPyConnection, floor: int | None) -> int:
     current = int(db.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()[0])
     below = min(floor, current) if floor is not None else current
     versions = [row[0] for row in db.execute(
-        f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_id < ? ORDER BY 1", [below]).fetchall()]
+        f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_id < ? "
+        "AND snapshot_time < now() - to_seconds(?) ORDER BY 1", [below, SNAPSHOTS_KEPT_S]).fetchall()]
     if not versions:
         return 0
     listed = ", ".join(str(int(version)) for version in versions)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,10 +54,14 @@ def control(workspace_dir) -> psycopg.Connection:
         yield connection
 
 
-def _context(registry: Registry, candidate: str) -> tasks.TaskContext:
-    """A daemon's scorer on its own connections, as on a host of its own."""
-    return tasks.TaskContext(registry.workspace, LocalOperations(registry), DaemonMetrics(),
-                             leaders=ElectedJobs(registry.workspace.config.distributed, candidate))
+@contextmanager
+def _daemon(registry: Registry, candidate: str) -> Iterator[tasks.TaskContext]:
+    """A daemon's jobs on their own connections, as on a host of its own; it resigns what it leads after."""
+    leaders = ElectedJobs(registry.workspace.config.distributed, candidate)
+    try:
+        yield tasks.TaskContext(registry.workspace, LocalOperations(registry), DaemonMetrics(), leaders=leaders)
+    finally:
+        leaders.resign()
 
 
 def _waiting_refreshes(control: psycopg.Connection) -> int:
@@ -85,8 +90,8 @@ def test_a_scorer_leader_that_lost_its_session_mid_refresh_writes_nothing_after_
         workspace_dir, control) -> None:
     workspace = load_workspace(workspace_dir)
     name = job_name("scorer", SLOT)
-    with Registry.open(workspace) as a, Registry.open(workspace) as b, Registry.open(workspace) as reader:
-        context_a, context_b = _context(a, "host-a:1"), _context(b, "host-b:1")
+    with (Registry.open(workspace) as a, Registry.open(workspace) as b, Registry.open(workspace) as reader,
+          _daemon(a, "host-a:1") as context_a, _daemon(b, "host-b:1") as context_b):
         runs: dict[str, dict] = {}
 
         def score(label: str, context: tasks.TaskContext) -> None:
@@ -178,8 +183,8 @@ def test_the_retention_job_deletes_lease_rows_done_long_ago_and_keeps_those_a_wo
     control.execute("UPDATE work_leases SET expires_at = now() - interval '1 minute', "
                     "offered_at = offered_at - make_interval(secs => %s) "
                     "WHERE kind = 'upkeep-segment' AND item IN ('held-stalled', 'never-claimed')", [day])
-    with Registry.open(workspace) as registry:
-        counts = tasks.retention(_context(registry, "host-r:1"))
+    with Registry.open(workspace) as registry, _daemon(registry, "host-r:1") as daemon:
+        counts = tasks.retention(daemon)
     kept = {item for (item,) in control.execute("SELECT item FROM work_leases WHERE kind = 'upkeep-segment'")}
     assert counts["lease_rows_deleted"] >= 2
     assert kept == {"done-just-now", "held", "held-stalled", "never-claimed"}
@@ -265,13 +270,19 @@ def test_lake_upkeep_expires_snapshots_below_the_oldest_watermark_and_the_next_r
         with registry.database.reading() as db:
             floor = oldest_needed(db)
         before = _snapshot_ids(registry)
-        counts = tasks.retention(_context(registry, "host-r:2"))
+        with _daemon(registry, "host-r:2") as daemon:
+            recent = tasks.retention(daemon)["lake_snapshots_expired"]
+            with psycopg.connect(workspace.config.distributed.postgres_url, autocommit=True) as catalog:
+                # two hours later, written into the catalog's rows: past the hour of snapshots always kept
+                catalog.execute("UPDATE ducklake_snapshot SET snapshot_time = snapshot_time - interval '2 hours'")
+            counts = tasks.retention(daemon)
         after = _snapshot_ids(registry)
         incremental = scorer.refresh(SLOT)  # reads the change feed since the watermark kept
         with registry.database.transaction() as db:
             forget_scored_evidence(db, [SLOT])
         full = scorer.refresh(SLOT)
     assert floor is not None and before[0] < floor
+    assert recent == 0  # the last hour's snapshots stay, whatever the floor
     assert counts["lake_snapshots_expired"] == sum(1 for snapshot in before if snapshot < floor) > 0
     assert min(after) == floor and set(before) - set(after) == {snapshot for snapshot in before if snapshot < floor}
     assert _evidence(incremental) == _evidence(full)
