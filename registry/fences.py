@@ -11,8 +11,8 @@ that row in the same transaction (`Fence.check`, called by `Database.committed` 
 
 - a new leader first `claim`s the row with its epoch, in a commit of its own, before its
   first write;
-- a commit whose transaction sees a newer epoch than its own is refused (`NotLeader`)
-  before it writes anything;
+- a commit whose transaction sees a newer epoch than its own is refused (`NotLeader`): its
+  transaction is rolled back, nothing of it written;
 - a commit whose transaction began before the newer epoch was written rewrote the same
   row: DuckLake refuses it for the conflict, and the commit done again sees the newer epoch.
 
@@ -20,7 +20,8 @@ A stale leader's commit that lands before the new leader's claim is ordered befo
 everything the new leader writes (their commits conflict on the row, so the new leader's is
 done again on top of it): nothing is counted twice. The row is deleted and inserted each time
 (a DuckLake update), so every fenced commit of every job conflicts with the others': they
-commit one at a time, which the scorer's commits do anyway.
+commit one at a time, which the scorer's commits do anyway. Only two first claims of a job
+(no row yet) may both commit, as two inserts: the newest epoch is the row's `max`, read as such.
 """
 
 from __future__ import annotations
