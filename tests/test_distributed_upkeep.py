@@ -72,11 +72,15 @@ def _waiting_refreshes(control: psycopg.Connection) -> int:
 
 def _end_leader_session(control: psycopg.Connection, name: str) -> None:
     """End the PostgreSQL session in which a leader holds its lock (a network cut, as PostgreSQL sees it)."""
-    pids = [pid for (pid,) in control.execute(
-        "SELECT l.pid FROM pg_locks l JOIN leadership j ON l.objid::bigint = j.id WHERE l.locktype = 'advisory' "
-        "AND l.granted AND l.classid::bigint = %s AND j.name = %s", [LOCK_NAMESPACE, name]).fetchall()]
+    def holders() -> list[int]:
+        return [pid for (pid,) in control.execute(
+            "SELECT l.pid FROM pg_locks l JOIN leadership j ON l.objid::bigint = j.id WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.classid::bigint = %s AND j.name = %s", [LOCK_NAMESPACE, name]).fetchall()]
+
+    pids = holders()
     assert len(pids) == 1, pids
     control.execute("SELECT pg_terminate_backend(%s)", [pids[0]])
+    wait_until(lambda: not holders(), timeout_s=30)  # the session is gone, and its lock with it
 
 
 def _pair_counts(registry: Registry) -> tuple[int, int]:
