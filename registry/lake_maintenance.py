@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
     from registry.db import Database
 
-SNAPSHOTS_KEPT_S = 3600.0
-"""Snapshots this recent are kept, whatever the floor."""
+SNAPSHOTS_KEPT_S = 86_400.0
+"""Snapshots this recent are kept, whatever the floor: a daemon's marks held in memory (its
+counters', its runner passes') are seconds old, unless it was stopped (paused) for longer."""
 FILES_KEPT_S = 3600.0
 """How long a file no snapshot references is kept before it is deleted: longer than any read of the lake."""
 

@@ -277,8 +277,8 @@ def test_lake_upkeep_expires_snapshots_below_the_oldest_watermark_and_the_next_r
         with _daemon(registry, "host-r:2") as daemon:
             recent = tasks.retention(daemon)["lake_snapshots_expired"]
             with psycopg.connect(workspace.config.distributed.postgres_url, autocommit=True) as catalog:
-                # two hours later, written into the catalog's rows: past the hour of snapshots always kept
-                catalog.execute("UPDATE ducklake_snapshot SET snapshot_time = snapshot_time - interval '2 hours'")
+                # two days later, written into the catalog's rows: past the day of snapshots always kept
+                catalog.execute("UPDATE ducklake_snapshot SET snapshot_time = snapshot_time - interval '2 days'")
             counts = tasks.retention(daemon)
         after = _snapshot_ids(registry)
         incremental = scorer.refresh(SLOT)  # reads the change feed since the watermark kept
@@ -286,7 +286,7 @@ def test_lake_upkeep_expires_snapshots_below_the_oldest_watermark_and_the_next_r
             forget_scored_evidence(db, [SLOT])
         full = scorer.refresh(SLOT)
     assert floor is not None and before[0] < floor
-    assert recent == 0  # the last hour's snapshots stay, whatever the floor
+    assert recent == 0  # the last day's snapshots stay, whatever the floor
     assert counts["lake_snapshots_expired"] == sum(1 for snapshot in before if snapshot < floor) > 0
     assert min(after) == floor and set(before) - set(after) == {snapshot for snapshot in before if snapshot < floor}
     assert _evidence(incremental) == _evidence(full)
