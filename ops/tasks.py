@@ -16,6 +16,7 @@ from ops.leaders import ElectedJobs, EveryJob
 from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
+from registry.leadership import NotLeader
 from scorer.answerstats import period_stats
 from scorer.changes import Mark, latest, written_after
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
@@ -92,21 +93,32 @@ def _champion_prices(context: TaskContext) -> dict[str, Price | None]:
 def score(context: TaskContext) -> dict[str, Any]:
     """Re-score every slot with a champion that this daemon leads the scorer of; publish gauges;
     auto-promote where a slot allows it."""
-    operations = context.operations
     scored, newly_scored, promoted = 0, 0, []
     for slot in _served_slots(context, "scorer"):
-        board = operations.score(slot)
+        try:
+            with context.leaders.fenced(context.database, "scorer", slot):  # a stale leader neither scores nor promotes
+                board, promotion = _score_slot(context, slot)
+        except NotLeader as exc:
+            log.warning("%s", exc)
+            continue
         before = context.boards.get(slot)
         newly_scored += _scored(board) - (_scored(before) if before and before.period_id == board.period_id else 0)
         context.boards[slot] = board
         context.metrics.show_board(board)
         scored += 1
-        if _may_auto_promote(context, slot, board):
-            row = next(r for r in board.rows if board.recommendation and board.recommendation.endswith(r.version_id))
-            operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
-            promoted.append(row.version_id)
+        promoted += promotion
     context.metrics.show_budgets(_budgets_left(context))
     return {"slots": scored, "newly_scored": newly_scored, "auto_promoted": promoted}
+
+
+def _score_slot(context: TaskContext, slot: str) -> tuple[Any, list[str]]:
+    """Refresh one slot's board; promote its recommendation where the slot allows it (the version promoted)."""
+    board = context.operations.score(slot)
+    if not _may_auto_promote(context, slot, board):
+        return board, []
+    row = next(r for r in board.rows if board.recommendation and board.recommendation.endswith(r.version_id))
+    context.operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
+    return board, [row.version_id]
 
 
 def did_work(counts: dict[str, Any]) -> bool:
@@ -189,8 +201,18 @@ def retention(context: TaskContext) -> dict[str, Any]:
     A slot's rows go after its `retention.traffic_days`. Rows of a slot no longer configured,
     and outcomes never joined to a request (feedback names no slot), go after the default
     window: nothing stays forever because its slot or request is unknown. Each slot's deletion runs
-    where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention.
+    where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention,
+    as does, on `backend: distributed`, the upkeep of lease rows and of the lake. A leader that
+    lost its leadership meanwhile is refused before it deletes (`registry.fences`) and stops.
     """
+    try:
+        return _retention(context)
+    except NotLeader as exc:
+        log.warning("%s", exc)
+        return {}
+
+
+def _retention(context: TaskContext) -> dict[str, Any]:
     default = RetentionConfig().traffic_days
     windows = {slot: config.retention.traffic_days for slot, config in context.workspace.config.slots.items()}
     with context.database.reading() as db:
@@ -199,22 +221,44 @@ def retention(context: TaskContext) -> dict[str, Any]:
                   if context.leaders.leads("retention", slot))
     if not context.leaders.leads("retention"):
         return {"traffic_deleted": deleted}
-    with context.database.transaction() as db:
-        orphans = db.execute("DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?",
-                             [utcnow() - timedelta(days=default)]).fetchall()[0][0]
-    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans}
+    cutoff = utcnow() - timedelta(days=default)
+    with context.leaders.fenced(context.database, "retention"):
+        orphans = context.database.committed(lambda db: db.execute(
+            "DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?", [cutoff]).fetchall()[0][0])
+    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans, **_distributed_upkeep(context)}
+
+
+def _distributed_upkeep(context: TaskContext) -> dict[str, Any]:
+    """On `backend: distributed`: the lease rows done or long expired, and the lake's snapshots
+    older than every scorer watermark and its small files (`registry.lake_maintenance`)."""
+    config = context.workspace.config
+    if config.backend != "distributed" or config.distributed is None:
+        return {}
+    from registry.distributed import connect_control
+    from registry.lake_maintenance import maintain_lake
+    from registry.leases import prune
+    from scorer.changes import oldest_needed
+
+    with connect_control(config.distributed, autocommit=True) as control:
+        counts = {"lease_rows_deleted": prune(control)}
+    with context.leaders.fenced(context.database, "retention"):
+        return counts | maintain_lake(context.database, oldest_needed)
 
 
 def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
     """Delete a slot's traffic older than `days`, with the rows that hang off it; returns how many requests."""
     cutoff = utcnow() - timedelta(days=days)
-    with context.database.transaction() as db:
+
+    def delete_in(db) -> int:
         old = "FROM traffic WHERE slot = ? AND received_at < ?"
         for table in ("shadow_results", "metric_values", "outcomes"):
             db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
         db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
         reread_slot_worst(db, slot)
         return db.execute(f"DELETE {old}", [slot, cutoff]).fetchall()[0][0]
+
+    with context.leaders.fenced(context.database, "retention", slot):
+        return context.database.committed(delete_in)
 
 
 def rotate(context: TaskContext) -> dict[str, Any]:

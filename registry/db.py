@@ -153,11 +153,20 @@ class Database:
         """`work(connection)` in one transaction, done again (up to `attempts` times in all) when
         DuckLake refuses the commit for a conflict with a transaction another process committed
         meanwhile (two writers deleting or updating rows of one table). `work` must be safe to
-        run again: it is, when all it does is read and write through the connection."""
+        run again: it is, when all it does is read and write through the connection.
+
+        Inside an elected leader's job (`registry.fences.fenced`), the commit is fenced by its
+        epoch: refused (`NotLeader`, nothing written) once a newer leader has written."""
+        from registry.fences import active
+
+        fence = active() if self._distributed is not None else None
         for attempt in range(1, attempts + 1):
             try:
                 with self.transaction() as connection:
-                    return work(connection)
+                    done = work(connection)
+                    if fence is not None:
+                        fence.check(connection)
+                    return done
             except duckdb.TransactionException as exc:
                 if "conflict" not in str(exc).lower() or attempt == attempts:
                     raise

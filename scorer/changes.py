@@ -10,7 +10,8 @@ There a mark is a DuckLake snapshot id (the one a transaction reads): what was c
 after it is read off DuckLake's change feed (`ducklake_table_insertions`, which reads the
 files and inlined rows those snapshots added, nothing older), and the data as it stood is
 read by time travel (`AT (VERSION => …)`). The scoring SQL is the same on both: it names its
-tables through `Mark.table` and its as-of conditions through `Mark.written`.
+tables through `Mark.table` and its as-of conditions through `Mark.written`. The lake's upkeep
+keeps every snapshot from the oldest watermark on (`oldest_needed`, `registry.lake_maintenance`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def latest(db: duckdb.DuckDBPyConnection) -> Mark:
         return Mark(int(db.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()[0]), snapshot=True)
     highest = ", ".join(f"(SELECT max(seq) FROM {table})" for table in CHANGED_TABLES)
     return Mark(int(db.execute(f"SELECT greatest({highest}, 0)").fetchone()[0] or 0))
+
+
+def oldest_needed(db: duckdb.DuckDBPyConnection) -> int | None:
+    """The oldest lake snapshot a refresh still reads (the lowest watermark: its change feed starts
+    there, and its rows as they stood then), or None before any slot was scored."""
+    row = db.execute("SELECT min(seq) FROM scoring_watermarks").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def touched_requests(since: Mark, now: Mark) -> str:

@@ -79,6 +79,25 @@ def _own_lake(postgres, object_store, lake_extensions, name: str) -> dict:
     return section | {"postgres_url": f"{postgres.url.rsplit('/', 1)[0]}/{name}", "lake_prefix": f"{name}/"}
 
 
+def _lake_workspace(directory: Path, simulator, postgres, object_store, lake_extensions, name: str,
+                    labelled: bool = False) -> Path:
+    """The demo workspace (`min_samples` 10) on a lake of its own named `name`: the demo traffic
+    ingested (with its labels when `labelled`) and replayed, not scored yet."""
+    section = _own_lake(postgres, object_store, lake_extensions, name)
+    workspace_dir = champion_workspace(directory, simulator.base_url,
+                                       settings={"backend": "distributed", "distributed": section})
+    edit_config(workspace_dir, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
+    workspace = load_workspace(workspace_dir)
+    spool = spool_dir(workspace.state_dir)
+    with Registry.open(workspace) as registry:
+        write_segment(spool, _traffic(registry.champion(SLOT).version_id))
+        if labelled:
+            write_segment(spool, _labels())
+        ingest_spool(registry.database, spool)
+        _replay(registry)
+    return workspace_dir
+
+
 def _run(workspace_dir: Path) -> Run:
     """Traffic (gateway answers, an observed exchange, a tool-call answer) ingested, then the same
     segment and the same records again; replayed and scored; the labels, late, twice; scored again."""

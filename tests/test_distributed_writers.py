@@ -24,10 +24,10 @@ from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
 from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
-from shadow.spool import spool_dir, write_segment
+from shadow.spool import write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
-from tests.servers import champion_workspace, edit_config, wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _own_lake, _replay, _traffic
+from tests.servers import wait_until
+from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _lake_workspace
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -39,16 +39,8 @@ WRITTEN = (*RESULT_SCHEMA, "seq")
 @pytest.fixture(scope="module")
 def workspace_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
     """A distributed workspace on a lake of its own: the demo traffic ingested and replayed, not labelled yet."""
-    section = _own_lake(postgres, object_store, lake_extensions, "writers")
-    directory = champion_workspace(tmp_path_factory.mktemp("writers") / "ws", simulator.base_url,
-                                   settings={"backend": "distributed", "distributed": section})
-    edit_config(directory, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
-    workspace = load_workspace(directory)
-    with Registry.open(workspace) as registry:
-        write_segment(spool_dir(workspace.state_dir), _traffic(registry.champion(SLOT).version_id))
-        ingest_spool(registry.database, spool_dir(workspace.state_dir))
-        _replay(registry)
-    return directory
+    return _lake_workspace(tmp_path_factory.mktemp("writers") / "ws", simulator, postgres, object_store,
+                           lake_extensions, "writers")
 
 
 @dataclass
