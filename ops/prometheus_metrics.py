@@ -12,15 +12,18 @@ roles from short fixed lists. (Gateway workers keep their own per-slot series; s
 from __future__ import annotations
 
 import json
+import logging
 from typing import Iterable, Mapping
 
 import duckdb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from registry.workspace_config import Price
-from scorer.changes import Mark, latest, written_after
+from scorer.changes import Mark, latest, still_readable, written_after
 from scorer.leaderboard_model import Leaderboard, Status
 from shadow.pricing import cost_usd
+
+log = logging.getLogger("shadowzoo.daemon")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
@@ -69,6 +72,10 @@ class DaemonMetrics:
         """
         now = latest(db)
         if now == since:
+            return now
+        if since is not None and still_readable(db, since) is None:
+            log.warning("the counters skip what was written while this daemon was paused: the lake's "
+                        "upkeep expired the snapshots after the last count")
             return now
         for slot, version, latency_ms, prompt, completion, usage_json in db.execute(
             "SELECT slot, champion_version, latency_ms, prompt_tokens, completion_tokens, usage_json "

@@ -18,7 +18,7 @@ from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
 from registry.leadership import NotLeader
 from scorer.answerstats import period_stats
-from scorer.changes import Mark, latest, written_after
+from scorer.changes import Mark, latest, still_readable, written_after
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
 from registry.workspace_config import Price, RetentionConfig, WorkspaceConfig
@@ -58,6 +58,7 @@ class TaskContext:
         of `seq` order, it is below the lowest `seq` committed since (or past all traffic when none was)."""
         with self.database.reading() as db:
             now = latest(db)
+            previous = still_readable(db, previous)  # expired while paused: a full pass, which skips what was answered
             if previous is None or not previous.snapshot:
                 return now, previous.value if previous else None
             low = db.execute(f"SELECT min(seq) - 1 FROM {written_after('traffic', previous, now)}").fetchone()[0]

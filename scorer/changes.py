@@ -65,6 +65,16 @@ def oldest_needed(db: duckdb.DuckDBPyConnection) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
+def still_readable(db: duckdb.DuckDBPyConnection, since: Mark | None) -> Mark | None:
+    """`since`, or None when the lake's upkeep has expired a snapshot after it: a mark a process
+    held in memory (a daemon's counters, its runner's last pass) while paused past the snapshots
+    kept, whose change feed can no longer be read. A scorer watermark is never expired."""
+    if since is None or not since.snapshot:
+        return since
+    oldest = db.execute(f"SELECT min(snapshot_id) FROM ducklake_snapshots('{LAKE}')").fetchone()[0]
+    return since if oldest is None or since.value + 1 >= oldest else None
+
+
 def touched_requests(since: Mark, now: Mark) -> str:
     """SQL for the `request_seq` of the requests whose rows changed after `since`, up to `now`."""
     new = {table: written_after(table, since, now) for table in CHANGED_TABLES}

@@ -292,3 +292,26 @@ def test_lake_upkeep_expires_snapshots_below_the_oldest_watermark_and_the_next_r
     assert _evidence(incremental) == _evidence(full)
     pairs = {row.label: row.comparison.pairs for row in full.rows if row.comparison}
     assert pairs and all(count == len(TICKETS) + 2 + 18 for count in pairs.values()), pairs
+
+
+def test_a_daemon_whose_marks_were_expired_while_it_was_paused_counts_on_and_makes_a_full_runner_pass(
+        workspace_dir) -> None:
+    workspace = load_workspace(workspace_dir)
+    spool = spool_dir(workspace.state_dir)
+    with Registry.open(workspace) as registry, _daemon(registry, "host-p:1") as paused:
+        paused.start_metrics()
+        held, _ = paused.runner_pass(None)  # the marks a daemon holds in memory, then it is paused
+        traffic, labels = _answered(registry.champion(SLOT).version_id, "paused")
+        write_segment(spool, traffic + labels)
+        ingest_spool(registry.database, spool)
+        Scorer(workspace, registry).refresh(SLOT)  # the watermark moves past the held marks
+        with psycopg.connect(workspace.config.distributed.postgres_url, autocommit=True) as catalog:
+            catalog.execute("UPDATE ducklake_snapshot SET snapshot_time = snapshot_time - interval '2 days'")
+        with _daemon(registry, "host-r:3") as upkeep:
+            assert tasks.retention(upkeep)["lake_snapshots_expired"] > 0
+        assert held.value + 1 < min(_snapshot_ids(registry))  # the held marks' change feed is gone
+        now, after_seq = paused.runner_pass(held)
+        counted = tasks.ingest(paused)  # counts from the held mark: no error, and on from here
+        kept = min(_snapshot_ids(registry))
+    assert after_seq is None and now.value >= kept
+    assert counted["segments"] == 0 and paused.metrics_mark == now
