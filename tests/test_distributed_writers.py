@@ -26,8 +26,9 @@ from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
+from tests.boards import evidence
 from tests.servers import champion_workspace, edit_config, wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _own_lake, _replay, _traffic
+from tests.test_distributed_storage import SLOT, TICKETS, _own_lake, _replay, _traffic
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -147,7 +148,7 @@ def test_a_result_two_runners_both_wrote_after_a_lost_lease_pairs_once(scenario)
 def test_an_incremental_refresh_after_writers_committed_out_of_seq_order_equals_a_full_rescore(scenario) -> None:
     pairs = {row.label: row.comparison.pairs for row in scenario.incremental.rows if row.comparison}
     assert pairs and all(count == scenario.labelled for count in pairs.values()), pairs
-    assert _evidence(scenario.incremental) == _evidence(scenario.full)
+    assert evidence(scenario.incremental) == evidence(scenario.full)
 
 
 def _writer_process(workspace_dir: Path, script: str, *args: str, stdout: Path) -> subprocess.Popen:
