@@ -22,11 +22,11 @@ from scorer.leaderboard_model import Leaderboard
 from shadow.ingest import ingest_spool
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import TrafficRecord
-from tests.boards import evidence
+from tests.backends import evidence, replay
 from tests.clirun import SHADOWZOO, call_environment, run_in_process
 from tests.servers import champion_workspace, edit_config
 # the simulator, and the object store's and simulator's keys in the environment: that module's fixtures
-from tests.test_distributed_storage import SLOT, _own_lake, _replay, _run
+from tests.test_distributed_storage import SLOT, _own_lake, _run
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -61,7 +61,7 @@ def source(tmp_path_factory, simulator) -> Path:
     promoted = run_in_process(("promote", SLOT, "careful-mini", "--force", "--reason", "try it"), workspace_dir)
     assert promoted.code == 0, promoted.err
     with Registry.open(load_workspace(workspace_dir)) as registry:
-        _replay(registry)
+        replay(registry)
     return workspace_dir
 
 

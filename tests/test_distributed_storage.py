@@ -4,7 +4,6 @@ on the same traffic, and duplicating nothing when work is done again."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.request
 from dataclasses import dataclass
@@ -24,11 +23,10 @@ from registry.workspace_config import DistributedConfig
 from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
 from shadow.ingest import IngestReport, ingest_spool
-from shadow.runner import ShadowRunner
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.toolcalls import ToolCall
-from tests.boards import evidence
+from tests.backends import evidence, replay
 from tests.clirun import run_in_process
 from tests.engines import distributed_section
 from tests.servers import Served, champion_workspace, edit_config, wait_until
@@ -94,13 +92,13 @@ def _run(workspace_dir: Path) -> Run:
         same_segment = ingest_spool(registry.database, spool)
         write_segment(spool, traffic)  # the same records in another segment
         same_records = ingest_spool(registry.database, spool)
-        _replay(registry)
+        replay(registry)
         scorer = Scorer(workspace, registry)
         scorer.refresh(SLOT)
         for _ in range(2):  # the labels come late, and twice
             write_segment(spool, _labels())
             same_labels = ingest_spool(registry.database, spool)
-        _replay(registry)
+        replay(registry)
         board = scorer.refresh(SLOT)
         board_again = scorer.refresh(SLOT)
         with registry.database.reading() as db:
@@ -136,14 +134,6 @@ def _labels() -> list[bytes]:
     keys += [("observed", TICKETS[0]["expected"]), ("tool-call", TICKETS[1]["expected"])]
     return [OutcomeRecord(request_key=key, value=value, received_at=utcnow()).model_dump_json().encode()
             for key, value in keys]
-
-
-def _replay(registry: Registry) -> None:
-    async def go() -> None:
-        async with ShadowRunner(registry) as runner:
-            await runner.run_once()
-
-    asyncio.run(go())
 
 
 def test_the_leaderboard_on_the_lake_equals_the_embedded_ones_on_the_same_traffic(runs) -> None:

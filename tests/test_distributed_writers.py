@@ -26,9 +26,9 @@ from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
-from tests.boards import evidence
+from tests.backends import evidence, replay
 from tests.servers import champion_workspace, edit_config, wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _own_lake, _replay, _traffic
+from tests.test_distributed_storage import SLOT, TICKETS, _own_lake, _traffic
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -48,7 +48,7 @@ def workspace_dir(tmp_path_factory, simulator, postgres, object_store, lake_exte
     with Registry.open(workspace) as registry:
         write_segment(spool_dir(workspace.state_dir), _traffic(registry.champion(SLOT).version_id))
         ingest_spool(registry.database, spool_dir(workspace.state_dir))
-        _replay(registry)
+        replay(registry)
     return directory
 
 

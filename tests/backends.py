@@ -1,11 +1,23 @@
-"""Comparing leaderboards across backends and runs: the numbers a user reads, without what
-legitimately differs from one run to the next."""
+"""The same traffic on both backends: replaying it, and comparing the leaderboards they make
+of it by the numbers a user reads, without what legitimately differs from one run to the next."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from registry import Registry
 from scorer.leaderboard_model import Leaderboard
+from shadow.runner import ShadowRunner
+
+
+def replay(registry: Registry) -> None:
+    """Every pending pair run once, in this process (the embedded runner)."""
+    async def go() -> None:
+        async with ShadowRunner(registry) as runner:
+            await runner.run_once()
+
+    asyncio.run(go())
 
 
 def significant(value: Any) -> Any:
