@@ -33,7 +33,7 @@ COUNTERS = {
 GAUGES = {
     "shadowzoo_spool_lag_seconds", "shadowzoo_shadow_queue_depth", "shadowzoo_net_value_per_1k_usd",
     "shadowzoo_net_delta_lower_usd", "shadowzoo_promotion_ready", "shadowzoo_champion_info",
-    "shadowzoo_budget_remaining_usd", "up",
+    "shadowzoo_budget_remaining_usd", "shadowzoo_spool_shipping_lag_seconds", "up",
 }
 HISTOGRAMS = {
     "shadowzoo_gateway_overhead_seconds", "shadowzoo_upstream_latency_seconds", "shadowzoo_job_duration_seconds",
@@ -102,7 +102,7 @@ def test_the_alerts_named_by_the_issue_exist() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert names >= {
         "ShadowDropsHigh", "ChallengerErrorRateHigh", "ChampionLatencyAboveSLO", "DaemonDown", "GatewayDown",
-        "ShadowBudgetExhausted", "SpoolLagHigh", "PromotionReady",
+        "ShadowBudgetExhausted", "SpoolLagHigh", "PromotionReady", "SpoolShippingLagHigh",
     }
 
 
@@ -220,7 +220,7 @@ def test_dashboard_shows_every_metric_and_the_zero_line() -> None:
 
 def test_panels_that_may_be_empty_in_a_demo_are_marked() -> None:
     rare = {p["title"] for p in all_panels(dashboard()["panels"]) if p.get("shadowzooRareEvent")}
-    assert {"Shadow drops by reason", "Promotion-ready challengers"} <= rare
+    assert {"Shadow drops by reason", "Promotion-ready challengers", "Spool shipping lag by gateway host"} <= rare
 
 
 def test_dashboard_uses_only_metrics_shadowzoo_exports() -> None:
