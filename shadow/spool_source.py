@@ -255,18 +255,17 @@ def segment_source(workspace: Workspace) -> SegmentSource:
     return leased_spool(settings, workspace.state_dir / INBOX)
 
 
-def leased_spool(settings: DistributedConfig, inbox: Path, holder: str | None = None,
-                 ttl_s: float | None = None) -> LeasedSpool:
-    """The object store's segments, claimed by leases held as `holder` (default: host and pid) for `ttl_s`
-    (default: `distributed.segment_lease_ttl_s`)."""
+def leased_spool(settings: DistributedConfig, inbox: Path, holder: str | None = None) -> LeasedSpool:
+    """The object store's segments, claimed by leases held as `holder` (default: host and pid) for
+    `distributed.segment_lease_ttl_s`."""
     from registry.control_plane import migrate_control
     from registry.distributed import connect_control
 
     connection = connect_control(settings, autocommit=True)
     migrate_control(connection)
     holder = holder or f"{settings.host or socket.gethostname()}:{os.getpid()}:ingest"
-    return LeasedSpool(object_store_spool(settings, inbox), WorkLeases(connection, SEGMENT_LEASES, holder,
-                                                                     ttl_s or settings.segment_lease_ttl_s))
+    leases = WorkLeases(connection, SEGMENT_LEASES, holder, settings.segment_lease_ttl_s)
+    return LeasedSpool(object_store_spool(settings, inbox), leases)
 
 
 def object_store_spool(settings: DistributedConfig, inbox: Path) -> ObjectStoreSpool:

@@ -36,3 +36,35 @@ def evidence(board: Leaderboard) -> dict[str, Any]:
     latency = {"p50_latency_ms", "p95_latency_ms"}
     return {row.label: significant(row.model_dump(mode="json", exclude=latency | {"version_id"}))
             for row in board.rows}
+
+
+def differences(left: Any, right: Any, path: str = "") -> dict[str, tuple[Any, Any]]:
+    """Where two boards' evidence differ: each differing leaf by its dotted path, with both values."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        found: dict[str, tuple[Any, Any]] = {}
+        for key in left.keys() | right.keys():
+            found |= differences(left.get(key), right.get(key), f"{path}.{key}" if path else str(key))
+        return found
+    return {} if left == right else {path: (left, right)}
+
+
+def without_bounds(evidence: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[float | None, float | None]]]:
+    """A board's evidence without its comparisons' interval bounds, and those bounds ((lower, upper) by
+    `label.comparison.measure`). The bounds are the running intersection of every look the scorer
+    took in the period, so two scorers that looked at other times differ there and only there."""
+    kept, bounds = {}, {}
+    for label, row in evidence.items():
+        comparison = row.get("comparison") or {}
+        intervals = {key: value for key, value in comparison.items() if isinstance(value, dict) and "upper" in value}
+        bounds |= {f"{label}.comparison.{key}": (value["lower"], value["upper"]) for key, value in intervals.items()}
+        kept[label] = row | ({"comparison": comparison | {key: {"mean": value["mean"]} for key, value in intervals.items()}}
+                             if intervals else {})
+    return kept, bounds
+
+
+def within(inner: tuple[float | None, float | None], outer: tuple[float | None, float | None],
+           tolerance: float = 1e-9) -> bool:
+    """Whether the interval `inner` lies inside `outer` (None: unbounded on that side)."""
+    (low, high), (outer_low, outer_high) = inner, outer
+    return ((outer_low is None or (low is not None and low >= outer_low - tolerance))
+            and (outer_high is None or (high is not None and high <= outer_high + tolerance)))
