@@ -21,7 +21,8 @@ def replay(registry: Registry) -> None:
 
 
 def significant(value: Any) -> Any:
-    """Floats to 12 significant digits (the two engines may sum in another order), in any structure."""
+    """Floats to 12 significant digits, in any structure: two engines, or two processes with other
+    DuckDB thread counts, may sum in another order and differ in the last bits."""
     if isinstance(value, float):
         return float(f"{value:.12g}")
     if isinstance(value, dict):

@@ -13,7 +13,8 @@ PostgreSQL is killed and restarted, and the object store is killed, gateway gw-1
 with segments it could not ship yet, the store restarted and gw-1 restarted. Then the tests
 read what the deployment made of it: every accepted capture stored once, no pair twice, the
 same leaderboard as the embedded backend on the same traffic, and a promotion through the
-admin reaching both gateways.
+admin reaching both gateways. The last two tests kill PostgreSQL under an ingest (the segment
+waits, never quarantined) and stop every host at once (each stops cleanly).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Deployment:
             "backend": "distributed",
             "distributed": distributed_section(postgres, store, extensions, host="admin") | {
                 "segment_lease_ttl_s": LEASE_TTL_S, "replay_lease_ttl_s": LEASE_TTL_S}})}
-        edit_config(self.dirs["admin"], lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
+        edit_config(self.dirs["admin"], _comparable)
         self.dirs |= {host: _host_like(self.dirs["admin"], root / host, host) for host in HOSTS if host != "admin"}
         with Registry.open(load_workspace(self.dirs["admin"])) as registry:
             self.versions = {v.version_id: v.label for v in registry.variants(slot=SLOT)}
@@ -176,6 +177,12 @@ class Deployment:
         return raw.headers["x-shadowzoo-version"]
 
 
+def _comparable(config: dict) -> None:
+    """Scoring both backends can be compared on: verdicts from 10 pairs, and no cost for latency (the
+    challengers' latencies are measured anew by each backend's runner, on a machine however loaded)."""
+    config["slots"][SLOT]["scoring"].update(min_samples=10, latency_cost_per_s=0)
+
+
 def _host_like(admin_dir: Path, directory: Path, host: str) -> Path:
     """Another host's workspace: the admin's config with its own name and ports (the registry is shared)."""
     workspace_dir = init_workspace(directory)
@@ -224,23 +231,39 @@ def _drive(deployment: Deployment) -> Run:
     log.info("every host serves")
     for gateway in ("gw-1", "gw-2"):
         deployment.ask(gateway, 8, run)
-
-    run.leaders.append(wait_until(deployment.scorer_leader, timeout_s=SETTLE_S, interval_s=0.2))
-    run.killed_worker = run.leaders[0][0].split(":")[0]
-    deployment.served[run.killed_worker].kill()  # its ingest, runner and the scorer leader, mid-run
-    log.info("killed %s, the scorer leader's host", run.killed_worker)
-    for gateway in ("gw-1", "gw-2"):
-        deployment.ask(gateway, 8, run, label_now=False)
-    run.leaders.append(wait_until(lambda: (now := deployment.scorer_leader()) and now[0] != run.leaders[0][0] and now,
-                                  timeout_s=SETTLE_S, interval_s=0.2))
-
-    log.info("the other candidate leads: %s", run.leaders[1])
+    _kill_the_scorer_leaders_host(deployment, run)
     deployment.postgres.kill()
     for gateway in ("gw-1", "gw-2"):  # champions are served from each host's last good routes
         deployment.ask(gateway, 4, run)
     deployment.postgres.start()
     log.info("PostgreSQL killed and restarted")
+    _kill_the_store_and_a_gateway_that_cannot_ship(deployment, run)
+    unlabelled = [one for one in run.sent if not {one.request_id, one.client_id} & {r.request_key for r in run.labels}]
+    deployment.label("gw-1", unlabelled[::2], run)  # the late labels, through both gateways
+    deployment.label("gw-2", unlabelled[1::2], run)
+    log.info("the late labels sent")
+    _settle(deployment, run)
+    _promote_through_the_admin(deployment, run)
+    return run
 
+
+def _kill_the_scorer_leaders_host(deployment: Deployment, run: Run) -> None:
+    """`kill -9` the worker leading the slot's scorer (its ingest and runner too) while traffic comes;
+    the other candidate takes the slot."""
+    run.leaders.append(wait_until(deployment.scorer_leader, timeout_s=SETTLE_S, interval_s=0.2))
+    run.killed_worker = run.leaders[0][0].split(":")[0]
+    deployment.served[run.killed_worker].kill()
+    log.info("killed %s, the scorer leader's host", run.killed_worker)
+    for gateway in ("gw-1", "gw-2"):
+        deployment.ask(gateway, 8, run, label_now=False)
+    run.leaders.append(wait_until(lambda: (now := deployment.scorer_leader()) and now[0] != run.leaders[0][0] and now,
+                                  timeout_s=SETTLE_S, interval_s=0.2))
+    log.info("the other candidate leads: %s", run.leaders[1])
+
+
+def _kill_the_store_and_a_gateway_that_cannot_ship(deployment: Deployment, run: Run) -> None:
+    """With the object store down, gw-1's captures pile up on its disk; `kill -9` it holding them,
+    bring the store back, restart gw-1 and ask it again."""
     deployment.store.kill()
     stranded = {one.request_id for one in deployment.ask("gw-1", 6, run)}
     deployment.ask("gw-2", 4, run)
@@ -251,13 +274,9 @@ def _drive(deployment: Deployment) -> Run:
     deployment.start("gw-1")
     log.info("the object store killed and restarted, gw-1 killed and restarted")
     run.after_restart = [one.version for one in deployment.ask("gw-1", 4, run)]
-    unlabelled = [one for one in run.sent if one.request_id not in {r.request_key for r in run.labels}
-                  and one.client_id not in {r.request_key for r in run.labels}]
-    deployment.label("gw-1", unlabelled[::2], run)  # the late labels, through both gateways
-    deployment.label("gw-2", unlabelled[1::2], run)
 
-    log.info("the late labels sent")
-    _settle(deployment, run)
+
+def _promote_through_the_admin(deployment: Deployment, run: Run) -> None:
     run.promoted = next(version for version, label in deployment.versions.items() if label.startswith("careful-mini"))
     status, answer = deployment.served["admin"].call("/admin/promote", {
         "slot": SLOT, "version_id": run.promoted, "actor": "acceptance", "reason": "drill", "force": True})
@@ -266,7 +285,6 @@ def _drive(deployment: Deployment) -> Run:
         run.served_after_promotion[gateway] = wait_until(
             lambda: (version := deployment.served_by(gateway)) == run.promoted and version, timeout_s=SETTLE_S)
     log.info("both gateways serve the promoted champion")
-    return run
 
 
 def _settle(deployment: Deployment, run: Run) -> None:
@@ -306,7 +324,7 @@ def _embedded_board(directory: Path, simulator_url: str, traffic: list[dict], la
     the same labels, ingested, replayed and scored in one DuckDB file (the captures moved in time
     as one, to after its champion's promotion: its period starts there)."""
     workspace_dir = champion_workspace(directory, simulator_url)
-    edit_config(workspace_dir, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
+    edit_config(workspace_dir, _comparable)
     workspace = load_workspace(workspace_dir)
     with Registry.open(workspace) as registry:
         champion = registry.champion(SLOT).version_id
