@@ -23,6 +23,7 @@ import json
 import logging
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,19 +205,19 @@ def _local_captures(workspace_dir: Path) -> set[str]:
 def deployment(tmp_path_factory, simulator, lake_extensions) -> Deployment:
     """The engines and the hosts' workspaces; every process stopped at the end, even on failure."""
     root = tmp_path_factory.mktemp("acceptance")
-    postgres, store = PostgresServer(), S3Server(root / "s3")
-    try:
-        with pytest.MonkeyPatch.context() as environment:
-            for name, value in store.credentials_env.items():  # the tests read the lake in this process
-                environment.setenv(name, value)
-            deployment = Deployment(root, simulator.base_url, postgres, store, lake_extensions)
-            try:
-                yield deployment
-            finally:
-                deployment.stop()
-    finally:
-        store.stop()
-        postgres.close()
+    with ExitStack() as started:  # stopped in reverse order, whatever failed
+        postgres = PostgresServer()
+        started.callback(postgres.close)
+        store = S3Server(root / "s3")
+        started.callback(store.stop)
+        environment = started.enter_context(pytest.MonkeyPatch.context())
+        for name, value in store.credentials_env.items():  # the tests read the lake in this process
+            environment.setenv(name, value)
+        log.info("PostgreSQL and the object store up")
+        deployment = Deployment(root, simulator.base_url, postgres, store, lake_extensions)
+        started.callback(deployment.stop)
+        log.info("the hosts' workspaces made, the demo's specs registered")
+        yield deployment
 
 
 @pytest.fixture(scope="module")
