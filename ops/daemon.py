@@ -299,8 +299,11 @@ class Daemon:
 
 
 def _checkpoint_and_close(registry: Registry) -> None:
-    with registry.database.reading() as db:
-        db.execute("CHECKPOINT")
+    """Fold a DuckDB file's WAL into it, then close. Not on the lake: its commits are durable as made,
+    and a CHECKPOINT there rewrites shared data, which daemons stopping at once refuse each other."""
+    if registry.database.path is not None:
+        with registry.database.reading() as db:
+            db.execute("CHECKPOINT")
     registry.close()
 
 

@@ -48,6 +48,9 @@ from shadow.toolcalls import calls_sql, tool_calls_json
 DEFAULT_BATCH_BYTES = 256 * 1024 * 1024
 _STORE_ERRORS = (duckdb.Error, pa.ArrowException, ValueError, OverflowError)
 """What storing a record that passed the record models can still raise (e.g. text that is not Unicode)."""
+_STORE_UNAVAILABLE = (duckdb.IOException, duckdb.ConnectionException, duckdb.TransactionException)
+"""Errors of the store, not of a segment (PostgreSQL or the object store unreachable, a disk full, commits
+refused for conflicts after the retries): the run fails and its segments wait for the next, never quarantined."""
 STAGING = "_spool_staging"
 SEGMENT_LOCK = "segment "
 """The prefix of the lock (`Database.exclusive`) an ingest worker holds on a segment's key while it ingests it."""
@@ -176,9 +179,12 @@ def _batches(segments: list[ReadySegment], batch_bytes: int) -> Iterator[list[Re
 
 
 def _ingest_guarded(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
-    """Ingest a batch; if it fails, each of its segments alone; a segment that fails alone is quarantined."""
+    """Ingest a batch; if it fails, each of its segments alone; a segment that fails alone is quarantined
+    (unless the store itself failed: then the run fails, and the segments stay for the next)."""
     try:
         _ingest_batch(database, source, paths, report)
+    except _STORE_UNAVAILABLE:
+        raise
     except _STORE_ERRORS as exc:
         if len(paths) > 1:
             for path in paths:

@@ -40,8 +40,6 @@ INBOX = "spool-inbox"
 """Under the state dir: where segments downloaded from the object store wait for ingest."""
 SEGMENT_LEASES = "segment"
 """The kind of work lease an ingest worker holds on a segment of the object store."""
-SEGMENT_LEASE_TTL_S = 300.0
-"""How long a segment stays with an ingest worker that claimed it and then died, before another takes it."""
 
 
 @dataclass(frozen=True)
@@ -260,16 +258,17 @@ def segment_source(workspace: Workspace) -> SegmentSource:
     return leased_spool(settings, workspace.state_dir / INBOX)
 
 
-def leased_spool(settings: DistributedConfig, inbox: Path, holder: str | None = None,
-                 ttl_s: float = SEGMENT_LEASE_TTL_S) -> LeasedSpool:
-    """The object store's segments, claimed by leases held as `holder` (default: host and pid) for `ttl_s`."""
+def leased_spool(settings: DistributedConfig, inbox: Path, holder: str | None = None) -> LeasedSpool:
+    """The object store's segments, claimed by leases held as `holder` (default: host and pid) for
+    `distributed.segment_lease_ttl_s`."""
     from registry.control_plane import migrate_control
     from registry.distributed import connect_control
 
     connection = connect_control(settings, autocommit=True)
     migrate_control(connection)
     holder = holder or f"{settings.host or socket.gethostname()}:{os.getpid()}:ingest"
-    return LeasedSpool(object_store_spool(settings, inbox), WorkLeases(connection, SEGMENT_LEASES, holder, ttl_s))
+    leases = WorkLeases(connection, SEGMENT_LEASES, holder, settings.segment_lease_ttl_s)
+    return LeasedSpool(object_store_spool(settings, inbox), leases)
 
 
 def object_store_spool(settings: DistributedConfig, inbox: Path) -> ObjectStoreSpool:

@@ -35,7 +35,8 @@ from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.simulator_config import load_tickets
 from tests.servers import wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _lake_workspace, _replay
+from tests.backends import evidence, replay
+from tests.test_distributed_storage import SLOT, TICKETS, _lake_workspace
 from tests.test_judge import DEMO, JUDGES, PRICES, RUBRIC, answers
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
@@ -128,7 +129,7 @@ def test_a_scorer_leader_that_lost_its_session_mid_refresh_writes_nothing_after_
     assert runs["b"]["slots"] == 1
     assert snapshots == 1  # B's only
     assert stored == keys and stored > 0
-    assert _evidence(board_b) == _evidence(single)
+    assert evidence(board_b) == evidence(single)
 
 
 def test_a_leader_commit_begun_before_a_new_leader_claimed_is_refused(workspace_dir) -> None:
@@ -266,7 +267,7 @@ def test_lake_upkeep_expires_snapshots_below_the_oldest_watermark_and_the_next_r
             traffic, labels = _answered(champion, f"upkeep{round_}")
             write_segment(spool, traffic)
             ingest_spool(registry.database, spool)
-            _replay(registry)
+            replay(registry)
             if round_ < 2:
                 scorer.refresh(SLOT)
             write_segment(spool, labels)
@@ -289,7 +290,7 @@ def test_lake_upkeep_expires_snapshots_below_the_oldest_watermark_and_the_next_r
     assert recent == 0  # the last day's snapshots stay, whatever the floor
     assert counts["lake_snapshots_expired"] == sum(1 for snapshot in before if snapshot < floor) > 0
     assert min(after) == floor and set(before) - set(after) == {snapshot for snapshot in before if snapshot < floor}
-    assert _evidence(incremental) == _evidence(full)
+    assert evidence(incremental) == evidence(full)
     pairs = {row.label: row.comparison.pairs for row in full.rows if row.comparison}
     assert pairs and all(count == len(TICKETS) + 2 + 18 for count in pairs.values()), pairs
 

@@ -26,8 +26,9 @@ from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
 from shadow.spool import write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
+from tests.backends import evidence, replay
 from tests.servers import wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _lake_workspace
+from tests.test_distributed_storage import SLOT, TICKETS, _lake_workspace
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -139,7 +140,7 @@ def test_a_result_two_runners_both_wrote_after_a_lost_lease_pairs_once(scenario)
 def test_an_incremental_refresh_after_writers_committed_out_of_seq_order_equals_a_full_rescore(scenario) -> None:
     pairs = {row.label: row.comparison.pairs for row in scenario.incremental.rows if row.comparison}
     assert pairs and all(count == scenario.labelled for count in pairs.values()), pairs
-    assert _evidence(scenario.incremental) == _evidence(scenario.full)
+    assert evidence(scenario.incremental) == evidence(scenario.full)
 
 
 def _writer_process(workspace_dir: Path, script: str, *args: str, stdout: Path) -> subprocess.Popen:
