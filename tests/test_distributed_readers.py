@@ -39,8 +39,9 @@ from shadow.runner import RunFilters, ShadowRunner
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.spool_source import object_store_spool
+from tests.backends import evidence, replay
 from tests.servers import champion_workspace, edit_config, wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _own_lake, _replay, _traffic
+from tests.test_distributed_storage import SLOT, TICKETS, _own_lake, _traffic
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -62,7 +63,7 @@ def _score(registry: Registry, labels: list[bytes]) -> Leaderboard:
     spool = spool_dir(registry.workspace.state_dir)
     write_segment(spool, labels)
     ingest_spool(registry.database, spool)
-    _replay(registry)
+    replay(registry)
     return Scorer(registry.workspace, registry).refresh(SLOT)
 
 
@@ -142,7 +143,7 @@ def boards(lake_dir, embedded_dir, tmp_path_factory) -> dict[str, Any]:
 def test_a_segment_two_ingest_workers_commit_at_once_is_stored_once_and_scores_as_one_commit(boards) -> None:
     assert boards["stored"] == boards["keys"] == len(TICKETS) + 2
     assert sorted(report.traffic_rows for report in boards["reports"]) == [0, len(TICKETS) + 2]
-    lake, embedded = _evidence(boards["lake"]), _evidence(boards["embedded"])
+    lake, embedded = evidence(boards["lake"]), evidence(boards["embedded"])
     assert lake == embedded
     pairs = {label: row["comparison"]["pairs"] for label, row in lake.items() if row["comparison"]}
     assert pairs and all(count == len(TICKETS) + 1 for count in pairs.values()), pairs  # all but UNLABELLED
@@ -319,7 +320,7 @@ def _readings(registry: Registry, version: str, path: Path) -> dict[str, Any]:
         page = browse_requests(db, RequestFilter(slot=SLOT, version=version, limit=MAX_LIMIT))
     exported = export_answers(registry, ExportOptions(slot=SLOT, version=version), path)
     traced = trace_request(registry, "req-02")
-    return {"view": _evidence(view), "page": sorted(row.request_id for row in page.requests),
+    return {"view": evidence(view), "page": sorted(row.request_id for row in page.requests),
             "exported": exported.rows, "traced": sorted(answer.version_id for answer in traced.challengers)}
 
 
