@@ -137,7 +137,7 @@ def own_engines(tmp_path: Path):
     catalog and its files go together, so neither is the module's)."""
     postgres, store = PostgresServer(), S3Server(tmp_path / "own-s3")
     yield postgres, store
-    store.stop()
+    store.close()
     postgres.close()
 
 
