@@ -168,6 +168,7 @@ class S3Server:
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port", "admin.port", "admin.port.grpc")}
         self.process: subprocess.Popen | None = None
+        self._client = None
         (directory / "data").mkdir(parents=True, exist_ok=True)
         self.start()
 
@@ -222,13 +223,16 @@ class S3Server:
         return S3Bucket(self, name)
 
     def client(self):
-        """A boto3 S3 client of this server, with the test credentials."""
+        """The boto3 S3 client of this server, with the test credentials (made once: making one costs
+        about a tenth of a second of CPU, and `ready` is polled every tenth of a second)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
-                            config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1))
+        if self._client is None:
+            self._client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                        aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+                                        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1))
+        return self._client
 
     def close(self) -> None:
         """Stop the server at once (`kill -9`: nothing in it is kept)."""
