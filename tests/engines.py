@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -145,12 +146,12 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+@dataclass(frozen=True)
 class PostgresDatabase:
     """A database of its own on a shared `PostgresServer`: `url` names it, as the server's names its own."""
 
-    def __init__(self, server: PostgresServer, name: str) -> None:
-        self.server = server
-        self.name = name
+    server: PostgresServer
+    name: str
 
     @property
     def url(self) -> str:
@@ -168,7 +169,6 @@ class S3Server:
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "s3.port", "s3.port.grpc", "webdav.port", "admin.port", "admin.port.grpc")}
         self.process: subprocess.Popen | None = None
-        self._client = None
         (directory / "data").mkdir(parents=True, exist_ok=True)
         self.start()
 
@@ -220,39 +220,30 @@ class S3Server:
     def create_bucket(self, name: str) -> "S3Bucket":
         """A new, empty bucket `name` on this server."""
         self.client().create_bucket(Bucket=name)
-        return S3Bucket(self, name)
+        return S3Bucket(self.endpoint, name, self.credentials_env)
 
     def client(self):
-        """The boto3 S3 client of this server, with the test credentials (made once: making one costs
-        about a tenth of a second of CPU, and `ready` is polled every tenth of a second)."""
+        """A boto3 S3 client of this server, with the test credentials (a new one each time: one that
+        asked while weed was starting may keep what it was answered then)."""
         import boto3
         from botocore.config import Config
 
-        if self._client is None:
-            self._client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                                        aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
-                                        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1))
-        return self._client
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+                            config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1))
 
     def close(self) -> None:
         """Stop the server at once (`kill -9`: nothing in it is kept)."""
         self.kill()
 
 
+@dataclass(frozen=True)
 class S3Bucket:
     """A bucket of its own on a shared `S3Server`, with the server's `endpoint` and `credentials_env`."""
 
-    def __init__(self, server: S3Server, bucket: str) -> None:
-        self.server = server
-        self.bucket = bucket
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.endpoint
-
-    @property
-    def credentials_env(self) -> dict[str, str]:
-        return self.server.credentials_env
+    endpoint: str
+    bucket: str
+    credentials_env: dict[str, str]
 
 
 def _stop(process: subprocess.Popen | None, sig: int, timeout_s: float = 30) -> None:
