@@ -330,7 +330,8 @@ def test_a_log_file_loaded_while_the_object_store_is_unreachable_waits_in_the_lo
     log.write_text(logged_exchange("g1"))
     result = cli("ingest", "traffic", str(log))
     assert result.code == 1
-    assert "the object store (http://127.0.0.1:1, bucket shadowzoo) unreachable" in result.err
+    bucket = settings_of(distributed_workspace).object_store.bucket
+    assert f"the object store (http://127.0.0.1:1, bucket {bucket}) unreachable" in result.err
     assert len(ready_segments(spool_dir(distributed_workspace / ".shadowzoo"))) == 1
 
 
