@@ -112,7 +112,7 @@ class PostgresServer:
             self.process = subprocess.Popen(
                 [str(postgres_bin() / "postgres"), "-D", str(self.data),
                  "-p", str(self.port), "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
-                 "-c", "fsync=off", "-c", "max_connections=200"],
+                 "-c", "fsync=off", "-c", "max_connections=400"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.directory, **_as_server_user(),
             )
         wait_until(self.ready, timeout_s=30)
