@@ -156,8 +156,8 @@ def _gateways(workspace, host: str, port: int, workers: int) -> "list[Child]":
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
     env = multiprocess_env(workspace.state_dir)
-    children = [Child(f"gateway-{i}", "shadow.gateway.serve:worker_main", (str(workspace.root), host, port, workers > 1), env=env)
-                for i in range(workers)]
+    worker = (str(workspace.root), host, port, workers > 1)
+    children = [Child(f"gateway-{i}", "shadow.gateway.serve:worker_main", worker, env=env) for i in range(workers)]
     if workspace.config.backend == "distributed":
         from registry.distributed import object_store_credentials
         from shadow.shipper import shipping_host
