@@ -125,11 +125,10 @@ def serve(
             child.cpus = gateway_set
         metrics_url = f"http://{host}:{port}/metrics"
     if daemon_roles:
-        from ops.daemon import run_daemon
         from ops.supervise import Child
 
-        children.append(Child("daemon", run_daemon, (workspace.root, admin_port, daemon_roles), cpus=daemon_set,
-                              reloads=True))
+        children.append(Child("daemon", "ops.daemon:run_daemon", (workspace.root, admin_port, daemon_roles),
+                              cpus=daemon_set, reloads=True))
     admin_url = f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}" if ADMIN in roles else ""
     _supervise_as_serve(workspace, children, DaemonInfo(pid=os.getpid(), admin_url=admin_url, metrics_url=metrics_url,
                                                         started_at=datetime.now(UTC).isoformat()))
@@ -154,26 +153,24 @@ def _gateways(workspace, host: str, port: int, workers: int) -> "list[Child]":
     and its one spool shipper (after the workers, so it is stopped after them and ships their last
     captures; its series are on the gateway's /metrics)."""
     from ops.supervise import Child
-    from shadow.gateway import worker_main
     from shadow.gateway.prometheus_metrics import multiprocess_env
 
     env = multiprocess_env(workspace.state_dir)
-    children = [Child(f"gateway-{i}", worker_main, (str(workspace.root), host, port, workers > 1), env=env)
-                for i in range(workers)]
+    worker = (str(workspace.root), host, port, workers > 1)
+    children = [Child(f"gateway-{i}", "shadow.gateway.serve:worker_main", worker, env=env) for i in range(workers)]
     if workspace.config.backend == "distributed":
         from registry.distributed import object_store_credentials
-        from shadow.gateway.route_follower import follower_main
-        from shadow.shipper import shipper_main, shipping_host
+        from shadow.shipper import shipping_host
 
         shipping_host(workspace.config.distributed)  # a bad host name or missing credentials stop the start
         object_store_credentials(workspace.config.distributed.object_store)
-        children.append(Child("routes", follower_main, (str(workspace.root),)))
-        children.append(Child("shipper", shipper_main, (str(workspace.root),), env=env))
+        children.append(Child("routes", "shadow.gateway.route_follower:follower_main", (str(workspace.root),)))
+        children.append(Child("shipper", "shadow.shipper:shipper_main", (str(workspace.root),), env=env))
     return children
 
 
 def _gateway_address(workspace, host: str | None, port: int | None, workers: int) -> tuple[str, int]:
-    from shadow.gateway import bind_host, client_keys
+    from shadow.gateway.address import bind_host, client_keys
 
     config = workspace.config.gateway
     host = bind_host(host or config.host, client_keys(workspace))
@@ -191,7 +188,7 @@ def _check_api_keys(workspace) -> None:
     deep in the daemon said why.
     """
     from registry.routes import read_routes
-    from shadow.providers import missing_api_keys
+    from registry.workspace_config import missing_api_keys
 
     try:
         served = read_routes(workspace.routes_path).slots

@@ -21,10 +21,9 @@ from scorer.answerstats import period_stats
 from scorer.changes import Mark, latest, still_readable, written_after
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
-from registry.workspace_config import Price, RetentionConfig, WorkspaceConfig
+from registry.workspace_config import Price, RetentionConfig, WorkspaceConfig, missing_api_keys
 from shadow.budget import budget_left
 from shadow.pricing import price_of, workspace_prices
-from shadow.providers import missing_api_keys
 from shadow.spool import quarantined_records, ready_segments, segment_age_s, spool_dir
 
 log = logging.getLogger("shadowzoo.daemon")

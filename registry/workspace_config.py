@@ -7,6 +7,7 @@ variable that holds its key.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -117,6 +118,15 @@ class ProviderConfig(Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+
+def missing_api_keys(providers: dict[str, ProviderConfig]) -> dict[str, str]:
+    """Providers whose `api_key_env` names a variable that is not set: {provider: variable}.
+
+    Here, beside the config, not with the provider clients: `serve` checks it before it starts
+    its children, and importing the clients (openai) would cost that process a second of CPU."""
+    return {name: config.api_key_env for name, config in providers.items()
+            if config.api_key_env is not None and not os.environ.get(config.api_key_env)}
 
 
 class RedactionRule(Strict):

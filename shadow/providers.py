@@ -306,12 +306,6 @@ class ProviderPool:
         await self.close_retired()
 
 
-def missing_api_keys(providers: dict[str, ProviderConfig]) -> dict[str, str]:
-    """Providers whose `api_key_env` names a variable that is not set: {provider: variable}."""
-    return {name: config.api_key_env for name, config in providers.items()
-            if config.api_key_env is not None and not os.environ.get(config.api_key_env)}
-
-
 def _api_key(name: str, config: ProviderConfig) -> str:
     if config.api_key_env is None:
         return NO_KEY

@@ -56,9 +56,9 @@ def lake_extensions(tmp_path_factory) -> Path:
     return wheel_extension_directory(tmp_path_factory.mktemp("duckdb-extensions"))
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server of the module's own on loopback (tests/engines.py)."""
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The PostgreSQL server of this pytest worker (tests/engines.py); modules take a database on it."""
     from tests.engines import PostgresServer
 
     server = PostgresServer()
@@ -66,14 +66,29 @@ def postgres():
     server.close()
 
 
-@pytest.fixture(scope="module")
-def object_store(tmp_path_factory):
-    """An S3 server (`weed mini`) of the module's own on loopback, with its bucket (tests/engines.py)."""
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The S3 server (`weed mini`) of this pytest worker (tests/engines.py); modules take a bucket on it."""
     from tests.engines import S3Server
 
     server = S3Server(tmp_path_factory.mktemp("s3"))
     yield server
-    server.stop()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def postgres(postgres_server, request):
+    """A PostgreSQL database of the module's own (named after it) on the worker's server: `.url`.
+
+    A test that stops, kills or restarts PostgreSQL starts a `PostgresServer` of its own instead."""
+    return postgres_server.create_database(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def object_store(s3_server, request):
+    """An S3 bucket of the module's own (named after it) on the worker's server: `.endpoint`, `.bucket`,
+    `.credentials_env`. A test that stops or kills the object store starts an `S3Server` of its own instead."""
+    return s3_server.create_bucket(request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"))
 
 
 @pytest.fixture(scope="module")

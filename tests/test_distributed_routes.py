@@ -24,7 +24,7 @@ from ops.workspace_init import init_workspace
 from registry import Registry, RouteTable, load_workspace, read_routes
 from registry.distributed import connect_control
 from registry.published_routes import latest_published, publish_routes, route_followers
-from tests.engines import PostgresServer, S3Server, distributed_section
+from tests.engines import PostgresServer, S3Bucket, distributed_section
 from tests.servers import GatewayProcess, edit_config, start_simulator, wait_until
 from zoo import load_zoo, register_specs
 
@@ -37,7 +37,7 @@ class Hosts:
     """The admin host (a registry and a gateway) and a second gateway host, on one control plane."""
 
     control: PostgresServer
-    object_store: S3Server
+    object_store: S3Bucket
     lake_extensions: Path
     admin: Path
     other: Path
@@ -54,7 +54,7 @@ def control() -> PostgresServer:
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory, control: PostgresServer, object_store: S3Server, lake_extensions: Path) -> Hosts:
+def hosts(tmp_path_factory, control: PostgresServer, object_store: S3Bucket, lake_extensions: Path) -> Hosts:
     with pytest.MonkeyPatch.context() as environment:
         for name, value in object_store.credentials_env.items():  # the registry opens the lake in this process
             environment.setenv(name, value)
@@ -62,7 +62,7 @@ def hosts(tmp_path_factory, control: PostgresServer, object_store: S3Server, lak
         yield from _hosts(tmp_path_factory, control, object_store, lake_extensions)
 
 
-def _hosts(tmp_path_factory, control: PostgresServer, object_store: S3Server, lake_extensions: Path) -> Iterator[Hosts]:
+def _hosts(tmp_path_factory, control: PostgresServer, object_store: S3Bucket, lake_extensions: Path) -> Iterator[Hosts]:
     simulator = start_simulator()
     admin = _host(tmp_path_factory.mktemp("host-a"), "host-a", control, simulator.base_url, object_store, lake_extensions)
     other = _host(tmp_path_factory.mktemp("host-b"), "host-b", control, simulator.base_url, object_store, lake_extensions)
@@ -87,7 +87,7 @@ def up(hosts: Hosts) -> Hosts:
     return hosts
 
 
-def _host(directory: Path, name: str, control: PostgresServer, simulator_url: str, object_store: S3Server,
+def _host(directory: Path, name: str, control: PostgresServer, simulator_url: str, object_store: S3Bucket,
           lake_extensions: Path) -> Path:
     """A gateway host's workspace: the demo on the simulator, on the distributed backend."""
     workspace_dir = init_workspace(directory)

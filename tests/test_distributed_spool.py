@@ -22,7 +22,7 @@ from shadow.spool import ready_segments, spool_dir, write_segment
 from shadow.spool_records import TrafficRecord
 from shadow.spool_source import ObjectStoreSpool, object_store_spool
 from tests.clirun import run_in_process
-from tests.engines import PostgresServer, S3Server, distributed_section
+from tests.engines import PostgresServer, S3Bucket, S3Server, distributed_section
 from tests.servers import GatewayProcess, champion_workspace, edit_config, wait_until
 
 SLOT = "support-triage"
@@ -36,7 +36,7 @@ def credentials(object_store, monkeypatch) -> dict[str, str]:
     return object_store.credentials_env
 
 
-def gateway_host(directory: Path, simulator, postgres, store: S3Server, extensions: Path, host: str) -> Path:
+def gateway_host(directory: Path, simulator, postgres, store: S3Server | S3Bucket, extensions: Path, host: str) -> Path:
     """A workspace of its own (its own state dir and spool) serving as gateway host `host`."""
     workspace_dir = champion_workspace(directory, simulator.base_url, gateway={"flush_interval_s": 0.1})
 
@@ -48,7 +48,7 @@ def gateway_host(directory: Path, simulator, postgres, store: S3Server, extensio
     return workspace_dir
 
 
-def gateway_env(store: S3Server) -> dict[str, str]:
+def gateway_env(store: S3Server | S3Bucket) -> dict[str, str]:
     """A gateway host's environment: the object store's credentials and the simulator's key."""
     return {**store.credentials_env, "SIM_API_KEY": "sim"}
 
@@ -137,7 +137,7 @@ def own_engines(tmp_path: Path):
     catalog and its files go together, so neither is the module's)."""
     postgres, store = PostgresServer(), S3Server(tmp_path / "own-s3")
     yield postgres, store
-    store.stop()
+    store.close()
     postgres.close()
 
 
@@ -330,7 +330,8 @@ def test_a_log_file_loaded_while_the_object_store_is_unreachable_waits_in_the_lo
     log.write_text(logged_exchange("g1"))
     result = cli("ingest", "traffic", str(log))
     assert result.code == 1
-    assert "the object store (http://127.0.0.1:1, bucket shadowzoo) unreachable" in result.err
+    bucket = settings_of(distributed_workspace).object_store.bucket
+    assert f"the object store (http://127.0.0.1:1, bucket {bucket}) unreachable" in result.err
     assert len(ready_segments(spool_dir(distributed_workspace / ".shadowzoo"))) == 1
 
 

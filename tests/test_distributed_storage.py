@@ -70,11 +70,14 @@ def runs(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -
 
 
 def _own_lake(postgres, object_store, lake_extensions, name: str) -> dict:
-    """A `distributed:` section with a database and a lake prefix of its own on the module's servers."""
+    """A `distributed:` section with a database and a lake prefix of its own on the module's servers (the
+    database named after the module's too: the servers are shared by the modules a pytest worker runs)."""
+    server, module_database = postgres.url.rsplit("/", 1)
+    database = f"{module_database}_{name}"
     with psycopg.connect(postgres.url, autocommit=True) as control:
-        control.execute(f"CREATE DATABASE {name}")
+        control.execute(f"CREATE DATABASE {database}")
     section = distributed_section(postgres, object_store, lake_extensions)
-    return section | {"postgres_url": f"{postgres.url.rsplit('/', 1)[0]}/{name}", "lake_prefix": f"{name}/"}
+    return section | {"postgres_url": f"{server}/{database}", "lake_prefix": f"{name}/"}
 
 
 def _lake_workspace(directory: Path, simulator, postgres, object_store, lake_extensions, name: str,

@@ -1,6 +1,5 @@
-"""The OpenAI-compatible gateway: the champion path."""
+"""The OpenAI-compatible gateway: the champion path.
 
-from shadow.gateway.app import GatewayState, build_app
-from shadow.gateway.serve import bind_host, client_keys, gateway_state, serve_worker, worker_main
-
-__all__ = ["GatewayState", "bind_host", "build_app", "client_keys", "gateway_state", "serve_worker", "worker_main"]
+Import its modules by name (`shadow.gateway.serve`, `.app`, ...): the package imports none of
+them, so a light one (`address`, `prometheus_metrics`) does not load the server.
+"""

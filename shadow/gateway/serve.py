@@ -10,17 +10,16 @@ finishes the requests in flight, and flushes every accepted capture to the spool
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
-import sys
 from functools import partial
 from pathlib import Path
 
 from aiohttp import web
 
 from registry import RouteTable, Workspace, load_workspace
+from shadow.gateway.address import client_keys
 from shadow.gateway.app import GatewayState, build_app
 from shadow.gateway.capture import SpoolBuffer
 from shadow.gateway.connection import GatewayRunner
@@ -31,31 +30,6 @@ from shadow.spool import spool_dir
 
 log = logging.getLogger("shadowzoo.gateway")
 SHUTDOWN_GRACE_S = 10.0
-
-
-def client_keys(workspace: Workspace) -> tuple[str, ...]:
-    """The accepted client keys, from the environment variable the config names."""
-    name = workspace.config.gateway.client_keys_env
-    raw = os.environ.get(name, "") if name else ""
-    return tuple(key.strip() for key in raw.split(",") if key.strip())
-
-
-def bind_host(requested: str, keys: tuple[str, ...]) -> str:
-    """The address to bind: loopback only while no client keys are configured."""
-    if keys or _is_loopback(requested):
-        return requested
-    print(f"shadowzoo gateway: no client keys configured, so binding 127.0.0.1 instead of {requested} "
-          "(set gateway.client_keys_env to serve other hosts)", file=sys.stderr, flush=True)
-    return "127.0.0.1"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def gateway_state(workspace: Workspace) -> GatewayState:
