@@ -47,15 +47,16 @@ LABELS = ["billing", "technical", "account", "shipping", "other"]
 LABELS_SQL = "['" + "', '".join(LABELS) + "']"
 
 
-def workspace(root: Path) -> Path:
-    """A workspace with one slot scored by exact match, and a priced model."""
+def workspace(root: Path, settings: dict | None = None) -> Path:
+    """A workspace with one slot scored by exact match, and a priced model; `settings` adds
+    top-level keys (e.g. `backend` and `distributed`)."""
     config = {
         "providers": {"up": {"base_url": "http://127.0.0.1:9/v1"}},
         "slots": {SLOT: {"defaults": {"provider": "up", "model": "m"},
                          "metrics": [{"type": "exact_match", "first_line": True}],
                          "scoring": {"value_per_point": 0.01, "min_samples": 200}}},
         "prices": {"m": {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6}},
-    }
+    } | (settings or {})
     (root / "zoo").mkdir(parents=True)
     (root / "shadowzoo.yaml").write_text(yaml.safe_dump(config))
     return root
