@@ -9,8 +9,11 @@ Then N ingest worker processes, each with its own state dir and its own DuckDB c
 to the lake, take the shipped segments by leases in PostgreSQL as the daemon's ingest job
 does (`shadow.spool_source.leased_spool`, `shadow.ingest.ingest_from`, the daemon's DuckDB
 limits), all started together once all are ready. T(N) is the rows stored (traffic and
-outcomes) per second per worker, from the first worker's start to the last one's end;
-scaling efficiency T(N)/T(1) = X(N) / (N·X(1)), all in this one run. Every round checks that
+outcomes) per second by N workers, from the first worker's start to the last one's end;
+scaling efficiency T(N) / (N·T(1)), all in this one run. Each worker also reports its CPU
+seconds (all its threads): rows per CPU-second hardly depends on other load on the machine, so
+`cpu_per_row_vs_one_worker` shows what sharing costs (lease round trips, commits the lake
+refused for a conflict with the other worker and that were done again, `commit_retries`). Every round checks that
 the lake holds each capture once.
 
 On two shared cores the workers compete for CPU (and with PostgreSQL and weed) as separate
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import random
 import shutil
 import sys
@@ -87,10 +91,11 @@ def _round(engines: Engines, root: Path, workers: int, args: argparse.Namespace)
     rows = sum(run["rows"] for run in runs)
     if stored["traffic"] + stored["outcomes"] != rows or rows > lines or rows < 0.98 * lines:
         raise BenchError(f"{lines} captures shipped, {rows} stored by the workers, the lake holds {stored}")
-    elapsed = span(runs)
+    elapsed, cpu = span(runs), sum(run["cpu_s"] for run in runs)
     return {"rows": rows, "seconds": round3(elapsed), "rows_per_s": rows / elapsed,
-            "rows_per_s_per_worker": rows / elapsed / workers, "segments": [run["segments"] for run in runs],
-            "shares": [run["rows"] for run in runs], "lake": stored}
+            "rows_per_s_per_worker": rows / elapsed / workers, "rows_per_cpu_s": rows / cpu,
+            "segments": [run["segments"] for run in runs], "shares": [run["rows"] for run in runs],
+            "commit_retries": sum(run["commit_retries"] for run in runs), "lake": stored}
 
 
 def _ship(gateway_dir: Path, records: int, per_segment: int, rng: random.Random) -> int:
@@ -116,33 +121,51 @@ def _stored(workspace_dir: Path) -> dict[str, int]:
 
 def _worker(workspace_dir: str, holder: str, go: str, output: str) -> None:
     """One ingest worker process, as the daemon's ingest job: open the registry with the daemon's
-    DuckDB limits, wait for `go`, ingest what the bucket holds, write its figures."""
+    DuckDB limits, wait for `go`, ingest what the bucket holds, write its figures (with its CPU
+    seconds, and the commits the lake refused for a conflict with the other worker and were done again)."""
     workspace_ = load_workspace(Path(workspace_dir))
     daemon = workspace_.config.daemon
+    retries = CommitRetries()
+    logging.getLogger("shadowzoo.db").addHandler(retries)
+    logging.getLogger("shadowzoo.db").setLevel(logging.INFO)
     with Registry.open(workspace_) as registry:
         registry.database.limit(daemon.duckdb_threads, daemon.duckdb_memory_limit)
         source = leased_spool(workspace_.config.distributed, workspace_.state_dir / "inbox", holder)
         try:
             wait_for_go(go, output)
-            started = time.time()
+            started, cpu_started = time.time(), time.process_time()
             report = ingest_from(registry.database, source)
-            ended = time.time()
+            ended, cpu = time.time(), time.process_time() - cpu_started
         finally:
             source.close()
     write_figures(output, {"rows": report.traffic_rows + report.outcome_rows, "segments": report.segments,
-                           "started": started, "ended": ended})
+                           "started": started, "ended": ended, "cpu_s": cpu, "commit_retries": retries.count})
+
+
+class CommitRetries(logging.Handler):
+    """Counts the commits the lake refused for a conflict (`Database.committed` logs each one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += "refused a commit" in record.getMessage()
 
 
 def _figures(rounds: dict[int, dict], args: argparse.Namespace) -> dict:
-    one = rounds[min(rounds)]["rows_per_s_per_worker"]
+    base = min(rounds)
+    one = rounds[base]["rows_per_s"] / base
     return {
         "bench": "ingest_scaleout",
         "records_per_round": args.records,
         "lines_per_segment": args.per_segment,
-        "rounds": {str(n): {**r, "rows_per_s": round3(r["rows_per_s"]),
-                            "rows_per_s_per_worker": round3(r["rows_per_s_per_worker"])} for n, r in rounds.items()},
-        "per_worker_rows_per_s": {f"T({n})": round3(r["rows_per_s_per_worker"]) for n, r in rounds.items()},
-        "efficiency": {f"T({n})/T({min(rounds)})": ratio(r["rows_per_s_per_worker"], one) for n, r in rounds.items()},
+        "rounds": {str(n): {**r, **{key: round3(r[key]) for key in ("rows_per_s", "rows_per_s_per_worker", "rows_per_cpu_s")}}
+                   for n, r in rounds.items()},
+        "rows_per_s": {f"T({n})": round3(r["rows_per_s"]) for n, r in rounds.items()},
+        "efficiency": {f"T({n})/({n}*T({base}))": ratio(r["rows_per_s"], n * one) for n, r in rounds.items()},
+        "cpu_per_row_vs_one_worker": {str(n): ratio(rounds[base]["rows_per_cpu_s"], r["rows_per_cpu_s"])
+                                   for n, r in rounds.items()},
         "placement": "one process per worker, all on this machine's cores, beside PostgreSQL and weed",
     }
 

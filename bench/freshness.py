@@ -1,0 +1,189 @@
+"""Capture-to-leaderboard freshness (backend: distributed): from a request answered by the gateway
+to its pairs stored by the scorer.
+
+Prints one JSON object. One PostgreSQL, one S3 server (`weed mini`), the fast simulator (in a
+thread of this process) and the demo workspace on DuckLake; `shadowzoo gateway` (its workers
+and its shipper) on gateway host `gw-1`, and one `shadowzoo serve --role ingest,runner,scorer`,
+each with its configured intervals: the gateway flushes captures to the spool every
+`gateway.flush_interval_s`, the shipper looks for complete segments every
+`shadow.shipper.POLL_S`, ingest runs every `daemon.ingest_interval_s`, the idle runner looks
+for new traffic every `ops.daemon.RUNNER_IDLE_S`, and the scorer refreshes every
+`daemon.score_interval_s`. `--requests` tickets are sent one every `--gap-ms` (so they meet
+those loops at every phase), each labelled at once through `/v1/feedback` (the demo slot scores
+by the label); a request's freshness is the time from its answer to the first look (one every
+`--probe-ms`, through a registry opened on the lake as any reader opens it) that finds its
+pairs with every challenger in the scorer's `paired` table, i.e. on the leaderboard.
+
+The baseline is the floor the design sets: the sum of those five intervals, the longest a
+request can wait on the loops alone if each stage just missed it (on average it waits about
+half of it). Freshness over that sum says how much of the delay is polling and how much is
+work; comparing with the embedded backend would mostly compare the same intervals again (it
+has all of them but the shipper's). A warm-up request, not counted, waits until the scorer
+leads the slot and every process has made its first pass.
+
+Run from the repository root: ``.venv/bin/python -m bench.freshness [--requests 40] [--keep]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import BenchError
+from bench.harness.engines import start_engines
+from bench.harness.figures import emit, ratio, round3
+from bench.harness.scenario import LOOPBACK
+from bench.harness.servers import BIN, Server, gateway, scratch_dir, started
+from ops.daemon import RUNNER_IDLE_S
+from registry import Registry, load_workspace
+from shadow.shipper import POLL_S as SHIP_POLL_S
+from tests.servers import DEMO_SIM, champion_workspace, start_simulator
+
+SLOT = "support-triage"
+WAIT_LIMIT_S = 120.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--gap-ms", type=float, default=700.0, help="Time between two requests.")
+    parser.add_argument("--probe-ms", type=float, default=250.0, help="Time between two looks at the stored pairs.")
+    parser.add_argument("--score-interval", type=float, default=5.0, help="daemon.score_interval_s (the demo's).")
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
+    args = parser.parse_args()
+    scratch = scratch_dir("freshness-")
+    try:
+        emit(run(scratch, args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(scratch: Path, args: argparse.Namespace) -> dict:
+    """Start the engines, the simulator, the gateway host and the daemon; time each request to its pairs."""
+    with contextlib.ExitStack() as stack:
+        engines = start_engines(stack, scratch)
+        simulator = start_simulator(fast=True)
+        stack.callback(simulator.stop)
+        workspace_dir = champion_workspace(scratch / "ws", simulator.base_url, daemon={
+            "score_interval_s": args.score_interval}, settings={"backend": "distributed",
+                                                                 "distributed": engines.section(host="gw-1")})
+        config = load_workspace(workspace_dir).config
+        intervals = {"gateway.flush_interval_s": config.gateway.flush_interval_s, "shipper_poll_s": SHIP_POLL_S,
+                     "daemon.ingest_interval_s": config.daemon.ingest_interval_s, "runner_idle_s": RUNNER_IDLE_S,
+                     "daemon.score_interval_s": config.daemon.score_interval_s}
+        front = started(stack, gateway(workspace_dir, scratch, None))
+        started(stack, Server("daemon", [str(BIN / "shadowzoo"), "serve", "--role", "ingest,runner,scorer"], 0,
+                              scratch / "daemon.log", cwd=workspace_dir, health_path=None))
+        with Registry.open(load_workspace(workspace_dir)) as registry:
+            challengers = len([v for v in registry.variants(slot=SLOT, status="active")
+                               if v.version_id != registry.champion(SLOT).version_id])
+            watch = PairWatch(registry, challengers, args.probe_ms / 1000)
+            watch.wait([_ask(front, -1)], WAIT_LIMIT_S + sum(intervals.values()))
+            answered = {}
+            for number in range(args.requests):
+                answered[_ask(front, number)] = time.time()
+                watch.look()
+                _sleep_looking(watch, args.gap_ms / 1000)
+            seen = watch.wait(list(answered), WAIT_LIMIT_S)
+    return _figures([seen[request] - answered[request] for request in answered], intervals, challengers, args)
+
+
+class PairWatch:
+    """Looks at the scorer's stored pairs: when each watched request first has one with every challenger."""
+
+    def __init__(self, registry: Registry, challengers: int, probe_s: float) -> None:
+        self.registry = registry
+        self.challengers = challengers
+        self.probe_s = probe_s
+        self.pending: set[str] = set()
+        self.seen: dict[str, float] = {}
+        self.last_look = 0.0
+
+    def look(self) -> None:
+        """One look, if `probe_s` has passed since the last; a request found complete gets the look's start time."""
+        now = time.time()
+        if not self.pending or now - self.last_look < self.probe_s:
+            return
+        self.last_look = now
+        with self.registry.database.reading() as db:
+            done = db.execute(
+                "SELECT t.request_id FROM paired p JOIN traffic t ON t.seq = p.request_seq "
+                "WHERE t.request_id IN (SELECT unnest(?)) GROUP BY 1 HAVING count(DISTINCT p.version_id) >= ?",
+                [sorted(self.pending), self.challengers]).fetchall()
+        for (request_id,) in done:
+            self.pending.discard(request_id)
+            self.seen[request_id] = now
+
+    def wait(self, requests: list[str], limit_s: float) -> dict[str, float]:
+        """Look until every one of `requests` is seen (bounded by `limit_s`); when each was."""
+        self.pending |= set(requests) - set(self.seen)
+        deadline = time.monotonic() + limit_s
+        while self.pending:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{len(self.pending)} requests not on the leaderboard within {limit_s:g}s")
+            _sleep_looking(self, self.probe_s)
+        return self.seen
+
+
+def _sleep_looking(watch: PairWatch, seconds: float) -> None:
+    """Wait `seconds`, looking at the pairs as often as the watch allows meanwhile."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        time.sleep(min(left, watch.probe_s / 5))
+        watch.look()
+
+
+_TICKETS = [json.loads(line) for line in (DEMO_SIM.parent / "tickets.jsonl").read_text().splitlines()]
+
+
+def _ask(front: Server, number: int) -> str:
+    """The demo's ticket `number` through the gateway, then its label; shadowzoo's id of the request."""
+    ticket, client_id = _TICKETS[number % len(_TICKETS)], f"fresh-{number}"
+    connection = http.client.HTTPConnection(LOOPBACK, front.port, timeout=30)
+    try:
+        request_id = _post(connection, "/v1/chat/completions", {
+            "model": SLOT, "messages": [{"role": "user", "content": ticket["input"]}]},
+            {"x-shadowzoo-request-id": client_id}).headers["x-shadowzoo-request-id"]
+        _post(connection, "/v1/feedback", {"request_id": request_id, "label": ticket["expected"]})
+    finally:
+        connection.close()
+    return request_id
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: dict,
+          headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    response.read()
+    if response.status not in (200, 202):
+        raise BenchError(f"the gateway answered {path} with {response.status}")
+    return response
+
+
+def _figures(delays: list[float], intervals: dict[str, float], challengers: int, args: argparse.Namespace) -> dict:
+    floor = sum(intervals.values())
+    p50, p95 = statistics.median(delays), float(np.percentile(delays, 95))
+    return {
+        "bench": "freshness",
+        "requests": len(delays),
+        "challengers": challengers,
+        "intervals_s": intervals,
+        "floor_s": round3(floor),
+        "probe_interval_s": args.probe_ms / 1000,
+        "freshness_s": {"p50": round3(p50), "p95": round3(p95), "min": round3(min(delays)), "max": round3(max(delays))},
+        "p50_vs_floor": ratio(p50, floor),
+        "p95_vs_floor": ratio(p95, floor),
+    }
+
+
+if __name__ == "__main__":
+    main()
