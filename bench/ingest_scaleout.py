@@ -95,7 +95,8 @@ def _round(engines: Engines, root: Path, workers: int, args: argparse.Namespace)
     return {"rows": rows, "seconds": round3(elapsed), "rows_per_s": rows / elapsed,
             "rows_per_s_per_worker": rows / elapsed / workers, "rows_per_cpu_s": rows / cpu,
             "segments": [run["segments"] for run in runs], "shares": [run["rows"] for run in runs],
-            "commit_retries": sum(run["commit_retries"] for run in runs), "lake": stored}
+            "commit_retries": {kind: sum(run["commit_retries"][kind] for run in runs) for kind in ("append", "delete")},
+            "lake": stored}
 
 
 def _ship(gateway_dir: Path, records: int, per_segment: int, rng: random.Random) -> int:
@@ -143,14 +144,18 @@ def _worker(workspace_dir: str, holder: str, go: str, output: str) -> None:
 
 
 class CommitRetries(logging.Handler):
-    """Counts the commits the lake refused for a conflict (`Database.committed` logs each one)."""
+    """Counts the commits the lake refused for a conflict (`Database.committed` logs each one), by
+    what was refused: an append (a batch's rows, done again whole) or a delete (an update: joining
+    outcomes to their traffic)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.count = 0
+        self.count = {"append": 0, "delete": 0}
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.count += "refused a commit" in record.getMessage()
+        message = record.getMessage()
+        if "refused a commit" in message:
+            self.count["append" if "attempting to insert" in message else "delete"] += 1
 
 
 def _figures(rounds: dict[int, dict], args: argparse.Namespace) -> dict:
