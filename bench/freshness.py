@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import http.client
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -39,9 +38,9 @@ import numpy as np
 
 from bench.harness import BenchError
 from bench.harness.engines import start_engines
-from bench.harness.figures import emit, ratio, round3
+from bench.harness.figures import ratio, round3
 from bench.harness.scenario import LOOPBACK
-from bench.harness.servers import BIN, Server, gateway, scratch_dir, started
+from bench.harness.servers import BIN, Server, gateway, run_in_scratch, started
 from ops.daemon import RUNNER_IDLE_S
 from registry import Registry, load_workspace
 from shadow.shipper import POLL_S as SHIP_POLL_S
@@ -57,14 +56,7 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=700.0, help="Time between two requests.")
     parser.add_argument("--probe-ms", type=float, default=250.0, help="Time between two looks at the stored pairs.")
     parser.add_argument("--score-interval", type=float, default=5.0, help="daemon.score_interval_s (the demo's).")
-    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
-    args = parser.parse_args()
-    scratch = scratch_dir("freshness-")
-    try:
-        emit(run(scratch, args))
-    finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+    run_in_scratch(parser, "freshness-", run)
 
 
 def run(scratch: Path, args: argparse.Namespace) -> dict:

@@ -28,15 +28,14 @@ import argparse
 import contextlib
 import logging
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from bench.harness import BenchError
 from bench.harness.engines import Engines, start_engines
-from bench.harness.figures import emit, ratio, round3
-from bench.harness.servers import scratch_dir
+from bench.harness.figures import ratio, round3
+from bench.harness.servers import run_in_scratch
 from bench.harness.workers import run_together, span, wait_for_go, write_figures
 from bench.ingest import write_spool
 from bench.scorer import workspace
@@ -58,14 +57,7 @@ def main() -> None:
     parser.add_argument("--per-segment", type=int, default=1000, help="Lines per spool segment.")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
-    args = parser.parse_args()
-    scratch = scratch_dir("ingest-scaleout-")
-    try:
-        emit(run(scratch, args))
-    finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+    run_in_scratch(parser, "ingest-scaleout-", run)
 
 
 def run(scratch: Path, args: argparse.Namespace) -> dict:

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import time
 from pathlib import Path
 
 from bench.harness.engines import start_engines
-from bench.harness.figures import emit, ratio, round3
-from bench.harness.servers import scratch_dir
+from bench.harness.figures import ratio, round3
+from bench.harness.servers import run_in_scratch
 from bench.scorer import CHALLENGERS, SHAPES, SLOT, generate, register, timed, workspace
 from registry import Registry, load_workspace
 from scorer.service import Scorer
@@ -40,14 +39,7 @@ def main() -> None:
     parser.add_argument("--incremental", type=int, default=100_000, help="New shadow results before each timed refresh.")
     parser.add_argument("--runs", type=int, default=3, help="Timed refreshes per backend (the best is reported).")
     parser.add_argument("--shape", choices=SHAPES, default="realistic")
-    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
-    args = parser.parse_args()
-    scratch = scratch_dir("lake-refresh-")
-    try:
-        emit(run(scratch, args))
-    finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+    run_in_scratch(parser, "lake-refresh-", run)
 
 
 def run(scratch: Path, args: argparse.Namespace) -> dict:

@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from bench.harness.engines import start_engines
-from bench.harness.figures import emit, round3
-from bench.harness.servers import scratch_dir
+from bench.harness.figures import round3
+from bench.harness.servers import run_in_scratch
 from bench.harness.workers import run_together, span, wait_for_go, write_figures
 from registry import Registry, load_workspace
 from shadow.runner_worker import RunnerWorker
@@ -49,14 +48,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--in-flight", type=int, default=8, help="Calls in flight per worker.")
     parser.add_argument("--latency-ms", type=float, default=200.0)
-    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
-    args = parser.parse_args()
-    scratch = scratch_dir("scaleout-")
-    try:
-        emit(run(scratch, args))
-    finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+    run_in_scratch(parser, "scaleout-", run)
 
 
 def run(scratch: Path, args: argparse.Namespace) -> dict:
