@@ -3,8 +3,10 @@ to its pairs stored by the scorer.
 
 Prints one JSON object. One PostgreSQL, one S3 server (`weed mini`), the fast simulator (in a
 thread of this process) and the demo workspace on DuckLake; `shadowzoo gateway` (its workers
-and its shipper) on gateway host `gw-1`, and one `shadowzoo serve --role ingest,runner,scorer`,
-each with its configured intervals: the gateway flushes captures to the spool every
+and its shipper) on gateway host `gw-1`, and `shadowzoo serve --role ingest`, `--role runner`
+and `--role scorer`, each a host of its own (its own copy of the workspace and state dir, as
+a deployment spreads them: one daemon holding all three would run them on its one DuckDB
+connection, one after the other), each with its configured intervals: the gateway flushes captures to the spool every
 `gateway.flush_interval_s`, the shipper looks for complete segments every
 `shadow.shipper.POLL_S`, ingest runs every `daemon.ingest_interval_s`, the idle runner looks
 for new traffic every `ops.daemon.RUNNER_IDLE_S`, and the scorer refreshes every
@@ -12,7 +14,11 @@ for new traffic every `ops.daemon.RUNNER_IDLE_S`, and the scorer refreshes every
 those loops at every phase), each labelled at once through `/v1/feedback` (the demo slot scores
 by the label); a request's freshness is the time from its answer to the first look (one every
 `--probe-ms`, through a registry opened on the lake as any reader opens it) that finds its
-pairs with every challenger in the scorer's `paired` table, i.e. on the leaderboard.
+pairs with every challenger in the scorer's `paired` table, i.e. on the leaderboard. The same
+looks note when its traffic row was stored and when its shadow results with every challenger
+were written, so the medians of those stages show where the time goes (a stage found in
+the same look as the next is counted at that look). `look_s` is how long a look took: a
+request is found at most one probe interval plus one look after it got there.
 
 The baseline is the floor the design sets: the sum of those five intervals, the longest a
 request can wait on the loops alone if each stage just missed it (on average it waits about
@@ -30,6 +36,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -44,9 +51,10 @@ from bench.harness.servers import BIN, Server, gateway, run_in_scratch, started
 from ops.daemon import RUNNER_IDLE_S
 from registry import Registry, load_workspace
 from shadow.shipper import POLL_S as SHIP_POLL_S
-from tests.servers import DEMO_SIM, champion_workspace, start_simulator
+from tests.servers import DEMO_SIM, champion_workspace, edit_config, start_simulator
 
 SLOT = "support-triage"
+ROLES = ("ingest", "runner", "scorer")
 WAIT_LIMIT_S = 120.0
 
 
@@ -73,8 +81,9 @@ def run(scratch: Path, args: argparse.Namespace) -> dict:
                      "daemon.ingest_interval_s": config.daemon.ingest_interval_s, "runner_idle_s": RUNNER_IDLE_S,
                      "daemon.score_interval_s": config.daemon.score_interval_s}
         front = started(stack, gateway(workspace_dir, scratch, None))
-        started(stack, Server("daemon", [str(BIN / "shadowzoo"), "serve", "--role", "ingest,runner,scorer"], 0,
-                              scratch / "daemon.log", cwd=workspace_dir, health_path=None))
+        for role in ROLES:
+            started(stack, Server(role, [str(BIN / "shadowzoo"), "serve", "--role", role], 0, scratch / f"{role}.log",
+                                  cwd=_role_host(workspace_dir, role), health_path=None))
         with Registry.open(load_workspace(workspace_dir)) as registry:
             challengers = len([v for v in registry.variants(slot=SLOT, status="active")
                                if v.version_id != registry.champion(SLOT).version_id])
@@ -86,38 +95,62 @@ def run(scratch: Path, args: argparse.Namespace) -> dict:
                 watch.look()
                 _sleep_looking(watch, args.gap_ms / 1000)
             seen = watch.wait(list(answered), WAIT_LIMIT_S)
-    return _figures([seen[request] - answered[request] for request in answered], intervals, challengers, args)
+    return _figures({stage: [seen[request].get(stage, seen[request]["paired"]) - answered[request]
+                             for request in answered] for stage in STAGES}, intervals, challengers, args) | {
+        "look_s": {"p50": round3(statistics.median(watch.look_s)), "max": round3(max(watch.look_s))}}
+
+
+STAGES = ("stored", "replayed", "paired")
+"""What a look finds of a request: its traffic row stored by ingest, its shadow results with every
+challenger written by the runner, its pairs with every challenger stored by the scorer."""
+
+
+def _role_host(workspace_dir: Path, role: str) -> Path:
+    """A copy of the workspace (its config and specs, not its state dir) as host `role`: one
+    daemon per host, as a deployment spreads them."""
+    host_dir = workspace_dir.parent / role
+    shutil.copytree(workspace_dir, host_dir, ignore=shutil.ignore_patterns(".shadowzoo"))
+    edit_config(host_dir, lambda config: config["distributed"].update(host=role))
+    return host_dir
 
 
 class PairWatch:
-    """Looks at the scorer's stored pairs: when each watched request first has one with every challenger."""
+    """Looks at the lake as any reader does: when each watched request was first stored, replayed and paired."""
 
     def __init__(self, registry: Registry, challengers: int, probe_s: float) -> None:
         self.registry = registry
         self.challengers = challengers
         self.probe_s = probe_s
         self.pending: set[str] = set()
-        self.seen: dict[str, float] = {}
+        self.seen: dict[str, dict[str, float]] = {}
         self.last_look = 0.0
+        self.look_s: list[float] = []
 
     def look(self) -> None:
-        """One look, if `probe_s` has passed since the last; a request found complete gets the look's start time."""
+        """One look, if `probe_s` has passed since the last; each stage a request has reached gets
+        the start time of the first look that found it there."""
         now = time.time()
         if not self.pending or now - self.last_look < self.probe_s:
             return
         self.last_look = now
         with self.registry.database.reading() as db:
-            done = db.execute(
-                "SELECT t.request_id FROM paired p JOIN traffic t ON t.seq = p.request_seq "
-                "WHERE t.request_id IN (SELECT unnest(?)) GROUP BY 1 HAVING count(DISTINCT p.version_id) >= ?",
-                [sorted(self.pending), self.challengers]).fetchall()
-        for (request_id,) in done:
-            self.pending.discard(request_id)
-            self.seen[request_id] = now
+            found = db.execute(
+                "SELECT t.request_id, count(DISTINCT s.version_id), count(DISTINCT p.version_id) FROM traffic t "
+                "LEFT JOIN shadow_results s ON s.request_seq = t.seq LEFT JOIN paired p ON p.request_seq = t.seq "
+                "WHERE t.request_id IN (SELECT unnest(?)) GROUP BY 1", [sorted(self.pending)]).fetchall()
+        self.look_s.append(time.time() - now)
+        for request_id, replayed, paired in found:
+            reached = {"stored": True, "replayed": replayed >= self.challengers, "paired": paired >= self.challengers}
+            times = self.seen.setdefault(request_id, {})
+            for stage in STAGES:
+                if reached[stage]:
+                    times.setdefault(stage, now)
+            if "paired" in times:
+                self.pending.discard(request_id)
 
-    def wait(self, requests: list[str], limit_s: float) -> dict[str, float]:
-        """Look until every one of `requests` is seen (bounded by `limit_s`); when each was."""
-        self.pending |= set(requests) - set(self.seen)
+    def wait(self, requests: list[str], limit_s: float) -> dict[str, dict[str, float]]:
+        """Look until every one of `requests` is paired (bounded by `limit_s`); when each reached each stage."""
+        self.pending |= {request for request in requests if "paired" not in self.seen.get(request, {})}
         deadline = time.monotonic() + limit_s
         while self.pending:
             if time.monotonic() > deadline:
@@ -161,19 +194,22 @@ def _post(connection: http.client.HTTPConnection, path: str, body: dict,
     return response
 
 
-def _figures(delays: list[float], intervals: dict[str, float], challengers: int, args: argparse.Namespace) -> dict:
+def _figures(delays: dict[str, list[float]], intervals: dict[str, float], challengers: int,
+             args: argparse.Namespace) -> dict:
     floor = sum(intervals.values())
-    p50, p95 = statistics.median(delays), float(np.percentile(delays, 95))
+    paired = delays["paired"]
+    p50, p95 = statistics.median(paired), float(np.percentile(paired, 95))
     return {
         "bench": "freshness",
-        "requests": len(delays),
+        "requests": len(paired),
         "challengers": challengers,
         "intervals_s": intervals,
         "floor_s": round3(floor),
         "probe_interval_s": args.probe_ms / 1000,
-        "freshness_s": {"p50": round3(p50), "p95": round3(p95), "min": round3(min(delays)), "max": round3(max(delays))},
+        "freshness_s": {"p50": round3(p50), "p95": round3(p95), "min": round3(min(paired)), "max": round3(max(paired))},
         "p50_vs_floor": ratio(p50, floor),
         "p95_vs_floor": ratio(p95, floor),
+        "stages_p50_s": {f"answered_to_{stage}": round3(statistics.median(values)) for stage, values in delays.items()},
     }
 
 
