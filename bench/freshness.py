@@ -95,14 +95,30 @@ def run(scratch: Path, args: argparse.Namespace) -> dict:
                 watch.look()
                 _sleep_looking(watch, args.gap_ms / 1000)
             seen = watch.wait(list(answered), WAIT_LIMIT_S)
+            stored = _stored_delays(registry, list(answered))
     return _figures({stage: [seen[request].get(stage, seen[request]["paired"]) - answered[request]
                              for request in answered] for stage in STAGES}, intervals, challengers, args) | {
-        "look_s": {"p50": round3(statistics.median(watch.look_s)), "max": round3(max(watch.look_s))}}
+        "look_s": {"p50": round3(statistics.median(watch.look_s)), "max": round3(max(watch.look_s))},
+        "stored_rows_p50_s": stored}
 
 
 STAGES = ("stored", "replayed", "paired")
 """What a look finds of a request: its traffic row stored by ingest, its shadow results with every
 challenger written by the runner, its pairs with every challenger stored by the scorer."""
+
+
+def _stored_delays(registry: Registry, requests: list[str]) -> dict[str, float]:
+    """Medians read off the stored rows' own timestamps (all written on this machine's clock): a
+    request's `ingested_at` after its `received_at` at the gateway, and a segment's `ingested_at`
+    after its creation (the time its name begins with: the gateway's flush), i.e. shipping and
+    waiting for ingest."""
+    with registry.database.reading() as db:
+        traffic = db.execute("SELECT median(epoch(ingested_at) - epoch(received_at)) FROM traffic "
+                             "WHERE request_id IN (SELECT unnest(?))", [requests]).fetchone()[0]
+        segments = db.execute(
+            "SELECT median(epoch(ingested_at) - CAST(split_part(split_part(segment, '/', 2), '-', 1) AS BIGINT) / 1000) "
+            "FROM spool_segments").fetchone()[0]
+    return {"received_to_ingested": round3(traffic), "segment_created_to_ingested": round3(segments)}
 
 
 def _role_host(workspace_dir: Path, role: str) -> Path:
