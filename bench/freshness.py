@@ -91,8 +91,9 @@ def run(scratch: Path, args: argparse.Namespace) -> dict:
             watch.wait([_ask(front, -1)], WAIT_LIMIT_S + sum(intervals.values()))
             answered = {}
             for number in range(args.requests):
-                answered[_ask(front, number)] = time.time()
-                watch.look()
+                request_id = _ask(front, number)
+                answered[request_id] = time.time()
+                watch.watch(request_id)
                 _sleep_looking(watch, args.gap_ms / 1000)
             seen = watch.wait(list(answered), WAIT_LIMIT_S)
             stored = _stored_delays(registry, list(answered))
@@ -141,6 +142,11 @@ class PairWatch:
         self.seen: dict[str, dict[str, float]] = {}
         self.last_look = 0.0
         self.look_s: list[float] = []
+
+    def watch(self, request_id: str) -> None:
+        """Look out for this request from now on (and look now, if it is time)."""
+        self.pending.add(request_id)
+        self.look()
 
     def look(self) -> None:
         """One look, if `probe_s` has passed since the last; each stage a request has reached gets
