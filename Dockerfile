@@ -33,9 +33,10 @@ ENV PATH=/opt/shadowzoo/.venv/bin:$PATH
 
 # Run as an unprivileged user that owns only the workspace. A host directory mounted on
 # /workspace must be writable by uid 10001.
+# /state: a container's own state_dir when the workspace is mounted read-only (ops/compose).
 RUN useradd --system --uid 10001 --user-group --home-dir /workspace --no-create-home shadowzoo \
-    && mkdir /workspace \
-    && chown shadowzoo:shadowzoo /workspace
+    && mkdir /workspace /state \
+    && chown shadowzoo:shadowzoo /workspace /state
 USER shadowzoo
 
 # The workspace: shadowzoo.yaml, zoo/, skills/ and state_dir (database, spool, routes.json).

@@ -54,6 +54,7 @@ from ops.roles import ADMIN, DAEMON_ROLES, INGEST, RUNNER, SCORER, describe
 from ops.state import DaemonInfo, DaemonLock
 from registry import Registry, ShadowzooError, Workspace
 from registry.workspace_config import DaemonConfig
+from scorer.changes import Mark
 from scorer.export import ExportOptions, ExportProgress, ExportSummary
 from shadow.runner import RunFilters, ShadowRunner
 from shadow.runner_worker import shadow_runner
@@ -97,7 +98,7 @@ class Daemon:
         self.jobs = JobBoard()
         self.stopping = asyncio.Event()
         self.last_runs: dict[str, dict] = {}
-        self.runner_mark: int | None = None  # None: the first pass after start looks at all traffic
+        self.runner_mark: Mark | None = None  # None: the first pass after start looks at all traffic
         self.runner: ShadowRunner | None = None
         self.reloading = asyncio.Lock()  # SIGHUP and the poll never apply a file twice at once
         self.started = time.time()
@@ -256,8 +257,8 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - the job fails, the runner goes on
                 job.finish(error=exc)
             return
-        mark = await asyncio.to_thread(self.context.traffic_seq)
-        report = await runner.run_once(RunFilters(after_seq=self.runner_mark),
+        mark, after_seq = await asyncio.to_thread(self.context.runner_pass, self.runner_mark)
+        report = await runner.run_once(RunFilters(after_seq=after_seq),
                                        progress=lambda r: self.metrics.queue_depth.set(r.total - r.done))
         self.runner_mark = mark  # the next pass looks only at traffic that arrived after this one began
         self.metrics.queue_depth.set(0)
@@ -298,8 +299,11 @@ class Daemon:
 
 
 def _checkpoint_and_close(registry: Registry) -> None:
-    with registry.database.reading() as db:
-        db.execute("CHECKPOINT")
+    """Fold a DuckDB file's WAL into it, then close. Not on the lake: its commits are durable as made,
+    and a CHECKPOINT there rewrites shared data, which daemons stopping at once refuse each other."""
+    if registry.database.path is not None:
+        with registry.database.reading() as db:
+            db.execute("CHECKPOINT")
     registry.close()
 
 

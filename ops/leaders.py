@@ -4,7 +4,9 @@ retention of each slot, and rotation, run in exactly one daemon among those with
 
 A job asks before each run, per slot (`leads`); a candidate that does not lead skips quietly,
 and takes over when the leader's session ends (it stopped, died, or lost PostgreSQL). On
-shutdown every leadership is resigned, so another daemon takes over at its next run.
+shutdown every leadership is resigned, so another daemon takes over at its next run. A job's
+lake commits run `fenced` by the epoch it won (`registry.fences`): once another daemon has
+taken over and written, a stale leader's commit is refused instead of counting work twice.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from registry.leadership import Leadership, job_name
+from registry.fences import Fence, fenced
+from registry.leadership import Leadership, NotLeader, job_name
 
 if TYPE_CHECKING:
     import psycopg
 
+    from registry.db import Database
     from registry.workspace_config import DistributedConfig
 
 
@@ -27,6 +33,11 @@ class EveryJob:
 
     def leads(self, job: str, slot: str | None = None) -> bool:
         return True
+
+    @contextmanager
+    def fenced(self, database: Database, job: str, slot: str | None = None) -> Iterator[None]:
+        """Nothing to fence: no other daemon writes."""
+        yield
 
     def resign(self) -> None:
         """Nothing is held."""
@@ -39,6 +50,8 @@ class ElectedJobs:
         self.config = config
         self.candidate = candidate or f"{config.host or socket.gethostname()}:{os.getpid()}"
         self._candidates: dict[str, Leadership] = {}
+        self._claimed: dict[str, int] = {}
+        """The epoch of each job whose fencing row this daemon has claimed on the lake."""
         self._guard = threading.Lock()  # jobs run in worker threads; each name's candidate is made once
 
     def leads(self, job: str, slot: str | None = None) -> bool:
@@ -47,6 +60,23 @@ class ElectedJobs:
         with self._guard:
             candidate = self._candidates.setdefault(name, Leadership(self._connect, name, self.candidate))
         return candidate.campaign()
+
+    @contextmanager
+    def fenced(self, database: Database, job: str, slot: str | None = None) -> Iterator[None]:
+        """Run the block as the leader of `job` (for `slot`), as elected by the last `leads`: its
+        lake commits are fenced by the epoch won, claimed on the lake before the first one.
+        `NotLeader` when this daemon does not lead it, or a newer leader has written since."""
+        name = job_name(job, slot)
+        with self._guard:
+            candidate = self._candidates.get(name)
+        if candidate is None or candidate.epoch is None:
+            raise NotLeader(f"{self.candidate} does not lead {name}")
+        fence = Fence(name, candidate.epoch, self.candidate)
+        if self._claimed.get(name) != fence.epoch:
+            fence.claim(database)
+            self._claimed[name] = fence.epoch
+        with fenced(fence):
+            yield
 
     def resign(self) -> None:
         """Give up every leadership at once (shutdown), so the other candidates take over."""

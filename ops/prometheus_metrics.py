@@ -1,8 +1,9 @@
 """The daemon's Prometheus metrics, derived from the database it owns.
 
 Counters and histograms of traffic, shadow calls, tokens and cost are fed from rows as
-they land (everything with a `seq` above the last one counted), so they agree with what
-the leaderboard reads. Gauges come from each scoring run; a retired variant's series are
+they land (everything written since the last count: `seq` above the last one counted in a
+DuckDB file, the change feed since the last snapshot counted on the lake), so they agree
+with what the leaderboard reads. Gauges come from each scoring run; a retired variant's series are
 removed. Labels stay bounded: slots and versions come from the registry, outcomes and
 roles from short fixed lists. (Gateway workers keep their own per-slot series; see
 `shadow.gateway.prometheus_metrics`.)
@@ -11,14 +12,18 @@ roles from short fixed lists. (Gateway workers keep their own per-slot series; s
 from __future__ import annotations
 
 import json
+import logging
 from typing import Iterable, Mapping
 
 import duckdb
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from registry.workspace_config import Price
+from scorer.changes import Mark, latest, still_readable, written_after
 from scorer.leaderboard_model import Leaderboard, Status
 from shadow.pricing import cost_usd
+
+log = logging.getLogger("shadowzoo.daemon")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
@@ -56,32 +61,37 @@ class DaemonMetrics:
                                    "Spool records ingest could not store, moved to the spool's quarantine/.", registry=r)
         self._boards: dict[str, set[str]] = {}
 
-    def count_new_rows(self, db: duckdb.DuckDBPyConnection, since_seq: int,
-                       champion_prices: Mapping[str, Price | None]) -> int:
-        """Feed counters and histograms from rows written after `since_seq`; return the new high seq.
+    def count_new_rows(self, db: duckdb.DuckDBPyConnection, since: Mark | None,
+                       champion_prices: Mapping[str, Price | None]) -> Mark:
+        """Feed counters and histograms from the rows written after `since` (every row when None);
+        return the mark they are counted up to. On the lake rows commit out of `seq` order (several
+        writers): what is new there is read off the change feed (`scorer.changes`), each row once.
 
         The champion's live spend is priced here (`champion_prices` by version); replayed
         answers carry the cost the runner stored.
         """
-        newest = since_seq
-        for slot, version, latency_ms, prompt, completion, usage_json, seq in db.execute(
-            "SELECT slot, champion_version, latency_ms, prompt_tokens, completion_tokens, usage_json, seq FROM traffic "
-            "WHERE seq > ? AND champion_version IS NOT NULL", [since_seq]).fetchall():
+        now = latest(db)
+        if now == since:
+            return now
+        if since is not None and still_readable(db, since) is None:
+            log.warning("the counters skip what was written while this daemon was paused: the lake's "
+                        "upkeep expired the snapshots after the last count")
+            return now
+        for slot, version, latency_ms, prompt, completion, usage_json in db.execute(
+            "SELECT slot, champion_version, latency_ms, prompt_tokens, completion_tokens, usage_json "
+            f"FROM {written_after('traffic', since, now)} WHERE champion_version IS NOT NULL").fetchall():
             cost = cost_usd(champion_prices.get(version), json.loads(usage_json) if usage_json else None)
             self._answer(slot, version, "champion", latency_ms, prompt, completion, cost)
-            newest = max(newest, seq)
-        for slot, version, role, status, latency_ms, prompt, completion, cost, seq in db.execute(
+        for slot, version, role, status, latency_ms, prompt, completion, cost in db.execute(
             "SELECT t.slot, s.version_id, s.role, s.status, s.latency_ms, s.prompt_tokens, s.completion_tokens, "
-            "s.cost_usd, s.seq FROM shadow_results s JOIN traffic t USING (request_id) WHERE s.seq > ?",
-                [since_seq]).fetchall():
+            f"s.cost_usd FROM {written_after('shadow_results', since, now)} s JOIN traffic t USING (request_id)"
+                ).fetchall():
             self.shadow_calls.labels(slot, version, status).inc()
             if status != "not_run":
                 self._answer(slot, version, role, latency_ms, prompt, completion, cost)
-            newest = max(newest, seq)
-        for cost, seq in db.execute("SELECT cost_usd, seq FROM metric_values WHERE seq > ?", [since_seq]).fetchall():
+        for (cost,) in db.execute(f"SELECT cost_usd FROM {written_after('metric_values', since, now)}").fetchall():
             self.eval_cost.inc(cost or 0.0)
-            newest = max(newest, seq)
-        return newest
+        return now
 
     def _answer(self, slot: str, version: str, role: str, latency_ms: float | None, prompt: int | None,
                 completion: int | None, cost: float | None) -> None:

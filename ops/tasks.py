@@ -16,7 +16,9 @@ from ops.leaders import ElectedJobs, EveryJob
 from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from registry import Workspace, read_routes, utcnow
+from registry.leadership import NotLeader
 from scorer.answerstats import period_stats
+from scorer.changes import Mark, latest, still_readable, written_after
 from scorer.guardrails import ERROR_RATE, P95_LATENCY, broken_guardrail, error_rate_delta, latency_ratio
 from scorer.pairing import reread_slot_worst
 from registry.workspace_config import Price, RetentionConfig, WorkspaceConfig
@@ -39,7 +41,8 @@ class TaskContext:
     workspace: Workspace
     operations: LocalOperations
     metrics: DaemonMetrics
-    metrics_seq: int = 0
+    metrics_mark: Mark | None = None
+    """Where the metrics have counted the data up to (None: nothing counted yet); rows written after it are new."""
     boards: dict[str, Any] = field(default_factory=dict)
     leaders: EveryJob | ElectedJobs = field(default_factory=EveryJob)
     """Which singleton jobs (per slot) this daemon runs: all of them, unless elected on `backend: distributed`."""
@@ -48,28 +51,35 @@ class TaskContext:
     def database(self):
         return self.operations.registry.database
 
-    def traffic_seq(self) -> int:
-        """The newest traffic row's seq: everything ingested so far is at or below it."""
+    def runner_pass(self, previous: Mark | None) -> tuple[Mark, int | None]:
+        """The data's mark now, and the `seq` a shadow runner's pass starts after so that it sees
+        every traffic row written since `previous` (the mark of the previous pass; None: all
+        traffic). In a DuckDB file that is `previous` itself; on the lake, where rows commit out
+        of `seq` order, it is below the lowest `seq` committed since (or past all traffic when none was)."""
         with self.database.reading() as db:
-            return int(db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchall()[0][0])
+            now = latest(db)
+            previous = still_readable(db, previous)  # expired while paused: a full pass, which skips what was answered
+            if previous is None or not previous.snapshot:
+                return now, previous.value if previous else None
+            low = db.execute(f"SELECT min(seq) - 1 FROM {written_after('traffic', previous, now)}").fetchone()[0]
+            if low is None:
+                low = db.execute(f"SELECT coalesce(max(seq), 0) FROM {written_after('traffic', None, now)}").fetchone()[0]
+            return now, int(low)
 
     def start_metrics(self) -> None:
         """Count only what happens from now on: Prometheus counters start at the process start."""
         with self.database.reading() as db:
-            self.metrics_seq = int(db.execute(
-                "SELECT greatest((SELECT max(seq) FROM traffic), (SELECT max(seq) FROM shadow_results), "
-                "(SELECT max(seq) FROM metric_values), 0)").fetchall()[0][0] or 0)
+            self.metrics_mark = latest(db)
 
 
 def ingest(context: TaskContext) -> dict[str, Any]:
-    """Spool into the database, then feed the counters from the new rows."""
-    spool = spool_dir(context.workspace.state_dir)
-    segments = ready_segments(spool)
-    context.metrics.spool_lag.set(segment_age_s(segments[0]) if segments else 0.0)
+    """Ingest the spool (on `backend: distributed`, the object store's segments), then feed the
+    counters from the rows written since they last counted, by any process."""
     report = context.operations.ingest()
+    context.metrics.spool_lag.set(report.lag_s)
     context.metrics.quarantined.inc(report.quarantined_records)
     with context.database.reading() as db:
-        context.metrics_seq = context.metrics.count_new_rows(db, context.metrics_seq, _champion_prices(context))
+        context.metrics_mark = context.metrics.count_new_rows(db, context.metrics_mark, _champion_prices(context))
     return {"segments": report.segments, "traffic": report.traffic_rows, "outcomes": report.outcome_rows,
             "quarantined": report.quarantined_records}
 
@@ -84,21 +94,32 @@ def _champion_prices(context: TaskContext) -> dict[str, Price | None]:
 def score(context: TaskContext) -> dict[str, Any]:
     """Re-score every slot with a champion that this daemon leads the scorer of; publish gauges;
     auto-promote where a slot allows it."""
-    operations = context.operations
     scored, newly_scored, promoted = 0, 0, []
     for slot in _served_slots(context, "scorer"):
-        board = operations.score(slot)
+        try:
+            with context.leaders.fenced(context.database, "scorer", slot):  # a stale leader neither scores nor promotes
+                board, promotion = _score_slot(context, slot)
+        except NotLeader as exc:
+            log.warning("%s", exc)
+            continue
         before = context.boards.get(slot)
         newly_scored += _scored(board) - (_scored(before) if before and before.period_id == board.period_id else 0)
         context.boards[slot] = board
         context.metrics.show_board(board)
         scored += 1
-        if _may_auto_promote(context, slot, board):
-            row = next(r for r in board.rows if board.recommendation and board.recommendation.endswith(r.version_id))
-            operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
-            promoted.append(row.version_id)
+        promoted += promotion
     context.metrics.show_budgets(_budgets_left(context))
     return {"slots": scored, "newly_scored": newly_scored, "auto_promoted": promoted}
+
+
+def _score_slot(context: TaskContext, slot: str) -> tuple[Any, list[str]]:
+    """Refresh one slot's board; promote its recommendation where the slot allows it (the version promoted)."""
+    board = context.operations.score(slot)
+    if not _may_auto_promote(context, slot, board):
+        return board, []
+    row = next(r for r in board.rows if board.recommendation and board.recommendation.endswith(r.version_id))
+    context.operations.promote(slot, row.version_id, AUTO_ACTOR, "auto_promote: ready on the leaderboard", False)
+    return board, [row.version_id]
 
 
 def did_work(counts: dict[str, Any]) -> bool:
@@ -181,8 +202,18 @@ def retention(context: TaskContext) -> dict[str, Any]:
     A slot's rows go after its `retention.traffic_days`. Rows of a slot no longer configured,
     and outcomes never joined to a request (feedback names no slot), go after the default
     window: nothing stays forever because its slot or request is unknown. Each slot's deletion runs
-    where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention.
+    where this daemon leads that slot's retention; the unjoined outcomes', where it leads retention,
+    as does, on `backend: distributed`, the upkeep of lease rows and of the lake. A leader that
+    lost its leadership meanwhile is refused before it deletes (`registry.fences`) and stops.
     """
+    try:
+        return _retention(context)
+    except NotLeader as exc:
+        log.warning("%s", exc)
+        return {}
+
+
+def _retention(context: TaskContext) -> dict[str, Any]:
     default = RetentionConfig().traffic_days
     windows = {slot: config.retention.traffic_days for slot, config in context.workspace.config.slots.items()}
     with context.database.reading() as db:
@@ -191,22 +222,44 @@ def retention(context: TaskContext) -> dict[str, Any]:
                   if context.leaders.leads("retention", slot))
     if not context.leaders.leads("retention"):
         return {"traffic_deleted": deleted}
-    with context.database.transaction() as db:
-        orphans = db.execute("DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?",
-                             [utcnow() - timedelta(days=default)]).fetchall()[0][0]
-    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans}
+    cutoff = utcnow() - timedelta(days=default)
+    with context.leaders.fenced(context.database, "retention"):
+        orphans = context.database.committed(lambda db: db.execute(
+            "DELETE FROM outcomes WHERE request_id IS NULL AND received_at < ?", [cutoff]).fetchall()[0][0])
+    return {"traffic_deleted": deleted, "unjoined_outcomes_deleted": orphans, **_distributed_upkeep(context)}
+
+
+def _distributed_upkeep(context: TaskContext) -> dict[str, Any]:
+    """On `backend: distributed`: the lease rows done or long expired, and the lake's snapshots
+    older than every scorer watermark and its small files (`registry.lake_maintenance`)."""
+    config = context.workspace.config
+    if config.backend != "distributed" or config.distributed is None:
+        return {}
+    from registry.distributed import connect_control
+    from registry.lake_maintenance import maintain_lake
+    from registry.leases import prune
+    from scorer.changes import oldest_needed
+
+    with connect_control(config.distributed, autocommit=True) as control:
+        counts = {"lease_rows_deleted": prune(control)}
+    with context.leaders.fenced(context.database, "retention"):
+        return counts | maintain_lake(context.database, oldest_needed)
 
 
 def _delete_traffic(context: TaskContext, slot: str, days: float) -> int:
     """Delete a slot's traffic older than `days`, with the rows that hang off it; returns how many requests."""
     cutoff = utcnow() - timedelta(days=days)
-    with context.database.transaction() as db:
+
+    def delete_in(db) -> int:
         old = "FROM traffic WHERE slot = ? AND received_at < ?"
         for table in ("shadow_results", "metric_values", "outcomes"):
             db.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id {old})", [slot, cutoff])
         db.execute(f"DELETE FROM paired WHERE request_seq IN (SELECT seq {old})", [slot, cutoff])
         reread_slot_worst(db, slot)
         return db.execute(f"DELETE {old}", [slot, cutoff]).fetchall()[0][0]
+
+    with context.leaders.fenced(context.database, "retention", slot):
+        return context.database.committed(delete_in)
 
 
 def rotate(context: TaskContext) -> dict[str, Any]:

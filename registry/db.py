@@ -153,11 +153,20 @@ class Database:
         """`work(connection)` in one transaction, done again (up to `attempts` times in all) when
         DuckLake refuses the commit for a conflict with a transaction another process committed
         meanwhile (two writers deleting or updating rows of one table). `work` must be safe to
-        run again: it is, when all it does is read and write through the connection."""
+        run again: it is, when all it does is read and write through the connection.
+
+        Inside an elected leader's job (`registry.fences.fenced`), the commit is fenced by its
+        epoch: refused (`NotLeader`, nothing written) once a newer leader has written."""
+        from registry.fences import active
+
+        fence = active() if self._distributed is not None else None
         for attempt in range(1, attempts + 1):
             try:
                 with self.transaction() as connection:
-                    return work(connection)
+                    done = work(connection)
+                    if fence is not None:
+                        fence.check(connection)
+                    return done
             except duckdb.TransactionException as exc:
                 if "conflict" not in str(exc).lower() or attempt == attempts:
                     raise
@@ -175,17 +184,19 @@ class Database:
                 self._distributed[1].reserve(self.connection, sequence, count)
 
     @contextmanager
-    def exclusive(self, name: str) -> Iterator[None]:
-        """Hold the lock `name` (e.g. one slot's scorer) for the block, waiting for another process
-        holding it. A DuckDB file is one process's already; on the distributed backend this is a
-        PostgreSQL advisory lock of a session of its own, ended with the block (or the process)."""
+    def exclusive(self, *names: str) -> Iterator[None]:
+        """Hold the locks `names` (e.g. one slot's scorer, or the segments of an ingest batch) for
+        the block, waiting for another process holding any of them. A DuckDB file is one process's
+        already; on the distributed backend these are PostgreSQL advisory locks of a session of
+        their own, ended with the block (or the process), taken in one order (no deadlock)."""
         if self._distributed is None:
             yield
             return
         from registry.distributed import connect_control
 
         with connect_control(self._distributed[0], autocommit=True) as session:
-            session.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [_EXCLUSIVE_LOCKS, name])
+            for name in sorted(set(names)):
+                session.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [_EXCLUSIVE_LOCKS, name])
             yield
 
     def limit(self, threads: int, memory_limit: str) -> None:

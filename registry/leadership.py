@@ -6,9 +6,10 @@ candidate tries to take (`pg_try_advisory_lock`, never waiting) on a connection 
 The lock lives as long as that session: when the leader's process dies (even `kill -9`) or
 PostgreSQL restarts, the session ends, the lock is free, and the next candidate to campaign
 takes it. Each new leader bumps the row's epoch. A leader checks it still leads before each
-run (one round trip); a run that outlives its leadership is refused where it writes, by
-`fence` (the epoch it won must still be the row's; the row is share-locked until the write
-commits, so a new leader's bump waits for it).
+run (one round trip); a run that outlives its leadership is refused where it writes: on the
+lake by `registry.fences` (the job's lake commits carry the epoch), in PostgreSQL by `fence`
+(the epoch it won must still be the row's; the row is share-locked until the write commits,
+so a new leader's bump waits for it).
 
 A session whose host vanishes without closing its socket (a partition, a frozen VM) holds
 the lock until PostgreSQL notices: TCP keepalives on the leader's connection bound that to

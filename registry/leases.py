@@ -17,6 +17,11 @@ claims at once. Results stay idempotent because a worker commits an item's outpu
 `fenced(token)`: the lease row stays locked until the output is written and the item marked
 done, so a stale holder is refused before it writes, and a commit that reached the data but
 not the ledger (a crash in between) is read once, by its idempotent key.
+
+Rows do not pile up: the retention job `prune`s those done, or expired and not claimed again,
+more than `KEPT_S` ago. A live holder renews its lease long before that, so its row (which
+its fence needs) is never deleted; a holder stalled past it finds its token gone and is
+refused (`LeaseLost`), as if another worker had claimed the item.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ from registry.errors import ShadowzooError
 
 if TYPE_CHECKING:
     import psycopg
+
+KEPT_S = 86_400.0
+"""How long a completed lease row, or one expired and never claimed again, is kept before `prune`
+deletes it: long past any run that planned its item before it was done (a done row keeps that
+item from being offered again while such a plan may still offer it)."""
 
 
 class LeaseLost(ShadowzooError):
@@ -131,3 +141,14 @@ class WorkLeases:
         with self.connection.transaction():
             return self.connection.execute("SELECT count(*) FROM work_leases WHERE kind = %s AND done_at IS NULL",
                                            [self.kind]).fetchone()[0]
+
+
+def prune(connection: "psycopg.Connection", kept_s: float = KEPT_S) -> int:
+    """Delete the lease rows, of every kind, done or expired more than `kept_s` ago; returns how many.
+
+    Open items never claimed, and leases held (expiring in the future, or expired within
+    `kept_s`), stay: their work is not done, and their holder's fence needs the row."""
+    with connection.transaction():
+        return connection.execute(
+            "DELETE FROM work_leases WHERE coalesce(done_at, expires_at) < now() - make_interval(secs => %s)",
+            [kept_s]).rowcount

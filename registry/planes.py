@@ -33,6 +33,8 @@ writes tables of both planes had to be settled:
   daemon, spend is read off `shadow_results` and `metric_values`.
 Neither engine takes `INSERT … RETURNING` through DuckDB: a promotion is read back, a
 period's id is taken from its sequence first.
+- an elected leader's lake commits also rewrite its fencing row, `leader_fences`, on the
+  lake (`registry.fences`), the distributed backend's own table like `lake_migrations`.
 - a migration that creates tables of both planes is applied in two commits: the lake's part
   with its row in `lake_migrations` (the lake's own ledger), then the control part with its
   row in `schema_migrations`; a crash in between re-applies only the part not recorded.
@@ -49,6 +51,7 @@ from typing import TYPE_CHECKING, Literal
 
 from registry.db import utcnow
 from registry.errors import DatabaseError
+from registry.fences import FENCES_TABLE
 from registry.migrations import LATEST, MIGRATIONS
 
 if TYPE_CHECKING:
@@ -149,6 +152,7 @@ def _migrate(connection: "duckdb.DuckDBPyConnection", control: "psycopg.Connecti
                     "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
     connection.execute("CREATE TABLE IF NOT EXISTS lake.main.lake_migrations (version INTEGER NOT NULL, "
                        "applied_at TIMESTAMP NOT NULL)")
+    connection.execute(FENCES_TABLE)
     applied = {row[0] for row in control.execute("SELECT version FROM schema_migrations")}
     if max(applied, default=0) > LATEST:
         raise DatabaseError(

@@ -450,6 +450,14 @@ class DistributedConfig(Strict):
         "A DuckDB extension directory holding ducklake, postgres and httpfs, for hosts without internet access; "
         "when unset, DuckDB installs them from its repository on first use."
     ))
+    segment_lease_ttl_s: float = Field(300.0, gt=0, description=(
+        "How long an ingest worker holds a segment it claimed (never renewed: above the longest ingest of one "
+        "batch): how long a killed worker's segments wait before another ingest worker takes them."
+    ))
+    replay_lease_ttl_s: float = Field(30.0, gt=0, description=(
+        "How long a runner holds a replay batch without renewing it (it renews every third of it): how long a "
+        "killed runner's batches wait before another runner takes them."
+    ))
 
     @field_validator("postgres_url")
     @classmethod

@@ -20,6 +20,12 @@ text), or when their tool calls differ; an error (or a call not run) is not a di
 
 `tags` keeps the requests carrying every given tag, by the condition a leaderboard slice
 selects its requests with (`scorer.slices.tags_sql`).
+
+On the lake (`backend: distributed`) several writers commit out of `seq` order, but a row
+keeps its `seq` (and a pair its `d_net`) for good: a keyset cursor still never repeats a row,
+and one committed after the first page with a `seq` below the cursor shows on a later page.
+A result two runners both stored (a lease lost mid-flight) lists its request once, with the
+first answer written, as the scorer reads it.
 """
 
 from __future__ import annotations
@@ -136,7 +142,7 @@ def _worst_page(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: st
 
     def first(table: str) -> list[int]:
         return [row[0] for row in db.execute(
-            f"SELECT p.request_seq FROM {table} p{joins} WHERE {' AND '.join(conditions)} "
+            f"SELECT DISTINCT p.request_seq, p.d_net FROM {table} p{joins} WHERE {' AND '.join(conditions)} "
             f"ORDER BY p.d_net, p.request_seq DESC LIMIT {request.limit + 1}").fetchall()]
 
     # `worst_pairs` holds the first pairs of this very order: when it has the page (and one
@@ -181,7 +187,7 @@ def _matching(db: duckdb.DuckDBPyConnection, request: RequestFilter, focus: str 
     conditions = [f"t.slot = {sql_literal(request.slot)}", within("t.seq"), _on_traffic(request),
                   *_filters(request, focus, disagreement, within)]
     return [row[0] for row in db.execute(
-        f"SELECT t.seq FROM traffic t{joins} WHERE {' AND '.join(conditions)} ORDER BY t.seq DESC LIMIT {limit + 1}"
+        f"SELECT DISTINCT t.seq FROM traffic t{joins} WHERE {' AND '.join(conditions)} ORDER BY t.seq DESC LIMIT {limit + 1}"
     ).fetchall()]
 
 
@@ -200,7 +206,8 @@ def _rows(db: duckdb.DuckDBPyConnection, focus: str | None, seqs: list[int], ord
     if focus is not None:
         version = sql_literal(focus)
         joins = (f" LEFT JOIN (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
-                 f"AND {among('request_seq')}) s ON s.request_seq = t.seq"
+                 f"AND {among('request_seq')} QUALIFY row_number() OVER (PARTITION BY request_seq ORDER BY seq) = 1) s "
+                 "ON s.request_seq = t.seq"
                  f" LEFT JOIN (SELECT * FROM {pairs} WHERE version_id = {version} AND period_id = {period or 0} "
                  f"AND {among('request_seq')}) p ON p.request_seq = t.seq")
         columns = f"{version}, s.status, s.output, s.error, p.d_net"

@@ -10,7 +10,8 @@ There a mark is a DuckLake snapshot id (the one a transaction reads): what was c
 after it is read off DuckLake's change feed (`ducklake_table_insertions`, which reads the
 files and inlined rows those snapshots added, nothing older), and the data as it stood is
 read by time travel (`AT (VERSION => …)`). The scoring SQL is the same on both: it names its
-tables through `Mark.table` and its as-of conditions through `Mark.written`.
+tables through `Mark.table` and its as-of conditions through `Mark.written`. The lake's upkeep
+keeps every snapshot from the oldest watermark on (`oldest_needed`, `registry.lake_maintenance`).
 """
 
 from __future__ import annotations
@@ -57,9 +58,26 @@ def latest(db: duckdb.DuckDBPyConnection) -> Mark:
     return Mark(int(db.execute(f"SELECT greatest({highest}, 0)").fetchone()[0] or 0))
 
 
+def oldest_needed(db: duckdb.DuckDBPyConnection) -> int | None:
+    """The oldest lake snapshot a refresh still reads (the lowest watermark: its change feed starts
+    there, and its rows as they stood then), or None before any slot was scored."""
+    row = db.execute("SELECT min(seq) FROM scoring_watermarks").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def still_readable(db: duckdb.DuckDBPyConnection, since: Mark | None) -> Mark | None:
+    """`since`, or None when the lake's upkeep has expired a snapshot after it: a mark a process
+    held in memory (a daemon's counters, its runner's last pass) while paused past the snapshots
+    kept, whose change feed can no longer be read. A scorer watermark is never expired."""
+    if since is None or not since.snapshot:
+        return since
+    oldest = db.execute(f"SELECT min(snapshot_id) FROM ducklake_snapshots('{LAKE}')").fetchone()[0]
+    return since if oldest is None or since.value + 1 >= oldest else None
+
+
 def touched_requests(since: Mark, now: Mark) -> str:
     """SQL for the `request_seq` of the requests whose rows changed after `since`, up to `now`."""
-    new = {table: _written_after(table, since, now) for table in CHANGED_TABLES}
+    new = {table: written_after(table, since, now) for table in CHANGED_TABLES}
     return (
         f"SELECT seq AS request_seq FROM {new['traffic']} "
         f"UNION SELECT request_seq FROM {new['shadow_results']} WHERE request_seq IS NOT NULL "
@@ -68,8 +86,21 @@ def touched_requests(since: Mark, now: Mark) -> str:
     )
 
 
-def _written_after(table: str, since: Mark, now: Mark) -> str:
-    """The rows of `table` written after `since` (and by `now`), as a relation."""
+def request_touched(since: Mark, now: Mark, request_seq: int, request_id: str) -> tuple[str, list[str]]:
+    """SQL (and its parameters) for whether a row of one request (its traffic, a result, an
+    outcome or a metric value) was written after `since`, up to `now`: on the lake off the
+    change feed, whatever its `seq`."""
+    rows = {"traffic": f"seq = {int(request_seq)}", "shadow_results": f"request_seq = {int(request_seq)}",
+            "outcomes": f"request_seq = {int(request_seq)}", "metric_values": "request_id = ?"}
+    return "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {written_after(table, since, now)} WHERE {condition})"
+                                   for table, condition in rows.items()), [request_id]
+
+
+def written_after(table: str, since: Mark | None, now: Mark) -> str:
+    """The rows of `table` written after `since` (all of them when None) and by `now`, as a relation:
+    in a DuckDB file by their `seq`, on the lake by the snapshot that committed them."""
+    if since is None:
+        return f"(SELECT * FROM {now.table(table)} WHERE true {now.written('seq')})"
     if since.snapshot:
         return f"ducklake_table_insertions('{LAKE}', 'main', '{table}', {since.value + 1}, {now.value})"
-    return f"(SELECT * FROM {table} WHERE seq > {since.value})"
+    return f"(SELECT * FROM {table} WHERE seq > {since.value} AND seq <= {now.value})"

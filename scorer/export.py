@@ -38,7 +38,7 @@ from registry.db import registered
 from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.exportformat import ExportFormat
 from scorer.quality_metrics import plan_quality, sql_literal
-from scorer.changes import Mark, latest
+from scorer.changes import Mark, latest, on_lake
 from shadow.pricing import workspace_prices
 
 EPOCH = datetime(1970, 1, 1)
@@ -97,9 +97,10 @@ def export_answers(registry: Registry, options: ExportOptions, path: Path,
         raise NotFound(f"--version: {options.version!r} is not a version of slot {options.slot!r}")
     prices = variant_prices(variants, workspace_prices(registry.workspace)).to_arrow()
     with registry.database.reading() as db:
+        as_of = latest(db)
         # with no request, one empty range still gives the file its header or schema
-        chunks = request_chunks(db, options.slot, options.since or EPOCH, chunk_requests) or [(0, -1, 0)]
-        rows = ExportRows(registry.workspace, options, as_of=latest(db))
+        chunks = request_chunks(db, options.slot, options.since or EPOCH, chunk_requests, as_of) or [(0, -1, 0)]
+        rows = ExportRows(registry.workspace, options, as_of=as_of, duplicates=on_lake(db))
     done = ExportProgress(requests_total=sum(count for _, _, count in chunks))
     progress(done)
     with _staged(path) as staging, _writer(options.format, staging) as write:
@@ -114,9 +115,11 @@ def export_answers(registry: Registry, options: ExportOptions, path: Path,
 class ExportRows:
     """The SQL of the exported rows, for one range of requests at a time."""
 
-    def __init__(self, workspace: Workspace, options: ExportOptions, as_of: Mark | None = None) -> None:
+    def __init__(self, workspace: Workspace, options: ExportOptions, as_of: Mark | None = None,
+                 duplicates: bool = False) -> None:
         self.options = options
         self.as_of = as_of  # read the rows as they stood at this mark
+        self.duplicates = duplicates  # a result may be stored twice (the lake: `AnswerQuery.duplicates`)
         config = workspace.slot(options.slot)
         self.metrics = config.metrics
         self.plan = plan_quality(config.metrics, f"slots.{options.slot}.metrics")
@@ -125,7 +128,7 @@ class ExportRows:
     def sql(self, requests: str) -> str:
         """The rows of the requests whose traffic `seq` satisfies the SQL condition `requests`."""
         query = AnswerQuery(slot=self.options.slot, since=self.options.since or EPOCH, plan=self.plan,
-                            scoring=self.scoring, requests=requests, as_of=self.as_of)
+                            scoring=self.scoring, requests=requests, as_of=self.as_of, duplicates=self.duplicates)
         answers = (f"WITH live AS MATERIALIZED ({query.live_sql()}) "
                    f"SELECT * FROM live UNION ALL BY NAME SELECT * FROM ({query.replayed_sql('live')})")
         scored = f"SELECT *{self._metric_columns()} FROM ({answers})"
@@ -196,11 +199,15 @@ def _label_turn_sql() -> str:
     return f"json_object('role', 'assistant', 'content', {text})"
 
 
-def request_chunks(db: duckdb.DuckDBPyConnection, slot: str, since: datetime, size: int) -> list[tuple[int, int, int]]:
-    """The slot's requests since `since` as (first seq, last seq, count) ranges of at most `size` requests."""
+def request_chunks(db: duckdb.DuckDBPyConnection, slot: str, since: datetime, size: int,
+                   as_of: Mark) -> list[tuple[int, int, int]]:
+    """The slot's requests since `since`, as they stood at `as_of` (the mark the export reads at:
+    on the lake a row committed later may hold a lower `seq`), as (first seq, last seq, count)
+    ranges of at most `size` requests."""
     return [tuple(row) for row in db.execute(
         "SELECT min(seq), max(seq), count(*) FROM (SELECT seq, (row_number() OVER (ORDER BY seq) - 1) // ? AS chunk "
-        "FROM traffic WHERE slot = ? AND received_at >= ?) GROUP BY chunk ORDER BY 1", [size, slot, since]).fetchall()]
+        f"FROM {as_of.table('traffic')} WHERE slot = ? AND received_at >= ? {as_of.written('seq')}) "
+        "GROUP BY chunk ORDER BY 1", [size, slot, since]).fetchall()]
 
 
 Write = Callable[[duckdb.DuckDBPyConnection, str], int]

@@ -236,11 +236,13 @@ def _with_attempts(verdict: Verdict, calls: int) -> str | None:
 
 
 async def judge_rows(pool: ProviderPool, prices: Mapping[str, Price], metric: JudgeMetric, key: str,
-                     rows: pl.DataFrame, spent_today_usd: float) -> JudgeRun:
+                     rows: pl.DataFrame, cap: DailyCap) -> JudgeRun:
     """Grade the sampled answers of `rows` (request_id, version_id, output, label_json, request_json,
     and tool_calls_json when the answers may have made tool calls).
 
-    `spent_today_usd` is what judge `key` already spent this UTC day (`judge_spend_today`).
+    `cap` holds judge `key`'s daily budget, less what it already spent this UTC day
+    (`judge_spend_today`): the whole of it on one host, slices of the shared one on
+    `backend: distributed` (`shadow.budget_slices.run_cap`); the pass releases it at its end.
     Calls run a few at a time (the provider's own limits apply as well).
     """
     sampled = [row for row in rows.sort("request_id", "version_id").iter_rows(named=True)
@@ -253,8 +255,9 @@ async def judge_rows(pool: ProviderPool, prices: Mapping[str, Price], metric: Ju
         refusal = _refusal(metric, client)
         log.warning("judge %s not called: %s", key, refusal)
         return _summary(key, sampled, [RowValue(None, refusal) for _ in sampled], calls=0)
-    judge = _Judge(client, price, metric, DailyCap(metric.daily_budget_usd, spent_today_usd))
+    judge = _Judge(client, price, metric, cap)
     results = await _judge_all(judge, sampled)
+    await cap.release()
     run = _summary(key, sampled, results, judge.calls)
     log.info("judge %s (%s/%s): %d sampled, %d scored, %d errors, %d skipped for budget, %d calls, $%.6f",
              key, metric.provider, metric.model, run.sampled, run.values.height - run.errors, run.errors,
@@ -300,13 +303,13 @@ def _summary(key: str, sampled: list[dict[str, Any]], results: list[RowValue | N
 
 
 def run_judge(providers: Mapping[str, ProviderConfig], prices: Mapping[str, Price], metric: JudgeMetric, key: str,
-              rows: pl.DataFrame, spent_today_usd: float) -> JudgeRun:
+              rows: pl.DataFrame, cap: DailyCap) -> JudgeRun:
     """`judge_rows` for synchronous callers (the scorer): on its own event loop, with a pool it closes after."""
 
     async def run() -> JudgeRun:
         pool = ProviderPool(providers)
         try:
-            return await judge_rows(pool, prices, metric, key, rows, spent_today_usd)
+            return await judge_rows(pool, prices, metric, key, rows, cap)
         finally:
             await pool.aclose()
 

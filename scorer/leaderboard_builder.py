@@ -67,13 +67,16 @@ def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime, ta
 
     Not-run rows are few and recent (a budget or a pause), so their request range is read
     first: the join then reads only that range of traffic, and nothing when there are none.
+    Both reads run in the caller's transaction, one snapshot, so the range covers every row
+    counted, in whatever order writers committed them. A request counts once per challenger:
+    on the lake two runners that both held a lost lease may both have stored its not-run row.
     """
     low, high = db.execute(
         "SELECT min(request_seq), max(request_seq) FROM shadow_results WHERE status = 'not_run'").fetchone()
     if low is None:
         return {}
     return dict(db.execute(
-        "SELECT s.version_id, count(*) FROM shadow_results s JOIN traffic t ON t.seq = s.request_seq "
+        "SELECT s.version_id, count(DISTINCT s.request_seq) FROM shadow_results s JOIN traffic t ON t.seq = s.request_seq "
         f"WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' AND t.seq BETWEEN ? AND ? AND {tags} "
         "GROUP BY s.version_id", [slot, since, low, high]).fetchall())
 

@@ -52,13 +52,11 @@ def current_period(db: duckdb.DuckDBPyConnection, slot: str, champion: str, cham
     it answered before the first scoring run counts; one opened for new settings starts now.
     A new period's id is reserved first with `reserve` when given (`Database.reserve`).
     """
+    standing = standing_period(db, slot, champion, settings)
+    if standing is not None:
+        return standing
     settings_hash = sha256_text(canonical_json(settings))
-    latest = db.execute(
-        "SELECT period_id, slot, champion_version, settings_hash, started_at, reason FROM evaluation_periods "
-        "WHERE slot = ? ORDER BY period_id DESC LIMIT 1", [slot]
-    ).fetchone()
-    if latest is not None and latest[2] == champion and latest[3] == settings_hash:
-        return Period(*latest)
+    latest = _latest(db, slot)
     started_at = champion_since
     if latest is None:
         reason = "first period"
@@ -76,6 +74,20 @@ def current_period(db: duckdb.DuckDBPyConnection, slot: str, champion: str, cham
         [period_id, slot, champion, settings_hash, json.dumps(settings), reason, started_at],
     )
     return Period(period_id, slot, champion, settings_hash, started_at, reason)
+
+
+def standing_period(db: duckdb.DuckDBPyConnection, slot: str, champion: str, settings: dict[str, Any]) -> Period | None:
+    """The slot's open period if `current_period` would keep it (a read only: no transaction needed)."""
+    latest = _latest(db, slot)
+    if latest is not None and latest[2] == champion and latest[3] == sha256_text(canonical_json(settings)):
+        return Period(*latest)
+    return None
+
+
+def _latest(db: duckdb.DuckDBPyConnection, slot: str) -> tuple | None:
+    return db.execute(
+        "SELECT period_id, slot, champion_version, settings_hash, started_at, reason FROM evaluation_periods "
+        "WHERE slot = ? ORDER BY period_id DESC LIMIT 1", [slot]).fetchone()
 
 
 def _changed_keys(db: duckdb.DuckDBPyConnection, period_id: int, settings: dict[str, Any]) -> str:

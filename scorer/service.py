@@ -30,13 +30,14 @@ from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.leaderboard_model import Comparison, EvidencePoint, JudgeState, Leaderboard
 from scorer.answerstats import period_stats
 from scorer.leaderboard_builder import BoardInputs, build_board, describe, not_run_counts
-from registry.workspace_config import JudgeMetric, SlotConfig
+from registry.workspace_config import DistributedConfig, JudgeMetric, SlotConfig
 from scorer.judge import judge_spend_today, run_judge
 from scorer.quality_metrics import QualityPlan, plan_quality, sampled_sql
 from scorer.changes import latest, on_lake
 from scorer.pairing import load_moments, merge_moments, save_watermark, score_changes, watermark
-from scorer.periods import Period, challenger_alphas, current_period, slot_settings
+from scorer.periods import Period, challenger_alphas, current_period, slot_settings, standing_period
 from scorer.prices import sync_prices
+from shadow.budget_slices import run_cap
 from shadow.pauses import PauseSet, read_pauses
 from shadow.pricing import price_of
 from scorer.rowmetrics import evaluate_rows, evaluator_for, pending_answers, store_values
@@ -98,7 +99,9 @@ class Scorer:
                         if (m := v.config.get("model")) and (price := price_of(prices, m))}
         since_promotion = self.registry.champion_since(slot) or utcnow()
         settings = slot_settings(self.workspace.slot(slot), model_prices)
-        return self.database.committed(
+        with self.database.reading() as db:  # most refreshes keep the period: they need not commit for it
+            standing = standing_period(db, slot, champion.version_id, settings)
+        return standing or self.database.committed(
             lambda db: current_period(db, slot, champion.version_id, since_promotion, settings, self.database.reserve))
 
     def history(self, slot: str, limit: int = 200) -> list[EvidencePoint]:
@@ -140,7 +143,8 @@ class Scorer:
             # a view: the period's requests (its champion's) of the slice, or every request since `since`
             champion_only = period.champion_version if period is not None and since is None else None
             stats = describe(db, AnswerQuery(slot=slot, since=window, plan=plan, scoring=config.scoring,
-                                             champion=champion_only, tags=tags_sql(where) if where else None))
+                                             champion=champion_only, tags=tags_sql(where) if where else None,
+                                             duplicates=on_lake(db)))
         return build_board(BoardInputs(
             slot=slot, scoring=config.scoring, period=period, champion=champion, challengers=challengers,
             alphas=alphas, moments=moments, stats=stats, not_run=not_run_counts(db, slot, window, tags),
@@ -190,7 +194,8 @@ class Scorer:
                            unjudged=rows.height)
         if rows.is_empty():
             return state
-        run = run_judge(self.workspace.config.providers, prices, metric, key, rows, spent)
+        with run_cap(self._distributed, f"judge/{key}", metric.daily_budget_usd, spent) as cap:
+            run = run_judge(self.workspace.config.providers, prices, metric, key, rows, cap)
         if run.calls == 0 and run.errors:
             log.warning("slots.%s judge %s: %s", slot, key, run.values["error"][0])
             return state
@@ -199,6 +204,12 @@ class Scorer:
         store_values(self.database, run.values)
         return state.model_copy(update={"spent_today_usd": spent + run.spent_usd,
                                         "unjudged": rows.height - run.values.height})
+
+    @property
+    def _distributed(self) -> DistributedConfig | None:
+        """The control plane holding the judges' shared budgets, on `backend: distributed`."""
+        config = self.workspace.config
+        return config.distributed if config.backend == "distributed" else None
 
     def _paused(self, db: duckdb.DuckDBPyConnection, challengers: list[Variant]) -> set[str]:
         return PauseSet(read_pauses(db)).paused(v.version_id for v in challengers)

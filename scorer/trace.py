@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from registry import ConfigError, NotFound, Registry, Variant
 from scorer.answer_query import AnswerQuery, variant_prices, variant_prices_sql
+from scorer.changes import Mark, latest, on_lake, request_touched
 from scorer.quality_metrics import plan_quality, sql_literal
 from shadow.pricing import effective_prices
 
@@ -116,14 +117,15 @@ def trace_request(registry: Registry, key: str, slot: str | None = None) -> Requ
         variants = registry.variants(slot=traffic["slot"])
         prices = {model: price for model, (price, _) in effective_prices(registry.workspace).items()}
         query = AnswerQuery(slot=traffic["slot"], since=EPOCH, plan=plan_quality(config.metrics, f"slots.{traffic['slot']}.metrics"),
-                            scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}")
+                            scoring=config.scoring, requests=f"seq = {int(traffic['seq'])}", duplicates=on_lake(db))
         scored = _scored(db, query, variant_prices(variants, prices), [m.key for m in config.metrics])
         stored = _stored(db, traffic)
+        waiting = _waits_for_refresh(db, stored, traffic)
     answers = _answers(traffic, scored, stored.results, variants)
     for answer in answers:
         if answer.role == "challenger":
             answer.pair = _pair(answer, scored.get(answer.version_id), stored.pairs.get(answer.version_id),
-                                stored.period, stored.watermark, variants, traffic, query.plan.needs_label)
+                                stored.period, waiting, variants, traffic, query.plan.needs_label)
     champion = next((a for a in answers if a.role == "champion"), None)
     return RequestTrace(
         request_id=traffic["request_id"], client_request_id=traffic["client_request_id"], slot=traffic["slot"],
@@ -239,7 +241,7 @@ class _Stored:
     period: PeriodTrace | None
     """The slot's latest period started by the time the request was received."""
     watermark: tuple[int, int] | None
-    """The slot's scoring watermark: (period_id, seq)."""
+    """The slot's scoring watermark: (period_id, its mark's value: a `seq`, or on the lake a snapshot id)."""
 
 
 def _stored(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> _Stored:
@@ -251,7 +253,8 @@ def _stored(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> _Stored:
     row = _rows(db, f"""
         SELECT * FROM
             (SELECT list({{'version_id': version_id, 'role': role, 'status': status, 'error': error}} ORDER BY version_id)
-                    AS results FROM shadow_results WHERE request_seq = {seq}),
+                    AS results FROM (SELECT * FROM shadow_results WHERE request_seq = {seq}
+                                     QUALIFY row_number() OVER (PARTITION BY version_id ORDER BY seq) = 1)),
             (SELECT list({{'period_id': period_id, 'version_id': version_id, 'd_net': d_net, 'd_quality': d_quality,
                           'd_cost': d_cost}} ORDER BY period_id) AS pairs FROM paired WHERE request_seq = {seq}),
             (SELECT list({{'kind': kind, 'value_json': value_json, 'received_at': received_at}} ORDER BY received_at, seq)
@@ -265,19 +268,29 @@ def _stored(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> _Stored:
                    watermark=tuple(row["watermark"]) if row["watermark"] else None)
 
 
+def _waits_for_refresh(db: duckdb.DuckDBPyConnection, stored: _Stored, traffic: dict[str, Any]) -> bool:
+    """Whether the next refresh scores the request: its period is not scored yet, or a row of it
+    was written after the slot's watermark (on the lake a snapshot: read off the change feed,
+    since there a row's `seq` does not say when it was committed)."""
+    if stored.watermark is None or stored.period is None or stored.watermark[0] != stored.period.period_id:
+        return True
+    now = latest(db)
+    sql, params = request_touched(Mark(stored.watermark[1], now.snapshot), now, traffic["seq"], traffic["request_id"])
+    return bool(db.execute(sql, params).fetchone()[0])
+
+
 def _pair(answer: AnswerTrace, row: dict[str, Any] | None, pair: dict[str, Any] | None, period: PeriodTrace | None,
-          watermark: tuple[int, int] | None, variants: list[Variant], traffic: dict[str, Any], needs_label: bool) -> PairTrace:
+          waiting: bool, variants: list[Variant], traffic: dict[str, Any], needs_label: bool) -> PairTrace:
     """The pair a challenger's answer entered, or the first reason it did not."""
     if pair is not None:
         return PairTrace(entered=True, period_id=pair["period_id"], d_net=pair["d_net"], d_quality=pair["d_quality"],
                          d_cost=pair["d_cost"], reason=f"paired in evaluation period {pair['period_id']}")
     return PairTrace(entered=False, period_id=period.period_id if period else None,
-                     reason=_unpaired_reason(answer, row, period, watermark, variants, traffic, needs_label))
+                     reason=_unpaired_reason(answer, row, period, waiting, variants, traffic, needs_label))
 
 
 def _unpaired_reason(answer: AnswerTrace, row: dict[str, Any] | None, period: PeriodTrace | None,
-                     watermark: tuple[int, int] | None, variants: list[Variant], traffic: dict[str, Any],
-                     needs_label: bool) -> str:
+                     waiting: bool, variants: list[Variant], traffic: dict[str, Any], needs_label: bool) -> str:
     created = next((v.created_at.replace(tzinfo=None) for v in variants if v.version_id == answer.version_id), None)
     reasons = [
         (answer.status in ("not_run", "missing"), "no answer: nothing to pair"),
@@ -289,8 +302,7 @@ def _unpaired_reason(answer: AnswerTrace, row: dict[str, Any] | None, period: Pe
         (answer.cost_usd is None, "cost unknown: no price for the variant's model"),
         (answer.quality is None, "quality unknown: a metric's value is missing (judge not graded yet, or it failed)"),
         ((row or {}).get("champion_net") is None, "the champion's answer is not scored (no label, price or metric value)"),
-        (watermark is None or watermark[0] != (period.period_id if period else None) or watermark[1] < traffic["seq"],
-         "not scored yet: the next refresh pairs it"),
+        (waiting, "not scored yet: the next refresh pairs it"),
     ]
     return next((reason for applies, reason in reasons if applies), "complete, but not in the period's pairs")
 

@@ -24,14 +24,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
+from registry import utcnow
 from shadow.budget import DailyCap
 
 if TYPE_CHECKING:
     import psycopg
+
+    from registry.workspace_config import DistributedConfig
 
 SLICE_S = 10.0
 """A slice is about this many seconds of the runner's recent spend."""
@@ -146,3 +151,19 @@ class SlicedCap(DailyCap):
         window = min(RATE_WINDOW_S, max(1.0, now - self._started))
         rate = sum(cost for _, cost in self._recent) / window
         return max(MIN_CALLS_PER_SLICE * estimate, rate * SLICE_S, self.committed + estimate - self.held)
+
+
+@contextmanager
+def run_cap(config: "DistributedConfig | None", scope: str, limit_usd: float, spent_usd: float) -> Iterator[DailyCap]:
+    """The cap of `scope` for one run (a judge's pass): with a distributed `config`, slices of the
+    scope's shared cap for today (UTC), on a connection of the run's own, closed after it; without
+    one (embedded), the whole cap, less `spent_usd`. The run `release`s it when it ends."""
+    if config is None:
+        yield DailyCap(limit_usd, spent_usd)
+        return
+    from registry.control_plane import migrate_control
+    from registry.distributed import connect_control
+
+    with connect_control(config, autocommit=True) as connection:
+        migrate_control(connection)
+        yield SlicedCap(BudgetLedger(connection), scope, utcnow().date(), limit_usd, spent_usd)

@@ -15,8 +15,11 @@ The staged rows and the batch's `spool_segments` rows commit in one transaction,
 table appended in one statement; only then are the segments deleted (or archived). Keys
 (`traffic.request_id`, `outcomes.outcome_id`, `spool_segments.segment`) make every step
 idempotent: a segment seen twice, a record in two segments, or a crash anywhere re-does
-work without duplicating a row. After each batch, outcomes that arrived before their
-traffic are joined to it. Segments come from a `shadow.spool_source.SegmentSource`: the
+work without duplicating a row. On the lake, which has no keys, two workers both holding a
+segment (one lost its lease mid-commit) would each append its rows unseen by the other's
+transaction: a batch is ingested holding a lock per segment in PostgreSQL, so the second
+begins after the first committed and finds the segment in the ledger. After each batch,
+outcomes that arrived before their traffic are joined to it. Segments come from a `shadow.spool_source.SegmentSource`: the
 local spool directory, or the object store the gateway hosts ship to, whose ledger keys
 name the host as well (`<host>/<name>`).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +48,12 @@ from shadow.toolcalls import calls_sql, tool_calls_json
 
 _STORE_ERRORS = (duckdb.Error, pa.ArrowException, ValueError, OverflowError)
 """What storing a record that passed the record models can still raise (e.g. text that is not Unicode)."""
+_STORE_UNAVAILABLE = (duckdb.IOException, duckdb.ConnectionException, duckdb.TransactionException)
+"""Errors of the store, not of a segment (PostgreSQL or the object store unreachable, a disk full, commits
+refused for conflicts after the retries): the run fails and its segments wait for the next, never quarantined."""
 STAGING = "_spool_staging"
+SEGMENT_LOCK = "segment "
+"""The prefix of the lock (`Database.exclusive`) an ingest worker holds on a segment's key while it ingests it."""
 log = logging.getLogger("shadowzoo.ingest")
 ProgressCallback = Callable[[int, int], None]
 """Called after each batch with (segments handled so far, segments ready when the run began)."""
@@ -64,6 +73,9 @@ class IngestReport:
     """Lines quarantined, plus one for each entry that could not be read at all."""
     joined_outcomes: int = 0
     already_ingested: int = 0
+    lag_s: float = 0.0
+    """Age of the oldest segment ready when the run began (0 when none was): on `backend:
+    distributed` the oldest in the object store, whichever host shipped it."""
 
 
 @dataclass
@@ -103,8 +115,9 @@ def ingest_from(
     Safe to run again after a crash at any point. The database lock is held one batch at a
     time, so other work on the database interleaves with a long backlog.
     """
-    report = IngestReport()
     segments = source.ready()
+    report = IngestReport(lag_s=max(0.0, time.time() - min(segment.written_at for segment in segments))
+                          if segments else 0.0)
     handled = 0
     for batch in _batches(segments, batch_bytes or source.batch_bytes):
         paths = source.claim(batch)
@@ -167,9 +180,12 @@ def _batches(segments: list[ReadySegment], batch_bytes: int) -> Iterator[list[Re
 
 
 def _ingest_guarded(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
-    """Ingest a batch; if it fails, each of its segments alone; a segment that fails alone is quarantined."""
+    """Ingest a batch; if it fails, each of its segments alone; a segment that fails alone is quarantined
+    (unless the store itself failed: then the run fails, and the segments stay for the next)."""
     try:
         _ingest_batch(database, source, paths, report)
+    except _STORE_UNAVAILABLE:
+        raise
     except _STORE_ERRORS as exc:
         if len(paths) > 1:
             for path in paths:
@@ -183,6 +199,14 @@ def _ingest_guarded(database: Database, source: SegmentSource, paths: list[Path]
 
 
 def _ingest_batch(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
+    """Ingest a batch holding its segments' locks: a worker that lost a segment's lease and one
+    that took it over commit it one after the other, so the second finds it in the ledger
+    (`Database.exclusive`; nothing to wait for in a DuckDB file)."""
+    with database.exclusive(*(f"{SEGMENT_LOCK}{source.key(path)}" for path in paths)):
+        _ingest_held(database, source, paths, report)
+
+
+def _ingest_held(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
     db = database.connection
     done = _already_ingested(db, source, paths)
     for path in done:

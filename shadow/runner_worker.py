@@ -36,9 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROLE = "runner"
-LEASE_TTL_S = 30.0
-"""How long a batch stays a runner's without a renewal (renewed every third of it): how long a
-killed runner's batches wait before another runner takes them."""
 
 
 @asynccontextmanager
@@ -61,7 +58,7 @@ class RunnerWorker:
     distributed workspace.
     """
 
-    def __init__(self, registry: Registry, holder: str, lease_ttl_s: float = LEASE_TTL_S,
+    def __init__(self, registry: Registry, holder: str, lease_ttl_s: float | None = None,
                  heartbeat_s: float = HEARTBEAT_S, **runner_options: object) -> None:
         config = registry.workspace.config.distributed
         if config is None:
@@ -76,7 +73,7 @@ class RunnerWorker:
         self.heartbeats = Heartbeats(self._connect(), holder, ROLE)
         self.ledgers: dict[str, BudgetLedger] = {}
         self.live = 0
-        leases = WorkLeases(self._connect(), KIND, holder, lease_ttl_s)
+        leases = WorkLeases(self._connect(), KIND, holder, lease_ttl_s or config.replay_lease_ttl_s)
         self.runner = ShadowRunner(registry, ProviderPool(registry.workspace.config.providers),
                                    work=LeasedReplay(registry.database, leases), caps=self.slot_cap,
                                    **runner_options)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,8 +40,6 @@ INBOX = "spool-inbox"
 """Under the state dir: where segments downloaded from the object store wait for ingest."""
 SEGMENT_LEASES = "segment"
 """The kind of work lease an ingest worker holds on a segment of the object store."""
-SEGMENT_LEASE_TTL_S = 300.0
-"""How long a segment stays with an ingest worker that claimed it and then died, before another takes it."""
 BATCH_BYTES = 256 * 1024 * 1024
 """How much of a source's segments one ingest batch takes (claimed, staged and committed together)
 when one process ingests them all: a large backlog never has to fit in memory."""
@@ -51,10 +50,12 @@ that a backlog is split among the workers rather than claimed whole by the first
 
 @dataclass(frozen=True)
 class ReadySegment:
-    """A complete segment ingest may take: its ledger key and its size in bytes."""
+    """A complete segment ingest may take: its ledger key, its size in bytes, and when it was
+    written (seconds since the epoch: the file's mtime, or when the object store received it)."""
 
     key: str
     size: int
+    written_at: float
 
 
 class SegmentSource(Protocol):
@@ -95,7 +96,7 @@ class LocalSpool:
         self.archive_dir = archive_dir
 
     def ready(self) -> list[ReadySegment]:
-        return [ReadySegment(path.name, _size(path)) for path in ready_segments(self.directory)]
+        return [ReadySegment(path.name, *_size_and_time(path)) for path in ready_segments(self.directory)]
 
     def claim(self, segments: list[ReadySegment]) -> list[Path]:
         return [self.directory / segment.key for segment in segments]
@@ -148,7 +149,7 @@ class ObjectStoreSpool:
             for item in page.get("Contents", []):
                 key = item["Key"].removeprefix(self.prefix)
                 if _is_segment_key(key):
-                    found.append(ReadySegment(key, item["Size"]))
+                    found.append(ReadySegment(key, item["Size"], item["LastModified"].timestamp()))
         return sorted(found, key=lambda segment: (segment.key.split("/")[1], segment.key))
 
     def claim(self, segments: list[ReadySegment]) -> list[Path]:
@@ -213,13 +214,13 @@ class LeasedSpool:
     def __init__(self, store: ObjectStoreSpool, leases: WorkLeases) -> None:
         self.store = store
         self.leases = leases
-        self._sizes: dict[str, int] = {}
+        self._ready: dict[str, ReadySegment] = {}
         self._tokens: dict[str, int] = {}
 
     def ready(self) -> list[ReadySegment]:
         segments = self.store.ready()
         self.leases.offer(segment.key for segment in segments)
-        self._sizes = {segment.key: segment.size for segment in segments}
+        self._ready = {segment.key: segment for segment in segments}
         return segments
 
     def claim(self, segments: list[ReadySegment]) -> list[Path]:
@@ -227,7 +228,7 @@ class LeasedSpool:
         store (a worker disposed of it and died before completing) is completed here."""
         claimed = []
         for lease in self.leases.claim(len(segments)):
-            paths = self.store.claim([ReadySegment(lease.item, self._sizes.get(lease.item, 0))])
+            paths = self.store.claim([self._ready.get(lease.item, ReadySegment(lease.item, 0, 0.0))])
             if paths:
                 self._tokens[lease.item] = lease.token
                 claimed.extend(paths)
@@ -273,16 +274,17 @@ def segment_source(workspace: Workspace) -> SegmentSource:
     return leased_spool(settings, workspace.state_dir / INBOX)
 
 
-def leased_spool(settings: DistributedConfig, inbox: Path, holder: str | None = None,
-                 ttl_s: float = SEGMENT_LEASE_TTL_S) -> LeasedSpool:
-    """The object store's segments, claimed by leases held as `holder` (default: host and pid) for `ttl_s`."""
+def leased_spool(settings: DistributedConfig, inbox: Path, holder: str | None = None) -> LeasedSpool:
+    """The object store's segments, claimed by leases held as `holder` (default: host and pid) for
+    `distributed.segment_lease_ttl_s`."""
     from registry.control_plane import migrate_control
     from registry.distributed import connect_control
 
     connection = connect_control(settings, autocommit=True)
     migrate_control(connection)
     holder = holder or f"{settings.host or socket.gethostname()}:{os.getpid()}:ingest"
-    return LeasedSpool(object_store_spool(settings, inbox), WorkLeases(connection, SEGMENT_LEASES, holder, ttl_s))
+    leases = WorkLeases(connection, SEGMENT_LEASES, holder, settings.segment_lease_ttl_s)
+    return LeasedSpool(object_store_spool(settings, inbox), leases)
 
 
 def object_store_spool(settings: DistributedConfig, inbox: Path) -> ObjectStoreSpool:
@@ -298,8 +300,10 @@ def _is_segment_key(key: str) -> bool:
     return len(parts) == 2 and all(parts) and parts[1].endswith(SEGMENT_SUFFIX) and not parts[1].startswith(".")
 
 
-def _size(path: Path) -> int:
+def _size_and_time(path: Path) -> tuple[int, float]:
+    """A segment's size and mtime (0 and now when it is gone meanwhile)."""
     try:
-        return path.stat().st_size
+        stat = path.stat()
     except OSError:
-        return 0
+        return 0, time.time()
+    return stat.st_size, stat.st_mtime

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ops.roles import ADMIN, GATEWAY, parse_roles
 from ops.workspace_init import init_workspace
 from registry import Registry, load_workspace, utcnow
 from shadow.ingest import ingest_spool
@@ -155,22 +156,35 @@ class Served:
     """`shadowzoo serve` on free ports, with its gateway and admin URLs."""
 
     def __init__(self, workspace_dir: Path, workers: int = 1, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
-        """`args`: more options of `serve`."""
+                 args: list[str] | None = None, roles: str | None = None) -> None:
+        """`args`: more options of `serve`; `roles`: its `--role` (all when None). It is started once
+        what its roles serve answers (the gateway's and the admin API's /healthz), or, with neither,
+        once its daemon says it runs."""
         self.workspace_dir = workspace_dir
         config = load_workspace(workspace_dir).config
         self.gateway = f"http://127.0.0.1:{config.gateway.port}"
         self.admin = f"http://127.0.0.1:{config.daemon.admin_port}"
+        self.roles = parse_roles([roles] if roles else None)
         # its output goes to a file: a pipe nobody reads fills up and blocks whoever logs next
         self.log_path = workspace_dir / "serve.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(SHADOWZOO), "serve", "--workers", str(workers), *(args or [])], cwd=workspace_dir,
-                env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim", **(env or {})},
+                [str(SHADOWZOO), "serve", "--workers", str(workers), *(["--role", roles] if roles else []), *(args or [])],
+                cwd=workspace_dir, env={**os.environ, "SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN, "SIM_API_KEY": "sim", **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: self.process.poll() is not None or (healthy(f"{self.gateway}/healthz") and healthy(f"{self.admin}/healthz")),
-                   timeout_s=60)
-        assert self.process.poll() is None, self.log_path.read_text(errors="replace")
+        wait_until(lambda: self.process.poll() is not None or self.ready(), timeout_s=60)
+        assert self.process.poll() is None, self.output()
+
+    def ready(self) -> bool:
+        """What its roles serve answers; without a port, its daemon has said it runs."""
+        if not self.roles & {GATEWAY, ADMIN}:
+            return "no admin API" in self.output()
+        return ((GATEWAY not in self.roles or healthy(f"{self.gateway}/healthz"))
+                and (ADMIN not in self.roles or healthy(f"{self.admin}/healthz")))
+
+    def output(self) -> str:
+        """What it has printed so far."""
+        return self.log_path.read_text(errors="replace")
 
     def call(self, path: str, body: dict | None = None, token: str | None = ADMIN_TOKEN) -> tuple[int, dict]:
         """One admin API call: GET, or POST with a JSON `body`; returns the status and the JSON answer."""
@@ -187,10 +201,17 @@ class Served:
         return json.loads((self.workspace_dir / ".shadowzoo" / "daemon.json").read_text())["pid"]
 
     def stop(self) -> str:
+        """SIGTERM, wait, and return what it printed."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=90)
-        return self.log_path.read_text(errors="replace")
+        return self.output()
+
+    def kill(self) -> None:
+        """`kill -9` of `serve` and every process it started, as when its host dies."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
 
 
 def ingest_answered(workspace_dir: Path, prefix: str, count: int, slot: str = "support-triage") -> set[tuple[str, str]]:

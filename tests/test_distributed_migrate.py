@@ -22,10 +22,11 @@ from scorer.leaderboard_model import Leaderboard
 from shadow.ingest import ingest_spool
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import TrafficRecord
+from tests.backends import evidence, replay
 from tests.clirun import SHADOWZOO, call_environment, run_in_process
 from tests.servers import champion_workspace, edit_config
 # the simulator, and the object store's and simulator's keys in the environment: that module's fixtures
-from tests.test_distributed_storage import SLOT, _evidence, _own_lake, _replay, _run
+from tests.test_distributed_storage import SLOT, _own_lake, _run
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -60,7 +61,7 @@ def source(tmp_path_factory, simulator) -> Path:
     promoted = run_in_process(("promote", SLOT, "careful-mini", "--force", "--reason", "try it"), workspace_dir)
     assert promoted.code == 0, promoted.err
     with Registry.open(load_workspace(workspace_dir)) as registry:
-        _replay(registry)
+        replay(registry)
     return workspace_dir
 
 
@@ -106,7 +107,7 @@ def test_a_migrated_workspace_answers_as_the_embedded_one_did(migrated) -> None:
     before, after = migrated["before"], migrated["after"]
     assert before.board.rows, "the source has a board to compare"
     assert (after.board.champion, after.board.period_id) == (before.board.champion, before.board.period_id)
-    assert _evidence(after.board) == _evidence(before.board)
+    assert evidence(after.board) == evidence(before.board)
     assert after.history == before.history and len(after.history) >= 2
     assert after.variants == before.variants
     assert row_counts(migrated["dir"], RESCORED) == migrated["pairs"]  # the current period paired again, the past copied

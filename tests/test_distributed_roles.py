@@ -245,8 +245,8 @@ def test_a_backlog_in_the_object_store_is_split_between_two_ingest_workers(
 def test_the_segments_of_an_ingest_worker_that_died_holding_them_are_stored_once_by_another(
     lake_registry: Registry, tmp_path: Path
 ) -> None:
-    settings = lake_registry.workspace.config.distributed
-    dead, alive = (leased_spool(settings, tmp_path / name, holder=name, ttl_s=1) for name in ("dies", "lives"))
+    settings = lake_registry.workspace.config.distributed.model_copy(update={"segment_lease_ttl_s": 1})
+    dead, alive = (leased_spool(settings, tmp_path / name, holder=name) for name in ("dies", "lives"))
     captured = _ship(dead, "gw-dead", 2, 2)
     assert len(dead.claim(dead.ready())) == 2
     dead.leases.connection.close()  # it dies: nothing is released, its leases run out

@@ -4,13 +4,11 @@ on the same traffic, and duplicating nothing when work is done again."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import openai
 import psycopg
@@ -25,10 +23,10 @@ from registry.workspace_config import DistributedConfig
 from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
 from shadow.ingest import IngestReport, ingest_spool
-from shadow.runner import ShadowRunner
 from shadow.spool import spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.toolcalls import ToolCall
+from tests.backends import evidence, replay
 from tests.clirun import run_in_process
 from tests.engines import distributed_section
 from tests.servers import Served, champion_workspace, edit_config, wait_until
@@ -79,6 +77,25 @@ def _own_lake(postgres, object_store, lake_extensions, name: str) -> dict:
     return section | {"postgres_url": f"{postgres.url.rsplit('/', 1)[0]}/{name}", "lake_prefix": f"{name}/"}
 
 
+def _lake_workspace(directory: Path, simulator, postgres, object_store, lake_extensions, name: str,
+                    labelled: bool = False) -> Path:
+    """The demo workspace (`min_samples` 10) on a lake of its own named `name`: the demo traffic
+    ingested (with its labels when `labelled`) and replayed, not scored yet."""
+    section = _own_lake(postgres, object_store, lake_extensions, name)
+    workspace_dir = champion_workspace(directory, simulator.base_url,
+                                       settings={"backend": "distributed", "distributed": section})
+    edit_config(workspace_dir, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
+    workspace = load_workspace(workspace_dir)
+    spool = spool_dir(workspace.state_dir)
+    with Registry.open(workspace) as registry:
+        write_segment(spool, _traffic(registry.champion(SLOT).version_id))
+        if labelled:
+            write_segment(spool, _labels())
+        ingest_spool(registry.database, spool)
+        replay(registry)
+    return workspace_dir
+
+
 def _run(workspace_dir: Path) -> Run:
     """Traffic (gateway answers, an observed exchange, a tool-call answer) ingested, then the same
     segment and the same records again; replayed and scored; the labels, late, twice; scored again."""
@@ -94,13 +111,13 @@ def _run(workspace_dir: Path) -> Run:
         same_segment = ingest_spool(registry.database, spool)
         write_segment(spool, traffic)  # the same records in another segment
         same_records = ingest_spool(registry.database, spool)
-        _replay(registry)
+        replay(registry)
         scorer = Scorer(workspace, registry)
         scorer.refresh(SLOT)
         for _ in range(2):  # the labels come late, and twice
             write_segment(spool, _labels())
             same_labels = ingest_spool(registry.database, spool)
-        _replay(registry)
+        replay(registry)
         board = scorer.refresh(SLOT)
         board_again = scorer.refresh(SLOT)
         with registry.database.reading() as db:
@@ -138,35 +155,9 @@ def _labels() -> list[bytes]:
             for key, value in keys]
 
 
-def _replay(registry: Registry) -> None:
-    async def go() -> None:
-        async with ShadowRunner(registry) as runner:
-            await runner.run_once()
-
-    asyncio.run(go())
-
-
-def _significant(value: Any) -> Any:
-    """Floats to 12 significant digits (the two engines may sum in another order), in any structure."""
-    if isinstance(value, float):
-        return float(f"{value:.12g}")
-    if isinstance(value, dict):
-        return {key: _significant(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_significant(item) for item in value]
-    return value
-
-
-def _evidence(board: Leaderboard) -> dict[str, Any]:
-    """The board's numbers by variant label, without what differs from run to run (times, latencies, ids)."""
-    latency = {"p50_latency_ms", "p95_latency_ms"}
-    return {row.label: _significant(row.model_dump(mode="json", exclude=latency | {"version_id"}))
-            for row in board.rows}
-
-
 def test_the_leaderboard_on_the_lake_equals_the_embedded_ones_on_the_same_traffic(runs) -> None:
     assert not load_workspace(runs["distributed"].workspace_dir).db_path.exists(), "no DuckDB file on distributed"
-    embedded, distributed = _evidence(runs["embedded"].board), _evidence(runs["distributed"].board)
+    embedded, distributed = evidence(runs["embedded"].board), evidence(runs["distributed"].board)
     assert distributed == embedded
     pairs = {label: row["comparison"]["pairs"] for label, row in distributed.items() if row["comparison"]}
     assert pairs and all(count == len(TICKETS) + 2 for count in pairs.values()), pairs
@@ -181,7 +172,7 @@ def test_ingesting_and_replaying_again_duplicates_nothing_on_the_lake(runs) -> N
         assert (run.same_records.traffic_rows, run.same_records.duplicates) == (0, len(TICKETS) + 2), backend
         assert (run.same_labels.outcome_rows, run.same_labels.duplicates) == (0, len(TICKETS) + 2), backend
         assert all(rows == keys for rows, keys in run.key_counts.values()), (backend, run.key_counts)
-        assert _evidence(run.board_again) == _evidence(run.board), backend
+        assert evidence(run.board_again) == evidence(run.board), backend
     latency_free = set(LAKE_KEYS) - {"answer_stats"}  # its rows are per latency bucket, which varies by run
     assert ({table: runs["distributed"].key_counts[table] for table in latency_free}
             == {table: runs["embedded"].key_counts[table] for table in latency_free})
@@ -251,7 +242,7 @@ def test_the_cli_lists_variants_shows_the_board_and_promotes_on_a_distributed_wo
     assert all(row.label in listed.out for row in run.board.rows)
     shown = run_in_process(("leaderboard", "--slot", SLOT, "--format", "json"), run.workspace_dir)
     assert shown.code == 0, shown.err
-    assert _evidence(Leaderboard.model_validate(shown.json())) == _evidence(run.board)
+    assert evidence(Leaderboard.model_validate(shown.json())) == evidence(run.board)
     status = run_in_process(("status", "--json"), run.workspace_dir)
     assert status.code == 0, status.err
     assert status.json()["database"].startswith("postgresql://")

@@ -24,10 +24,11 @@ from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
 from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
-from shadow.spool import spool_dir, write_segment
+from shadow.spool import write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
-from tests.servers import champion_workspace, edit_config, wait_until
-from tests.test_distributed_storage import SLOT, TICKETS, _evidence, _own_lake, _replay, _traffic
+from tests.backends import evidence, replay
+from tests.servers import wait_until
+from tests.test_distributed_storage import SLOT, TICKETS, _lake_workspace
 
 pytestmark = pytest.mark.usefixtures("engine_credentials")  # the engines' and the simulator's keys, as an operator sets them
 
@@ -39,16 +40,8 @@ WRITTEN = (*RESULT_SCHEMA, "seq")
 @pytest.fixture(scope="module")
 def workspace_dir(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -> Path:
     """A distributed workspace on a lake of its own: the demo traffic ingested and replayed, not labelled yet."""
-    section = _own_lake(postgres, object_store, lake_extensions, "writers")
-    directory = champion_workspace(tmp_path_factory.mktemp("writers") / "ws", simulator.base_url,
-                                   settings={"backend": "distributed", "distributed": section})
-    edit_config(directory, lambda config: config["slots"][SLOT]["scoring"].update(min_samples=10))
-    workspace = load_workspace(directory)
-    with Registry.open(workspace) as registry:
-        write_segment(spool_dir(workspace.state_dir), _traffic(registry.champion(SLOT).version_id))
-        ingest_spool(registry.database, spool_dir(workspace.state_dir))
-        _replay(registry)
-    return directory
+    return _lake_workspace(tmp_path_factory.mktemp("writers") / "ws", simulator, postgres, object_store,
+                           lake_extensions, "writers")
 
 
 @dataclass
@@ -147,7 +140,7 @@ def test_a_result_two_runners_both_wrote_after_a_lost_lease_pairs_once(scenario)
 def test_an_incremental_refresh_after_writers_committed_out_of_seq_order_equals_a_full_rescore(scenario) -> None:
     pairs = {row.label: row.comparison.pairs for row in scenario.incremental.rows if row.comparison}
     assert pairs and all(count == scenario.labelled for count in pairs.values()), pairs
-    assert _evidence(scenario.incremental) == _evidence(scenario.full)
+    assert evidence(scenario.incremental) == evidence(scenario.full)
 
 
 def _writer_process(workspace_dir: Path, script: str, *args: str, stdout: Path) -> subprocess.Popen:

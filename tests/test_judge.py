@@ -18,6 +18,7 @@ from scorer.judge import JudgeRun, grader_messages, judge_spend_today, parse_ver
 from scorer.quality_metrics import is_sampled, sampled_sql
 from scorer.rowmetrics import VALUE_COLUMNS, store_values
 from scorer.service import Scorer
+from shadow.budget import DailyCap
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.simulator_config import ErrorConfig, ModelConfig, Ticket, load_tickets
 from tests.scoring_data import Answers, demo_registry
@@ -72,7 +73,7 @@ def judge(sim: SimulatorHandle, model: str, rows: pl.DataFrame, prices: Mapping[
     metric = JudgeMetric(type="judge", provider="sim", model=model, rubric=RUBRIC,
                          **{"sample_rate": 1.0, "first_line": True, **settings})
     providers = {"sim": ProviderConfig(base_url=sim.base_url, api_key_env=None, max_retries=1)}
-    return run_judge(providers, prices, metric, KEY, rows, spent_today_usd)
+    return run_judge(providers, prices, metric, KEY, rows, DailyCap(metric.daily_budget_usd, spent_today_usd))
 
 
 def scores(run: JudgeRun, version: str) -> list[float | None]:

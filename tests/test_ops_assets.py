@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -23,6 +24,9 @@ DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "shadowzoo.json"
 DATASOURCES = ROOT / "ops" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = ROOT / "ops" / "grafana" / "provisioning" / "dashboards" / "shadowzoo.yml"
 UNIT = ROOT / "ops" / "systemd" / "shadowzoo.service"
+COMPOSE = ROOT / "ops" / "compose" / "distributed.yaml"
+COMPOSE_CONFIG = ROOT / "ops" / "compose" / "shadowzoo.yaml"
+COMPOSE_ENV = ROOT / "ops" / "compose" / "distributed.env.example"
 
 # The metrics shadowzoo exports (fixed by the metrics issue), plus Prometheus's own `up`.
 COUNTERS = {
@@ -33,7 +37,7 @@ COUNTERS = {
 GAUGES = {
     "shadowzoo_spool_lag_seconds", "shadowzoo_shadow_queue_depth", "shadowzoo_net_value_per_1k_usd",
     "shadowzoo_net_delta_lower_usd", "shadowzoo_promotion_ready", "shadowzoo_champion_info",
-    "shadowzoo_budget_remaining_usd", "up",
+    "shadowzoo_budget_remaining_usd", "shadowzoo_spool_shipping_lag_seconds", "up",
 }
 HISTOGRAMS = {
     "shadowzoo_gateway_overhead_seconds", "shadowzoo_upstream_latency_seconds", "shadowzoo_job_duration_seconds",
@@ -102,7 +106,7 @@ def test_the_alerts_named_by_the_issue_exist() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert names >= {
         "ShadowDropsHigh", "ChallengerErrorRateHigh", "ChampionLatencyAboveSLO", "DaemonDown", "GatewayDown",
-        "ShadowBudgetExhausted", "SpoolLagHigh", "PromotionReady",
+        "ShadowBudgetExhausted", "SpoolLagHigh", "PromotionReady", "SpoolShippingLagHigh",
     }
 
 
@@ -220,7 +224,7 @@ def test_dashboard_shows_every_metric_and_the_zero_line() -> None:
 
 def test_panels_that_may_be_empty_in_a_demo_are_marked() -> None:
     rare = {p["title"] for p in all_panels(dashboard()["panels"]) if p.get("shadowzooRareEvent")}
-    assert {"Shadow drops by reason", "Promotion-ready challengers"} <= rare
+    assert {"Shadow drops by reason", "Promotion-ready challengers", "Spool shipping lag by gateway host"} <= rare
 
 
 def test_dashboard_uses_only_metrics_shadowzoo_exports() -> None:
@@ -263,6 +267,91 @@ def test_systemd_unit_has_no_unknown_directives() -> None:
     problems = [line for line in (done.stdout + done.stderr).splitlines()
                 if line.strip() and "is not executable" not in line and "No such file" not in line]
     assert not problems, "\n".join(problems)
+
+
+# --- the distributed compose file ----------------------------------------------------
+
+def compose_services() -> dict[str, dict]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def shadowzoo_services() -> dict[str, dict]:
+    """The services running the shadowzoo image (their command is a `shadowzoo` command line)."""
+    return {name: service for name, service in compose_services().items() if service.get("image") == "shadowzoo:local"}
+
+
+def parsed_command(argv: list[str]):
+    """A `shadowzoo` command line parsed by the CLI itself (options checked, nothing run): the
+    command's click context."""
+    import typer.main
+
+    from ops.cli import app
+
+    command = typer.main.get_command(app).commands[argv[0]]
+    return command.make_context(argv[0], list(argv[1:]))
+
+
+def test_every_compose_worker_is_a_serve_with_roles_the_cli_accepts_on_the_distributed_backend() -> None:
+    from ops.roles import ROLES, check_backend, parse_roles
+
+    taken: dict[str, list[str]] = {role: [] for role in ROLES}
+    for name, service in shadowzoo_services().items():
+        context = parsed_command(service["command"])  # an unknown option or a bad value raises here
+        if context.info_name == "sim":
+            continue
+        assert context.info_name == "serve", name
+        roles = parse_roles(context.params["role"])
+        check_backend(roles, "distributed")
+        for role in roles:
+            taken[role].append(name)
+    assert {role: len(names) for role, names in taken.items()} == {
+        "gateway": 2, "ingest": 2, "runner": 2, "scorer": 2, "admin": 1}, taken
+
+
+def test_each_compose_host_has_a_name_and_a_state_volume_of_its_own_beside_the_shared_workspace() -> None:
+    config = yaml.safe_load(COMPOSE_CONFIG.read_text())
+    workers = {name: service for name, service in shadowzoo_services().items() if service["command"][0] == "serve"}
+    assert len({service["hostname"] for service in workers.values()}) == len(workers)
+    for name, service in workers.items():
+        mounts = {target: source for source, target in (volume.removesuffix(":ro").rsplit(":", 1)
+                                                         for volume in service["volumes"])}
+        assert mounts[config["state_dir"]] == f"{name}-state", name
+        assert mounts["/workspace"].startswith("${SHADOWZOO_WORKSPACE_DIR"), name
+    assert {f"{name}-state" for name in workers} <= set(yaml.safe_load(COMPOSE.read_text())["volumes"])
+
+
+def test_the_compose_config_loads_as_the_distributed_backend_on_the_compose_services(tmp_path: Path) -> None:
+    from ops.workspace_init import init_workspace
+    from registry import load_workspace
+
+    workspace_dir = init_workspace(tmp_path / "ws")  # the demo's specs and skills, which the config names
+    (workspace_dir / "shadowzoo.yaml").write_text(COMPOSE_CONFIG.read_text())
+    config = load_workspace(workspace_dir).config
+    assert config.backend == "distributed" and config.distributed.host is None  # each container's hostname
+    services = compose_services()
+    url = urlsplit(config.distributed.postgres_url)
+    database = services["postgres"]["environment"]
+    assert (url.hostname, url.port, url.username, url.path) == (
+        "postgres", 5432, database["POSTGRES_USER"], f"/{database['POSTGRES_DB']}")
+    assert config.distributed.object_store.endpoint == "http://s3:8333"
+    assert "-s3.port=8333" in services["s3"]["command"]
+    assert f"-bucket={config.distributed.object_store.bucket}" in services["s3"]["command"]
+    assert config.providers["sim"].base_url == "http://sim:8700/v1" and "8700" in services["sim"]["command"]
+    assert "127.0.0.1:8900:8900" in services["admin"]["ports"] and config.daemon.admin_host == "0.0.0.0"
+
+
+def test_the_compose_sets_exactly_the_credential_variables_the_config_names() -> None:
+    config = yaml.safe_load(COMPOSE_CONFIG.read_text())
+    store = config["distributed"]["object_store"]
+    named = {store["access_key_env"], store["secret_key_env"], config["daemon"]["admin_token_env"],
+             config["gateway"]["client_keys_env"], "PGPASSWORD"}  # libpq's, for the password the URL leaves out
+    named |= {provider["api_key_env"] for provider in config["providers"].values()}
+    for name, service in shadowzoo_services().items():
+        assert set(service["environment"]) == named, name
+        assert all(f"${{{variable}" in value for variable, value in service["environment"].items()), name
+    assert set(compose_services()["s3"]["environment"]) == {store["access_key_env"], store["secret_key_env"]}
+    example = {line.split("=", 1)[0] for line in COMPOSE_ENV.read_text().splitlines() if "=" in line and line[0] != "#"}
+    assert example == named | {"SHADOWZOO_WORKSPACE_DIR"}
 
 
 # --- metric names in PromQL -----------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from registry import Registry, load_workspace
 from scorer.sequential import PairedMoments, alpha_share, confidence_interval
 from scorer.service import Scorer
+from tests.backends import significant
 from tests.scoring_data import Answers, demo_registry, simulate
 from tests.test_admin_api import TOKEN, Daemon
 from zoo import load_zoo, register_specs
@@ -39,18 +40,6 @@ def _stored(workspace_dir: Path, sql: str, params: list | None = None) -> list[t
 
 def _row(board: dict, version_id: str) -> dict:
     return next(row for row in board["rows"] if row["version_id"] == version_id)
-
-
-def _to_12_digits(value):
-    """A board with every float rounded to 12 significant digits: DuckDB's parallel sums
-    may differ in the last bits between a process with 2 threads and one with more."""
-    if isinstance(value, float):
-        return float(f"{value:.12g}")
-    if isinstance(value, dict):
-        return {key: _to_12_digits(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_to_12_digits(item) for item in value]
-    return value
 
 
 def test_a_slice_is_paired_on_its_own_requests_at_its_own_alpha_share(cli, workspace_dir: Path, tagged) -> None:
@@ -133,7 +122,7 @@ def test_a_slice_through_the_running_daemon_is_the_same_as_without_it(cli, works
         daemon.stop()
     assert remote["slice"] == local["slice"]
     for version_id in (tagged["baseline"], tagged["careful-large"], tagged["cheap-mini"]):  # the daemon's runner
-        assert _to_12_digits(_row(remote, version_id)) == _to_12_digits(_row(local, version_id))  # answers the others
+        assert significant(_row(remote, version_id)) == significant(_row(local, version_id))  # answers the others
     assert status == 400 and body["error"]["message"].startswith("where: "), body
 
 
