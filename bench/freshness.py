@@ -68,7 +68,7 @@ def main() -> None:
 
 
 def run(scratch: Path, args: argparse.Namespace) -> dict:
-    """Start the engines, the simulator, the gateway host and the daemon; time each request to its pairs."""
+    """Start the engines, the simulator, the gateway host and a daemon per role; time each request to its pairs."""
     with contextlib.ExitStack() as stack:
         engines = start_engines(stack, scratch)
         simulator = start_simulator(fast=True)
@@ -85,22 +85,28 @@ def run(scratch: Path, args: argparse.Namespace) -> dict:
             started(stack, Server(role, [str(BIN / "shadowzoo"), "serve", "--role", role], 0, scratch / f"{role}.log",
                                   cwd=_role_host(workspace_dir, role), health_path=None))
         with Registry.open(load_workspace(workspace_dir)) as registry:
-            challengers = len([v for v in registry.variants(slot=SLOT, status="active")
-                               if v.version_id != registry.champion(SLOT).version_id])
-            watch = PairWatch(registry, challengers, args.probe_ms / 1000)
-            watch.wait([_ask(front, -1)], WAIT_LIMIT_S + sum(intervals.values()))
-            answered = {}
-            for number in range(args.requests):
-                request_id = _ask(front, number)
-                answered[request_id] = time.time()
-                watch.watch(request_id)
-                _sleep_looking(watch, args.gap_ms / 1000)
-            seen = watch.wait(list(answered), WAIT_LIMIT_S)
-            stored = _stored_delays(registry, list(answered))
-    return _figures({stage: [seen[request].get(stage, seen[request]["paired"]) - answered[request]
-                             for request in answered] for stage in STAGES}, intervals, challengers, args) | {
+            return _measure(registry, front, intervals, args)
+
+
+def _measure(registry: Registry, front: Server, intervals: dict[str, float], args: argparse.Namespace) -> dict:
+    """A warm-up request, then `--requests` requests one `--gap-ms` apart, each watched from its
+    answer until its pairs are stored; the figures."""
+    challengers = len([v for v in registry.variants(slot=SLOT, status="active")
+                       if v.version_id != registry.champion(SLOT).version_id])
+    watch = PairWatch(registry, challengers, args.probe_ms / 1000)
+    watch.wait([_ask(front, -1)], WAIT_LIMIT_S + sum(intervals.values()))
+    answered = {}
+    for number in range(args.requests):
+        request_id = _ask(front, number)
+        answered[request_id] = time.time()
+        watch.watch(request_id)
+        _sleep_looking(watch, args.gap_ms / 1000)
+    seen = watch.wait(list(answered), WAIT_LIMIT_S)
+    delays = {stage: [seen[request].get(stage, seen[request]["paired"]) - answered[request] for request in answered]
+              for stage in STAGES}
+    return _figures(delays, intervals, challengers, args) | {
         "look_s": {"p50": round3(statistics.median(watch.look_s)), "max": round3(max(watch.look_s))},
-        "stored_rows_p50_s": stored}
+        "stored_rows_p50_s": _stored_delays(registry, list(answered))}
 
 
 STAGES = ("stored", "replayed", "paired")
