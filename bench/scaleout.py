@@ -23,23 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.harness import BenchError
-from bench.harness.figures import emit, round3
-from bench.harness.servers import scratch_dir
+from bench.harness.engines import start_engines
+from bench.harness.figures import round3
+from bench.harness.servers import run_in_scratch
+from bench.harness.workers import run_together, span, wait_for_go, write_figures
 from registry import Registry, load_workspace
 from shadow.runner_worker import RunnerWorker
-from tests.engines import PostgresServer, S3Server, distributed_section, wheel_extension_directory
 from tests.servers import champion_workspace, ingest_answered, start_steady_simulator
 
-WAIT_LIMIT_S = 180.0
 BLOCK_SEQS = 25
 """Requests per replay batch: 100 requests make 16 batches of 25 pairs, enough for 4 workers holding 2 each."""
 
@@ -53,29 +48,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--in-flight", type=int, default=8, help="Calls in flight per worker.")
     parser.add_argument("--latency-ms", type=float, default=200.0)
-    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
-    args = parser.parse_args()
-    scratch = scratch_dir("scaleout-")
-    try:
-        emit(run(scratch, args))
-    finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+    run_in_scratch(parser, "scaleout-", run)
 
 
 def run(scratch: Path, args: argparse.Namespace) -> dict:
     """Start the engines and the simulator; measure one round per worker count."""
     with contextlib.ExitStack() as stack:
-        postgres = PostgresServer()
-        stack.callback(postgres.close)
-        store = S3Server(scratch / "s3")
-        stack.callback(store.stop)
+        engines = start_engines(stack, scratch)
         simulator = start_steady_simulator(args.latency_ms)
         stack.callback(simulator.stop)
-        os.environ.update({**store.credentials_env, "SIM_API_KEY": "sim"})
-        section = distributed_section(postgres, store, wheel_extension_directory(scratch / "extensions"))
         workspace_dir = champion_workspace(scratch / "ws", simulator.base_url,
-                                           settings={"backend": "distributed", "distributed": section})
+                                           settings={"backend": "distributed", "distributed": engines.section()})
         rounds = {}
         for workers in args.workers:
             pairs = ingest_answered(workspace_dir, f"n{workers}", args.requests)
@@ -86,23 +69,10 @@ def run(scratch: Path, args: argparse.Namespace) -> dict:
 def _round(workspace_dir: Path, workers: int, in_flight: int, scratch: Path) -> dict:
     """N worker processes replaying the pending pairs at once, started together once all are ready:
     pairs written, seconds from the first start to the last end, and each worker's share."""
-    go = scratch / f"go-{workers}"
-    outputs = [scratch / f"worker-{workers}-{n}.json" for n in range(workers)]
-    processes = [subprocess.Popen([sys.executable, "-m", "bench.scaleout", "--worker", str(workspace_dir),
-                                   f"bench/{workers}/{n}", str(in_flight), str(go), str(output)])
-                 for n, output in enumerate(outputs)]
-    try:
-        _wait_for(lambda: all(output.with_suffix(".ready").exists() for output in outputs), "workers ready")
-        go.touch()
-        for process in processes:
-            if process.wait(timeout=WAIT_LIMIT_S) != 0:
-                raise BenchError(f"a runner worker failed (exit {process.returncode})")
-    finally:
-        for process in processes:
-            process.kill()
-    runs = [json.loads(output.read_text()) for output in outputs]
+    runs = run_together("bench.scaleout", [[str(workspace_dir), f"bench/{workers}/{n}", str(in_flight)]
+                                           for n in range(workers)], scratch, str(workers))
     done = sum(run["done"] for run in runs)
-    elapsed = max(run["ended"] for run in runs) - min(run["started"] for run in runs)
+    elapsed = span(runs)
     return {"written": done, "seconds": round3(elapsed), "pairs_per_s": done / elapsed,
             "shares": [run["done"] for run in runs]}
 
@@ -114,21 +84,12 @@ def _worker(workspace_dir: str, holder: str, in_flight: str, go: str, output: st
         with Registry.open(load_workspace(Path(workspace_dir))) as registry:
             async with RunnerWorker(registry, holder, max_in_flight=int(in_flight)) as worker:
                 worker.runner.work.block_seqs = BLOCK_SEQS
-                Path(output).with_suffix(".ready").touch()
-                await asyncio.to_thread(_wait_for, Path(go).exists, "the start")
+                await asyncio.to_thread(wait_for_go, go, output)
                 started = time.time()
                 report = await worker.runner.run_once()
                 return {"done": report.done, "started": started, "ended": time.time()}
 
-    Path(output).write_text(json.dumps(asyncio.run(run())))
-
-
-def _wait_for(predicate, what: str) -> None:
-    deadline = time.monotonic() + WAIT_LIMIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise BenchError(f"waited {WAIT_LIMIT_S:.0f} s for {what}")
-        time.sleep(0.05)
+    write_figures(output, asyncio.run(run()))
 
 
 def _figures(rounds: dict[int, dict], args: argparse.Namespace) -> dict:

@@ -47,15 +47,16 @@ LABELS = ["billing", "technical", "account", "shipping", "other"]
 LABELS_SQL = "['" + "', '".join(LABELS) + "']"
 
 
-def workspace(root: Path) -> Path:
-    """A workspace with one slot scored by exact match, and a priced model."""
+def workspace(root: Path, settings: dict | None = None) -> Path:
+    """A workspace with one slot scored by exact match, and a priced model; `settings` adds
+    top-level keys (e.g. `backend` and `distributed`)."""
     config = {
         "providers": {"up": {"base_url": "http://127.0.0.1:9/v1"}},
         "slots": {SLOT: {"defaults": {"provider": "up", "model": "m"},
                          "metrics": [{"type": "exact_match", "first_line": True}],
                          "scoring": {"value_per_point": 0.01, "min_samples": 200}}},
         "prices": {"m": {"input_cost_per_token": 1e-6, "output_cost_per_token": 4e-6}},
-    }
+    } | (settings or {})
     (root / "zoo").mkdir(parents=True)
     (root / "shadowzoo.yaml").write_text(yaml.safe_dump(config))
     return root
@@ -104,25 +105,33 @@ are written side by side, in one row group (or two), not one per challenger."""
 def generate(registry: Registry, champion: str, challengers: list[str], start: int, count: int, shape: str) -> None:
     """`count` labelled requests answered by the champion and every challenger, in SQL, keyed
     as ingest and the runner key them (outcomes and results carry their traffic row's seq), and
-    written in the order they write them."""
+    written in the order they write them. On either backend: each statement's change counter
+    values are reserved first and drawn explicitly, as ingest and the runner draw theirs
+    (`Database.reserve`; the lake's tables have no default for them)."""
     request_id = "'szr_' || lpad(to_hex(i), 12, '0') || left(md5(i::VARCHAR), 12)"
     output, usage, details = answer_sql(shape, "7", "70")
-    with registry.database.transaction() as db:
+    database = registry.database
+    with database.transaction() as db:
         seen = db.execute("SELECT coalesce(max(seq), 0) FROM traffic").fetchone()[0]
+        database.reserve("change_seq", count)
         db.execute(f"""
             INSERT INTO traffic (request_id, slot, received_at, request_json, champion_version, status, output,
                                  prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms,
-                                 source, ingested_at)
+                                 source, ingested_at, seq)
             SELECT {request_id}, '{SLOT}', now()::TIMESTAMP + to_microseconds(i), '{{}}', '{champion}', 200,
-                   {output}, 120, 12, {details}, {usage}, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP
+                   {output}, 120, 12, {details}, {usage}, 200 + hash(i) % 300, 'gateway', now()::TIMESTAMP,
+                   nextval('change_seq')
             FROM range({start}, {start + count}) t(i)""")
         low, high = db.execute(f"SELECT min(seq), max(seq) FROM traffic WHERE seq > {seen}").fetchone()
         requests = f"(SELECT ('0x' || substr(request_id, 5, 12))::BIGINT AS i, request_id, seq FROM traffic WHERE seq > {seen})"
+        database.reserve("change_seq", count)
         db.execute(f"""
-            INSERT INTO outcomes (outcome_id, request_key, request_id, request_seq, kind, value_json, received_at)
-            SELECT 'o' || i, request_id, request_id, seq, 'label', to_json({LABELS_SQL}[1 + i % 5]), now()::TIMESTAMP
+            INSERT INTO outcomes (outcome_id, request_key, request_id, request_seq, kind, value_json, received_at, seq)
+            SELECT 'o' || i, request_id, request_id, seq, 'label', to_json({LABELS_SQL}[1 + i % 5]), now()::TIMESTAMP,
+                   nextval('change_seq')
             FROM {requests}""")
         for batch in range(low, high + 1, RUNNER_BATCH):
+            database.reserve("change_seq", RUNNER_BATCH * len(challengers))
             _replay(db, requests, challengers, shape, f"seq BETWEEN {batch} AND {batch + RUNNER_BATCH - 1}")
 
 
@@ -133,9 +142,9 @@ def _replay(db: duckdb.DuckDBPyConnection, requests: str, challengers: list[str]
     db.execute(f"""
         INSERT INTO shadow_results (request_id, request_seq, version_id, role, status, output, prompt_tokens,
                                     completion_tokens, cached_tokens, reasoning_tokens, usage_json, latency_ms,
-                                    attempts, finished_at)
+                                    attempts, finished_at, seq)
         SELECT request_id, seq, c.version_id, 'challenger', 'ok', {output}, 150, 12, {details}, {usage},
-               180 + hash(i * 3) % 300, 1, now()::TIMESTAMP
+               180 + hash(i * 3) % 300, 1, now()::TIMESTAMP, nextval('change_seq')
         FROM (SELECT * FROM {requests} WHERE {condition}) r, (VALUES {variants}) c(version_id, k, accuracy)
         ORDER BY seq, c.version_id""")
 

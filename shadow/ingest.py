@@ -1,7 +1,8 @@
 """Spool ingest: ready segments become `traffic` and `outcomes` rows in DuckDB, exactly once.
 
 Segments are taken oldest first, in batches bounded by size so that a large backlog never
-has to fit in memory. A batch is staged by DuckDB's own JSON reader (all its segments in
+has to fit in memory (smaller ones where ingest workers share the object store, so that they
+split a backlog). A batch is staged by DuckDB's own JSON reader (all its segments in
 one parallel read) into a temp table, every field checked in bulk against the record
 types. A segment the bulk reader cannot read, or with any line it is unsure of, is read
 again line by line by `shadow.spool.read_lines`, and its records are staged one by one
@@ -41,11 +42,10 @@ from registry.db import registered
 from registry.keyed import insert_absent, upsert
 from shadow.spool_records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
 from shadow.spool import CorruptSegment, RejectedLine, first_line, read_lines
-from shadow.spool_source import LocalSpool, ReadySegment, SegmentSource
+from shadow.spool_source import BATCH_BYTES, LocalSpool, ReadySegment, SegmentSource
 from shadow.tags import MAX_KEY_CHARS, MAX_TAGS, MAX_VALUE_CHARS, RESERVED_PREFIX
 from shadow.toolcalls import calls_sql, tool_calls_json
 
-DEFAULT_BATCH_BYTES = 256 * 1024 * 1024
 _STORE_ERRORS = (duckdb.Error, pa.ArrowException, ValueError, OverflowError)
 """What storing a record that passed the record models can still raise (e.g. text that is not Unicode)."""
 _STORE_UNAVAILABLE = (duckdb.IOException, duckdb.ConnectionException, duckdb.TransactionException)
@@ -97,7 +97,7 @@ def ingest_spool(
     spool_dir: Path,
     archive_dir: Path | None = None,
     progress: ProgressCallback | None = None,
-    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batch_bytes: int = BATCH_BYTES,
 ) -> IngestReport:
     """Ingest every ready segment of `spool_dir`; delete each afterwards, or move it to `archive_dir`."""
     return ingest_from(database, LocalSpool(spool_dir, archive_dir), progress, batch_bytes)
@@ -107,9 +107,10 @@ def ingest_from(
     database: Database,
     source: SegmentSource,
     progress: ProgressCallback | None = None,
-    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batch_bytes: int | None = None,
 ) -> IngestReport:
-    """Ingest every segment `source` has ready; it disposes of each once its rows are committed.
+    """Ingest every segment `source` has ready, `batch_bytes` at a time (the source's own size by
+    default); it disposes of each once its rows are committed.
 
     Safe to run again after a crash at any point. The database lock is held one batch at a
     time, so other work on the database interleaves with a long backlog.
@@ -118,7 +119,7 @@ def ingest_from(
     report = IngestReport(lag_s=max(0.0, time.time() - min(segment.written_at for segment in segments))
                           if segments else 0.0)
     handled = 0
-    for batch in _batches(segments, batch_bytes):
+    for batch in _batches(segments, batch_bytes or source.batch_bytes):
         paths = source.claim(batch)
         if paths:  # none when another worker holds (or has finished) them all
             with database.lock:

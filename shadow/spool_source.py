@@ -40,6 +40,12 @@ INBOX = "spool-inbox"
 """Under the state dir: where segments downloaded from the object store wait for ingest."""
 SEGMENT_LEASES = "segment"
 """The kind of work lease an ingest worker holds on a segment of the object store."""
+BATCH_BYTES = 256 * 1024 * 1024
+"""How much of a source's segments one ingest batch takes (claimed, staged and committed together)
+when one process ingests them all: a large backlog never has to fit in memory."""
+SHARED_BATCH_BYTES = 8 * 1024 * 1024
+"""The same for ingest workers sharing the object store: a few seconds of one worker's work, so
+that a backlog is split among the workers rather than claimed whole by the first to look."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class ReadySegment:
 
 class SegmentSource(Protocol):
     """What ingest needs of wherever the segments are."""
+
+    batch_bytes: int
+    """How many bytes of segments ingest claims at once."""
 
     def ready(self) -> list[ReadySegment]:
         """The complete segments, oldest first."""
@@ -79,6 +88,8 @@ class SegmentSource(Protocol):
 
 class LocalSpool:
     """The spool directory on this host (the embedded backend, and `shadowzoo ingest`)."""
+
+    batch_bytes = BATCH_BYTES
 
     def __init__(self, directory: Path, archive_dir: Path | None = None) -> None:
         self.directory = directory
@@ -120,6 +131,8 @@ class ObjectStoreSpool:
     `<prefix>quarantine/<host>/<name>` with a `.reason` note beside it; that prefix is one
     level deeper than any segment's, so it is never listed as ready.
     """
+
+    batch_bytes = BATCH_BYTES
 
     def __init__(self, client: Any, bucket: str, prefix: str, inbox: Path) -> None:
         self.client = client
@@ -192,8 +205,11 @@ class LeasedSpool:
     (oldest offered first, up to as many as asked for); `dispose` and `quarantine` complete the
     lease under its fencing token, so a worker whose lease expired and went to another worker
     leaves the segment to that one (its rows, if it committed them, are recognised there by the
-    ledger key). `close` releases what the run claimed and did not finish.
+    ledger key). `close` releases what the run claimed and did not finish. Ingest claims
+    `SHARED_BATCH_BYTES` at a time, so that the other workers find part of a backlog left.
     """
+
+    batch_bytes = SHARED_BATCH_BYTES
 
     def __init__(self, store: ObjectStoreSpool, leases: WorkLeases) -> None:
         self.store = store

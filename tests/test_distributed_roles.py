@@ -21,7 +21,7 @@ from registry import Registry, load_workspace
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
 from shadow.spool_records import TrafficRecord
-from shadow.spool_source import LeasedSpool, leased_spool, object_store_spool
+from shadow.spool_source import SHARED_BATCH_BYTES, LeasedSpool, leased_spool, object_store_spool
 from tests.conftest import SHADOWZOO
 from tests.engines import distributed_section
 from tests.servers import ADMIN_TOKEN, champion_workspace, wait_until
@@ -150,18 +150,18 @@ def test_one_scorer_candidate_scores_a_slot_and_another_takes_over_when_the_lead
         follower.resign()
 
 
-def _traffic(request_id: str) -> bytes:
+def _traffic(request_id: str, output: str = "billing") -> bytes:
     return TrafficRecord(request_id=request_id, slot=SLOT, received_at="2026-12-05T12:00:00Z",
-                         request={"messages": QUESTION}, champion_version="v1", status=200, output="billing",
+                         request={"messages": QUESTION}, champion_version="v1", status=200, output=output,
                          stream=False).model_dump_json().encode()
 
 
-def _ship(source: LeasedSpool, host: str, segments: int, records: int) -> set[str]:
+def _ship(source: LeasedSpool, host: str, segments: int, records: int, output: str = "billing") -> set[str]:
     """Segments of a gateway host in the object store, as its shipper puts them; returns their request ids."""
     store, ids = source.store, set()
     for n in range(segments):
         batch = [f"{host}-{n}-{i}" for i in range(records)]
-        body = b"\n".join(_traffic(request_id) for request_id in batch) + b"\n"
+        body = b"\n".join(_traffic(request_id, output) for request_id in batch) + b"\n"
         store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}{host}/{1000 + n:013d}-7-00000000.jsonl",
                                 Body=body)
         ids |= set(batch)
@@ -215,6 +215,31 @@ def test_two_ingest_workers_over_two_gateway_hosts_store_every_capture_exactly_o
         stored = db.execute("SELECT request_id FROM traffic WHERE request_id LIKE 'gw-%'").fetchall()
     assert sorted(row[0] for row in stored) == sorted(captured)
     assert workers[0].store.ready() == []
+
+
+def test_a_backlog_in_the_object_store_is_split_between_two_ingest_workers(
+    lake_registry: Registry, tmp_path: Path
+) -> None:
+    first, second = _workers(lake_registry, tmp_path)
+    megabyte = 1024 * 1024
+    segments = SHARED_BATCH_BYTES // megabyte + 4  # of about 1 MB each: more than one worker's batch
+    captured = _ship(first, "backlog", segments, 4, output="billing " * (megabyte // 4 // 8))
+    reports = []
+
+    def second_worker_looks(done: int, total: int) -> None:  # while the first has stored one batch
+        if not reports:
+            reports.append(ingest_from(lake_registry.database, second))
+
+    try:
+        reports.append(ingest_from(lake_registry.database, first, progress=second_worker_looks))
+    finally:
+        first.close()
+        second.close()
+    theirs, mine = reports
+    assert mine.segments > 0 and theirs.segments > 0 and mine.segments + theirs.segments == segments
+    with lake_registry.database.reading() as db:
+        stored = db.execute("SELECT request_id FROM traffic WHERE request_id LIKE 'backlog-%'").fetchall()
+    assert sorted(row[0] for row in stored) == sorted(captured)
 
 
 def test_the_segments_of_an_ingest_worker_that_died_holding_them_are_stored_once_by_another(

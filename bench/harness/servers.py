@@ -3,8 +3,10 @@ started healthy or not at all, and stopped by the `ExitStack` that started them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,9 +16,10 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.harness import BenchError
+from bench.harness.figures import emit
 from bench.harness.procfs import children, cpu_seconds, process_tree
 from bench.harness.scenario import GATEWAY_KEY, GATEWAY_KEYS_ENV, LOOPBACK, SIMULATOR_YAML
 
@@ -38,6 +41,20 @@ def scratch_dir(prefix: str) -> Path:
     """A fresh directory under the bench scratch area (outside the repository)."""
     SCRATCH.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+
+
+def run_in_scratch(parser: argparse.ArgumentParser, prefix: str,
+                   run: Callable[[Path, argparse.Namespace], dict[str, Any]]) -> None:
+    """Parse a benchmark's options (adding `--keep`), run it in a fresh scratch directory, print
+    its one JSON object, and delete the directory (also on failure) unless `--keep` is given."""
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
+    args = parser.parse_args()
+    scratch = scratch_dir(prefix)
+    try:
+        emit(run(scratch, args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass
