@@ -95,6 +95,8 @@ class _LeasedRun:
         self.on_written = on_written
         self.held: dict[int, _Batch] = {}
         self.token_of: dict[tuple[str, str], int] = {}
+        """The batch each pair this run took is in, kept for the whole run: an overlapping batch fetched
+        while a result was being written (not yet in the store it reads) leaves the pair out."""
         self.freed = asyncio.Event()
         self.abandoned = False
         self.passed: list[int] = []
@@ -120,7 +122,7 @@ class _LeasedRun:
                     self.passed.append(lease.token)
                     continue
                 works = [work for work in fetched
-                         if (work.request_id, work.version_id) not in self.token_of]  # not in an overlapping batch held
+                         if (work.request_id, work.version_id) not in self.token_of]  # not taken in an overlapping batch
                 self.held[lease.token] = _Batch(lease, len(works))
                 for work in works:
                     self.token_of[(work.request_id, work.version_id)] = lease.token
@@ -154,7 +156,7 @@ class _LeasedRun:
 
     async def add(self, row: Row) -> None:
         """Keep a result with its batch; a batch with all its results is written under its fence."""
-        token = self.token_of.pop((row["request_id"], row["version_id"]))
+        token = self.token_of[(row["request_id"], row["version_id"])]
         batch = self.held[token]
         batch.rows.append(row)
         if len(batch.rows) == batch.expected:
