@@ -54,7 +54,7 @@ HOSTS = {"admin": "admin", "gw-1": "gateway", "gw-2": "gateway",
 """Each host's `serve --role`."""
 LEASE_TTL_S = 4.0
 """How soon a killed worker's segments and replay batches pass to the other (defaults: 5 min and 30 s)."""
-SETTLE_S = 60.0
+SETTLE_S = 120.0
 """The bound on each wait for the deployment to catch up (it is far quicker on a quiet machine)."""
 SCORER = f"scorer/{SLOT}"
 log = logging.getLogger(__name__)  # each step of the run, with when (`--log-cli-level=INFO` shows them live)
