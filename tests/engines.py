@@ -123,8 +123,17 @@ class PostgresServer:
         return probe.returncode == 0
 
     def kill(self) -> None:
-        """`kill -9` the postmaster (its backends exit when they notice)."""
+        """`kill -9` the server, its backends with the postmaster, as a host or container crash
+        does: a backend left behind holds the shared memory, and a new postmaster refuses to start
+        until it notices and exits."""
+        backends = _children(self.process.pid) if self.process is not None else []
         _stop(self.process, signal.SIGKILL)
+        for pid in backends:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: not any(map(_running, backends)), timeout_s=30)
 
     def stop(self) -> None:
         _stop(self.process, signal.SIGINT)  # fast shutdown: clients are disconnected, not waited for
@@ -254,6 +263,27 @@ class S3Bucket:
     endpoint: str
     bucket: str
     credentials_env: dict[str, str]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, dead but not reaped yet, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _stop(process: subprocess.Popen | None, sig: int, timeout_s: float = 30) -> None:
