@@ -70,3 +70,21 @@ def test_a_flush_writes_one_complete_redacted_segment(tmp_path: Path) -> None:
     assert records[0].request["messages"][0]["content"] == "my pin is ####"
     assert records[0].output == "card ####" and records[0].usage == {"prompt_tokens": 3}
     assert buffer.flushed == 2 and len(buffer) == 0
+
+
+def test_a_stop_that_arrives_while_a_flush_is_under_way_still_writes_every_capture(tmp_path: Path) -> None:
+    buffer = SpoolBuffer(tmp_path, Redactor({}), max_records=500, flush_interval_s=60, max_bytes=8 * MiB,
+                         flush_max_records=200)
+
+    async def stop_mid_flush() -> None:
+        flusher = asyncio.create_task(buffer.run())
+        for n in range(200):  # the 200th makes a flush due at once
+            buffer.add(_pending(n, "z" * 2000))
+        while len(buffer):  # the flush has taken them: it is serialising or writing them in a thread
+            await asyncio.sleep(0)
+        flusher.cancel()  # as the gateway's shutdown does
+        await asyncio.gather(flusher, return_exceptions=True)
+
+    asyncio.run(stop_mid_flush())
+    written = sorted(r.request_id for p in ready_segments(tmp_path) for r in read_segment(p))
+    assert written == sorted(f"szr_{n}" for n in range(200))

@@ -158,13 +158,18 @@ class SpoolBuffer:
 
     async def run(self) -> None:
         """Flush every interval, or sooner once `flush_max_records` captures arrived, until
-        cancelled; then flush what is left."""
+        cancelled; then flush what is left. A flush under way when the cancel comes is finished
+        first: it has taken its captures out of the buffer, so cancelling it would lose them."""
+        flushing: asyncio.Future[None] | None = None
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._due.wait(), self.flush_interval_s)
-                await self.flush()
+                flushing = asyncio.ensure_future(self.flush())
+                await asyncio.shield(flushing)
         finally:
+            if flushing is not None:
+                await flushing
             await self.flush()
 
     async def flush(self) -> None:
