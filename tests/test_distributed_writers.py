@@ -26,7 +26,7 @@ from shadow.ingest import ingest_spool
 from shadow.results import RESULT_SCHEMA
 from shadow.spool import write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
-from tests.backends import evidence, replay
+from tests.backends import evidence
 from tests.servers import wait_until
 from tests.test_distributed_storage import SLOT, TICKETS, _lake_workspace
 
