@@ -98,6 +98,8 @@ class Daemon:
         self.jobs = JobBoard()
         self.stopping = asyncio.Event()
         self.last_runs: dict[str, dict] = {}
+        self.job_threads: set[asyncio.Future] = set()
+        """Jobs' work under way in worker threads: a stop waits for it rather than close the database under it."""
         self.runner_mark: Mark | None = None  # None: the first pass after start looks at all traffic
         self.runner: ShadowRunner | None = None
         self.reloading = asyncio.Lock()  # SIGHUP and the poll never apply a file twice at once
@@ -170,6 +172,7 @@ class Daemon:
             others.append(asyncio.create_task(self._refuse_replays()))
         await self.stopping.wait()
         scheduler.shutdown(wait=False)
+        await asyncio.gather(*self.job_threads, return_exceptions=True)  # a job's thread ends before the database closes
         for task in others:
             task.cancel()
         if shadow is not None:
@@ -220,8 +223,13 @@ class Daemon:
         """
         started = time.perf_counter()
         outcome, counts = "ok", {}
+        work = asyncio.ensure_future(asyncio.to_thread(function, self.context))
+        self.job_threads.add(work)
+        work.add_done_callback(self.job_threads.discard)
         try:
-            counts = await asyncio.to_thread(function, self.context)
+            counts = await asyncio.shield(work)
+        except asyncio.CancelledError:  # the scheduler stops: the thread cannot be; the stop awaits it
+            return
         except Exception as exc:  # noqa: BLE001 - a failing job is logged and counted; the daemon goes on
             outcome, counts = "error", {"error": f"{type(exc).__name__}: {exc}"}
         duration = time.perf_counter() - started
