@@ -229,8 +229,9 @@ def _retention(context: TaskContext) -> dict[str, Any]:
 
 
 def _distributed_upkeep(context: TaskContext) -> dict[str, Any]:
-    """On `backend: distributed`: the lease rows done or long expired, and the lake's snapshots
-    older than every scorer watermark and its small files (`registry.lake_maintenance`)."""
+    """On `backend: distributed`: the control rows that only grow (lease rows done or long expired,
+    heartbeats of workers gone, budget rows of past days), and the lake's snapshots older than
+    every scorer watermark and its small files (`registry.lake_maintenance`)."""
     config = context.workspace.config
     if config.backend != "distributed" or config.distributed is None:
         return {}
@@ -238,9 +239,12 @@ def _distributed_upkeep(context: TaskContext) -> dict[str, Any]:
     from registry.lake_maintenance import maintain_lake
     from registry.leases import prune
     from scorer.changes import oldest_needed
+    from shadow.budget_slices import BudgetLedger
+    from shadow.rate_shares import forget_departed
 
     with connect_control(config.distributed, autocommit=True) as control:
-        counts = {"lease_rows_deleted": prune(control)}
+        counts = {"lease_rows_deleted": prune(control), "heartbeat_rows_deleted": forget_departed(control),
+                  "budget_rows_deleted": BudgetLedger(control).forget_past_days()}
     with context.leaders.fenced(context.database, "retention"):
         return counts | maintain_lake(context.database, oldest_needed)
 

@@ -43,6 +43,8 @@ SLICE_S = 10.0
 MIN_CALLS_PER_SLICE = 4
 """...and at least this many of the next call's estimate, so a slow runner does not ask for every call."""
 RATE_WINDOW_S = 60.0
+PAST_DAYS_KEPT = 7
+"""A scope's rows of past UTC days are kept this many days (a run keeps the day it started with, never this long)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,12 @@ class BudgetLedger:
             row = self.connection.execute("SELECT limit_usd, allotted_usd, spent_usd FROM budget_days "
                                           "WHERE scope = %s AND day = %s", [scope, day]).fetchone()
         return BudgetDay(*row) if row else None
+
+    def forget_past_days(self, kept_days: int = PAST_DAYS_KEPT) -> int:
+        """Delete every scope's rows of UTC days more than `kept_days` before today; returns how many."""
+        with self.connection.transaction():
+            return self.connection.execute(
+                "DELETE FROM budget_days WHERE day < (now() AT TIME ZONE 'UTC')::date - %s", [kept_days]).rowcount
 
 
 class SlicedCap(DailyCap):

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 HEARTBEAT_S = 5.0
 LIVE_WITHIN_S = 3 * HEARTBEAT_S
 """A worker counts as live while its last heartbeat is this recent (three missed beats and it is gone)."""
+DEPARTED_KEPT_S = 86_400.0
+"""A worker killed without `leave` keeps its row this long (for `status` and for looking into a crash)."""
 
 
 class Heartbeats:
@@ -48,6 +50,13 @@ class Heartbeats:
         """Remove this worker's row (a clean shutdown), so the others take its share at their next beat."""
         with self.connection.transaction():
             self.connection.execute("DELETE FROM worker_heartbeats WHERE worker = %s", [self.worker])
+
+
+def forget_departed(connection: "psycopg.Connection", kept_s: float = DEPARTED_KEPT_S) -> int:
+    """Delete the heartbeat rows of workers unseen for `kept_s` (killed, never left); returns how many."""
+    with connection.transaction():
+        return connection.execute("DELETE FROM worker_heartbeats WHERE seen_at < now() - make_interval(secs => %s)",
+                                  [kept_s]).rowcount
 
 
 def share(limit: int | None, workers: int) -> int | None:

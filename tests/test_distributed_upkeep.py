@@ -200,6 +200,25 @@ def test_the_retention_job_deletes_lease_rows_done_long_ago_and_keeps_those_a_wo
     assert worker.offer(["done-just-now"]) == 0  # a recently done item is not offered again
 
 
+def test_the_retention_job_forgets_workers_gone_a_day_and_budget_days_past_a_week_and_keeps_the_live_ones(
+        workspace_dir, control) -> None:
+    control.execute("INSERT INTO worker_heartbeats (worker, role, seen_at) VALUES "
+                    "('killed-yesterday', 'runner', now() - interval '25 hours'), "
+                    "('beating', 'runner', now()), ('stalled-an-hour', 'runner', now() - interval '1 hour')")
+    ledger = BudgetLedger(control)
+    today = utcnow().date()
+    for days_ago in (0, 7, 8, 30):
+        ledger.reserve("shadow/forgetting", today - timedelta(days=days_ago), 1.0, 0.1)
+    with Registry.open(load_workspace(workspace_dir)) as registry, _daemon(registry, "host-h:1") as daemon:
+        counts = tasks.retention(daemon)
+    workers = {worker for (worker,) in control.execute("SELECT worker FROM worker_heartbeats")}
+    days = {(today - day).days for (day,) in control.execute(
+        "SELECT day FROM budget_days WHERE scope = 'shadow/forgetting'")}
+    assert {"beating", "stalled-an-hour"} <= workers and "killed-yesterday" not in workers
+    assert days == {0, 7}
+    assert counts["heartbeat_rows_deleted"] >= 1 and counts["budget_rows_deleted"] >= 2
+
+
 # The judge's budget
 
 @pytest.fixture(scope="module")
