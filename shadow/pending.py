@@ -55,6 +55,15 @@ def _pending_sql(plan: RunPlan, select: str, tail: str, counting: str = "can") -
     return sql, [*params, plan.snapshot, plan.since, plan.after_seq]
 
 
+def newest_ingested(connection: duckdb.DuckDBPyConnection, after_seq: int) -> datetime | None:
+    """When the newest traffic row after `after_seq` was ingested, by its ingest host's clock.
+
+    A run takes the traffic ingested up to its snapshot. With ingest workers on other hosts a
+    row may carry a time ahead of this host's clock; a snapshot never earlier than the rows it
+    can read keeps such a row in this pass (the next pass starts past it, and would never see it)."""
+    return connection.execute("SELECT max(ingested_at) FROM traffic WHERE seq > ?", [after_seq]).fetchone()[0]
+
+
 def count_pending(connection: duckdb.DuckDBPyConnection, plan: RunPlan) -> int:
     """How many pairs the run will make (with `include_old`, those that cannot count too)."""
     sql, params = _pending_sql(plan, "count(*)", "", "any" if plan.include_old else "can")

@@ -48,7 +48,7 @@ from registry.workspace_config import Price, ShadowConfig
 from registry.evidence import period_start
 from shadow.apply import apply_variant
 from shadow.budget import CapFactory, DailyBudget, spent_today
-from shadow.pending import CHALLENGER, CONTROL, count_pending, count_skipped, pending_page
+from shadow.pending import CHALLENGER, CONTROL, count_pending, count_skipped, newest_ingested, pending_page
 from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
@@ -296,6 +296,7 @@ class ShadowRunner:
         )
         if challengers:
             with self.registry.database.reading() as connection:
+                plan.snapshot = max(plan.snapshot, newest_ingested(connection, plan.after_seq) or plan.snapshot)
                 plan.spent_today = spent_today(connection)
                 plan.total = count_pending(connection, plan)
                 plan.skipped = {} if plan.include_old else count_skipped(connection, plan)

@@ -306,6 +306,25 @@ def test_the_daemons_next_runner_pass_takes_traffic_committed_late_with_lower_se
     assert answered == {"slow": 2, "quick": 2}
 
 
+def test_traffic_ingested_by_a_host_whose_clock_runs_ahead_is_shadowed_by_the_next_pass(
+        boards, lake_dir, tmp_path) -> None:
+    workspace = load_workspace(lake_dir)
+    with Registry.open(workspace) as daemon, Registry.open(workspace) as ahead:
+        champion = daemon.champion(SLOT).version_id
+        context = TaskContext(workspace, LocalOperations(daemon), DaemonMetrics())
+        previous, _ = context.runner_pass(None)
+        write_segment(tmp_path / "ahead", _traffic_rows("ahead", champion, 2))
+        with pytest.MonkeyPatch.context() as patch:  # the ingest host's clock is ten minutes ahead
+            patch.setattr(shadow.ingest, "utcnow", lambda: utcnow() + timedelta(minutes=10))
+            ingest_spool(ahead.database, tmp_path / "ahead")
+        _, after_seq = context.runner_pass(previous)
+        asyncio.run(_pass(daemon, after_seq))
+        with daemon.database.reading() as db:
+            answered = db.execute("SELECT count(DISTINCT request_id) FROM shadow_results "
+                                  "WHERE request_id LIKE 'ahead-%'").fetchone()[0]
+    assert answered == 2
+
+
 async def _pass(registry: Registry, after_seq: int | None) -> None:
     """One pass of the daemon's shadow runner over the traffic after `after_seq`."""
     async with ShadowRunner(registry) as runner:
