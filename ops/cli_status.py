@@ -137,13 +137,38 @@ def _print_gateway_routes(routes: dict[str, Any] | None) -> None:
 
 
 def _print_gateway_shipping(shipping: dict[str, Any] | None) -> None:
-    """`backend: distributed`: each gateway host's spool shipping lag, from its heartbeats in the control plane."""
-    if not _gateway_section(shipping, "gateway hosts' spool shipping"):
+    """`backend: distributed`: per gateway host its shipping lag as its shipper last reported it to the
+    control plane, and what of it waits in the bucket for ingest; a host silent for a while is warned about."""
+    if shipping is None:
         return
+    for key in ("error", "bucket_error"):
+        if key in shipping:
+            warn(f"gateway hosts' spool shipping partly unknown: {shipping[key]}")
+    if not shipping["hosts"]:
+        return
+    say("")
     print_table("gateway hosts' spool shipping", ["host", "shipping lag", "segments shipped", "last shipped",
-                                                  "last report s ago"],
-                [[h["host"], f"{h['shipping_lag_s']:g} s", h["segments_shipped"], h["last_shipped_at"] or "never",
-                  h["reported_s_ago"]] for h in shipping["hosts"]])
+                                                  "waiting for ingest", "last report s ago"],
+                [[h["host"], _seconds(h["shipping_lag_s"]), h["segments_shipped"], h["last_shipped_at"] or "never",
+                  _waiting(h), _seconds(h["reported_s_ago"], "never")] for h in shipping["hosts"]])
+    for host in shipping["hosts"]:
+        if host["silent"]:
+            last = ("has never reported" if host["reported_s_ago"] is None
+                    else f"has not reported for {host['reported_s_ago']:g} s (its shipping lag then: "
+                         f"{host['shipping_lag_s']:g} s)")
+            warn(f"gateway host {host['host']} {last}: its shipper is stopped or cannot reach PostgreSQL, "
+                 "or the host is down")
+
+
+def _waiting(host: dict[str, Any]) -> str:
+    """A host's segments in the bucket not yet ingested, and the age of the oldest."""
+    if not host["waiting_segments"]:
+        return "none"
+    return f"{host['waiting_segments']} segment(s), oldest {host['oldest_waiting_s']:g} s"
+
+
+def _seconds(value: float | None, none: str = "unknown") -> str:
+    return none if value is None else f"{value:g} s"
 
 
 def _print_config(config: dict[str, Any]) -> None:
