@@ -291,7 +291,8 @@ def _kill_the_admin_under_calls(deployment: Deployment, run: Run) -> None:
         admin.kill()
         calling.result(timeout=SETTLE_S)
     deployment.start("admin")
-    log.info("the admin killed under calls and restarted")
+    log.info("the admin killed under calls (%d answered, then %s) and restarted", len(run.admin_calls) - 1,
+             run.admin_calls[-1])
 
 
 def _kill_the_store_and_a_gateway_that_cannot_ship(deployment: Deployment, run: Run) -> None:
@@ -345,9 +346,12 @@ def _settle(deployment: Deployment, run: Run) -> None:
             pass
         run.board = deployment.admin_board()
         log.info("the scorer's board and the embedded one compared")
+        def caught_up() -> bool:
+            run.admin_status = _status(deployment)
+            return _shipped_and_ingested(run.admin_status)
+
         try:
-            wait_until(lambda: _shipped_and_ingested(run.admin_status := _status(deployment)), timeout_s=SETTLE_S,
-                       interval_s=0.5)
+            wait_until(caught_up, timeout_s=SETTLE_S, interval_s=0.5)
         except AssertionError:
             pass
         with registry.database.reading() as db:
