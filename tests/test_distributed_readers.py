@@ -1,9 +1,10 @@
 """Readers of the lake with several writers (issue 16): ingest and runner workers take `seq` in
 blocks and commit in any order, and a worker that lost its lease may commit the same work
 again. The daemon's counters count every row once, the trace says truly whether a request
-waits for the next refresh, a not-run call two runners both stored counts once, the spool
-lag gauge describes the object store, and a segment two ingest workers commit at once is
-stored once and scores as a single commit does."""
+waits for the next refresh, a not-run call two runners both stored counts once (and not at
+all beside the other runner's answer), a result stored twice is graded by the judge once,
+the spool lag gauge describes the object store, and a segment two ingest workers commit at
+once is stored once and scores as a single commit does."""
 
 from __future__ import annotations
 
@@ -395,3 +396,47 @@ def test_a_pair_one_runner_answered_and_the_other_stored_as_not_run_is_scored_an
     assert next(row.status for row in page.requests if row.request_id == "both-0") == "ok"
     answers = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
     assert exported.rows == len(answers) and [a["status"] for a in answers if a["request_id"] == "both-0"] == ["ok"]
+
+
+def _judged(config: dict) -> None:
+    """Quality judged by the simulator's grader on every answer, the champion replayed on every request."""
+    config["prices"]["sim-judge"] = {"input_cost_per_token": 1.0e-6, "output_cost_per_token": 4.0e-6}
+    config["slots"][SLOT]["metrics"] = [{"type": "judge", "provider": "sim", "model": "sim-judge", "sample_rate": 1.0,
+                                         "rubric": "The first line must be the ticket's category."}]
+    config["slots"][SLOT]["shadow"]["champion_control_rate"] = 1.0
+
+
+def test_a_result_two_runners_both_stored_is_graded_once_and_the_judges_spend_is_what_its_values_cost(
+        simulator, postgres, object_store, lake_extensions, tmp_path) -> None:
+    section = _own_lake(postgres, object_store, lake_extensions, "judged")
+    directory = _champion_workspace(tmp_path / "judged", simulator.base_url,
+                                    {"backend": "distributed", "distributed": section})
+    edit_config(directory, _judged)
+    workspace = load_workspace(directory)
+    with Registry.open(workspace) as registry, Registry.open(workspace) as lost:
+        champion = registry.champion(SLOT).version_id
+        versions = {champion} | {v.version_id for v in registry.variants(slot=SLOT, status="active")}
+        challenger = sorted(versions - {champion})[0]
+        label = OutcomeRecord(request_key="graded-0", value=TICKETS[0]["expected"], received_at=utcnow())
+        write_segment(tmp_path / "spool", [*_traffic_rows("graded", champion, 1), label.model_dump_json().encode()])
+        ingest_spool(registry.database, tmp_path / "spool")
+        replay(registry)
+        with registry.database.reading() as db:
+            rows = db.sql(f"SELECT {', '.join(RESULT_SCHEMA)} FROM shadow_results WHERE request_id = 'graded-0' "
+                          "AND version_id = ?", params=[challenger]).pl()
+            replayed = db.execute("SELECT count(*) FROM shadow_results WHERE status = 'ok'").fetchone()[0]
+        with lost.database.transaction() as db, registered(db, "lost_batch", rows.to_arrow()):  # a lost lease's copy
+            lost.database.reserve("change_seq", rows.height)
+            db.execute(f"INSERT INTO shadow_results ({', '.join(RESULT_SCHEMA)}, seq) "
+                       "SELECT *, nextval('change_seq') FROM lost_batch")
+        [judge] = Scorer(workspace, registry).refresh(SLOT).judges
+        with registry.database.reading() as db:
+            values, stored_cost = db.execute("SELECT count(*), sum(cost_usd) FROM metric_values "
+                                             "WHERE request_id = 'graded-0'").fetchone()
+    with psycopg.connect(section["postgres_url"]) as control:
+        spent = control.execute("SELECT spent_usd FROM budget_days WHERE scope = %s",
+                                [f"judge/{judge.metric_key}"]).fetchone()[0]
+    assert rows.height == 1 and rows["status"][0] == "ok" and replayed >= 3  # the challengers' and the control's
+    assert values == len(versions)  # one per (request, version): the live answer's for the champion
+    assert spent == pytest.approx(stored_cost) and judge.spent_today_usd == pytest.approx(stored_cost)
+    assert judge.unjudged == 0
