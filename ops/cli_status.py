@@ -15,7 +15,7 @@ import typer
 
 from ops.output import print_fields, print_json, print_table, say, warn
 from ops.session import Session, session
-from ops.state import DAEMON, SERVE, running_daemon
+from ops.state import DaemonInfo, running_daemon, running_roles
 from registry.errors import ConfigError, ShadowzooError
 
 if TYPE_CHECKING:
@@ -223,32 +223,38 @@ def stop(
     ctx: typer.Context,
     wait_s: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for it to stop.")] = STOP_WAIT_S,
 ) -> None:
-    """Stop the `shadowzoo serve` (or lone daemon) running for this workspace.
+    """Stop the `shadowzoo serve` (or lone gateways and daemon) running for this workspace.
 
     Sends SIGTERM: the gateways flush their captures, then the daemon ingests them. Waits
-    up to --wait seconds and says whether it stopped; nothing running is not an error.
+    up to --wait seconds for each and says whether it stopped; nothing running is not an error.
 
     Example: shadowzoo stop
     """
     workspace = session(ctx).workspace()
-    for role in (SERVE, DAEMON):
+    stopped = False
+    for role in running_roles(workspace):
         info = running_daemon(workspace, role)
-        if info is None:
-            continue
-        say(f"stopping shadowzoo {role} (pid {info.pid}) for {workspace.root} ...")
-        try:
-            os.kill(info.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            raise ShadowzooError(f"not allowed to signal pid {info.pid}: run `shadowzoo stop` as the user "
-                                 "that started it (or `systemctl stop shadowzoo`)") from None
-        deadline = time.monotonic() + wait_s
-        while running_daemon(workspace, role) is not None:
-            if time.monotonic() > deadline:
-                raise ShadowzooError(f"shadowzoo {role} (pid {info.pid}) still runs {wait_s:g} s after SIGTERM; "
-                                     f"look at its log, or `kill -9 {info.pid}`")
-            time.sleep(0.2)
-        say(f"stopped shadowzoo {role} (pid {info.pid})")
-        return
-    say(f"no shadowzoo serve or daemon runs for {workspace.root}: nothing to stop")
+        if info is not None:
+            _stop(workspace, role.split("-")[0], role, info, wait_s)
+            stopped = True
+    if not stopped:
+        say(f"no shadowzoo serve, gateway or daemon runs for {workspace.root}: nothing to stop")
+
+
+def _stop(workspace: "Workspace", name: str, role: str, info: DaemonInfo, wait_s: float) -> None:
+    """SIGTERM to the process of `role` (`name`: what it is), and wait until its lock is free."""
+    say(f"stopping shadowzoo {name} (pid {info.pid}) for {workspace.root} ...")
+    try:
+        os.kill(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise ShadowzooError(f"not allowed to signal pid {info.pid}: run `shadowzoo stop` as the user "
+                             "that started it (or `systemctl stop shadowzoo`)") from None
+    deadline = time.monotonic() + wait_s
+    while running_daemon(workspace, role) is not None:
+        if time.monotonic() > deadline:
+            raise ShadowzooError(f"shadowzoo {name} (pid {info.pid}) still runs {wait_s:g} s after SIGTERM; "
+                                 f"look at its log, or `kill -9 {info.pid}`")
+        time.sleep(0.2)
+    say(f"stopped shadowzoo {name} (pid {info.pid})")
