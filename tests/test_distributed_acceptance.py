@@ -9,9 +9,10 @@ on a PostgreSQL and an S3 server (`weed mini`) of this module's own (it kills th
 simulator as every model. Traffic and labels (some late) go through both gateways with the
 real openai client while, in turn: the worker leading the slot's scorer is killed (`kill -9`
 of its host's processes: one ingest worker, one runner worker and the scorer leader at once),
-PostgreSQL is killed and restarted, the admin is killed while an operator's calls go through
-it and restarted, and the object store is killed, gateway gw-1 is killed with segments it
-could not ship yet, the store restarted and gw-1 restarted. Then the tests read what the
+PostgreSQL is killed and restarted, the object store is killed, gateway gw-1 is killed with
+segments it could not ship yet, the store restarted and gw-1 restarted, and the admin is
+killed while an operator's calls go through it and restarted (while the lake catches up,
+so that it adds little to the run). Then the tests read what the
 deployment made of it: every accepted capture stored once, no pair twice, the same
 leaderboard as the embedded backend on the same traffic, `status` through the restarted
 admin showing both gateway hosts' shipping caught up, and a promotion through it reaching
@@ -25,7 +26,7 @@ import http.client
 import json
 import logging
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,13 +248,14 @@ def _drive(deployment: Deployment) -> Run:
         deployment.ask(gateway, 4, run)
     deployment.postgres.start()
     log.info("PostgreSQL killed and restarted")
-    _kill_the_admin_under_calls(deployment, run)
     _kill_the_store_and_a_gateway_that_cannot_ship(deployment, run)
     unlabelled = [one for one in run.sent if not {one.request_id, one.client_id} & {r.request_key for r in run.labels}]
     deployment.label("gw-1", unlabelled[::2], run)  # the late labels, through both gateways
     deployment.label("gw-2", unlabelled[1::2], run)
     log.info("the late labels sent")
-    _settle(deployment, run)
+    with ThreadPoolExecutor(1) as pool:
+        admin_back = pool.submit(_kill_the_admin_under_calls, deployment, run)  # restarts while the lake catches up
+        _settle(deployment, run, admin_back)
     _promote_through_the_admin(deployment, run)
     return run
 
@@ -274,7 +276,7 @@ def _kill_the_scorer_leaders_host(deployment: Deployment, run: Run) -> None:
 
 def _kill_the_admin_under_calls(deployment: Deployment, run: Run) -> None:
     """`kill -9` the admin host while an operator's `status` calls go through it, and restart it
-    (the rest of the run then reads the board, promotes and asks `status` through it)."""
+    (the rest of the run then reads the board, asks `status` and promotes through it)."""
     admin = deployment.served["admin"]
 
     def operator() -> None:
@@ -321,9 +323,10 @@ def _promote_through_the_admin(deployment: Deployment, run: Run) -> None:
     log.info("both gateways serve the promoted champion")
 
 
-def _settle(deployment: Deployment, run: Run) -> None:
-    """Wait until the lake holds every capture and the scorer's board is the embedded backend's on
-    the same traffic (both bounded: a test then says what differs); keep what the scorer reads."""
+def _settle(deployment: Deployment, run: Run, admin_back: Future) -> None:
+    """Wait until the lake holds every capture and the scorer's board (read through the admin, once
+    `admin_back` says it is back) is the embedded backend's on the same traffic (both bounded: a
+    test then says what differs); keep what the scorer reads."""
     with Registry.open(load_workspace(deployment.dirs["admin"])) as registry:
         def stored_ids() -> list[str]:
             with registry.database.reading() as db:
@@ -339,6 +342,7 @@ def _settle(deployment: Deployment, run: Run) -> None:
         with registry.database.reading() as db:
             traffic = db.execute("SELECT * FROM traffic ORDER BY seq").to_arrow_table().to_pylist()
         run.embedded = _embedded_board(deployment.root / "embedded", deployment.simulator_url, traffic, run.labels)
+        admin_back.result(timeout=SETTLE_S)
         try:
             wait_until(lambda: (board := deployment.admin_board()) and not _unlike(board, run.embedded),
                        timeout_s=SETTLE_S, interval_s=0.5)
@@ -346,6 +350,7 @@ def _settle(deployment: Deployment, run: Run) -> None:
             pass
         run.board = deployment.admin_board()
         log.info("the scorer's board and the embedded one compared")
+
         def caught_up() -> bool:
             run.admin_status = _status(deployment)
             return _shipped_and_ingested(run.admin_status)
