@@ -15,7 +15,7 @@ from ops.affinity import parse_cpus
 from ops.output import warn
 from ops.roles import ADMIN, DAEMON_ROLES, GATEWAY, ROLES, check_backend, parse_roles
 from ops.session import session
-from ops.state import SERVE, DaemonInfo, DaemonLock
+from ops.state import SERVE, DaemonInfo, DaemonLock, gateway_role
 from registry import ShadowzooError
 
 if TYPE_CHECKING:
@@ -40,9 +40,8 @@ def gateway(
     workspace = session(ctx).workspace()
     host, port = _gateway_address(workspace, host, port, workers)
     _check_api_keys(workspace)
-    from ops.supervise import supervise
-
-    supervise(_gateways(workspace, host, port, workers))
+    _supervise_as(workspace, _gateways(workspace, host, port, workers), gateway_role(os.getpid()), DaemonInfo(
+        pid=os.getpid(), admin_url="", metrics_url=f"http://{host}:{port}/metrics", started_at=datetime.now(UTC).isoformat()))
 
 
 AdminPortOption = Annotated[int | None, typer.Option(
@@ -130,21 +129,24 @@ def serve(
         children.append(Child("daemon", "ops.daemon:run_daemon", (workspace.root, admin_port, daemon_roles),
                               cpus=daemon_set, reloads=True))
     admin_url = f"http://{daemon_config.admin_host}:{admin_port or daemon_config.admin_port}" if ADMIN in roles else ""
-    _supervise_as_serve(workspace, children, DaemonInfo(pid=os.getpid(), admin_url=admin_url, metrics_url=metrics_url,
-                                                        started_at=datetime.now(UTC).isoformat()))
+    _supervise_as(workspace, children, SERVE, DaemonInfo(pid=os.getpid(), admin_url=admin_url, metrics_url=metrics_url,
+                                                         started_at=datetime.now(UTC).isoformat()))
 
 
-def _supervise_as_serve(workspace, children: "list[Child]", info: DaemonInfo) -> None:
-    """Supervise the children holding the workspace's serve lock, so that `shadowzoo stop` finds this process."""
+def _supervise_as(workspace, children: "list[Child]", role: str, info: DaemonInfo) -> None:
+    """Supervise the children holding the workspace's lock of `role` (`serve`, or this lone gateway's),
+    so that `shadowzoo stop` finds this process; a child that did not stop cleanly is an error naming it."""
     from ops.supervise import supervise
 
-    lock = DaemonLock(workspace, SERVE)
+    lock = DaemonLock(workspace, role)
     lock.acquire()
     try:
         lock.publish(info)
-        supervise(children)
+        problems = supervise(children)
     finally:
         lock.release()
+    if problems:
+        raise ShadowzooError("stopped, but not cleanly: " + "; ".join(problems) + " (its log above says why)")
 
 
 def _gateways(workspace, host: str, port: int, workers: int) -> "list[Child]":

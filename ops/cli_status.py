@@ -15,7 +15,7 @@ import typer
 
 from ops.output import print_fields, print_json, print_table, say, warn
 from ops.session import Session, session
-from ops.state import DAEMON, SERVE, running_daemon
+from ops.state import DaemonInfo, running_daemon, running_roles
 from registry.errors import ConfigError, ShadowzooError
 
 if TYPE_CHECKING:
@@ -137,13 +137,38 @@ def _print_gateway_routes(routes: dict[str, Any] | None) -> None:
 
 
 def _print_gateway_shipping(shipping: dict[str, Any] | None) -> None:
-    """`backend: distributed`: each gateway host's spool shipping lag, from its heartbeats in the control plane."""
-    if not _gateway_section(shipping, "gateway hosts' spool shipping"):
+    """`backend: distributed`: per gateway host its shipping lag as its shipper last reported it to the
+    control plane, and what of it waits in the bucket for ingest; a host silent for a while is warned about."""
+    if shipping is None:
         return
+    for key in ("error", "bucket_error"):
+        if key in shipping:
+            warn(f"gateway hosts' spool shipping partly unknown: {shipping[key]}")
+    if not shipping["hosts"]:
+        return
+    say("")
     print_table("gateway hosts' spool shipping", ["host", "shipping lag", "segments shipped", "last shipped",
-                                                  "last report s ago"],
-                [[h["host"], f"{h['shipping_lag_s']:g} s", h["segments_shipped"], h["last_shipped_at"] or "never",
-                  h["reported_s_ago"]] for h in shipping["hosts"]])
+                                                  "waiting for ingest", "last report s ago"],
+                [[h["host"], _seconds(h["shipping_lag_s"]), h["segments_shipped"], h["last_shipped_at"] or "never",
+                  _waiting(h), _seconds(h["reported_s_ago"], "never")] for h in shipping["hosts"]])
+    for host in shipping["hosts"]:
+        if host["silent"]:
+            last = ("has never reported" if host["reported_s_ago"] is None
+                    else f"has not reported for {host['reported_s_ago']:g} s (its shipping lag then: "
+                         f"{host['shipping_lag_s']:g} s)")
+            warn(f"gateway host {host['host']} {last}: its shipper is stopped or cannot reach PostgreSQL, "
+                 "or the host is down")
+
+
+def _waiting(host: dict[str, Any]) -> str:
+    """A host's segments in the bucket not yet ingested, and the age of the oldest."""
+    if not host["waiting_segments"]:
+        return "none"
+    return f"{host['waiting_segments']} segment(s), oldest {host['oldest_waiting_s']:g} s"
+
+
+def _seconds(value: float | None, none: str = "unknown") -> str:
+    return none if value is None else f"{value:g} s"
 
 
 def _print_config(config: dict[str, Any]) -> None:
@@ -198,32 +223,38 @@ def stop(
     ctx: typer.Context,
     wait_s: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for it to stop.")] = STOP_WAIT_S,
 ) -> None:
-    """Stop the `shadowzoo serve` (or lone daemon) running for this workspace.
+    """Stop the `shadowzoo serve` (or lone gateways and daemon) running for this workspace.
 
     Sends SIGTERM: the gateways flush their captures, then the daemon ingests them. Waits
-    up to --wait seconds and says whether it stopped; nothing running is not an error.
+    up to --wait seconds for each and says whether it stopped; nothing running is not an error.
 
     Example: shadowzoo stop
     """
     workspace = session(ctx).workspace()
-    for role in (SERVE, DAEMON):
+    stopped = False
+    for role in running_roles(workspace):
         info = running_daemon(workspace, role)
-        if info is None:
-            continue
-        say(f"stopping shadowzoo {role} (pid {info.pid}) for {workspace.root} ...")
-        try:
-            os.kill(info.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            raise ShadowzooError(f"not allowed to signal pid {info.pid}: run `shadowzoo stop` as the user "
-                                 "that started it (or `systemctl stop shadowzoo`)") from None
-        deadline = time.monotonic() + wait_s
-        while running_daemon(workspace, role) is not None:
-            if time.monotonic() > deadline:
-                raise ShadowzooError(f"shadowzoo {role} (pid {info.pid}) still runs {wait_s:g} s after SIGTERM; "
-                                     f"look at its log, or `kill -9 {info.pid}`")
-            time.sleep(0.2)
-        say(f"stopped shadowzoo {role} (pid {info.pid})")
-        return
-    say(f"no shadowzoo serve or daemon runs for {workspace.root}: nothing to stop")
+        if info is not None:
+            _stop(workspace, role.split("-")[0], role, info, wait_s)
+            stopped = True
+    if not stopped:
+        say(f"no shadowzoo serve, gateway or daemon runs for {workspace.root}: nothing to stop")
+
+
+def _stop(workspace: "Workspace", name: str, role: str, info: DaemonInfo, wait_s: float) -> None:
+    """SIGTERM to the process of `role` (`name`: what it is), and wait until its lock is free."""
+    say(f"stopping shadowzoo {name} (pid {info.pid}) for {workspace.root} ...")
+    try:
+        os.kill(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise ShadowzooError(f"not allowed to signal pid {info.pid}: run `shadowzoo stop` as the user "
+                             "that started it (or `systemctl stop shadowzoo`)") from None
+    deadline = time.monotonic() + wait_s
+    while running_daemon(workspace, role) is not None:
+        if time.monotonic() > deadline:
+            raise ShadowzooError(f"shadowzoo {name} (pid {info.pid}) still runs {wait_s:g} s after SIGTERM; "
+                                 f"look at its log, or `kill -9 {info.pid}`")
+        time.sleep(0.2)
+    say(f"stopped shadowzoo {name} (pid {info.pid})")

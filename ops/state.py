@@ -7,7 +7,8 @@ readable by its user only. The CLI asks the lock, not the files, whether a daemo
 running, then talks to the URLs in `daemon.json`, with the token from the environment or,
 when none is set there, from `admin-token` (so the daemon's own user needs none exported).
 `shadowzoo serve`, the supervisor of the gateways and the daemon, holds `serve.lock` and
-writes `serve.json` the same way, so `shadowzoo stop` finds the process to signal.
+writes `serve.json` the same way, so `shadowzoo stop` finds the process to signal; so does a
+lone `shadowzoo gateway`, as `gateway-<pid>.lock` and `.json` (several may share a spool).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 DAEMON = "daemon"
 SERVE = "serve"
+GATEWAY = "gateway"
 TOKEN_FILE = "admin-token"
 
 
@@ -79,6 +82,8 @@ class DaemonLock:
         (self.state_dir / f"{self.role}.json").unlink(missing_ok=True)
         if self.role == DAEMON:
             (self.state_dir / TOKEN_FILE).unlink(missing_ok=True)
+        if self.role == gateway_role(os.getpid()):  # a name no other process takes: it goes with this one
+            (self.state_dir / f"{self.role}.lock").unlink(missing_ok=True)
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
@@ -126,6 +131,20 @@ def running_daemon(workspace: Workspace, role: str = DAEMON) -> DaemonInfo | Non
             return read_info(workspace.state_dir, role)
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
+
+
+def gateway_role(pid: int) -> str:
+    """The lock and info files' name of the lone `shadowzoo gateway` of process `pid`."""
+    return f"{GATEWAY}-{pid}"
+
+
+def running_roles(workspace: Workspace) -> Iterator[str]:
+    """The names of the processes that may run for the workspace, in the order to stop them: `serve`,
+    lone gateways (they flush their captures to the spool), then a lone daemon (it ingests them).
+    Each is looked up when reached (`running_daemon`), so what stopping the one before ended is skipped."""
+    yield SERVE
+    yield from sorted(path.stem for path in workspace.state_dir.glob(f"{GATEWAY}-*.lock"))
+    yield DAEMON
 
 
 def pid_alive(pid: int) -> bool:

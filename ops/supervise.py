@@ -4,7 +4,9 @@ Each child is a spawned process; one that dies is restarted after a back-off tha
 while it keeps dying. On SIGTERM or SIGINT children are stopped in the order given (the
 gateways first, so they flush their captures to the spool, then the daemon, so it ingests
 them), each with SIGTERM and a grace period. SIGHUP is passed on to the children that reload
-their config on it (the daemon), so `systemctl reload` reaches it.
+their config on it (the daemon), so `systemctl reload` reaches it. `supervise` returns what
+went wrong while stopping (a child that died with an error, or did not stop in its grace
+period), so that the command exits non-zero naming it.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ class Child:
     started_at: float = field(default_factory=time.monotonic)
 
 
-def supervise(children: list[Child]) -> None:
-    """Run the children until a signal; restart any that dies; stop them in order."""
+def supervise(children: list[Child]) -> list[str]:
+    """Run the children until a signal; restart any that dies; stop them in order. Returns one line
+    per child that did not stop cleanly (none when all did)."""
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -64,12 +67,13 @@ def supervise(children: list[Child]) -> None:
     signal.signal(signal.SIGHUP, reload)
     for child in children:
         _start(context, child)
-    while not stopping:
+    while True:
         time.sleep(POLL_S)
+        if stopping:  # a child dead by now is not started again only to be stopped
+            break
         for child in children:
             _tend(context, child)
-    for child in children:
-        _stop(child)
+    return [problem for child in children if (problem := _stop(child)) is not None]
 
 
 def _start(context: Any, child: Child) -> None:
@@ -114,12 +118,20 @@ def _tend(context: Any, child: Child) -> None:
         _start(context, child)
 
 
-def _stop(child: Child) -> None:
+def _stop(child: Child) -> str | None:
+    """SIGTERM, the grace period, then SIGKILL if need be; what went wrong, or None when the child
+    exited 0, or by that SIGTERM itself (it was starting: its handler not set, nothing held yet).
+    A child found dead already died after the last look, while the stop began: that is said too."""
     process = child.process
-    if process is None or not process.is_alive():
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    process.join(STOP_GRACE_S)
+    if process is None:
+        return None
+    if process.is_alive():
+        os.kill(process.pid, signal.SIGTERM)
+        process.join(STOP_GRACE_S)
     if process.is_alive():
         process.kill()
         process.join()
+        return f"{child.name} (pid {process.pid}) still ran {STOP_GRACE_S:g} s after SIGTERM and was killed"
+    if process.exitcode in (0, -signal.SIGTERM):
+        return None
+    return f"{child.name} (pid {process.pid}) exited with {process.exitcode} while stopping"

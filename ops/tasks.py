@@ -299,12 +299,12 @@ def status(context: TaskContext) -> dict[str, Any]:
 
 
 def _gateway_hosts(config: WorkspaceConfig) -> dict[str, Any]:
-    """On `backend: distributed`, which route version each gateway host serves (`gateway_routes`)
-    and how far behind its spool shipping is (`gateway_shipping`)."""
+    """On `backend: distributed`, which route version each gateway host serves (`gateway_routes`),
+    how far behind its spool shipping is and what of it waits in the bucket for ingest (`gateway_shipping`)."""
     if config.backend != "distributed" or config.distributed is None:
         return {}
     from registry.published_routes import gateway_routes
-    from shadow.shipper import shipping_report
+    from shadow.shipping_report import shipping_report
 
     return {"gateway_routes": gateway_routes(config.distributed), "gateway_shipping": shipping_report(config.distributed)}
 

@@ -8,7 +8,9 @@ An answer is the champion's live response (from `traffic`) or a replayed one (fr
                prices when known), or the per-call price of a python variant; NULL when unpriced
     net      = value_per_point × quality − cost_usd − latency_cost_per_s × max(0, latency_s − slo)
 
-Calls shadowzoo never made (`not_run`) are not answers and are not scored.
+Calls shadowzoo never made (`not_run`) are not answers and are not scored. On the lake a
+pair's result may be stored twice (two runners both held a lost lease): every reader reads
+one row of it, `read_once`'s.
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ def variant_prices_sql(prices: pl.DataFrame) -> str:
     return f"SELECT * FROM (VALUES {values}) AS prices({', '.join(PRICE_COLUMNS)})" + ("" if rows else " WHERE false")
 
 
+def read_once(key: str, alias: str = "") -> str:
+    """SQL: a ` QUALIFY` keeping one of the `shadow_results` rows (named `alias`) of each pair (`key`:
+    the columns naming it). An answer (ok or error) is read before a call not run: the runner that
+    made the call did so under the same attempt policy as every other, so its answer is evidence
+    whatever the other runner found (a budget spent, a pause, since lifted); then the first written."""
+    row = f"{alias}." if alias else ""
+    return f" QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {row}status = 'not_run', {row}seq) = 1"
+
+
 @dataclass(frozen=True)
 class AnswerQuery:
     """The parameters of one scoring query over a slot's answers."""
@@ -75,7 +86,7 @@ class AnswerQuery:
     """Score the answers as they stood at this mark (`scorer.changes`): later rows are left out."""
     duplicates: bool = False
     """Whether a (request, variant) may have several `shadow_results` rows (the lake has no keys:
-    two runners that both held a lost lease both wrote it): the earliest written is read."""
+    two runners that both held a lost lease both wrote it): `read_once`'s is read."""
     tags: str | None = None
     """A SQL condition on traffic's `tags` selecting a slice's requests (`scorer.slices.tags_sql`; all when None)."""
 
@@ -135,8 +146,7 @@ class AnswerQuery:
         champion = ", l.net AS champion_net, l.quality AS champion_quality, l.cost_usd AS champion_cost" \
             if champion_scores else ""
         # among the requests just read, so its cost is the answers' and not the table's
-        once = " QUALIFY row_number() OVER (PARTITION BY s.request_id, s.version_id ORDER BY s.seq) = 1" \
-            if self.duplicates else ""
+        once = read_once("s.request_id, s.version_id", "s") if self.duplicates else ""
         return f"""
             SELECT s.request_id, s.request_seq, s.version_id,
                    CASE WHEN s.role = 'control' THEN 'control' ELSE 'shadow' END AS source, s.status, s.output,

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry import ConfigError
 from registry.errors import validated
+from scorer.answer_query import read_once
 from scorer.quality_metrics import sql_literal
 from scorer.slices import tags_sql
 from shadow.tags import parse_where
@@ -206,7 +207,7 @@ def _rows(db: duckdb.DuckDBPyConnection, focus: str | None, seqs: list[int], ord
     if focus is not None:
         version = sql_literal(focus)
         joins = (f" LEFT JOIN (SELECT * FROM shadow_results WHERE version_id = {version} AND role <> 'control' "
-                 f"AND {among('request_seq')} QUALIFY row_number() OVER (PARTITION BY request_seq ORDER BY seq) = 1) s "
+                 f"AND {among('request_seq')}{read_once('request_seq')}) s "
                  "ON s.request_seq = t.seq"
                  f" LEFT JOIN (SELECT * FROM {pairs} WHERE version_id = {version} AND period_id = {period or 0} "
                  f"AND {among('request_seq')}) p ON p.request_seq = t.seq")

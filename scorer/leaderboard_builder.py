@@ -28,7 +28,7 @@ import duckdb
 
 from registry import Variant, utcnow
 from registry.workspace_config import ScoringConfig
-from scorer.answer_query import AnswerQuery
+from scorer.answer_query import AnswerQuery, read_once
 from scorer.answerstats import metric_error_sql
 from scorer.guardrails import broken_guardrail, error_rate_delta, latency_ratio
 from scorer.leaderboard_model import Comparison, Interval, Leaderboard, Slice, Status, VariantRow
@@ -68,17 +68,19 @@ def not_run_counts(db: duckdb.DuckDBPyConnection, slot: str, since: datetime, ta
     Not-run rows are few and recent (a budget or a pause), so their request range is read
     first: the join then reads only that range of traffic, and nothing when there are none.
     Both reads run in the caller's transaction, one snapshot, so the range covers every row
-    counted, in whatever order writers committed them. A request counts once per challenger:
-    on the lake two runners that both held a lost lease may both have stored its not-run row.
+    counted, in whatever order writers committed them. On the lake two runners that both held
+    a lost lease may both have stored a pair's result: it is read once (`read_once`), so a
+    not-run call counts once, and not at all beside the other runner's answer, which is scored.
     """
     low, high = db.execute(
         "SELECT min(request_seq), max(request_seq) FROM shadow_results WHERE status = 'not_run'").fetchone()
     if low is None:
         return {}
     return dict(db.execute(
-        "SELECT s.version_id, count(DISTINCT s.request_seq) FROM shadow_results s JOIN traffic t ON t.seq = s.request_seq "
-        f"WHERE t.slot = ? AND t.received_at >= ? AND s.status = 'not_run' AND t.seq BETWEEN ? AND ? AND {tags} "
-        "GROUP BY s.version_id", [slot, since, low, high]).fetchall())
+        "SELECT version_id, count(*) FROM (SELECT s.version_id, s.status FROM shadow_results s "
+        f"JOIN traffic t ON t.seq = s.request_seq WHERE t.slot = ? AND t.received_at >= ? AND t.seq BETWEEN ? AND ? "
+        f"AND s.request_seq BETWEEN ? AND ? AND {tags}{read_once('s.request_seq, s.version_id', 's')}) "
+        "WHERE status = 'not_run' GROUP BY version_id", [slot, since, low, high, low, high]).fetchall())
 
 
 @dataclass(frozen=True)

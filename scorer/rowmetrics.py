@@ -116,7 +116,11 @@ def pending_answers(database: Database, query: AnswerQuery, key: str, metric: Me
     """Answers (ok status) with no value yet for metric `key` (and matching `only`, a SQL predicate).
 
     A metric that reads the label waits for it, and is pending again once the label is
-    corrected (its values are kept per label: `label_key`); the others see no label."""
+    corrected (its values are kept per label: `label_key`); the others see no label. One
+    answer per value key: a value is stored per (request, version), so the champion's live
+    answer is evaluated and not also its control replay, which a judge would be paid to
+    grade for a value `metric_values` does not keep (a result two runners both stored is
+    read once by `query` itself, `AnswerQuery.duplicates`)."""
     label_key = label_key_sql(metric, "a.label_json")
     labelled = "AND a.label_json IS NOT NULL " if uses_label(metric) else ""
     label_json = "a.label_json" if uses_label(metric) else "NULL::VARCHAR"
@@ -129,6 +133,8 @@ def pending_answers(database: Database, query: AnswerQuery, key: str, metric: Me
             WHERE a.status = 'ok' {labelled}{extra}AND NOT EXISTS (
                 SELECT 1 FROM metric_values m WHERE m.request_id = a.request_id AND m.version_id = a.version_id
                 AND m.metric_key = {sql_literal(key)} AND m.label_key = {label_key})
+            QUALIFY row_number() OVER (PARTITION BY a.request_id, a.version_id, {label_key}
+                                       ORDER BY a.source = 'control') = 1
         """)
 
 

@@ -76,7 +76,8 @@ class Scorer:
         variants = ([champion] if champion else []) + challengers
         prices = sync_prices(self.database, self.workspace)
         period = self._period(slot, champion, challengers, prices)
-        judges = self._fill_row_metrics(slot, plan, variants, prices, _evidence_query(slot, plan, config, period, since))
+        judges = self._fill_row_metrics(slot, plan, variants, prices, _evidence_query(
+            slot, plan, config, period, since, duplicates=self._distributed is not None))
         price_table = variant_prices(variants, prices).to_arrow()
 
         def refresh_in(db: duckdb.DuckDBPyConnection) -> Leaderboard:
@@ -215,15 +216,17 @@ class Scorer:
         return PauseSet(read_pauses(db)).paused(v.version_id for v in challengers)
 
 
-def _evidence_query(slot: str, plan: QualityPlan, config: SlotConfig, period: Period | None, since: datetime | None) -> AnswerQuery:
+def _evidence_query(slot: str, plan: QualityPlan, config: SlotConfig, period: Period | None, since: datetime | None,
+                    duplicates: bool) -> AnswerQuery:
     """The answers that can enter the evidence: the current period's (its champion's requests),
-    or, for a `--since` view, every answer since then as well."""
+    or, for a `--since` view, every answer since then as well (`duplicates`: on the lake, where
+    a result may be stored twice, each is read once, as the scoring reads it)."""
     if period is None:
-        return AnswerQuery(slot=slot, since=since or EPOCH, plan=plan, scoring=config.scoring)
+        return AnswerQuery(slot=slot, since=since or EPOCH, plan=plan, scoring=config.scoring, duplicates=duplicates)
     if since is not None and since < period.started_at:
-        return AnswerQuery(slot=slot, since=since, plan=plan, scoring=config.scoring)
+        return AnswerQuery(slot=slot, since=since, plan=plan, scoring=config.scoring, duplicates=duplicates)
     return AnswerQuery(slot=slot, since=period.started_at, plan=plan, scoring=config.scoring,
-                       champion=period.champion_version)
+                       champion=period.champion_version, duplicates=duplicates)
 
 
 def _latest_comparisons(db: duckdb.DuckDBPyConnection, period: Period) -> dict[str, Comparison]:

@@ -23,7 +23,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from registry import ConfigError, NotFound, Registry, Variant
-from scorer.answer_query import AnswerQuery, variant_prices, variant_prices_sql
+from scorer.answer_query import AnswerQuery, read_once, variant_prices, variant_prices_sql
 from scorer.changes import Mark, latest, on_lake, request_touched
 from scorer.quality_metrics import plan_quality, sql_literal
 from shadow.pricing import effective_prices
@@ -253,8 +253,7 @@ def _stored(db: duckdb.DuckDBPyConnection, traffic: dict[str, Any]) -> _Stored:
     row = _rows(db, f"""
         SELECT * FROM
             (SELECT list({{'version_id': version_id, 'role': role, 'status': status, 'error': error}} ORDER BY version_id)
-                    AS results FROM (SELECT * FROM shadow_results WHERE request_seq = {seq}
-                                     QUALIFY row_number() OVER (PARTITION BY version_id ORDER BY seq) = 1)),
+                    AS results FROM (SELECT * FROM shadow_results WHERE request_seq = {seq}{read_once('version_id')})),
             (SELECT list({{'period_id': period_id, 'version_id': version_id, 'd_net': d_net, 'd_quality': d_quality,
                           'd_cost': d_cost}} ORDER BY period_id) AS pairs FROM paired WHERE request_seq = {seq}),
             (SELECT list({{'kind': kind, 'value_json': value_json, 'received_at': received_at}} ORDER BY received_at, seq)

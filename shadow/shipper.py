@@ -11,7 +11,8 @@ A failing object store (or PostgreSQL, where the heartbeat goes) is logged once 
 starts failing and once when it is back, not per attempt; the shipper retries after a
 back-off that doubles up to `MAX_BACKOFF_S`. Its lag (the age of the oldest complete segment
 not yet shipped, 0 when none) is a gauge on the gateway's /metrics and, with the count
-shipped, a heartbeat row in the control plane's `spool_shipping`, which `status` shows.
+shipped, a heartbeat row in the control plane's `spool_shipping`, which `status` shows
+(`shadow.shipping_report`).
 Only one shipper works on a spool at a time (an exclusive lock on `shipper.lock`).
 """
 
@@ -183,29 +184,6 @@ def shipping_host(settings: DistributedConfig) -> str:
         raise ConfigError(f"distributed.host: the hostname {host!r} cannot be part of an object key: "
                           "set distributed.host (letters, digits, . _ -)")
     return host
-
-
-def shipping_report(settings: DistributedConfig) -> dict[str, Any]:
-    """For `status`: each gateway host's last heartbeat (`hosts`), or an `error` when PostgreSQL is unreachable."""
-    import psycopg
-
-    try:
-        with connect_control(settings) as connection:
-            known = connection.execute("SELECT to_regclass('spool_shipping') IS NOT NULL").fetchone()[0]
-            rows = connection.execute(_HEARTBEATS).fetchall() if known else []  # none before a shipper's first
-    except (psycopg.Error, ConfigError) as exc:
-        return {"error": first_line(exc)}
-    return {"hosts": [
-        {"host": host, "shipping_lag_s": round(lag, 1), "segments_shipped": shipped,
-         "last_shipped_at": shipped_at.isoformat() if shipped_at else None, "seen_at": seen_at.isoformat(),
-         "reported_s_ago": round(float(ago), 1)}
-        for host, lag, shipped, shipped_at, seen_at, ago in rows]}
-
-
-_HEARTBEATS = """
-SELECT host, lag_s, segments_shipped, last_shipped_at, seen_at, extract(epoch FROM (now() AT TIME ZONE 'UTC') - seen_at)
-FROM spool_shipping ORDER BY host
-"""
 
 
 def workspace_shipper(settings: DistributedConfig, state_dir: Path) -> Shipper:

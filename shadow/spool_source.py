@@ -144,13 +144,7 @@ class ObjectStoreSpool:
         """Every host's segments, oldest first (names begin with their creation time); the
         inbox is emptied of what an earlier run left behind."""
         shutil.rmtree(self.inbox, ignore_errors=True)
-        found = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
-            for item in page.get("Contents", []):
-                key = item["Key"].removeprefix(self.prefix)
-                if _is_segment_key(key):
-                    found.append(ReadySegment(key, item["Size"], item["LastModified"].timestamp()))
-        return sorted(found, key=lambda segment: (segment.key.split("/")[1], segment.key))
+        return stored_segments(self.client, self.bucket, self.prefix)
 
     def claim(self, segments: list[ReadySegment]) -> list[Path]:
         """Download each segment; one gone meanwhile (another worker finished it) is left out."""
@@ -292,6 +286,18 @@ def object_store_spool(settings: DistributedConfig, inbox: Path) -> ObjectStoreS
 
     return ObjectStoreSpool(object_store_client(settings.object_store), settings.object_store.bucket,
                             settings.spool_prefix, inbox)
+
+
+def stored_segments(client: Any, bucket: str, prefix: str) -> list[ReadySegment]:
+    """The segments in the bucket under `prefix` (`<host>/<name>` keys, the time the object store
+    received each), oldest first: names begin with their creation time."""
+    found = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"].removeprefix(prefix)
+            if _is_segment_key(key):
+                found.append(ReadySegment(key, item["Size"], item["LastModified"].timestamp()))
+    return sorted(found, key=lambda segment: (segment.key.split("/")[1], segment.key))
 
 
 def _is_segment_key(key: str) -> bool:

@@ -9,20 +9,24 @@ on a PostgreSQL and an S3 server (`weed mini`) of this module's own (it kills th
 simulator as every model. Traffic and labels (some late) go through both gateways with the
 real openai client while, in turn: the worker leading the slot's scorer is killed (`kill -9`
 of its host's processes: one ingest worker, one runner worker and the scorer leader at once),
-PostgreSQL is killed and restarted, and the object store is killed, gateway gw-1 is killed
-with segments it could not ship yet, the store restarted and gw-1 restarted. Then the tests
-read what the deployment made of it: every accepted capture stored once, no pair twice, the
-same leaderboard as the embedded backend on the same traffic, and a promotion through the
-admin reaching both gateways. The last two tests kill PostgreSQL under an ingest (the segment
+PostgreSQL is killed and restarted, the object store is killed, gateway gw-1 is killed with
+segments it could not ship yet, the store restarted and gw-1 restarted, and the admin is
+killed while an operator's calls go through it and restarted (while the lake catches up,
+so that it adds little to the run). Then the tests read what the
+deployment made of it: every accepted capture stored once, no pair twice, the same
+leaderboard as the embedded backend on the same traffic, `status` through the restarted
+admin showing both gateway hosts' shipping caught up, and a promotion through it reaching
+both gateways. The last two tests kill PostgreSQL under an ingest (the segment
 waits, never quarantined) and stop every host at once (each stops cleanly).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +47,9 @@ from shadow.spool import ready_segments, spool_dir, write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
 from shadow.spool_source import object_store_spool
 from tests.backends import differences, evidence, replay, within, without_bounds
+from tests.clirun import run_in_process
 from tests.engines import PostgresServer, S3Server, distributed_section
-from tests.servers import TICKET_INPUTS, Served, champion_workspace, edit_config, free_port, wait_until
+from tests.servers import ADMIN_TOKEN, TICKET_INPUTS, Served, champion_workspace, edit_config, free_port, wait_until
 
 SLOT = "support-triage"
 TICKETS = [json.loads(line) for line in
@@ -93,6 +98,10 @@ class Run:
     stored_ids: list[str] = field(default_factory=list)
     promoted: str = ""
     served_after_promotion: dict[str, str] = field(default_factory=dict)
+    admin_calls: list[int | str] = field(default_factory=list)
+    """The operator's status calls through the admin until it was killed: HTTP statuses, then the error."""
+    admin_status: dict = field(default_factory=dict)
+    """`shadowzoo status --json` through the restarted admin once the deployment caught up."""
 
 
 class Deployment:
@@ -244,7 +253,9 @@ def _drive(deployment: Deployment) -> Run:
     deployment.label("gw-1", unlabelled[::2], run)  # the late labels, through both gateways
     deployment.label("gw-2", unlabelled[1::2], run)
     log.info("the late labels sent")
-    _settle(deployment, run)
+    with ThreadPoolExecutor(1) as pool:
+        admin_back = pool.submit(_kill_the_admin_under_calls, deployment, run)  # restarts while the lake catches up
+        _settle(deployment, run, admin_back)
     _promote_through_the_admin(deployment, run)
     return run
 
@@ -261,6 +272,29 @@ def _kill_the_scorer_leaders_host(deployment: Deployment, run: Run) -> None:
     run.leaders.append(wait_until(lambda: (now := deployment.scorer_leader()) and now[0] != run.leaders[0][0] and now,
                                   timeout_s=SETTLE_S, interval_s=0.2))
     log.info("the other candidate leads: %s", run.leaders[1])
+
+
+def _kill_the_admin_under_calls(deployment: Deployment, run: Run) -> None:
+    """`kill -9` the admin host while an operator's `status` calls go through it, and restart it
+    (the rest of the run then reads the board, asks `status` and promotes through it)."""
+    admin = deployment.served["admin"]
+
+    def operator() -> None:
+        for _ in range(1000):  # until the kill cuts a call off
+            try:
+                run.admin_calls.append(admin.call("/admin/status")[0])
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, or cut off mid-answer
+                run.admin_calls.append(type(exc).__name__)
+                return
+
+    with ThreadPoolExecutor(1) as pool:
+        calling = pool.submit(operator)
+        wait_until(lambda: run.admin_calls, timeout_s=SETTLE_S, interval_s=0.05)
+        admin.kill()
+        calling.result(timeout=SETTLE_S)
+    deployment.start("admin")
+    log.info("the admin killed under calls (%d answered, then %s) and restarted", len(run.admin_calls) - 1,
+             run.admin_calls[-1])
 
 
 def _kill_the_store_and_a_gateway_that_cannot_ship(deployment: Deployment, run: Run) -> None:
@@ -289,9 +323,10 @@ def _promote_through_the_admin(deployment: Deployment, run: Run) -> None:
     log.info("both gateways serve the promoted champion")
 
 
-def _settle(deployment: Deployment, run: Run) -> None:
-    """Wait until the lake holds every capture and the scorer's board is the embedded backend's on
-    the same traffic (both bounded: a test then says what differs); keep what the scorer reads."""
+def _settle(deployment: Deployment, run: Run, admin_back: Future) -> None:
+    """Wait until the lake holds every capture and the scorer's board (read through the admin, once
+    `admin_back` says it is back) is the embedded backend's on the same traffic (both bounded: a
+    test then says what differs); keep what the scorer reads."""
     with Registry.open(load_workspace(deployment.dirs["admin"])) as registry:
         def stored_ids() -> list[str]:
             with registry.database.reading() as db:
@@ -307,6 +342,7 @@ def _settle(deployment: Deployment, run: Run) -> None:
         with registry.database.reading() as db:
             traffic = db.execute("SELECT * FROM traffic ORDER BY seq").to_arrow_table().to_pylist()
         run.embedded = _embedded_board(deployment.root / "embedded", deployment.simulator_url, traffic, run.labels)
+        admin_back.result(timeout=SETTLE_S)
         try:
             wait_until(lambda: (board := deployment.admin_board()) and not _unlike(board, run.embedded),
                        timeout_s=SETTLE_S, interval_s=0.5)
@@ -314,11 +350,34 @@ def _settle(deployment: Deployment, run: Run) -> None:
             pass
         run.board = deployment.admin_board()
         log.info("the scorer's board and the embedded one compared")
+
+        def caught_up() -> bool:
+            run.admin_status = _status(deployment)
+            return _shipped_and_ingested(run.admin_status)
+
+        try:
+            wait_until(caught_up, timeout_s=SETTLE_S, interval_s=0.5)
+        except AssertionError:
+            pass
         with registry.database.reading() as db:
             run.stored = {table: db.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}").fetchone()
                           for table, key in {"traffic": "request_id", "outcomes": "outcome_id",
                                              "paired": "period_id, request_seq, version_id",
                                              "metric_values": "request_id, version_id, metric_key, label_key"}.items()}
+
+
+def _status(deployment: Deployment) -> dict:
+    """`shadowzoo status --json` on the admin host (through its admin API)."""
+    result = run_in_process(("status", "--json"), deployment.dirs["admin"], {"SHADOWZOO_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def _shipped_and_ingested(status: dict) -> bool:
+    """Both gateway hosts report their shipping, and nothing of theirs waits in the bucket."""
+    hosts = {h["host"]: h for h in status["gateway_shipping"]["hosts"]}
+    return all(host in hosts and not hosts[host]["silent"] and hosts[host]["waiting_segments"] == 0
+               for host in ("gw-1", "gw-2"))
 
 
 def _embedded_board(directory: Path, simulator_url: str, traffic: list[dict], labels: list[OutcomeRecord]) -> Leaderboard:
@@ -393,6 +452,19 @@ def test_the_leaderboard_equals_the_embedded_backends_on_the_same_traffic(run: R
 
 def test_a_promotion_through_the_admin_reaches_both_gateway_hosts(run: Run) -> None:
     assert run.served_after_promotion == {"gw-1": run.promoted, "gw-2": run.promoted}
+
+
+def test_the_admin_killed_under_calls_answers_after_its_restart(run: Run) -> None:
+    *answered, cut_off = run.admin_calls
+    assert answered and set(answered) == {200} and isinstance(cut_off, str), run.admin_calls
+    assert run.admin_status["pid"] is not None  # through the restarted admin, not read locally
+
+
+def test_status_through_the_admin_shows_each_gateway_hosts_shipping_caught_up(run: Run) -> None:
+    hosts = {h["host"]: h for h in run.admin_status["gateway_shipping"]["hosts"]}
+    for host in ("gw-1", "gw-2"):
+        assert hosts[host]["segments_shipped"] > 0 and hosts[host]["last_shipped_at"] is not None, hosts
+    assert _shipped_and_ingested(run.admin_status), hosts
 
 
 def test_a_segment_that_meets_postgresql_down_waits_for_the_next_ingest_and_is_never_quarantined(

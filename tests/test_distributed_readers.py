@@ -1,13 +1,15 @@
 """Readers of the lake with several writers (issue 16): ingest and runner workers take `seq` in
 blocks and commit in any order, and a worker that lost its lease may commit the same work
 again. The daemon's counters count every row once, the trace says truly whether a request
-waits for the next refresh, a not-run call two runners both stored counts once, the spool
-lag gauge describes the object store, and a segment two ingest workers commit at once is
-stored once and scores as a single commit does."""
+waits for the next refresh, a not-run call two runners both stored counts once (and not at
+all beside the other runner's answer), a result stored twice is graded by the judge once,
+the spool lag gauge describes the object store, and a segment two ingest workers commit at
+once is stored once and scores as a single commit does."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 import time
@@ -366,3 +368,94 @@ def test_a_result_two_runners_both_stored_is_read_once_by_views_pages_exports_an
     assert rows.height == 1 and stored == 2
     assert "req-02" in before["page"]
     assert after == before
+
+
+def _challenger_row(board: Leaderboard, version: str) -> tuple[int, int]:
+    """A challenger's (not-run calls, pairs) on the board."""
+    row = next(row for row in board.rows if row.version_id == version)
+    return row.not_run, row.comparison.pairs if row.comparison else 0
+
+
+def test_a_pair_one_runner_answered_and_the_other_stored_as_not_run_is_scored_and_shown_answered_everywhere(
+        boards, lake_dir, tmp_path) -> None:
+    workspace = load_workspace(lake_dir)
+    with Registry.open(workspace) as registry, Registry.open(workspace) as lost:
+        champion = registry.champion(SLOT).version_id
+        challenger = next(v.version_id for v in registry.variants(slot=SLOT, status="active") if v.version_id != champion)
+        label = OutcomeRecord(request_key="both-0", value=TICKETS[0]["expected"], received_at=utcnow())
+        write_segment(tmp_path, [*_traffic_rows("both", champion, 1), label.model_dump_json().encode()])
+        ingest_spool(registry.database, tmp_path)
+        scorer = Scorer(workspace, registry)
+        before = _challenger_row(scorer.refresh(SLOT), challenger)
+        with lost.database.transaction():  # the runner about to lose its lease drew its ids first
+            lost.database.reserve("change_seq", 1)
+        replay(registry)  # the runner that took the pair over answers it
+        with registry.database.reading() as db:
+            request_seq, answered = db.execute("SELECT request_seq, status FROM shadow_results "
+                                               "WHERE request_id = 'both-0' AND version_id = ?", [challenger]).fetchone()
+        not_run = {column: None for column in RESULT_SCHEMA} | {
+            "request_id": "both-0", "request_seq": request_seq, "version_id": challenger, "role": "challenger",
+            "status": "not_run", "error": "budget: the slot's daily shadow budget is spent", "attempts": 0,
+            "finished_at": utcnow()}
+        # then the lost lease's runner, finding the budget spent, stores its call as not run, with its lower seq
+        with lost.database.transaction() as db, registered(
+                db, "lost_batch", pl.DataFrame([not_run], schema=RESULT_SCHEMA).to_arrow()):
+            db.execute(f"INSERT INTO shadow_results ({', '.join(RESULT_SCHEMA)}, seq) "
+                       "SELECT *, nextval('change_seq') FROM lost_batch")
+        with registry.database.reading() as db:
+            stored = db.execute("SELECT status FROM shadow_results WHERE request_id = 'both-0' AND version_id = ? "
+                                "ORDER BY seq", [challenger]).fetchall()
+            page = browse_requests(db, RequestFilter(slot=SLOT, version=challenger, limit=MAX_LIMIT))
+        after = _challenger_row(scorer.refresh(SLOT), challenger)
+        traced = next(a for a in trace_request(registry, "both-0").challengers if a.version_id == challenger)
+        exported = export_answers(registry, ExportOptions(slot=SLOT, version=challenger), tmp_path / "both.jsonl")
+    assert answered == "ok" and stored == [("not_run",), ("ok",)], "the not-run row was written with the lower seq"
+    assert after == (before[0], before[1] + 1), "scored as one pair, not counted as not run"
+    assert (traced.status, traced.reason, traced.pair.entered) == ("ok", None, True)
+    assert next(row.status for row in page.requests if row.request_id == "both-0") == "ok"
+    answers = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+    assert exported.rows == len(answers) and [a["status"] for a in answers if a["request_id"] == "both-0"] == ["ok"]
+
+
+def _judged(config: dict) -> None:
+    """Quality judged by the simulator's grader on every answer, the champion replayed on every request."""
+    config["prices"]["sim-judge"] = {"input_cost_per_token": 1.0e-6, "output_cost_per_token": 4.0e-6}
+    config["slots"][SLOT]["metrics"] = [{"type": "judge", "provider": "sim", "model": "sim-judge", "sample_rate": 1.0,
+                                         "rubric": "The first line must be the ticket's category."}]
+    config["slots"][SLOT]["shadow"]["champion_control_rate"] = 1.0
+
+
+def test_a_result_two_runners_both_stored_is_graded_once_and_the_judges_spend_is_what_its_values_cost(
+        simulator, postgres, object_store, lake_extensions, tmp_path) -> None:
+    section = _own_lake(postgres, object_store, lake_extensions, "judged")
+    directory = _champion_workspace(tmp_path / "judged", simulator.base_url,
+                                    {"backend": "distributed", "distributed": section})
+    edit_config(directory, _judged)
+    workspace = load_workspace(directory)
+    with Registry.open(workspace) as registry, Registry.open(workspace) as lost:
+        champion = registry.champion(SLOT).version_id
+        versions = {champion} | {v.version_id for v in registry.variants(slot=SLOT, status="active")}
+        challenger = sorted(versions - {champion})[0]
+        label = OutcomeRecord(request_key="graded-0", value=TICKETS[0]["expected"], received_at=utcnow())
+        write_segment(tmp_path / "spool", [*_traffic_rows("graded", champion, 1), label.model_dump_json().encode()])
+        ingest_spool(registry.database, tmp_path / "spool")
+        replay(registry)
+        with registry.database.reading() as db:
+            rows = db.sql(f"SELECT {', '.join(RESULT_SCHEMA)} FROM shadow_results WHERE request_id = 'graded-0' "
+                          "AND version_id = ?", params=[challenger]).pl()
+            replayed = db.execute("SELECT count(*) FROM shadow_results WHERE status = 'ok'").fetchone()[0]
+        with lost.database.transaction() as db, registered(db, "lost_batch", rows.to_arrow()):  # a lost lease's copy
+            lost.database.reserve("change_seq", rows.height)
+            db.execute(f"INSERT INTO shadow_results ({', '.join(RESULT_SCHEMA)}, seq) "
+                       "SELECT *, nextval('change_seq') FROM lost_batch")
+        [judge] = Scorer(workspace, registry).refresh(SLOT).judges
+        with registry.database.reading() as db:
+            values, stored_cost = db.execute("SELECT count(*), sum(cost_usd) FROM metric_values "
+                                             "WHERE request_id = 'graded-0'").fetchone()
+    with psycopg.connect(section["postgres_url"]) as control:
+        spent = control.execute("SELECT spent_usd FROM budget_days WHERE scope = %s",
+                                [f"judge/{judge.metric_key}"]).fetchone()[0]
+    assert rows.height == 1 and rows["status"][0] == "ok" and replayed >= 3  # the challengers' and the control's
+    assert values == len(versions)  # one per (request, version): the live answer's for the champion
+    assert spent == pytest.approx(stored_cost) and judge.spent_today_usd == pytest.approx(stored_cost)
+    assert judge.unjudged == 0

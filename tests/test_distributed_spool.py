@@ -18,6 +18,7 @@ from registry.distributed import connect_control, object_store_client
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
 from shadow.shipper import Heartbeat, Shipper
+from shadow.shipping_report import shipping_report
 from shadow.spool import ready_segments, spool_dir, write_segment
 from shadow.spool_records import TrafficRecord
 from shadow.spool_source import ObjectStoreSpool, object_store_spool
@@ -367,3 +368,63 @@ def test_the_heartbeat_counts_what_was_shipped_while_postgres_was_down_and_says_
         assert heartbeat_row(settings, "gw-pg")[:2] == (0.0, 12)
     finally:
         postgres.close()
+
+
+def ship_segments(settings: DistributedConfig, host: str, spool: Path, request_ids: list[str]) -> Shipper:
+    """Host `host`'s shipper, having shipped one segment per request id from its spool to the bucket."""
+    spool.mkdir(parents=True, exist_ok=True)
+    for request_id in request_ids:
+        write_segment(spool, [traffic(request_id)])
+    shipper = Shipper(spool, object_store_client(settings.object_store), settings.object_store.bucket,
+                      settings.spool_prefix, host)
+    assert shipper.ship_ready() == len(request_ids)
+    return shipper
+
+
+def report_shipping(settings: DistributedConfig, host: str, shipper: Shipper, lag_s: float) -> None:
+    heartbeat = Heartbeat(settings, host)
+    heartbeat.beat(lag_s, shipper.shipped, shipper.last_shipped_at)
+    heartbeat.close()
+
+
+def test_status_shows_per_gateway_host_its_reported_lag_its_segments_waiting_for_ingest_and_a_silent_host(
+    distributed_workspace: Path, cli, tmp_path: Path
+) -> None:
+    settings = settings_of(distributed_workspace)
+    quiet = ship_segments(settings, "gw-quiet", tmp_path / "quiet", ["q1"])
+    with Registry.open(load_workspace(distributed_workspace)) as registry:
+        assert ingest_from(registry.database, object_store_spool(settings, tmp_path / "inbox")).traffic_rows == 1
+    busy = ship_segments(settings, "gw-busy", tmp_path / "busy", ["b1", "b2", "b3"])
+    report_shipping(settings, "gw-quiet", quiet, 0.0)
+    report_shipping(settings, "gw-busy", busy, 4.5)
+    with connect_control(settings) as connection:  # gw-quiet's last report was two minutes ago
+        connection.execute("UPDATE spool_shipping SET seen_at = seen_at - interval '2 minutes' WHERE host = 'gw-quiet'")
+
+    result = cli("status", "--json")
+    assert result.code == 0, result.err
+    hosts = {h["host"]: h for h in json.loads(result.out)["gateway_shipping"]["hosts"]}
+    assert (hosts["gw-busy"]["shipping_lag_s"], hosts["gw-busy"]["segments_shipped"]) == (4.5, 3)
+    assert (hosts["gw-busy"]["waiting_segments"], hosts["gw-busy"]["silent"]) == (3, False)
+    assert hosts["gw-busy"]["oldest_waiting_s"] >= 0 and hosts["gw-busy"]["last_shipped_at"] is not None
+    assert (hosts["gw-quiet"]["waiting_segments"], hosts["gw-quiet"]["oldest_waiting_s"]) == (0, None)
+    assert hosts["gw-quiet"]["silent"] and hosts["gw-quiet"]["reported_s_ago"] >= 120
+
+    text = cli("status")
+    assert text.code == 0, text.err
+    assert re.search(r"gw-busy\W+4.5 s\W+3\W+\S+\W+3 segment\(s\), oldest [0-9.]+ s", text.out), text.out
+    assert re.search(r"gw-quiet\W+0 s\W+1\W+\S+\W+none", text.out), text.out
+    assert re.search(r"gateway host gw-quiet has not reported for 1[2-9][0-9.]* s", text.err), text.err
+    assert "gw-busy has not reported" not in text.err
+
+
+def test_with_the_object_store_unreachable_status_still_shows_the_hosts_reported_lag_and_says_why_the_rest_is_unknown(
+    distributed_workspace: Path, tmp_path: Path
+) -> None:
+    settings = settings_of(distributed_workspace)
+    report_shipping(settings, "gw-cut", ship_segments(settings, "gw-cut", tmp_path / "cut", ["c1"]), 2.5)
+    settings.object_store.endpoint = "http://127.0.0.1:1"
+    report = shipping_report(settings)
+    assert report["bucket_error"].startswith(f"the object store (http://127.0.0.1:1, bucket {settings.object_store.bucket}) "
+                                             "unreachable: ")
+    cut = next(h for h in report["hosts"] if h["host"] == "gw-cut")
+    assert (cut["shipping_lag_s"], cut["waiting_segments"], cut["silent"]) == (2.5, 0, False)

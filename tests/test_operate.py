@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from ops.affinity import format_cpus
-from tests.servers import ADMIN_TOKEN, Served, champion_workspace, edit_config, start_simulator, wait_until
+from tests.servers import ADMIN_TOKEN, GatewayProcess, Served, champion_workspace, edit_config, start_simulator, wait_until
 
 SLOT = "support-triage"
 
@@ -144,6 +144,35 @@ def test_pinned_serve_runs_each_process_on_its_cpus_logs_nothing_idle_and_stops(
         served.stop()
     assert idle == ""
     assert "nothing to stop" in ws_cli("stop").out
+
+
+@pytest.mark.slow
+def test_serve_whose_daemon_dies_while_stopping_exits_non_zero_and_names_it(served_ws: Path) -> None:
+    served = Served(served_ws)
+    try:
+        daemon = served.daemon_pid()
+        os.kill(served.process.pid, signal.SIGTERM)  # the gateways stop first: the daemon is killed meanwhile
+        os.kill(daemon, signal.SIGKILL)
+        assert served.process.wait(timeout=90) == 1
+    finally:
+        log = served.stop()
+    assert f"stopped, but not cleanly: daemon (pid {daemon}) exited with -9 while stopping" in log
+
+
+@pytest.mark.slow
+def test_stop_stops_lone_gateways_and_says_so(served_ws: Path, ws_cli) -> None:
+    gateways = [GatewayProcess(served_ws, env={"SIM_API_KEY": "sim"}) for _ in range(2)]  # sharing one spool
+    try:
+        stopped = ws_cli("stop")
+        assert stopped.code == 0, stopped.err
+        for gateway in gateways:
+            assert gateway.process.wait(timeout=30) == 0
+            assert f"stopped shadowzoo gateway (pid {gateway.process.pid})" in stopped.out
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    assert "nothing to stop" in ws_cli("stop").out
+    assert list((served_ws / ".shadowzoo").glob("gateway-[0-9]*")) == []  # their lock and info files went with them
 
 
 def _gateway_pid(log_path: Path) -> str | None:
