@@ -22,7 +22,7 @@ from registry.evidence import forget_scored_evidence
 from registry.keyed import insert_absent
 from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
-from shadow.ingest import ingest_spool
+from shadow.ingest import ingest_spool, join_outcomes
 from shadow.results import RESULT_SCHEMA
 from shadow.spool import write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
@@ -229,6 +229,33 @@ def test_an_ingest_worker_storing_requests_with_their_labels_refuses_no_other_wr
         a.database.committed(append)
     assert attempts == [1]
     assert (reports[0].segments, reports[0].outcome_rows, reports[0].joined_outcomes) == (3, 4, 4)
+
+
+def test_a_label_committed_while_another_worker_stores_its_request_is_joined_by_the_last_to_commit(
+    tmp_path, workspace_dir
+) -> None:
+    """Worker A stores a label unjoined (its request not committed yet) while worker B ingests the
+    request; B's join, done before A committed, cannot see the label: A's, after its batch
+    (as `ingest_from` does), joins it."""
+    spool = tmp_path / "b"
+    write_segment(spool, _new_traffic("crossed", 1))
+    label = OutcomeRecord(request_key="crossed-0", value="billing", received_at=utcnow())
+    reports = []
+    with Registry.open(load_workspace(workspace_dir)) as a, Registry.open(load_workspace(workspace_dir)) as b:
+        def append(db) -> None:
+            a.database.reserve("change_seq", 1)
+            db.execute("INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at, seq) "
+                       "VALUES (?, ?, NULL, 'label', '\"billing\"', ?, nextval('change_seq'))",
+                       [label.outcome_id, label.request_key, label.received_at])
+            reports.append(ingest_spool(b.database, spool))
+
+        a.database.committed(append)
+        joined = join_outcomes(a.database)
+        with a.database.reading() as db:
+            stored = db.execute("SELECT o.request_id, o.request_seq = t.seq FROM outcomes o JOIN traffic t "
+                                "ON t.request_id = 'crossed-0' WHERE o.outcome_id = ?", [label.outcome_id]).fetchall()
+    assert (reports[0].traffic_rows, reports[0].joined_outcomes, joined) == (1, 0, 1)
+    assert stored == [("crossed-0", True)]
 
 
 RESULTS = """
