@@ -18,8 +18,16 @@ idempotent: a segment seen twice, a record in two segments, or a crash anywhere 
 work without duplicating a row. On the lake, which has no keys, two workers both holding a
 segment (one lost its lease mid-commit) would each append its rows unseen by the other's
 transaction: a batch is ingested holding a lock per segment in PostgreSQL, so the second
-begins after the first committed and finds the segment in the ledger. After each batch,
-outcomes that arrived before their traffic are joined to it. Segments come from a `shadow.spool_source.SegmentSource`: the
+begins after the first committed and finds the segment in the ledger.
+
+An outcome is stored joined to its request (`request_id`, `request_seq`) when that request is
+stored already or comes in the same batch; one that arrived before its request is stored
+unjoined, and joined by an UPDATE after the batch that stores the request (by this worker or,
+when two commit at once, by whichever commits last). The UPDATE runs only when an unjoined
+outcome has a request to join: on the lake an UPDATE is a delete, and DuckLake refuses
+another worker's append to a table deleted from meanwhile (its whole batch would be done
+again), so two ingest workers conflict only over labels sent before their requests.
+Segments come from a `shadow.spool_source.SegmentSource`: the
 local spool directory, or the object store the gateway hosts ship to, whose ledger keys
 name the host as well (`<host>/<name>`).
 """
@@ -72,6 +80,8 @@ class IngestReport:
     quarantined_records: int = 0
     """Lines quarantined, plus one for each entry that could not be read at all."""
     joined_outcomes: int = 0
+    """Outcomes this run joined to their traffic: stored joined (their request stored already or
+    in the same batch), or stored earlier before their request and joined now it came."""
     already_ingested: int = 0
     lag_s: float = 0.0
     """Age of the oldest segment ready when the run began (0 when none was): on `backend:
@@ -132,37 +142,51 @@ def ingest_from(
 
 
 def join_outcomes(database: Database) -> int:
-    """Resolve outcomes whose traffic was unknown when they arrived; returns how many were joined.
+    """Join the stored outcomes that arrived before their traffic to it, now that it is stored;
+    returns how many were joined.
 
-    A key that is shadowzoo's request id wins. Otherwise it is the client's own id, and when
-    a client reused an id, the latest request carrying it is the answer its user saw.
+    Nothing is written when none has its traffic stored yet (the common case: outcomes of
+    known requests are stored joined), so ingest workers appending at once never conflict
+    with a join that changes nothing.
     """
+    with database.reading() as db:
+        if not db.execute(f"SELECT count(*) FROM ({_requests(_UNJOINED)})").fetchone()[0]:
+            return 0
     return database.committed(_join_outcomes_in)
 
 
 def _join_outcomes_in(db: duckdb.DuckDBPyConnection) -> int:
-    """`join_outcomes`' transaction (done again when another ingest worker's join conflicts with it)."""
-    by_request_id = _changed(
-        db,
-        "UPDATE outcomes SET request_id = traffic.request_id, request_seq = traffic.seq FROM traffic "
-        "WHERE outcomes.request_id IS NULL AND outcomes.request_key = traffic.request_id",
-    )
-    by_client_id = _changed(
-        db,
-        "UPDATE outcomes SET request_id = latest.request_id, request_seq = latest.seq FROM ("
-        " SELECT client_request_id, arg_max(request_id, (received_at, request_id)) AS request_id,"
-        " arg_max(seq, (received_at, request_id)) AS seq"
-        " FROM traffic"
-        " WHERE client_request_id IN (SELECT request_key FROM outcomes WHERE request_id IS NULL)"
-        " GROUP BY client_request_id) AS latest "
-        "WHERE outcomes.request_id IS NULL AND outcomes.request_key = latest.client_request_id",
-    )
-    return by_request_id + by_client_id
+    """`join_outcomes`' transaction (done again when another ingest worker's join conflicts with it):
+    only the unjoined outcomes whose request is stored are rewritten."""
+    return db.execute(
+        f"UPDATE outcomes SET request_id = known.request_id, request_seq = known.request_seq "
+        f"FROM ({_requests(_UNJOINED)}) AS known "
+        f"WHERE outcomes.request_id IS NULL AND outcomes.request_key = known.request_key"
+    ).fetchall()[0][0]
 
 
-def _changed(db: duckdb.DuckDBPyConnection, statement: str, params: list | None = None) -> int:
-    """Run an INSERT or UPDATE; returns how many rows it wrote (reading its result to the end)."""
-    return db.execute(statement, params).fetchall()[0][0]
+_UNJOINED = "SELECT request_key FROM outcomes WHERE request_id IS NULL"
+
+
+def _requests(keys: str) -> str:
+    """SQL: the stored request each `request_key` of the query `keys` names, as (request_key,
+    request_id, request_seq), for the keys that name one.
+
+    A key that is shadowzoo's request id wins. Otherwise it is the client's own id, and when a
+    client reused an id, the latest request carrying it is the answer its user saw. (A request
+    stored twice on the lake, by two workers of a lost lease, is named by its lowest `seq`.)
+    """
+    latest = "(received_at, request_id, -seq)"
+    return f"""
+        WITH wanted AS (SELECT DISTINCT request_key FROM ({keys})),
+        own AS (
+            SELECT request_id AS request_key, request_id, min(seq) AS request_seq FROM traffic
+            WHERE request_id IN (SELECT request_key FROM wanted) GROUP BY request_id)
+        SELECT * FROM own
+        UNION ALL
+        SELECT client_request_id, arg_max(request_id, {latest}), arg_max(seq, {latest}) FROM traffic
+        WHERE client_request_id IN (SELECT request_key FROM wanted EXCEPT SELECT request_key FROM own)
+        GROUP BY client_request_id"""
 
 
 def _batches(segments: list[ReadySegment], batch_bytes: int) -> Iterator[list[ReadySegment]]:
@@ -218,7 +242,7 @@ def _ingest_held(database: Database, source: SegmentSource, paths: list[Path], r
     db.execute(_CREATE_STAGING)
     try:
         batch = _stage(db, source, todo)
-        traffic_rows, outcome_rows = _commit(database, source, batch)
+        stored = _commit(database, source, batch)
     finally:
         db.execute(f"DROP TABLE IF EXISTS {STAGING}")
     for path, notes in batch.quarantined.items():
@@ -229,9 +253,10 @@ def _ingest_held(database: Database, source: SegmentSource, paths: list[Path], r
     for path in batch.counts:
         source.dispose(path)
     report.segments += len(batch.counts)
-    report.traffic_rows += traffic_rows
-    report.outcome_rows += outcome_rows
-    report.duplicates += sum(batch.counts.values()) - traffic_rows - outcome_rows
+    report.traffic_rows += stored.traffic
+    report.outcome_rows += stored.outcomes
+    report.joined_outcomes += stored.joined
+    report.duplicates += sum(batch.counts.values()) - stored.traffic - stored.outcomes
 
 
 def _already_ingested(db: duckdb.DuckDBPyConnection, source: SegmentSource, paths: list[Path]) -> set[Path]:
@@ -371,7 +396,16 @@ def _naive_utc(moment: datetime) -> datetime:
 # -- committing -------------------------------------------------------------------------
 
 
-def _commit(database: Database, source: SegmentSource, batch: _Batch) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Stored:
+    """Rows one batch's commit added: traffic, outcomes, and the outcomes among them stored joined."""
+
+    traffic: int
+    outcomes: int
+    joined: int
+
+
+def _commit(database: Database, source: SegmentSource, batch: _Batch) -> _Stored:
     """Append the staged rows and record the segments, in one transaction; returns rows added.
 
     A plain INSERT is tried first: into the keyed table it costs about 40 % less CPU than
@@ -387,26 +421,41 @@ def _commit(database: Database, source: SegmentSource, batch: _Batch) -> tuple[i
 
 
 def _append(database: Database, source: SegmentSource, batch: _Batch, now: datetime,
-            assume_new: bool) -> tuple[int, int]:
+            assume_new: bool) -> _Stored:
     return database.committed(lambda db: _append_in(database, db, source, batch, now, assume_new))
 
 
 def _append_in(database: Database, db: duckdb.DuckDBPyConnection, source: SegmentSource, batch: _Batch,
-               now: datetime, assume_new: bool) -> tuple[int, int]:
+               now: datetime, assume_new: bool) -> _Stored:
     """`_append`'s transaction: every staged row takes a change counter value; the ledger keys
     each segment as its source names it (`<host>/<name>` from the object store)."""
     database.reserve("change_seq", db.execute(f"SELECT count(*) FROM {STAGING}").fetchone()[0])
     traffic_rows = insert_absent(db, "traffic", ("request_id",), _TRAFFIC_COLUMNS, _STAGED_TRAFFIC, [now],
                                  assume_new=assume_new)
-    with registered(db, "_spool_outcomes", _outcome_frame(db)):
-        outcome_rows = insert_absent(db, "outcomes", ("outcome_id",), _OUTCOME_COLUMNS, _STAGED_OUTCOMES)
+    joined, unjoined = _insert_outcomes(db)
     rows = [(source.key(path), records, "ingested", _summary(batch.partial[path]) if path in batch.partial else None,
              now) for path, records in batch.counts.items()]
     rows += [(source.key(path), 0, "quarantined", _summary(notes), now) for path, notes in batch.quarantined.items()]
     with registered(db, "_spool_ledger", pa.Table.from_pylist(
             [dict(zip(_LEDGER_SCHEMA.names, row)) for row in rows], schema=_LEDGER_SCHEMA)):
         upsert(db, "spool_segments", ("segment",), _LEDGER_SCHEMA.names, "SELECT * FROM _spool_ledger")
-    return traffic_rows, outcome_rows
+    return _Stored(traffic_rows, joined + unjoined, joined)
+
+
+def _insert_outcomes(db: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """Insert the staged outcomes not stored yet, after the batch's traffic: each joined to its
+    request when that is stored (or was just inserted), the others unjoined for `join_outcomes`.
+    Returns (joined, unjoined) rows inserted. Nothing is read when the batch has no outcome."""
+    outcomes = _outcome_frame(db)
+    if not outcomes.num_rows:
+        return 0, 0
+    with registered(db, "_spool_outcomes", outcomes):
+        resolved = db.execute(_RESOLVED_OUTCOMES).to_arrow_table()
+    with registered(db, "_spool_resolved", resolved):
+        joined, unjoined = (insert_absent(db, "outcomes", ("outcome_id",), _OUTCOME_COLUMNS,
+                                          f"{_STAGED_OUTCOMES} WHERE request_id IS {which}")
+                            for which in ("NOT NULL", "NULL"))
+    return joined, unjoined
 
 
 def _outcome_frame(db: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -565,6 +614,10 @@ ASOF LEFT JOIN (
     FROM promotions WHERE action IN ('promote', 'rollback')
 ) moves ON staged.slot = moves.champion_slot AND staged.received_at >= moves.moved_at
 """
-_OUTCOME_COLUMNS = ("outcome_id", "request_key", "request_id", "kind", "value_json", "received_at", "seq")
-_STAGED_OUTCOMES = ("SELECT outcome_id, request_key, NULL, kind, value_json, received_at, nextval('change_seq') "
-                    "FROM _spool_outcomes")
+_RESOLVED_OUTCOMES = ("SELECT o.*, r.request_id, r.request_seq FROM _spool_outcomes o "
+                      f"LEFT JOIN ({_requests('SELECT request_key FROM _spool_outcomes')}) r USING (request_key)")
+_OUTCOME_COLUMNS = (
+    "outcome_id", "request_key", "request_id", "kind", "value_json", "received_at", "seq", "request_seq",
+)
+_STAGED_OUTCOMES = ("SELECT outcome_id, request_key, request_id, kind, value_json, received_at, nextval('change_seq'), "
+                    "request_seq FROM _spool_resolved")

@@ -22,7 +22,7 @@ from registry.evidence import forget_scored_evidence
 from registry.keyed import insert_absent
 from scorer.leaderboard_model import Leaderboard
 from scorer.service import Scorer
-from shadow.ingest import ingest_spool
+from shadow.ingest import ingest_spool, join_outcomes
 from shadow.results import RESULT_SCHEMA
 from shadow.spool import write_segment
 from shadow.spool_records import OutcomeRecord, TrafficRecord
@@ -153,26 +153,32 @@ def _writer_process(workspace_dir: Path, script: str, *args: str, stdout: Path) 
 
 
 INGEST = """
+import logging
 import time
 from pathlib import Path
 from shadow.ingest import ingest_spool
+refused = []  # the commits the lake refused for a conflict (`Database.committed` logs each, then does it again)
+logging.getLogger("shadowzoo.db").addHandler(logging.Handler())
+logging.getLogger("shadowzoo.db").handlers[-1].emit = lambda record: refused.append(record.getMessage())
+logging.getLogger("shadowzoo.db").setLevel(logging.INFO)
 print("ready", flush=True)
 for _ in range(600):  # both workers start together: they wait for the go file (at most a minute)
     if Path(args[1]).exists():
         break
     time.sleep(0.1)
 report = ingest_spool(registry.database, Path(args[0]), batch_bytes=1)  # a commit per segment
-print(report.traffic_rows, flush=True)
+print(report.traffic_rows, report.outcome_rows, report.joined_outcomes, flush=True)
+print("refused:", [message for message in refused if "refused a commit" in message], flush=True)
 """
 
 
-def test_two_ingest_processes_append_to_the_lake_at_once_and_both_commit(tmp_path, workspace_dir) -> None:
+def test_two_ingest_processes_append_to_the_lake_at_once_and_both_commit_first_time(tmp_path, workspace_dir) -> None:
     spools, go = {}, tmp_path / "go"
     for host in ("a", "b"):
         records = _new_traffic(host, 40)
         spools[host] = tmp_path / host
-        for start in range(0, 40, 5):  # several segments: several commits each
-            write_segment(spools[host], records[start:start + 5])
+        for start in range(0, 40, 5):  # several segments: several commits each, each with labels of its requests
+            write_segment(spools[host], records[start:start + 5] + _labels_of(host, range(start, start + 5, 2)))
     workers = {host: _writer_process(workspace_dir, INGEST, str(spool), str(go), stdout=tmp_path / f"{host}.out")
                for host, spool in spools.items()}
     wait_until(lambda: all("ready" in (tmp_path / f"{host}.out").read_text() or worker.poll() is not None
@@ -180,12 +186,76 @@ def test_two_ingest_processes_append_to_the_lake_at_once_and_both_commit(tmp_pat
     go.touch()
     for host, worker in workers.items():
         assert worker.wait(timeout=120) == 0, (tmp_path / f"{host}.out").read_text()
+    outputs = {host: (tmp_path / f"{host}.out").read_text().splitlines() for host in workers}
     with Registry.open(load_workspace(workspace_dir)) as registry, registry.database.reading() as db:
         rows, keys, seqs = db.execute("SELECT count(*), count(DISTINCT request_id), count(DISTINCT seq) FROM traffic "
                                       "WHERE request_id LIKE 'a-%' OR request_id LIKE 'b-%'").fetchone()
         all_rows, all_seqs = db.execute("SELECT count(*), count(DISTINCT seq) FROM traffic").fetchone()
+        labels, joined = db.execute("SELECT count(*), count(request_id) FROM outcomes WHERE request_key LIKE 'a-%' "
+                                    "OR request_key LIKE 'b-%'").fetchone()
     assert rows == keys == seqs == 80
     assert all_rows == all_seqs, "every traffic row has its own seq across the writers"
+    assert labels == joined == 48
+    assert all(lines[-2:] == ["40 24 24", "refused: []"] for lines in outputs.values()), outputs
+
+
+def _labels_of(prefix: str, indexes: range) -> list[bytes]:
+    """Labels of the requests `<prefix>-<n>`, as the application sends them once it knows."""
+    now = utcnow()
+    return [OutcomeRecord(request_key=f"{prefix}-{index}", value="billing", received_at=now).model_dump_json().encode()
+            for index in indexes]
+
+
+def test_an_ingest_worker_storing_requests_with_their_labels_refuses_no_other_writers_commit(
+    tmp_path, workspace_dir
+) -> None:
+    """Worker B ingests segments of requests and their labels while worker A's append to `outcomes`
+    is open: A's commit goes through first time (B wrote only appends: nothing of the lake to
+    conflict with)."""
+    spool = tmp_path / "b"
+    records = _new_traffic("along", 4)
+    write_segment(spool, records[:2] + _labels_of("along", range(2)))  # labels in their requests' segment
+    write_segment(spool, records[2:])
+    write_segment(spool, _labels_of("along", range(2, 4)))  # labels of requests stored by the batch before
+    attempts, reports = [], []
+    with Registry.open(load_workspace(workspace_dir)) as a, Registry.open(load_workspace(workspace_dir)) as b:
+        def append(db) -> None:
+            attempts.append(len(attempts) + 1)
+            a.database.reserve("change_seq", 1)
+            _note(db, "appended-alongside")
+            if len(attempts) == 1:
+                reports.append(ingest_spool(b.database, spool, batch_bytes=1))
+
+        a.database.committed(append)
+    assert attempts == [1]
+    assert (reports[0].segments, reports[0].outcome_rows, reports[0].joined_outcomes) == (3, 4, 4)
+
+
+def test_a_label_committed_while_another_worker_stores_its_request_is_joined_by_the_last_to_commit(
+    tmp_path, workspace_dir
+) -> None:
+    """Worker A stores a label unjoined (its request not committed yet) while worker B ingests the
+    request; B's join, done before A committed, cannot see the label: A's, after its batch
+    (as `ingest_from` does), joins it."""
+    spool = tmp_path / "b"
+    write_segment(spool, _new_traffic("crossed", 1))
+    label = OutcomeRecord(request_key="crossed-0", value="billing", received_at=utcnow())
+    reports = []
+    with Registry.open(load_workspace(workspace_dir)) as a, Registry.open(load_workspace(workspace_dir)) as b:
+        def append(db) -> None:
+            a.database.reserve("change_seq", 1)
+            db.execute("INSERT INTO outcomes (outcome_id, request_key, request_id, kind, value_json, received_at, seq) "
+                       "VALUES (?, ?, NULL, 'label', '\"billing\"', ?, nextval('change_seq'))",
+                       [label.outcome_id, label.request_key, label.received_at])
+            reports.append(ingest_spool(b.database, spool))
+
+        a.database.committed(append)
+        joined = join_outcomes(a.database)
+        with a.database.reading() as db:
+            stored = db.execute("SELECT o.request_id, o.request_seq = t.seq FROM outcomes o JOIN traffic t "
+                                "ON t.request_id = 'crossed-0' WHERE o.outcome_id = ?", [label.outcome_id]).fetchall()
+    assert (reports[0].traffic_rows, reports[0].joined_outcomes, joined) == (1, 0, 1)
+    assert stored == [("crossed-0", True)]
 
 
 RESULTS = """
