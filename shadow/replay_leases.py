@@ -1,7 +1,7 @@
 """Replay work shared by the runners of every host (`backend: distributed`): batches under leases.
 
-Each run cuts the pending pairs into batches as it counts them (one scan, `RunPlan.batches`), one challenger's requests whose `seq` falls in
-one block of `BLOCK_SEQS`, named `<version_id>:<seq_lo>-<seq_hi>#<pairs>` (the block's first
+Each run cuts the pending pairs into batches as it counts them (one scan, `RunPlan.batches`), one
+challenger's requests whose `seq` falls in one block of `BLOCK_SEQS`, named `<version_id>:<seq_lo>-<seq_hi>#<pairs>` (the block's first
 seq, its highest pending seq, and how many pairs were pending). Every runner that plans the same
 pending work names the same batches, so offering them again (`registry.leases.WorkLeases`)
 changes nothing; when the pending pairs of a block change (new traffic, or pairs a batch left
