@@ -12,7 +12,7 @@ wrote) holds the demo workspace and N × `--requests` fresh requests answered by
 leases (the product's `BLOCK_SEQS` requests a batch), call, and write each batch under its
 fence. X(N) is the pairs written (committed to the lake) per second from the first worker's
 start to the last one's end: planning, first lake reads, claims, the calls and every fenced
-write are inside the window, process start-up (imports, connections) is not. S(N) = X(N) /
+write are inside the window; opening the registry and the connections is not. S(N) = X(N) /
 (N·X(1)), all measured in this one run; the bound `in_flight / latency` per worker (Little's
 law) is printed beside it. Every round checks that the lake holds each pair once.
 
