@@ -1,7 +1,7 @@
 """Replay work shared by the runners of every host (`backend: distributed`): batches under leases.
 
-Each run cuts the pending pairs into batches, one challenger's requests whose `seq` falls in
-one block of `BLOCK_SEQS`, named `<version_id>:<seq_lo>-<seq_hi>#<pairs>` (the block's first
+Each run cuts the pending pairs into batches as it counts them (one scan, `RunPlan.batches`), one
+challenger's requests whose `seq` falls in one block of `BLOCK_SEQS`, named `<version_id>:<seq_lo>-<seq_hi>#<pairs>` (the block's first
 seq, its highest pending seq, and how many pairs were pending). Every runner that plans the same
 pending work names the same batches, so offering them again (`registry.leases.WorkLeases`)
 changes nothing; when the pending pairs of a block change (new traffic, or pairs a batch left
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from registry import Database
 from registry.leases import Lease, LeaseLost, WorkLeases
-from shadow.pending import pending_batch, replay_batches
+from shadow.pending import pending_batch
 from shadow.results import Row, Work, write_results
 from shadow.runner import RunPlan
 
@@ -85,7 +85,8 @@ class _Batch:
 
 
 class _LeasedRun:
-    """One run's batches: offer, claim while fewer than `hold` are held, collect results, write them fenced."""
+    """One run's batches: offer those its plan counted (`RunPlan.batches`), claim while fewer than `hold`
+    are held, collect results, write them fenced."""
 
     def __init__(self, source: LeasedReplay, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> None:
         self.source = source
@@ -105,8 +106,7 @@ class _LeasedRun:
 
     async def pages(self) -> AsyncIterator[list[Work]]:
         """The pairs of each batch this runner claims, until none is left to claim."""
-        batches = await asyncio.to_thread(self._batches)
-        await self.source.call(self.source.leases.offer, batches)
+        await self.source.call(self.source.leases.offer, [batch_name(*batch) for batch in self.plan.batches])
         while True:
             while len(self.held) >= self.source.hold and not self.abandoned:
                 self.freed.clear()
@@ -129,12 +129,6 @@ class _LeasedRun:
                 if not works:
                     await self._commit(lease.token)
                 yield works
-
-    def _batches(self) -> list[str]:
-        if not self.plan.challengers:
-            return []
-        with self.source.database.reading() as connection:
-            return [batch_name(*batch) for batch in replay_batches(connection, self.plan, self.source.block_seqs)]
 
     def _fetch(self, item: str) -> list[Work] | None:
         """The pairs of a batch still pending (None when its challenger is not in this run's plan)."""

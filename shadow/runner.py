@@ -48,7 +48,8 @@ from registry.workspace_config import Price, ShadowConfig
 from registry.evidence import period_start
 from shadow.apply import apply_variant
 from shadow.budget import CapFactory, DailyBudget, spent_today
-from shadow.pending import CHALLENGER, CONTROL, count_pending, count_skipped, newest_ingested, pending_page
+from shadow.pending import (CHALLENGER, CONTROL, count_pending, count_skipped, newest_ingested, pending_page,
+                            replay_batches)
 from shadow.pauses import Pause, PauseSet, read_pauses
 from shadow.pricing import cost_usd, estimate_usd, price_of, workspace_prices
 from shadow.providers import ProviderPool, estimate_tokens
@@ -159,7 +160,10 @@ class RunWork(Protocol):
 
 class WorkSource(Protocol):
     """Where a runner's work comes from when it is shared with other runners (`shadow.replay_leases`);
-    without one, and for a replay with filters (`RunPlan.shared` false), a run takes every pending pair itself."""
+    without one, and for a replay with filters (`RunPlan.shared` false), a run takes every pending pair itself.
+    A shared plan's pending pairs are counted by blocks of `block_seqs` requests (`RunPlan.batches`)."""
+
+    block_seqs: int
 
     def open(self, plan: RunPlan, on_written: Callable[[list[Row]], None]) -> RunWork: ...
 
@@ -214,6 +218,9 @@ class RunPlan:
     shared: bool = False
     """Whether these are every runner's default pairs (a pass over what arrived, not a replay with
     filters), which runners sharing the work (`ShadowRunner.work`) cut into shared batches."""
+    batches: list[tuple[str, int, int, int]] = field(default_factory=list)
+    """A shared plan's pending pairs by challenger and block of `seq` (`shadow.pending.replay_batches`),
+    read once with `total` (their sum): the batches its runner offers to the others."""
 
 
 class ShadowRunner:
@@ -243,6 +250,9 @@ class ShadowRunner:
         """Shares the pairs with other runners (`backend: distributed`); None: this runner takes them all."""
         self.caps = caps
         """Makes each slot's daily cap (`shadow.budget.local_cap` when None; slices of a shared cap on distributed)."""
+        self.skills: dict[str, str] = {}
+        """Skill texts read by this runner, by sha256: a skill is stored by its content's hash, so its text never
+        changes (every pass plans again, and on `backend: distributed` each read is a PostgreSQL round trip)."""
 
     async def __aenter__(self) -> "ShadowRunner":
         return self
@@ -298,7 +308,11 @@ class ShadowRunner:
             with self.registry.database.reading() as connection:
                 plan.snapshot = max(plan.snapshot, newest_ingested(connection, plan.after_seq) or plan.snapshot)
                 plan.spent_today = spent_today(connection)
-                plan.total = count_pending(connection, plan)
+                if plan.shared and self.work is not None:  # one scan counts the pairs and cuts the batches
+                    plan.batches = replay_batches(connection, plan, self.work.block_seqs)
+                    plan.total = sum(pairs for *_, pairs in plan.batches)
+                else:
+                    plan.total = count_pending(connection, plan)
                 plan.skipped = {} if plan.include_old else count_skipped(connection, plan)
         return plan
 
@@ -330,10 +344,15 @@ class ShadowRunner:
         prices = workspace_prices(self.registry.workspace)
         return ReplayedVariant(
             version_id=variant.version_id, slot=variant.slot, role=role, kind=variant.kind, config=variant.config,
-            skill=self.registry.skill_text(variant.skill_sha) if variant.skill_sha else None,
+            skill=self._skill(variant.skill_sha) if variant.skill_sha else None,
             rate=rate, price=price_of(prices, variant.config.get("model")) if variant.kind == "chat" else None,
             champion=champion.version_id if champion else None, counts_from=counts_from,
         )
+
+    def _skill(self, sha: str) -> str:
+        if sha not in self.skills:
+            self.skills[sha] = self.registry.skill_text(sha)
+        return self.skills[sha]
 
     def _chosen(self, challengers: dict[str, ReplayedVariant], filters: RunFilters) -> ReplayedVariant:
         """The one challenger `--version` names, or an error saying why it is not one."""

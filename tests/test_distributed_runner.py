@@ -13,6 +13,7 @@ import pytest
 
 from registry import Registry, load_workspace
 from registry.leases import WorkLeases
+from shadow import pending
 from shadow.replay_leases import KIND, batch_name
 from shadow.runner import RunFilters, RunReport
 from shadow.runner_worker import RunnerWorker
@@ -216,6 +217,32 @@ def test_batches_planned_from_different_traffic_answer_each_pair_once(workspace_
     report = asyncio.run(replay())
     assert {(rid, vid) for rid, vid, *_ in _results(workspace_dir, "overlap")} == pairs
     assert report.done == len(pairs)
+    assert not _open(postgres)
+
+
+def test_a_runner_pass_reads_its_pending_pairs_once_to_count_them_and_cut_the_batches(workspace_dir, postgres,
+                                                                                        monkeypatch) -> None:
+    pairs = ingest_answered(workspace_dir, "scans", 8)
+    counted: list[str] = []  # the whole pending set read: counted (count_pending) or cut into batches (replay_batches)
+    pending_sql = pending._pending_sql
+
+    def spied(plan, select: str, tail: str, counting: str = "can"):
+        if select == "count(*)" or "AS block" in select:
+            counted.append(select)
+        return pending_sql(plan, select, tail, counting)
+
+    monkeypatch.setattr(pending, "_pending_sql", spied)
+
+    async def replay() -> RunReport:
+        with Registry.open(load_workspace(workspace_dir)) as registry:
+            async with RunnerWorker(registry, "host-d/1", max_in_flight=IN_FLIGHT) as worker:
+                worker.runner.work.block_seqs = BLOCK
+                return await worker.runner.run_once()
+
+    report = asyncio.run(replay())
+    assert {(rid, vid) for rid, vid, *_ in _results(workspace_dir, "scans")} == pairs
+    assert report.total == report.done >= len(pairs)  # the count is the batches' pairs, all of them done
+    assert len(counted) == 1, counted  # a lake scan per pass, on every worker: not one to count and one to cut
     assert not _open(postgres)
 
 

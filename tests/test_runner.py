@@ -230,6 +230,26 @@ def test_every_sampled_request_gets_exactly_one_answer_from_each_challenger(ws: 
     assert run(registry).total == 0
 
 
+def test_a_runner_reads_each_skill_once_however_many_passes_it_plans(ws: SimWorkspace, monkeypatch) -> None:
+    registry = ws.setup()
+    skill_reads: list[str] = []
+    skill_text = registry.skill_text
+    monkeypatch.setattr(registry, "skill_text", lambda sha: skill_reads.append(sha) or skill_text(sha))
+
+    async def three_passes() -> list[RunReport]:
+        reports = []
+        async with ShadowRunner(registry) as runner:
+            for start in (0, 2, 4):
+                add_traffic(registry, 2, start=start)
+                reports.append(await runner.run_once())
+        return reports
+
+    reports = asyncio.run(three_passes())
+    challengers = set(ws.ids.values()) - {ws.ids["baseline"]}
+    assert [(report.done, report.ok) for report in reports] == [(2 * len(challengers), 2 * len(challengers))] * 3
+    assert skill_reads and len(skill_reads) == len(set(skill_reads))  # a skill's text never changes: read once
+
+
 def test_the_champion_is_replayed_as_a_control_on_its_sample(ws: SimWorkspace) -> None:
     registry = ws.setup(shadow={"sample_rate": 0.0, "champion_control_rate": 1.0})
     requests = add_traffic(registry, 8)
