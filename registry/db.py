@@ -13,9 +13,11 @@ at a time (`exclusive`: a slot's scorer).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +45,21 @@ _PID_RE = re.compile(r"PID (\d+)")
 _EXCLUSIVE_LOCKS = 0x5AD0_2003
 T = TypeVar("T")
 log = logging.getLogger("shadowzoo.db")
+
+
+def _spare_duckdb_the_pandas_search() -> None:
+    """Record pandas as absent when it is not installed.
+
+    DuckDB's Python client tries to import pandas each time it binds a query parameter. Without
+    pandas each try fails after searching every path entry again, which made a parameterised
+    query about four times as costly in CPU (5.4 ms instead of 1.3 ms for 30 parameters).
+    A `None` in `sys.modules` makes the import fail at once, as Python intends for absent modules.
+    """
+    if "pandas" not in sys.modules and importlib.util.find_spec("pandas") is None:
+        sys.modules["pandas"] = None  # type: ignore[assignment]
+
+
+_spare_duckdb_the_pandas_search()
 
 
 def frame(db: duckdb.DuckDBPyConnection, query: str, params: list | None = None) -> pl.DataFrame:

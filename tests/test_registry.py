@@ -208,3 +208,26 @@ def test_routes_json_lists_only_slots_with_a_champion(registry: Registry) -> Non
     _register_demo(registry)
     registry.write_routes()
     assert json.loads(registry.workspace.routes_path.read_text())["slots"] == {}
+
+
+class _PandasLookups:
+    """A path finder that only counts how often an import looks for pandas on the path."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        self.count += name == "pandas"
+
+
+def test_a_parameterised_query_does_not_search_the_path_for_pandas_each_time(registry: Registry) -> None:
+    lookups = _PandasLookups()
+    with registry.database.reading() as db:
+        db.execute("SELECT ? + ?", [1, 2]).fetchall()  # whatever a first query loads stays loaded
+        sys.meta_path.insert(0, lookups)
+        try:
+            for _ in range(20):
+                db.execute("SELECT ? + ?", [1, 2]).fetchall()
+        finally:
+            sys.meta_path.remove(lookups)
+    assert lookups.count == 0
