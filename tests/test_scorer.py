@@ -202,14 +202,14 @@ def test_a_long_history_s_first_refresh_stays_within_the_daemon_s_memory_limit(s
     and store what one batch would. Here 40 chunks, with no room to spill to disk."""
     registry, ids = scored
     answers = Answers()
-    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.8, ids["cheap-mini"]: 0.6}, n=4000)
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.8, ids["cheap-mini"]: 0.6}, n=2000)
     answers.write(registry)
     whole = stored_evidence(registry, _board(registry).period_id)
-    monkeypatch.setattr(pairing, "CHUNK_REQUESTS", 100)
+    monkeypatch.setattr(pairing, "CHUNK_REQUESTS", 50)
     registry.database.limit(2, "64MB")
     registry.database.connection.execute("SET max_temp_directory_size = '0KB'")
     chunked = stored_evidence(registry, _rebuild(registry).period_id)
-    assert len(chunked["paired"]) == 8000
+    assert len(chunked["paired"]) == 4000
     _assert_same_evidence(whole, chunked)
 
 
