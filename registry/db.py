@@ -123,9 +123,10 @@ class Database:
         return cls(path, connection)
 
     @classmethod
-    def open_distributed(cls, config: DistributedConfig) -> "Database":
+    def open_distributed(cls, config: DistributedConfig, spill_dir: Path) -> "Database":
         """An in-memory DuckDB connection over the lake and the control plane, both migrated
-        (`registry.planes`). The same `reading()` and `transaction()` serve it; a transaction
+        (`registry.planes`), spilling what exceeds its memory limit to `spill_dir` (created when
+        first needed). The same `reading()` and `transaction()` serve it; a transaction
         writes one plane only (DuckDB refuses one that writes both).
 
         Any number of processes open it at once: their lake ids come from the control plane
@@ -134,7 +135,7 @@ class Database:
         from registry.planes import LakeIds, migrate_planes
 
         ids = LakeIds(config)  # first: an unreachable PostgreSQL is named as `postgres_url`
-        connection = duckdb.connect()
+        connection = duckdb.connect(config={"temp_directory": str(spill_dir)})
         try:
             attach_engines(connection, config)
             migrate_planes(connection, config)

@@ -90,7 +90,7 @@ def copy_history(workspace: Workspace, dry_run: bool = False, force: bool = Fals
             counts = {table: _rows(db, _source(table)) for table in _tables(db)}
             return [TableCopy(table, plane_of(table), rows, 0, "copy" if rows else "empty")
                     for table, rows in counts.items()]
-    database = Database.open_distributed(config)
+    database = Database.open_distributed(config, workspace.spill_dir)
     try:
         with database.reading() as db:
             _attach(db, source)

@@ -47,7 +47,7 @@ class Registry:
         engines), creating and migrating it as needed."""
         config = workspace.config
         if config.backend == "distributed" and config.distributed is not None:
-            return cls(workspace, Database.open_distributed(config.distributed))
+            return cls(workspace, Database.open_distributed(config.distributed, workspace.spill_dir))
         return cls(workspace, Database.open(workspace.db_path, lock_wait_s))
 
     def close(self) -> None:

@@ -32,6 +32,13 @@ class Workspace:
         return self.state_dir / "shadowzoo.duckdb"
 
     @property
+    def spill_dir(self) -> Path:
+        """Where DuckDB spills what exceeds its memory limit: beside a DuckDB file DuckDB's own
+        default (`<file>.tmp`); the distributed backend's in-memory DuckDB is pointed there too
+        (its default, `.tmp` in the working directory, may be anywhere or unwritable)."""
+        return self.state_dir / "shadowzoo.duckdb.tmp"
+
+    @property
     def database(self) -> str:
         """Where the database is, for people: the DuckDB file, or the control plane and the lake."""
         distributed = self.config.distributed

@@ -13,7 +13,11 @@ and add the first. A pair (a request answered by the champion live and by a chal
 replayed, both scored, label joined) is appended to `paired` when it is complete now and
 was not at the watermark: it enters the evidence exactly once, and a corrected label
 never moves a pair already counted. So nothing is kept per answer; a new period scores
-its requests in chunks of `seq`, to bound memory and report progress. Each challenger's
+its requests in chunks of `seq`, to bound memory and report progress. A chunk's scored answers
+live only in its own statements (materialised CTEs), never in temp tables: the refresh is one
+transaction, and DuckDB keeps a table created and dropped in a transaction (its rows in memory,
+or spilled) until it ends, so per-chunk temp tables held every chunk's answers at once (about
+2 GB at 10 M results, the daemon's whole memory limit). Each challenger's
 most negative pairs are kept apart as well (`worst_pairs`, for `requests --worst`), merged
 with the new pairs as they enter.
 """
@@ -82,7 +86,7 @@ def score_changes(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQu
             db.execute("DROP TABLE IF EXISTS touched")
     chunks = _chunks(db, query)
     for done, chunk in enumerate(chunks, start=1):
-        _score_batch(db, period, chunk, None, windows)
+        _score_new(db, period, chunk, windows)
         if len(chunks) > 1:
             log.info("slots.%s: scored %d of %d chunks of the period's requests", period.slot, done, len(chunks))
     # a new period's pairs are all the period has: one pass over them once every chunk is in
@@ -99,24 +103,32 @@ def _chunks(db: duckdb.DuckDBPyConnection, query: AnswerQuery) -> list[AnswerQue
     return [replace(query, requests=f"seq BETWEEN {start} AND {start + step - 1}") for start in range(low, high + 1, step)]
 
 
-def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: Mark | None,
+def _score_new(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, windows: dict[str, datetime]) -> None:
+    """Score a chunk of a new period's requests: add its answers to the period's sums and append
+    its pairs, each in one statement over the chunk's answers scored within it (the scoring
+    runs twice, and nothing of the chunk outlives its statements)."""
+    scored = _scored_with(query, "now")
+    add_answers(db, period.period_id, f"({scored} SELECT * FROM {_answers('now')})", query.plan.needs_label)
+    if windows:
+        db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM "
+                   f"({scored} {_new_pairs(period, windows, query.plan.needs_label, dedupe=False)})")
+
+
+def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQuery, seen: Mark,
                  windows: dict[str, datetime]) -> Moments:
-    """Score the batch's requests now and, when the period was scored before, as they stood at
-    `seen`; move the period's sums by the difference and append the pairs completed since.
-    Returns their moments when the period was scored before (a new period's are taken at the end)."""
+    """Score the requests touched since `seen` now and, those that existed then, as they stood at
+    `seen`; move the period's sums by the difference, append the pairs completed since and return
+    their moments. One batch a refresh, as big as what is new: its temp tables are bounded by it."""
     try:
         _score_into(db, "now", query)
         add_answers(db, period.period_id, _answers("now"), query.plan.needs_label)
-        existed = seen is not None and _requests_before(db, seen)
+        existed = _requests_before(db, seen)
         if existed:
             _score_into(db, "before", replace(query, as_of=seen))
             add_answers(db, period.period_id, _answers("before"), query.plan.needs_label, sign=-1)
         if not windows:
             return {}
         new_pairs = _new_pairs(period, windows, query.plan.needs_label, dedupe=existed)
-        if seen is None:
-            db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM ({new_pairs})")
-            return {}
         # a few new pairs: kept once, then appended, merged into the worst pairs and summed
         db.execute(f"CREATE OR REPLACE TEMP TABLE new_pairs AS {new_pairs}")
         db.execute(f"INSERT INTO paired SELECT {period.period_id}, * FROM new_pairs")
@@ -129,10 +141,20 @@ def _score_batch(db: duckdb.DuckDBPyConnection, period: Period, query: AnswerQue
 
 def _score_into(db: duckdb.DuckDBPyConnection, state: str, query: AnswerQuery) -> None:
     """Score the query's answers into the temp tables `live_<state>` and `replayed_<state>`."""
-    db.execute(f"CREATE OR REPLACE TEMP TABLE live_{state} AS "
-               f"SELECT {_LIVE_COLUMNS}{query.plan.label_column_refs()} FROM ({query.live_sql()})")
-    db.execute(f"CREATE OR REPLACE TEMP TABLE replayed_{state} AS "
-               f"SELECT {_REPLAYED_COLUMNS} FROM ({query.replayed_sql(f'live_{state}')})")
+    for name, select in _scored(query, state).items():
+        db.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}")
+
+
+def _scored_with(query: AnswerQuery, state: str) -> str:
+    """A WITH clause naming the query's answers scored `live_<state>` and `replayed_<state>`,
+    as `_score_into` stores them, for one statement."""
+    return "WITH " + ", ".join(f"{name} AS MATERIALIZED ({select})" for name, select in _scored(query, state).items())
+
+
+def _scored(query: AnswerQuery, state: str) -> dict[str, str]:
+    """The SELECTs of the query's scored answers, `live_<state>` and then `replayed_<state>` (which reads it)."""
+    return {f"live_{state}": f"SELECT {_LIVE_COLUMNS}{query.plan.label_column_refs()} FROM ({query.live_sql()})",
+            f"replayed_{state}": f"SELECT {_REPLAYED_COLUMNS} FROM ({query.replayed_sql(f'live_{state}')})"}
 
 
 def _requests_before(db: duckdb.DuckDBPyConnection, seen: Mark) -> bool:

@@ -194,6 +194,15 @@ def test_each_table_sits_on_its_plane_and_the_control_plane_keeps_its_keys(runs,
     assert CONTROL_TABLES <= keyed
 
 
+def test_duckdb_spills_into_the_workspace_s_state_dir_on_either_backend(runs) -> None:
+    """What exceeds the daemon's memory limit (a first refresh over a long history) goes to disk in
+    the state dir, not in whatever directory the process was started from."""
+    for run in runs.values():
+        workspace = load_workspace(run.workspace_dir)
+        with Registry.open(workspace) as registry, registry.database.reading() as db:
+            assert db.execute("SELECT current_setting('temp_directory')").fetchone()[0] == str(workspace.spill_dir)
+
+
 def test_every_table_of_the_migrations_has_a_plane() -> None:
     for migration in MIGRATIONS:
         parts = split_migration(migration.sql)  # raises on a table placed nowhere
@@ -218,7 +227,7 @@ def _keyed_writes(database: Database) -> list[tuple]:
 def test_keyed_writes_mean_the_same_in_a_duckdb_file_and_on_the_lake(tmp_path, postgres, object_store,
                                                                     lake_extensions) -> None:
     lake = DistributedConfig.model_validate(_own_lake(postgres, object_store, lake_extensions, "keyed"))
-    for database in (Database.open(tmp_path / "keyed.duckdb"), Database.open_distributed(lake)):
+    for database in (Database.open(tmp_path / "keyed.duckdb"), Database.open_distributed(lake, tmp_path / "spill")):
         try:
             assert _keyed_writes(database) == [(2, 1), ("a", 1, 8), ("b", 1, 3), ("c", 2, 6), ("d", 2, 7)]
         finally:
@@ -226,12 +235,12 @@ def test_keyed_writes_mean_the_same_in_a_duckdb_file_and_on_the_lake(tmp_path, p
 
 
 def test_a_migration_cut_between_its_lake_and_control_commits_is_finished_on_the_next_open(
-        postgres, object_store, lake_extensions) -> None:
+        tmp_path, postgres, object_store, lake_extensions) -> None:
     lake = DistributedConfig.model_validate(_own_lake(postgres, object_store, lake_extensions, "migrated"))
-    Database.open_distributed(lake).close()
+    Database.open_distributed(lake, tmp_path).close()
     with psycopg.connect(lake.postgres_url, autocommit=True) as control:  # as if the control commit never came
         control.execute("DELETE FROM schema_migrations WHERE version = %s", [MIGRATIONS[-1].version])
-    database = Database.open_distributed(lake)
+    database = Database.open_distributed(lake, tmp_path)
     database.close()
     with psycopg.connect(lake.postgres_url) as control:
         versions = [row[0] for row in control.execute("SELECT version FROM schema_migrations ORDER BY version")]

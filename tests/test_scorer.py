@@ -17,6 +17,7 @@ from registry import ConfigError, Refused, Registry, load_workspace, utcnow
 from registry.migrations import MIGRATIONS
 from registry.workspace_config import Metric
 from scorer.leaderboard_model import Status
+from scorer import pairing
 from scorer.pairing import load_moments
 from scorer.sequential import confidence_interval
 from scorer.quality_metrics import plan_quality, score_rows
@@ -190,17 +191,44 @@ def test_refreshing_after_every_write_leaves_the_evidence_one_rebuild_would(scor
         answers.write(registry)
         board = _board(registry)
     incremental = stored_evidence(registry, board.period_id)
+    rebuilt = stored_evidence(registry, _rebuild(registry).period_id)
+    assert len(incremental["paired"]) > 100
+    _assert_same_evidence(incremental, rebuilt)
+
+
+def test_a_long_history_s_first_refresh_stays_within_the_daemon_s_memory_limit(scored, monkeypatch) -> None:
+    """A period's first refresh scores its requests chunk by chunk, in one transaction: it must
+    hold one chunk's answers at a time (10 M results in 2 GB failed when every chunk's were kept),
+    and store what one batch would. Here 40 chunks, with no room to spill to disk."""
+    registry, ids = scored
+    answers = Answers()
+    simulate(answers, ids["baseline"], {ids["careful-large"]: 0.8, ids["cheap-mini"]: 0.6}, n=2000)
+    answers.write(registry)
+    whole = stored_evidence(registry, _board(registry).period_id)
+    monkeypatch.setattr(pairing, "CHUNK_REQUESTS", 50)
+    registry.database.limit(2, "64MB")
+    registry.database.connection.execute("SET max_temp_directory_size = '0KB'")
+    chunked = stored_evidence(registry, _rebuild(registry).period_id)
+    assert len(chunked["paired"]) == 4000
+    _assert_same_evidence(whole, chunked)
+
+
+def _rebuild(registry: Registry):
+    """The board after the pairs are rebuilt from scratch (the period's first refresh again)."""
     with registry.database.transaction() as db:
         for table in ("paired", "answer_stats", "pair_moments", "scoring_watermarks"):
             db.execute(f"DELETE FROM {table}")
-    rebuilt = stored_evidence(registry, _board(registry).period_id)
-    assert len(incremental["paired"]) > 100
-    for table, rows in rebuilt.items():
-        assert len(incremental[table]) == len(rows), table
-        for kept, fresh in zip(incremental[table], rows):
+    return _board(registry)
+
+
+def _assert_same_evidence(kept: dict[str, list[tuple]], fresh_evidence: dict[str, list[tuple]]) -> None:
+    """The same stored evidence (`stored_evidence`), sums alike up to their order of addition."""
+    for table, rows in fresh_evidence.items():
+        assert len(kept[table]) == len(rows), table
+        for old, fresh in zip(kept[table], rows):
             keys = [value for value in fresh if not isinstance(value, float)]
-            assert [value for value in kept if not isinstance(value, float)] == keys, table
-            assert [v for v in kept if isinstance(v, float)] == pytest.approx(
+            assert [value for value in old if not isinstance(value, float)] == keys, table
+            assert [v for v in old if isinstance(v, float)] == pytest.approx(
                 [v for v in fresh if isinstance(v, float)], rel=1e-9, abs=1e-12), (table, keys)
 
 
