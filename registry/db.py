@@ -47,19 +47,24 @@ T = TypeVar("T")
 log = logging.getLogger("shadowzoo.db")
 
 
-def _spare_duckdb_the_pandas_search() -> None:
-    """Record pandas as absent when it is not installed.
+class _AbsentPandas:
+    """An import finder that says at once that pandas is not installed.
 
     DuckDB's Python client tries to import pandas each time it binds a query parameter. Without
-    pandas each try fails after searching every path entry again, which made a parameterised
-    query about four times as costly in CPU (5.4 ms instead of 1.3 ms for 30 parameters).
-    A `None` in `sys.modules` makes the import fail at once, as Python intends for absent modules.
+    pandas each try fails only after searching every path entry again, which made a
+    parameterised query about four times as costly in CPU (5.4 ms instead of 1.3 ms for 30
+    parameters). Installed first among the finders only when pandas is absent, this one ends
+    that search; every import of pandas still fails with `ModuleNotFoundError`, as before.
     """
-    if "pandas" not in sys.modules and importlib.util.find_spec("pandas") is None:
-        sys.modules["pandas"] = None  # type: ignore[assignment]
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas":
+            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
 
 
-_spare_duckdb_the_pandas_search()
+if importlib.util.find_spec("pandas") is None:
+    sys.meta_path.insert(0, _AbsentPandas())
 
 
 def frame(db: duckdb.DuckDBPyConnection, query: str, params: list | None = None) -> pl.DataFrame:
