@@ -322,8 +322,9 @@ def test_a_daemon_whose_marks_were_expired_while_it_was_paused_counts_on_and_mak
         paused.start_metrics()
         held, _ = paused.runner_pass(None)  # the marks a daemon holds in memory, then it is paused
         traffic, labels = _answered(registry.champion(SLOT).version_id, "paused")
-        write_segment(spool, traffic + labels)
-        ingest_spool(registry.database, spool)
+        for rows in (traffic, labels):  # two commits: the watermark lands past the snapshot after the held one
+            write_segment(spool, rows)
+            ingest_spool(registry.database, spool)
         Scorer(workspace, registry).refresh(SLOT)  # the watermark moves past the held marks
         with psycopg.connect(workspace.config.distributed.postgres_url, autocommit=True) as catalog:
             catalog.execute("UPDATE ducklake_snapshot SET snapshot_time = snapshot_time - interval '2 days'")
