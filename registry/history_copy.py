@@ -17,8 +17,8 @@ a table's fingerprint is its row count and the sum of a hash of each row, on bot
   the source never had): refused, naming the tables, unless `force`, which replaces the
   target table's rows with the source's in the same transaction.
 Sequences continue past the copied values: the lake's ids (the control plane's `lake_ids`,
-`registry.planes`) move past the stored maxima on every open, PostgreSQL's own sequences (the
-promotions' ids) are set here.
+`registry.planes`) are moved past the stored maxima and PostgreSQL's own sequences (the
+promotions' ids) are set after the copy, on a re-run too.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import duckdb
 from registry.db import Database
 from registry.distributed import connect_control
 from registry.errors import ConfigError, DatabaseError, ShadowzooError
-from registry.planes import Plane, plane_of
+from registry.planes import Plane, plane_of, seed_lake_ids
 
 if TYPE_CHECKING:
     from registry.workspace import Workspace
@@ -101,6 +101,7 @@ def copy_history(workspace: Workspace, dry_run: bool = False, force: bool = Fals
             if dry_run:
                 return plan
             done = [_copy(db, entry, index, len(plan), progress) for index, entry in enumerate(plan, 1)]
+            seed_lake_ids(db, config)
     finally:
         database.close()
     _continue_control_sequences(config, [entry.table for entry in done if entry.plane == "control"])

@@ -134,20 +134,33 @@ def _lake_ddl(statement: str) -> str | None:
 
 
 def migrate_planes(connection: "duckdb.DuckDBPyConnection", config: "DistributedConfig") -> None:
-    """Apply the migrations the planes lack and start the lake's ids past the stored ones (under an advisory lock)."""
+    """Apply the migrations the planes lack (under an advisory lock) and, when any was applied or
+    the control plane has no `lake_ids` yet, start the lake's ids past the stored ones. Every
+    other write to the lake takes its ids from `lake_ids`, so an open that migrated nothing
+    leaves them be (reading each table's highest id costs every open a third of a second);
+    a history copied into the lake moves them itself (`seed_lake_ids`)."""
     from registry.distributed import connect_control
 
     _create_sequences(connection)
     with connect_control(config, autocommit=True) as control:
         control.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
         try:
-            _migrate(connection, control)
-            _seed_ids(connection, control)
+            if _migrate(connection, control) or not _ids_allocated(control):
+                _seed_ids(connection, control)
         finally:
             control.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK])
 
 
-def _migrate(connection: "duckdb.DuckDBPyConnection", control: "psycopg.Connection") -> None:
+def seed_lake_ids(connection: "duckdb.DuckDBPyConnection", config: "DistributedConfig") -> None:
+    """Move the lake's ids past the highest stored in the lake (after rows were copied in with their ids)."""
+    from registry.distributed import connect_control
+
+    with connect_control(config, autocommit=True) as control:
+        _seed_ids(connection, control)
+
+
+def _migrate(connection: "duckdb.DuckDBPyConnection", control: "psycopg.Connection") -> bool:
+    """Apply the migrations the planes lack; whether there was any."""
     control.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                     "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
     connection.execute("CREATE TABLE IF NOT EXISTS lake.main.lake_migrations (version INTEGER NOT NULL, "
@@ -171,6 +184,7 @@ def _migrate(connection: "duckdb.DuckDBPyConnection", control: "psycopg.Connecti
             control.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)",
                             [migration.version, migration.name, utcnow()])
         connection.execute("CALL pg_clear_cache()")  # DuckDB caches the control plane's schema
+    return any(migration.version not in applied for migration in MIGRATIONS)
 
 
 def _apply_on_lake(connection: "duckdb.DuckDBPyConnection", version: int, statements: list[str]) -> None:
@@ -192,6 +206,13 @@ def _create_sequences(connection: "duckdb.DuckDBPyConnection") -> None:
     for name in LAKE_SEQUENCES:
         connection.execute(f"CREATE OR REPLACE TEMP SEQUENCE {name} START 0 MINVALUE -1 MAXVALUE 0")
         connection.execute(f"SELECT nextval('{name}')")
+
+
+def _ids_allocated(control: "psycopg.Connection") -> bool:
+    """Whether the control plane holds a `lake_ids` row for each of the lake's sequences."""
+    if control.execute("SELECT to_regclass('public.lake_ids') IS NULL").fetchone()[0]:
+        return False
+    return control.execute("SELECT count(*) FROM lake_ids").fetchone()[0] == len(LAKE_SEQUENCES)
 
 
 def _seed_ids(connection: "duckdb.DuckDBPyConnection", control: "psycopg.Connection") -> None:
