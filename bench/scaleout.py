@@ -23,7 +23,11 @@ weed compete for CPU as separate hosts would not: once N workers need more CPU t
 machine has free, X(N) measures the machine, not the leases; the CPU per pair (flat in N when
 sharing adds no work) and `load_average` (at the round's start and end) say which it is.
 
-Run from the repository root: ``.venv/bin/python -m bench.scaleout [--requests 100] [--workers 1 2 4] [--keep]``.
+Round length. A batch is 64 requests (256 pairs), about 6 s of one worker's calls; the last
+batches of a round leave the other workers idle, so a round of a few batches per worker measures
+that tail. With 300 requests per worker (1200 pairs, about 30 s) the tail is a small part.
+
+Run from the repository root: ``.venv/bin/python -m bench.scaleout [--requests 300] [--workers 1 2 4] [--keep]``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def main() -> None:
         _worker(*sys.argv[2:7])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=100, help="Requests per worker in each round (4 pairs each).")
+    parser.add_argument("--requests", type=int, default=300, help="Requests per worker in each round (4 pairs each).")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--in-flight", type=int, default=8, help="Calls in flight per worker.")
     parser.add_argument("--latency-ms", type=float, default=200.0)

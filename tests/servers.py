@@ -50,6 +50,23 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s
     raise AssertionError(f"condition not met within {timeout_s}s")
 
 
+def wait_while_progressing(predicate: Callable[[], Any], progress: Callable[[], Any], stall_s: float = 60.0,
+                           limit_s: float = 600.0, interval_s: float = 0.5) -> Any:
+    """Poll until `predicate` returns something truthy, for as long as `progress` keeps changing: fail
+    once it has stood still for `stall_s` (the work stopped), or after `limit_s` whatever it does. A
+    loaded machine slows work that a fixed timeout would call stuck; this waits on it, boundedly."""
+    deadline = time.monotonic() + limit_s
+    last, moved = progress(), time.monotonic()
+    while time.monotonic() < min(deadline, moved + stall_s):
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+        if (now := progress()) != last:
+            last, moved = now, time.monotonic()
+    raise AssertionError(f"condition not met: no progress for {stall_s}s (or {limit_s}s in all)")
+
+
 def post_json(url: str, body: Any) -> int:
     """POST `body` as JSON; returns the status (an HTTP error status raises, as urllib does)."""
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})

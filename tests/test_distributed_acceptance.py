@@ -49,7 +49,8 @@ from shadow.spool_source import object_store_spool
 from tests.backends import differences, evidence, replay, within, without_bounds
 from tests.clirun import run_in_process
 from tests.engines import PostgresServer, S3Server, distributed_section
-from tests.servers import ADMIN_TOKEN, TICKET_INPUTS, Served, champion_workspace, edit_config, free_port, wait_until
+from tests.servers import (ADMIN_TOKEN, TICKET_INPUTS, Served, champion_workspace, edit_config, free_port, wait_until,
+                           wait_while_progressing)
 
 SLOT = "support-triage"
 TICKETS = [json.loads(line) for line in
@@ -343,9 +344,9 @@ def _settle(deployment: Deployment, run: Run, admin_back: Future) -> None:
             traffic = db.execute("SELECT * FROM traffic ORDER BY seq").to_arrow_table().to_pylist()
         run.embedded = _embedded_board(deployment.root / "embedded", deployment.simulator_url, traffic, run.labels)
         admin_back.result(timeout=SETTLE_S)
-        try:
-            wait_until(lambda: (board := deployment.admin_board()) and not _unlike(board, run.embedded),
-                       timeout_s=SETTLE_S, interval_s=0.5)
+        try:  # as long as the runners and the scorer keep adding pairs (a loaded machine is slow)
+            wait_while_progressing(lambda: (board := deployment.admin_board()) and not _unlike(board, run.embedded),
+                                   lambda: _pairs(deployment.admin_board()), stall_s=SETTLE_S)
         except AssertionError:
             pass
         run.board = deployment.admin_board()
@@ -364,6 +365,11 @@ def _settle(deployment: Deployment, run: Run, admin_back: Future) -> None:
                           for table, key in {"traffic": "request_id", "outcomes": "outcome_id",
                                              "paired": "period_id, request_seq, version_id",
                                              "metric_values": "request_id, version_id, metric_key, label_key"}.items()}
+
+
+def _pairs(board: Leaderboard | None) -> list[int]:
+    """Each row's pairs on a board (what grows while the scorer catches up)."""
+    return [row.comparison.pairs if row.comparison else 0 for row in board.rows] if board else []
 
 
 def _status(deployment: Deployment) -> dict:
