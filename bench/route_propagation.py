@@ -2,7 +2,7 @@
 hosts answering with the new champion.
 
 Prints one JSON object. Two gateway "hosts" (two workspaces, each its own state dir and its own
-`shadowzoo gateway` with its route follower) share one PostgreSQL; the admin host's registry
+`shadowzoo gateway` with its route follower) share one PostgreSQL and one object store; the admin host's registry
 promotes, alternately, one of two champions, `--publications` times. After each promotion
 the benchmark asks both gateways, one request every `--probe-ms`, which champion they answer
 with (the `x-shadowzoo-version` header), and records when each first answers with the new
@@ -27,16 +27,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from bench.harness import BenchError
+from bench.harness.engines import start_engines
 from bench.harness.figures import emit, ratio, round3, target_check
 from bench.harness.scenario import CLIENT_REQUEST, GATEWAY_KEY, LOOPBACK, SLOT, UPSTREAM_MODEL, make_workspace
 from bench.harness.servers import Server, gateway, responder, scratch_dir, started
 from registry import NewVariant, Registry, load_workspace
 from shadow.gateway.route_follower import POLL_INTERVAL_S
 from shadow.gateway.routing import POLL_INTERVAL_S as WATCH_INTERVAL_S
-from tests.engines import PostgresServer
 
 TARGET_S = 2.0
 WAIT_LIMIT_S = 30.0
@@ -58,11 +57,10 @@ def main() -> None:
 
 def run(scratch: Path, publications: int, probe_s: float) -> dict:
     """Start PostgreSQL, an upstream and two gateway hosts; time each promotion until both serve it."""
-    control = PostgresServer()
     with contextlib.ExitStack() as stack:
-        stack.callback(control.close)
+        engines = start_engines(stack, scratch)
         upstream = started(stack, responder(scratch, None))
-        admin, other = (_distributed_host(scratch / name, name, upstream.base_url, control.url)
+        admin, other = (_distributed_host(scratch / name, upstream.base_url, engines.section(name))
                         for name in ("host-a", "host-b"))
         champions = _two_champions(admin)
         gateways = {"host-a": started(stack, gateway(admin, scratch, None)),
@@ -73,16 +71,10 @@ def run(scratch: Path, publications: int, probe_s: float) -> dict:
     return _figures(samples, publications, probe_s)
 
 
-def _distributed_host(root: Path, name: str, upstream_url: str, postgres_url: str) -> Path:
-    """A bench workspace on the distributed backend, as host `name`."""
+def _distributed_host(root: Path, upstream_url: str, section: dict) -> Path:
+    """A bench workspace on the distributed backend, as the host its `distributed:` section names."""
     root.mkdir(parents=True)
-    workspace = make_workspace(root, upstream_url)
-    path = workspace / "shadowzoo.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["backend"] = "distributed"
-    config["distributed"] = {"postgres_url": postgres_url, "object_store": {"bucket": "unused"}, "host": name}
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return workspace
+    return make_workspace(root, upstream_url, settings={"backend": "distributed", "distributed": section})
 
 
 def _two_champions(admin: Path) -> list[str]:

@@ -35,12 +35,14 @@ models:
 """
 
 
-def make_workspace(root: Path, upstream_base_url: str, extra_providers: dict[str, str] | None = None) -> Path:
+def make_workspace(root: Path, upstream_base_url: str, extra_providers: dict[str, str] | None = None,
+                   settings: dict[str, Any] | None = None) -> Path:
     """A workspace whose slot `SLOT` is served by a champion on `upstream_base_url`.
 
     Built as the tests build theirs: `init_workspace`, the provider pointed at the
     upstream, one chat variant registered and promoted (which writes routes.json).
-    `extra_providers` adds more providers by name (challenger upstreams).
+    `extra_providers` adds more providers by name (challenger upstreams); `settings`, top-level
+    keys of shadowzoo.yaml (a `backend` and its section), set before anything is registered.
     """
     from ops.workspace_init import init_workspace
     from registry import NewVariant, Registry, load_workspace
@@ -53,13 +55,15 @@ def make_workspace(root: Path, upstream_base_url: str, extra_providers: dict[str
         config["providers"][name] = {"base_url": base_url, "timeout_s": 30}
     config["slots"][SLOT] = {"defaults": {"provider": "sim", "model": UPSTREAM_MODEL}}
     config["gateway"] = {"client_keys_env": GATEWAY_KEYS_ENV}
+    config.update(settings or {})
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with Registry.open(load_workspace(workspace)) as registry:
         variant = registry.register(NewVariant(
             slot=SLOT, label="champ", kind="chat", skill_text=SKILL,
             config={"kind": "chat", "provider": "sim", "model": UPSTREAM_MODEL, "params": PARAMS},
         )).variant
-        registry.promote(SLOT, variant.version_id, "bench", None, None)
+        if registry.champion(SLOT) is None:  # a second host on the same control plane finds it promoted
+            registry.promote(SLOT, variant.version_id, "bench", None, None)
     return workspace
 
 
