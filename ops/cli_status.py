@@ -15,7 +15,7 @@ import typer
 
 from ops.output import print_fields, print_json, print_table, say, warn
 from ops.session import Session, session
-from ops.state import DaemonInfo, running_daemon, running_roles
+from ops.state import DaemonInfo, forget_dead_gateways, running_daemon, running_roles
 from registry.errors import ConfigError, ShadowzooError
 
 if TYPE_CHECKING:
@@ -237,6 +237,8 @@ def stop(
         if info is not None:
             _stop(workspace, role.split("-")[0], role, info, wait_s)
             stopped = True
+    for name in forget_dead_gateways(workspace):
+        say(f"removed the files of shadowzoo {name.replace('-', ' (pid ', 1)}), which died without removing them")
     if not stopped:
         say(f"no shadowzoo serve, gateway or daemon runs for {workspace.root}: nothing to stop")
 

@@ -147,6 +147,20 @@ def running_roles(workspace: Workspace) -> Iterator[str]:
     yield DAEMON
 
 
+def forget_dead_gateways(workspace: Workspace) -> list[str]:
+    """Delete the lock and info files of lone gateways whose process is gone (killed with -9, it
+    could not remove them) and whose lock nobody holds; returns their names."""
+    gone = []
+    for path in workspace.state_dir.glob(f"{GATEWAY}-*.lock"):
+        pid = path.stem.removeprefix(f"{GATEWAY}-")
+        if not pid.isdigit() or pid_alive(int(pid)) or running_daemon(workspace, path.stem) is not None:
+            continue
+        path.unlink(missing_ok=True)
+        (workspace.state_dir / f"{path.stem}.json").unlink(missing_ok=True)
+        gone.append(path.stem)
+    return gone
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

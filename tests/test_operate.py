@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -173,6 +174,26 @@ def test_stop_stops_lone_gateways_and_says_so(served_ws: Path, ws_cli) -> None:
             gateway.stop()
     assert "nothing to stop" in ws_cli("stop").out
     assert list((served_ws / ".shadowzoo").glob("gateway-[0-9]*")) == []  # their lock and info files went with them
+
+
+def test_stop_removes_the_files_a_gateway_killed_with_sigkill_left_and_keeps_a_running_ones(
+        served_ws: Path, ws_cli) -> None:
+    state = served_ws / ".shadowzoo"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name in (f"gateway-{dead.pid}", f"gateway-{os.getpid()}"):  # a gateway gone; one alive, between its start and its lock
+        (state / f"{name}.lock").touch()
+        (state / f"{name}.json").write_text("{}")
+    try:
+        stopped = ws_cli("stop")
+        left = sorted(path.name for path in state.glob("gateway-[0-9]*"))
+    finally:
+        for path in state.glob(f"gateway-{os.getpid()}.*"):
+            path.unlink()
+    assert stopped.code == 0, stopped.err
+    assert f"removed the files of shadowzoo gateway (pid {dead.pid})" in stopped.out
+    assert "nothing to stop" in stopped.out
+    assert left == [f"gateway-{os.getpid()}.json", f"gateway-{os.getpid()}.lock"]
 
 
 def _gateway_pid(log_path: Path) -> str | None:
