@@ -237,8 +237,8 @@ def stop(
         if info is not None:
             _stop(workspace, role.split("-")[0], role, info, wait_s)
             stopped = True
-    for name in forget_dead_gateways(workspace):
-        say(f"removed the files of shadowzoo {name.replace('-', ' (pid ', 1)}), which died without removing them")
+    for pid in forget_dead_gateways(workspace):
+        say(f"removed the files of shadowzoo gateway (pid {pid}), which died without removing them")
     if not stopped:
         say(f"no shadowzoo serve, gateway or daemon runs for {workspace.root}: nothing to stop")
 

@@ -147,9 +147,9 @@ def running_roles(workspace: Workspace) -> Iterator[str]:
     yield DAEMON
 
 
-def forget_dead_gateways(workspace: Workspace) -> list[str]:
+def forget_dead_gateways(workspace: Workspace) -> list[int]:
     """Delete the lock and info files of lone gateways whose process is gone (killed with -9, it
-    could not remove them) and whose lock nobody holds; returns their names."""
+    could not remove them) and whose lock nobody holds; returns their pids."""
     gone = []
     for path in workspace.state_dir.glob(f"{GATEWAY}-*.lock"):
         pid = path.stem.removeprefix(f"{GATEWAY}-")
@@ -157,7 +157,7 @@ def forget_dead_gateways(workspace: Workspace) -> list[str]:
             continue
         path.unlink(missing_ok=True)
         (workspace.state_dir / f"{path.stem}.json").unlink(missing_ok=True)
-        gone.append(path.stem)
+        gone.append(int(pid))
     return gone
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +49,7 @@ from registry.db import registered
 from registry.keyed import insert_absent, upsert
 from shadow.spool_records import STATUS_MAX, STATUS_MIN, SpoolRecord, TrafficRecord
 from shadow.spool import CorruptSegment, RejectedLine, first_line, read_lines
-from shadow.spool_source import BATCH_BYTES, LocalSpool, ReadySegment, SegmentSource
+from shadow.spool_source import BATCH_BYTES, LocalSpool, ReadySegment, SegmentSource, oldest_age_s
 from shadow.tags import MAX_KEY_CHARS, MAX_TAGS, MAX_VALUE_CHARS, RESERVED_PREFIX
 from shadow.toolcalls import calls_sql, tool_calls_json
 
@@ -126,8 +125,7 @@ def ingest_from(
     time, so other work on the database interleaves with a long backlog.
     """
     segments = source.ready()
-    report = IngestReport(lag_s=max(0.0, time.time() - min(segment.written_at for segment in segments))
-                          if segments else 0.0)
+    report = IngestReport(lag_s=oldest_age_s(segments) or 0.0)
     handled = 0
     for batch in _batches(segments, batch_bytes or source.batch_bytes):
         paths = source.claim(batch)

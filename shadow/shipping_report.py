@@ -14,13 +14,12 @@ Two sources, each read on its own so that one being unreachable still shows the 
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from registry.distributed import connect_control, object_store_client
 from registry.errors import ShadowzooError
 from shadow.spool import first_line
-from shadow.spool_source import ReadySegment, stored_segments
+from shadow.spool_source import ReadySegment, oldest_age_s, stored_segments
 
 if TYPE_CHECKING:
     from registry.workspace_config import DistributedConfig
@@ -52,7 +51,7 @@ def _host(host: str, heartbeat: dict[str, Any] | None, waiting: list[ReadySegmen
     ago = reported["reported_s_ago"]
     return {"host": host, **reported, "silent": ago is None or ago > SILENT_AFTER_S,
             "waiting_segments": len(waiting),
-            "oldest_waiting_s": round(max(0.0, time.time() - min(s.written_at for s in waiting)), 1) if waiting else None}
+            "oldest_waiting_s": None if (age := oldest_age_s(waiting)) is None else round(age, 1)}
 
 
 def _heartbeats(settings: DistributedConfig) -> dict[str, dict[str, Any]]:

@@ -300,6 +300,11 @@ def stored_segments(client: Any, bucket: str, prefix: str) -> list[ReadySegment]
     return sorted(found, key=lambda segment: (segment.key.split("/")[1], segment.key))
 
 
+def oldest_age_s(segments: list[ReadySegment]) -> float | None:
+    """Seconds since the oldest of `segments` was written (None when there is none)."""
+    return max(0.0, time.time() - min(segment.written_at for segment in segments)) if segments else None
+
+
 def _is_segment_key(key: str) -> bool:
     """`<host>/<name>.jsonl`: exactly one level below the prefix, not a hidden or temp name."""
     parts = key.split("/")
