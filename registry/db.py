@@ -24,7 +24,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, TypeVar
+from typing import TYPE_CHECKING, Iterator, NamedTuple, TypeVar
 
 import duckdb
 
@@ -34,6 +34,7 @@ from registry.migrations import LATEST, MIGRATIONS
 if TYPE_CHECKING:
     import polars as pl
 
+    from registry.lake_instances import LakeInstance
     from registry.planes import LakeIds
     from registry.workspace_config import DistributedConfig
 
@@ -98,6 +99,14 @@ def utc_day_start(now: datetime | None = None) -> datetime:
     return (now or utcnow()).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+class _Lake(NamedTuple):
+    """What a `Database` on the distributed backend holds besides its connection."""
+
+    config: DistributedConfig
+    ids: LakeIds
+    instance: LakeInstance
+
+
 class Database:
     """One open DuckDB file, shared by the stores of one process and serialised by one lock.
 
@@ -107,11 +116,11 @@ class Database:
     """
 
     def __init__(self, path: Path | None, connection: duckdb.DuckDBPyConnection,
-                 distributed: tuple[DistributedConfig, LakeIds] | None = None) -> None:
+                 distributed: _Lake | None = None) -> None:
         self.path = path
         """The DuckDB file; None on the distributed backend."""
         self._distributed = distributed
-        """On the distributed backend, its configuration and the allocator of the lake's ids."""
+        """On the distributed backend, its configuration, the allocator of the lake's ids and the DuckDB instance."""
         self.connection = connection
         self.lock = threading.RLock()
 
@@ -129,26 +138,34 @@ class Database:
 
     @classmethod
     def open_distributed(cls, config: DistributedConfig, spill_dir: Path) -> "Database":
-        """An in-memory DuckDB connection over the lake and the control plane, both migrated
-        (`registry.planes`), spilling what exceeds its memory limit to `spill_dir` (created when
-        first needed). The same `reading()` and `transaction()` serve it; a transaction
-        writes one plane only (DuckDB refuses one that writes both).
+        """A connection over the lake and the control plane, both migrated (`registry.planes`),
+        spilling what exceeds its memory limit to `spill_dir` (created when first needed). The
+        same `reading()` and `transaction()` serve it; a transaction writes one plane only
+        (DuckDB refuses one that writes both).
 
         Any number of processes open it at once: their lake ids come from the control plane
-        (`reserve`), and nothing is waited for."""
+        (`reserve`), and nothing is waited for. The connection's DuckDB instance, its extensions
+        loaded, is kept for the process's next open when this one closes (`registry.lake_instances`)."""
+        from registry import lake_instances
         from registry.distributed import attach_engines
         from registry.planes import LakeIds, migrate_planes
 
         ids = LakeIds(config)  # first: an unreachable PostgreSQL is named as `postgres_url`
-        connection = duckdb.connect(config={"temp_directory": str(spill_dir)})
+        try:
+            instance = lake_instances.take(config.extension_directory, spill_dir)
+        except BaseException:
+            ids.close()
+            raise
+        connection = instance.connect()
         try:
             attach_engines(connection, config)
             migrate_planes(connection, config)
         except BaseException:
             connection.close()
+            lake_instances.give_back(instance)
             ids.close()
             raise
-        return cls(None, connection, (config, ids))
+        return cls(None, connection, _Lake(config, ids, instance))
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -204,7 +221,7 @@ class Database:
         sequences already are (one process holds the file)."""
         if self._distributed is not None:
             with self.lock:
-                self._distributed[1].reserve(self.connection, sequence, count)
+                self._distributed.ids.reserve(self.connection, sequence, count)
 
     @contextmanager
     def exclusive(self, *names: str) -> Iterator[None]:
@@ -217,7 +234,7 @@ class Database:
             return
         from registry.distributed import connect_control
 
-        with connect_control(self._distributed[0], autocommit=True) as session:
+        with connect_control(self._distributed.config, autocommit=True) as session:
             for name in sorted(set(names)):
                 session.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [_EXCLUSIVE_LOCKS, name])
             yield
@@ -232,7 +249,10 @@ class Database:
         with self.lock:
             self.connection.close()
             if self._distributed is not None:
-                self._distributed[1].close()
+                from registry import lake_instances
+
+                lake_instances.give_back(self._distributed.instance)
+                self._distributed.ids.close()
 
 
 def _lock_wait(explicit: float | None) -> float:

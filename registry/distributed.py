@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 LAKE = "lake"
 CONTROL = "control"
 EXTENSIONS = ("ducklake", "postgres", "httpfs")
+_SECRET = "shadowzoo_object_store"
 
 
 def libpq_dsn(postgres_url: str) -> str:
@@ -65,14 +66,14 @@ def attach_engines(connection: "duckdb.DuckDBPyConnection", config: DistributedC
     control plane, and put both on the search path (lake first: new tables go there)."""
     import duckdb
 
-    _load_extensions(connection, config.extension_directory)
+    load_extensions(connection, config.extension_directory)
     store = config.object_store
     key_id, secret = object_store_credentials(store)
     endpoint = urlsplit(store.endpoint) if store.endpoint else None
     secret_options = {"KEY_ID": key_id, "SECRET": secret, "REGION": store.region, "URL_STYLE": store.url_style}
     if endpoint:
         secret_options |= {"ENDPOINT": endpoint.netloc, "USE_SSL": endpoint.scheme == "https"}
-    connection.execute("CREATE OR REPLACE SECRET shadowzoo_object_store (TYPE s3, "
+    connection.execute(f"CREATE OR REPLACE SECRET {_SECRET} (TYPE s3, "
                        + ", ".join(f"{key} {_sql_literal(value)}" for key, value in secret_options.items()) + ")")
     dsn = libpq_dsn(config.postgres_url)
     data_path = f"s3://{store.bucket}/{config.lake_prefix}"
@@ -84,6 +85,16 @@ def attach_engines(connection: "duckdb.DuckDBPyConnection", config: DistributedC
         raise ConfigError(f"distributed: cannot attach the lake ({data_path}, catalog at "
                           f"{config.postgres_url}): {exc}") from None
     connection.execute(f"USE {LAKE}; SET search_path = '{LAKE}.main,{CONTROL}.public'")
+
+
+def detach_engines(connection: "duckdb.DuckDBPyConnection") -> None:
+    """Undo `attach_engines` (and any other ATTACH made since) on a connection whose current
+    database is still its own: detach every attached database and drop the object store's credentials."""
+    own = connection.execute("SELECT current_database()").fetchone()[0]
+    for (name,) in connection.execute("SELECT database_name FROM duckdb_databases() "
+                                      "WHERE NOT internal AND database_name <> ?", [own]).fetchall():
+        connection.execute(f'DETACH DATABASE "{name}"')
+    connection.execute(f"DROP SECRET IF EXISTS {_SECRET}")
 
 
 def object_store_client(store: ObjectStoreConfig) -> Any:
@@ -103,9 +114,11 @@ def _boto_config(store: ObjectStoreConfig) -> Any:
                   retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
 
-def _load_extensions(connection: "duckdb.DuckDBPyConnection", extension_directory: str | None) -> None:
+def load_extensions(connection: "duckdb.DuckDBPyConnection", extension_directory: str | None) -> None:
     """LOAD each extension: from `extension_directory` only when one is set (no download), else
-    installing it from DuckDB's repository first if needed."""
+    installing it from DuckDB's repository first if needed. Loading verifies each extension's
+    signature once per DuckDB instance (`registry.lake_instances` keeps loaded instances); a
+    connection to an instance that has them loaded costs nothing more."""
     import duckdb
 
     if extension_directory:

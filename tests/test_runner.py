@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -28,7 +29,7 @@ from registry import Refused, Registry, load_workspace, utcnow
 from registry.workspace_config import Price
 from shadow import pauses
 from shadow.pricing import cost_usd, detail_tokens
-from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket
+from shadow.providers import BACKOFF_CAP_S, Headroom, ProviderPool, TokenBucket, tls_context
 from shadow.runner import RunFilters, RunReport, ShadowRunner
 from shadow.simulator import SimulatorHandle, load_simulator_config, start_in_thread
 from shadow.simulator.simulator_config import ErrorConfig, LatencyConfig, ModelConfig
@@ -282,6 +283,13 @@ def test_costs_come_from_usage_and_prices_and_an_unpriced_model_costs_none(ws: S
     assert all(r["cost_usd"] is None and r["completion_tokens"] > 0 for r in by_label["cheap-mini"])
     assert all(r["cost_usd"] == pytest.approx(0.0001) for r in by_label["keywords"])
     assert report.unpriced == 10
+
+
+def test_every_provider_client_verifies_certificates_and_host_names_with_one_shared_tls_context() -> None:
+    context = tls_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0, "the CA certificates are loaded"
+    assert tls_context() is context, "made once per process, not once per client"
 
 
 def test_cached_and_reasoning_tokens_are_billed_at_their_own_prices() -> None:
