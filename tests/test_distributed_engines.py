@@ -10,7 +10,7 @@ import duckdb
 import pytest
 import yaml
 
-from registry import load_workspace
+from registry import lake_instances, load_workspace
 from registry.distributed import attach_engines, connect_control, object_store_client
 from registry.errors import ConfigError
 from registry.workspace_config import DistributedConfig
@@ -57,6 +57,29 @@ def test_one_connection_joins_lake_and_control_tables_by_their_plain_names(setti
     connection.execute("INSERT INTO answered VALUES ('support', 'v2'), ('support', 'v1')")
     assert connection.execute("SELECT a.version_id FROM answered a JOIN champions c USING (slot, version_id)"
                               ).fetchall() == [("v2",)]
+
+
+def test_a_lake_instance_comes_back_for_the_next_open_detached_reset_and_spilling_where_that_open_says(
+        settings, tmp_path: Path) -> None:
+    first = lake_instances.take(settings.extension_directory, tmp_path / "first")
+    connection = first.connect()
+    attach_engines(connection, settings)
+    connection.execute("SET threads = 1; ATTACH ':memory:' AS scratch")
+    connection.close()
+    lake_instances.give_back(first)
+
+    again = lake_instances.take(settings.extension_directory, tmp_path / "second")
+    assert again is first, "the instance is kept, its extensions loaded"
+    root = again.root
+    assert root.execute("SELECT list(database_name ORDER BY database_name) FROM duckdb_databases() "
+                        "WHERE NOT internal").fetchone()[0] == ["memory"]
+    assert root.execute("SELECT count(*) FROM duckdb_secrets()").fetchone()[0] == 0
+    assert str(root.execute("SELECT current_setting('threads')").fetchone()[0]) == first.defaults["threads"] != "1"
+    assert root.execute("SELECT current_setting('temp_directory')").fetchone()[0] == str(tmp_path / "second")
+    beside = lake_instances.take(settings.extension_directory, tmp_path / "beside")
+    assert beside is not again, "an open at the same time gets an instance of its own"
+    for instance in (again, beside):
+        lake_instances.give_back(instance)
 
 
 def test_object_store_credentials_are_read_from_the_variables_the_config_names(settings, monkeypatch) -> None:
