@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 from ops.workspace_init import init_workspace
@@ -76,14 +76,32 @@ def _submit(driver: webdriver.Chrome, form_action: str, **fields: str) -> None:
         else:
             element.send_keys(value)
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(driver, 60).until(staleness_of(form))  # the next page has replaced this one
+    WebDriverWait(driver, 60).until(_replaced(form))
 
 
 def _follow(driver: webdriver.Chrome, link) -> None:
     """Click a link and wait until its page has replaced this one: a click need not wait for the navigation."""
     page = driver.find_element(By.TAG_NAME, "html")
     link.click()
-    WebDriverWait(driver, 60).until(staleness_of(page))
+    WebDriverWait(driver, 60).until(_replaced(page))
+
+
+def _replaced(element) -> Callable[[webdriver.Chrome], bool]:
+    """A wait condition: the next page has replaced the one `element` was on. Asked about an
+    element of a page being replaced, Chrome answers that it is stale, or (caught mid-way) that its
+    node "does not belong to the document": both mean the old page is gone."""
+    def gone(_driver: webdriver.Chrome) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc):
+                raise
+            return True
+        return False
+
+    return gone
 
 
 def _severe(driver: webdriver.Chrome) -> list[dict]:
