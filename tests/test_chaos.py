@@ -23,7 +23,7 @@ import duckdb
 import openai
 import pytest
 
-from registry import load_workspace
+from registry import load_workspace, utcnow
 from shadow.spool_records import TrafficRecord
 from shadow.spool import spool_dir, write_segment
 from tests.servers import ADMIN_TOKEN, DEMO_SIM, Served, champion_workspace, start_simulator, wait_until
@@ -139,7 +139,7 @@ def _send_hostile(served: Served, max_body: int) -> list[str]:
 
 def _spool_hostile_records(spool: Path) -> None:
     """A segment with one good record and three bad ones, and a directory named like a segment."""
-    good = TrafficRecord(request_id="spooled-good", slot=SLOT, received_at="2026-01-01T00:00:00Z",
+    good = TrafficRecord(request_id="spooled-good", slot=SLOT, received_at=utcnow(),  # within retention
                          request={"messages": [{"role": "user", "content": "hi"}]}, status=200, output="other")
     line = json.loads(good.model_dump_json())
     bad = [{**line, "request_id": "hostile-spooled-status", "status": 2147483648},
