@@ -169,7 +169,7 @@ class Deployment:
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status in (200, 202)
-            run.labels.append(OutcomeRecord(request_key=key, value=one.label, received_at="2026-12-05T12:00:00Z"))
+            run.labels.append(OutcomeRecord(request_key=key, value=one.label, received_at=utcnow()))
 
     def scorer_leader(self) -> tuple[str, int] | None:
         """The slot's scorer leader (`<host>:<pid>`) and its epoch, once elected."""

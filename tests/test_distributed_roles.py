@@ -17,7 +17,7 @@ from ops.leaders import ElectedJobs
 from ops.operations import LocalOperations
 from ops.prometheus_metrics import DaemonMetrics
 from ops.tasks import TaskContext, score
-from registry import Registry, load_workspace
+from registry import Registry, load_workspace, utcnow
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
 from shadow.spool_records import TrafficRecord
@@ -152,7 +152,7 @@ def test_one_scorer_candidate_scores_a_slot_and_another_takes_over_when_the_lead
 
 
 def _traffic(request_id: str, output: str = "billing") -> bytes:
-    return TrafficRecord(request_id=request_id, slot=SLOT, received_at="2026-12-05T12:00:00Z",
+    return TrafficRecord(request_id=request_id, slot=SLOT, received_at=utcnow(),
                          request={"messages": QUESTION}, champion_version="v1", status=200, output=output,
                          stream=False).model_dump_json().encode()
 

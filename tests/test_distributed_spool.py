@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from registry import Registry, load_workspace
+from registry import Registry, load_workspace, utcnow
 from registry.distributed import connect_control, object_store_client
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
@@ -203,7 +203,7 @@ def test_two_gateways_started_on_one_host_ship_its_spool_through_one_shipper(
 
 
 def traffic(request_id: str) -> bytes:
-    return TrafficRecord(request_id=request_id, slot=SLOT, received_at="2026-12-05T12:00:00Z", request={"messages": QUESTION},
+    return TrafficRecord(request_id=request_id, slot=SLOT, received_at=utcnow(), request={"messages": QUESTION},
                          champion_version="v1", status=200, output="billing", stream=False).model_dump_json().encode()
 
 

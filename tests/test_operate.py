@@ -242,7 +242,7 @@ def test_stop_says_so_when_nothing_runs(cli) -> None:
 
 def test_an_edited_redaction_rule_reaches_a_running_gateway_through_routes_json(served_ws: Path) -> None:
     from ops.liveconfig import LiveConfig
-    from registry import Registry, load_workspace
+    from registry import Registry, load_workspace, utcnow
     from shadow.gateway.serve import gateway_state
     from shadow.spool_records import TrafficRecord
 
@@ -256,6 +256,6 @@ def test_an_edited_redaction_rule_reaches_a_running_gateway_through_routes_json(
     with Registry.open(workspace) as registry:
         registry.write_routes()  # as the daemon does after a reload
     gateway.routes.reload()
-    record = TrafficRecord(request_id="szr_1", slot=SLOT, received_at="2026-12-05T00:00:00Z",
+    record = TrafficRecord(request_id="szr_1", slot=SLOT, received_at=utcnow(),
                            request={"messages": [{"role": "user", "content": "card 4111111111111111"}]}, status=200)
     assert "[CARD]" in gateway.captures.line(record).decode()
