@@ -16,6 +16,11 @@ import duckdb
 from registry import utc_day_start
 
 
+USD_TOLERANCE = 1e-9
+"""Sums of float costs drift by far less than this: a call that fits a cap to within it fits (else a
+cap could refuse the call that fills it exactly, leaving its last cent unspent)."""
+
+
 class DailyCap:
     """One daily USD cap: today's spend plus the estimates of the calls in flight must leave room for the next.
 
@@ -45,7 +50,7 @@ class DailyCap:
 
     async def _room(self, estimate: float) -> bool:
         """Whether `estimate` fits now (a cap shared across runners may reserve more first: `shadow.budget_slices`)."""
-        return self.committed < self.limit and self.committed + estimate <= self.limit
+        return self.committed < self.limit and self.committed + estimate <= self.limit + USD_TOLERANCE
 
     def settle(self, estimate: float, actual: float | None) -> None:
         """Replace a call's estimate by what it cost (an unknown cost counts as 0: it cannot be held against the cap)."""

@@ -31,7 +31,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from registry import utcnow
-from shadow.budget import DailyCap
+from shadow.budget import USD_TOLERANCE, DailyCap
 
 if TYPE_CHECKING:
     import psycopg
@@ -132,10 +132,10 @@ class SlicedCap(DailyCap):
         """Whether `estimate` fits the slices held, reserving the next slice when it does not (one
         request at a time: the ledger's connection is not shared between threads)."""
         async with self._asking:
-            if self.committed + estimate > self.held:
+            if self.committed + estimate > self.held + USD_TOLERANCE:
                 self.held += await asyncio.to_thread(self.ledger.reserve, self.scope, self.day, self.limit,
                                                      self.slice_usd(estimate), self.spent_before)
-            return self.committed + estimate <= self.held
+            return self.committed + estimate <= self.held + USD_TOLERANCE
 
     def settle(self, estimate: float, actual: float | None) -> None:
         super().settle(estimate, actual)

@@ -22,6 +22,7 @@ from registry.control_plane import migrate_control
 from registry.leadership import Leadership, NotLeader, job_name
 from registry.leases import LeaseLost, WorkLeases
 from registry.workspace_config import ProviderConfig
+from shadow.budget import USD_TOLERANCE
 from shadow.budget_slices import BudgetLedger, SlicedCap
 from shadow.rate_shares import Heartbeats, shared_provider
 from tests.engines import PostgresServer
@@ -308,7 +309,7 @@ def test_two_runners_spending_one_daily_cap_never_pass_it(connections) -> None:
     assert day.spent_usd == pytest.approx(sum(made) * 0.008)
     assert day.spent_usd <= limit
     assert day.allotted_usd == pytest.approx(day.spent_usd)  # every unused rest came back
-    assert limit - day.spent_usd < estimate  # and was spent by whoever could
+    assert limit - day.spent_usd < 2 * estimate  # and was spent by whoever could: each runner leaves less than a call
 
 
 def test_calls_costing_more_than_estimated_pass_the_cap_by_their_shortfall_only(connections) -> None:
@@ -321,7 +322,7 @@ def test_calls_costing_more_than_estimated_pass_the_cap_by_their_shortfall_only(
     made = asyncio.run(both())
     day = BudgetLedger(connections()).day("judge/tone", DAY)
     assert day.spent_usd == pytest.approx(sum(made) * cost)
-    assert day.spent_usd <= limit + 2 * in_flight * (cost - estimate)  # per runner: its calls in flight
+    assert day.spent_usd <= limit + 2 * in_flight * (cost - estimate) + USD_TOLERANCE  # per runner: its calls in flight
 
 
 def test_a_runner_killed_holding_a_slice_leaks_at_most_that_slice(connections, control, children) -> None:
@@ -346,7 +347,9 @@ def test_a_runner_killed_holding_a_slice_leaks_at_most_that_slice(connections, c
     assert day.spent_usd == pytest.approx(sum(made) * estimate)
     assert day.allotted_usd == pytest.approx(day.spent_usd + leaked)  # the slice counts as spent, never more
     assert day.allotted_usd <= limit + 1e-9
-    assert day.spent_usd > limit - leaked - estimate  # the rest of the cap was spent
+    # the rest of the cap was spent: each survivor leaves less than a call (the last to give its rest
+    # back gives it when the other has stopped asking)
+    assert day.spent_usd > limit - leaked - 2 * estimate
 
 
 # Rate-limit shares
