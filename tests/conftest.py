@@ -7,7 +7,7 @@ Conventions that keep the suite fast (tests/README.md says more):
   long-running commands (serve, daemon, gateway, sim, demo) and for what only a separate
   process shows (exit status of the real entry point, concurrency between processes).
 - Servers live in tests/servers.py; share one per module (a module-scoped fixture) wherever
-  the tests only read from it or write what no other test looks at. `make test` runs two
+  the tests only read from it or write what no other test looks at. `make test` runs three
   pytest-xdist workers with `--dist loadfile`: a file's tests run on one worker, in file
   order, so a module-scoped fixture starts once; the longest files start first (`LONGEST_FIRST`).
 """
@@ -25,15 +25,16 @@ from tests.clirun import SHADOWZOO, CliResult, Env, run_in_process, run_script
 __all__ = ["SHADOWZOO", "CliResult"]
 
 LONGEST_FIRST = (
-    "test_distributed_acceptance.py", "test_distributed_routes.py", "test_fuzz.py", "test_daemon.py",
-    "test_distributed_runner.py", "test_distributed_migrate.py", "test_distributed_writers.py",
-    "test_distributed_storage.py", "test_distributed_roles.py", "test_distributed_spool.py",
-    "test_prometheus_live.py", "test_operate.py", "test_chaos.py", "test_realistic.py",
-    "test_console_browser.py", "test_inspect.py", "test_runner.py", "test_gateway.py", "test_cli_hostile.py",
+    "test_daemon.py", "test_distributed_runner.py", "test_distributed_acceptance.py", "test_distributed_storage.py",
+    "test_distributed_readers.py", "test_gateway.py", "test_operate.py", "test_distributed_writers.py",
+    "test_distributed_spool.py", "test_distributed_migrate.py", "test_runner.py", "test_distributed_upkeep.py",
+    "test_distributed_routes.py", "test_distributed_roles.py", "test_scorer.py", "test_prometheus_live.py",
+    "test_inspect.py", "test_train.py", "test_ingest.py", "test_fuzz.py", "test_console_browser.py",
+    "test_outcome_join.py", "test_realistic.py", "test_slices.py",
 )
-"""The files that take longest (a quiet run's durations, each file's tests summed), longest first.
+"""The files that take longest (a quiet run's durations on one worker, each file's tests summed), longest first.
 
-`make test` hands files to its two workers in collection order (`--dist loadfile
+`make test` hands files to its workers in collection order (`--dist loadfile
 --no-loadscope-reorder`), so these start first and the short files even out the end. xdist's
 own order, most tests first, put the long files of one to four tests last, where one worker
 ran one of them alone for a minute. Add a file here when it grows long; order is all it changes."""
