@@ -68,6 +68,13 @@ if importlib.util.find_spec("pandas") is None:
     sys.meta_path.insert(0, _AbsentPandas())
 
 
+def sql_literal(value: object) -> str:
+    """`value` as a SQL literal: a boolean as `true`/`false`, anything else as a quoted string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def frame(db: duckdb.DuckDBPyConnection, query: str, params: list | None = None) -> pl.DataFrame:
     """The whole result of `query` as a polars frame (through Arrow, without a row copy)."""
     return db.sql(query, params=params).pl()

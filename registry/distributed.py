@@ -13,6 +13,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from registry.db import sql_literal
 from registry.errors import ConfigError
 from registry.workspace_config import DistributedConfig, ObjectStoreConfig
 
@@ -74,13 +75,13 @@ def attach_engines(connection: "duckdb.DuckDBPyConnection", config: DistributedC
     if endpoint:
         secret_options |= {"ENDPOINT": endpoint.netloc, "USE_SSL": endpoint.scheme == "https"}
     connection.execute(f"CREATE OR REPLACE SECRET {_SECRET} (TYPE s3, "
-                       + ", ".join(f"{key} {_sql_literal(value)}" for key, value in secret_options.items()) + ")")
+                       + ", ".join(f"{key} {sql_literal(value)}" for key, value in secret_options.items()) + ")")
     dsn = libpq_dsn(config.postgres_url)
     data_path = f"s3://{store.bucket}/{config.lake_prefix}"
     try:
-        connection.execute(f"ATTACH {_sql_literal('ducklake:postgres:' + dsn)} AS {LAKE} "
-                           f"(DATA_PATH {_sql_literal(data_path)})")
-        connection.execute(f"ATTACH {_sql_literal(dsn)} AS {CONTROL} (TYPE postgres)")
+        connection.execute(f"ATTACH {sql_literal('ducklake:postgres:' + dsn)} AS {LAKE} "
+                           f"(DATA_PATH {sql_literal(data_path)})")
+        connection.execute(f"ATTACH {sql_literal(dsn)} AS {CONTROL} (TYPE postgres)")
     except duckdb.Error as exc:
         raise ConfigError(f"distributed: cannot attach the lake ({data_path}, catalog at "
                           f"{config.postgres_url}): {exc}") from None
@@ -122,7 +123,7 @@ def load_extensions(connection: "duckdb.DuckDBPyConnection", extension_directory
     import duckdb
 
     if extension_directory:
-        connection.execute(f"SET extension_directory = {_sql_literal(extension_directory)}; "
+        connection.execute(f"SET extension_directory = {sql_literal(extension_directory)}; "
                            "SET autoinstall_known_extensions = false")
     for name in EXTENSIONS:
         try:
@@ -133,9 +134,3 @@ def load_extensions(connection: "duckdb.DuckDBPyConnection", extension_directory
             where = f"in {extension_directory}" if extension_directory else "from DuckDB's repository"
             raise ConfigError(f"distributed.extension_directory: DuckDB extension {name!r} not found {where} "
                               f"(DuckDB {duckdb.__version__}): {exc}") from None
-
-
-def _sql_literal(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "'" + str(value).replace("'", "''") + "'"

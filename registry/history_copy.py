@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import duckdb
 
-from registry.db import Database
+from registry.db import Database, sql_literal
 from registry.distributed import connect_control
 from registry.errors import ConfigError, DatabaseError, ShadowzooError
 from registry.planes import Plane, plane_of, seed_lake_ids
@@ -146,7 +146,7 @@ def _source_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 def _attach(db: duckdb.DuckDBPyConnection, path: Path) -> None:
     try:
-        db.execute(f"ATTACH '{str(path).replace(chr(39), chr(39) * 2)}' AS {SOURCE} (READ_ONLY)")
+        db.execute(f"ATTACH {sql_literal(path)} AS {SOURCE} (READ_ONLY)")
     except duckdb.Error as exc:
         raise DatabaseError(f"cannot read database {path}: {exc}") from None
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import duckdb
 
+from registry.db import sql_literal
+
 KEPT = 2
 """Idle instances kept per extension directory (more than two opens at once in one process is rare)."""
 SET_BY_EACH_OPEN = frozenset({"temp_directory"})
@@ -98,7 +100,7 @@ def _spill_to(root: duckdb.DuckDBPyConnection, spill_dir: Path) -> bool:
     if root.execute("SELECT current_setting('temp_directory')").fetchone()[0] == wanted:
         return True
     try:
-        root.execute("SET temp_directory = " + "'" + wanted.replace("'", "''") + "'")
+        root.execute(f"SET temp_directory = {sql_literal(wanted)}")
     except duckdb.Error:
         return False
     return True

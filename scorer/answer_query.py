@@ -21,9 +21,10 @@ from datetime import datetime
 import polars as pl
 
 from registry import Variant
+from registry.db import sql_literal
 from registry.workspace_config import Price, ScoringConfig
 from scorer.changes import Mark
-from scorer.quality_metrics import SCALAR_LABEL, QualityPlan, label_key_sql, sql_literal
+from scorer.quality_metrics import SCALAR_LABEL, QualityPlan, label_key_sql
 from shadow.pricing import price_of
 
 PRICE_COLUMNS = {

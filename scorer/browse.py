@@ -38,9 +38,9 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry import ConfigError
+from registry.db import sql_literal
 from registry.errors import validated
 from scorer.answer_query import read_once
-from scorer.quality_metrics import sql_literal
 from scorer.slices import tags_sql
 from shadow.tags import parse_where
 

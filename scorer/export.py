@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from registry import NotFound, Registry, Workspace
-from registry.db import registered
+from registry.db import registered, sql_literal
 from scorer.answer_query import AnswerQuery, variant_prices
 from scorer.exportformat import ExportFormat
-from scorer.quality_metrics import plan_quality, sql_literal
+from scorer.quality_metrics import plan_quality
 from scorer.changes import Mark, latest, on_lake
 from shadow.pricing import workspace_prices
 

@@ -32,12 +32,11 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from registry.db import registered
+from registry.db import registered, sql_literal
 from registry.keyed import upsert
 from scorer.answer_query import AnswerQuery
 from scorer.answerstats import add_answers
 from scorer.changes import Mark, touched_requests
-from scorer.quality_metrics import sql_literal
 from scorer.periods import Period
 from scorer.sequential import PairedMoments
 

@@ -18,6 +18,7 @@ import duckdb
 import polars as pl
 
 from registry import ConfigError, canonical_json
+from registry.db import sql_literal
 from registry.workspace_config import (
     ContainsMetric,
     ExactMatchMetric,
@@ -39,10 +40,6 @@ SCALAR_LABEL = (
 )
 NUMBER_RE = r"-?[0-9]+(?:\.[0-9]+)?"
 SAMPLE_HEX_DIGITS = 13
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def is_sampled(request_id: str, key: str, rate: float) -> bool:

@@ -24,12 +24,12 @@ import jsonschema
 import polars as pl
 
 from registry import ConfigError, Database, utcnow
-from registry.db import frame, registered
+from registry.db import frame, registered, sql_literal
 from registry.keyed import insert_absent
 from registry.workspace_config import JsonValidMetric, Metric, PythonMetric
 from registry.entrypoints import load_entrypoint
 from scorer.answer_query import AnswerQuery
-from scorer.quality_metrics import label_key_sql, sql_literal, uses_label
+from scorer.quality_metrics import label_key_sql, uses_label
 
 if TYPE_CHECKING:
     import duckdb

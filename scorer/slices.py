@@ -17,8 +17,8 @@ from __future__ import annotations
 import duckdb
 
 from registry import utcnow
+from registry.db import sql_literal
 from scorer.leaderboard_model import Slice
-from scorer.quality_metrics import sql_literal
 from scorer.pairing import Moments, period_moments
 from scorer.periods import Period
 from scorer.sequential import alpha_share

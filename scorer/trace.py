@@ -23,9 +23,10 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from registry import ConfigError, NotFound, Registry, Variant
+from registry.db import sql_literal
 from scorer.answer_query import AnswerQuery, read_once, variant_prices, variant_prices_sql
 from scorer.changes import Mark, latest, on_lake, request_touched
-from scorer.quality_metrics import plan_quality, sql_literal
+from scorer.quality_metrics import plan_quality
 from shadow.pricing import effective_prices
 
 EPOCH = datetime(1970, 1, 1)
