@@ -315,11 +315,30 @@ def _checkpoint_and_close(registry: Registry) -> None:
     registry.close()
 
 
+class ExpectedSchedulingFilter(logging.Filter):
+    """Drops APScheduler's warnings that a run was skipped because the last one still runs, or started
+    late: with `coalesce` and `max_instances=1` that is the design (the next run sees more work), and
+    a busy daemon would otherwise log it every interval while it has nothing to report."""
+
+    EXPECTED = ('Execution of job "%s" skipped', 'Run time of job "%s" was missed')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("apscheduler") and isinstance(record.msg, str)
+                    and record.msg.startswith(self.EXPECTED))
+
+
+def configure_logging() -> None:
+    """The daemon's log: one line per run that did something or failed, nothing while idle."""
+    handler = logging.StreamHandler()
+    handler.addFilter(ExpectedSchedulingFilter())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=[handler])
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # not one line per shadow or judge call
+
+
 def run_daemon(workspace_dir: Path, port: int | None = None, roles: frozenset[str] = DAEMON_ROLES) -> None:
     """Entry point of the daemon process: it runs the jobs of `roles` (all of the daemon's by default)."""
     from registry import load_workspace
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # not one line per shadow or judge call
+    configure_logging()
     asyncio.run(Daemon(load_workspace(workspace_dir), port, roles).run())

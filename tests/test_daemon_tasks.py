@@ -3,10 +3,16 @@ retention, and the gauges they publish."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from ops.daemon import ExpectedSchedulingFilter
 from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
 from ops.tasks import AUTO_ACTOR, TaskContext, ingest, retention, score, status, watch
@@ -154,3 +160,43 @@ def test_records_ingest_quarantines_are_counted_on_metrics_and_shown_in_status(w
     rejected.rename(spool / rejected.name)  # an operator puts it back (unfixed, it is quarantined again)
     assert status(context)["spool_quarantined_records"] == 0
     context.operations.registry.close()
+
+
+def test_a_run_skipped_because_the_last_still_runs_is_not_logged() -> None:
+    """The daemon's jobs never overlap by design; a busy daemon must not log that every interval."""
+    scheduler_log = logging.getLogger("apscheduler")
+    everything, daemon_log = io.StringIO(), io.StringIO()
+    unfiltered, filtered = logging.StreamHandler(everything), logging.StreamHandler(daemon_log)
+    filtered.addFilter(ExpectedSchedulingFilter())
+    level = scheduler_log.level
+    for handler in (unfiltered, filtered):
+        scheduler_log.addHandler(handler)
+    scheduler_log.setLevel(logging.WARNING)
+
+    async def overlapping() -> None:
+        runs, idle = asyncio.Event(), asyncio.Event()
+
+        async def slow_job() -> None:
+            runs.set()
+            idle.clear()
+            await asyncio.sleep(0.3)  # three intervals: the next two ticks find it still running
+            idle.set()
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(slow_job, "interval", seconds=0.1, coalesce=True, max_instances=1, misfire_grace_time=1)
+        scheduler.start()
+        await runs.wait()
+        while "skipped" not in everything.getvalue():
+            await asyncio.sleep(0.05)
+        scheduler.pause()  # no new run; the one running ends before the scheduler does (else it is cancelled)
+        await idle.wait()
+        scheduler.shutdown(wait=False)
+
+    try:
+        asyncio.run(asyncio.wait_for(overlapping(), 30))
+    finally:
+        for handler in (unfiltered, filtered):
+            scheduler_log.removeHandler(handler)
+        scheduler_log.setLevel(level)
+    assert "maximum number of running instances" in everything.getvalue()
+    assert daemon_log.getvalue() == ""

@@ -88,10 +88,11 @@ def test_two_runner_workers_answer_every_pair_once_between_them(shared, postgres
 
 
 def test_two_runner_workers_hold_the_slot_budget_together(workspace_dir, shared, postgres) -> None:
-    cost_per_call = max(cost for *_, cost in shared[2])
-    pairs = ingest_answered(workspace_dir, "budget", 48)
+    costs = [cost for *_, cost in shared[2]]
+    cost_per_call = max(costs)
+    pairs = ingest_answered(workspace_dir, "budget", 48)  # the same shapes as the shared 48: the same costs
     _, _, spent_before = _budget_day(postgres)
-    room = len(pairs) * cost_per_call / 3  # about a third of the pairs fit
+    room = sum(costs) / 3  # what a third of them cost, so most must be refused whatever the estimates
     edit_config(workspace_dir, lambda c: c["slots"][SLOT]["shadow"].update(daily_budget_usd=spent_before + room))
     asyncio.run(_two_workers(workspace_dir))
     results = _results(workspace_dir, "budget")
