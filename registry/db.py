@@ -188,7 +188,7 @@ class Database:
             try:
                 yield self.connection
             except BaseException:
-                self.connection.execute("ROLLBACK")
+                _roll_back_if_open(self.connection)  # a failed ROLLBACK must not hide what failed
                 raise
             try:
                 self.connection.execute("COMMIT")
@@ -221,6 +221,12 @@ class Database:
                          attempt, attempts, str(exc).splitlines()[-1])
                 time.sleep(0.01 * 2 ** attempt)
         raise AssertionError("unreachable")
+
+    def probe(self) -> None:
+        """Raise the store's own error when it cannot answer a read now (on the lake: PostgreSQL or
+        the catalog unreachable); return when it can."""
+        with self.reading() as db:
+            db.execute("SELECT count(*) FROM spool_segments WHERE false").fetchall()
 
     def reserve(self, sequence: str, count: int) -> None:
         """Make the next `count` values of `sequence` unique across every process writing the
@@ -291,11 +297,12 @@ def _connect_waiting(path: Path, wait_s: float) -> duckdb.DuckDBPyConnection:
 
 
 def _roll_back_if_open(connection: duckdb.DuckDBPyConnection) -> None:
-    """End a transaction whose commit failed, if the failure left it open."""
+    """End a failed transaction, if the failure left it open (a failed commit ends it; a lost
+    PostgreSQL connection fails the ROLLBACK too, and DuckDB ends the transaction regardless)."""
     try:
         connection.execute("ROLLBACK")
-    except duckdb.Error:
-        pass  # the failed commit ended it
+    except duckdb.Error as exc:
+        log.debug("ROLLBACK after a failure failed too: %s", exc)
 
 
 def _locked_message(path: Path, detail: str) -> str:

@@ -9,7 +9,9 @@ again line by line by `shadow.spool.read_lines`, and its records are staged one 
 where they cannot be staged together. A line that holds no storable record is quarantined
 and counted while the good lines of its segment are stored; an entry that cannot be read
 at all is quarantined whole. A batch that still fails is done again one segment at a
-time, and a segment that fails alone is quarantined: one bad record never stops ingest.
+time, and a segment that fails alone is quarantined: one bad record never stops ingest. A failed
+write is the store's, not the segment's, while the store does not answer a read right after it:
+then the run fails and the segment waits (PostgreSQL restarting must not quarantine traffic).
 
 The staged rows and the batch's `spool_segments` rows commit in one transaction, each
 table appended in one statement; only then are the segments deleted (or archived). Keys
@@ -37,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,9 +58,13 @@ from shadow.toolcalls import calls_sql, tool_calls_json
 
 _STORE_ERRORS = (duckdb.Error, pa.ArrowException, ValueError, OverflowError)
 """What storing a record that passed the record models can still raise (e.g. text that is not Unicode)."""
-_STORE_UNAVAILABLE = (duckdb.IOException, duckdb.ConnectionException, duckdb.TransactionException)
+_STORE_UNAVAILABLE = (duckdb.IOException, duckdb.ConnectionException, duckdb.TransactionException,
+                      duckdb.FatalException)
 """Errors of the store, not of a segment (PostgreSQL or the object store unreachable, a disk full, commits
-refused for conflicts after the retries): the run fails and its segments wait for the next, never quarantined."""
+refused for conflicts after the retries, a database DuckDB invalidated): the run fails and its segments
+wait for the next, never quarantined."""
+STORE_ATTEMPTS = 2
+"""How often a segment alone is written before a failure that leaves the store readable quarantines it."""
 STAGING = "_spool_staging"
 SEGMENT_LOCK = "segment "
 """The prefix of the lock (`Database.exclusive`) an ingest worker holds on a segment's key while it ingests it."""
@@ -201,23 +208,54 @@ def _batches(segments: list[ReadySegment], batch_bytes: int) -> Iterator[list[Re
         yield batch
 
 
-def _ingest_guarded(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
-    """Ingest a batch; if it fails, each of its segments alone; a segment that fails alone is quarantined
-    (unless the store itself failed: then the run fails, and the segments stay for the next)."""
+class _WriteFailed(Exception):
+    """Reading the ledger or committing a batch failed with an error that names no cause: the
+    segment's content, or the store (PostgreSQL dropping its connections mid-query surfaces as a
+    plain DuckDB error). `__cause__` is the error."""
+
+
+@contextmanager
+def _writing() -> Iterator[None]:
     try:
-        _ingest_batch(database, source, paths, report)
+        yield
     except _STORE_UNAVAILABLE:
         raise
     except _STORE_ERRORS as exc:
-        if len(paths) > 1:
-            for path in paths:
-                _ingest_guarded(database, source, [path], report)
+        raise _WriteFailed(first_line(exc)) from exc
+
+
+def _ingest_guarded(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
+    """Ingest a batch; if it fails, each of its segments alone. A segment that cannot be staged alone
+    is quarantined; one whose write fails is written again while the store answers, and quarantined
+    only once it failed `STORE_ATTEMPTS` times with the store readable after each. When the store
+    itself fails, the run fails, and the segments stay for the next."""
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            _ingest_batch(database, source, paths, report)
             return
-        reason = f"{source.key(paths[0])}: cannot be stored: {first_line(exc)}"
-        log.warning("spool segment quarantined: %s", reason)
-        source.quarantine(paths[0], reason)
-        report.quarantined.append((source.key(paths[0]), reason))
-        report.quarantined_records += 1
+        except _STORE_UNAVAILABLE:
+            raise
+        except (_WriteFailed, *_STORE_ERRORS) as exc:
+            if len(paths) > 1:
+                for path in paths:
+                    _ingest_guarded(database, source, [path], report)
+                return
+            if isinstance(exc, _WriteFailed):
+                database.probe()  # the store's own error, when it is what failed
+                if attempt < STORE_ATTEMPTS:
+                    log.info("writing spool segment %s failed, the store answers: once more (%s)",
+                             source.key(paths[0]), exc)
+                    continue
+            _quarantine_whole(source, paths[0], exc, report)
+            return
+
+
+def _quarantine_whole(source: SegmentSource, path: Path, exc: Exception, report: IngestReport) -> None:
+    reason = f"{source.key(path)}: cannot be stored: {first_line(exc)}"
+    log.warning("spool segment quarantined: %s", reason)
+    source.quarantine(path, reason)
+    report.quarantined.append((source.key(path), reason))
+    report.quarantined_records += 1
 
 
 def _ingest_batch(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
@@ -230,7 +268,8 @@ def _ingest_batch(database: Database, source: SegmentSource, paths: list[Path], 
 
 def _ingest_held(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
     db = database.connection
-    done = _already_ingested(db, source, paths)
+    with _writing():
+        done = _already_ingested(db, source, paths)
     for path in done:
         source.dispose(path)
     report.already_ingested += len(done)
@@ -240,7 +279,8 @@ def _ingest_held(database: Database, source: SegmentSource, paths: list[Path], r
     db.execute(_CREATE_STAGING)
     try:
         batch = _stage(db, source, todo)
-        stored = _commit(database, source, batch)
+        with _writing():
+            stored = _commit(database, source, batch)
     finally:
         db.execute(f"DROP TABLE IF EXISTS {STAGING}")
     for path, notes in batch.quarantined.items():

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
+import psycopg
 import pytest
 
 from registry import Registry, load_workspace, utcnow
@@ -347,3 +349,54 @@ def test_two_scorer_candidates_refreshing_one_slot_at_once_pair_each_request_onc
                                      "(SELECT max(period_id) FROM evaluation_periods) GROUP BY 1").fetchall())
     assert rows == keys > 0
     assert moments == paired
+
+
+_LOSE_CONNECTION_ONCE = """
+CREATE SEQUENCE catalog_reads;
+CREATE TABLE connection_loss (at_read bigint);
+CREATE FUNCTION lose_connection_once() RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF nextval('catalog_reads') = (SELECT at_read FROM connection_loss) THEN
+        PERFORM pg_terminate_backend(pg_backend_pid());
+    END IF;
+    RETURN true;
+END $$;
+ALTER TABLE ducklake_data_file RENAME TO ducklake_data_file_stored;
+CREATE VIEW ducklake_data_file AS SELECT * FROM ducklake_data_file_stored WHERE lose_connection_once();
+"""
+_KEEP_CONNECTION = """
+DROP VIEW ducklake_data_file;
+ALTER TABLE ducklake_data_file_stored RENAME TO ducklake_data_file;
+DROP FUNCTION lose_connection_once; DROP TABLE connection_loss; DROP SEQUENCE catalog_reads;
+"""
+
+
+def test_a_segment_whose_write_loses_its_postgresql_connection_is_stored_by_the_next_ingest_not_quarantined(
+    tmp_path, workspace_dir
+) -> None:
+    """PostgreSQL drops the connection DuckLake reads its catalog on (a restart, a failover), at each
+    of an ingest's first catalog reads in turn: the run may fail, the segment is never quarantined,
+    and the next run stores it."""
+    workspace = load_workspace(workspace_dir)
+    with psycopg.connect(workspace.config.distributed.postgres_url, autocommit=True) as control:
+        control.execute(_LOSE_CONNECTION_ONCE)
+        try:
+            with Registry.open(workspace) as registry:
+                for read in range(1, 7):
+                    spool = tmp_path / f"lost-at-{read}"
+                    write_segment(spool, _new_traffic(f"lost-at-{read}", 3))
+                    control.execute("DELETE FROM connection_loss; SELECT setval('catalog_reads', 1, false)")
+                    control.execute("INSERT INTO connection_loss VALUES (%s)", [read])
+                    try:
+                        ingest_spool(registry.database, spool)
+                    except duckdb.Error:
+                        pass  # the run failed: its segment waits
+                    assert control.execute("SELECT last_value >= %s FROM catalog_reads", [read]).fetchone()[0]
+                    control.execute("DELETE FROM connection_loss")
+                    ingest_spool(registry.database, spool)
+                    with registry.database.reading() as db:
+                        stored = db.execute("SELECT count(*) FROM traffic WHERE request_id LIKE ?",
+                                            [f"lost-at-{read}-%"]).fetchone()[0]
+                    assert (stored, list(spool.rglob("*.jsonl"))) == (3, []), read  # none waits, none quarantined
+        finally:
+            control.execute(_KEEP_CONNECTION)
