@@ -98,11 +98,14 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def postgres(postgres_server, request):
-    """A PostgreSQL database of the module's own (named after it) on the worker's server: `.url`.
+def postgres(postgres_server, object_store, lake_extensions, request):
+    """A PostgreSQL database of the module's own (named after it) on the worker's server: `.url`. It
+    holds the module's lake (files in the module's bucket under `lake/`, the default `lake_prefix`),
+    migrated and empty, as a first open leaves it.
 
     A test that stops, kills or restarts PostgreSQL starts a `PostgresServer` of its own instead."""
-    return postgres_server.create_database(request.module.__name__.rsplit(".", 1)[-1])
+    return postgres_server.create_lake_database(request.module.__name__.rsplit(".", 1)[-1],
+                                                f"s3://{object_store.bucket}/lake/", lake_extensions)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def copy_of(source: Path, target: Path, section: dict) -> Path:
 @pytest.fixture(scope="module")
 def migrated(source, tmp_path_factory, postgres, object_store, lake_extensions) -> dict:
     """The source's answers, its migration's output, a re-run's, then the answers on the distributed backend."""
-    section = _own_lake(postgres, object_store, lake_extensions, "migrated")
+    section = _own_lake(postgres, object_store, lake_extensions, "migrated", blank=True)
     workspace_dir = copy_of(source, tmp_path_factory.mktemp("migrated") / "ws", section)
     before = answers(workspace_dir)
     counts = row_counts(workspace_dir)
@@ -152,7 +152,8 @@ def test_new_history_after_the_migration_continues_the_ids_periods_and_change_co
 
 def test_an_interrupted_migration_completes_on_a_rerun_with_exactly_the_sources_rows(
         source, tmp_path, postgres, object_store, lake_extensions) -> None:
-    workspace_dir = copy_of(source, tmp_path / "ws", _own_lake(postgres, object_store, lake_extensions, "cut"))
+    workspace_dir = copy_of(source, tmp_path / "ws",
+                            _own_lake(postgres, object_store, lake_extensions, "cut", blank=True))
     copied: list[str] = []
 
     def stop_after_three(entry, index, total) -> None:
@@ -172,7 +173,8 @@ def test_an_interrupted_migration_completes_on_a_rerun_with_exactly_the_sources_
 
 def test_a_migration_killed_mid_copy_completes_on_a_rerun_without_duplicates(
         source, tmp_path, postgres, object_store, lake_extensions) -> None:
-    workspace_dir = copy_of(source, tmp_path / "ws", _own_lake(postgres, object_store, lake_extensions, "killed"))
+    workspace_dir = copy_of(source, tmp_path / "ws",
+                            _own_lake(postgres, object_store, lake_extensions, "killed", blank=True))
     process = subprocess.Popen([str(SHADOWZOO), "migrate", "--to", "distributed"], cwd=workspace_dir,
                                env=call_environment(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -209,7 +211,7 @@ def test_a_target_holding_another_history_is_refused_and_replaced_only_with_forc
 
 def test_a_dry_run_lists_what_it_would_copy_and_writes_nothing(source, tmp_path, postgres, object_store,
                                                                lake_extensions) -> None:
-    section = _own_lake(postgres, object_store, lake_extensions, "dry")
+    section = _own_lake(postgres, object_store, lake_extensions, "dry", blank=True)
     workspace_dir = copy_of(source, tmp_path / "ws", section)
     dry = run_in_process(("migrate", "--to", "distributed", "--dry-run", "--switch"), workspace_dir)
     assert dry.code == 0, dry.err
@@ -236,7 +238,8 @@ def test_migrate_names_the_missing_distributed_section(cli, workspace_dir) -> No
 
 def test_migrate_refuses_while_another_process_holds_the_database(source, tmp_path, postgres, object_store,
                                                                   lake_extensions) -> None:
-    workspace_dir = copy_of(source, tmp_path / "ws", _own_lake(postgres, object_store, lake_extensions, "busy"))
+    workspace_dir = copy_of(source, tmp_path / "ws",
+                            _own_lake(postgres, object_store, lake_extensions, "busy", blank=True))
     database = load_workspace(workspace_dir).db_path
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, duckdb; db = duckdb.connect(sys.argv[1]); print('open', flush=True); "

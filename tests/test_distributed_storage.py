@@ -69,15 +69,17 @@ def runs(tmp_path_factory, simulator, postgres, object_store, lake_extensions) -
             for backend, settings in (("embedded", {}), ("distributed", distributed))}
 
 
-def _own_lake(postgres, object_store, lake_extensions, name: str) -> dict:
+def _own_lake(postgres, object_store, lake_extensions, name: str, blank: bool = False) -> dict:
     """A `distributed:` section with a database and a lake prefix of its own on the module's servers (the
-    database named after the module's too: the servers are shared by the modules a pytest worker runs)."""
-    server, module_database = postgres.url.rsplit("/", 1)
-    database = f"{module_database}_{name}"
-    with psycopg.connect(postgres.url, autocommit=True) as control:
-        control.execute(f"CREATE DATABASE {database}")
+    database named after the module's too: the servers are shared by the modules a pytest worker runs).
+    The lake is migrated and empty, or with `blank` not made yet (the first open makes it)."""
+    database, prefix = f"{postgres.name}_{name}", f"{name}/"
+    if blank:
+        own = postgres.server.create_database(database)
+    else:
+        own = postgres.server.create_lake_database(database, f"s3://{object_store.bucket}/{prefix}", lake_extensions)
     section = distributed_section(postgres, object_store, lake_extensions)
-    return section | {"postgres_url": f"{server}/{database}", "lake_prefix": f"{name}/"}
+    return section | {"postgres_url": own.url, "lake_prefix": prefix}
 
 
 def _lake_workspace(directory: Path, simulator, postgres, object_store, lake_extensions, name: str,
