@@ -63,8 +63,6 @@ _STORE_UNAVAILABLE = (duckdb.IOException, duckdb.ConnectionException, duckdb.Tra
 """Errors of the store, not of a segment (PostgreSQL or the object store unreachable, a disk full, commits
 refused for conflicts after the retries, a database DuckDB invalidated): the run fails and its segments
 wait for the next, never quarantined."""
-STORE_ATTEMPTS = 2
-"""How often a segment alone is written before a failure that leaves the store readable quarantines it."""
 STAGING = "_spool_staging"
 SEGMENT_LOCK = "segment "
 """The prefix of the lock (`Database.exclusive`) an ingest worker holds on a segment's key while it ingests it."""
@@ -226,28 +224,36 @@ def _writing() -> Iterator[None]:
 
 def _ingest_guarded(database: Database, source: SegmentSource, paths: list[Path], report: IngestReport) -> None:
     """Ingest a batch; if it fails, each of its segments alone. A segment that cannot be staged alone
-    is quarantined; one whose write fails is written again while the store answers, and quarantined
-    only once it failed `STORE_ATTEMPTS` times with the store readable after each. When the store
-    itself fails, the run fails, and the segments stay for the next."""
-    for attempt in range(1, STORE_ATTEMPTS + 1):
-        try:
-            _ingest_batch(database, source, paths, report)
-            return
-        except _STORE_UNAVAILABLE:
-            raise
-        except (_WriteFailed, *_STORE_ERRORS) as exc:
-            if len(paths) > 1:
-                for path in paths:
-                    _ingest_guarded(database, source, [path], report)
-                return
-            if isinstance(exc, _WriteFailed):
-                database.probe()  # the store's own error, when it is what failed
-                if attempt < STORE_ATTEMPTS:
-                    log.info("writing spool segment %s failed, the store answers: once more (%s)",
-                             source.key(paths[0]), exc)
-                    continue
-            _quarantine_whole(source, paths[0], exc, report)
-            return
+    is quarantined; one whose write fails is written once more while the store answers, and
+    quarantined only when that fails too. When the store itself fails, the run fails, and the
+    segments stay for the next."""
+    failure = _ingest_caught(database, source, paths, report)
+    if failure is None:
+        return
+    if len(paths) > 1:
+        for path in paths:
+            _ingest_guarded(database, source, [path], report)
+        return
+    if isinstance(failure, _WriteFailed):
+        database.probe()  # the store's own error, when it is what failed
+        log.info("writing spool segment %s failed, the store answers: once more (%s)", source.key(paths[0]), failure)
+        failure = _ingest_caught(database, source, paths, report)
+        if isinstance(failure, _WriteFailed):
+            database.probe()
+    if failure is not None:
+        _quarantine_whole(source, paths[0], failure, report)
+
+
+def _ingest_caught(database: Database, source: SegmentSource, paths: list[Path],
+                   report: IngestReport) -> Exception | None:
+    """Ingest a batch; the failure a segment may have caused, or None. The store's errors propagate."""
+    try:
+        _ingest_batch(database, source, paths, report)
+    except _STORE_UNAVAILABLE:
+        raise
+    except (_WriteFailed, *_STORE_ERRORS) as exc:
+        return exc
+    return None
 
 
 def _quarantine_whole(source: SegmentSource, path: Path, exc: Exception, report: IngestReport) -> None:

@@ -119,6 +119,7 @@ class PostgresServer:
         self.port = free_port()
         self.log = self.directory / "postgres.log"
         self.process: subprocess.Popen | None = None
+        self._lake_template_made = False
         _own_directory(self.directory)
         subprocess.run(["cp", "-a", str(_template_cluster()), str(self.data)], check=True)
         self.start()
@@ -179,15 +180,16 @@ class PostgresServer:
         It is a copy of a template database migrated once per server: a copy costs PostgreSQL a
         fraction of a second, a migration about 1.5 s of CPU. (A test of migrating itself takes
         `create_database`.)"""
+        if not self._lake_template_made:
+            self._make_lake_template(extension_directory)
         with psycopg.connect(self.url, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._lake_template(extension_directory)}"')
+            connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{LAKE_TEMPLATE}"')
         database = PostgresDatabase(self, name)
         with psycopg.connect(database.url, autocommit=True) as lake:
             lake.execute("UPDATE ducklake_metadata SET value = %s WHERE key = 'data_path'", [data_path])
         return database
 
-    @functools.cache
-    def _lake_template(self, extension_directory: Path) -> str:
+    def _make_lake_template(self, extension_directory: Path) -> None:
         """The template database, migrated by a first open of the lake (which writes no file: a
         new lake's rows are inlined in its catalog, so the object store it names is never reached)."""
         from registry import Database
@@ -200,7 +202,7 @@ class PostgresServer:
             "object_store": {"endpoint": "http://127.0.0.1:9", "bucket": "lake-template",
                              "access_key_env": _TEMPLATE_KEY_ENV, "secret_key_env": _TEMPLATE_SECRET_ENV}})
         Database.open_distributed(config, self.directory / "template-spill").close()
-        return LAKE_TEMPLATE
+        self._lake_template_made = True
 
     def close(self) -> None:
         """Stop the server at once and remove its cluster (immediate shutdown: nothing in it is kept)."""
