@@ -8,7 +8,9 @@ changes nothing; when the pending pairs of a block change (new traffic, or pairs
 pending), the name changes and the block is offered again for what is left. A runner holds at
 most `HOLD` batches at once, renews them while it works, and writes a batch's results in one
 transaction under the lease's fence, which marks the batch done: a runner that lost its lease
-is refused before it writes, and its results are dropped.
+is refused before it writes, and its results are dropped. A runner whose own lease expired under
+it (a renewal waited behind a slow write) may claim the batch again itself: it goes on with the
+batch under that newer claim, and writes its results there.
 
 Duplicates. A runner killed with `kill -9` (or stalled past the lease's ttl) loses its
 batches after the expiry and another runner replays them: the calls it had made for them are
@@ -80,6 +82,7 @@ class LeasedReplay:
 @dataclass
 class _Batch:
     lease: Lease
+    """The batch's latest claim by this run: the one its results are written under."""
     expected: int
     rows: list[Row] = field(default_factory=list)
 
@@ -94,8 +97,9 @@ class _LeasedRun:
         self.batch_plan = replace(plan, after_seq=0)
         """A batch is its seq range: another runner's pass, whose `after_seq` is past it, still takes all its pairs."""
         self.on_written = on_written
-        self.held: dict[int, _Batch] = {}
-        self.token_of: dict[tuple[str, str], int] = {}
+        self.held: dict[str, _Batch] = {}
+        """The batches held, by item, until their results are written (or dropped)."""
+        self.item_of: dict[tuple[str, str], str] = {}
         """The batch each pair this run took is in, kept for the whole run: an overlapping batch fetched
         while a result was being written (not yet in the store it reads) leaves the pair out."""
         self.freed = asyncio.Event()
@@ -109,26 +113,41 @@ class _LeasedRun:
         await self.source.call(self.source.leases.offer, [batch_name(*batch) for batch in self.plan.batches])
         while True:
             while len(self.held) >= self.source.hold and not self.abandoned:
-                self.freed.clear()
-                await self.freed.wait()
+                await self._wait_freed()
             if self.abandoned:
                 return
             claimed = await self.source.call(self.source.leases.claim, self.source.hold - len(self.held))
             if not claimed:
                 return
-            for lease in claimed:
+            fresh = [lease for lease in claimed if not self._reclaimed(lease)]
+            if not fresh:
+                await self._wait_freed()  # only its own batches, expired under it: claim again once one is done
+            for lease in fresh:
                 fetched = await asyncio.to_thread(self._fetch, lease.item)
                 if fetched is None:
                     self.passed.append(lease.token)
                     continue
                 works = [work for work in fetched
-                         if (work.request_id, work.version_id) not in self.token_of]  # not taken in an overlapping batch
-                self.held[lease.token] = _Batch(lease, len(works))
+                         if (work.request_id, work.version_id) not in self.item_of]  # not taken in an overlapping batch
+                self.held[lease.item] = _Batch(lease, len(works))
                 for work in works:
-                    self.token_of[(work.request_id, work.version_id)] = lease.token
+                    self.item_of[(work.request_id, work.version_id)] = lease.item
                 if not works:
-                    await self._commit(lease.token)
+                    await self._commit(lease.item)
                 yield works
+
+    async def _wait_freed(self) -> None:
+        self.freed.clear()
+        await self.freed.wait()
+
+    def _reclaimed(self, lease: Lease) -> bool:
+        """Whether `lease` is this run's own batch claimed again: its lease expired under it (a renewal
+        waited behind a slow write), and nobody else took it. The batch goes on under the new claim, whose
+        fence its results pass; taken as a new batch, it would have been written empty and its results dropped."""
+        batch = self.held.get(lease.item)
+        if batch is not None:
+            batch.lease = lease
+        return batch is not None
 
     def _fetch(self, item: str) -> list[Work] | None:
         """The pairs of a batch still pending (None when its challenger is not in this run's plan)."""
@@ -150,37 +169,39 @@ class _LeasedRun:
 
     async def add(self, row: Row) -> None:
         """Keep a result with its batch; a batch with all its results is written under its fence."""
-        token = self.token_of[(row["request_id"], row["version_id"])]
-        batch = self.held[token]
+        item = self.item_of[(row["request_id"], row["version_id"])]
+        batch = self.held[item]
         batch.rows.append(row)
         if len(batch.rows) == batch.expected:
-            await self._commit(token)
+            await self._commit(item)
 
-    async def _commit(self, token: int) -> None:
-        batch = self.held.pop(token)
+    async def _commit(self, item: str) -> None:
+        """Write a batch's results under its latest claim (read when the write begins, after any claim
+        that came first on the lease connection), then let go of it."""
+        batch = self.held[item]
         try:
-            await self.source.call(self._write_fenced, token, batch.rows)
+            await self.source.call(self._write_fenced, batch)
         except LeaseLost as lost:
-            log.warning("replay batch %s dropped, %d results not written: %s", batch.lease.item, len(batch.rows), lost)
+            log.warning("replay batch %s dropped, %d results not written: %s", item, len(batch.rows), lost)
         else:
             self.on_written(batch.rows)
         finally:
+            del self.held[item]
             self.freed.set()
 
-    def _write_fenced(self, token: int, rows: list[Row]) -> None:
-        with self.source.leases.fenced(token):
-            if rows:
-                write_results(self.source.database, rows)
+    def _write_fenced(self, batch: _Batch) -> None:
+        with self.source.leases.fenced(batch.lease.token):
+            if batch.rows:
+                write_results(self.source.database, batch.rows)
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.source.leases.ttl_s / 3)
-            tokens = set(self.held)
-            kept = await self.source.call(self.source.leases.renew, tokens)
-            for token in tokens - kept:
-                if token in self.held:
-                    log.warning("replay batch %s lost its lease: its results will not be written",
-                                self.held[token].lease.item)
+            held = {batch.lease.token: item for item, batch in self.held.items()}
+            kept = await self.source.call(self.source.leases.renew, set(held))
+            for token in held.keys() - kept:
+                if held[token] in self.held:
+                    log.warning("replay batch %s lost its lease: its results will not be written", held[token])
 
     async def close(self) -> None:
         """Stop renewing, and give back the batches not finished (a failed run), so another runner takes them."""
@@ -188,6 +209,7 @@ class _LeasedRun:
             self.renewing.cancel()
             await asyncio.gather(self.renewing, return_exceptions=True)
         if self.held or self.passed:
-            await self.source.call(self.source.leases.release, [*self.held, *self.passed])
+            await self.source.call(self.source.leases.release,
+                                   [*(batch.lease.token for batch in self.held.values()), *self.passed])
             self.held.clear()
             self.passed.clear()

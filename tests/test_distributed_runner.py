@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -217,6 +219,44 @@ def test_batches_planned_from_different_traffic_answer_each_pair_once(workspace_
 
     report = asyncio.run(replay())
     assert {(rid, vid) for rid, vid, *_ in _results(workspace_dir, "overlap")} == pairs
+    assert report.done == len(pairs)
+    assert not _open(postgres)
+
+
+def test_a_runner_whose_leases_expire_under_it_writes_the_batches_it_claims_again(workspace_dir, postgres) -> None:
+    """A renewal waiting behind a slow write lets a batch's lease expire, and the runner's next claim
+    takes its own batch again: its results are written under that claim, none dropped, none left pending."""
+    pairs = ingest_answered(workspace_dir, "expiring", 12)
+    running, expirations = threading.Event(), []
+
+    def expire_the_runners_leases() -> None:
+        running.wait(timeout=60)
+        with psycopg.connect(postgres.url, autocommit=True) as control:
+            while running.is_set():
+                expired = control.execute("UPDATE work_leases SET expires_at = now() - interval '1 second' "
+                                          "WHERE holder = 'host-e/1' AND done_at IS NULL").rowcount
+                expirations.append(expired)
+                time.sleep(0.1)
+
+    async def replay() -> RunReport:
+        with Registry.open(load_workspace(workspace_dir)) as registry:
+            async with RunnerWorker(registry, "host-e/1", max_in_flight=IN_FLIGHT) as worker:
+                worker.runner.work.block_seqs = BLOCK
+                running.set()
+                try:
+                    return await worker.runner.run_once()
+                finally:
+                    running.clear()
+
+    expiring = threading.Thread(target=expire_the_runners_leases)
+    expiring.start()
+    try:
+        report = asyncio.run(replay())
+    finally:
+        running.clear()
+        expiring.join()
+    assert any(expirations), expirations  # leases did expire under the runner
+    assert {(rid, vid) for rid, vid, *_ in _results(workspace_dir, "expiring")} == pairs
     assert report.done == len(pairs)
     assert not _open(postgres)
 
