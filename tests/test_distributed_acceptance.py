@@ -89,7 +89,8 @@ class Run:
     """The scorer's (leader, epoch) before the kill and after the takeover."""
     killed_worker: str = ""
     unshipped_at_kill: set[str] = field(default_factory=set)
-    """gw-1's captures in local segments, not yet in the object store, when it was killed."""
+    """gw-1's captures and labels (their request keys) in local segments, not yet in the object
+    store, when it was killed."""
     after_restart: list[str] = field(default_factory=list)
     """The champion versions the restarted gw-1 answered with."""
     board: Leaderboard | None = None
@@ -205,11 +206,12 @@ def _host_like(admin_dir: Path, directory: Path, host: str) -> Path:
     return workspace_dir
 
 
-def _local_captures(workspace_dir: Path) -> set[str]:
-    """The request ids in a gateway host's complete local segments (captured, not shipped yet)."""
+def _local_records(workspace_dir: Path) -> set[str]:
+    """The request ids of the captures and the request keys of the labels in a gateway host's
+    complete local segments (written, not shipped yet)."""
     segments = ready_segments(spool_dir(load_workspace(workspace_dir).state_dir))
-    return {json.loads(line)["request_id"] for path in segments for line in path.read_bytes().splitlines()
-            if line and json.loads(line).get("type") == "traffic"}
+    records = [json.loads(line) for path in segments for line in path.read_bytes().splitlines() if line]
+    return {record.get("request_id") or record["request_key"] for record in records}
 
 
 @pytest.fixture(scope="module")
@@ -299,12 +301,15 @@ def _kill_the_admin_under_calls(deployment: Deployment, run: Run) -> None:
 
 
 def _kill_the_store_and_a_gateway_that_cannot_ship(deployment: Deployment, run: Run) -> None:
-    """With the object store down, gw-1's captures pile up on its disk; `kill -9` it holding them,
+    """With the object store down, gw-1's captures and labels pile up on its disk; `kill -9` it
+    holding them (once written: a kill loses what a gateway had not flushed yet, as documented),
     bring the store back, restart gw-1 and ask it again."""
     deployment.store.kill()
+    labelled = len(run.labels)
     stranded = {one.request_id for one in deployment.ask("gw-1", 6, run)}
+    stranded |= {label.request_key for label in run.labels[labelled:]}
     deployment.ask("gw-2", 4, run)
-    run.unshipped_at_kill = wait_until(lambda: stranded <= (local := _local_captures(deployment.dirs["gw-1"])) and local,
+    run.unshipped_at_kill = wait_until(lambda: stranded <= (local := _local_records(deployment.dirs["gw-1"])) and local,
                                        timeout_s=SETTLE_S)
     deployment.served["gw-1"].kill()
     deployment.store.start()
