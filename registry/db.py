@@ -4,6 +4,7 @@ checks), or on `backend: distributed` a DuckDB connection over the lake and the 
 DuckDB lets one process hold the file at a time. CLI commands hold it for milliseconds,
 so a command that finds it locked waits a little (`SHADOWZOO_LOCK_WAIT_S`, default 10 s)
 before giving up; when it gives up it names the process that holds the lock and what to do.
+`SHADOWZOO_DUCKDB_THREADS` caps the worker threads of every DuckDB connection a process opens.
 The distributed backend has no file and no single writer: processes on several hosts
 append to its lake at once, drawing their ids from the control plane (`reserve`), doing a
 transaction again when DuckLake refuses its commit for a conflict with another writer's
@@ -278,13 +279,31 @@ def _lock_wait(explicit: float | None) -> float:
         raise DatabaseError(f"SHADOWZOO_LOCK_WAIT_S={raw!r}: expected a number of seconds") from None
 
 
+def connection_config() -> dict[str, int]:
+    """The settings each DuckDB connection of this process starts with: its worker threads when
+    `SHADOWZOO_DUCKDB_THREADS` caps them. DuckDB's default, a thread per core, is the best for one
+    process alone on its host; a CLI run beside the daemon, or processes sharing the host's cores
+    (a test suite's workers and servers), each do better with fewer. The daemon's own
+    `daemon.duckdb_threads` still applies to its connection."""
+    raw = os.environ.get("SHADOWZOO_DUCKDB_THREADS")
+    if not raw:
+        return {}
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise DatabaseError(f"SHADOWZOO_DUCKDB_THREADS={raw!r}: expected a whole number of threads, 1 or more")
+    return {"threads": threads}
+
+
 def _connect_waiting(path: Path, wait_s: float) -> duckdb.DuckDBPyConnection:
     """Connect, retrying while another process holds the lock, for at most `wait_s`."""
     deadline = time.monotonic() + wait_s
     delay = 0.02
     while True:
         try:
-            return duckdb.connect(str(path))
+            return duckdb.connect(str(path), config=connection_config())
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise DatabaseError(f"cannot open database {path}: {exc}") from None

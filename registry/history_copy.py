@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import duckdb
 
-from registry.db import Database, sql_literal
+from registry.db import Database, connection_config, sql_literal
 from registry.distributed import connect_control
 from registry.errors import ConfigError, DatabaseError, ShadowzooError
 from registry.planes import Plane, plane_of, seed_lake_ids
@@ -136,7 +136,7 @@ def _has_schema(config: DistributedConfig) -> bool:
 @contextmanager
 def _source_only(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection seeing the source alone, for a dry run against a target not created yet."""
-    db = duckdb.connect()
+    db = duckdb.connect(config=connection_config())
     try:
         _attach(db, path)
         yield db

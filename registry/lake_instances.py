@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-from registry.db import sql_literal
+from registry.db import connection_config, sql_literal
 
 KEPT = 2
 """Idle instances kept per extension directory (more than two opens at once in one process is rare)."""
@@ -37,6 +37,8 @@ class LakeInstance:
     root: duckdb.DuckDBPyConnection
     extension_directory: str | None
     defaults: dict[str, str]
+    configured: dict[str, int]
+    """The settings it was made with (`connection_config`): reset to these, not to DuckDB's defaults."""
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A new connection to the instance (its own session and temporary tables)."""
@@ -56,13 +58,14 @@ def take(extension_directory: str | None, spill_dir: Path) -> LakeInstance:
         kept.root.close()
     from registry.distributed import load_extensions
 
-    root = duckdb.connect(config={"temp_directory": str(spill_dir)})
+    configured = connection_config()
+    root = duckdb.connect(config={"temp_directory": str(spill_dir), **configured})
     try:
         load_extensions(root, extension_directory)
     except BaseException:
         root.close()
         raise
-    return LakeInstance(root, extension_directory, _settings(root))
+    return LakeInstance(root, extension_directory, _settings(root), configured)
 
 
 def give_back(instance: LakeInstance) -> None:
@@ -76,6 +79,8 @@ def give_back(instance: LakeInstance) -> None:
                    if instance.defaults.get(name) != value} - SET_BY_EACH_OPEN
         for name in sorted(changed):
             instance.root.execute(f"RESET GLOBAL {name}")
+        for name, value in instance.configured.items():  # after the resets: an alias (worker_threads) resets its setting
+            instance.root.execute(f"SET GLOBAL {name} = {value}")
     except duckdb.Error as exc:
         log.debug("closing a DuckDB instance that could not be cleaned for reuse: %s", exc)
         instance.root.close()

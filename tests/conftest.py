@@ -14,6 +14,7 @@ Conventions that keep the suite fast (tests/README.md says more):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,11 @@ from registry import Registry, load_workspace
 from tests.clirun import SHADOWZOO, CliResult, Env, run_in_process, run_script
 
 __all__ = ["SHADOWZOO", "CliResult"]
+
+os.environ.setdefault("SHADOWZOO_DUCKDB_THREADS", "1")
+"""One DuckDB thread per connection, in this process and the servers it starts: three workers and
+their servers share two cores, where DuckDB's default of a thread per core on each connection
+cost about a tenth of the suite's CPU in contention (the daemons keep `daemon.duckdb_threads`)."""
 
 LONGEST_FIRST = (
     "test_daemon.py", "test_distributed_runner.py", "test_distributed_acceptance.py", "test_distributed_storage.py",

@@ -204,6 +204,16 @@ def test_a_locked_database_names_the_process_holding_it(workspace_dir: Path) -> 
         holder.wait(timeout=10)
 
 
+def test_shadowzoo_duckdb_threads_caps_every_connection_and_a_bad_value_is_named(workspace_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SHADOWZOO_DUCKDB_THREADS", "3")
+    with Registry.open(load_workspace(workspace_dir)) as registry:
+        with registry.database.reading() as db:
+            assert db.execute("SELECT current_setting('threads')").fetchone()[0] == 3
+    monkeypatch.setenv("SHADOWZOO_DUCKDB_THREADS", "many")
+    with pytest.raises(DatabaseError, match="SHADOWZOO_DUCKDB_THREADS='many': expected a whole number of threads"):
+        Registry.open(load_workspace(workspace_dir))
+
+
 def test_routes_json_lists_only_slots_with_a_champion(registry: Registry) -> None:
     _register_demo(registry)
     registry.write_routes()
