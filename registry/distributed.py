@@ -3,7 +3,9 @@ catalog), DuckLake over object storage (data plane), and the object store itself
 
 One DuckDB connection sees both planes: the lake attached as `lake` and PostgreSQL as
 `control`, with a search path over both, so the scoring SQL names tables exactly as on the
-embedded backend. Credentials come from the environment variables the config names.
+embedded backend. Credentials come from the environment variables the config names. Every
+PostgreSQL session is named (`application_name`) after the process that holds it, so that
+`pg_stat_activity` tells an operator which host's process holds a session or waits on a lock.
 """
 
 from __future__ import annotations
@@ -27,12 +29,36 @@ EXTENSIONS = ("ducklake", "postgres", "httpfs")
 _SECRET = "shadowzoo_object_store"
 
 
-def libpq_dsn(postgres_url: str) -> str:
-    """The URL as a libpq key=value string (the form DuckDB's postgres and ducklake extensions take)."""
-    parts = urlsplit(postgres_url)
+def libpq_dsn(config: DistributedConfig) -> str:
+    """`postgres_url` as a libpq key=value string (the form DuckDB's postgres and ducklake extensions
+    take), with its query parameters (`sslmode`, `sslrootcert`, ...) and the session's name: the
+    same session settings psycopg reads from the URL itself."""
+    parts = urlsplit(config.postgres_url)
     fields = {"host": parts.hostname, "port": parts.port, "dbname": unquote(parts.path.lstrip("/")) or None,
               "user": unquote(parts.username) if parts.username else None}
-    return " ".join(f"{key}={value}" for key, value in fields.items() if value)
+    fields |= _url_parameters(config.postgres_url) | _session_name(config)
+    return " ".join(f"{key}={_libpq_value(str(value))}" for key, value in fields.items() if value)
+
+
+def _session_name(config: DistributedConfig) -> dict[str, str]:
+    """`application_name` for a new session: `shadowzoo <host>:<pid>`, as leaders and lease holders
+    are named; none when the URL names its sessions itself."""
+    if "application_name" in _url_parameters(config.postgres_url):
+        return {}
+    return {"application_name": f"shadowzoo {host_name(config)}:{os.getpid()}"}
+
+
+def _url_parameters(postgres_url: str) -> dict[str, str]:
+    """The URL's query parameters, decoded as libpq decodes them (%XX only: a + stays a +)."""
+    items = (item.partition("=") for item in urlsplit(postgres_url).query.split("&") if item)
+    return {unquote(key): unquote(value) for key, _, value in items}
+
+
+def _libpq_value(value: str) -> str:
+    """A value as libpq's key=value syntax takes it: quoted when empty or holding a space, quote or backslash."""
+    if value and not any(char.isspace() or char in "'\\" for char in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def host_name(config: DistributedConfig) -> str:
@@ -57,7 +83,7 @@ def connect_control(config: DistributedConfig, **options: Any) -> "psycopg.Conne
     import psycopg
 
     try:
-        return psycopg.connect(config.postgres_url, connect_timeout=5, **options)
+        return psycopg.connect(config.postgres_url, **({"connect_timeout": 5} | _session_name(config) | options))
     except psycopg.OperationalError as exc:
         raise ConfigError(f"distributed.postgres_url: cannot connect to {config.postgres_url}: {exc}".strip()) from None
 
@@ -76,7 +102,7 @@ def attach_engines(connection: "duckdb.DuckDBPyConnection", config: DistributedC
         secret_options |= {"ENDPOINT": endpoint.netloc, "USE_SSL": endpoint.scheme == "https"}
     connection.execute(f"CREATE OR REPLACE SECRET {_SECRET} (TYPE s3, "
                        + ", ".join(f"{key} {sql_literal(value)}" for key, value in secret_options.items()) + ")")
-    dsn = libpq_dsn(config.postgres_url)
+    dsn = libpq_dsn(config)
     data_path = f"s3://{store.bucket}/{config.lake_prefix}"
     try:
         connection.execute(f"ATTACH {sql_literal('ducklake:postgres:' + dsn)} AS {LAKE} "

@@ -448,7 +448,8 @@ class DistributedConfig(Strict):
 
     postgres_url: str = Field(description=(
         "libpq URL of PostgreSQL, which holds the control tables and the lake's catalog, e.g. "
-        "postgresql://shadowzoo@db:5432/shadowzoo. No password here: libpq reads PGPASSWORD or ~/.pgpass."
+        "postgresql://shadowzoo@db:5432/shadowzoo. No password here: libpq reads PGPASSWORD or ~/.pgpass. "
+        "Its query parameters (?sslmode=verify-full&sslrootcert=...) apply to every session."
     ))
     object_store: ObjectStoreConfig = Field(description="Object storage for the lake's data and shipped segments.")
     lake_prefix: str = Field("lake/", description="Key prefix of the lake's Parquet files in the bucket.")

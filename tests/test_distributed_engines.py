@@ -4,6 +4,7 @@ config that names them (issue 16)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
@@ -80,6 +81,29 @@ def test_a_lake_instance_comes_back_for_the_next_open_detached_reset_and_spillin
     assert beside is not again, "an open at the same time gets an instance of its own"
     for instance in (again, beside):
         lake_instances.give_back(instance)
+
+
+def _session_names(settings: DistributedConfig) -> dict[str, str]:
+    """The `application_name` of each PostgreSQL session an open makes: DuckDB's to the control
+    plane and to the lake's catalog, and psycopg's to the control plane."""
+    lake = _engines(settings)
+    asked = "SELECT * FROM postgres_query({!r}, 'SELECT current_setting(''application_name'')')"
+    names = {database: lake.execute(asked.format(database)).fetchone()[0]
+             for database in ("control", "__ducklake_metadata_lake")}
+    lake.close()
+    with connect_control(settings) as control:
+        return names | {"psycopg": control.execute("SHOW application_name").fetchone()[0]}
+
+
+def test_every_postgresql_session_is_named_after_the_process_holding_it(settings) -> None:
+    names = _session_names(settings.model_copy(update={"host": "worker-7"}))
+    assert names == dict.fromkeys(("control", "__ducklake_metadata_lake", "psycopg"), f"shadowzoo worker-7:{os.getpid()}")
+
+
+def test_the_urls_own_session_parameters_reach_every_session(settings) -> None:
+    url = settings.postgres_url + "?application_name=ops%20east&sslmode=disable"
+    names = _session_names(settings.model_copy(update={"postgres_url": url}))
+    assert names == dict.fromkeys(("control", "__ducklake_metadata_lake", "psycopg"), "ops east")
 
 
 def test_object_store_credentials_are_read_from_the_variables_the_config_names(settings, monkeypatch) -> None:
