@@ -346,7 +346,12 @@ def _command_line(pid: str) -> str:
 
 
 def migrate(connection: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Apply the migrations this database lacks; refuse a database from a newer shadowzoo."""
+    """Apply the migrations this database lacks; refuse a database from a newer shadowzoo.
+
+    Applied migrations are checkpointed into the file at once: DuckDB cannot replay from its
+    write-ahead log a column added with a default that calls a function (`nextval`), so a
+    process killed before its first checkpoint (the 16 MB of writes after a new workspace's
+    first open) left a database that no process could open."""
     connection.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
@@ -372,3 +377,5 @@ def migrate(connection: duckdb.DuckDBPyConnection, path: Path) -> None:
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+    if not set(migration.version for migration in MIGRATIONS) <= applied:
+        connection.execute("CHECKPOINT")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import duckdb
 import pytest
 
 from registry import DatabaseError, NewVariant, NotFound, Refused, Registry, load_workspace, read_routes, sha256_text
+from registry.db import Database
 from registry.migrations import LATEST
 from zoo import load_zoo, register_specs
 
@@ -182,6 +184,18 @@ def test_a_database_from_a_newer_shadowzoo_is_refused(workspace_dir: Path) -> No
         db.execute("INSERT INTO schema_migrations VALUES (?, 'future', now())", [LATEST + 1])
     with pytest.raises(DatabaseError, match=f"schema version {LATEST + 1}.*newer shadowzoo"):
         Registry.open(workspace)
+
+
+def test_a_new_database_whose_process_was_killed_right_after_opening_it_opens_again(tmp_path: Path) -> None:
+    path = tmp_path / "shadowzoo.duckdb"
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal, sys; from pathlib import Path; from registry.db import Database; "
+         "database = Database.open(Path(sys.argv[1])); os.kill(os.getpid(), signal.SIGKILL)", str(path)])
+    assert killed.returncode == -signal.SIGKILL
+    database = Database.open(path)
+    with database.reading() as db:
+        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == LATEST
+    database.close()
 
 
 def test_a_locked_database_names_the_process_holding_it(workspace_dir: Path) -> None:
