@@ -19,6 +19,10 @@ failed logs one JSON line; an idle daemon logs nothing.
 The shadow runner is a supervised asyncio task, restarted with back-off if it dies. The
 admin API and /metrics share one port. SIGTERM/SIGINT: stop scheduling, give in-flight
 shadow calls `shutdown_grace_s`, ingest what the spool holds, checkpoint, close.
+A database DuckDB invalidated (a fatal error: a checkpoint that could not be written to a full
+disk, an internal error while PostgreSQL died under a lake query) fails every later use until
+the process restarts, so the daemon then stops by itself and exits non-zero, leaving the dead
+database unclosed (closing it can abort the process): `serve`, or systemd, starts it again.
 
 A daemon runs only the jobs of its roles (`ops.roles`, `serve --role`): `ingest` the ingest
 job, `runner` the shadow runner, `scorer` score, watch, retention and rotation (on `backend:
@@ -33,11 +37,13 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -62,6 +68,10 @@ from shadow.runner_worker import shadow_runner
 log = logging.getLogger("shadowzoo.daemon")
 RUNNER_IDLE_S = 1.0
 RUNNER_MAX_BACKOFF_S = 30.0
+
+
+class DatabaseInvalidated(ShadowzooError):
+    """DuckDB invalidated the daemon's database: only a new process can open it again."""
 
 
 class DaemonOperations(LocalOperations):
@@ -104,6 +114,10 @@ class Daemon:
         self.runner: ShadowRunner | None = None
         self.reloading = asyncio.Lock()  # SIGHUP and the poll never apply a file twice at once
         self.started = time.time()
+        self.invalidated: duckdb.FatalException | None = None
+        """The fatal error that invalidated the database, once one has: the daemon is stopping for it."""
+        self.abandoned: Registry | None = None
+        """The registry over an invalidated database, kept open until the process exits."""
 
     @property
     def config(self) -> DaemonConfig:
@@ -121,6 +135,9 @@ class Daemon:
             await self._serve(token)
         finally:
             self.lock.release()
+            if self.invalidated is not None:  # whatever else failed while stopping: the exit must skip teardown
+                raise DatabaseInvalidated(f"DuckDB invalidated the database ({self.invalidated}); the daemon "
+                                          "stopped so that it is started again with the database opened anew")
 
     async def _serve(self, token: str) -> None:
         registry = Registry.open(self.workspace, lock_wait_s=0)
@@ -139,7 +156,10 @@ class Daemon:
             if admin is not None:
                 await admin.cleanup()
         finally:
-            await asyncio.to_thread(_checkpoint_and_close, registry)
+            if self.invalidated is None:
+                await asyncio.to_thread(_checkpoint_and_close, registry)
+            else:
+                self.abandoned = registry
 
     async def _start_admin(self, token: str) -> web.AppRunner:
         """Serve the admin API and /metrics, and tell the CLI where (the `admin` role)."""
@@ -181,7 +201,7 @@ class Daemon:
             except asyncio.TimeoutError:
                 log.info("shadow calls still in flight after %.0fs were abandoned; they run again after restart",
                          self.config.shutdown_grace_s)
-        if INGEST in self.roles:
+        if INGEST in self.roles and self.invalidated is None:
             await self._job("ingest", tasks.ingest)
 
     def _scheduler(self, registry: Registry) -> AsyncIOScheduler:
@@ -232,6 +252,7 @@ class Daemon:
             return
         except Exception as exc:  # noqa: BLE001 - a failing job is logged and counted; the daemon goes on
             outcome, counts = "error", {"error": f"{type(exc).__name__}: {exc}"}
+            self._stop_if_invalidated(exc)
         duration = time.perf_counter() - started
         self.metrics.job_runs.labels(name, outcome).inc()
         self.metrics.job_duration.labels(name).observe(duration)
@@ -250,10 +271,23 @@ class Daemon:
                     self.runner, backoff = runner, 1.0
                     while not self.stopping.is_set():
                         await self._runner_turn(runner)
-            except Exception:  # noqa: BLE001 - the runner is restarted; the traceback goes to the log
+            except Exception as exc:  # noqa: BLE001 - the runner is restarted; the traceback goes to the log
+                if self._stop_if_invalidated(exc):
+                    return
                 log.exception("shadow runner died; restarting in %.0fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RUNNER_MAX_BACKOFF_S)
+
+    def _stop_if_invalidated(self, exc: BaseException) -> bool:
+        """Stop the daemon when `exc` is DuckDB's fatal error (the database is invalidated: every later
+        use fails); False for any other error, which the next run may not meet."""
+        if not isinstance(exc, duckdb.FatalException):
+            return False
+        if self.invalidated is None:
+            log.error("DuckDB invalidated the database (%s): stopping, to be started again", exc)
+            self.invalidated = exc
+            self.stopping.set()
+        return True
 
     async def _runner_turn(self, runner: ShadowRunner) -> None:
         """One pass of the runner: a queued replay, or the traffic that arrived since the last pass."""
@@ -341,4 +375,10 @@ def run_daemon(workspace_dir: Path, port: int | None = None, roles: frozenset[st
     from registry import load_workspace
 
     configure_logging()
-    asyncio.run(Daemon(load_workspace(workspace_dir), port, roles).run())
+    daemon = Daemon(load_workspace(workspace_dir), port, roles)
+    try:
+        asyncio.run(daemon.run())
+    except DatabaseInvalidated as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(1)  # not through the interpreter's teardown: closing the dead database there can abort

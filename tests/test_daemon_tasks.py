@@ -1,5 +1,5 @@
 """The daemon's periodic tasks on a real database: auto-promotion, the post-promotion watch,
-retention, and the gauges they publish."""
+retention, and the gauges they publish; and the daemon's stop when DuckDB invalidates its database."""
 
 from __future__ import annotations
 
@@ -7,18 +7,24 @@ import asyncio
 import io
 import json
 import logging
+import threading
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
+import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from ops.daemon import ExpectedSchedulingFilter
+from ops.daemon import Daemon, DatabaseInvalidated, ExpectedSchedulingFilter
 from ops.prometheus_metrics import DaemonMetrics
 from ops.operations import LocalOperations
+from ops.roles import INGEST
+from ops.state import DaemonLock
 from ops.tasks import AUTO_ACTOR, TaskContext, ingest, retention, score, status, watch
-from registry import utcnow
+from registry import load_workspace, utcnow
 from shadow.spool import spool_dir, write_segment
 from tests.scoring_data import Answers, add_rules_variant, demo_registry, simulate
+from tests.servers import edit_config, wait_until
 
 SLOT = "support-triage"
 
@@ -200,3 +206,29 @@ def test_a_run_skipped_because_the_last_still_runs_is_not_logged() -> None:
         scheduler_log.setLevel(level)
     assert "maximum number of running instances" in everything.getvalue()
     assert daemon_log.getvalue() == ""
+
+
+def test_a_daemon_whose_database_duckdb_invalidated_stops_by_itself_to_be_started_again(workspace_dir: Path) -> None:
+    """A fatal DuckDB error (here a checkpoint that cannot be written, as on a full disk) invalidates
+    the database: every later job would fail until the process restarts. The daemon stops, says
+    why, and leaves its lock to the one `serve` or systemd starts next."""
+    edit_config(workspace_dir, lambda config: config["daemon"].update(ingest_interval_s=0.2))
+    workspace = load_workspace(workspace_dir)
+    daemon = Daemon(workspace, roles=frozenset({INGEST}))
+
+    def invalidate() -> None:
+        registry = wait_until(lambda: getattr(daemon, "context", None)).operations.registry
+        with registry.database.reading() as db:
+            db.execute("CREATE TABLE unsaved AS SELECT 1; SET debug_checkpoint_abort = 'before_header'")
+            with pytest.raises(duckdb.FatalException):
+                db.execute("CHECKPOINT")
+
+    invalidating = threading.Thread(target=invalidate)
+    invalidating.start()
+    with pytest.raises(DatabaseInvalidated, match=r"(?s)DuckDB invalidated the database \(.*Failed to create checkpoint.*\).*started again"):
+        asyncio.run(daemon.run())
+    invalidating.join()
+    assert daemon.last_runs["ingest"]["error"].startswith("FatalException: ")
+    next_one = DaemonLock(workspace)
+    next_one.acquire()
+    next_one.release()
