@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+from functools import partial
 from typing import Any, Callable
 
 from aiohttp import web
@@ -51,9 +52,9 @@ def build_admin_app(api: Api) -> web.Application:
     app = web.Application(middlewares=[json_errors(_http_error), _auth(api.token)])
     for operation in OPERATIONS:
         app.router.add_route(operation.method, operation.path, _route(api, operation))
-    app.router.add_get("/metrics", lambda request: _metrics(api))
-    app.router.add_get("/healthz", lambda request: _healthz())
-    app.router.add_get("/openapi.json", lambda request: _openapi())
+    app.router.add_get("/metrics", partial(_metrics, api))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/openapi.json", _openapi)
     add_console(app, api)
     return app
 
@@ -108,15 +109,15 @@ def _error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"error": {"type": kind, "message": message}}, status=status)
 
 
-async def _metrics(api: Api) -> web.Response:
+async def _metrics(api: Api, request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(api.metrics_registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _healthz() -> web.Response:
+async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _openapi() -> web.Response:
+async def _openapi(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(openapi_document()), content_type="application/json")
 
 
