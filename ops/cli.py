@@ -48,7 +48,7 @@ for command in (
     cli_champion.promote, cli_champion.rollback, cli_champion.retire, cli_champion.history, cli_inspect.trace,
     cli_inspect.requests,
     cli_scorer.leaderboard, cli_scorer.report, cli_services.serve, cli_services.daemon, cli_services.gateway,
-    cli_status.status, cli_status.stop, cli_services.sim, cli_shadow.replay, cli_shadow.pause, cli_shadow.resume,
+    cli_status.status, cli_status.stop, cli_status.forget_host, cli_services.sim, cli_shadow.replay, cli_shadow.pause, cli_shadow.resume,
     cli_export.export, cli_migrate.migrate,
 ):
     app.command()(command)

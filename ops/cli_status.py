@@ -157,7 +157,7 @@ def _print_gateway_shipping(shipping: dict[str, Any] | None) -> None:
                     else f"has not reported for {host['reported_s_ago']:g} s (its shipping lag then: "
                          f"{host['shipping_lag_s']:g} s)")
             warn(f"gateway host {host['host']} {last}: its shipper is stopped or cannot reach PostgreSQL, "
-                 "or the host is down")
+                 f"or the host is down (taken out of service? `shadowzoo forget-host {host['host']}`)")
 
 
 def _waiting(host: dict[str, Any]) -> str:
@@ -217,6 +217,26 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def forget_host(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Argument(help="The gateway host's name (its distributed.host), as `status` lists it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Forget a gateway host taken out of service, so that `status` stops warning that it is silent.
+
+    backend: distributed only. A host silent for under 30 s is refused: it still runs, and would
+    report again. Its segments already in the bucket are left to ingest (`status` shows them).
+
+    Example: shadowzoo forget-host gw-3
+    """
+    with session(ctx).operations() as operations:
+        forgotten = operations.forget_host(host)
+    if as_json:
+        print_json(forgotten)
+    else:
+        say(f"forgot gateway host {forgotten.host} (silent for {forgotten.silent_s:g} s)")
 
 
 def stop(

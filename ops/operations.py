@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from scorer.export import ExportOptions, ExportProgress, ExportSummary
     from scorer.service import Scorer
     from scorer.trace import RequestTrace
+    from shadow.gateway_hosts import ForgottenHost
     from shadow.ingest import IngestReport
     from shadow.runner import RunFilters, RunReport
     from zoo import SpecFile
@@ -125,6 +126,13 @@ class LocalOperations:
 
     def pauses(self) -> list[Pause]:
         return pauses.list_pauses(self.registry)
+
+    def forget_host(self, host: str) -> ForgottenHost:
+        from shadow.gateway_hosts import forget_gateway_host
+
+        if self.workspace.config.backend != "distributed":
+            raise ConfigError("host: gateway hosts report to a control plane only on backend: distributed")
+        return forget_gateway_host(self.workspace.config.distributed, host)
 
     # evidence
     def leaderboard(self, slot: str) -> Leaderboard:

@@ -145,6 +145,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("reactivate", "POST", "/admin/reactivate", "Make a retired variant a challenger again."),
     Operation("pause", "POST", "/admin/pause", "Pause one challenger's shadow calls, or all."),
     Operation("resume", "POST", "/admin/resume", "Resume one challenger, or all."),
+    Operation("forget_host", "POST", "/admin/gateway-hosts/forget",
+              "Forget a gateway host taken out of service (backend: distributed), silent for a while."),
     Operation("score", "POST", "/admin/leaderboard",
               "Score a slot now (judge calls included) and store its leaderboard; a `where` slice is never stored."),
     Operation("ingest", "POST", "/admin/jobs/ingest", "Ingest the spool now, as a job.", job=True),

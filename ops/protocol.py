@@ -21,6 +21,7 @@ from scorer.leaderboard_model import EvidencePoint, Leaderboard
 from scorer.browse import RequestFilter, RequestPage
 from scorer.export import ExportOptions, ExportProgress, ExportSummary
 from scorer.trace import RequestTrace
+from shadow.gateway_hosts import ForgottenHost
 from shadow.ingest import IngestReport
 from shadow.pauses import Pause
 from shadow.runner import RunReport
@@ -99,6 +100,9 @@ class Operations(Protocol):
 
     def pause(self, version_id: str | None = None, actor: str = "unknown", reason: str | None = None) -> Pause: ...
     def resume(self, version_id: str | None = None) -> Pause | None: ...
+    def forget_host(self, host: str) -> ForgottenHost:
+        """Forget a gateway host taken out of service (`backend: distributed`), silent for a while."""
+
     def score(self, slot: str, since: datetime | None = None, where: dict[str, str] | None = None) -> Leaderboard:
         """Bring the slot's evidence up to date (judge calls included) and return its leaderboard;
         stores a snapshot unless `where` or `since` makes it a view."""

@@ -93,7 +93,8 @@ def test_a_run_that_names_its_command_converts_only_that_command(argv: list[str]
 @pytest.mark.parametrize("argv", [[], ["--help"], ["-h", "leaderboard"], ["-w", "variants"], ["varients", "list"]],
                          ids=str)
 def test_help_and_an_unknown_command_get_every_command(argv: list[str]) -> None:
-    every = {info.name or info.callback.__name__ for info in app.registered_commands} | {g.name for g in app.registered_groups}
+    every = ({info.name or typer.main.get_command_name(info.callback.__name__) for info in app.registered_commands}
+             | {g.name for g in app.registered_groups})
     assert set(command_for(argv).commands) == every and len(every) > 20
 
 

@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from registry import Registry, load_workspace, utcnow
 from registry.distributed import connect_control, object_store_client
+from registry.published_routes import report_following
 from registry.workspace_config import DistributedConfig
 from shadow.ingest import ingest_from
 from shadow.shipper import Heartbeat, Shipper
@@ -415,6 +416,35 @@ def test_status_shows_per_gateway_host_its_reported_lag_its_segments_waiting_for
     assert re.search(r"gw-quiet\W+0 s\W+1\W+\S+\W+none", text.out), text.out
     assert re.search(r"gateway host gw-quiet has not reported for 1[2-9][0-9.]* s", text.err), text.err
     assert "gw-busy has not reported" not in text.err
+
+
+def test_a_gateway_host_taken_out_of_service_is_forgotten_once_silent_and_a_running_one_is_refused(
+    distributed_workspace: Path, cli, tmp_path: Path
+) -> None:
+    settings = settings_of(distributed_workspace)
+    for host in ("gw-gone", "gw-live"):
+        report_shipping(settings, host, ship_segments(settings, host, tmp_path / host, [f"{host}-1"]), 0.0)
+        with connect_control(settings) as connection:
+            report_following(connection, host, None)
+    with Registry.open(load_workspace(distributed_workspace)) as registry:  # nothing of theirs waits in the bucket
+        ingest_from(registry.database, object_store_spool(settings, tmp_path / "inbox"))
+    with connect_control(settings) as connection:  # gw-gone's last reports were two minutes ago
+        for table, column in (("spool_shipping", "seen_at"), ("route_followers", "checked_at")):
+            connection.execute(f"UPDATE {table} SET {column} = {column} - interval '2 minutes' WHERE host = 'gw-gone'")
+
+    live = cli("forget-host", "gw-live")
+    assert live.code == 1 and re.search(r"gateway host 'gw-live' reported \d+ s ago: it still runs", live.err), live.err
+    unknown = cli("forget-host", "gw-never")
+    assert unknown.code == 1 and re.search(r"no gateway host 'gw-never' has reported \(known: .*gw-gone.*gw-live", unknown.err)
+    gone = cli("forget-host", "gw-gone", "--json")
+    assert gone.code == 0, gone.err
+    assert json.loads(gone.out)["host"] == "gw-gone" and json.loads(gone.out)["silent_s"] >= 120
+    with connect_control(settings) as connection:
+        reporting = {table: {row[0] for row in connection.execute(f"SELECT host FROM {table}")}
+                     for table in ("spool_shipping", "route_followers")}
+    assert all("gw-gone" not in hosts and "gw-live" in hosts for hosts in reporting.values()), reporting
+    text = cli("status")
+    assert text.code == 0 and "gw-gone" not in text.out + text.err, text.out + text.err
 
 
 def test_with_the_object_store_unreachable_status_still_shows_the_hosts_reported_lag_and_says_why_the_rest_is_unknown(
